@@ -1,0 +1,86 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "catena",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "catena", targets: ["catena"]),
+        .library(name: "CatenaCore", targets: ["CatenaCore"]),
+        .library(name: "CatenaStorage", targets: ["CatenaStorage"]),
+        .library(name: "CatenaWire", targets: ["CatenaWire"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // System libraries from Debian: liblz4-dev (frame API) and libxxhash-dev (XXH3-64).
+        .systemLibrary(
+            name: "CLZ4",
+            pkgConfig: "liblz4",
+            providers: [.apt(["liblz4-dev"])]
+        ),
+        .systemLibrary(
+            name: "CXXHash",
+            pkgConfig: "libxxhash",
+            providers: [.apt(["libxxhash-dev"])]
+        ),
+
+        // Pure value types: keys, LSNs, records and their codec, checksums. No I/O.
+        .target(
+            name: "CatenaCore",
+            dependencies: ["CXXHash"]
+        ),
+        // The node's durable log-structured object store.
+        .target(
+            name: "CatenaStorage",
+            dependencies: [
+                "CatenaCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Wire formats: LZ4 frame streaming (segment transfer); frames and codecs come with the chain.
+        .target(
+            name: "CatenaWire",
+            dependencies: ["CLZ4"]
+        ),
+        // The load generators behind `catena bench-*`.
+        .target(
+            name: "CatenaBench",
+            dependencies: [
+                "CatenaCore",
+                "CatenaStorage",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Test helpers shared by the test targets: a crash-simulating file system, temp dirs.
+        .target(
+            name: "CatenaTestSupport",
+            dependencies: ["CatenaCore", "CatenaStorage"]
+        ),
+        .executableTarget(
+            name: "catena",
+            dependencies: [
+                "CatenaCore",
+                "CatenaStorage",
+                "CatenaBench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        .testTarget(name: "CatenaCoreTests", dependencies: ["CatenaCore"]),
+        .testTarget(
+            name: "CatenaStorageTests",
+            dependencies: ["CatenaCore", "CatenaStorage", "CatenaTestSupport",
+                           .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(name: "CatenaWireTests", dependencies: ["CatenaWire"]),
+        .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,4 @@
+#ifndef CATENA_CLZ4_SHIM_H
+#define CATENA_CLZ4_SHIM_H
+#include <lz4frame.h>
+#endif
