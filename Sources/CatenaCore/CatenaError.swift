@@ -1,0 +1,69 @@
+/// The one error type of Catena's libraries.
+///
+/// Modelled on postgres-nio's `PSQLError`: a struct with a nested ``Code``, so new codes can be
+/// added without breaking anyone's exhaustive `switch`. The ``message`` is meant for humans and
+/// logs; match on ``code``.
+public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong, as a stable, matchable value.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+
+        /// A key is empty, longer than 1024 bytes, not UTF-8, or contains NUL.
+        public static let invalidKey = Code("invalidKey")
+        /// A value is larger than the configured per-record limit.
+        public static let valueTooLarge = Code("valueTooLarge")
+        /// Bytes claim to be a record (or file) but are not well formed.
+        public static let malformed = Code("malformed")
+        /// A record or file has a format version this build does not read.
+        public static let unsupportedVersion = Code("unsupportedVersion")
+        /// A record carries an extension field marked must-understand that this build does not know.
+        public static let unknownMustUnderstandField = Code("unknownMustUnderstandField")
+        /// A record type this build does not know.
+        public static let unknownRecordType = Code("unknownRecordType")
+        /// A checksum did not match: the bytes were damaged.
+        public static let checksumMismatch = Code("checksumMismatch")
+        /// Damaged data on disk that is not a torn tail; the message names file and offset.
+        public static let corruption = Code("corruption")
+        /// The key does not exist (or was deleted).
+        public static let notFound = Code("notFound")
+        /// An appended record's LSN does not directly follow the log's end.
+        public static let lsnOutOfOrder = Code("lsnOutOfOrder")
+        /// The operation would remove or require records at or below the commit watermark.
+        public static let belowCommitWatermark = Code("belowCommitWatermark")
+        /// Records older than asked for were compacted away; a full copy is needed.
+        public static let historyCompacted = Code("historyCompacted")
+        /// A manifest names chunks that were never appended.
+        public static let incompleteUpload = Code("incompleteUpload")
+        /// The device is full (ENOSPC / EDQUOT).
+        public static let diskFull = Code("diskFull")
+        /// The process may not read or write a path (EACCES / EPERM / EROFS).
+        public static let permissionDenied = Code("permissionDenied")
+        /// Another process holds the data directory's lock.
+        public static let directoryLocked = Code("directoryLocked")
+        /// The data directory cannot be read or is not a Catena data directory.
+        public static let directoryUnreadable = Code("directoryUnreadable")
+        /// The data directory belongs to another cluster or node.
+        public static let identityMismatch = Code("identityMismatch")
+        /// Any other I/O failure; after a failed fsync the store refuses writes until reopened.
+        public static let ioFailure = Code("ioFailure")
+        /// The store was closed.
+        public static let closed = Code("closed")
+        /// An argument is out of its documented range.
+        public static let invalidArgument = Code("invalidArgument")
+    }
+
+    /// What went wrong.
+    public var code: Code
+    /// A human-readable explanation naming the file, offset, key or limit involved.
+    public var message: String
+
+    /// Creates an error.
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code): \(message)" }
+}

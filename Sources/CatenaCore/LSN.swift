@@ -1,0 +1,58 @@
+/// A log sequence number: the epoch of the chain configuration under which the head assigned
+/// it, and a sequence number that is contiguous across the whole chain history and never reset.
+///
+/// Ordered by `(epoch, seq)`. Within one valid log both grow together, so this is also log order.
+public struct LSN: Hashable, Comparable, Sendable, CustomStringConvertible {
+    /// The configuration epoch under which the head assigned this LSN.
+    public var epoch: UInt64
+    /// The position in the chain's history, starting at 1.
+    public var seq: UInt64
+
+    /// Creates an LSN.
+    public init(epoch: UInt64, seq: UInt64) {
+        self.epoch = epoch
+        self.seq = seq
+    }
+
+    /// The LSN before any record: "nothing yet".
+    public static let zero = LSN(epoch: 0, seq: 0)
+
+    public static func < (lhs: LSN, rhs: LSN) -> Bool {
+        (lhs.epoch, lhs.seq) < (rhs.epoch, rhs.seq)
+    }
+
+    public var description: String { "\(epoch).\(seq)" }
+}
+
+/// The id of a chain. One chain for now; every record names its chain so many can come later.
+public typealias ChainID = UInt32
+
+/// A 128-bit client request id, kept with each write so a retried write gets its original result.
+public struct RequestID: Hashable, Sendable, CustomStringConvertible {
+    /// The high 64 bits (by convention the client's id).
+    public var high: UInt64
+    /// The low 64 bits (by convention the client's request counter).
+    public var low: UInt64
+
+    /// Creates a request id.
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// No request id (internal writes).
+    public static let none = RequestID(high: 0, low: 0)
+
+    /// A random request id.
+    public static func random<G: RandomNumberGenerator>(using generator: inout G) -> RequestID {
+        RequestID(high: generator.next(), low: generator.next())
+    }
+
+    public var description: String {
+        let h = String(high, radix: 16), l = String(low, radix: 16)
+        return String(repeating: "0", count: 16 - h.count) + h + String(repeating: "0", count: 16 - l.count) + l
+    }
+}
+
+/// The id of a large-object upload: its chunk records and its manifest share it.
+public typealias UploadID = RequestID
