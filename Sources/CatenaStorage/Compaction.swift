@@ -1,0 +1,327 @@
+import CatenaCore
+
+extension Store {
+    /// Rewrites sealed segments without records nobody can need any more, and returns what it did.
+    ///
+    /// Only records at or below the commit watermark are candidates, so a truncation (which never
+    /// goes below the watermark) can never need a dropped record. A record is dropped when a newer
+    /// version of its key at or below the watermark exists; a chunk when its upload's manifest was
+    /// so superseded, or when its upload got no manifest within
+    /// ``StoreConfiguration/abandonedUploadTimeout``; a tombstone only when it is its key's newest
+    /// version and every older version is dropped in the same rewrite (the rewrite starts at the
+    /// log's first segment). Each group of adjacent segments becomes one new segment, crash-safe:
+    /// write the new file, fsync, record the compacted history in STATE, rename it into place,
+    /// fsync the directory, then remove the old files oldest first. The new segment's header
+    /// names the segments it replaces, so start-up finishes an interrupted compaction.
+    /// Appends and reads continue meanwhile.
+    @discardableResult
+    public func compact() async throws(CatenaError) -> CompactionReport {
+        try await runBlocking(on: maintenancePool) { [self] () throws(CatenaError) -> CompactionReport in
+            try performCompaction()
+        }
+    }
+
+    private struct Candidate {
+        var segment: SegmentState
+        var entries: [EntrySummary]
+        var live: [Bool]
+        var liveBytes: UInt64
+        var hasDead: Bool { live.contains(false) }
+    }
+
+    func performCompaction() throws(CatenaError) -> CompactionReport {
+        var report = CompactionReport()
+        let sealed: [SegmentState] = try state.withLock { (s) throws(CatenaError) -> [SegmentState] in
+            if case .closed = s.lifecycle { throw CatenaError(.closed, "store is closed") }
+            return s.segments.filter(\.sealed)
+        }
+        let now = configuration.now()
+        let timeout = configuration.abandonedUploadTimeout.nanoseconds
+
+        // Load every sealed segment's entries (hint, else scan); a damaged segment is left alone.
+        var loaded: [(SegmentState, [EntrySummary]?)] = []
+        for seg in sealed {
+            loaded.append((seg, try entries(of: seg)))
+        }
+
+        // What liveness needs: per key, the newest version at or below the watermark (such a
+        // version is permanent: truncation never goes below the watermark); per upload, the LSN
+        // of its manifest; the uploads still waiting for a manifest.
+        let (watermark, activeEntries, pending) = state.withLock { s in
+            (s.persistent.commitWatermark, s.activeEntries, s.index.uploads.mapValues(\.lastTimestamp))
+        }
+        var facts = LivenessFacts(watermark: watermark, now: now, timeout: timeout, pendingUploads: pending)
+        facts.incomplete = loaded.contains { $0.1 == nil } || state.withLock { !$0.damage.isEmpty }
+        for (_, entries) in loaded { for e in entries ?? [] { facts.learn(e) } }
+        for e in activeEntries { facts.learn(e) }
+
+        // Plan groups: runs of adjacent segments with dead records, each within one segment size.
+        var groups: [[Candidate]] = []
+        var current: [Candidate] = []
+        var currentBytes: UInt64 = 0
+        let firstID = state.withLock { $0.segments.first?.id }
+        for (seg, entries) in loaded {
+            guard let entries else {
+                if !current.isEmpty { groups.append(current); current = []; currentBytes = 0 }
+                continue
+            }
+            let prefix = groups.isEmpty && (current.isEmpty ? seg.id == firstID : current[0].segment.id == firstID)
+            let live = entries.map { facts.isLive($0, dropTombstones: prefix) }
+            let liveBytes = zip(entries, live).reduce(UInt64(0)) { $0 + ($1.1 ? UInt64($1.0.location.length) : 0) }
+            let candidate = Candidate(segment: seg, entries: entries, live: live, liveBytes: liveBytes)
+            if !candidate.hasDead {
+                if !current.isEmpty { groups.append(current); current = []; currentBytes = 0 }
+                continue
+            }
+            if !current.isEmpty && currentBytes + candidate.liveBytes > UInt64(configuration.segmentSize) {
+                groups.append(current); current = []; currentBytes = 0
+            }
+            current.append(candidate)
+            currentBytes += candidate.liveBytes
+        }
+        if !current.isEmpty { groups.append(current) }
+
+        for group in groups {
+            if let done = try rewrite(group) {
+                report.segmentsRewritten += group.count
+                report.recordsDropped += done.dropped
+                report.bytesBefore += group.reduce(0) { $0 + $1.segment.size }
+                report.bytesAfter += done.bytesAfter
+            }
+        }
+        if report.segmentsRewritten > 0 {
+            state.withLock { $0.metrics.compactions += 1 }
+            logger.info("compacted", metadata: [
+                "segments": "\(report.segmentsRewritten)", "records_dropped": "\(report.recordsDropped)",
+                "bytes_before": "\(report.bytesBefore)", "bytes_after": "\(report.bytesAfter)",
+            ])
+        }
+        return report
+    }
+
+    /// A sealed segment's entries, or nil if it is damaged (compaction leaves it alone).
+    private func entries(of seg: SegmentState) throws(CatenaError) -> [EntrySummary]? {
+        if let bytes = try? seg.file.size(), bytes == seg.size,
+           fs.fileExists(dir.hint(seg.id)),
+           let hint = try? fs.open(dir.hint(seg.id), mode: .read) {
+            defer { hint.close() }
+            if let length = try? hint.size(), let data = try? hint.read(at: 0, count: Int(length)),
+               let entries = HintFile.decode(data, segment: seg.id, segmentSize: seg.size) {
+                return entries
+            }
+        }
+        var scanner = SegmentScanner(file: seg.file, segment: seg.id, from: UInt64(seg.header.size), end: seg.size)
+        var out: [EntrySummary] = []
+        while let item = try scanner.next() {
+            switch item {
+            case .record(let r, let loc): out.append(r.summary(at: loc))
+            case .damage: return nil
+            }
+        }
+        return out
+    }
+
+    /// Rewrites one group into one new segment (or none, if nothing in it is live).
+    private func rewrite(_ group: [Candidate]) throws(CatenaError) -> (dropped: Int, bytesAfter: UInt64)? {
+        let kept = group.flatMap { c in zip(c.entries, c.live).filter(\.1).map(\.0) }
+        let droppedEntries = group.flatMap { c in zip(c.entries, c.live).filter { !$0.1 }.map(\.0) }
+        let maxDropped = droppedEntries.map(\.lsn).max() ?? .zero
+        let oldIDs = group.map(\.segment.id)
+        let filesByID = Dictionary(uniqueKeysWithValues: group.map { ($0.segment.id, $0.segment.file) })
+
+        var newSegment: SegmentState?
+        var newEntries: [EntrySummary] = []
+        var moved: [Location: Location] = [:]
+        var tmpPath: String?
+        if let first = kept.first {
+            let id = state.withLock { s in
+                defer { s.nextSegmentID += 1 }
+                return s.nextSegmentID
+            }
+            let header = SegmentHeader(id: id, firstLSN: first.lsn, createdAt: configuration.now(), replaces: oldIDs)
+            let tmp = dir.segment(id) + ".tmp"
+            tmpPath = tmp
+            let out = try fs.open(tmp, mode: .createNew)
+            var offset = UInt64(header.size)
+            var pending: [[UInt8]] = [header.encoded()]
+            var pendingBytes = header.size
+            var writeAt: UInt64 = 0
+            do throws(CatenaError) {
+                for e in kept {
+                    let bytes = try filesByID[e.location.segment]!.read(at: e.location.offset, count: Int(e.location.length))
+                    guard let record = try? EncodedRecord(validating: bytes) else {
+                        throw CatenaError(.corruption, "segment \(e.location.segment) offset \(e.location.offset): record \(e.lsn) fails its checksum; compaction of this group skipped")
+                    }
+                    let location = Location(segment: id, offset: offset, length: UInt32(record.count))
+                    moved[e.location] = location
+                    newEntries.append(record.summary(at: location))
+                    pending.append(record.bytes)
+                    pendingBytes += record.count
+                    offset += UInt64(record.count)
+                    if pendingBytes >= 4 << 20 {
+                        try out.write(pending, at: writeAt)
+                        writeAt += UInt64(pendingBytes)
+                        pending = []
+                        pendingBytes = 0
+                    }
+                }
+                if !pending.isEmpty { try out.write(pending, at: writeAt) }
+                try out.sync()
+            } catch {
+                out.close()
+                try? fs.remove(tmp)
+                if error.code == .corruption {
+                    logger.error("compaction skipped a damaged group", metadata: ["error": "\(error)"])
+                    return nil
+                }
+                throw error
+            }
+            out.close()
+            let file = try fs.open(tmp, mode: .readWrite)
+            newSegment = SegmentState(id: id, file: file, header: header, size: offset, lastLSN: kept.last!.lsn, recordCount: kept.count, sealed: true)
+        }
+
+        // Record the dropped history before the rewrite can become visible.
+        if maxDropped > state.withLock({ $0.persistent.compactedThrough }) {
+            try persistState { $0.compactedThrough = max($0.compactedThrough, maxDropped) }
+        }
+        if let newSegment, let tmpPath {
+            try fs.rename(tmpPath, to: dir.segment(newSegment.id))
+            try fs.syncDirectory(dir.path)
+        }
+
+        // Swap in memory, re-checking what may have changed since planning.
+        let isPrefix: Bool = state.withLock { s in s.segments.first?.id == oldIDs.first }
+        let swapped: Bool = state.withLock { s in
+            guard let start = s.segments.firstIndex(where: { $0.id == oldIDs[0] }),
+                  start + oldIDs.count <= s.segments.count,
+                  Array(s.segments[start..<(start + oldIDs.count)].map(\.id)) == oldIDs else { return false }
+            // Abandoned uploads: only if no manifest for them was enqueued meanwhile.
+            let collected = Set(droppedEntries.compactMap { e -> UploadID? in
+                guard e.header.type == .chunk, let a = e.chunkAddress, s.index.uploads[a.upload] != nil else { return nil }
+                return a.upload
+            })
+            for upload in collected where s.uploadTracker[upload] == nil { return false }
+            let droppedTombstones = droppedEntries.filter { $0.header.type == .delete && s.index.objects[$0.key]?.lsn == $0.lsn }
+            if !droppedTombstones.isEmpty && !isPrefix { return false }
+
+            for upload in collected {
+                s.index.uploads[upload] = nil
+                s.uploadTracker[upload] = nil
+            }
+            for t in droppedTombstones { s.index.remove(t.key) }
+            for e in newEntries {
+                guard let old = moved.first(where: { $0.value == e.location })?.key else { continue }
+                s.index.relocate(e, from: old)
+            }
+            s.segments.replaceSubrange(start..<(start + oldIDs.count), with: newSegment.map { [$0] } ?? [])
+            return true
+        }
+        guard swapped else {
+            // Planning went stale (never expected while maintenance is serialized): undo.
+            if let newSegment {
+                newSegment.file.close()
+                try fs.remove(dir.segment(newSegment.id))
+                try fs.syncDirectory(dir.path)
+            }
+            logger.warning("compaction group skipped: the log changed while it was planned")
+            return nil
+        }
+        // Remove the replaced files, oldest first, so a crash never leaves a newer version
+        // without an older one it superseded having been removed first.
+        for id in oldIDs {
+            try fs.remove(dir.segment(id))
+            try fs.remove(dir.hint(id))
+            try fs.syncDirectory(dir.path)
+        }
+        // The old handles are not closed here: readers may still hold them (they close when released).
+        if let newSegment {
+            writeHint(segment: newSegment.id, size: newSegment.size, entries: newEntries)
+        }
+        return (droppedEntries.count, newSegment?.size ?? 0)
+    }
+}
+
+extension StoreIndex {
+    /// Points whatever referenced the record at `old` to its new location.
+    mutating func relocate(_ e: EntrySummary, from old: Location) {
+        switch e.header.type {
+        case .chunk:
+            guard let address = e.chunkAddress else { return }
+            if uploads[address.upload]?.chunks[address.index] == old {
+                uploads[address.upload]!.chunks[address.index] = e.location
+            } else if var v = objects[e.key], v.upload == address.upload, Int(address.index) < v.chunks.count, v.chunks[Int(address.index)] == old {
+                v.chunks[Int(address.index)] = e.location
+                objects[e.key] = v
+            }
+        default:
+            if var v = objects[e.key], v.location == old {
+                v.location = e.location
+                objects[e.key] = v
+            }
+        }
+    }
+}
+
+/// What decides whether a record may be dropped. See ``Store/compact()``.
+struct LivenessFacts {
+    let watermark: LSN
+    let now: UInt64
+    let timeout: UInt64
+    /// Uploads with chunks but no manifest yet, with their newest chunk's timestamp.
+    let pendingUploads: [UploadID: UInt64]
+    /// Per key, the newest put, delete or manifest at or below the watermark.
+    var newestAtWatermark: [Key: LSN] = [:]
+    /// Per upload, the LSN of its manifest.
+    var manifestLSN: [UploadID: LSN] = [:]
+    /// Some records could not be read (damage): a chunk whose manifest is unknown is kept.
+    var incomplete = false
+
+    init(watermark: LSN, now: UInt64, timeout: UInt64, pendingUploads: [UploadID: UInt64]) {
+        self.watermark = watermark
+        self.now = now
+        self.timeout = timeout
+        self.pendingUploads = pendingUploads
+    }
+
+    mutating func learn(_ e: EntrySummary) {
+        guard !e.damaged else { return }
+        switch e.header.type {
+        case .put, .delete, .manifest:
+            if e.lsn <= watermark, newestAtWatermark[e.key].map({ $0 < e.lsn }) ?? true {
+                newestAtWatermark[e.key] = e.lsn
+            }
+            if e.header.type == .manifest, let m = e.manifest { manifestLSN[m.upload] = e.lsn }
+        default:
+            break
+        }
+    }
+
+    /// Whether `e` must be kept. `dropTombstones`: `e`'s group starts at the log's first
+    /// segment, so every older version of a key dies in the same rewrite as its tombstone.
+    func isLive(_ e: EntrySummary, dropTombstones: Bool) -> Bool {
+        if e.damaged || e.lsn > watermark { return true }
+        let newest = newestAtWatermark[e.key]
+        switch e.header.type {
+        case .put, .manifest:
+            return !(newest.map { $0 > e.lsn } ?? false)
+        case .delete:
+            guard let newest else { return true }
+            if newest == e.lsn { return !dropTombstones }
+            return newest < e.lsn
+        case .chunk:
+            guard let address = e.chunkAddress else { return true }
+            if let last = pendingUploads[address.upload] {
+                return last &+ timeout >= now
+            }
+            guard let manifest = manifestLSN[address.upload] else {
+                // Neither pending nor manifested: an upload already collected (unless the
+                // manifest may sit in damaged bytes).
+                return incomplete
+            }
+            return !(newest.map { $0 > manifest } ?? false)
+        default:
+            return true
+        }
+    }
+}

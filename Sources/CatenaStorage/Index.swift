@@ -1,0 +1,147 @@
+import CatenaCore
+
+/// The newest version of one key, as the index knows it.
+struct ObjectVersion: Sendable {
+    var lsn: LSN
+    var type: RecordType
+    var location: Location
+    /// The object's size: the value length of a put, the total size of a manifest.
+    var size: UInt64
+    var contentChecksum: UInt64
+    var timestamp: UInt64
+    var requestID: RequestID
+    var extensions: [UInt8]
+    /// For a manifest: the upload and the chunks' locations, in order.
+    var upload: UploadID?
+    var chunks: [Location]
+    /// The record on disk failed its checksum: refuse to serve it.
+    var damaged: Bool
+}
+
+/// Chunks of an upload whose manifest has not been appended yet.
+struct PendingUpload: Sendable {
+    var key: Key
+    var chunks: [UInt32: Location]
+    var chunkSizes: [UInt32: UInt64]
+    var lastTimestamp: UInt64
+}
+
+/// The in-memory index: key -> newest version, pending uploads, and a lazily sorted key list
+/// for listing by prefix.
+///
+/// Keys are hashed and sorted byte-wise (``Key`` is a byte string). The sorted list is kept as
+/// an array plus a batch of keys added since it was last sorted; a listing merges the batch in
+/// (O(n) amortized), and deleted keys are skipped by checking the dictionary.
+struct StoreIndex: Sendable {
+    var objects: [Key: ObjectVersion] = [:]
+    var uploads: [UploadID: PendingUpload] = [:]
+    private var sortedKeys: [Key] = []
+    private var unsortedKeys: [Key] = []
+
+    /// Applies one record (in log order).
+    mutating func apply(_ e: EntrySummary) {
+        switch e.header.type {
+        case .chunk:
+            guard let address = e.chunkAddress else { return }
+            var upload = uploads[address.upload] ?? PendingUpload(key: e.key, chunks: [:], chunkSizes: [:], lastTimestamp: 0)
+            upload.chunks[address.index] = e.location
+            upload.chunkSizes[address.index] = UInt64(e.header.valueLength)
+            upload.lastTimestamp = max(upload.lastTimestamp, e.header.timestamp)
+            uploads[address.upload] = upload
+        case .manifest:
+            var version = makeVersion(e)
+            if let body = try? readManifestFromSummary(e), let pending = uploads.removeValue(forKey: body.upload) {
+                version.upload = body.upload
+                version.size = body.totalSize
+                version.chunks = (0..<body.chunkCount).compactMap { pending.chunks[$0] }
+                if version.chunks.count != Int(body.chunkCount) { version.damaged = true }
+            } else if let body = try? readManifestFromSummary(e) {
+                version.upload = body.upload
+                version.size = body.totalSize
+                // Chunks missing (e.g. lost to damage): the object cannot be served.
+                version.damaged = true
+            }
+            put(e.key, version)
+        default:
+            put(e.key, makeVersion(e))
+        }
+    }
+
+    /// Records a damaged record whose header was intact: if it is the newest version of its
+    /// key, reads of that key are refused rather than served from an older version.
+    mutating func applyDamaged(_ e: EntrySummary) {
+        guard e.header.type != .chunk else { return }
+        var version = makeVersion(e)
+        version.damaged = true
+        put(e.key, version)
+    }
+
+    private mutating func put(_ key: Key, _ version: ObjectVersion) {
+        if let old = objects.updateValue(version, forKey: key) {
+            _ = old
+        } else {
+            unsortedKeys.append(key)
+        }
+    }
+
+    /// Removes a key entirely (a dropped tombstone).
+    mutating func remove(_ key: Key) {
+        objects.removeValue(forKey: key)
+    }
+
+    private func makeVersion(_ e: EntrySummary) -> ObjectVersion {
+        ObjectVersion(
+            lsn: e.header.lsn, type: e.header.type, location: e.location,
+            size: UInt64(e.header.valueLength), contentChecksum: e.header.contentChecksum,
+            timestamp: e.header.timestamp, requestID: e.header.requestID, extensions: e.extensions,
+            upload: nil, chunks: [], damaged: e.damaged)
+    }
+
+    private func readManifestFromSummary(_ e: EntrySummary) throws(CatenaError) -> Manifest {
+        guard let m = e.manifest else { throw CatenaError(.malformed, "manifest record \(e.lsn) has no body") }
+        return m
+    }
+
+    /// Live keys (not tombstones) with `prefix`, in byte order, strictly after `after`, at most `limit`.
+    mutating func list(prefix: [UInt8], after: Key?, limit: Int) -> (keys: [Key], more: Bool) {
+        if !unsortedKeys.isEmpty {
+            unsortedKeys.sort()
+            var merged: [Key] = []
+            merged.reserveCapacity(sortedKeys.count + unsortedKeys.count)
+            var i = 0, j = 0
+            while i < sortedKeys.count || j < unsortedKeys.count {
+                let next: Key
+                if j == unsortedKeys.count || (i < sortedKeys.count && sortedKeys[i] < unsortedKeys[j]) {
+                    next = sortedKeys[i]; i += 1
+                } else {
+                    next = unsortedKeys[j]; j += 1
+                }
+                // Drop keys that left the index and duplicates (a key removed and re-added).
+                if objects[next] != nil && merged.last != next { merged.append(next) }
+            }
+            sortedKeys = merged
+            unsortedKeys = []
+        }
+        // Binary search for the first key >= max(prefix, after+).
+        var low = 0, high = sortedKeys.count
+        while low < high {
+            let mid = (low + high) / 2
+            let k = sortedKeys[mid].bytes
+            let beforePrefix = k.lexicographicallyPrecedes(prefix)
+            let notAfter = after.map { !($0 < sortedKeys[mid]) } ?? false
+            if beforePrefix || notAfter { low = mid + 1 } else { high = mid }
+        }
+        var result: [Key] = []
+        var i = low
+        while i < sortedKeys.count {
+            let key = sortedKeys[i]
+            guard key.hasPrefix(prefix) else { break }
+            if let v = objects[key], v.type != .delete {
+                if result.count == limit { return (result, true) }
+                result.append(key)
+            }
+            i += 1
+        }
+        return (result, false)
+    }
+}

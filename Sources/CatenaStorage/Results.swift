@@ -1,0 +1,96 @@
+import CatenaCore
+
+/// What ``Store/head(_:)`` and listings tell about an object, without its bytes.
+public struct ObjectInfo: Hashable, Sendable {
+    /// The object's key.
+    public var key: Key
+    /// The LSN of the record that made this version.
+    public var lsn: LSN
+    /// Size in bytes.
+    public var size: UInt64
+    /// XXH3-64 of the content, computed by the writer.
+    public var contentChecksum: UInt64
+    /// The content type, if one was given.
+    public var contentType: String?
+    /// User metadata.
+    public var userMetadata: [String: String]
+    /// Head-assigned time of the write, ns since 1970.
+    public var timestamp: UInt64
+    /// The client request that wrote it.
+    public var requestID: RequestID
+    /// Number of chunks for a chunked object, 0 for a single-record object.
+    public var chunkCount: Int
+}
+
+/// One page of a listing.
+public struct ListPage: Hashable, Sendable {
+    /// The objects, in byte order of their keys.
+    public var objects: [ObjectInfo]
+    /// Pass as `after` to get the next page; nil when this was the last page.
+    public var nextCursor: Key?
+}
+
+/// A segment of the log.
+public struct SegmentInfo: Hashable, Sendable {
+    /// The segment's id (its file name).
+    public var id: UInt64
+    /// The LSN the segment starts at (its first record's, for compacted segments).
+    public var firstLSN: LSN
+    /// Its last record's LSN.
+    public var lastLSN: LSN
+    /// Records in it.
+    public var recordCount: Int
+    /// Its size in bytes.
+    public var byteSize: UInt64
+    /// Whether it is sealed (never appended to again).
+    public var sealed: Bool
+}
+
+/// Damaged bytes the store found and refuses to serve.
+public struct DamageReport: Hashable, Sendable, CustomStringConvertible {
+    /// The damaged file.
+    public var path: String
+    /// Where the damage starts.
+    public var offset: UInt64
+    /// How many bytes are damaged.
+    public var length: UInt64
+    /// The LSN of the damaged record, when its header survived.
+    public var lsn: LSN?
+    /// The key of the damaged record, when its header survived.
+    public var key: Key?
+
+    public var description: String {
+        "\(path) offset \(offset), \(length) bytes" + (lsn.map { ", record \($0)" } ?? "") + (key.map { ", key \($0)" } ?? "")
+    }
+}
+
+/// Counters of a store since it was opened. Checked in tests; shown by `catena bench-storage`.
+public struct StoreMetrics: Hashable, Sendable {
+    /// Records made durable by appends.
+    public var appendedRecords: Int = 0
+    /// Bytes of those records.
+    public var appendedBytes: Int = 0
+    /// Append calls acknowledged.
+    public var appendCalls: Int = 0
+    /// Group commits (write + sync rounds).
+    public var batches: Int = 0
+    /// fsyncs of segment files and directories.
+    public var syncs: Int = 0
+    /// Segments sealed.
+    public var segmentsSealed: Int = 0
+    /// Compaction rounds that replaced segments.
+    public var compactions: Int = 0
+    /// Bytes of torn tail dropped at open.
+    public var tornBytesDropped: Int = 0
+}
+
+/// What one ``Store/compact()`` did.
+public struct CompactionReport: Hashable, Sendable {
+    /// Segments replaced.
+    public var segmentsRewritten: Int = 0
+    /// Records dropped (overwritten, dropped tombstones, abandoned chunks).
+    public var recordsDropped: Int = 0
+    /// Bytes before and after, over the rewritten segments.
+    public var bytesBefore: UInt64 = 0
+    public var bytesAfter: UInt64 = 0
+}

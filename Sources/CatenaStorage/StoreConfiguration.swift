@@ -1,0 +1,70 @@
+import CatenaCore
+
+/// When an append counts as durable.
+public enum Durability: String, Sendable, CaseIterable {
+    /// Group commit (default): concurrent appends share one fsync; a batch closes after
+    /// ``StoreConfiguration/groupCommitDelay`` or at ``StoreConfiguration/groupCommitMaxBytes``.
+    case batch
+    /// One fsync per append call.
+    case always
+    /// No fsync at all. For tests only: a power cut loses acknowledged appends.
+    case none
+}
+
+/// How a ``Store`` is set up. Every field has a documented default.
+public struct StoreConfiguration: Sendable {
+    /// The data directory; created if missing.
+    public var directory: String
+    /// The cluster this node belongs to; written to `IDENTITY` on first open, checked after.
+    public var clusterID: String
+    /// This node's id; written to `IDENTITY` on first open, checked after.
+    public var nodeID: String
+    /// When appends return. Default ``Durability/batch``.
+    public var durability: Durability = .batch
+    /// A segment is sealed once it reaches this size. Default 64 MiB.
+    public var segmentSize: Int = 64 << 20
+    /// The largest value one record may hold; larger objects are chunked. Default 16 MiB.
+    public var maxValueSize: Int = 16 << 20
+    /// How long the group-commit writer waits for more appends before writing a batch that is
+    /// smaller than ``groupCommitMaxBytes``. Default 0: appends that arrive while the previous
+    /// batch is being synced form the next batch, which is enough under concurrency.
+    public var groupCommitDelay: Duration = .zero
+    /// The most bytes one group commit writes before it syncs. Default 16 MiB.
+    public var groupCommitMaxBytes: Int = 16 << 20
+    /// Threads that perform blocking reads. Default 4.
+    public var readThreads: Int = 4
+    /// Chunks of an upload that got no manifest for this long (by record timestamps) are
+    /// garbage-collected by compaction. Default one hour.
+    public var abandonedUploadTimeout: Duration = .seconds(3600)
+    /// The file system. Default ``PosixFileSystem``.
+    public var fileSystem: any FileSystem = PosixFileSystem()
+    /// Wall-clock time in nanoseconds since 1970, for upload garbage collection.
+    public var now: @Sendable () -> UInt64 = { wallClockNanoseconds() }
+
+    /// Creates a configuration with the defaults above.
+    public init(directory: String, clusterID: String, nodeID: String) {
+        self.directory = directory
+        self.clusterID = clusterID
+        self.nodeID = nodeID
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The wall clock in nanoseconds since 1970.
+public func wallClockNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+extension Duration {
+    var nanoseconds: UInt64 {
+        let (s, a) = components
+        return UInt64(max(0, s)) * 1_000_000_000 + UInt64(max(0, a) / 1_000_000_000)
+    }
+}
