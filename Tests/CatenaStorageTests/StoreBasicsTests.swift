@@ -1,0 +1,129 @@
+import CatenaCore
+import CatenaStorage
+import CatenaTestSupport
+import Testing
+
+@Suite("Store basics")
+struct StoreBasicsTests {
+    @Test func putGetOverwriteDeleteAndRestart() async throws {
+        let f = Fixture()
+        let store = try await f.open()
+        try await store.append([put("a", bytes("one"), seq: 1, contentType: "text/plain")])
+        try await store.append([put("b", bytes("two"), seq: 2), put("a", bytes("three"), seq: 3)])
+        #expect(try await store.value("a") == bytes("three"))
+        #expect(try await store.value("b") == bytes("two"))
+        let info = try #require(try store.head(key("a")))
+        #expect(info.size == 5)
+        #expect(info.lsn == LSN(epoch: 1, seq: 3))
+        #expect(info.contentType == nil)
+        #expect(try store.head(key("b"))?.contentChecksum == XXH3.hash(bytes("two")))
+        try await store.append([del("b", seq: 4)])
+        #expect(try await store.value("b") == nil)
+        #expect(try store.head(key("b")) == nil)
+        #expect(store.highestLSN == LSN(epoch: 1, seq: 4))
+        await store.close()
+
+        let reopened = try await f.open()
+        #expect(try await reopened.value("a") == bytes("three"))
+        #expect(try await reopened.value("b") == nil)
+        #expect(reopened.highestLSN == LSN(epoch: 1, seq: 4))
+        await reopened.close()
+    }
+
+    @Test func keysAreByteStrings() async throws {
+        let store = try await Fixture().open()
+        let nfc = "caf\u{E9}"           // é as one code point
+        let nfd = "cafe\u{301}"         // e + combining acute
+        #expect(nfc == nfd)             // Swift's String == says they are equal...
+        try await store.append([put(nfc, bytes("nfc"), seq: 1), put(nfd, bytes("nfd"), seq: 2)])
+        #expect(try await store.value(nfc) == bytes("nfc"))   // ...the store keeps two keys.
+        #expect(try await store.value(nfd) == bytes("nfd"))
+        #expect(try store.allKeys().count == 2)
+        await store.close()
+    }
+
+    @Test func invalidKeysAreRefusedWithTypedErrors() {
+        for bad in [[UInt8](), [0x61, 0x00, 0x62], [0xFF, 0xFE], [UInt8](repeating: 0x61, count: 1025)] {
+            #expect(throws: CatenaError.self) { try Key(bytes: bad) }
+            do { _ = try Key(bytes: bad) } catch { #expect(error.code == .invalidKey) }
+        }
+        #expect((try? Key(bytes: [UInt8](repeating: 0x61, count: 1024))) != nil)
+    }
+
+    @Test func listPaginatesInByteOrder() async throws {
+        let store = try await Fixture().open()
+        var records: [EncodedRecord] = []
+        let names = (0..<250).map { "k/\(String(format: "%03d", $0))" } + ["j/x", "l/y", "k"]
+        for (i, name) in names.shuffled().enumerated() { records.append(put(name, bytes(name), seq: UInt64(i + 1))) }
+        try await store.append(records)
+        try await store.append([del("k/100", seq: UInt64(records.count + 1))])
+        let keys = try store.allKeys(prefix: "k/", pageSize: 7)
+        #expect(keys.count == 249)
+        #expect(keys == keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) })
+        #expect(!keys.contains("k/100"))
+        let first = try store.list(prefix: Array("k/".utf8), limit: 10)
+        #expect(first.objects.count == 10 && first.nextCursor?.string == "k/009")
+        #expect(try store.allKeys().count == 252)
+        await store.close()
+    }
+
+    @Test func appendsMustFollowTheLog() async throws {
+        let store = try await Fixture().open()
+        try await store.append([put("a", bytes("1"), seq: 1)])
+        #expect { try store.enqueue([put("a", bytes("x"), seq: 3)]) } throws: { ($0 as? CatenaError)?.code == .lsnOutOfOrder }
+        #expect { try store.enqueue([put("a", bytes("x"), seq: 1)]) } throws: { ($0 as? CatenaError)?.code == .lsnOutOfOrder }
+        #expect { try store.enqueue([put("a", bytes("x"), seq: 2, epoch: 0)]) } throws: { ($0 as? CatenaError)?.code == .lsnOutOfOrder }
+        try await store.append([put("a", bytes("2"), seq: 2, epoch: 2)])
+        #expect(try await store.value("a") == bytes("2"))
+        await store.close()
+    }
+
+    @Test func oversizedValuesAreRefusedAndNothingBecomesVisible() async throws {
+        let store = try await Fixture(configure: { $0.maxValueSize = 1000 }).open()
+        #expect { try store.enqueue([put("a", [UInt8](repeating: 1, count: 1001), seq: 1)]) } throws: {
+            ($0 as? CatenaError)?.code == .valueTooLarge
+        }
+        #expect(try store.head(key("a")) == nil)
+        try await store.append([put("a", [UInt8](repeating: 1, count: 1000), seq: 1)])
+        await store.close()
+    }
+
+    @Test func unknownMustUnderstandFieldsAreRefusedAndMaySkipFieldsKept() throws {
+        var r = Record(type: .put, key: key("a"), lsn: LSN(epoch: 1, seq: 1), value: bytes("v"))
+        r.extensions.append(RecordExtension(tag: 999, mustUnderstand: false, value: [1, 2, 3]))
+        let ok = try r.encoded()
+        #expect(try EncodedRecord(validating: ok.bytes).extensions.contains { $0.tag == 999 && $0.value == [1, 2, 3] })
+        r.extensions.append(RecordExtension(tag: 1000, mustUnderstand: true, value: []))
+        #expect { try r.encoded() } throws: { ($0 as? CatenaError)?.code == .unknownMustUnderstandField }
+    }
+
+    @Test func directoryLockAndIdentity() async throws {
+        let f = Fixture()
+        let store = try await f.open()
+        await #expect { _ = try await f.open() } throws: { ($0 as? CatenaError)?.code == .directoryLocked }
+        await store.close()
+        var other = f.configuration
+        other.nodeID = "n2"
+        await #expect { _ = try await Store.open(other, logger: quietLogger) } throws: { ($0 as? CatenaError)?.code == .identityMismatch }
+        let again = try await f.open()
+        await again.close()
+    }
+
+    @Test func streamsRecordsAfterAnLSN() async throws {
+        let store = try await Fixture(configure: { $0.segmentSize = 4096 }).open()
+        for seq in 1...200 as ClosedRange<UInt64> {
+            try await store.append([put("k\(seq % 17)", [UInt8](repeating: UInt8(seq % 251), count: 100), seq: seq)])
+        }
+        #expect(store.sealedSegments.count > 3)
+        let all = try await store.records(after: .zero).collect()
+        #expect(all.map(\.lsn.seq) == Array(1...200))
+        let tail = try await store.records(after: LSN(epoch: 1, seq: 150)).collect()
+        #expect(tail.map(\.lsn.seq) == Array(151...200))
+        var fromSegments: [UInt64] = []
+        for seg in store.sealedSegments {
+            fromSegments += try await store.records(inSegment: seg.id).collect().map(\.lsn.seq)
+        }
+        #expect(fromSegments == Array(1...fromSegments.count).map(UInt64.init))
+        await store.close()
+    }
+}
