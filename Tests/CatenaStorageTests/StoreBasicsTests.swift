@@ -126,4 +126,62 @@ struct StoreBasicsTests {
         #expect(fromSegments == Array(1...fromSegments.count).map(UInt64.init))
         await store.close()
     }
+
+    @Test func unreadableDirectoriesAndInjectedErrorsAreTyped() async throws {
+        // A data directory path that is a regular file (real disk).
+        let temp = TempDirectory()
+        defer { temp.cleanup() }
+        try PosixFileSystem().createDirectory(temp.path)
+        let file = temp.path + "/not-a-directory"
+        let handle = try PosixFileSystem().open(file, mode: .createNew)
+        handle.close()
+        var config = StoreConfiguration(directory: file, clusterID: "test", nodeID: "n1")
+        config.fileSystem = PosixFileSystem()
+        await #expect { _ = try await Store.open(config, logger: quietLogger) } throws: {
+            ($0 as? CatenaError)?.code == .directoryUnreadable
+        }
+        // Segments without an identity file: refuse to guess whose data it is.
+        let f = Fixture()
+        try f.fs.createDirectory(f.directory)
+        try f.fs.open(f.directory + "/00000000000000000001.seg", mode: .createNew).close()
+        await #expect { _ = try await f.open() } throws: { ($0 as? CatenaError)?.code == .directoryUnreadable }
+
+        // Permission errors from the file system keep their type, and the store keeps serving.
+        let g = Fixture()
+        let store = try await g.open()
+        try await store.append([put("a", bytes("1"), seq: 1)])
+        g.fs.failNextWrites(.permissionDenied)
+        await #expect { try await store.append([put("a", bytes("2"), seq: 2)]) } throws: {
+            ($0 as? CatenaError)?.code == .permissionDenied
+        }
+        #expect(try await store.value("a") == bytes("1"))
+        try await store.append([put("a", bytes("3"), seq: 2)])
+        #expect(try await store.value("a") == bytes("3"))
+        await store.close()
+    }
+
+    @Test func sealedSegmentsGetHintFilesThatStartUpUses() async throws {
+        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let store = try await f.open()
+        for seq in 1...100 as ClosedRange<UInt64> {
+            try await store.append([put("k\(seq % 9)", [UInt8](repeating: UInt8(seq), count: 200), seq: seq)])
+        }
+        let sealed = store.sealedSegments
+        #expect(sealed.count >= 4)
+        await store.close()
+        let names = try f.fs.contentsOfDirectory(f.directory)
+        for seg in sealed {
+            let name = String(repeating: "0", count: 20 - String(seg.id).count) + String(seg.id)
+            #expect(names.contains(name + ".hint"))
+            // Damage every sealed segment's values: start-up must not read them (it trusts hints),
+            // and reads must then catch the damage.
+            let path = f.directory + "/" + name + ".seg"
+            let size = f.fs.contents(of: path)!.count
+            f.fs.corrupt(path: path, at: size - 20, with: [0xFF, 0xFE])
+        }
+        let reopened = try await f.open()
+        #expect(reopened.damage.isEmpty)
+        #expect(reopened.highestLSN.seq == 100)
+        await reopened.close()
+    }
 }
