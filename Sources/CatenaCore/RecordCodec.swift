@@ -18,14 +18,14 @@
 /// | 40 | 8 | timestamp (ns since 1970) |
 /// | 48 | 16 | client request id |
 /// | 64 | 8 | content checksum (XXH3-64 of the object) |
-/// | 72 | 8 | header checksum (XXH3-64 of bytes 0..<72) |
+/// | 72 | 8 | header checksum: XXH3-64 of the key, seeded with XXH3-64 of bytes 0..<72 |
 /// | 80 | k | key |
 /// | 80+k | e | extension area: (tag u16, flags u16 — bit 0 must-understand, length u32, bytes)* |
 /// | 80+k+e | v | value |
 /// | end-8 | 8 | record checksum (XXH3-64 of everything before it) |
 ///
-/// The header checksum lets a reader trust the lengths before it reads the value, and name the
-/// key and LSN of a record whose value is damaged.
+/// The header checksum covers the fixed fields and the key. It lets a reader trust the lengths
+/// before it reads the value, and name the key and LSN of a record whose value is damaged.
 public struct RecordHeader: Hashable, Sendable {
     /// `CREC`.
     public static let magic: UInt32 = 0x4345_5243
@@ -59,9 +59,20 @@ public struct RecordHeader: Hashable, Sendable {
     /// Where the value starts.
     public var valueOffset: Int { RecordHeader.size + keyLength + extensionsLength }
 
-    /// Parses and checks the header at the start of `bytes` (at least ``size`` bytes).
+    /// The most bytes ``parse(_:)`` needs: the fixed header and the longest key.
+    public static let maxPrefix = size + Key.maxLength
+
+    /// The header checksum of a record whose first `size + keyLength` bytes are `bytes`.
+    static func checksum(_ bytes: UnsafeRawBufferPointer, keyLength: Int) -> UInt64 {
+        let fixed = XXH3.hash(UnsafeRawBufferPointer(rebasing: bytes[0..<72]))
+        return XXH3.hash(UnsafeRawBufferPointer(rebasing: bytes[size..<(size + keyLength)]), seed: fixed)
+    }
+
+    /// Parses and checks the header and key at the start of `bytes` (at least ``size`` plus the
+    /// key's length; ``maxPrefix`` bytes, or all there are, always suffice).
     ///
-    /// Checks magic, version, header checksum and length plausibility; not the record checksum.
+    /// Checks magic, version, length plausibility and the header checksum (which covers the
+    /// key); not the record checksum.
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws(CatenaError) -> RecordHeader {
         guard bytes.count >= size else {
             throw CatenaError(.malformed, "record header needs \(size) bytes, have \(bytes.count)")
@@ -69,17 +80,19 @@ public struct RecordHeader: Hashable, Sendable {
         guard bytes.le(0, as: UInt32.self) == magic else {
             throw CatenaError(.malformed, "bad record magic")
         }
-        let stored = bytes.le(72, as: UInt64.self)
-        guard XXH3.hash(UnsafeRawBufferPointer(rebasing: bytes[0..<72])) == stored else {
+        let keyLength = Int(bytes.le(8, as: UInt16.self))
+        guard keyLength >= 1 && keyLength <= Key.maxLength else {
+            throw CatenaError(.malformed, "record key length \(keyLength) out of range")
+        }
+        guard bytes.count >= size + keyLength else {
+            throw CatenaError(.malformed, "record header and key need \(size + keyLength) bytes, have \(bytes.count)")
+        }
+        guard checksum(bytes, keyLength: keyLength) == bytes.le(72, as: UInt64.self) else {
             throw CatenaError(.checksumMismatch, "record header checksum mismatch")
         }
         let version = bytes[4]
         guard version >= 1 && version <= currentVersion else {
             throw CatenaError(.unsupportedVersion, "record format version \(version); this build reads 1...\(currentVersion)")
-        }
-        let keyLength = Int(bytes.le(8, as: UInt16.self))
-        guard keyLength >= 1 && keyLength <= Key.maxLength else {
-            throw CatenaError(.malformed, "record key length \(keyLength) out of range")
         }
         return RecordHeader(
             version: version,
@@ -96,7 +109,8 @@ public struct RecordHeader: Hashable, Sendable {
         )
     }
 
-    /// Writes this header (with its checksum) into the first ``size`` bytes of `out`.
+    /// Writes this header (with its checksum) into the first ``size`` bytes of `out`, whose next
+    /// `keyLength` bytes must already hold the key.
     public func write(into out: UnsafeMutableRawBufferPointer) {
         out.setLE(RecordHeader.magic, at: 0)
         out[4] = version
@@ -113,7 +127,7 @@ public struct RecordHeader: Hashable, Sendable {
         out.setLE(requestID.high, at: 48)
         out.setLE(requestID.low, at: 56)
         out.setLE(contentChecksum, at: 64)
-        out.setLE(XXH3.hash(UnsafeRawBufferPointer(rebasing: out[0..<72])), at: 72)
+        out.setLE(RecordHeader.checksum(UnsafeRawBufferPointer(out), keyLength: keyLength), at: 72)
     }
 }
 
@@ -258,7 +272,6 @@ extension Record {
         let total = header.recordLength
         let bytes = [UInt8](unsafeUninitializedCapacity: total) { buf, initialized in
             let raw = UnsafeMutableRawBufferPointer(buf)
-            header.write(into: raw)
             var at = RecordHeader.size
             for part in [key.bytes, ext] {
                 part.withUnsafeBytes { p in
@@ -270,6 +283,7 @@ extension Record {
                 if p.count > 0 { UnsafeMutableRawBufferPointer(rebasing: raw[at..<(at + p.count)]).copyMemory(from: p) }
             }
             at += value.count
+            header.write(into: raw)
             let sum = XXH3.hash(UnsafeRawBufferPointer(rebasing: raw[0..<at]))
             raw.setLE(sum, at: at)
             initialized = total

@@ -8,6 +8,12 @@ public enum XXH3 {
         XXH3_64bits(bytes.baseAddress, bytes.count)
     }
 
+    /// The XXH3-64 hash of `bytes` with `seed` (chains two regions without a streaming state).
+    @inlinable
+    public static func hash(_ bytes: UnsafeRawBufferPointer, seed: UInt64) -> UInt64 {
+        XXH3_64bits_withSeed(bytes.baseAddress, bytes.count, seed)
+    }
+
     /// The XXH3-64 hash (seed 0) of `bytes`.
     @inlinable
     public static func hash<Bytes: ContiguousBytes>(_ bytes: Bytes) -> UInt64 {

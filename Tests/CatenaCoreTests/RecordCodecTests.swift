@@ -47,7 +47,8 @@ struct RecordCodecTests {
         bytes[4] = 2
         // Re-seal the header checksum so only the version is "wrong".
         bytes.withUnsafeMutableBytes { raw in
-            raw.setLE(XXH3.hash(UnsafeRawBufferPointer(rebasing: raw[0..<72])), at: 72)
+            let fixed = XXH3.hash(UnsafeRawBufferPointer(rebasing: raw[0..<72]))
+            raw.setLE(XXH3.hash(UnsafeRawBufferPointer(rebasing: raw[80..<87]), seed: fixed), at: 72)
         }
         do {
             _ = try EncodedRecord(validating: bytes)
