@@ -115,6 +115,7 @@ extension Store {
         while let item = try scanner.next() {
             switch item {
             case .record(let r, let loc): out.append(r.summary(at: loc))
+            case .summary(let e): out.append(e)
             case .damage: return nil
             }
         }

@@ -74,86 +74,94 @@ struct Recovery {
 
         let hintNames = Set(names.filter { $0.hasSuffix(".hint") })
         var previous = LSN.zero
+        /// Damage whose header was lost, waiting for the next valid record to bound what it lost.
+        var unbounded: [Int] = []
         for (i, entry) in opened.enumerated() {
             let isLast = i == opened.count - 1
             let id = entry.header.id
-            var entries: [EntrySummary]? = nil
-            if hintNames.contains(DataDirectory.name(id) + ".hint") {
-                entries = loadHint(id: id, size: entry.size)
+            var items: [ScanItem]? = nil
+            if hintNames.contains(DataDirectory.name(id) + ".hint"), let hinted = loadHint(id: id, size: entry.size) {
+                items = hinted.map { .summary($0) }
             }
-            let sealed = !isLast || entries != nil
-            var segmentDamage: [Damage] = []
+            let sealed = !isLast || items != nil
             var size = entry.size
-            if entries == nil {
-                var found: [EntrySummary] = []
+            if items == nil {
+                var found: [ScanItem] = []
                 var scanner = SegmentScanner(file: entry.file, segment: id, from: UInt64(entry.header.size), end: entry.size)
                 var lastGood = UInt64(entry.header.size)
                 while let item = try scanner.next() {
-                    switch item {
-                    case .record(let r, let loc):
-                        found.append(r.summary(at: loc))
-                        lastGood = loc.offset + UInt64(loc.length)
-                    case .damage(let d):
-                        segmentDamage.append(d)
-                    }
+                    if case .record(_, let loc) = item { lastGood = loc.offset + UInt64(loc.length) }
+                    found.append(item)
                 }
-                // Damage after the last valid record of the last segment is a torn write.
-                if isLast, let torn = segmentDamage.last, torn.offset >= lastGood {
-                    segmentDamage.removeLast()
-                    try entry.file.truncate(to: torn.offset)
+                // Everything after the last valid record of the last segment is a torn write
+                // (a crash mid-append can leave several damaged stretches there): cut it all.
+                if isLast, found.contains(where: { if case .damage(let d) = $0 { return d.offset >= lastGood } else { return false } }) {
+                    let dropped = entry.size - lastGood
+                    found.removeAll { if case .damage(let d) = $0 { return d.offset >= lastGood } else { return false } }
+                    try entry.file.truncate(to: lastGood)
                     try entry.file.sync()
-                    size = torn.offset
-                    result.tornBytesDropped += Int(torn.length)
+                    size = lastGood
+                    result.tornBytesDropped += Int(dropped)
                     logger.warning("truncated torn write at the end of the log", metadata: [
-                        "file": "\(entry.file.path)", "offset": "\(torn.offset)", "bytes_dropped": "\(torn.length)",
+                        "file": "\(entry.file.path)", "offset": "\(lastGood)", "bytes_dropped": "\(dropped)",
                     ])
                 }
-                for d in segmentDamage {
-                    logger.error("corruption: refusing to serve damaged records, keeping the valid ones", metadata: ["damage": "\(d)"])
-                }
-                entries = found
-                if sealed && segmentDamage.isEmpty {
+                let clean = !found.contains { if case .damage = $0 { return true } else { return false } }
+                if sealed && clean {
                     // Save the next start-up the scan.
-                    HintWriter(fs: fs, dir: dir, logger: logger).write(segment: id, size: size, entries: found)
+                    let summaries = found.compactMap { item -> EntrySummary? in
+                        if case .record(let r, let loc) = item { return r.summary(at: loc) } else { return nil }
+                    }
+                    HintWriter(fs: fs, dir: dir, logger: logger).write(segment: id, size: size, entries: summaries)
                 }
+                items = found
             }
+
             var state = Store.SegmentState(id: id, file: entry.file, header: entry.header, size: size, lastLSN: previous, recordCount: 0, sealed: sealed)
-            for e in entries! {
+            var activeEntries: [EntrySummary] = []
+            for item in items! {
+                let e: EntrySummary
+                switch item {
+                case .record(let r, let loc): e = r.summary(at: loc)
+                case .summary(let summary): e = summary
+                case .damage(let d):
+                    logger.error("corruption: refusing to serve damaged records, keeping the valid ones", metadata: ["damage": "\(d)"])
+                    result.damage.append(d)
+                    if let header = d.header, let key = d.key {
+                        // Only the body is damaged: refuse exactly that key while this is its newest version.
+                        if header.lsn.seq > previous.seq {
+                            result.index.applyDamaged(EntrySummary(header: header, key: key, extensions: [], location: Location(segment: id, offset: d.offset, length: UInt32(d.length)), damaged: true))
+                        }
+                    } else {
+                        unbounded.append(result.damage.count - 1)
+                    }
+                    continue
+                }
                 if e.lsn.seq <= previous.seq && previous != .zero {
-                    let d = Damage(path: entry.file.path, segment: id, offset: e.location.offset, length: UInt64(e.location.length), header: e.header)
-                    segmentDamage.append(d)
+                    let d = Damage(path: entry.file.path, segment: id, offset: e.location.offset, length: UInt64(e.location.length), header: e.header, key: e.key)
+                    result.damage.append(d)
                     logger.error("corruption: record out of LSN order", metadata: ["damage": "\(d)", "previous": "\(previous)"])
                     continue
                 }
+                // The records a header-lost stretch held had LSNs between its neighbours.
+                for u in unbounded where e.lsn.seq > previous.seq + 1 {
+                    result.damage[u].lost = (previous.seq + 1)...(e.lsn.seq - 1)
+                }
+                unbounded.removeAll()
                 result.index.apply(e)
+                activeEntries.append(e)
                 previous = e.lsn
                 state.lastLSN = e.lsn
                 state.recordCount += 1
             }
-            // Damaged records whose header survived: refuse to serve that key's version.
-            for d in segmentDamage {
-                if let header = d.header, header.lsn.seq > 0 {
-                    if let keyBytes = try? readKey(entry.file, d), let key = try? Key(bytes: keyBytes) {
-                        let newer = result.index.objects[key].map { $0.lsn > header.lsn } ?? false
-                        if !newer {
-                            result.index.applyDamaged(EntrySummary(header: header, key: key, extensions: [], location: Location(segment: id, offset: d.offset, length: UInt32(d.length)), damaged: true))
-                        }
-                    }
-                }
-            }
-            result.damage.append(contentsOf: segmentDamage)
-            if isLast && !sealed { result.activeEntries = entries! }
+            if isLast && !sealed { result.activeEntries = activeEntries }
             result.segments.append(state)
         }
+        // Header-lost damage after the last valid record (only possible at the end of a sealed
+        // segment followed by an empty one): it may have held the next record.
+        for u in unbounded { result.damage[u].lost = (previous.seq + 1)...(previous.seq + 1) }
         result.highest = previous
-        // Records that a later damaged record overwrote are handled above; a later valid record
-        // for the same key naturally supersedes a damaged one.
         return result
-    }
-
-    private func readKey(_ file: any StorageFile, _ d: Damage) throws(CatenaError) -> [UInt8] {
-        guard let header = d.header else { return [] }
-        return try file.read(at: d.offset + UInt64(RecordHeader.size), count: header.keyLength)
     }
 
     private func loadHint(id: UInt64, size: UInt64) -> [EntrySummary]? {

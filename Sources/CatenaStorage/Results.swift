@@ -58,9 +58,13 @@ public struct DamageReport: Hashable, Sendable, CustomStringConvertible {
     public var lsn: LSN?
     /// The key of the damaged record, when its header survived.
     public var key: Key?
+    /// When the header was lost too: the seqs the damaged bytes may have held. Reads of keys
+    /// whose newest version is older than these, and listings, are refused until a re-copy.
+    public var lostSeqs: ClosedRange<UInt64>?
 
     public var description: String {
         "\(path) offset \(offset), \(length) bytes" + (lsn.map { ", record \($0)" } ?? "") + (key.map { ", key \($0)" } ?? "")
+            + (lostSeqs.map { ", may have held seqs \($0.lowerBound)...\($0.upperBound)" } ?? "")
     }
 }
 

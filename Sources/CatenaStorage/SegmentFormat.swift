@@ -102,6 +102,12 @@ struct Damage: Hashable, Sendable, CustomStringConvertible {
     var length: UInt64
     /// The header of the damaged record, when only its body was damaged.
     var header: RecordHeader?
+    /// The damaged record's key, when its header (which covers the key) survived.
+    var key: Key?
+    /// For damage whose header was lost: the seqs the records in it may have had (bounded by
+    /// the valid records around it). Any key whose newest version is older than its upper
+    /// bound may have been overwritten there, and is refused.
+    var lost: ClosedRange<UInt64>? = nil
 
     var description: String {
         if let header {
@@ -115,6 +121,8 @@ struct Damage: Hashable, Sendable, CustomStringConvertible {
 enum ScanItem {
     case record(EncodedRecord, Location)
     case damage(Damage)
+    /// An index entry loaded from a hint file.
+    case summary(EntrySummary)
 }
 
 /// Reads a segment front to back, verifying every record and reporting damage precisely.
@@ -161,14 +169,16 @@ struct SegmentScanner {
             return .record(record, Location(segment: segment, offset: start, length: UInt32(length)))
         }
         // Damage. If the header is intact, the lengths are trustworthy: skip exactly that record.
-        let headerBytes = try bytes(at: start, count: Int(min(UInt64(RecordHeader.size), end - start)))
+        let headerBytes = try bytes(at: start, count: Int(min(UInt64(RecordHeader.maxPrefix), end - start)))
         let parsed = headerBytes.withUnsafeBytes { raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }
         if case .failure(let error) = parsed, error.code == .unsupportedVersion {
             throw CatenaError(.unsupportedVersion, "\(file.path) offset \(start): \(error.message)")
         }
         if case .success(let header) = parsed, start + UInt64(header.recordLength) <= end {
+            // The header checksum covers the key, so the key is trustworthy.
+            let key = try? Key(bytes: headerBytes[header.keyOffset..<header.extensionsOffset])
             position = start + UInt64(header.recordLength)
-            return .damage(Damage(path: file.path, segment: segment, offset: start, length: UInt64(header.recordLength), header: header))
+            return .damage(Damage(path: file.path, segment: segment, offset: start, length: UInt64(header.recordLength), header: header, key: key))
         }
         // Otherwise resynchronize at the next offset holding a valid record.
         var candidate = start + 1
@@ -178,7 +188,7 @@ struct SegmentScanner {
             candidate = found + 1
         }
         position = candidate
-        return .damage(Damage(path: file.path, segment: segment, offset: start, length: candidate - start, header: nil))
+        return .damage(Damage(path: file.path, segment: segment, offset: start, length: candidate - start, header: nil, key: nil))
     }
 
     /// The offset of the next record magic at or after `offset`.
@@ -203,7 +213,7 @@ struct SegmentScanner {
     /// The record at `offset` if it is complete and passes every check.
     private mutating func recordIfValid(at offset: UInt64) throws(CatenaError) -> (EncodedRecord, Int)? {
         guard end - offset >= UInt64(RecordHeader.overhead) else { return nil }
-        let head = try bytes(at: offset, count: RecordHeader.size)
+        let head = try bytes(at: offset, count: Int(min(UInt64(RecordHeader.maxPrefix), end - offset)))
         guard case .success(let header) = head.withUnsafeBytes({ raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }) else {
             return nil
         }
@@ -218,8 +228,9 @@ struct SegmentScanner {
 /// A hint file: the index entries of one sealed segment, so start-up need not read values.
 ///
 /// Layout: magic `CHNT` (u32), version (u16), reserved (u16), segment id (u64), the segment's
-/// size when sealed (u64), entry count (u32), then per entry: the record's 80-byte header, its
-/// offset (u64), the key, the extension area; then XXH3-64 of everything before. A hint whose
+/// size when sealed (u64), entry count (u32), then per entry: the record's 80-byte header and
+/// its key (checked by the header checksum), its offset (u64), the extension area, and for a
+/// manifest its 28-byte body; then XXH3-64 of everything before. A hint whose
 /// checksum, segment id or segment size does not match is ignored and the segment is scanned.
 enum HintFile {
     static let magic: UInt32 = 0x544E_4843  // "CHNT"
@@ -228,12 +239,11 @@ enum HintFile {
         var w = ByteWriter(capacity: 32 + entries.count * 128)
         w.u32(magic); w.u16(1); w.u16(0)
         w.u64(segment); w.u64(segmentSize); w.u32(UInt32(entries.count))
-        var headerBytes = [UInt8](repeating: 0, count: RecordHeader.size)
         for e in entries {
-            headerBytes.withUnsafeMutableBytes { e.header.write(into: $0) }
-            w.raw(headerBytes)
+            var headerAndKey = [UInt8](repeating: 0, count: RecordHeader.size) + e.key.bytes
+            headerAndKey.withUnsafeMutableBytes { e.header.write(into: $0) }
+            w.raw(headerAndKey)
             w.u64(e.location.offset)
-            w.raw(e.key.bytes)
             w.raw(e.extensions)
             if e.header.type == .manifest { w.raw((e.manifest ?? Manifest(upload: .none, chunkCount: 0, totalSize: 0)).encoded()) }
         }
@@ -255,13 +265,15 @@ enum HintFile {
         entries.reserveCapacity(count)
         for _ in 0..<count {
             guard r.remaining >= RecordHeader.size + 8 + 8 else { return nil }
-            let hb = Array(r.raw(RecordHeader.size))
-            guard case .success(let header) = hb.withUnsafeBytes({ raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }) else {
+            let keyLength = Int(r.bytes[r.offset + 8]) | Int(r.bytes[r.offset + 9]) << 8
+            guard keyLength >= 1, r.remaining >= RecordHeader.size + keyLength + 8 + 8 else { return nil }
+            let hb = Array(r.raw(RecordHeader.size + keyLength))
+            guard case .success(let header) = hb.withUnsafeBytes({ raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }),
+                  let key = try? Key(bytes: hb[RecordHeader.size...]) else {
                 return nil
             }
             let offset = r.u64()
-            guard r.remaining >= header.keyLength + header.extensionsLength + 8,
-                  let key = try? Key(bytes: r.raw(header.keyLength)) else { return nil }
+            guard r.remaining >= header.extensionsLength + 8 else { return nil }
             let ext = Array(r.raw(header.extensionsLength))
             var manifest: Manifest?
             if header.type == .manifest {

@@ -558,18 +558,31 @@ public final class Store: Sendable {
     /// Damage found at open (or later) that the store refuses to serve.
     public var damage: [DamageReport] {
         state.withLock { s in
-            s.damage.map { DamageReport(path: $0.path, offset: $0.offset, length: $0.length, lsn: $0.header?.lsn, key: nil) }
+            s.damage.map { DamageReport(path: $0.path, offset: $0.offset, length: $0.length, lsn: $0.header?.lsn, key: $0.key, lostSeqs: $0.lost) }
         }
     }
 
     /// The newest version's metadata, or nil if the key does not exist or was deleted.
     public func head(_ key: Key) throws(CatenaError) -> ObjectInfo? {
         try state.withLock { (s) throws(CatenaError) -> ObjectInfo? in
-            guard let v = s.index.objects[key], v.type != .delete else { return nil }
+            try Store.refuseIfPossiblyStale(key, s.index.objects[key], s)
+            guard let v = s.index.objects[key] else { return nil }
             if v.damaged {
                 throw CatenaError(.corruption, "the newest version of '\(key)' (record \(v.lsn), segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
             }
+            guard v.type != .delete else { return nil }
             return Store.info(key, v)
+        }
+    }
+
+    /// Damage whose records' keys are unknown may have overwritten any key whose newest version
+    /// is older than it, or created any key: refuse those reads rather than serve stale data.
+    static func refuseIfPossiblyStale(_ key: Key, _ version: ObjectVersion?, _ s: State) throws(CatenaError) {
+        for d in s.damage {
+            guard let lost = d.lost else { continue }
+            if version.map({ $0.lsn.seq < lost.upperBound }) ?? true {
+                throw CatenaError(.corruption, "'\(key)' may have been written by records \(lost.lowerBound)...\(lost.upperBound), which are unreadable (\(d)); this replica needs a re-copy")
+            }
         }
     }
 
@@ -591,10 +604,12 @@ public final class Store: Sendable {
     /// even if it is overwritten or compacted meanwhile.
     public func get(_ key: Key) throws(CatenaError) -> StoredObject? {
         try state.withLock { (s) throws(CatenaError) -> StoredObject? in
-            guard let v = s.index.objects[key], v.type != .delete else { return nil }
+            try Store.refuseIfPossiblyStale(key, s.index.objects[key], s)
+            guard let v = s.index.objects[key] else { return nil }
             if v.damaged {
                 throw CatenaError(.corruption, "the newest version of '\(key)' (record \(v.lsn), segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
             }
+            guard v.type != .delete else { return nil }
             let locations = v.type == .manifest ? v.chunks : [v.location]
             var parts: [ObjectBody.Part] = []
             for loc in locations {
@@ -610,7 +625,10 @@ public final class Store: Sendable {
     /// Live keys starting with `prefix`, in byte order, strictly after `after`; at most `limit`.
     public func list(prefix: [UInt8] = [], after: Key? = nil, limit: Int = 1000) throws(CatenaError) -> ListPage {
         guard limit >= 1 else { throw CatenaError(.invalidArgument, "list limit must be at least 1") }
-        return state.withLock { s in
+        return try state.withLock { (s) throws(CatenaError) -> ListPage in
+            if let d = s.damage.first(where: { $0.lost != nil }) {
+                throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
+            }
             let (keys, more) = s.index.list(prefix: prefix, after: after, limit: limit)
             let infos = keys.map { Store.info($0, s.index.objects[$0]!) }
             return ListPage(objects: infos, nextCursor: more ? keys.last : nil)

@@ -87,9 +87,15 @@ public struct ObjectBody: AsyncSequence, Sendable {
                 // A large record: stream the value, hashing the record as it goes.
                 if header == nil {
                     let head = try await runBlocking(on: body.pool) { () throws(CatenaError) -> [UInt8] in
-                        try p.file.read(at: p.location.offset, count: RecordHeader.size)
+                        try p.file.read(at: p.location.offset, count: Swift.min(RecordHeader.maxPrefix, length))
                     }
-                    let parsed = try head.withUnsafeBytes { raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }.get()
+                    let parsed: RecordHeader
+                    do {
+                        parsed = try head.withUnsafeBytes { raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }.get()
+                    } catch {
+                        throw CatenaError(error.code == .checksumMismatch ? .checksumMismatch : .corruption,
+                                          "\(p.file.path) offset \(p.location.offset): \(error.message)")
+                    }
                     guard parsed.recordLength == length else {
                         throw CatenaError(.corruption, "\(p.file.path) offset \(p.location.offset): record length changed")
                     }
@@ -202,6 +208,8 @@ public struct RecordStream: AsyncSequence, Sendable {
                             if r.lsn.seq > after.seq { out.append(r) }
                         case .damage(let d):
                             throw CatenaError(.corruption, "\(d)")
+                        case .summary:
+                            break
                         }
                     }
                     return (out, scanner.position)

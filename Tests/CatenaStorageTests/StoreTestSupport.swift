@@ -72,9 +72,12 @@ struct TempDirectory {
     func cleanup() { try? FileManager.default.removeItem(atPath: path) }
 }
 
-/// Tests log only warnings and worse (set CATENA_TEST_LOG=trace to see everything).
+/// Tests log nothing unless CATENA_TEST_LOG names a level (e.g. CATENA_TEST_LOG=trace).
 let quietLogger: Logger = {
+    guard let level = ProcessInfo.processInfo.environment["CATENA_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) else {
+        return Logger(label: "catena.test", factory: { _ in SwiftLogNoOpLogHandler() })
+    }
     var logger = Logger(label: "catena.test")
-    logger.logLevel = ProcessInfo.processInfo.environment["CATENA_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
+    logger.logLevel = level
     return logger
 }()
