@@ -179,7 +179,7 @@ extension Store {
             }
             out.close()
             let file = try fs.open(tmp, mode: .readWrite)
-            newSegment = SegmentState(id: id, file: file, header: header, size: offset, lastLSN: kept.last!.lsn, recordCount: kept.count, sealed: true)
+            newSegment = SegmentState(id: id, file: file, header: header, size: offset, lastLSN: kept.last!.lsn, recordCount: kept.count, sealed: true, writtenSize: offset)
         }
 
         // Record the dropped history before the rewrite can become visible.

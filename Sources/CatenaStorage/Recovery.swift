@@ -117,7 +117,7 @@ struct Recovery {
                 items = found
             }
 
-            var state = Store.SegmentState(id: id, file: entry.file, header: entry.header, size: size, lastLSN: previous, recordCount: 0, sealed: sealed)
+            var state = Store.SegmentState(id: id, file: entry.file, header: entry.header, size: size, lastLSN: previous, recordCount: 0, sealed: sealed, writtenSize: size)
             var activeEntries: [EntrySummary] = []
             for item in items! {
                 let e: EntrySummary

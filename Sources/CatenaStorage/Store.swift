@@ -26,8 +26,12 @@ public final class Store: Sendable {
     let logger: Logger
     /// Performs appends, segment rolls and truncations, in order. One thread.
     let writerPool: NIOThreadPool
+    /// Syncs written batches and acknowledges them, while the writer writes the next. One thread.
+    let syncerPool: NIOThreadPool
     /// Performs compaction and serializes it with truncation. One thread.
     let maintenancePool: NIOThreadPool
+    /// The number of batches written but not yet synced and acknowledged.
+    let unsyncedBatches = InFlightCounter()
     /// Performs blocking reads.
     let readerPool: NIOThreadPool
     let directoryLock: any FileLock
@@ -46,6 +50,15 @@ public final class Store: Sendable {
         var records: [EncodedRecord]
         var bytes: Int
         var ticket: AppendTicket
+    }
+
+    struct WrittenBatch {
+        var appends: [PendingAppend]
+        var bytes: Int
+        var file: any StorageFile
+        var segment: UInt64
+        var offset: UInt64
+        var createdSegment: Bool
     }
 
     enum WriterOp {
@@ -67,6 +80,8 @@ public final class Store: Sendable {
         var lastLSN: LSN
         var recordCount: Int
         var sealed: Bool
+        /// Where the writer appends next (ahead of `size`, which only counts durable bytes).
+        var writtenSize: UInt64
 
         var info: SegmentInfo {
             SegmentInfo(id: id, firstLSN: header.firstLSN, lastLSN: lastLSN, recordCount: recordCount, byteSize: size, sealed: sealed)
@@ -79,7 +94,14 @@ public final class Store: Sendable {
         var tail: LSN = .zero
         var queue: [WriterOp] = []
         var queueHead = 0
+        /// Bytes of the appends in `queue`.
+        var queuedBytes = 0
         var writerScheduled = false
+        /// Batches written to the page cache, waiting for the syncer.
+        var written: [WrittenBatch] = []
+        var syncerScheduled = false
+        /// LSN of the last record written (durable or not).
+        var writtenLSN: LSN = .zero
         var uploadTracker: [UploadID: UploadProgress] = [:]
         /// LSN of the last durable record.
         var durable: LSN = .zero
@@ -107,6 +129,7 @@ public final class Store: Sendable {
         // A store that was never closed still must not leak its threads.
         if case .closed = state.withLock({ $0.lifecycle }) { return }
         writerPool.shutdownGracefully { _ in }
+        syncerPool.shutdownGracefully { _ in }
         maintenancePool.shutdownGracefully { _ in }
         readerPool.shutdownGracefully { _ in }
     }
@@ -171,6 +194,7 @@ public final class Store: Sendable {
         s.damage = recovered.damage
         s.persistent = recovered.persistent
         s.durable = recovered.highest
+        s.writtenLSN = recovered.highest
         s.tail = recovered.highest
         s.nextSegmentID = recovered.nextSegmentID
         s.metrics.tornBytesDropped = recovered.tornBytesDropped
@@ -178,9 +202,11 @@ public final class Store: Sendable {
         self.state = Mutex(s)
 
         writerPool = NIOThreadPool(numberOfThreads: 1)
+        syncerPool = NIOThreadPool(numberOfThreads: 1)
         maintenancePool = NIOThreadPool(numberOfThreads: 1)
         readerPool = NIOThreadPool(numberOfThreads: configuration.readThreads)
         writerPool.start()
+        syncerPool.start()
         maintenancePool.start()
         readerPool.start()
         logger.info("store open", metadata: [
@@ -241,6 +267,7 @@ public final class Store: Sendable {
         }
         try? await maintenancePool.shutdownGracefully()
         try? await writerPool.shutdownGracefully()
+        try? await syncerPool.shutdownGracefully()
         try? await readerPool.shutdownGracefully()
         for f in files { f.close() }
         directoryLock.release()
@@ -286,6 +313,7 @@ public final class Store: Sendable {
             s.tail = previous
             s.uploadTracker = tracker
             s.queue.append(.append(PendingAppend(records: records, bytes: bytes, ticket: ticket)))
+            s.queuedBytes += bytes
             if s.writerScheduled { return false }
             s.writerScheduled = true
             return true
@@ -348,16 +376,25 @@ public final class Store: Sendable {
     }
 
     /// The writer loop: runs on `writerPool`'s one thread until the queue is empty.
+    ///
+    /// Writing and syncing are pipelined: the writer copies batch N+1 into the page cache while
+    /// the syncer thread fsyncs batch N, so the device never idles while the CPU copies.
     private func drain() {
         let delayNanos = configuration.groupCommitDelay.nanoseconds
         let maxBytes = configuration.groupCommitMaxBytes
         let oneCallPerSync = configuration.durability == .always
         while true {
+            // While a sync is in flight, write a new batch only once it is worth a syscall of its
+            // own (pipelining large values); small records wait and share the next fsync.
+            if state.withLock({ $0.queuedBytes }) < Store.pipelineMinBytes {
+                unsyncedBatches.waitForZero()
+            }
             enum Work { case appends([PendingAppend], Int), task(@Sendable () -> Void) }
             func take(_ s: inout State, into batch: inout [PendingAppend], bytes: inout Int) {
                 while !s.queueIsEmpty, case .append(let p) = s.queue[s.queueHead] {
                     if !batch.isEmpty && (oneCallPerSync || bytes + p.bytes > maxBytes) { break }
                     _ = s.popOp()
+                    s.queuedBytes -= p.bytes
                     batch.append(p)
                     bytes += p.bytes
                 }
@@ -380,6 +417,8 @@ public final class Store: Sendable {
             case nil:
                 return
             case .task(let t):
+                // Tasks (truncation, close) see a quiet log: nothing written but unsynced.
+                waitUntilSynced()
                 t()
             case .appends(var batch, var bytes):
                 if delayNanos > 0 && !oneCallPerSync && bytes < maxBytes {
@@ -392,9 +431,20 @@ public final class Store: Sendable {
         }
     }
 
-    /// Writes one group commit: roll the segment if needed, write, sync, index, acknowledge.
+    /// Queued bytes from which the writer writes while a sync is still in flight.
+    static let pipelineMinBytes = 1 << 20
+
+    /// Blocks the writer until the syncer has acknowledged (or failed) every written batch.
+    private func waitUntilSynced() {
+        unsyncedBatches.waitForZero()
+    }
+
+    /// Writes one group commit (rolling the segment if needed) and hands it to the syncer.
     private func writeBatch(_ batch: [PendingAppend], bytes: Int) {
-        let sync = configuration.durability != .none
+        if case .failed(let error) = state.withLock({ $0.lifecycle }) {
+            failAppends(batch, error: CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it"), poison: false)
+            return
+        }
         var created = false
         var chunks: [[UInt8]] = []
         chunks.reserveCapacity(batch.reduce(0) { $0 + $1.records.count })
@@ -423,39 +473,119 @@ public final class Store: Sendable {
             }
             return
         }
-        if sync {
-            do {
-                try active.file.sync()
-                if created { try fs.syncDirectory(dir.path) }
-            } catch {
-                failAppends(batch, error: error, poison: true)
-                return
+        unsyncedBatches.add(1)
+        let schedule: Bool = state.withLock { s in
+            if let i = s.segments.lastIndex(where: { $0.id == active.id }) {
+                s.segments[i].writtenSize = active.offset + UInt64(bytes)
             }
+            s.writtenLSN = batch[batch.count - 1].records.last!.lsn
+            s.written.append(WrittenBatch(appends: batch, bytes: bytes, file: active.file, segment: active.id, offset: active.offset, createdSegment: created))
+            if s.syncerScheduled { return false }
+            s.syncerScheduled = true
+            return true
         }
-        // Durable: make visible, then acknowledge.
-        state.withLock { s in
-            var offset = active.offset
-            let si = s.segments.count - 1
-            for p in batch {
-                for r in p.records {
-                    let summary = r.summary(at: Location(segment: active.id, offset: offset, length: UInt32(r.count)))
-                    s.index.apply(summary)
-                    s.activeEntries.append(summary)
-                    offset += UInt64(r.count)
+        if schedule { syncerPool.submit { [self] _ in syncLoop() } }
+    }
+
+    /// The syncer loop: fsyncs everything written so far (one fsync per file for any number of
+    /// batches), then indexes and acknowledges in order.
+    private func syncLoop() {
+        let sync = configuration.durability != .none
+        let oneCallPerSync = configuration.durability == .always
+        while true {
+            let taken: [WrittenBatch]? = state.withLock { s in
+                guard !s.written.isEmpty else {
+                    s.syncerScheduled = false
+                    return nil
                 }
-                s.metrics.appendedRecords += p.records.count
-                s.metrics.appendCalls += 1
+                let n = oneCallPerSync ? 1 : s.written.count
+                let taken = Array(s.written.prefix(n))
+                s.written.removeFirst(n)
+                return taken
             }
-            let last = batch[batch.count - 1].records.last!.lsn
-            s.segments[si].size = offset
-            s.segments[si].lastLSN = last
-            s.segments[si].recordCount += chunks.count
-            s.durable = last
-            s.metrics.appendedBytes += bytes
-            s.metrics.batches += 1
-            if sync { s.metrics.syncs += created ? 2 : 1 }
+            guard let taken else { return }
+            var syncs = 0
+            var failure: CatenaError?
+            if case .failed(let error) = state.withLock({ $0.lifecycle }) {
+                failure = CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it")
+            } else if sync {
+                do {
+                    var synced: [ObjectIdentifier] = []
+                    for b in taken where !synced.contains(ObjectIdentifier(b.file)) {
+                        try b.file.sync()
+                        synced.append(ObjectIdentifier(b.file))
+                        syncs += 1
+                    }
+                    if taken.contains(where: \.createdSegment) {
+                        try fs.syncDirectory(dir.path)
+                        syncs += 1
+                    }
+                } catch {
+                    failure = error
+                }
+            }
+            if let failure {
+                // What reached the disk is unknown: refuse all writes until reopened.
+                let (rest, writtenDropped): ([PendingAppend], Int) = state.withLock { s in
+                    s.lifecycle = .failed(failure)
+                    var rest = s.written.flatMap(\.appends)
+                    let writtenDropped = s.written.count
+                    s.written = []
+                    var kept: [WriterOp] = []
+                    while !s.queueIsEmpty {
+                        let op = s.popOp()
+                        switch op {
+                        case .append(let p): rest.append(p)
+                        case .task: kept.append(op)
+                        }
+                    }
+                    s.queue = kept
+                    s.queueHead = 0
+                    s.queuedBytes = 0
+                    return (rest, writtenDropped)
+                }
+                logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(failure)"])
+                let own = taken.flatMap(\.appends)
+                for p in own { p.ticket.complete(.failure(failure)) }
+                for p in rest {
+                    p.ticket.complete(.failure(CatenaError(failure.code, "not written because an earlier append failed: \(failure.message)")))
+                }
+                // A batch the writer is writing right now finds the store failed when it hands
+                // the batch over, and is failed by the next round of this loop.
+                release(batches: taken.count + writtenDropped)
+                continue
+            }
+            // Durable: make visible, then acknowledge.
+            state.withLock { s in
+                for b in taken {
+                    guard let si = s.segments.lastIndex(where: { $0.id == b.segment }) else { continue }
+                    var offset = b.offset
+                    for p in b.appends {
+                        for r in p.records {
+                            let summary = r.summary(at: Location(segment: b.segment, offset: offset, length: UInt32(r.count)))
+                            s.index.apply(summary)
+                            if !s.segments[si].sealed { s.activeEntries.append(summary) }
+                            offset += UInt64(r.count)
+                        }
+                        s.metrics.appendedRecords += p.records.count
+                        s.metrics.appendCalls += 1
+                    }
+                    s.segments[si].size = offset
+                    s.segments[si].lastLSN = b.appends[b.appends.count - 1].records.last!.lsn
+                    s.segments[si].recordCount += b.appends.reduce(0) { $0 + $1.records.count }
+                    s.metrics.appendedBytes += b.bytes
+                    s.metrics.batches += 1
+                }
+                s.durable = taken[taken.count - 1].appends.last!.records.last!.lsn
+                s.metrics.syncs += syncs
+            }
+            for b in taken { for p in b.appends { p.ticket.complete(.success(())) } }
+            release(batches: taken.count)
         }
-        for p in batch { p.ticket.complete(.success(())) }
+    }
+
+    private func release(batches n: Int) {
+        unsyncedBatches.add(-n)
     }
 
     /// The active segment to write `bytes` into, sealing and creating segments as needed.
@@ -464,10 +594,14 @@ public final class Store: Sendable {
             guard let last = s.segments.last, !last.sealed else { return nil }
             return last
         }
-        if let current, current.size == UInt64(current.header.size) || current.size + UInt64(bytes) <= UInt64(configuration.segmentSize) {
-            return (current.file, current.id, current.size)
+        if let current, current.writtenSize == UInt64(current.header.size) || current.writtenSize + UInt64(bytes) <= UInt64(configuration.segmentSize) {
+            return (current.file, current.id, current.writtenSize)
         }
-        if let current { try seal(current) }
+        if current != nil {
+            // Sealing writes the hint from the indexed entries: let the syncer finish first.
+            waitUntilSynced()
+            try seal()
+        }
         let id = state.withLock { s in
             defer { s.nextSegmentID += 1 }
             return s.nextSegmentID
@@ -483,20 +617,21 @@ public final class Store: Sendable {
             throw error
         }
         created = true
-        let segment = SegmentState(id: id, file: file, header: header, size: UInt64(header.size), lastLSN: .zero, recordCount: 0, sealed: false)
+        let start = UInt64(header.size)
+        let segment = SegmentState(id: id, file: file, header: header, size: start, lastLSN: .zero, recordCount: 0, sealed: false, writtenSize: start)
         state.withLock { s in s.segments.append(segment) }
         logger.debug("segment created", metadata: ["segment": "\(id)", LogKey.lsn: "\(firstLSN)"])
-        return (file, id, segment.size)
+        return (file, id, start)
     }
 
     /// Seals the active segment: it is never appended to again; its hint file is written.
-    private func seal(_ segment: SegmentState) throws(CatenaError) {
-        let entries: [EntrySummary] = state.withLock { s in
+    private func seal() throws(CatenaError) {
+        let (segment, entries): (SegmentState, [EntrySummary]) = state.withLock { s in
             let i = s.segments.count - 1
             s.segments[i].sealed = true
             s.metrics.segmentsSealed += 1
             defer { s.activeEntries = [] }
-            return s.activeEntries
+            return (s.segments[i], s.activeEntries)
         }
         writeHint(segment: segment.id, size: segment.size, entries: entries)
         logger.debug("segment sealed", metadata: ["segment": "\(segment.id)", "bytes": "\(segment.size)"])
@@ -516,8 +651,8 @@ public final class Store: Sendable {
         try fs.syncDirectory(dir.path)
     }
 
-    /// Fails `batch` and every append queued behind it. `poison`: the store refuses all writes
-    /// from now on (a failed fsync: what reached the disk is unknown).
+    /// Fails `batch` and every append queued behind it (their LSNs follow it). `poison`: the
+    /// store refuses all writes from now on.
     private func failAppends(_ batch: [PendingAppend], error: CatenaError, poison: Bool) {
         var failed = batch.map(\.ticket)
         state.withLock { s in
@@ -532,8 +667,11 @@ public final class Store: Sendable {
             }
             s.queue = kept
             s.queueHead = 0
-            s.tail = s.durable
+            s.queuedBytes = 0
+            // Batches already written before this one may still become durable.
+            s.tail = s.writtenLSN
             s.uploadTracker = Store.tracker(from: s.index)
+            for b in s.written { for p in b.appends { for r in p.records { try? Store.track(r, in: &s.uploadTracker) } } }
             if poison { s.lifecycle = .failed(error) }
         }
         if poison {
@@ -541,9 +679,8 @@ public final class Store: Sendable {
         } else {
             logger.error("append failed", metadata: ["error": "\(error)"])
         }
-        let first = error
         for (i, t) in failed.enumerated() {
-            t.complete(.failure(i < batch.count ? first : CatenaError(first.code, "not written because an earlier append failed: \(first.message)")))
+            t.complete(.failure(i < batch.count ? error : CatenaError(error.code, "not written because an earlier append failed: \(error.message)")))
         }
     }
 
@@ -792,6 +929,7 @@ public final class Store: Sendable {
             s.activeEntries = recovered.activeEntries
             s.damage = recovered.damage
             s.durable = recovered.highest
+            s.writtenLSN = recovered.highest
             s.tail = recovered.highest
             s.nextSegmentID = max(s.nextSegmentID, recovered.nextSegmentID)
             s.uploadTracker = Store.tracker(from: recovered.index)
