@@ -14,20 +14,7 @@ private func history(seed: UInt64, count: Int, keys: Int) -> [EncodedRecord] {
     }
 }
 
-/// The expected live state after applying `records`.
-private func model(_ records: [EncodedRecord]) -> [String: [UInt8]] {
-    var m: [String: [UInt8]] = [:]
-    for r in records {
-        if r.type == .delete { m[r.key.string] = nil } else { m[r.key.string] = Array(r.value) }
-    }
-    return m
-}
 
-private func contents(_ store: Store) async throws -> [String: [UInt8]] {
-    var out: [String: [UInt8]] = [:]
-    for k in try store.allKeys() { out[k] = try await store.value(k) }
-    return out
-}
 
 @Suite("Compaction")
 struct CompactionTests {

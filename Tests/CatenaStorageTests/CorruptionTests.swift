@@ -80,13 +80,6 @@ struct CorruptionTests {
         fs.corrupt(path: path, at: offset, with: [original ^ mask])
     }
 
-    /// The value of every key after applying `records` in order.
-    static func model(_ records: [EncodedRecord]) -> [String: [UInt8]] {
-        var model: [String: [UInt8]] = [:]
-        for r in records { model[r.key.string] = r.type == .delete ? nil : Array(r.value) }
-        return model
-    }
-
     static func value(_ seed: UInt64, _ length: Int) -> [UInt8] {
         var rng = SplitMix64(seed: seed)
         return (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
@@ -166,7 +159,7 @@ struct CorruptionTests {
         } catch {
             Issue.record("\(context): streaming failed: \(error)")
         }
-        let model = model(expected)
+        let model = CatenaStorageTests.model(expected)
         for k in 0..<7 {
             do {
                 #expect(try await store.value("k\(k)") == model["k\(k)"], "\(context): k\(k)")

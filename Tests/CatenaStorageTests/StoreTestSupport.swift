@@ -43,6 +43,20 @@ func del(_ k: String, seq: UInt64, epoch: UInt64 = 1) -> EncodedRecord {
 
 func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 
+/// The live state (key -> value) after applying `records` in order.
+func model(_ records: some Sequence<EncodedRecord>) -> [String: [UInt8]] {
+    var m: [String: [UInt8]] = [:]
+    for r in records { m[r.key.string] = r.type == .delete ? nil : Array(r.value) }
+    return m
+}
+
+/// Every live key and its value, read through the store's public API.
+func contents(_ store: Store) async throws -> [String: [UInt8]] {
+    var out: [String: [UInt8]] = [:]
+    for k in try store.allKeys() { out[k] = try await store.value(k) }
+    return out
+}
+
 extension Store {
     /// The value of `k`, or nil.
     func value(_ k: String) async throws -> [UInt8]? {

@@ -11,17 +11,7 @@ private func history(count: Int) -> [EncodedRecord] {
     }
 }
 
-private func model(_ records: some Sequence<EncodedRecord>) -> [String: [UInt8]] {
-    var m: [String: [UInt8]] = [:]
-    for r in records { m[r.key.string] = r.type == .delete ? nil : Array(r.value) }
-    return m
-}
 
-private func contents(_ store: Store) async throws -> [String: [UInt8]] {
-    var out: [String: [UInt8]] = [:]
-    for k in try store.allKeys() { out[k] = try await store.value(k) }
-    return out
-}
 
 private func appendInBatches(_ store: Store, _ records: [EncodedRecord]) async throws {
     for start in stride(from: 0, to: records.count, by: 8) {
