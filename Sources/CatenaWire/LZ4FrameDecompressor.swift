@@ -26,6 +26,9 @@ public final class LZ4FrameDecompressor {
     private var scratch: UnsafeMutableRawBufferPointer
     /// How many leading bytes of the frame were checked against ``LZ4Frame/magic``.
     private var magicBytesSeen = 0
+    /// Whether to refuse frames without a content checksum (catch-up requires one).
+    private let requireContentChecksum: Bool
+    private var descriptorChecked = false
     private var finished = false
     private var failure: LZ4FrameError?
 
@@ -34,11 +37,16 @@ public final class LZ4FrameDecompressor {
 
     /// Creates a decoder for one frame.
     ///
-    /// - Parameter maxOutputPerCall: The most bytes one `decompress` call may return; exceeding
-    ///   it throws ``LZ4FrameError/Code/outputLimitExceeded``. Must not be negative.
-    public init(maxOutputPerCall: Int = 64 << 20) {
+    /// - Parameters:
+    ///   - maxOutputPerCall: The most bytes one `decompress` call may return; exceeding it throws
+    ///     ``LZ4FrameError/Code/outputLimitExceeded``. Must not be negative.
+    ///   - requireContentChecksum: Refuse a frame whose descriptor has no content checksum with
+    ///     ``LZ4FrameError/Code/missingContentChecksum`` (segment transfer between nodes requires
+    ///     one, so no corruption can pass unnoticed). Default false: any valid frame.
+    public init(maxOutputPerCall: Int = 64 << 20, requireContentChecksum: Bool = false) {
         precondition(maxOutputPerCall >= 0, "maxOutputPerCall must not be negative")
         self.maxOutputPerCall = maxOutputPerCall
+        self.requireContentChecksum = requireContentChecksum
         self.scratch = .allocate(byteCount: Self.scratchSize, alignment: 16)
         var context: OpaquePointer?
         let result = LZ4F_createDecompressionContext(&context, UInt32(LZ4F_VERSION))
@@ -91,6 +99,16 @@ public final class LZ4FrameDecompressor {
             }
             self.magicBytesSeen += 1
             offset += 1
+        }
+        // The byte after the magic is the frame descriptor's FLG; bit 2 = content checksum.
+        if !self.descriptorChecked, self.magicBytesSeen == LZ4Frame.magic.count, offset < input.count {
+            self.descriptorChecked = true
+            if self.requireContentChecksum && input[offset] & 0x04 == 0 {
+                throw self.fail(LZ4FrameError(
+                    code: .missingContentChecksum,
+                    message: "LZ4 frame has no content checksum, and one is required"
+                ))
+            }
         }
 
         var output: [UInt8] = []

@@ -17,6 +17,7 @@ public struct LZ4FrameError: Error, Hashable, Sendable, CustomStringConvertible 
             case outputLimitExceeded
             case alreadyFinished
             case allocationFailed
+            case missingContentChecksum
         }
 
         private let base: Base
@@ -40,6 +41,8 @@ public struct LZ4FrameError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let alreadyFinished = Code(.alreadyFinished)
         /// liblz4 could not allocate a context or its working buffers.
         public static let allocationFailed = Code(.allocationFailed)
+        /// The frame carries no content checksum, but the decoder was told to require one.
+        public static let missingContentChecksum = Code(.missingContentChecksum)
 
         /// The code's name, for example `checksumMismatch`.
         public var description: String {
@@ -51,6 +54,7 @@ public struct LZ4FrameError: Error, Hashable, Sendable, CustomStringConvertible 
             case .outputLimitExceeded: "outputLimitExceeded"
             case .alreadyFinished: "alreadyFinished"
             case .allocationFailed: "allocationFailed"
+            case .missingContentChecksum: "missingContentChecksum"
             }
         }
     }

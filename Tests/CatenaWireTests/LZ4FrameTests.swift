@@ -420,4 +420,25 @@ struct LZ4FrameTests {
         try lz4(["-d", ours.path, roundTripped.path])
         expectSameBytes([UInt8](try Data(contentsOf: roundTripped)), input)
     }
+
+    @Test func requiredContentChecksum() throws {
+        let payload = Array("catch-up needs end-to-end checksums".utf8)
+        let without = try LZ4Frame.compress(payload, contentChecksum: false)
+        let with = try LZ4Frame.compress(payload, contentChecksum: true)
+        let strict = LZ4FrameDecompressor(requireContentChecksum: true)
+        // Fed one byte at a time, so the descriptor arrives in its own call.
+        do {
+            for b in without { _ = try strict.decompress([b]) }
+            Issue.record("a frame without a content checksum was accepted")
+        } catch let error as LZ4FrameError {
+            #expect(error.code == .missingContentChecksum)
+        }
+        let ok = LZ4FrameDecompressor(requireContentChecksum: true)
+        var out: [UInt8] = []
+        for b in with { out += try ok.decompress([b]) }
+        try ok.finish()
+        #expect(out == payload)
+        // Without the requirement, both decode.
+        #expect(try LZ4Frame.decompress(without, maxSize: 1 << 20) == payload)
+    }
 }
