@@ -20,11 +20,12 @@ struct Recovery {
     let dir: DataDirectory
     let logger: Logger
 
-    func open(names: [String]) throws(CatenaError) -> Recovered {
+    /// Loads the log. `atStartUp`: also remove temp files (writes that never completed); a
+    /// rebuild while the store runs must not, since a concurrent STATE write may own one.
+    func open(names: [String], atStartUp: Bool = true) throws(CatenaError) -> Recovered {
         var result = Recovered()
         var names = names
-        // Temp files are writes that never completed.
-        for name in names where name.hasSuffix(".tmp") {
+        for name in names where atStartUp && name.hasSuffix(".tmp") {
             try fs.remove(dir.path + "/" + name)
             logger.info("removed unfinished temp file", metadata: ["file": "\(name)"])
         }

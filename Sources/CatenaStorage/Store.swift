@@ -921,7 +921,7 @@ public final class Store: Sendable {
         }
         // Rebuild from what is on disk now.
         let names = try fs.contentsOfDirectory(dir.path)
-        let recovered = try Recovery(fs: fs, dir: dir, logger: logger).open(names: names)
+        let recovered = try Recovery(fs: fs, dir: dir, logger: logger).open(names: names, atStartUp: false)
         // Old handles are not closed: readers may still hold them; they close when released.
         state.withLock { s in
             s.segments = recovered.segments
