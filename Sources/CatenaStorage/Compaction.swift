@@ -132,7 +132,8 @@ extension Store {
 
         var newSegment: SegmentState?
         var newEntries: [EntrySummary] = []
-        var moved: [Location: Location] = [:]
+        /// The old location of each of `newEntries`, index for index.
+        var oldLocations: [Location] = []
         var tmpPath: String?
         if let first = kept.first {
             let id = state.withLock { s in
@@ -154,7 +155,7 @@ extension Store {
                         throw CatenaError(.corruption, "segment \(e.location.segment) offset \(e.location.offset): record \(e.lsn) fails its checksum; compaction of this group skipped")
                     }
                     let location = Location(segment: id, offset: offset, length: UInt32(record.count))
-                    moved[e.location] = location
+                    oldLocations.append(e.location)
                     newEntries.append(record.summary(at: location))
                     pending.append(record.bytes)
                     pendingBytes += record.count
@@ -211,8 +212,7 @@ extension Store {
                 s.uploadTracker[upload] = nil
             }
             for t in droppedTombstones { s.index.remove(t.key) }
-            for e in newEntries {
-                guard let old = moved.first(where: { $0.value == e.location })?.key else { continue }
+            for (e, old) in zip(newEntries, oldLocations) {
                 s.index.relocate(e, from: old)
             }
             s.segments.replaceSubrange(start..<(start + oldIDs.count), with: newSegment.map { [$0] } ?? [])
