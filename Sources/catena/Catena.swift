@@ -1,0 +1,201 @@
+import ArgumentParser
+import CatenaBench
+import CatenaCore
+import CatenaStorage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The `catena` command line: a thin shell that parses flags, builds configurations and runs.
+@main
+struct Catena: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "catena",
+        abstract: "Catena, a chain-replication object store.",
+        subcommands: [BenchStorage.self, Version.self]
+    )
+
+    /// Like the default, but a failure in `run()` is one line on stderr and exit status 1.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as CatenaError {
+            writeStandardError("catena: error: \(error.message) [\(error.code)]")
+            Glibc.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// `catena version`: the build's format versions.
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the on-disk and record format versions.")
+
+    func run() {
+        print("data directory format \(DataDirectory.formatVersion)")
+        print("record format \(RecordHeader.currentVersion)")
+    }
+}
+
+/// `catena bench-storage`: store append throughput and latency next to the raw disk's speed.
+struct BenchStorage: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-storage",
+        abstract: "Measure the storage engine's append throughput against the raw disk.",
+        discussion: """
+            For each value size, runs --repeat rounds. A round opens a fresh store, runs \
+            concurrent single-record appenders until min(--small-count, --large-volume-mib / size) \
+            records are durable, and writes the same bytes to a plain file (1 MiB write()s; fsync \
+            at the end, and every 16 MiB); odd rounds run the store first, even rounds the raw \
+            disk. Reports the median and range of the rounds; the ratio to the raw disk is the \
+            median of the per-round ratios.
+            """
+    )
+
+    enum DurabilityOption: String, ExpressibleByArgument, CaseIterable {
+        case batch, always, none
+        var value: Durability {
+            switch self {
+            case .batch: .batch
+            case .always: .always
+            case .none: .none
+            }
+        }
+    }
+
+    enum EncodingOption: String, ExpressibleByArgument, CaseIterable {
+        case underLock = "under-lock"
+        case outsideLock = "outside-lock"
+        var value: StorageBenchmark.Encoding {
+            switch self {
+            case .underLock: .underLock
+            case .outsideLock: .outsideLock
+            }
+        }
+    }
+
+    @Option(help: "A directory on the disk to measure (default: a new temporary directory under $TMPDIR or /var/tmp, removed afterwards).")
+    var dir: String?
+
+    @Option(help: "Concurrent appender tasks.")
+    var concurrency: Int = 64
+
+    @Option(help: "The store's durability: batch, always or none.")
+    var durability: DurabilityOption = .batch
+
+    @Option(help: "At most this many records per value size and round.")
+    var smallCount: Int = 100_000
+
+    @Option(help: "At most this many MiB of values per value size and round.")
+    var largeVolumeMib: Int = 2048
+
+    @Option(name: .customLong("repeat"), help: "Rounds per value size (1 ... 20), each measuring the store and the raw disk.")
+    var repetitions: Int = 3
+
+    @Option(help: "Comma-separated value sizes, e.g. 4KiB,1MiB (suffixes B, K/KiB, M/MiB; 1 B ... 16 MiB).")
+    var sizes: String = "4KiB,1MiB"
+
+    @Option(help: "Where appenders encode records: under-lock or outside-lock.")
+    var encoding: EncodingOption = .outsideLock
+
+    @Option(help: "Override the store's group-commit size, in KiB (default: the store's, 16 MiB).")
+    var groupCommitKib: Int?
+
+    @Option(help: "Override the store's group-commit delay, in microseconds (default: the store's, 0).")
+    var groupCommitDelayUs: Int?
+
+    @Flag(help: "Print the report as JSON instead of a table.")
+    var json = false
+
+    func validate() throws {
+        guard (1...100_000).contains(concurrency) else {
+            throw ValidationError("--concurrency must be 1 ... 100000, not \(concurrency)")
+        }
+        guard StorageBenchmark.Configuration.repetitionRange.contains(repetitions) else {
+            throw ValidationError("--repeat must be 1 ... 20, not \(repetitions)")
+        }
+        guard smallCount >= 1 else { throw ValidationError("--small-count must be at least 1, not \(smallCount)") }
+        guard (1...(1 << 20)).contains(largeVolumeMib) else {
+            throw ValidationError("--large-volume-mib must be 1 ... 1048576, not \(largeVolumeMib)")
+        }
+        _ = try parsedSizes()
+        if let g = groupCommitKib, !(1...(1 << 20)).contains(g) {
+            throw ValidationError("--group-commit-kib must be 1 ... 1048576, not \(g)")
+        }
+        if let d = groupCommitDelayUs, !(0...1_000_000).contains(d) {
+            throw ValidationError("--group-commit-delay-us must be 0 ... 1000000, not \(d)")
+        }
+        if let dir, dir.isEmpty { throw ValidationError("--dir must not be empty") }
+    }
+
+    func parsedSizes() throws -> [Int] {
+        var out: [Int] = []
+        for part in sizes.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let n = parseSize(String(part)), (1...(16 << 20)).contains(n) else {
+                throw ValidationError("--sizes: '\(part)' is not a size of 1 B ... 16 MiB (e.g. 4KiB, 1MiB, 512)")
+            }
+            guard !out.contains(n) else { throw ValidationError("--sizes: \(sizeName(n)) is listed twice") }
+            out.append(n)
+        }
+        return out
+    }
+
+    func run() async throws {
+        let temporary = dir == nil
+        let directory = try dir ?? ScratchSpace.makeTemporaryDirectory()
+        if !temporary { try ScratchSpace.ensureDirectory(directory) }
+        let where_ = ScratchSpace.mount(of: directory).map { "\($0)" } ?? "unknown file system"
+        // With --json, stdout carries only the report; the narration goes to stderr.
+        let say: (String) -> Void = json ? { writeStandardError($0) } : { print($0) }
+        say("directory: \(directory) (\(where_))")
+
+        var c = StorageBenchmark.Configuration(directory: directory)
+        c.valueSizes = try parsedSizes()
+        c.concurrency = concurrency
+        c.repetitions = repetitions
+        c.durability = durability.value
+        c.encoding = encoding.value
+        c.maxRecordsPerSize = smallCount
+        c.maxBytesPerSize = largeVolumeMib << 20
+        c.groupCommitMaxBytes = groupCommitKib.map { $0 << 10 }
+        c.groupCommitDelay = groupCommitDelayUs.map { .microseconds($0) }
+        for size in c.valueSizes {
+            say("\(sizeName(size)): \(c.recordCount(forValueSize: size)) records x \(c.repetitions) round\(c.repetitions == 1 ? "" : "s")")
+        }
+        if json {
+            c.progress = { line in writeStandardError(line) }
+        } else {
+            c.progress = { line in print(line) }
+        }
+
+        let report: StorageBenchmark.Report
+        do {
+            report = try await StorageBenchmark(c).run()
+        } catch {
+            if temporary { try? ScratchSpace.removeTree(directory) }
+            throw error
+        }
+        if temporary { try ScratchSpace.removeTree(directory) }
+        if json {
+            print(report.json())
+        } else {
+            print("")
+            print(report.table())
+        }
+    }
+}
+
+/// Writes `line` and a newline to file descriptor 2.
+func writeStandardError(_ line: String) {
+    var text = line + "\n"
+    text.withUTF8 { buf in _ = write(2, buf.baseAddress, buf.count) }
+}
