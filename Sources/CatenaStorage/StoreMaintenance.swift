@@ -1,0 +1,140 @@
+import CatenaCore
+import Logging
+import NIOConcurrencyHelpers
+
+/// The commit watermark and truncation.
+extension Store {
+    /// The commit watermark: the highest LSN known to be on every replica (persisted).
+    public var commitWatermark: LSN { state.withLock { $0.persistent.commitWatermark } }
+
+    /// The highest LSN whose history compaction has dropped; asking for records after an LSN
+    /// below it needs a full copy.
+    public var compactedThrough: LSN { state.withLock { $0.persistent.compactedThrough } }
+
+    /// Raises and persists the commit watermark. It never goes down, and never above the
+    /// highest durable LSN.
+    public func setCommitWatermark(_ lsn: LSN) async throws(CatenaError) {
+        try await runBlocking(on: readerPool) { [self] () throws(CatenaError) in
+            try stateFileLock.withLock { _ throws(CatenaError) in
+                let next: PersistentState = try state.withLock { (s) throws(CatenaError) -> PersistentState in
+                    guard lsn <= s.durable else {
+                        throw CatenaError(.invalidArgument, "commit watermark \(lsn) is above the highest durable LSN \(s.durable)")
+                    }
+                    guard lsn >= s.persistent.commitWatermark else {
+                        throw CatenaError(.invalidArgument, "commit watermark cannot go back from \(s.persistent.commitWatermark) to \(lsn)")
+                    }
+                    var p = s.persistent
+                    p.commitWatermark = lsn
+                    return p
+                }
+                try Store.writeAtomically(fs: fs, dir: dir, path: dir.state, bytes: next.encoded())
+                state.withLock { s in s.persistent.commitWatermark = max(s.persistent.commitWatermark, lsn) }
+            }
+        }
+    }
+
+    func persistState(_ update: (inout PersistentState) -> Void) throws(CatenaError) {
+        try stateFileLock.withLock { _ throws(CatenaError) in
+            let next = state.withLock { s in
+                var p = s.persistent
+                update(&p)
+                return p
+            }
+            try Store.writeAtomically(fs: fs, dir: dir, path: dir.state, bytes: next.encoded())
+            state.withLock { s in s.persistent = next }
+        }
+    }
+
+    /// Removes every record after `lsn` (records an old head wrote that the chain never
+    /// committed). Deletes later segments newest first and rewrites the one it cuts
+    /// (crash-safe), then rebuilds the index. Refused at or below the commit watermark.
+    /// Returns how many records were removed.
+    @discardableResult
+    public func truncate(after lsn: LSN) async throws(CatenaError) -> Int {
+        try await runBlocking(on: maintenancePool) { [self] () throws(CatenaError) -> Int in
+            try state.withLock { (s) throws(CatenaError) in
+                if case .closed = s.lifecycle { throw CatenaError(.closed, "store is closed") }
+                guard lsn >= s.persistent.commitWatermark else {
+                    throw CatenaError(.belowCommitWatermark, "cannot truncate after \(lsn): the commit watermark is \(s.persistent.commitWatermark)")
+                }
+                if lsn.seq < s.tail.seq { s.tail = lsn }
+            }
+            let done = ConditionLock(value: false)
+            let outcome = NIOLockedValueBox<Result<Int, CatenaError>>(.success(0))
+            submit(.task { [self] in
+                outcome.withLockedValue { $0 = Result { () throws(CatenaError) in try performTruncate(after: lsn) } }
+                done.lock(); done.unlock(withValue: true)
+            })
+            done.lock(whenValue: true); done.unlock()
+            return try outcome.withLockedValue { $0 }.get()
+        }
+    }
+
+    /// Runs on the writer thread, so no append is in flight.
+    private func performTruncate(after lsn: LSN) throws(CatenaError) -> Int {
+        let segments = state.withLock { $0.segments }
+        let before = state.withLock { s in s.segments.reduce(0) { $0 + $1.recordCount } }
+        // Newest first: delete whole segments that start after `lsn`.
+        for seg in segments.reversed() where seg.header.firstLSN.seq > lsn.seq {
+            try fs.remove(dir.segment(seg.id))
+            try fs.remove(dir.hint(seg.id))
+            try fs.syncDirectory(dir.path)
+            logger.info("truncate: removed segment", metadata: ["segment": "\(seg.id)"])
+        }
+        // Rewrite the segment that `lsn` cuts: copy the bytes before its first later record.
+        if let cut = segments.last(where: { $0.header.firstLSN.seq <= lsn.seq }), cut.lastLSN.seq > lsn.seq {
+            var scanner = SegmentScanner(file: cut.file, segment: cut.id, from: UInt64(cut.header.size), end: cut.size)
+            var cutOffset = cut.size
+            while let item = try scanner.next() {
+                if case .record(let r, let loc) = item, r.lsn.seq > lsn.seq {
+                    cutOffset = loc.offset
+                    break
+                }
+            }
+            let newID = state.withLock { s in
+                defer { s.nextSegmentID += 1 }
+                return s.nextSegmentID
+            }
+            let header = SegmentHeader(id: newID, firstLSN: cut.header.firstLSN, createdAt: configuration.now(), replaces: [cut.id])
+            let tmp = dir.segment(newID) + ".tmp"
+            let out = try fs.open(tmp, mode: .createNew)
+            defer { out.close() }
+            try out.write(header.encoded(), at: 0)
+            var at = UInt64(cut.header.size)
+            var outAt = UInt64(header.size)
+            while at < cutOffset {
+                let n = Int(min(UInt64(4 << 20), cutOffset - at))
+                let chunk = try cut.file.read(at: at, count: n)
+                guard chunk.count == n else { throw CatenaError(.ioFailure, "\(cut.file.path): short read while truncating") }
+                try out.write(chunk, at: outAt)
+                at += UInt64(n)
+                outAt += UInt64(n)
+            }
+            try out.sync()
+            try fs.rename(tmp, to: dir.segment(newID))
+            try fs.syncDirectory(dir.path)
+            try fs.remove(dir.segment(cut.id))
+            try fs.remove(dir.hint(cut.id))
+            try fs.syncDirectory(dir.path)
+        }
+        // Rebuild from what is on disk now.
+        let names = try fs.contentsOfDirectory(dir.path)
+        let recovered = try Recovery(fs: fs, dir: dir, logger: logger).open(names: names, atStartUp: false)
+        // Old handles are not closed: readers may still hold them; they close when released.
+        state.withLock { s in
+            s.segments = recovered.segments
+            s.index = recovered.index
+            s.activeEntries = recovered.activeEntries
+            s.damage = recovered.damage
+            s.durable = recovered.highest
+            s.writtenLSN = recovered.highest
+            s.tail = recovered.highest
+            s.nextSegmentID = max(s.nextSegmentID, recovered.nextSegmentID)
+            s.uploadTracker = Store.tracker(from: recovered.index)
+        }
+        let after = recovered.segments.reduce(0) { $0 + $1.recordCount }
+        let removed = max(0, before - after)
+        logger.info("truncated log", metadata: [LogKey.lsn: "\(lsn)", "records_removed": "\(removed)"])
+        return removed
+    }
+}

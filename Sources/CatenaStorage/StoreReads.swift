@@ -1,0 +1,122 @@
+import CatenaCore
+
+/// The read path: point reads, listings and log streams.
+extension Store {
+    /// The highest durable LSN (`.zero` for an empty log).
+    public var highestLSN: LSN { state.withLock { $0.durable } }
+
+    /// Counters since open.
+    public var metrics: StoreMetrics { state.withLock { $0.metrics } }
+
+    /// Damage found at open (or later) that the store refuses to serve.
+    public var damage: [DamageReport] {
+        state.withLock { s in
+            s.damage.map { DamageReport(path: $0.path, offset: $0.offset, length: $0.length, lsn: $0.header?.lsn, key: $0.key, lostSeqs: $0.lost) }
+        }
+    }
+
+    /// The newest version's metadata, or nil if the key does not exist or was deleted.
+    public func head(_ key: Key) throws(CatenaError) -> ObjectInfo? {
+        try state.withLock { (s) throws(CatenaError) -> ObjectInfo? in
+            try Store.refuseIfPossiblyStale(key, s.index.objects[key], s)
+            guard let v = s.index.objects[key] else { return nil }
+            if v.damaged {
+                throw CatenaError(.corruption, "the newest version of '\(key)' (record \(v.lsn), segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
+            }
+            guard v.type != .delete else { return nil }
+            return Store.info(key, v)
+        }
+    }
+
+    /// Damage whose records' keys are unknown may have overwritten any key whose newest version
+    /// is older than it, or created any key: refuse those reads rather than serve stale data.
+    static func refuseIfPossiblyStale(_ key: Key, _ version: ObjectVersion?, _ s: State) throws(CatenaError) {
+        for d in s.damage {
+            guard let lost = d.lost else { continue }
+            if version.map({ $0.lsn.seq < lost.upperBound }) ?? true {
+                throw CatenaError(.corruption, "'\(key)' may have been written by records \(lost.lowerBound)...\(lost.upperBound), which are unreadable (\(d)); this replica needs a re-copy")
+            }
+        }
+    }
+
+    static func info(_ key: Key, _ v: ObjectVersion) -> ObjectInfo {
+        let exts = (try? EncodedRecord.parseExtensions(v.extensions[...])) ?? []
+        var metadata: [String: String] = [:]
+        for (name, value) in RecordExtension.userMetadata(in: exts) { metadata[name] = value }
+        return ObjectInfo(
+            key: key, lsn: v.lsn, size: v.size, contentChecksum: v.contentChecksum,
+            contentType: exts.first { $0.tag == RecordExtension.contentTypeTag }.map { String(decoding: $0.value, as: UTF8.self) },
+            userMetadata: metadata, timestamp: v.timestamp, requestID: v.requestID, chunkCount: v.chunks.count)
+    }
+
+    /// The newest version of `key` with a streaming body, or nil if it does not exist.
+    ///
+    /// The body verifies every record checksum and, at its end, the content checksum; a
+    /// mismatch is thrown from the body's iterator (for values up to 4 MiB before any byte is
+    /// returned). The body keeps reading the version that was newest when `get` was called,
+    /// even if it is overwritten or compacted meanwhile.
+    public func get(_ key: Key) throws(CatenaError) -> StoredObject? {
+        try state.withLock { (s) throws(CatenaError) -> StoredObject? in
+            try Store.refuseIfPossiblyStale(key, s.index.objects[key], s)
+            guard let v = s.index.objects[key] else { return nil }
+            if v.damaged {
+                throw CatenaError(.corruption, "the newest version of '\(key)' (record \(v.lsn), segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
+            }
+            guard v.type != .delete else { return nil }
+            let locations = v.type == .manifest ? v.chunks : [v.location]
+            var parts: [ObjectBody.Part] = []
+            for loc in locations {
+                guard let seg = s.segments.first(where: { $0.id == loc.segment }) else {
+                    throw CatenaError(.corruption, "segment \(loc.segment) of '\(key)' is missing")
+                }
+                parts.append(ObjectBody.Part(file: seg.file, location: loc))
+            }
+            return StoredObject(info: Store.info(key, v), body: ObjectBody(parts: parts, contentChecksum: v.contentChecksum, size: v.size, pool: readerPool))
+        }
+    }
+
+    /// Live keys starting with `prefix`, in byte order, strictly after `after`; at most `limit`.
+    public func list(prefix: [UInt8] = [], after: Key? = nil, limit: Int = 1000) throws(CatenaError) -> ListPage {
+        guard limit >= 1 else { throw CatenaError(.invalidArgument, "list limit must be at least 1") }
+        return try state.withLock { (s) throws(CatenaError) -> ListPage in
+            if let d = s.damage.first(where: { $0.lost != nil }) {
+                throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
+            }
+            let (keys, more) = s.index.list(prefix: prefix, after: after, limit: limit)
+            let infos = keys.map { Store.info($0, s.index.objects[$0]!) }
+            return ListPage(objects: infos, nextCursor: more ? keys.last : nil)
+        }
+    }
+
+    /// The log's segments in order, sealed ones first; the last may be the active one.
+    public var segments: [SegmentInfo] { state.withLock { $0.segments.map(\.info) } }
+
+    /// The sealed segments, in log order.
+    public var sealedSegments: [SegmentInfo] { segments.filter(\.sealed) }
+
+    /// Every record with an LSN after `lsn`, in log order, up to the durable end at the time of
+    /// the call. Throws ``CatenaError/Code/historyCompacted`` if compaction dropped records after
+    /// `lsn` (ask from `.zero` for a full copy), and ``CatenaError/Code/corruption`` from the
+    /// stream when it meets damaged bytes.
+    public func records(after lsn: LSN) throws(CatenaError) -> RecordStream {
+        try state.withLock { (s) throws(CatenaError) -> RecordStream in
+            if lsn != .zero && lsn.seq < s.persistent.compactedThrough.seq {
+                throw CatenaError(.historyCompacted, "records after \(lsn) were compacted (history kept from \(s.persistent.compactedThrough)); a full copy is needed")
+            }
+            let parts = s.segments.filter { $0.lastLSN.seq > lsn.seq }.map {
+                RecordStream.Part(file: $0.file, segment: $0.id, start: UInt64($0.header.size), end: $0.size)
+            }
+            return RecordStream(parts: parts, after: lsn, pool: readerPool)
+        }
+    }
+
+    /// The records of one sealed segment.
+    public func records(inSegment id: UInt64) throws(CatenaError) -> RecordStream {
+        try state.withLock { (s) throws(CatenaError) -> RecordStream in
+            guard let seg = s.segments.first(where: { $0.id == id }), seg.sealed else {
+                throw CatenaError(.invalidArgument, "no sealed segment \(id)")
+            }
+            return RecordStream(parts: [.init(file: seg.file, segment: seg.id, start: UInt64(seg.header.size), end: seg.size)], after: .zero, pool: readerPool)
+        }
+    }
+}

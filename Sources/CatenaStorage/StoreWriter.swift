@@ -1,0 +1,420 @@
+import CatenaCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The write path: enqueue, the group-commit writer thread and the syncer thread.
+extension Store {
+    /// Enqueues records for appending, in order, and returns a ticket to await durability.
+    ///
+    /// Checks synchronously — so nothing is enqueued if it fails — that the store is writable,
+    /// each value fits ``StoreConfiguration/maxValueSize``, the first record's LSN directly
+    /// follows the last enqueued one (seq + 1, epoch not lower; any seq on an empty log) and the
+    /// rest follow each other, and every manifest's chunks were appended. A failed append leaves
+    /// nothing visible.
+    public func enqueue(_ records: [EncodedRecord]) throws(CatenaError) -> AppendTicket {
+        guard !records.isEmpty else { throw CatenaError(.invalidArgument, "append needs at least one record") }
+        var bytes = 0
+        for r in records {
+            if r.header.valueLength > configuration.maxValueSize && r.type != .manifest {
+                throw CatenaError(.valueTooLarge, "value of \(r.header.valueLength) bytes for key '\(r.key)' exceeds the \(configuration.maxValueSize)-byte record limit; store it chunked")
+            }
+            bytes += r.count
+        }
+        let ticket = AppendTicket()
+        let schedule: Bool = try state.withLock { (s) throws(CatenaError) -> Bool in
+            switch s.lifecycle {
+            case .open: break
+            case .failed(let error): throw CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it")
+            case .closed: throw CatenaError(.closed, "store is closed")
+            }
+            var previous = s.tail
+            var tracker = s.uploadTracker
+            for r in records {
+                let lsn = r.lsn
+                let follows = previous == .zero ? lsn.seq >= 1 : (lsn.seq == previous.seq + 1 && lsn.epoch >= previous.epoch)
+                guard follows else {
+                    throw CatenaError(.lsnOutOfOrder, "record \(lsn) does not follow the log's end \(previous)")
+                }
+                previous = lsn
+                try Store.track(r, in: &tracker)
+            }
+            s.tail = previous
+            s.uploadTracker = tracker
+            s.queue.append(.append(PendingAppend(records: records, bytes: bytes, ticket: ticket)))
+            s.queuedBytes += bytes
+            if s.writerScheduled { return false }
+            s.writerScheduled = true
+            return true
+        }
+        if schedule { writerPool.submit { [self] _ in drain() } }
+        return ticket
+    }
+
+    /// Appends records and returns once they are durable. See ``enqueue(_:)``.
+    public func append(_ records: [EncodedRecord]) async throws(CatenaError) {
+        try await enqueue(records).durable()
+    }
+
+    /// Appends one record and returns once it is durable.
+    public func append(_ record: Record) async throws(CatenaError) {
+        try await enqueue([try record.encoded()]).durable()
+    }
+
+    private static func track(_ r: EncodedRecord, in tracker: inout [UploadID: UploadProgress]) throws(CatenaError) {
+        switch r.type {
+        case .chunk:
+            guard let address = RecordExtension.chunkAddress(in: r.extensions) else { return }
+            var progress = tracker[address.upload] ?? UploadProgress(key: r.key, sizes: [:])
+            guard progress.key == r.key else {
+                throw CatenaError(.invalidArgument, "chunk \(address.index) of upload \(address.upload) names key '\(r.key)', but the upload is for '\(progress.key)'")
+            }
+            guard progress.sizes[address.index] == nil else {
+                throw CatenaError(.invalidArgument, "chunk \(address.index) of upload \(address.upload) was already appended")
+            }
+            progress.sizes[address.index] = UInt64(r.header.valueLength)
+            tracker[address.upload] = progress
+        case .manifest:
+            let manifest = try Manifest(decoding: r.value)
+            guard let progress = tracker[manifest.upload], progress.key == r.key else {
+                throw CatenaError(.incompleteUpload, "manifest for '\(r.key)' names upload \(manifest.upload), which has no chunks for that key")
+            }
+            let missing = (0..<manifest.chunkCount).filter { progress.sizes[$0] == nil }
+            guard missing.isEmpty else {
+                throw CatenaError(.incompleteUpload, "manifest for '\(r.key)' needs \(manifest.chunkCount) chunks; \(missing.count) missing (first: \(missing[0]))")
+            }
+            let total = (0..<manifest.chunkCount).reduce(UInt64(0)) { $0 + progress.sizes[$1]! }
+            guard total == manifest.totalSize, progress.sizes.count == Int(manifest.chunkCount) else {
+                throw CatenaError(.incompleteUpload, "manifest for '\(r.key)' says \(manifest.chunkCount) chunks / \(manifest.totalSize) bytes; upload has \(progress.sizes.count) chunks / \(total) bytes")
+            }
+            tracker[manifest.upload] = nil
+        default:
+            break
+        }
+    }
+
+    /// Queues a writer task. `force` queues even on a closed or failed store (for close()).
+    func submit(_ op: WriterOp, force: Bool = false) {
+        let schedule: Bool = state.withLock { s in
+            s.queue.append(op)
+            if s.writerScheduled { return false }
+            s.writerScheduled = true
+            return true
+        }
+        if schedule { writerPool.submit { [self] _ in drain() } }
+    }
+
+    /// The writer loop: runs on `writerPool`'s one thread until the queue is empty.
+    ///
+    /// Writing and syncing are pipelined: the writer copies batch N+1 into the page cache while
+    /// the syncer thread fsyncs batch N, so the device never idles while the CPU copies.
+    private func drain() {
+        let delayNanos = configuration.groupCommitDelay.nanoseconds
+        let maxBytes = configuration.groupCommitMaxBytes
+        let oneCallPerSync = configuration.durability == .always
+        while true {
+            // While a sync is in flight, write a new batch only once it is worth a syscall of its
+            // own (pipelining large values); small records wait and share the next fsync.
+            if state.withLock({ $0.queuedBytes }) < Store.pipelineMinBytes {
+                unsyncedBatches.waitForZero()
+            }
+            enum Work { case appends([PendingAppend], Int), task(@Sendable () -> Void) }
+            func take(_ s: inout State, into batch: inout [PendingAppend], bytes: inout Int) {
+                while !s.queueIsEmpty, case .append(let p) = s.queue[s.queueHead] {
+                    if !batch.isEmpty && (oneCallPerSync || bytes + p.bytes > maxBytes) { break }
+                    _ = s.popOp()
+                    s.queuedBytes -= p.bytes
+                    batch.append(p)
+                    bytes += p.bytes
+                }
+            }
+            let work: Work? = state.withLock { s in
+                guard !s.queueIsEmpty else {
+                    s.writerScheduled = false
+                    return nil
+                }
+                if case .task(let t) = s.queue[s.queueHead] {
+                    _ = s.popOp()
+                    return .task(t)
+                }
+                var batch: [PendingAppend] = []
+                var bytes = 0
+                take(&s, into: &batch, bytes: &bytes)
+                return .appends(batch, bytes)
+            }
+            switch work {
+            case nil:
+                return
+            case .task(let t):
+                // Tasks (truncation, close) see a quiet log: nothing written but unsynced.
+                waitUntilSynced()
+                t()
+            case .appends(var batch, var bytes):
+                if delayNanos > 0 && !oneCallPerSync && bytes < maxBytes {
+                    var ts = timespec(tv_sec: Int(delayNanos / 1_000_000_000), tv_nsec: Int(delayNanos % 1_000_000_000))
+                    nanosleep(&ts, nil)
+                    state.withLock { s in take(&s, into: &batch, bytes: &bytes) }
+                }
+                writeBatch(batch, bytes: bytes)
+            }
+        }
+    }
+
+    /// Queued bytes from which the writer writes while a sync is still in flight.
+    static let pipelineMinBytes = 1 << 20
+
+    /// Blocks the writer until the syncer has acknowledged (or failed) every written batch.
+    private func waitUntilSynced() {
+        unsyncedBatches.waitForZero()
+    }
+
+    /// Writes one group commit (rolling the segment if needed) and hands it to the syncer.
+    private func writeBatch(_ batch: [PendingAppend], bytes: Int) {
+        if case .failed(let error) = state.withLock({ $0.lifecycle }) {
+            failAppends(batch, error: CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it"), poison: false)
+            return
+        }
+        var created = false
+        var chunks: [[UInt8]] = []
+        chunks.reserveCapacity(batch.reduce(0) { $0 + $1.records.count })
+        for p in batch { for r in p.records { chunks.append(r.bytes) } }
+        let firstLSN = batch[0].records[0].lsn
+
+        // Roll the active segment when the batch does not fit (a batch is never split).
+        let active: (file: any StorageFile, id: UInt64, offset: UInt64)
+        do {
+            active = try prepareActiveSegment(forBytes: bytes, firstLSN: firstLSN, created: &created)
+        } catch {
+            failAppends(batch, error: error, poison: false)
+            return
+        }
+        do {
+            try active.file.write(chunks, at: active.offset)
+        } catch {
+            // Undo the partial write so nothing of it is ever read back, then fail this batch and
+            // everything queued behind it (their LSNs follow this batch's).
+            do {
+                try active.file.truncate(to: active.offset)
+                if created { try dropEmptySegment(active.id) }
+                failAppends(batch, error: error, poison: false)
+            } catch let undo {
+                failAppends(batch, error: CatenaError(error.code, "\(error.message); undo failed: \(undo.message)"), poison: true)
+            }
+            return
+        }
+        unsyncedBatches.add(1)
+        let schedule: Bool = state.withLock { s in
+            if let i = s.segments.lastIndex(where: { $0.id == active.id }) {
+                s.segments[i].writtenSize = active.offset + UInt64(bytes)
+            }
+            s.writtenLSN = batch[batch.count - 1].records.last!.lsn
+            s.written.append(WrittenBatch(appends: batch, bytes: bytes, file: active.file, segment: active.id, offset: active.offset, createdSegment: created))
+            if s.syncerScheduled { return false }
+            s.syncerScheduled = true
+            return true
+        }
+        if schedule { syncerPool.submit { [self] _ in syncLoop() } }
+    }
+
+    /// The syncer loop: fsyncs everything written so far (one fsync per file for any number of
+    /// batches), then indexes and acknowledges in order.
+    private func syncLoop() {
+        let sync = configuration.durability != .none
+        let oneCallPerSync = configuration.durability == .always
+        while true {
+            let taken: [WrittenBatch]? = state.withLock { s in
+                guard !s.written.isEmpty else {
+                    s.syncerScheduled = false
+                    return nil
+                }
+                let n = oneCallPerSync ? 1 : s.written.count
+                let taken = Array(s.written.prefix(n))
+                s.written.removeFirst(n)
+                return taken
+            }
+            guard let taken else { return }
+            var syncs = 0
+            var failure: CatenaError?
+            if case .failed(let error) = state.withLock({ $0.lifecycle }) {
+                failure = CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it")
+            } else if sync {
+                do {
+                    var synced: [ObjectIdentifier] = []
+                    for b in taken where !synced.contains(ObjectIdentifier(b.file)) {
+                        try b.file.sync()
+                        synced.append(ObjectIdentifier(b.file))
+                        syncs += 1
+                    }
+                    if taken.contains(where: \.createdSegment) {
+                        try fs.syncDirectory(dir.path)
+                        syncs += 1
+                    }
+                } catch {
+                    failure = error
+                }
+            }
+            if let failure {
+                // What reached the disk is unknown: refuse all writes until reopened.
+                let (rest, writtenDropped): ([PendingAppend], Int) = state.withLock { s in
+                    s.lifecycle = .failed(failure)
+                    var rest = s.written.flatMap(\.appends)
+                    let writtenDropped = s.written.count
+                    s.written = []
+                    var kept: [WriterOp] = []
+                    while !s.queueIsEmpty {
+                        let op = s.popOp()
+                        switch op {
+                        case .append(let p): rest.append(p)
+                        case .task: kept.append(op)
+                        }
+                    }
+                    s.queue = kept
+                    s.queueHead = 0
+                    s.queuedBytes = 0
+                    return (rest, writtenDropped)
+                }
+                logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(failure)"])
+                let own = taken.flatMap(\.appends)
+                for p in own { p.ticket.complete(.failure(failure)) }
+                for p in rest {
+                    p.ticket.complete(.failure(CatenaError(failure.code, "not written because an earlier append failed: \(failure.message)")))
+                }
+                // A batch the writer is writing right now finds the store failed when it hands
+                // the batch over, and is failed by the next round of this loop.
+                release(batches: taken.count + writtenDropped)
+                continue
+            }
+            // Durable: make visible, then acknowledge.
+            state.withLock { s in
+                for b in taken {
+                    guard let si = s.segments.lastIndex(where: { $0.id == b.segment }) else { continue }
+                    var offset = b.offset
+                    for p in b.appends {
+                        for r in p.records {
+                            let summary = r.summary(at: Location(segment: b.segment, offset: offset, length: UInt32(r.count)))
+                            s.index.apply(summary)
+                            if !s.segments[si].sealed { s.activeEntries.append(summary) }
+                            offset += UInt64(r.count)
+                        }
+                        s.metrics.appendedRecords += p.records.count
+                        s.metrics.appendCalls += 1
+                    }
+                    s.segments[si].size = offset
+                    s.segments[si].lastLSN = b.appends[b.appends.count - 1].records.last!.lsn
+                    s.segments[si].recordCount += b.appends.reduce(0) { $0 + $1.records.count }
+                    s.metrics.appendedBytes += b.bytes
+                    s.metrics.batches += 1
+                }
+                s.durable = taken[taken.count - 1].appends.last!.records.last!.lsn
+                s.metrics.syncs += syncs
+            }
+            for b in taken { for p in b.appends { p.ticket.complete(.success(())) } }
+            release(batches: taken.count)
+        }
+    }
+
+    private func release(batches n: Int) {
+        unsyncedBatches.add(-n)
+    }
+
+    /// The active segment to write `bytes` into, sealing and creating segments as needed.
+    private func prepareActiveSegment(forBytes bytes: Int, firstLSN: LSN, created: inout Bool) throws(CatenaError) -> (file: any StorageFile, id: UInt64, offset: UInt64) {
+        let current: SegmentState? = state.withLock { s in
+            guard let last = s.segments.last, !last.sealed else { return nil }
+            return last
+        }
+        if let current, current.writtenSize == UInt64(current.header.size) || current.writtenSize + UInt64(bytes) <= UInt64(configuration.segmentSize) {
+            return (current.file, current.id, current.writtenSize)
+        }
+        if current != nil {
+            // Sealing writes the hint from the indexed entries: let the syncer finish first.
+            waitUntilSynced()
+            try seal()
+        }
+        let id = state.withLock { s in
+            defer { s.nextSegmentID += 1 }
+            return s.nextSegmentID
+        }
+        let header = SegmentHeader(id: id, firstLSN: firstLSN, createdAt: configuration.now(), replaces: [])
+        let path = dir.segment(id)
+        let file = try fs.open(path, mode: .createNew)
+        do {
+            try file.write(header.encoded(), at: 0)
+        } catch {
+            file.close()
+            try? fs.remove(path)
+            throw error
+        }
+        created = true
+        let start = UInt64(header.size)
+        let segment = SegmentState(id: id, file: file, header: header, size: start, lastLSN: .zero, recordCount: 0, sealed: false, writtenSize: start)
+        state.withLock { s in s.segments.append(segment) }
+        logger.debug("segment created", metadata: ["segment": "\(id)", LogKey.lsn: "\(firstLSN)"])
+        return (file, id, start)
+    }
+
+    /// Seals the active segment: it is never appended to again; its hint file is written.
+    private func seal() throws(CatenaError) {
+        let (segment, entries): (SegmentState, [EntrySummary]) = state.withLock { s in
+            let i = s.segments.count - 1
+            s.segments[i].sealed = true
+            s.metrics.segmentsSealed += 1
+            defer { s.activeEntries = [] }
+            return (s.segments[i], s.activeEntries)
+        }
+        writeHint(segment: segment.id, size: segment.size, entries: entries)
+        logger.debug("segment sealed", metadata: ["segment": "\(segment.id)", "bytes": "\(segment.size)"])
+    }
+
+    func writeHint(segment: UInt64, size: UInt64, entries: [EntrySummary]) {
+        HintWriter(fs: fs, dir: dir, logger: logger).write(segment: segment, size: size, entries: entries)
+    }
+
+    private func dropEmptySegment(_ id: UInt64) throws(CatenaError) {
+        let file: (any StorageFile)? = state.withLock { s in
+            guard let i = s.segments.lastIndex(where: { $0.id == id }) else { return nil }
+            return s.segments.remove(at: i).file
+        }
+        file?.close()
+        try fs.remove(dir.segment(id))
+        try fs.syncDirectory(dir.path)
+    }
+
+    /// Fails `batch` and every append queued behind it (their LSNs follow it). `poison`: the
+    /// store refuses all writes from now on.
+    private func failAppends(_ batch: [PendingAppend], error: CatenaError, poison: Bool) {
+        var failed = batch.map(\.ticket)
+        state.withLock { s in
+            // Appends behind the failed batch fail too; tasks (close barriers, truncations) still run.
+            var kept: [WriterOp] = []
+            while !s.queueIsEmpty {
+                let op = s.popOp()
+                switch op {
+                case .append(let p): failed.append(p.ticket)
+                case .task: kept.append(op)
+                }
+            }
+            s.queue = kept
+            s.queueHead = 0
+            s.queuedBytes = 0
+            // Batches already written before this one may still become durable.
+            s.tail = s.writtenLSN
+            s.uploadTracker = Store.tracker(from: s.index)
+            for b in s.written { for p in b.appends { for r in p.records { try? Store.track(r, in: &s.uploadTracker) } } }
+            if poison { s.lifecycle = .failed(error) }
+        }
+        if poison {
+            logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(error)"])
+        } else {
+            logger.error("append failed", metadata: ["error": "\(error)"])
+        }
+        for (i, t) in failed.enumerated() {
+            t.complete(.failure(i < batch.count ? error : CatenaError(error.code, "not written because an earlier append failed: \(error.message)")))
+        }
+    }
+}
