@@ -17,7 +17,7 @@ extension Store {
     @discardableResult
     public func compact() async throws(CatenaError) -> CompactionReport {
         try await runBlocking(on: maintenancePool) { [self] () throws(CatenaError) -> CompactionReport in
-            try performCompaction()
+            try maintenanceLock.withLock { _ throws(CatenaError) in try performCompaction() }
         }
     }
 
@@ -56,20 +56,19 @@ extension Store {
         for e in activeEntries { facts.learn(e) }
 
         // Plan groups: runs of adjacent segments with dead records, each within one segment size.
+        // Tombstones are judged afterwards, per group.
         var groups: [[Candidate]] = []
         var current: [Candidate] = []
         var currentBytes: UInt64 = 0
-        let firstID = state.withLock { $0.segments.first?.id }
         for (seg, entries) in loaded {
             guard let entries else {
                 if !current.isEmpty { groups.append(current); current = []; currentBytes = 0 }
                 continue
             }
-            let prefix = groups.isEmpty && (current.isEmpty ? seg.id == firstID : current[0].segment.id == firstID)
-            let live = entries.map { facts.isLive($0, dropTombstones: prefix) }
+            let live = entries.map { facts.isLive($0, tombstoneDroppable: false) }
             let liveBytes = zip(entries, live).reduce(UInt64(0)) { $0 + ($1.1 ? UInt64($1.0.location.length) : 0) }
             let candidate = Candidate(segment: seg, entries: entries, live: live, liveBytes: liveBytes)
-            if !candidate.hasDead {
+            if !candidate.hasDead && !facts.hasDroppableTombstone(entries) {
                 if !current.isEmpty { groups.append(current); current = []; currentBytes = 0 }
                 continue
             }
@@ -80,6 +79,21 @@ extension Store {
             currentBytes += candidate.liveBytes
         }
         if !current.isEmpty { groups.append(current) }
+        // A tombstone may go when every older record of its key lies in the same group, so one
+        // atomic rewrite removes them together (nothing older can resurface after a crash).
+        groups = groups.map { group in
+            let ids = Set(group.map(\.segment.id))
+            return group.map { c in
+                var c = c
+                for (i, e) in c.entries.enumerated() where e.header.type == .delete && c.live[i] {
+                    if facts.isLive(e, tombstoneDroppable: facts.olderVersionsLie(of: e, within: ids)) == false {
+                        c.live[i] = false
+                        c.liveBytes -= UInt64(e.location.length)
+                    }
+                }
+                return c
+            }
+        }.filter { $0.contains(where: \.hasDead) }
 
         for group in groups {
             if let done = try rewrite(group) {
@@ -193,19 +207,22 @@ extension Store {
         }
 
         // Swap in memory, re-checking what may have changed since planning.
-        let isPrefix: Bool = state.withLock { s in s.segments.first?.id == oldIDs.first }
         let swapped: Bool = state.withLock { s in
             guard let start = s.segments.firstIndex(where: { $0.id == oldIDs[0] }),
                   start + oldIDs.count <= s.segments.count,
                   Array(s.segments[start..<(start + oldIDs.count)].map(\.id)) == oldIDs else { return false }
-            // Abandoned uploads: only if no manifest for them was enqueued meanwhile.
+            // Chunks of abandoned uploads: only if no manifest for them was enqueued or became
+            // durable meanwhile (a manifest that is now its key's version needs its chunks).
+            for e in droppedEntries where e.header.type == .chunk {
+                guard let a = e.chunkAddress else { continue }
+                if s.index.objects[e.key]?.upload == a.upload { return false }
+                if s.index.uploads[a.upload] != nil && s.uploadTracker[a.upload] == nil { return false }
+            }
             let collected = Set(droppedEntries.compactMap { e -> UploadID? in
                 guard e.header.type == .chunk, let a = e.chunkAddress, s.index.uploads[a.upload] != nil else { return nil }
                 return a.upload
             })
-            for upload in collected where s.uploadTracker[upload] == nil { return false }
             let droppedTombstones = droppedEntries.filter { $0.header.type == .delete && s.index.objects[$0.key]?.lsn == $0.lsn }
-            if !droppedTombstones.isEmpty && !isPrefix { return false }
 
             for upload in collected {
                 s.index.uploads[upload] = nil
@@ -275,8 +292,11 @@ struct LivenessFacts {
     var newestAtWatermark: [Key: LSN] = [:]
     /// Per upload, the LSN of its manifest.
     var manifestLSN: [UploadID: LSN] = [:]
-    /// Some records could not be read (damage): a chunk whose manifest is unknown is kept.
+    /// Some records could not be read (damage): a chunk whose manifest is unknown is kept, and
+    /// no tombstone is dropped.
     var incomplete = false
+    /// Per key, the segments holding each of its records (any type), with their LSNs.
+    var recordsOf: [Key: [(segment: UInt64, lsn: LSN)]] = [:]
 
     init(watermark: LSN, now: UInt64, timeout: UInt64, pendingUploads: [UploadID: UInt64]) {
         self.watermark = watermark
@@ -287,6 +307,7 @@ struct LivenessFacts {
 
     mutating func learn(_ e: EntrySummary) {
         guard !e.damaged else { return }
+        recordsOf[e.key, default: []].append((e.location.segment, e.lsn))
         switch e.header.type {
         case .put, .delete, .manifest:
             if e.lsn <= watermark, newestAtWatermark[e.key].map({ $0 < e.lsn }) ?? true {
@@ -298,9 +319,20 @@ struct LivenessFacts {
         }
     }
 
-    /// Whether `e` must be kept. `dropTombstones`: `e`'s group starts at the log's first
-    /// segment, so every older version of a key dies in the same rewrite as its tombstone.
-    func isLive(_ e: EntrySummary, dropTombstones: Bool) -> Bool {
+    /// Whether every record of `tombstone`'s key older than it lies in `segments`.
+    func olderVersionsLie(of tombstone: EntrySummary, within segments: Set<UInt64>) -> Bool {
+        guard !incomplete else { return false }
+        return (recordsOf[tombstone.key] ?? []).allSatisfy { $0.lsn >= tombstone.lsn || segments.contains($0.segment) }
+    }
+
+    /// Whether `entries` hold a tombstone that is its key's newest version at the watermark.
+    func hasDroppableTombstone(_ entries: [EntrySummary]) -> Bool {
+        entries.contains { $0.header.type == .delete && $0.lsn <= watermark && newestAtWatermark[$0.key] == $0.lsn }
+    }
+
+    /// Whether `e` must be kept. `tombstoneDroppable`: every older record of `e`'s key dies in
+    /// the same rewrite, so a tombstone that is its key's newest version may go too.
+    func isLive(_ e: EntrySummary, tombstoneDroppable dropTombstones: Bool) -> Bool {
         if e.damaged || e.lsn > watermark { return true }
         let newest = newestAtWatermark[e.key]
         switch e.header.type {

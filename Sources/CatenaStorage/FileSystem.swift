@@ -98,7 +98,6 @@ func posixError(_ err: Int32, _ operation: String, _ path: String) -> CatenaErro
     switch err {
     case ENOSPC, EDQUOT: return CatenaError(.diskFull, message)
     case EACCES, EPERM, EROFS: return CatenaError(.permissionDenied, message)
-    case EWOULDBLOCK: return CatenaError(.directoryLocked, message)
     default: return CatenaError(.ioFailure, message)
     }
 }

@@ -39,6 +39,7 @@ struct Recovery {
         var opened: [(header: SegmentHeader, file: any StorageFile, size: UInt64)] = []
         let ids = names.compactMap(DataDirectory.segmentID(fromName:)).sorted()
         result.nextSegmentID = (ids.last ?? 0) + 1
+        var tornHeaders: [(id: UInt64, file: any StorageFile, size: UInt64, error: CatenaError)] = []
         for id in ids {
             let path = dir.segment(id)
             let file = try fs.open(path, mode: .readWrite)
@@ -49,13 +50,36 @@ struct Recovery {
                     throw CatenaError(.corruption, "\(path): header names segment \(header.id)")
                 }
                 opened.append((header, file, size))
-            } catch where error.code == .corruption && id == ids.last && size < 4096 {
-                // A segment whose creation was cut off before its header became durable.
-                file.close()
-                try fs.remove(path)
-                try fs.syncDirectory(dir.path)
-                logger.warning("removed segment with torn header", metadata: ["file": "\(path)", "bytes": "\(size)"])
+            } catch where error.code == .corruption {
+                tornHeaders.append((id, file, size, error))
             }
+        }
+        // A segment whose header is unreadable: the writer writes the header before any record
+        // and fsyncs before acknowledging, so if the header never became durable, nothing in
+        // the file was acknowledged — provided the file is the newest part of the log (its
+        // records, if any, follow every other segment's). Compaction and truncation outputs are
+        // fsynced before they are renamed into place, so they never have torn headers.
+        let newestStart = opened.map(\.header.firstLSN.seq).max() ?? 0
+        for torn in tornHeaders {
+            var scanner = SegmentScanner(file: torn.file, segment: torn.id, from: 0, end: torn.size)
+            var firstSeq: UInt64?
+            var records = 0
+            while let item = try scanner.next() {
+                if case .record(let r, _) = item {
+                    firstSeq = firstSeq ?? r.lsn.seq
+                    records += 1
+                }
+            }
+            guard firstSeq.map({ $0 > newestStart }) ?? true else {
+                throw CatenaError(.corruption, "\(torn.error.message); it holds records from seq \(firstSeq!) in the middle of the log, so it cannot be a segment whose creation was cut off")
+            }
+            torn.file.close()
+            try fs.remove(dir.segment(torn.id))
+            try fs.syncDirectory(dir.path)
+            result.tornBytesDropped += Int(torn.size)
+            logger.warning("removed a segment whose creation was cut off (torn header; its records were never acknowledged)", metadata: [
+                "file": "\(dir.segment(torn.id))", "bytes": "\(torn.size)", "records_dropped": "\(records)",
+            ])
         }
         // Finish interrupted compactions and truncations: outputs name what they replace.
         let replaced = Set(opened.flatMap(\.header.replaces))

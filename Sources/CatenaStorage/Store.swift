@@ -38,6 +38,8 @@ public final class Store: Sendable {
     let state: Mutex<State>
     /// Serializes writes of the STATE file.
     let stateFileLock = Mutex<Void>(())
+    /// Held for the whole of a compaction or a truncation, so they never overlap.
+    let maintenanceLock = Mutex<Void>(())
 
     enum Lifecycle {
         case open
@@ -112,6 +114,8 @@ public final class Store: Sendable {
         var damage: [Damage] = []
         var nextSegmentID: UInt64 = 1
         var metrics = StoreMetrics()
+        /// Seqs of truncations queued but not yet done (the watermark may not pass them).
+        var pendingTruncations: [UInt64] = []
 
         var queueIsEmpty: Bool { queueHead == queue.count }
         mutating func popOp() -> WriterOp {
@@ -170,6 +174,9 @@ public final class Store: Sendable {
 
         if !fs.fileExists(dir.path) {
             try fs.createDirectory(dir.path)
+            // Make the new directory's own entry durable too.
+            let parent = dir.path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            try fs.syncDirectory(parent.isEmpty ? (dir.path.hasPrefix("/") ? "/" : ".") : parent)
         }
         let names: [String]
         do {
@@ -261,15 +268,13 @@ public final class Store: Sendable {
         let drained = AppendTicket()
         submit(.task { drained.complete(.success(())) }, force: true)
         try? await drained.durable()
-        let files: [any StorageFile] = state.withLock { s in
-            s.lifecycle = .closed
-            return s.segments.map(\.file)
-        }
+        state.withLock { s in s.lifecycle = .closed }
         try? await maintenancePool.shutdownGracefully()
         try? await writerPool.shutdownGracefully()
         try? await syncerPool.shutdownGracefully()
         try? await readerPool.shutdownGracefully()
-        for f in files { f.close() }
+        // Segment files are not closed here: a reader may still be streaming from one; each
+        // closes when its last reference goes.
         directoryLock.release()
         logger.info("store closed")
     }

@@ -11,8 +11,8 @@ extension Store {
     /// below it needs a full copy.
     public var compactedThrough: LSN { state.withLock { $0.persistent.compactedThrough } }
 
-    /// Raises and persists the commit watermark. It never goes down, and never above the
-    /// highest durable LSN.
+    /// Raises and persists the commit watermark. It never goes down, never above the highest
+    /// durable LSN, and not above a truncation that is pending.
     public func setCommitWatermark(_ lsn: LSN) async throws(CatenaError) {
         try await runBlocking(on: readerPool) { [self] () throws(CatenaError) in
             try stateFileLock.withLock { _ throws(CatenaError) in
@@ -22,6 +22,9 @@ extension Store {
                     }
                     guard lsn >= s.persistent.commitWatermark else {
                         throw CatenaError(.invalidArgument, "commit watermark cannot go back from \(s.persistent.commitWatermark) to \(lsn)")
+                    }
+                    if let cut = s.pendingTruncations.min(), lsn.seq > cut {
+                        throw CatenaError(.invalidArgument, "commit watermark \(lsn) is above seq \(cut), after which a pending truncation removes the log")
                     }
                     var p = s.persistent
                     p.commitWatermark = lsn
@@ -45,29 +48,52 @@ extension Store {
         }
     }
 
-    /// Removes every record after `lsn` (records an old head wrote that the chain never
-    /// committed). Deletes later segments newest first and rewrites the one it cuts
-    /// (crash-safe), then rebuilds the index. Refused at or below the commit watermark.
-    /// Returns how many records were removed.
+    /// Removes every record whose seq is after `lsn`'s (records an old head wrote that the chain
+    /// never committed); `lsn` should be the LSN of the last record to keep. Deletes later
+    /// segments newest first and rewrites the one it cuts (crash-safe), then rebuilds the index.
+    /// Refused at or below the commit watermark's seq. Returns how many records were removed.
+    ///
+    /// The call resets the enqueue tail to `lsn` and queues the truncation in one step: appends
+    /// enqueued after the call continue from `lsn` and survive it; appends enqueued before it
+    /// may be acknowledged and then removed. Until it completes, the watermark cannot be raised
+    /// past `lsn`. If it fails part-way, the store refuses writes until reopened (start-up
+    /// re-reads what is on disk; truncating again finishes the job).
     @discardableResult
     public func truncate(after lsn: LSN) async throws(CatenaError) -> Int {
-        try await runBlocking(on: maintenancePool) { [self] () throws(CatenaError) -> Int in
-            try state.withLock { (s) throws(CatenaError) in
-                if case .closed = s.lifecycle { throw CatenaError(.closed, "store is closed") }
-                guard lsn >= s.persistent.commitWatermark else {
-                    throw CatenaError(.belowCommitWatermark, "cannot truncate after \(lsn): the commit watermark is \(s.persistent.commitWatermark)")
-                }
-                if lsn.seq < s.tail.seq { s.tail = lsn }
+        let done = AppendTicket()
+        let removed = NIOLockedValueBox(0)
+        let schedule: Bool = try state.withLock { (s) throws(CatenaError) -> Bool in
+            switch s.lifecycle {
+            case .open: break
+            case .failed(let error): throw CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it")
+            case .closed: throw CatenaError(.closed, "store is closed")
             }
-            let done = ConditionLock(value: false)
-            let outcome = NIOLockedValueBox<Result<Int, CatenaError>>(.success(0))
-            submit(.task { [self] in
-                outcome.withLockedValue { $0 = Result { () throws(CatenaError) in try performTruncate(after: lsn) } }
-                done.lock(); done.unlock(withValue: true)
+            guard lsn.seq >= s.persistent.commitWatermark.seq else {
+                throw CatenaError(.belowCommitWatermark, "cannot truncate after seq \(lsn.seq): the commit watermark is \(s.persistent.commitWatermark)")
+            }
+            if lsn.seq < s.tail.seq { s.tail = lsn }
+            s.pendingTruncations.append(lsn.seq)
+            s.queue.append(.task { [self] in
+                do throws(CatenaError) {
+                    let n = try maintenanceLock.withLock { _ throws(CatenaError) in try performTruncate(after: lsn) }
+                    removed.withLockedValue { $0 = n }
+                    done.complete(.success(()))
+                } catch {
+                    state.withLock { s in s.lifecycle = .failed(error) }
+                    logger.critical("truncation failed part-way; refusing writes until reopened", metadata: ["error": "\(error)"])
+                    done.complete(.failure(error))
+                }
+                state.withLock { s in
+                    if let i = s.pendingTruncations.firstIndex(of: lsn.seq) { s.pendingTruncations.remove(at: i) }
+                }
             })
-            done.lock(whenValue: true); done.unlock()
-            return try outcome.withLockedValue { $0 }.get()
+            if s.writerScheduled { return false }
+            s.writerScheduled = true
+            return true
         }
+        if schedule { writerPool.submit { [self] _ in drain() } }
+        try await done.durable()
+        return removed.withLockedValue { $0 }
     }
 
     /// Runs on the writer thread, so no append is in flight.
@@ -128,9 +154,12 @@ extension Store {
             s.damage = recovered.damage
             s.durable = recovered.highest
             s.writtenLSN = recovered.highest
-            s.tail = recovered.highest
+            // The tail stays: appends queued after this truncation continue from the cut.
             s.nextSegmentID = max(s.nextSegmentID, recovered.nextSegmentID)
             s.uploadTracker = Store.tracker(from: recovered.index)
+            for op in s.queue[s.queueHead...] {
+                if case .append(let p) = op { for r in p.records { try? Store.track(r, in: &s.uploadTracker) } }
+            }
         }
         let after = recovered.segments.reduce(0) { $0 + $1.recordCount }
         let removed = max(0, before - after)

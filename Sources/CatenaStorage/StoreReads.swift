@@ -5,6 +5,16 @@ extension Store {
     /// The highest durable LSN (`.zero` for an empty log).
     public var highestLSN: LSN { state.withLock { $0.durable } }
 
+    /// The LSN the next enqueued record must follow (the last accepted by ``enqueue(_:)``; after
+    /// a failed append, the last record that was written). The head assigns from here.
+    public var lastEnqueuedLSN: LSN { state.withLock { $0.tail } }
+
+    /// Bytes accepted by ``enqueue(_:)`` but not yet durable. The store does not bound it: a
+    /// caller that must bound memory (the head, a replication link) waits while it is high.
+    public var pendingAppendBytes: Int {
+        state.withLock { s in s.queuedBytes + s.written.reduce(0) { $0 + $1.bytes } }
+    }
+
     /// Counters since open.
     public var metrics: StoreMetrics { state.withLock { $0.metrics } }
 

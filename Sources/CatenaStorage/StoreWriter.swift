@@ -66,7 +66,7 @@ extension Store {
         try await enqueue([try record.encoded()]).durable()
     }
 
-    private static func track(_ r: EncodedRecord, in tracker: inout [UploadID: UploadProgress]) throws(CatenaError) {
+    static func track(_ r: EncodedRecord, in tracker: inout [UploadID: UploadProgress]) throws(CatenaError) {
         switch r.type {
         case .chunk:
             guard let address = RecordExtension.chunkAddress(in: r.extensions) else { return }
@@ -113,7 +113,7 @@ extension Store {
     ///
     /// Writing and syncing are pipelined: the writer copies batch N+1 into the page cache while
     /// the syncer thread fsyncs batch N, so the device never idles while the CPU copies.
-    private func drain() {
+    func drain() {
         let delayNanos = configuration.groupCommitDelay.nanoseconds
         let maxBytes = configuration.groupCommitMaxBytes
         let oneCallPerSync = configuration.durability == .always
