@@ -134,7 +134,12 @@ struct BenchStorage: AsyncParsableCommand {
         if let d = groupCommitDelayUs, !(0...1_000_000).contains(d) {
             throw ValidationError("--group-commit-delay-us must be 0 ... 1000000, not \(d)")
         }
-        if let dir, dir.isEmpty { throw ValidationError("--dir must not be empty") }
+        if let dir {
+            guard !dir.isEmpty else { throw ValidationError("--dir must not be empty") }
+            var st = stat()
+            guard stat(dir, &st) == 0 else { throw ValidationError("--dir \(dir) does not exist") }
+            guard (st.st_mode & S_IFMT) == S_IFDIR else { throw ValidationError("--dir \(dir) is not a directory") }
+        }
     }
 
     func parsedSizes() throws -> [Int] {
