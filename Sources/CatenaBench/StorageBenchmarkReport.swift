@@ -251,7 +251,7 @@ extension StorageBenchmark {
                 lines.append("goal: \(g.goal): \(verdict) (\(g.measured))")
             }
             let shortest = results.flatMap(\.rounds).map(\.elapsed).min()
-            if let shortest, shortest < .seconds(1) {
+            if let shortest, shortest < .milliseconds(300) {
                 lines.append("note: a store phase lasted only \(fixed(shortest.seconds, 2)) s; phases this short mostly measure the page cache, not the disk. Judge the goals with the default volumes.")
             }
             return lines.joined(separator: "\n")
