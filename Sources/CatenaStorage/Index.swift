@@ -37,6 +37,8 @@ struct StoreIndex: Sendable {
     var uploads: [UploadID: PendingUpload] = [:]
     private var sortedKeys: [Key] = []
     private var unsortedKeys: [Key] = []
+    /// Whether `unsortedKeys` is currently sorted.
+    private var recentSorted = true
 
     /// Applies one record (in log order).
     mutating func apply(_ e: EntrySummary) {
@@ -81,6 +83,7 @@ struct StoreIndex: Sendable {
             _ = old
         } else {
             unsortedKeys.append(key)
+            recentSorted = false
         }
     }
 
@@ -103,45 +106,75 @@ struct StoreIndex: Sendable {
     }
 
     /// Live keys (not tombstones) with `prefix`, in byte order, strictly after `after`, at most `limit`.
+    ///
+    /// Walks the sorted array and the (sorted on demand) batch of recently added keys side by
+    /// side. The batch is merged into the array only when it has grown past an eighth of it, so
+    /// listing while keys are being added costs O(log n + batch + page) and merging stays
+    /// amortized O(1) per added key.
     mutating func list(prefix: [UInt8], after: Key?, limit: Int) -> (keys: [Key], more: Bool) {
-        if !unsortedKeys.isEmpty {
+        if unsortedKeys.count > max(4096, sortedKeys.count / 8) {
+            mergeRecentKeys()
+        } else if !recentSorted {
             unsortedKeys.sort()
-            var merged: [Key] = []
-            merged.reserveCapacity(sortedKeys.count + unsortedKeys.count)
-            var i = 0, j = 0
-            while i < sortedKeys.count || j < unsortedKeys.count {
-                let next: Key
-                if j == unsortedKeys.count || (i < sortedKeys.count && sortedKeys[i] < unsortedKeys[j]) {
-                    next = sortedKeys[i]; i += 1
-                } else {
-                    next = unsortedKeys[j]; j += 1
-                }
-                // Drop keys that left the index and duplicates (a key removed and re-added).
-                if objects[next] != nil && merged.last != next { merged.append(next) }
-            }
-            sortedKeys = merged
-            unsortedKeys = []
+            recentSorted = true
         }
-        // Binary search for the first key >= max(prefix, after+).
-        var low = 0, high = sortedKeys.count
-        while low < high {
-            let mid = (low + high) / 2
-            let k = sortedKeys[mid].bytes
-            let beforePrefix = k.lexicographicallyPrecedes(prefix)
-            let notAfter = after.map { !($0 < sortedKeys[mid]) } ?? false
-            if beforePrefix || notAfter { low = mid + 1 } else { high = mid }
-        }
+        var i = StoreIndex.lowerBound(sortedKeys, prefix: prefix, after: after)
+        var j = StoreIndex.lowerBound(unsortedKeys, prefix: prefix, after: after)
         var result: [Key] = []
-        var i = low
-        while i < sortedKeys.count {
-            let key = sortedKeys[i]
-            guard key.hasPrefix(prefix) else { break }
+        var last: Key?
+        while i < sortedKeys.count || j < unsortedKeys.count {
+            let key: Key
+            let fromSorted = j == unsortedKeys.count || (i < sortedKeys.count && sortedKeys[i] < unsortedKeys[j])
+            if fromSorted {
+                key = sortedKeys[i]; i += 1
+            } else {
+                key = unsortedKeys[j]; j += 1
+            }
+            guard key.hasPrefix(prefix) else {
+                // Both sides start at the prefix and are sorted: a key past the prefix ends its side.
+                if fromSorted { i = sortedKeys.count } else { j = unsortedKeys.count }
+                continue
+            }
+            // A key removed and added again can sit in both arrays.
+            if key == last { continue }
+            last = key
             if let v = objects[key], v.type != .delete {
                 if result.count == limit { return (result, true) }
                 result.append(key)
             }
-            i += 1
         }
         return (result, false)
+    }
+
+    /// Merges the recently added keys into the sorted array, dropping keys that left the index.
+    private mutating func mergeRecentKeys() {
+        unsortedKeys.sort()
+        var merged: [Key] = []
+        merged.reserveCapacity(sortedKeys.count + unsortedKeys.count)
+        var i = 0, j = 0
+        while i < sortedKeys.count || j < unsortedKeys.count {
+            let next: Key
+            if j == unsortedKeys.count || (i < sortedKeys.count && sortedKeys[i] < unsortedKeys[j]) {
+                next = sortedKeys[i]; i += 1
+            } else {
+                next = unsortedKeys[j]; j += 1
+            }
+            if objects[next] != nil && merged.last != next { merged.append(next) }
+        }
+        sortedKeys = merged
+        unsortedKeys = []
+        recentSorted = true
+    }
+
+    /// The first index of sorted `keys` whose key is >= `prefix` and > `after`.
+    private static func lowerBound(_ keys: [Key], prefix: [UInt8], after: Key?) -> Int {
+        var low = 0, high = keys.count
+        while low < high {
+            let mid = (low + high) / 2
+            let beforePrefix = keys[mid].bytes.lexicographicallyPrecedes(prefix)
+            let notAfter = after.map { !($0 < keys[mid]) } ?? false
+            if beforePrefix || notAfter { low = mid + 1 } else { high = mid }
+        }
+        return low
     }
 }

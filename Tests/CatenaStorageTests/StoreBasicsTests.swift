@@ -185,3 +185,34 @@ struct StoreBasicsTests {
         await reopened.close()
     }
 }
+
+@Suite("Listing while writing")
+struct ListingWhileWritingTests {
+    /// Keys added between listings are found before and after the batch of recent keys is
+    /// merged into the sorted array (it merges past 4096 keys), with deletes and re-adds.
+    @Test func listingSeesEveryLiveKeyAcrossMerges() async throws {
+        let store = try await Fixture().open()
+        var rng = SplitMix64(seed: 77)
+        var live = Set<String>()
+        var seq: UInt64 = 0
+        for round in 0..<12 {
+            var batch: [EncodedRecord] = []
+            for _ in 0..<700 {
+                seq += 1
+                let name = "p\(Int.random(in: 0..<4, using: &rng))/k\(Int.random(in: 0..<3000, using: &rng))"
+                if Int.random(in: 0..<6, using: &rng) == 0 {
+                    batch.append(del(name, seq: seq))
+                    live.remove(name)
+                } else {
+                    batch.append(put(name, [UInt8(round)], seq: seq))
+                    live.insert(name)
+                }
+            }
+            try await store.append(batch)
+            let sorted = { (xs: [String]) in xs.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) } }
+            #expect(try store.allKeys(pageSize: 97) == sorted(Array(live)), "round \(round)")
+            #expect(try store.allKeys(prefix: "p2/", pageSize: 50) == sorted(live.filter { $0.hasPrefix("p2/") }), "round \(round)")
+        }
+        await store.close()
+    }
+}
