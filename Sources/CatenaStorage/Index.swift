@@ -30,8 +30,9 @@ struct PendingUpload: Sendable {
 /// for listing by prefix.
 ///
 /// Keys are hashed and sorted byte-wise (``Key`` is a byte string). The sorted list is kept as
-/// an array plus a batch of keys added since it was last sorted; a listing merges the batch in
-/// (O(n) amortized), and deleted keys are skipped by checking the dictionary.
+/// an array plus a batch of keys added since; a listing walks both, merging the batch in only
+/// when it has grown large (amortized O(1) per key), and skips deleted keys by checking the
+/// dictionary.
 struct StoreIndex: Sendable {
     var objects: [Key: ObjectVersion] = [:]
     var uploads: [UploadID: PendingUpload] = [:]
