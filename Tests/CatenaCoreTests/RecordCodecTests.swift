@@ -81,6 +81,35 @@ struct RecordCodecTests {
         #expect(try Manifest(decoding: manifest.encoded()) == manifest)
     }
 
+    /// Bytes from a newer writer (valid checksums, a must-understand field this build does not
+    /// know) are refused by the reader, not only by the encoder.
+    @Test func readerRefusesReceivedUnknownMustUnderstandField() throws {
+        var r = try sample()
+        r.extensions = [RecordExtension(tag: RecordExtension.contentTypeTag, mustUnderstand: true, value: Array("x/y".utf8))]
+        var bytes = try r.encoded().bytes
+        // Re-tag the field as 777 (still must-understand) and re-seal the record checksum.
+        let extAt = RecordHeader.size + r.key.bytes.count
+        bytes[extAt] = UInt8(777 & 0xFF)
+        bytes[extAt + 1] = UInt8(777 >> 8)
+        bytes.withUnsafeMutableBytes { raw in
+            raw.setLE(XXH3.hash(UnsafeRawBufferPointer(rebasing: raw[0..<(raw.count - 8)])), at: raw.count - 8)
+        }
+        do {
+            _ = try EncodedRecord(validating: bytes)
+            Issue.record("a record with an unknown must-understand field was accepted")
+        } catch {
+            #expect(error.code == .unknownMustUnderstandField)
+            #expect(error.message.contains("777"))
+        }
+        // The same field marked may-skip is accepted and kept byte for byte.
+        bytes[extAt + 2] = 0
+        bytes.withUnsafeMutableBytes { raw in
+            raw.setLE(XXH3.hash(UnsafeRawBufferPointer(rebasing: raw[0..<(raw.count - 8)])), at: raw.count - 8)
+        }
+        let accepted = try EncodedRecord(validating: bytes)
+        #expect(accepted.extensions == [RecordExtension(tag: 777, mustUnderstand: false, value: Array("x/y".utf8))])
+    }
+
     @Test func mustUnderstandRulesForExtensions() throws {
         var r = try sample()
         r.extensions.append(RecordExtension(tag: 4242, mustUnderstand: false, value: [9, 9]))

@@ -87,15 +87,24 @@ struct CompactionTests {
         await reopened.close()
     }
 
+    /// Hold the compaction at its output's fsync: appends and reads complete meanwhile.
     @Test func readsAndAppendsContinueDuringCompaction() async throws {
-        let f = Fixture(configure: { $0.segmentSize = 8192 })
+        let gated = GatedFileSystem(wrapping: CrashSimulatingFileSystem())
+        let f = Fixture(configure: { $0.segmentSize = 8192; $0.fileSystem = gated })
         let store = try await f.open()
         let records = history(seed: 9, count: 400, keys: 30)
-        try await store.append(Array(records[0..<300]))
+        for start in stride(from: 0, to: 300, by: 10) { try await store.append(Array(records[start..<(start + 10)])) }
         try await store.setCommitWatermark(LSN(epoch: 1, seq: 300))
-        async let compaction = store.compact()
+        let gate = gated.holdNextSync(matching: ".seg.tmp")
+        defer { gate.open() }
+        let compaction = Task { try await store.compact() }
+        #expect(await gate.waitUntilReached(timeout: .seconds(5)), "compaction never reached its output's fsync")
+        // Compaction is stuck mid-rewrite: the store still takes appends and serves reads.
         for r in records[300...] { try await store.append([r]) }
-        _ = try await compaction
+        #expect(try await contents(store) == model(records))
+        gate.open()
+        let report = try await compaction.value
+        #expect(report.segmentsRewritten > 0 && report.recordsDropped > 0)
         #expect(try await contents(store) == model(records))
         await store.close()
     }
