@@ -44,15 +44,18 @@ struct Recovery {
             let path = dir.segment(id)
             let file = try fs.open(path, mode: .readWrite)
             let size = try file.size()
+            let header: SegmentHeader
             do throws(CatenaError) {
-                let header = try SegmentHeader.read(from: file)
-                guard header.id == id else {
-                    throw CatenaError(.corruption, "\(path): header names segment \(header.id)")
-                }
-                opened.append((header, file, size))
+                header = try SegmentHeader.read(from: file)
             } catch where error.code == .corruption {
                 tornHeaders.append((id, file, size, error))
+                continue
             }
+            // A readable header naming another segment is not a torn write: never delete it.
+            guard header.id == id else {
+                throw CatenaError(.corruption, "\(path): header names segment \(header.id); was the file renamed or copied?")
+            }
+            opened.append((header, file, size))
         }
         // A segment whose header is unreadable: the writer writes the header before any record
         // and fsyncs before acknowledging, so if the header never became durable, nothing in
