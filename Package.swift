@@ -43,10 +43,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Wire formats: LZ4 frame streaming (segment transfer); frames and codecs come with the chain.
+        // Wire formats: framing, handshake and error frames of the TCP protocol; LZ4 frame streaming.
         .target(
             name: "CatenaWire",
-            dependencies: ["CLZ4"]
+            dependencies: [
+                "CatenaCore",
+                "CLZ4",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         // The load generators behind `catena bench-*`.
         .target(
@@ -79,7 +83,15 @@ let package = Package(
             dependencies: ["CatenaCore", "CatenaStorage", "CatenaTestSupport",
                            .product(name: "Logging", package: "swift-log")]
         ),
-        .testTarget(name: "CatenaWireTests", dependencies: ["CatenaWire"]),
+        .testTarget(
+            name: "CatenaWireTests",
+            dependencies: [
+                "CatenaWire", "CatenaCore", "CatenaTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
     ],
     swiftLanguageModes: [.v6]

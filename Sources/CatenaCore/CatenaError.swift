@@ -52,6 +52,20 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let closed = Code("closed")
         /// An argument is out of its documented range.
         public static let invalidArgument = Code("invalidArgument")
+        /// A frame on the wire is larger than the connection accepts.
+        public static let frameTooLarge = Code("frameTooLarge")
+        /// A frame type the receiver does not know.
+        public static let unknownFrameType = Code("unknownFrameType")
+        /// The peers share no protocol version.
+        public static let protocolVersionUnsupported = Code("protocolVersionUnsupported")
+        /// The peer belongs to another cluster (ports get reused).
+        public static let wrongCluster = Code("wrongCluster")
+        /// The connection broke the protocol (e.g. a request before the handshake).
+        public static let protocolViolation = Code("protocolViolation")
+
+        /// The code with this name, as carried in error frames. Names this build does not know
+        /// are kept as they are, so they can be logged and passed on.
+        public static func named(_ name: String) -> Code { Code(name) }
     }
 
     /// What went wrong.
