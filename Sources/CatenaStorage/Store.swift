@@ -242,6 +242,15 @@ public final class Store: Sendable {
         try writeAtomically(fs: fs, dir: dir, path: dir.identity, bytes: expected.encoded())
     }
 
+    /// Throws unless the store takes writes.
+    static func checkWritable(_ s: State) throws(CatenaError) {
+        switch s.lifecycle {
+        case .open: return
+        case .failed(let error): throw CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it")
+        case .closed: throw CatenaError(.closed, "store is closed")
+        }
+    }
+
     /// Write to a temp file, fsync it, rename over `path`, fsync the directory.
     static func writeAtomically(fs: any FileSystem, dir: DataDirectory, path: String, bytes: [UInt8]) throws(CatenaError) {
         let tmp = path + ".tmp"

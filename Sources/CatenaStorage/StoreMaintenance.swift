@@ -63,11 +63,7 @@ extension Store {
         let done = AppendTicket()
         let removed = NIOLockedValueBox(0)
         let schedule: Bool = try state.withLock { (s) throws(CatenaError) -> Bool in
-            switch s.lifecycle {
-            case .open: break
-            case .failed(let error): throw CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it")
-            case .closed: throw CatenaError(.closed, "store is closed")
-            }
+            try Store.checkWritable(s)
             guard lsn.seq >= s.persistent.commitWatermark.seq else {
                 throw CatenaError(.belowCommitWatermark, "cannot truncate after seq \(lsn.seq): the commit watermark is \(s.persistent.commitWatermark)")
             }

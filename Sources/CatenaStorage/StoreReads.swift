@@ -28,14 +28,20 @@ extension Store {
     /// The newest version's metadata, or nil if the key does not exist or was deleted.
     public func head(_ key: Key) throws(CatenaError) -> ObjectInfo? {
         try state.withLock { (s) throws(CatenaError) -> ObjectInfo? in
-            try Store.refuseIfPossiblyStale(key, s.index.objects[key], s)
-            guard let v = s.index.objects[key] else { return nil }
-            if v.damaged {
-                throw CatenaError(.corruption, "the newest version of '\(key)' (record \(v.lsn), segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
-            }
-            guard v.type != .delete else { return nil }
+            guard let v = try Store.servableVersion(of: key, in: s) else { return nil }
             return Store.info(key, v)
         }
+    }
+
+    /// The newest version of `key` if it exists and may be served: nil for a missing or deleted
+    /// key, `corruption` if that version or damage that may have replaced it is on disk.
+    static func servableVersion(of key: Key, in s: State) throws(CatenaError) -> ObjectVersion? {
+        try refuseIfPossiblyStale(key, s.index.objects[key], s)
+        guard let v = s.index.objects[key] else { return nil }
+        if v.damaged {
+            throw CatenaError(.corruption, "the newest version of '\(key)' (record \(v.lsn), segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
+        }
+        return v.type == .delete ? nil : v
     }
 
     /// Damage whose records' keys are unknown may have overwritten any key whose newest version
@@ -67,12 +73,7 @@ extension Store {
     /// even if it is overwritten or compacted meanwhile.
     public func get(_ key: Key) throws(CatenaError) -> StoredObject? {
         try state.withLock { (s) throws(CatenaError) -> StoredObject? in
-            try Store.refuseIfPossiblyStale(key, s.index.objects[key], s)
-            guard let v = s.index.objects[key] else { return nil }
-            if v.damaged {
-                throw CatenaError(.corruption, "the newest version of '\(key)' (record \(v.lsn), segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
-            }
-            guard v.type != .delete else { return nil }
+            guard let v = try Store.servableVersion(of: key, in: s) else { return nil }
             let locations = v.type == .manifest ? v.chunks : [v.location]
             var parts: [ObjectBody.Part] = []
             for loc in locations {

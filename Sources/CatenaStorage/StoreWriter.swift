@@ -28,11 +28,7 @@ extension Store {
         }
         let ticket = AppendTicket()
         let schedule: Bool = try state.withLock { (s) throws(CatenaError) -> Bool in
-            switch s.lifecycle {
-            case .open: break
-            case .failed(let error): throw CatenaError(.ioFailure, "store refuses writes after an I/O failure (\(error.message)); reopen it")
-            case .closed: throw CatenaError(.closed, "store is closed")
-            }
+            try Store.checkWritable(s)
             var previous = s.tail
             var tracker = s.uploadTracker
             for r in records {
