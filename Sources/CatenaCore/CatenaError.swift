@@ -62,6 +62,14 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let wrongCluster = Code("wrongCluster")
         /// The connection broke the protocol (e.g. a request before the handshake).
         public static let protocolViolation = Code("protocolViolation")
+        /// The sender's configuration epoch is older than the receiver's (fencing).
+        public static let staleEpoch = Code("staleEpoch")
+        /// The sender's configuration epoch is newer: the receiver must refresh its configuration.
+        public static let epochAhead = Code("epochAhead")
+        /// This node does not take that request in its role; the error names the node that does.
+        public static let redirect = Code("redirect")
+        /// Too many bytes are in flight down the chain; retry after a short wait.
+        public static let busy = Code("busy")
 
         /// The code with this name, as carried in error frames. Names this build does not know
         /// are kept as they are, so they can be logged and passed on.

@@ -1,0 +1,237 @@
+import CatenaCore
+import Testing
+
+private func node(_ s: String) -> NodeID { try! NodeID(s) }
+private func member(_ s: String) -> ChainMember { ChainMember(id: node(s), address: "127.0.0.1:\(7000 + Int(s.utf8.last!))") }
+private func chain(_ ids: [String], epoch: UInt64 = 1) -> ChainConfiguration {
+    try! ChainConfiguration(clusterID: "test", chainID: 1, epoch: epoch, members: ids.map(member))
+}
+private func request(_ n: UInt64, key k: String = "k", value: String = "v") -> WriteRequest {
+    WriteRequest(requestID: RequestID(high: 1, low: n), type: .put, key: try! Key(k), value: Array(value.utf8))
+}
+private func appended(_ actions: [ReplicaStateMachine.Action]) -> [EncodedRecord] {
+    actions.flatMap { if case .append(let r) = $0 { return r } else { return [] } }
+}
+private func forwarded(_ actions: [ReplicaStateMachine.Action]) -> [EncodedRecord] {
+    actions.flatMap { if case .forward(let r, _) = $0 { return r } else { return [] } }
+}
+private func commits(_ actions: [ReplicaStateMachine.Action]) -> [ReplicaStateMachine.Commit] {
+    actions.flatMap { if case .committed(let c) = $0 { return c } else { return [] } }
+}
+private func acks(_ actions: [ReplicaStateMachine.Action]) -> [LSN] {
+    actions.compactMap { if case .acknowledge(let l, _) = $0 { return l } else { return nil } }
+}
+private func refusals(_ actions: [ReplicaStateMachine.Action]) -> [CatenaError.Code] {
+    actions.compactMap { if case .refuse(_, let e) = $0 { return e.code } else { return nil } }
+}
+
+@Suite("Replica state machine")
+struct ReplicaStateMachineTests {
+    @Test func headAssignsForwardsAndCommitsOnlyAfterTheTailAcknowledges() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b", "c"]), lastLSN: LSN(epoch: 1, seq: 10))
+        let a1 = head.write(request(1), now: 99)
+        let records = appended(a1)
+        #expect(records.map(\.lsn) == [LSN(epoch: 1, seq: 11)])
+        #expect(records.first?.header.timestamp == 99)
+        #expect(records.first?.header.requestID == RequestID(high: 1, low: 1))
+        #expect(forwarded(a1) == records)
+        // Durable locally is not enough: the chain has not acknowledged.
+        #expect(commits(head.durable(through: LSN(epoch: 1, seq: 11))).isEmpty)
+        let done = head.acknowledged(through: LSN(epoch: 1, seq: 11), epoch: 1)
+        #expect(commits(done) == [.init(requestID: RequestID(high: 1, low: 1), lsn: LSN(epoch: 1, seq: 11))])
+        #expect(head.inFlightBytes == 0 && head.sentCount == 0)
+    }
+
+    @Test func middleAndTailAcknowledgeOnlyWhatIsDurableAndDownstream() {
+        var middle = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        var tail = ReplicaStateMachine(me: node("c"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        let records = forwarded(head.write(request(1), now: 1)) + forwarded(head.write(request(2), now: 2))
+        let m = middle.replicate(records, epoch: 1)
+        #expect(appended(m) == records && forwarded(m) == records)
+        let t = tail.replicate(forwarded(m), epoch: 1)
+        #expect(appended(t) == records && forwarded(t).isEmpty)
+        // The tail acknowledges as soon as it is durable.
+        #expect(acks(tail.durable(through: LSN(epoch: 1, seq: 1))) == [LSN(epoch: 1, seq: 1)])
+        // The middle needs both: durable locally and acknowledged downstream.
+        #expect(acks(middle.acknowledged(through: LSN(epoch: 1, seq: 1), epoch: 1)).isEmpty)
+        #expect(acks(middle.durable(through: LSN(epoch: 1, seq: 2))) == [LSN(epoch: 1, seq: 1)])
+        #expect(acks(tail.durable(through: LSN(epoch: 1, seq: 2))) == [LSN(epoch: 1, seq: 2)])
+        #expect(acks(middle.acknowledged(through: LSN(epoch: 1, seq: 2), epoch: 1)) == [LSN(epoch: 1, seq: 2)])
+    }
+
+    @Test func duplicatesAreSkippedAndGapsRefused() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        var tail = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        let r = (1...3).flatMap { forwarded(head.write(request($0), now: $0)) }
+        #expect(appended(tail.replicate(Array(r[0..<2]), epoch: 1)).count == 2)
+        // A resend of 1...3: only 3 is new.
+        #expect(appended(tail.replicate(r, epoch: 1)).map(\.lsn.seq) == [3])
+        // A gap is refused and nothing is applied.
+        let next = forwarded(head.write(request(4), now: 4)) + forwarded(head.write(request(5), now: 5))
+        let gap = tail.replicate([next[1]], epoch: 1)
+        #expect(appended(gap).isEmpty && refusals(gap) == [.lsnOutOfOrder])
+        #expect(tail.lastAccepted.seq == 3)
+    }
+
+    @Test func fencingRefusesOtherEpochs() {
+        var tail = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"], epoch: 5), lastLSN: .zero)
+        var oldHead = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"], epoch: 4), lastLSN: .zero)
+        let stale = tail.replicate(forwarded(oldHead.write(request(1), now: 1)), epoch: 4)
+        #expect(refusals(stale) == [.staleEpoch] && appended(stale).isEmpty)
+        #expect(refusals(tail.acknowledged(through: LSN(epoch: 5, seq: 1), epoch: 6)) == [.epochAhead])
+        // A deposed head never sees its write committed: the new chain's tail refuses it.
+        #expect(commits(oldHead.durable(through: LSN(epoch: 4, seq: 1))).isEmpty)
+    }
+
+    @Test func onlyTheHeadTakesWrites() {
+        var middle = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        let actions = middle.write(request(1), now: 1)
+        #expect(refusals(actions) == [.redirect])
+        #expect(appended(actions).isEmpty)
+    }
+
+    @Test func retriesGetTheOriginalResult() {
+        var single = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero)
+        let first = single.write(request(7, value: "one"), now: 1)
+        #expect(appended(first).count == 1)
+        // Retried while in flight: nothing new is appended.
+        #expect(single.write(request(7, value: "one"), now: 2).isEmpty)
+        #expect(commits(single.durable(through: LSN(epoch: 1, seq: 1))) == [.init(requestID: RequestID(high: 1, low: 7), lsn: LSN(epoch: 1, seq: 1))])
+        // Retried after commit: the original LSN, no second write.
+        let retry = single.write(request(7, value: "one"), now: 3)
+        #expect(appended(retry).isEmpty)
+        #expect(commits(retry) == [.init(requestID: RequestID(high: 1, low: 7), lsn: LSN(epoch: 1, seq: 1))])
+        #expect(single.lastAccepted.seq == 1)
+    }
+
+    @Test func aSlowSuccessorMakesTheHeadBusy() {
+        var limits = ReplicaStateMachine.Limits()
+        limits.maxInFlightBytes = 10_000
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero, limits: limits)
+        var accepted = 0
+        var busy = 0
+        for i in 1...40 as ClosedRange<UInt64> {
+            let a = head.write(request(i, value: String(repeating: "x", count: 1000)), now: i)
+            accepted += appended(a).count
+            busy += refusals(a).filter { $0 == .busy }.count
+        }
+        #expect(accepted < 40 && busy == 40 - accepted)
+        #expect(head.inFlightBytes <= 10_000 + 1200)
+        // Acknowledgements free the link again.
+        _ = head.durable(through: head.lastAccepted)
+        _ = head.acknowledged(through: head.lastAccepted, epoch: 1)
+        #expect(appended(head.write(request(100), now: 100)).count == 1)
+    }
+
+    @Test func aNewTailAcknowledgesWhatItHoldsAndANewSuccessorGetsAResend() {
+        // a -> b -> c; c fails: b becomes tail and acknowledges what it holds.
+        var b = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        let r = (1...3).flatMap { forwarded(a.write(request($0), now: $0)) }
+        _ = b.replicate(r, epoch: 1)
+        _ = b.durable(through: LSN(epoch: 1, seq: 3))
+        #expect(acks(b.reconfigure(chain(["a", "b"], epoch: 2))) == [LSN(epoch: 1, seq: 3)])
+        // b fails instead: a's new successor is c, which reports seq 1; a resends 2...3 from its log.
+        var a2 = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        _ = (1...3).map { a2.write(request($0), now: $0) }
+        #expect(a2.reconfigure(chain(["a", "c"], epoch: 2)).isEmpty)
+        let resend = a2.successorReported(lastLSN: LSN(epoch: 1, seq: 1), epoch: 2)
+        #expect(resend == [.resend(after: LSN(epoch: 1, seq: 1), through: LSN(epoch: 1, seq: 3), to: member("c"))])
+        // Writes in the new epoch carry it.
+        #expect(appended(a2.write(request(4), now: 4)).first?.lsn == LSN(epoch: 2, seq: 4))
+    }
+
+    /// A seeded simulation of a 3-node chain: per-link FIFO delivery in random interleavings,
+    /// random durability progress. Nothing commits before every replica holds it durably; the
+    /// logs stay prefixes of each other; once quiet, everything accepted commits and the logs
+    /// are identical.
+    @Test(arguments: 0..<20 as Range<UInt64>)
+    func simulatedChain(seed: UInt64) {
+        var rng = SimulationRNG(seed: seed)
+        let config = chain(["a", "b", "c"])
+        var machines = ["a", "b", "c"].map { ReplicaStateMachine(me: node($0), configuration: config, lastLSN: .zero) }
+        var logs: [[EncodedRecord]] = [[], [], []]
+        var durableCount = [0, 0, 0]
+        var downLinks: [[[EncodedRecord]]] = [[], []]   // a->b, b->c
+        var upLinks: [[LSN]] = [[], []]                  // b->a, c->b
+        var committed: [LSN] = []
+        var accepted = 0
+
+        func perform(_ actions: [ReplicaStateMachine.Action], at i: Int) {
+            for action in actions {
+                switch action {
+                case .append(let r): logs[i] += r
+                case .forward(let r, _): downLinks[i].append(r)
+                case .acknowledge(let l, _): upLinks[i - 1].append(l)
+                case .committed(let c): committed += c.map(\.lsn)
+                case .refuse, .resend: break
+                }
+            }
+        }
+        func check() {
+            let minDurable = durableCount.min()!
+            for lsn in committed { #expect(Int(lsn.seq) <= minDurable, "seed \(seed): \(lsn) committed before every replica had it durably") }
+            #expect(logs[1].count <= logs[0].count && logs[2].count <= logs[1].count)
+            #expect(Array(logs[0].prefix(logs[1].count)) == logs[1] && Array(logs[1].prefix(logs[2].count)) == logs[2])
+        }
+        for step in 0..<400 {
+            switch Int.random(in: 0..<6, using: &rng) {
+            case 0 where step < 300:
+                let acts = machines[0].write(request(UInt64(step), key: "k\(step % 7)", value: "v\(step)"), now: UInt64(step))
+                accepted += acts.contains { if case .append = $0 { return true } else { return false } } ? 1 : 0
+                perform(acts, at: 0)
+            case 1 where !downLinks[0].isEmpty:
+                perform(machines[1].replicate(downLinks[0].removeFirst(), epoch: 1), at: 1)
+            case 2 where !downLinks[1].isEmpty:
+                perform(machines[2].replicate(downLinks[1].removeFirst(), epoch: 1), at: 2)
+            case 3:
+                let i = Int.random(in: 0..<3, using: &rng)
+                if durableCount[i] < logs[i].count {
+                    durableCount[i] = Int.random(in: (durableCount[i] + 1)...logs[i].count, using: &rng)
+                    perform(machines[i].durable(through: logs[i][durableCount[i] - 1].lsn), at: i)
+                }
+            case 4 where !upLinks[0].isEmpty:
+                perform(machines[0].acknowledged(through: upLinks[0].removeFirst(), epoch: 1), at: 0)
+            case 5 where !upLinks[1].isEmpty:
+                perform(machines[1].acknowledged(through: upLinks[1].removeFirst(), epoch: 1), at: 1)
+            default:
+                break
+            }
+            check()
+        }
+        // Quiesce: deliver everything, make everything durable.
+        var rounds = 0
+        while rounds < 10_000 && (!downLinks[0].isEmpty || !downLinks[1].isEmpty || !upLinks[0].isEmpty || !upLinks[1].isEmpty
+                || durableCount != logs.map(\.count)) {
+            rounds += 1
+            if !downLinks[0].isEmpty { perform(machines[1].replicate(downLinks[0].removeFirst(), epoch: 1), at: 1) }
+            if !downLinks[1].isEmpty { perform(machines[2].replicate(downLinks[1].removeFirst(), epoch: 1), at: 2) }
+            for i in 0..<3 where durableCount[i] < logs[i].count {
+                durableCount[i] = logs[i].count
+                perform(machines[i].durable(through: logs[i].last!.lsn), at: i)
+            }
+            if !upLinks[1].isEmpty { perform(machines[1].acknowledged(through: upLinks[1].removeFirst(), epoch: 1), at: 1) }
+            if !upLinks[0].isEmpty { perform(machines[0].acknowledged(through: upLinks[0].removeFirst(), epoch: 1), at: 0) }
+            check()
+        }
+        #expect(accepted > 20, "seed \(seed): the simulation accepted only \(accepted) writes")
+        #expect(logs[0] == logs[1] && logs[1] == logs[2], "seed \(seed): replicas differ once quiet")
+        #expect(committed.count == accepted, "seed \(seed): \(accepted) accepted, \(committed.count) committed")
+        #expect(committed.map(\.seq) == committed.map(\.seq).sorted())
+        #expect(machines[0].inFlightBytes == 0)
+    }
+}
+
+/// SplitMix64, local to this file (CatenaCoreTests does not depend on CatenaTestSupport).
+private struct SimulationRNG: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
