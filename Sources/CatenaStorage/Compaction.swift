@@ -33,7 +33,9 @@ extension Store {
         var report = CompactionReport()
         let sealed: [SegmentState] = try state.withLock { (s) throws(CatenaError) -> [SegmentState] in
             if case .closed = s.lifecycle { throw CatenaError(.closed, "store is closed") }
-            return s.segments.filter(\.sealed)
+            // Never the log's last segment, even when sealed (after a truncation at a segment
+            // boundary, or a restart): it holds the log's end, which must never move back.
+            return s.segments.dropLast().filter(\.sealed)
         }
         let now = configuration.now()
         let timeout = configuration.abandonedUploadTimeout.nanoseconds

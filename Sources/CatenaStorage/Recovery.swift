@@ -188,7 +188,9 @@ struct Recovery {
         // Header-lost damage after the last valid record (only possible at the end of a sealed
         // segment followed by an empty one): it may have held the next record.
         for u in unbounded { result.damage[u].lost = (previous.seq + 1)...(previous.seq + 1) }
-        result.highest = previous
+        // The log's end is at least the commit watermark: compaction may have dropped the
+        // records at the very end (a tombstone at the watermark, say), and a seq is never reused.
+        result.highest = max(previous, result.persistent.commitWatermark)
         return result
     }
 
