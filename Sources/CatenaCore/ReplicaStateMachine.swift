@@ -101,6 +101,9 @@ public struct ReplicaStateMachine: Sendable {
     /// The highest LSN this node acknowledged upstream (the head: committed).
     public private(set) var acknowledged: LSN
 
+    /// The epochs of the local log: where each begins (first seq), oldest first. Known from
+    /// the LSN the machine started at onwards; used to tell a duplicate from a divergent record.
+    private var epochStarts: [(epoch: UInt64, firstSeq: UInt64)]
     /// Forwarded, not yet acknowledged: (LSN, size), in order. The Sent list.
     private var sent: [(lsn: LSN, bytes: Int)] = []
     private var sentHead = 0
@@ -109,13 +112,16 @@ public struct ReplicaStateMachine: Sendable {
     /// Head: writes not yet committed, in LSN order.
     private var pending: [Commit] = []
     private var pendingHead = 0
-    /// Head: request id -> LSN, for writes pending or committed (bounded by `rememberedRequests`).
+    /// Request id -> LSN of recent writes in the local log (head and followers alike, so a new
+    /// head still answers retries exactly once). Bounded: committed ids beyond
+    /// ``Limits/rememberedRequests`` are forgotten, oldest first.
     private var requests: [RequestID: LSN] = [:]
-    private var requestOrder: [RequestID] = []
+    private var requestOrder: [Commit] = []
     private var requestOrderHead = 0
 
     /// Creates the machine for `me` in `configuration`, whose local log ends at `lastLSN`
-    /// (all of it durable).
+    /// (all of it durable, and already truncated to what the chain shares: a rejoining node
+    /// truncates first and then builds a fresh machine).
     public init(me: NodeID, configuration: ChainConfiguration, lastLSN: LSN, limits: Limits = Limits()) {
         self.me = me
         self.configuration = configuration
@@ -124,6 +130,7 @@ public struct ReplicaStateMachine: Sendable {
         self.durable = lastLSN
         self.downstreamAcknowledged = .zero
         self.acknowledged = .zero
+        self.epochStarts = lastLSN == .zero ? [] : [(lastLSN.epoch, lastLSN.seq)]
     }
 
     /// This node's role, or nil if it is not a member of the current configuration.
@@ -140,9 +147,9 @@ public struct ReplicaStateMachine: Sendable {
             let head = configuration.head.map { "\($0.id) at \($0.address)" } ?? "no node"
             return [.refuse(request.requestID, CatenaError(.redirect, "writes go to the head: \(head)"))]
         }
-        if let lsn = requests[request.requestID] {
+        if request.requestID != .none, let lsn = requests[request.requestID] {
             // A retry: the original result, or nothing new while it is still in flight.
-            return lsn <= acknowledged ? [.committed([Commit(requestID: request.requestID, lsn: lsn)])] : []
+            return lsn.seq <= acknowledged.seq ? [.committed([Commit(requestID: request.requestID, lsn: lsn)])] : []
         }
         let lsn = LSN(epoch: configuration.epoch, seq: lastAccepted.seq + 1)
         let record: EncodedRecord
@@ -158,9 +165,8 @@ public struct ReplicaStateMachine: Sendable {
         if sentCount > 0 && inFlightBytes + record.count > limits.maxInFlightBytes {
             return [.refuse(request.requestID, CatenaError(.busy, "\(inFlightBytes) bytes are in flight down the chain; retry shortly"))]
         }
-        lastAccepted = lsn
+        accept(record)
         pending.append(Commit(requestID: request.requestID, lsn: lsn))
-        remember(request.requestID, lsn)
         var actions: [Action] = [.append([record])]
         if let next = configuration.successor(of: me) {
             send([record])
@@ -172,24 +178,37 @@ public struct ReplicaStateMachine: Sendable {
     /// Records arrive from the predecessor, sent under `epoch`.
     public mutating func replicate(_ records: [EncodedRecord], epoch: UInt64) -> [Action] {
         if let refusal = fence(epoch) { return [refusal] }
-        guard let role, !role.takesWrites else {
+        guard let role else {
+            return [.refuse(nil, CatenaError(.protocolViolation, "\(me) is not a member of epoch \(configuration.epoch)"))]
+        }
+        guard !role.takesWrites else {
             return [.refuse(nil, CatenaError(.protocolViolation, "\(me) is the head of epoch \(configuration.epoch); it takes no replication"))]
         }
         var accepted: [EncodedRecord] = []
         var actions: [Action] = []
         for r in records {
-            if r.lsn.seq <= lastAccepted.seq { continue }  // a duplicate (e.g. a resend)
+            guard r.lsn.epoch <= epoch, r.header.chainID == configuration.chainID else {
+                actions.append(.refuse(nil, CatenaError(.protocolViolation, "record \(r.lsn) of chain \(r.header.chainID) does not belong in chain \(configuration.chainID) at epoch \(epoch)")))
+                break
+            }
+            if r.lsn.seq <= lastAccepted.seq {
+                // A duplicate (e.g. a resend) only if it is the same record as ours.
+                if let mine = epochOf(seq: r.lsn.seq), mine != r.lsn.epoch {
+                    actions.append(.refuse(nil, CatenaError(.lsnOutOfOrder, "record \(r.lsn) diverges from this log, which has seq \(r.lsn.seq) in epoch \(mine); the node must truncate and rejoin")))
+                    break
+                }
+                continue
+            }
             guard r.lsn.seq == lastAccepted.seq + 1, r.lsn.epoch >= lastAccepted.epoch else {
                 actions.append(.refuse(nil, CatenaError(.lsnOutOfOrder, "record \(r.lsn) does not follow \(lastAccepted); resend after \(lastAccepted)")))
                 break
             }
+            accept(r)
             accepted.append(r)
-            lastAccepted = r.lsn
         }
         if accepted.isEmpty {
             // Only duplicates: say again what is acknowledged, so a resending predecessor moves on.
-            if records.contains(where: { $0.lsn.seq <= acknowledged.seq }), acknowledged != .zero,
-               let previous = configuration.predecessor(of: me) {
+            if actions.isEmpty, acknowledged != .zero, let previous = configuration.predecessor(of: me) {
                 actions.insert(.acknowledge(through: acknowledged, to: previous), at: 0)
             }
             return actions
@@ -204,7 +223,7 @@ public struct ReplicaStateMachine: Sendable {
 
     /// The local log made everything through `lsn` durable.
     public mutating func durable(through lsn: LSN) -> [Action] {
-        guard lsn.seq > durable.seq else { return [] }
+        guard lsn.seq > durable.seq, lsn.seq <= lastAccepted.seq else { return [] }
         durable = lsn
         return progress()
     }
@@ -213,38 +232,67 @@ public struct ReplicaStateMachine: Sendable {
     public mutating func acknowledged(through lsn: LSN, epoch: UInt64) -> [Action] {
         if let refusal = fence(epoch) { return [refusal] }
         guard lsn.seq > downstreamAcknowledged.seq else { return [] }
+        guard lsn.seq <= lastAccepted.seq, epochOf(seq: lsn.seq).map({ $0 == lsn.epoch }) ?? true else {
+            return [.refuse(nil, CatenaError(.protocolViolation, "acknowledgement of \(lsn), which this node never sent (its log ends at \(lastAccepted))"))]
+        }
         downstreamAcknowledged = lsn
         while sentHead < sent.count, sent[sentHead].lsn.seq <= lsn.seq {
             inFlightBytes -= sent[sentHead].bytes
             sentHead += 1
         }
-        if sentHead > 1024 && sentHead * 2 > sent.count {
-            sent.removeFirst(sentHead)
-            sentHead = 0
-        }
+        compactSent()
         return progress()
     }
 
     /// A new configuration (newer epoch) arrives from the master.
     ///
-    /// A node that became tail acknowledges what it holds; a node whose successor changed waits
-    /// for the new successor to report its last LSN (``successorReported(lastLSN:epoch:)``),
-    /// then resends the rest from its log.
+    /// A node that became tail acknowledges what it holds; a node with a new predecessor
+    /// repeats its acknowledgement to it; a node whose successor changed waits for the new
+    /// successor to report its last LSN (``successorReported(lastLSN:epoch:)``), then resends
+    /// the rest from its log. A head that is demoted gives up its pending writes (their outcome
+    /// is decided by the new head, where clients retry with the same request id); a node that
+    /// becomes head takes over the uncommitted writes of its log.
     public mutating func reconfigure(_ new: ChainConfiguration) -> [Action] {
         guard new.epoch > configuration.epoch else { return [] }
-        let oldSuccessor = configuration.successor(of: me)?.id
+        let old = configuration
         configuration = new
-        if configuration.successor(of: me)?.id != oldSuccessor {
-            // The new successor's position is unknown until it reports; it has acknowledged nothing.
-            downstreamAcknowledged = .zero
+        var actions: [Action] = []
+        let wasHead = old.role(of: me)?.takesWrites ?? false
+        let isHead = role?.takesWrites ?? false
+        if wasHead && !isHead {
+            let abandoned = pending[pendingHead...].map(\.requestID)
+            pending = []
+            pendingHead = 0
+            for id in abandoned {
+                actions.append(.refuse(id, CatenaError(.redirect, "\(me) is no longer the head; retry with the same request id at the new head, which knows whether it committed")))
+            }
+        } else if isHead && !wasHead {
+            pending = requestOrder[requestOrderHead...].filter { $0.lsn.seq > acknowledged.seq }
+            pendingHead = 0
         }
-        return progress()
+        if new.successor(of: me)?.id != old.successor(of: me)?.id {
+            // The new successor's position is unknown until it reports; it acknowledged nothing.
+            downstreamAcknowledged = .zero
+            if new.successor(of: me) == nil {
+                sent = []
+                sentHead = 0
+                inFlightBytes = 0
+            }
+        }
+        if let previous = new.predecessor(of: me), previous.id != old.predecessor(of: me)?.id, acknowledged != .zero {
+            actions.append(.acknowledge(through: acknowledged, to: previous))
+        }
+        return actions + progress()
     }
 
     /// The (new) successor reports the last LSN in its log, under `epoch`: resend what follows.
     public mutating func successorReported(lastLSN: LSN, epoch: UInt64) -> [Action] {
         if let refusal = fence(epoch) { return [refusal] }
-        guard let next = configuration.successor(of: me), lastLSN.seq < lastAccepted.seq else { return [] }
+        guard let next = configuration.successor(of: me) else { return [] }
+        guard lastLSN.seq <= lastAccepted.seq, epochOf(seq: lastLSN.seq).map({ $0 == lastLSN.epoch }) ?? true else {
+            return [.refuse(nil, CatenaError(.lsnOutOfOrder, "successor \(next.id) reports \(lastLSN), which this log (ending at \(lastAccepted)) does not have; it must truncate and rejoin"))]
+        }
+        guard lastLSN.seq < lastAccepted.seq else { return [] }
         return [.resend(after: lastLSN, through: lastAccepted, to: next)]
     }
 
@@ -261,10 +309,30 @@ public struct ReplicaStateMachine: Sendable {
         return nil
     }
 
+    /// Takes `r` into the local log's bookkeeping.
+    private mutating func accept(_ r: EncodedRecord) {
+        if epochStarts.last?.epoch != r.lsn.epoch { epochStarts.append((r.lsn.epoch, r.lsn.seq)) }
+        lastAccepted = r.lsn
+        if r.header.requestID != .none { remember(r.header.requestID, r.lsn) }
+    }
+
+    /// The epoch of the local record at `seq`, if the machine knows it.
+    private func epochOf(seq: UInt64) -> UInt64? {
+        guard seq <= lastAccepted.seq, let i = epochStarts.lastIndex(where: { $0.firstSeq <= seq }) else { return nil }
+        return epochStarts[i].epoch
+    }
+
     private mutating func send(_ records: [EncodedRecord]) {
         for r in records {
             sent.append((r.lsn, r.count))
             inFlightBytes += r.count
+        }
+    }
+
+    private mutating func compactSent() {
+        if sentHead > 1024 && sentHead * 2 > sent.count {
+            sent.removeFirst(sentHead)
+            sentHead = 0
         }
     }
 
@@ -291,23 +359,24 @@ public struct ReplicaStateMachine: Sendable {
             }
             if !done.isEmpty { actions.append(.committed(done)) }
         }
+        forgetCommittedRequests()
         return actions
     }
 
     private mutating func remember(_ id: RequestID, _ lsn: LSN) {
         requests[id] = lsn
-        requestOrder.append(id)
-        var budget = requestOrder.count - requestOrderHead
-        while requestOrder.count - requestOrderHead > limits.rememberedRequests && budget > 0 {
-            budget -= 1
+        requestOrder.append(Commit(requestID: id, lsn: lsn))
+        forgetCommittedRequests()
+    }
+
+    /// Forgets the oldest request ids beyond the limit, but only committed ones (ids are kept
+    /// in LSN order, so the oldest are committed first): O(1) amortized.
+    private mutating func forgetCommittedRequests() {
+        while requestOrder.count - requestOrderHead > limits.rememberedRequests,
+              requestOrder[requestOrderHead].lsn.seq <= acknowledged.seq {
             let old = requestOrder[requestOrderHead]
             requestOrderHead += 1
-            // Never forget a request that is still pending: move it to the back.
-            if let l = requests[old], l.seq > acknowledged.seq {
-                requestOrder.append(old)
-            } else {
-                requests[old] = nil
-            }
+            if requests[old.requestID] == old.lsn { requests[old.requestID] = nil }
         }
         if requestOrderHead > 4096 && requestOrderHead * 2 > requestOrder.count {
             requestOrder.removeFirst(requestOrderHead)

@@ -142,6 +142,90 @@ struct ReplicaStateMachineTests {
         #expect(appended(a2.write(request(4), now: 4)).first?.lsn == LSN(epoch: 2, seq: 4))
     }
 
+    // MARK: Reconfiguration (from a review: each of these failed before the fix)
+
+    @Test func aRecordWithTheSameSeqButAnotherEpochIsNotADuplicate() {
+        // a wrote (1,1) but never forwarded it; b became head and wrote (3,1). a, re-added as
+        // tail with its old log, must not take b's record for a duplicate of its own.
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        _ = a.write(request(1), now: 1)
+        _ = a.durable(through: LSN(epoch: 1, seq: 1))
+        #expect(refusals(a.reconfigure(chain(["b", "a"], epoch: 3))).contains(.redirect))  // gives up request 1
+        var b = ReplicaStateMachine(me: node("b"), configuration: chain(["b", "a"], epoch: 3), lastLSN: .zero)
+        let foreign = forwarded(b.write(request(99), now: 2))
+        let answer = a.replicate(foreign, epoch: 3)
+        #expect(refusals(answer) == [.lsnOutOfOrder] && appended(answer).isEmpty && acks(answer).isEmpty)
+    }
+
+    @Test func aDemotedHeadGivesUpItsPendingWrites() {
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        _ = a.write(request(1), now: 1)
+        _ = a.write(request(2), now: 2)
+        let actions = a.reconfigure(chain(["b"], epoch: 2))
+        let given = actions.compactMap { if case .refuse(let id?, let e) = $0, e.code == .redirect { return id } else { return nil } }
+        #expect(given == [RequestID(high: 1, low: 1), RequestID(high: 1, low: 2)])
+        #expect(a.inFlightBytes == 0 && a.sentCount == 0, "no successor any more: nothing is in flight")
+    }
+
+    @Test func aNewPredecessorHearsTheAcknowledgementAgain() {
+        // a -> b -> c: c acknowledged seq 1 to b; b died before telling a. Chain becomes a -> c.
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        var c = ReplicaStateMachine(me: node("c"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
+        let r = forwarded(a.write(request(1), now: 1))
+        _ = a.durable(through: LSN(epoch: 1, seq: 1))
+        _ = c.replicate(r, epoch: 1)
+        #expect(acks(c.durable(through: LSN(epoch: 1, seq: 1))) == [LSN(epoch: 1, seq: 1)])  // to b, lost
+        let again = c.reconfigure(chain(["a", "c"], epoch: 2))
+        #expect(again == [.acknowledge(through: LSN(epoch: 1, seq: 1), to: member("a"))])
+        _ = a.reconfigure(chain(["a", "c"], epoch: 2))
+        #expect(commits(a.acknowledged(through: LSN(epoch: 1, seq: 1), epoch: 2)).map(\.lsn.seq) == [1])
+    }
+
+    @Test func anAcknowledgementOfUnsentRecordsIsRefused() {
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        _ = a.write(request(1), now: 1)
+        #expect(refusals(a.acknowledged(through: LSN(epoch: 1, seq: 1000), epoch: 1)) == [.protocolViolation])
+        // Still waits for the real acknowledgement.
+        _ = a.write(request(2), now: 2)
+        #expect(commits(a.durable(through: LSN(epoch: 1, seq: 2))).isEmpty)
+        #expect(commits(a.acknowledged(through: LSN(epoch: 1, seq: 2), epoch: 1)).count == 2)
+    }
+
+    @Test func aNewHeadAnswersRetriesExactlyOnce() {
+        // a -> b; request 7 reaches b through a; a dies; b is head; the client retries at b.
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        var b = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        _ = b.replicate(forwarded(a.write(request(7), now: 1)), epoch: 1)
+        _ = b.reconfigure(chain(["b"], epoch: 2))
+        // Not yet durable at b: the retry adds nothing; it commits once durable.
+        #expect(b.write(request(7), now: 2).isEmpty)
+        #expect(commits(b.durable(through: LSN(epoch: 1, seq: 1))) == [.init(requestID: RequestID(high: 1, low: 7), lsn: LSN(epoch: 1, seq: 1))])
+        #expect(commits(b.write(request(7), now: 3)) == [.init(requestID: RequestID(high: 1, low: 7), lsn: LSN(epoch: 1, seq: 1))])
+        #expect(b.lastAccepted.seq == 1)
+    }
+
+    @Test func recordsMustBelongToTheMessage() {
+        var b = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"], epoch: 2), lastLSN: .zero)
+        let future = try! Record(type: .put, chainID: 1, key: Key("k"), lsn: LSN(epoch: 9, seq: 1), value: [1]).encoded()
+        let otherChain = try! Record(type: .put, chainID: 42, key: Key("k"), lsn: LSN(epoch: 2, seq: 1), value: [1]).encoded()
+        #expect(refusals(b.replicate([future], epoch: 2)) == [.protocolViolation])
+        #expect(refusals(b.replicate([otherChain], epoch: 2)) == [.protocolViolation])
+        #expect(b.lastAccepted == .zero)
+    }
+
+    @Test func rememberingRequestsStaysCheapWithManyPending() {
+        var limits = ReplicaStateMachine.Limits()
+        limits.rememberedRequests = 100
+        var single = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero, limits: limits)
+        for i in 1...3000 as ClosedRange<UInt64> { _ = single.write(request(i), now: i) }
+        // All pending (nothing durable yet): none may be forgotten, so retries are still answered.
+        #expect(single.write(request(1), now: 9).isEmpty)
+        #expect(commits(single.durable(through: single.lastAccepted)).count == 3000)
+        // Committed ones beyond the limit are forgotten oldest first: a very old id is new again.
+        _ = single.write(request(5000), now: 10)
+        #expect(appended(single.write(request(1), now: 11)).count == 1)
+    }
+
     /// A seeded simulation of a 3-node chain: per-link FIFO delivery in random interleavings,
     /// random durability progress. Nothing commits before every replica holds it durably; the
     /// logs stay prefixes of each other; once quiet, everything accepted commits and the logs
