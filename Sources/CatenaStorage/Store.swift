@@ -275,7 +275,7 @@ public final class Store: Sendable {
         }
         if alreadyClosed { return }
         let drained = AppendTicket()
-        submit(.task { drained.complete(.success(())) }, force: true)
+        submit(.task { drained.complete(.success(())) })
         try? await drained.durable()
         state.withLock { s in s.lifecycle = .closed }
         try? await maintenancePool.shutdownGracefully()

@@ -94,8 +94,8 @@ extension Store {
         }
     }
 
-    /// Queues a writer task. `force` queues even on a closed or failed store (for close()).
-    func submit(_ op: WriterOp, force: Bool = false) {
+    /// Queues a writer task (runs even on a failed store: close() relies on it).
+    func submit(_ op: WriterOp) {
         let schedule: Bool = state.withLock { s in
             s.queue.append(op)
             if s.writerScheduled { return false }
