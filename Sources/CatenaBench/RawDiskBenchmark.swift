@@ -42,7 +42,7 @@ public struct RawDiskBenchmark: Sendable {
     public func run() throws(CatenaError) -> Result {
         precondition(pieceSize > 0 && totalBytes >= 0)
         var buffer = [UInt8](repeating: 0, count: pieceSize)
-        var rng = BenchRandom(seed: 0x5EED_0F_D15C)
+        var rng = SplitMix64(seed: 0x5EED_0F_D15C)
         rng.fill(&buffer)
         let path = directory + "/raw-\(getpid())-\(syncEvery ?? 0).dat"
         let clock = ContinuousClock()
@@ -83,17 +83,8 @@ public struct RawDiskBenchmark: Sendable {
     }
 }
 
-/// SplitMix64, for filling buffers with incompressible bytes without a dependency.
-struct BenchRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SplitMix64 {
+    /// Fills `bytes` with incompressible data.
     mutating func fill(_ bytes: inout [UInt8]) {
         bytes.withUnsafeMutableBytes { raw in
             var i = 0

@@ -220,7 +220,7 @@ public struct StorageBenchmark: Sendable {
         if let d = c.groupCommitDelay { sc.groupCommitDelay = d }
 
         var value = [UInt8](repeating: 0, count: valueSize)
-        var rng = BenchRandom(seed: UInt64(valueSize) &+ UInt64(round))
+        var rng = SplitMix64(seed: UInt64(valueSize) &+ UInt64(round))
         rng.fill(&value)
 
         let dir = c.directory

@@ -232,7 +232,7 @@ struct ReplicaStateMachineTests {
     /// are identical.
     @Test(arguments: 0..<20 as Range<UInt64>)
     func simulatedChain(seed: UInt64) {
-        var rng = SimulationRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let config = chain(["a", "b", "c"])
         var machines = ["a", "b", "c"].map { ReplicaStateMachine(me: node($0), configuration: config, lastLSN: .zero) }
         var logs: [[EncodedRecord]] = [[], [], []]
@@ -304,18 +304,5 @@ struct ReplicaStateMachineTests {
         #expect(committed.count == accepted, "seed \(seed): \(accepted) accepted, \(committed.count) committed")
         #expect(committed.map(\.seq) == committed.map(\.seq).sorted())
         #expect(machines[0].inFlightBytes == 0)
-    }
-}
-
-/// SplitMix64, local to this file (CatenaCoreTests does not depend on CatenaTestSupport).
-private struct SimulationRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -6,8 +6,6 @@ import NIOEmbedded
 import NIOTestUtils
 import Testing
 
-// The LZ4 tests in this target declare their own `SplitMix64`; name the shared one explicitly.
-fileprivate typealias FrameRNG = CatenaTestSupport.SplitMix64
 
 // MARK: - Helpers
 
@@ -19,7 +17,7 @@ fileprivate let frameTypesUnderTest: [FrameType] = [.hello, .welcome, .error, .p
 fileprivate let parserErrorCodes: Set<CatenaError.Code> = [.malformed, .frameTooLarge, .checksumMismatch]
 
 /// `count` seeded random bytes.
-fileprivate func frameTestBytes(_ count: Int, _ rng: inout FrameRNG) -> [UInt8] {
+fileprivate func frameTestBytes(_ count: Int, _ rng: inout SplitMix64) -> [UInt8] {
     var out = [UInt8]()
     out.reserveCapacity(count + 8)
     while out.count < count {
@@ -30,7 +28,7 @@ fileprivate func frameTestBytes(_ count: Int, _ rng: inout FrameRNG) -> [UInt8] 
 }
 
 /// A frame with random flags, ids, epoch, header extension (0...`maxExtension` bytes) and payload.
-fileprivate func randomFrame(_ rng: inout FrameRNG, type: FrameType? = nil, payloadSize: Int? = nil,
+fileprivate func randomFrame(_ rng: inout SplitMix64, type: FrameType? = nil, payloadSize: Int? = nil,
                              maxPayload: Int = 256, maxExtension: Int = 64) -> Frame {
     let extCount = Int.random(in: 0...maxExtension, using: &rng)
     let size = payloadSize ?? Int.random(in: 0...maxPayload, using: &rng)
@@ -117,7 +115,7 @@ fileprivate struct FeedResult {
 
 /// Feeds `bytes` in random chunks (1...`maxChunk`) through a `FrameDecoder`, stopping at the first
 /// error, then closes the channel (EOF). Checks the bounded-buffer property after every write.
-fileprivate func feedInChunks(_ bytes: [UInt8], maxFrameSize: Int, maxChunk: Int, rng: inout FrameRNG,
+fileprivate func feedInChunks(_ bytes: [UInt8], maxFrameSize: Int, maxChunk: Int, rng: inout SplitMix64,
                               sourceLocation: SourceLocation = #_sourceLocation) throws -> FeedResult {
     let channel = try decodingChannel(maxFrameSize: maxFrameSize)
     var result = FeedResult()
@@ -166,7 +164,7 @@ struct FrameCodecTests {
 
     @Test("Round trip of every frame type, random fields and extensions", arguments: [0, 1, 31, 32, 33, 4096, 65_536, 1 << 20])
     func roundTrip(payloadSize: Int) throws {
-        var rng = FrameRNG(seed: 0xC0DE_0000 &+ UInt64(payloadSize))
+        var rng = SplitMix64(seed: 0xC0DE_0000 &+ UInt64(payloadSize))
         let extensionSizes = [0, 1, 7, 64, 33, 2]
         for (i, type) in frameTypesUnderTest.enumerated() {
             var frame = randomFrame(&rng, type: type, payloadSize: payloadSize)
@@ -187,7 +185,7 @@ struct FrameCodecTests {
 
     @Test("Frames back to back in one buffer")
     func backToBack() throws {
-        var rng = FrameRNG(seed: 42)
+        var rng = SplitMix64(seed: 42)
         let frames = (0..<50).map { _ in randomFrame(&rng, maxPayload: 2000) }
         var buffer = ByteBuffer(bytes: encodedBytes(frames))
         var parsed: [Frame] = []
@@ -198,7 +196,7 @@ struct FrameCodecTests {
 
     @Test("Encoding appends to a buffer with a moved reader index; parsing works at any reader index")
     func nonZeroReaderIndex() throws {
-        var rng = FrameRNG(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let frame = randomFrame(&rng, maxPayload: 100)
         var buffer = ByteBuffer(bytes: [9, 9, 9])
         buffer.moveReaderIndex(forwardBy: 2)
@@ -219,7 +217,7 @@ struct FrameCodecTests {
 
     @Test("Decoder verified by NIOTestUtils (drip-fed byte by byte, in pieces, all at once)")
     func verifier() throws {
-        var rng = FrameRNG(seed: 99)
+        var rng = SplitMix64(seed: 99)
         let a = randomFrame(&rng, type: .hello, maxPayload: 64)
         let b = randomFrame(&rng, type: .ping, payloadSize: 0, maxExtension: 0)
         let c = randomFrame(&rng, type: .error, maxPayload: 200)
@@ -235,7 +233,7 @@ struct FrameCodecTests {
 
     @Test("Frame encoder in a pipeline writes the same bytes as Frame.encode")
     func encoderHandler() throws {
-        var rng = FrameRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         let frame = randomFrame(&rng)
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
@@ -396,7 +394,7 @@ struct FrameCodecTests {
 
     @Test("Every single flipped bit is refused (or awaits more data), never a different frame")
     func everyBitFlip() throws {
-        var rng = FrameRNG(seed: 11)
+        var rng = SplitMix64(seed: 11)
         let frame = randomFrame(&rng, type: .hello, payloadSize: 20, maxExtension: 0)
         var withExt = frame
         withExt.headerExtension = [1, 2, 3, 4]
@@ -431,7 +429,7 @@ struct FrameCodecTests {
 
     @Test("A truncated frame needs more data; at EOF the decoder reports it")
     func truncated() throws {
-        var rng = FrameRNG(seed: 12)
+        var rng = SplitMix64(seed: 12)
         let frame = randomFrame(&rng, maxPayload: 100)
         let bytes = Array(frame.encoded().readableBytesView)
         for n in 0..<bytes.count {
@@ -459,7 +457,7 @@ struct FrameCodecTests {
 
     @Test("A bad connection does not disturb another one")
     func otherConnectionsKeepWorking() throws {
-        var rng = FrameRNG(seed: 13)
+        var rng = SplitMix64(seed: 13)
         let frames = (0..<4).map { _ in randomFrame(&rng) }
         let good = try decodingChannel()
         let bad = try decodingChannel()
@@ -475,7 +473,7 @@ struct FrameCodecTests {
 
     @Test("Fuzz: random bytes in random chunks", .timeLimit(.minutes(1)))
     func fuzzRandom() throws {
-        var rng = FrameRNG(seed: 0xF00D)
+        var rng = SplitMix64(seed: 0xF00D)
         let maxFrameSize = 64 << 10
         var errors = 0
         for _ in 0..<2000 {
@@ -508,7 +506,7 @@ struct FrameCodecTests {
     @Test("Fuzz: mutated valid frames (bit flips, truncations, insertions, deletions, length rewrites)",
           .timeLimit(.minutes(1)))
     func fuzzMutated() throws {
-        var rng = FrameRNG(seed: 0xBEEF)
+        var rng = SplitMix64(seed: 0xBEEF)
         let maxFrameSize = 64 << 10
         var delivered = 0
         var refused = 0

@@ -1,7 +1,7 @@
 /// A tiny, fast, seeded random number generator (SplitMix64), so that tests and simulations that
 /// draw random numbers are reproducible: the same seed always gives the same sequence.
 ///
-/// Not cryptographically secure; use it only for tests, fuzzing and simulation.
+/// Not cryptographically secure: for tests, fuzzing, simulation and benchmark data.
 public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
 
