@@ -117,6 +117,19 @@ public final class Store: Sendable {
         /// Seqs of truncations queued but not yet done (the watermark may not pass them).
         var pendingTruncations: [UInt64] = []
 
+        /// Takes the log as recovery loaded it from disk (at start-up, and after a truncation).
+        /// The enqueue tail and the persisted state are the caller's to set.
+        mutating func adopt(_ recovered: Recovered) {
+            segments = recovered.segments
+            index = recovered.index
+            activeEntries = recovered.activeEntries
+            damage = recovered.damage
+            durable = recovered.highest
+            writtenLSN = recovered.highest
+            nextSegmentID = max(nextSegmentID, recovered.nextSegmentID)
+            uploadTracker = Store.tracker(from: recovered.index)
+        }
+
         var queueIsEmpty: Bool { queueHead == queue.count }
         mutating func popOp() -> WriterOp {
             let op = queue[queueHead]
@@ -195,17 +208,10 @@ public final class Store: Sendable {
             throw error
         }
         var s = State()
-        s.segments = recovered.segments
-        s.index = recovered.index
-        s.activeEntries = recovered.activeEntries
-        s.damage = recovered.damage
+        s.adopt(recovered)
         s.persistent = recovered.persistent
-        s.durable = recovered.highest
-        s.writtenLSN = recovered.highest
         s.tail = recovered.highest
-        s.nextSegmentID = recovered.nextSegmentID
         s.metrics.tornBytesDropped = recovered.tornBytesDropped
-        s.uploadTracker = Store.tracker(from: recovered.index)
         self.state = Mutex(s)
 
         writerPool = NIOThreadPool(numberOfThreads: 1)

@@ -144,15 +144,8 @@ extension Store {
         let recovered = try Recovery(fs: fs, dir: dir, logger: logger).open(names: names, atStartUp: false)
         // Old handles are not closed: readers may still hold them; they close when released.
         state.withLock { s in
-            s.segments = recovered.segments
-            s.index = recovered.index
-            s.activeEntries = recovered.activeEntries
-            s.damage = recovered.damage
-            s.durable = recovered.highest
-            s.writtenLSN = recovered.highest
             // The tail stays: appends queued after this truncation continue from the cut.
-            s.nextSegmentID = max(s.nextSegmentID, recovered.nextSegmentID)
-            s.uploadTracker = Store.tracker(from: recovered.index)
+            s.adopt(recovered)
             for op in s.queue[s.queueHead...] {
                 if case .append(let p) = op { for r in p.records { try? Store.track(r, in: &s.uploadTracker) } }
             }
