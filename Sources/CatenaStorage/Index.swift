@@ -53,16 +53,13 @@ struct StoreIndex: Sendable {
             uploads[address.upload] = upload
         case .manifest:
             var version = makeVersion(e)
-            if let body = try? readManifestFromSummary(e), let pending = uploads.removeValue(forKey: body.upload) {
+            if let body = e.manifest {
                 version.upload = body.upload
                 version.size = body.totalSize
-                version.chunks = (0..<body.chunkCount).compactMap { pending.chunks[$0] }
-                if version.chunks.count != Int(body.chunkCount) { version.damaged = true }
-            } else if let body = try? readManifestFromSummary(e) {
-                version.upload = body.upload
-                version.size = body.totalSize
+                let pending = uploads.removeValue(forKey: body.upload)
+                version.chunks = (0..<body.chunkCount).compactMap { pending?.chunks[$0] }
                 // Chunks missing (e.g. lost to damage): the object cannot be served.
-                version.damaged = true
+                if pending == nil || version.chunks.count != Int(body.chunkCount) { version.damaged = true }
             }
             put(e.key, version)
         default:
@@ -80,9 +77,7 @@ struct StoreIndex: Sendable {
     }
 
     private mutating func put(_ key: Key, _ version: ObjectVersion) {
-        if let old = objects.updateValue(version, forKey: key) {
-            _ = old
-        } else {
+        if objects.updateValue(version, forKey: key) == nil {
             unsortedKeys.append(key)
             recentSorted = false
         }
@@ -101,10 +96,6 @@ struct StoreIndex: Sendable {
             upload: nil, chunks: [], damaged: e.damaged)
     }
 
-    private func readManifestFromSummary(_ e: EntrySummary) throws(CatenaError) -> Manifest {
-        guard let m = e.manifest else { throw CatenaError(.malformed, "manifest record \(e.lsn) has no body") }
-        return m
-    }
 
     /// Live keys (not tombstones) with `prefix`, in byte order, strictly after `after`, at most `limit`.
     ///
