@@ -23,6 +23,11 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
         self.bytes = array
     }
 
+    /// Wraps bytes the caller validates (or has validated) itself.
+    init(unchecked bytes: [UInt8]) {
+        self.bytes = bytes
+    }
+
     /// Why `bytes` is not a valid key, or nil if it is one.
     public static func problem(with bytes: [UInt8]) -> String? {
         if bytes.isEmpty { return "key is empty" }

@@ -138,6 +138,8 @@ public struct EncodedRecord: Hashable, Sendable {
     public let bytes: [UInt8]
     /// Its parsed header.
     public let header: RecordHeader
+    /// The record's key (decoded once, at construction).
+    public let key: Key
 
     /// Checks `bytes` completely — header, lengths, record checksum, type, key, extensions
     /// (refusing unknown must-understand fields) — and wraps them.
@@ -154,13 +156,16 @@ public struct EncodedRecord: Hashable, Sendable {
         }
         self.bytes = bytes
         self.header = header
+        // Checked by validateContents() below; the value never escapes if that throws.
+        self.key = Key(unchecked: Array(bytes[header.keyOffset..<header.extensionsOffset]))
         try validateContents()
     }
 
     /// Wraps bytes whose record checksum the caller has already verified.
-    init(verified bytes: [UInt8], header: RecordHeader) {
+    init(verified bytes: [UInt8], header: RecordHeader, key: Key) {
         self.bytes = bytes
         self.header = header
+        self.key = key
     }
 
     /// The record's LSN.
@@ -169,12 +174,6 @@ public struct EncodedRecord: Hashable, Sendable {
     public var type: RecordType { header.type }
     /// The record's length in bytes.
     public var count: Int { bytes.count }
-
-    /// The record's key (validated at construction).
-    public var key: Key {
-        // Validated in init; `try!` cannot fail here.
-        try! Key(bytes: bytes[header.keyOffset..<header.extensionsOffset])
-    }
 
     /// The raw extension area.
     public var extensionBytes: ArraySlice<UInt8> { bytes[header.extensionsOffset..<header.valueOffset] }
@@ -288,7 +287,7 @@ extension Record {
             raw.setLE(sum, at: at)
             initialized = total
         }
-        let record = EncodedRecord(verified: bytes, header: header)
+        let record = EncodedRecord(verified: bytes, header: header, key: key)
         try record.validateContents()
         return record
     }
