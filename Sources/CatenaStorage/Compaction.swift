@@ -118,13 +118,8 @@ extension Store {
     /// A sealed segment's entries, or nil if it is damaged (compaction leaves it alone).
     private func entries(of seg: SegmentState) throws(CatenaError) -> [EntrySummary]? {
         if let bytes = try? seg.file.size(), bytes == seg.size,
-           fs.fileExists(dir.hint(seg.id)),
-           let hint = try? fs.open(dir.hint(seg.id), mode: .read) {
-            defer { hint.close() }
-            if let length = try? hint.size(), let data = try? hint.read(at: 0, count: Int(length)),
-               let entries = HintFile.decode(data, segment: seg.id, segmentSize: seg.size) {
-                return entries
-            }
+           let entries = HintFile.load(fs: fs, dir: dir, segment: seg.id, segmentSize: seg.size) {
+            return entries
         }
         var scanner = SegmentScanner(file: seg.file, segment: seg.id, from: UInt64(seg.header.size), end: seg.size)
         var out: [EntrySummary] = []

@@ -195,12 +195,8 @@ struct Recovery {
     }
 
     private func loadHint(id: UInt64, size: UInt64) -> [EntrySummary]? {
-        let path = dir.hint(id)
-        guard let file = try? fs.open(path, mode: .read) else { return nil }
-        defer { file.close() }
-        guard let length = try? file.size(), length < 1 << 31, let bytes = try? file.read(at: 0, count: Int(length)),
-              let entries = HintFile.decode(bytes, segment: id, segmentSize: size) else {
-            logger.warning("ignoring stale or damaged hint file; scanning the segment", metadata: ["file": "\(path)"])
+        guard let entries = HintFile.load(fs: fs, dir: dir, segment: id, segmentSize: size) else {
+            logger.warning("ignoring stale or damaged hint file; scanning the segment", metadata: ["file": "\(dir.hint(id))"])
             return nil
         }
         return entries

@@ -251,6 +251,17 @@ enum HintFile {
         return w.bytes
     }
 
+    /// The entries of segment `segment`'s hint file, or nil if it is missing, unreadable, stale
+    /// (another segment size) or damaged — then the segment must be scanned.
+    static func load(fs: any FileSystem, dir: DataDirectory, segment: UInt64, segmentSize: UInt64) -> [EntrySummary]? {
+        guard let file = try? fs.open(dir.hint(segment), mode: .read) else { return nil }
+        defer { file.close() }
+        guard let length = try? file.size(), length < 1 << 31, let bytes = try? file.read(at: 0, count: Int(length)) else {
+            return nil
+        }
+        return decode(bytes, segment: segment, segmentSize: segmentSize)
+    }
+
     /// The entries, or nil if the hint does not match the segment or is damaged.
     static func decode(_ bytes: [UInt8], segment: UInt64, segmentSize: UInt64) -> [EntrySummary]? {
         guard bytes.count >= 36 else { return nil }
