@@ -131,6 +131,33 @@ public final class Store: Sendable {
         }
 
         var queueIsEmpty: Bool { queueHead == queue.count }
+
+        /// Queues `op` for the writer; true if the caller must start the writer thread.
+        mutating func enqueueOp(_ op: WriterOp) -> Bool {
+            queue.append(op)
+            if case .append(let p) = op { queuedBytes += p.bytes }
+            if writerScheduled { return false }
+            writerScheduled = true
+            return true
+        }
+
+        /// Removes every queued append (they fail with the batch before them); tasks (close
+        /// barriers, truncations) stay queued and still run.
+        mutating func dropQueuedAppends() -> [PendingAppend] {
+            var dropped: [PendingAppend] = []
+            var kept: [WriterOp] = []
+            while !queueIsEmpty {
+                let op = popOp()
+                switch op {
+                case .append(let p): dropped.append(p)
+                case .task: kept.append(op)
+                }
+            }
+            queue = kept
+            queueHead = 0
+            queuedBytes = 0
+            return dropped
+        }
         mutating func popOp() -> WriterOp {
             let op = queue[queueHead]
             queueHead += 1

@@ -69,7 +69,7 @@ extension Store {
             }
             if lsn.seq < s.tail.seq { s.tail = lsn }
             s.pendingTruncations.append(lsn.seq)
-            s.queue.append(.task { [self] in
+            return s.enqueueOp(.task { [self] in
                 do throws(CatenaError) {
                     let n = try maintenanceLock.withLock { _ throws(CatenaError) in try performTruncate(after: lsn) }
                     removed.withLockedValue { $0 = n }
@@ -83,11 +83,8 @@ extension Store {
                     if let i = s.pendingTruncations.firstIndex(of: lsn.seq) { s.pendingTruncations.remove(at: i) }
                 }
             })
-            if s.writerScheduled { return false }
-            s.writerScheduled = true
-            return true
         }
-        if schedule { writerPool.submit { [self] _ in drain() } }
+        if schedule { startWriter() }
         try await done.durable()
         return removed.withLockedValue { $0 }
     }

@@ -42,13 +42,9 @@ extension Store {
             }
             s.tail = previous
             s.uploadTracker = tracker
-            s.queue.append(.append(PendingAppend(records: records, bytes: bytes, ticket: ticket)))
-            s.queuedBytes += bytes
-            if s.writerScheduled { return false }
-            s.writerScheduled = true
-            return true
+            return s.enqueueOp(.append(PendingAppend(records: records, bytes: bytes, ticket: ticket)))
         }
-        if schedule { writerPool.submit { [self] _ in drain() } }
+        if schedule { startWriter() }
         return ticket
     }
 
@@ -96,20 +92,19 @@ extension Store {
 
     /// Queues a writer task (runs even on a failed store: close() relies on it).
     func submit(_ op: WriterOp) {
-        let schedule: Bool = state.withLock { s in
-            s.queue.append(op)
-            if s.writerScheduled { return false }
-            s.writerScheduled = true
-            return true
-        }
-        if schedule { writerPool.submit { [self] _ in drain() } }
+        if state.withLock({ $0.enqueueOp(op) }) { startWriter() }
+    }
+
+    /// Starts the writer thread's loop (after `enqueueOp` said it is not running).
+    func startWriter() {
+        writerPool.submit { [self] _ in drain() }
     }
 
     /// The writer loop: runs on `writerPool`'s one thread until the queue is empty.
     ///
     /// Writing and syncing are pipelined: the writer copies batch N+1 into the page cache while
     /// the syncer thread fsyncs batch N, so the device never idles while the CPU copies.
-    func drain() {
+    private func drain() {
         let delayNanos = configuration.groupCommitDelay.nanoseconds
         let maxBytes = configuration.groupCommitMaxBytes
         let oneCallPerSync = configuration.durability == .always
@@ -258,20 +253,9 @@ extension Store {
                 // What reached the disk is unknown: refuse all writes until reopened.
                 let (rest, writtenDropped): ([PendingAppend], Int) = state.withLock { s in
                     s.lifecycle = .failed(failure)
-                    var rest = s.written.flatMap(\.appends)
+                    let rest = s.written.flatMap(\.appends) + s.dropQueuedAppends()
                     let writtenDropped = s.written.count
                     s.written = []
-                    var kept: [WriterOp] = []
-                    while !s.queueIsEmpty {
-                        let op = s.popOp()
-                        switch op {
-                        case .append(let p): rest.append(p)
-                        case .task: kept.append(op)
-                        }
-                    }
-                    s.queue = kept
-                    s.queueHead = 0
-                    s.queuedBytes = 0
                     return (rest, writtenDropped)
                 }
                 logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(failure)"])
@@ -386,18 +370,7 @@ extension Store {
     private func failAppends(_ batch: [PendingAppend], error: CatenaError, poison: Bool) {
         var failed = batch.map(\.ticket)
         state.withLock { s in
-            // Appends behind the failed batch fail too; tasks (close barriers, truncations) still run.
-            var kept: [WriterOp] = []
-            while !s.queueIsEmpty {
-                let op = s.popOp()
-                switch op {
-                case .append(let p): failed.append(p.ticket)
-                case .task: kept.append(op)
-                }
-            }
-            s.queue = kept
-            s.queueHead = 0
-            s.queuedBytes = 0
+            failed += s.dropQueuedAppends().map(\.ticket)
             // Batches already written before this one may still become durable.
             s.tail = s.writtenLSN
             s.uploadTracker = Store.tracker(from: s.index)
