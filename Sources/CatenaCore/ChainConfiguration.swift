@@ -5,11 +5,17 @@ public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// Creates an id, checking its form.
     public init(_ rawValue: String) throws(CatenaError) {
-        let ok = !rawValue.isEmpty && rawValue.utf8.count <= 64 && rawValue.utf8.allSatisfy { c in
+        guard NodeID.isValidIdentifier(rawValue) else {
+            throw CatenaError(.invalidArgument, "node id '\(rawValue)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
+        }
+        self.rawValue = rawValue
+    }
+
+    /// Whether `s` is 1 to 64 characters of `[A-Za-z0-9._-]`: the form of node and cluster ids.
+    public static func isValidIdentifier(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 64 && s.utf8.allSatisfy { c in
             (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
         }
-        guard ok else { throw CatenaError(.invalidArgument, "node id '\(rawValue)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -") }
-        self.rawValue = rawValue
     }
 
     public static func < (lhs: NodeID, rhs: NodeID) -> Bool { lhs.rawValue.utf8.lexicographicallyPrecedes(rhs.rawValue.utf8) }

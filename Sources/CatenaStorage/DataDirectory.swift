@@ -60,10 +60,7 @@ public struct NodeIdentity: Hashable, Sendable {
 
     /// Checks that an id is 1 to 64 characters of `[A-Za-z0-9._-]`.
     public static func validate(id: String, what: String) throws(CatenaError) {
-        let ok = !id.isEmpty && id.utf8.count <= 64 && id.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
-        }
-        guard ok else { throw CatenaError(.invalidArgument, "\(what) '\(id)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -") }
+        guard NodeID.isValidIdentifier(id) else { throw CatenaError(.invalidArgument, "\(what) '\(id)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -") }
     }
 
     func encoded() -> [UInt8] {
