@@ -109,6 +109,11 @@ public struct RecordHeader: Hashable, Sendable {
         )
     }
 
+    /// Parses and checks the header and key at the start of `bytes`. See ``parse(_:)-(UnsafeRawBufferPointer)``.
+    public static func parse(_ bytes: [UInt8]) throws(CatenaError) -> RecordHeader {
+        try bytes.withUnsafeBytes { raw in Result { () throws(CatenaError) in try parse(raw) } }.get()
+    }
+
     /// Writes this header (with its checksum) into the first ``size`` bytes of `out`, whose next
     /// `keyLength` bytes must already hold the key.
     public func write(into out: UnsafeMutableRawBufferPointer) {
@@ -144,8 +149,7 @@ public struct EncodedRecord: Hashable, Sendable {
     /// Checks `bytes` completely — header, lengths, record checksum, type, key, extensions
     /// (refusing unknown must-understand fields) — and wraps them.
     public init(validating bytes: [UInt8]) throws(CatenaError) {
-        let parsed = bytes.withUnsafeBytes { raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }
-        let header = try parsed.get()
+        let header = try RecordHeader.parse(bytes)
         guard header.recordLength == bytes.count else {
             throw CatenaError(.malformed, "record length \(bytes.count) does not match its header (\(header.recordLength))")
         }

@@ -170,7 +170,7 @@ struct SegmentScanner {
         }
         // Damage. If the header is intact, the lengths are trustworthy: skip exactly that record.
         let headerBytes = try bytes(at: start, count: Int(min(UInt64(RecordHeader.maxPrefix), end - start)))
-        let parsed = headerBytes.withUnsafeBytes { raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }
+        let parsed = Result { () throws(CatenaError) in try RecordHeader.parse(headerBytes) }
         if case .failure(let error) = parsed, error.code == .unsupportedVersion {
             throw CatenaError(.unsupportedVersion, "\(file.path) offset \(start): \(error.message)")
         }
@@ -214,7 +214,7 @@ struct SegmentScanner {
     private mutating func recordIfValid(at offset: UInt64) throws(CatenaError) -> (EncodedRecord, Int)? {
         guard end - offset >= UInt64(RecordHeader.overhead) else { return nil }
         let head = try bytes(at: offset, count: Int(min(UInt64(RecordHeader.maxPrefix), end - offset)))
-        guard case .success(let header) = head.withUnsafeBytes({ raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }) else {
+        guard let header = try? RecordHeader.parse(head) else {
             return nil
         }
         let length = header.recordLength
@@ -279,7 +279,7 @@ enum HintFile {
             let keyLength = Int(r.bytes[r.offset + 8]) | Int(r.bytes[r.offset + 9]) << 8
             guard keyLength >= 1, r.remaining >= RecordHeader.size + keyLength + 8 + 8 else { return nil }
             let hb = Array(r.raw(RecordHeader.size + keyLength))
-            guard case .success(let header) = hb.withUnsafeBytes({ raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }),
+            guard let header = try? RecordHeader.parse(hb),
                   let key = try? Key(bytes: hb[RecordHeader.size...]) else {
                 return nil
             }

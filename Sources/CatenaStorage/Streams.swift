@@ -91,7 +91,7 @@ public struct ObjectBody: AsyncSequence, Sendable {
                     }
                     let parsed: RecordHeader
                     do {
-                        parsed = try head.withUnsafeBytes { raw in Result { () throws(CatenaError) in try RecordHeader.parse(raw) } }.get()
+                        parsed = try RecordHeader.parse(head)
                     } catch {
                         throw CatenaError(error.code == .checksumMismatch ? .checksumMismatch : .corruption,
                                           "\(p.file.path) offset \(p.location.offset): \(error.message)")
