@@ -70,6 +70,10 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let redirect = Code("redirect")
         /// Too many bytes are in flight down the chain; retry after a short wait.
         public static let busy = Code("busy")
+        /// No node or master could be reached (connection refused or lost).
+        public static let unavailable = Code("unavailable")
+        /// The operation did not finish before its deadline; a write may or may not have applied.
+        public static let timeout = Code("timeout")
 
         /// The code with this name, as carried in error frames. Names this build does not know
         /// are kept as they are, so they can be logged and passed on.

@@ -44,6 +44,12 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
     public static let none = RequestID(high: 0, low: 0)
 
     /// A random request id.
+    public static func random() -> RequestID {
+        var g = SystemRandomNumberGenerator()
+        return random(using: &g)
+    }
+
+    /// A random id from `generator`; never ``none``.
     public static func random<G: RandomNumberGenerator>(using generator: inout G) -> RequestID {
         RequestID(high: generator.next(), low: generator.next())
     }

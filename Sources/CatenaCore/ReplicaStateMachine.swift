@@ -142,7 +142,11 @@ public struct ReplicaStateMachine: Sendable {
     // MARK: - Events
 
     /// A client write arrives (at the head). `now`: the head's wall clock, ns since 1970.
-    public mutating func write(_ request: WriteRequest, now: UInt64) -> [Action] {
+    /// `admit` sees the record before it is accepted and may refuse it (the local log's own
+    /// checks, e.g. value size or an incomplete upload), so a record the log would refuse never
+    /// gets an LSN.
+    public mutating func write(_ request: WriteRequest, now: UInt64,
+                               admit: (EncodedRecord) throws(CatenaError) -> Void = { _ in }) -> [Action] {
         guard let role, role.takesWrites else {
             let head = configuration.head.map { "\($0.id) at \($0.address)" } ?? "no node"
             return [.refuse(request.requestID, CatenaError(.redirect, "writes go to the head: \(head)"))]
@@ -164,6 +168,11 @@ public struct ReplicaStateMachine: Sendable {
         }
         if sentCount > 0 && inFlightBytes + record.count > limits.maxInFlightBytes {
             return [.refuse(request.requestID, CatenaError(.busy, "\(inFlightBytes) bytes are in flight down the chain; retry shortly"))]
+        }
+        do {
+            try admit(record)
+        } catch {
+            return [.refuse(request.requestID, error)]
         }
         accept(record)
         pending.append(Commit(requestID: request.requestID, lsn: lsn))

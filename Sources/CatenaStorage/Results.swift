@@ -1,35 +1,5 @@
 import CatenaCore
 
-/// What ``Store/head(_:)`` and listings tell about an object, without its bytes.
-public struct ObjectInfo: Hashable, Sendable {
-    /// The object's key.
-    public var key: Key
-    /// The LSN of the record that made this version.
-    public var lsn: LSN
-    /// Size in bytes.
-    public var size: UInt64
-    /// XXH3-64 of the content, computed by the writer.
-    public var contentChecksum: UInt64
-    /// The content type, if one was given.
-    public var contentType: String?
-    /// User metadata.
-    public var userMetadata: [String: String]
-    /// Head-assigned time of the write, ns since 1970.
-    public var timestamp: UInt64
-    /// The client request that wrote it.
-    public var requestID: RequestID
-    /// Number of chunks for a chunked object, 0 for a single-record object.
-    public var chunkCount: Int
-}
-
-/// One page of a listing.
-public struct ListPage: Hashable, Sendable {
-    /// The objects, in byte order of their keys.
-    public var objects: [ObjectInfo]
-    /// Pass as `after` to get the next page; nil when this was the last page.
-    public var nextCursor: Key?
-}
-
 /// A segment of the log.
 public struct SegmentInfo: Hashable, Sendable {
     /// The segment's id (its file name).

@@ -332,15 +332,3 @@ func runBlocking<T: Sendable>(on pool: NIOThreadPool, _ body: @escaping @Sendabl
         throw CatenaError(.closed, "store thread pool is shut down: \(error)")
     }
 }
-
-/// Logger metadata keys, in one place.
-public enum LogKey {
-    /// The data directory.
-    public static let directory = "catena_dir"
-    /// An LSN.
-    public static let lsn = "catena_lsn"
-    /// A node id.
-    public static let node = "catena_node"
-    /// A configuration epoch.
-    public static let epoch = "catena_epoch"
-}

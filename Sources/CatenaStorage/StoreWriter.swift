@@ -48,6 +48,21 @@ extension Store {
         return ticket
     }
 
+    /// Whether ``enqueue(_:)`` would take `record` after what is enqueued now, apart from its
+    /// LSN: the store is writable, the value fits, and a chunk or manifest fits its upload.
+    /// The head checks a write with this before giving it an LSN.
+    public func check(_ record: EncodedRecord) throws(CatenaError) {
+        if record.header.valueLength > configuration.maxValueSize && record.type != .manifest {
+            throw CatenaError(.valueTooLarge, "value of \(record.header.valueLength) bytes for key '\(record.key)' exceeds the \(configuration.maxValueSize)-byte record limit; store it chunked")
+        }
+        try state.withLock { (s) throws(CatenaError) in
+            try Store.checkWritable(s)
+            guard record.type == .chunk || record.type == .manifest else { return }
+            var tracker = s.uploadTracker
+            try Store.track(record, in: &tracker)
+        }
+    }
+
     /// Appends records and returns once they are durable. See ``enqueue(_:)``.
     public func append(_ records: [EncodedRecord]) async throws(CatenaError) {
         try await enqueue(records).durable()

@@ -1,0 +1,19 @@
+/// Logger metadata keys, in one place.
+public enum LogKey {
+    /// The data directory.
+    public static let directory = "catena_dir"
+    /// An LSN.
+    public static let lsn = "catena_lsn"
+    /// A node id.
+    public static let node = "catena_node"
+    /// A configuration epoch.
+    public static let epoch = "catena_epoch"
+    /// The node's role in the chain.
+    public static let role = "catena_role"
+    /// A network address.
+    public static let address = "catena_address"
+    /// The other end of a connection.
+    public static let peer = "catena_peer"
+    /// A file path.
+    public static let path = "catena_path"
+}
