@@ -31,6 +31,20 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .error: "error"
         case .ping: "ping"
         case .pong: "pong"
+        case .write: "write"
+        case .writeResult: "writeResult"
+        case .get: "get"
+        case .objectInfo: "objectInfo"
+        case .objectData: "objectData"
+        case .head: "head"
+        case .list: "list"
+        case .listPage: "listPage"
+        case .replicate: "replicate"
+        case .acknowledge: "acknowledge"
+        case .position: "position"
+        case .getConfiguration: "getConfiguration"
+        case .configuration: "configuration"
+        case .heartbeat: "heartbeat"
         default: "type(\(rawValue))"
         }
     }
@@ -202,18 +216,25 @@ public struct FrameParser: Sendable {
 
 /// The NIO decoder over ``FrameParser``: bytes in, ``Frame``s out. Errors reach the pipeline's
 /// `errorCaught`; the connection handler answers with an error frame where it can and closes.
+///
+/// The first frame of a connection (the handshake) has its own, smaller limit, so a peer that
+/// has not even said who it is cannot make the receiver buffer a maximal frame.
 public struct FrameDecoder: ByteToMessageDecoder, Sendable {
     public typealias InboundOut = Frame
 
     private let parser: FrameParser
+    private var firstFrameParser: FrameParser?
 
-    /// Creates a decoder accepting frames up to `maxFrameSize` bytes.
-    public init(maxFrameSize: Int = 17 << 20) {
+    /// Creates a decoder accepting frames up to `maxFrameSize` bytes, and a first frame of at
+    /// most `firstFrameLimit` bytes (default: no separate limit).
+    public init(maxFrameSize: Int = 17 << 20, firstFrameLimit: Int? = nil) {
         parser = FrameParser(maxFrameSize: maxFrameSize)
+        firstFrameParser = firstFrameLimit.map { FrameParser(maxFrameSize: min($0, maxFrameSize)) }
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try parser.next(&buffer) else { return .needMoreData }
+        guard let frame = try (firstFrameParser ?? parser).next(&buffer) else { return .needMoreData }
+        firstFrameParser = nil
         context.fireChannelRead(wrapInboundOut(frame))
         return .continue
     }

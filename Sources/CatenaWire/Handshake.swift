@@ -180,10 +180,15 @@ public struct HandshakeStateMachine: Sendable {
     private let localID: String
     private let acceptedRoles: Set<PeerRole>
     private let versions: ClosedRange<UInt16>
+    private let allowsClusterDiscovery: Bool
 
-    /// Creates the machine for a server in cluster `clusterID` known as `localID`.
+    /// Creates the machine for a server in cluster `clusterID` known as `localID`. With
+    /// `allowsClusterDiscovery`, a client may say hello with an empty cluster id and learn it
+    /// from the welcome.
     public init(clusterID: String, localID: String, acceptedRoles: Set<PeerRole>,
-                versions: ClosedRange<UInt16> = ProtocolVersion.minimum...ProtocolVersion.current) {
+                versions: ClosedRange<UInt16> = ProtocolVersion.minimum...ProtocolVersion.current,
+                allowsClusterDiscovery: Bool = false) {
+        self.allowsClusterDiscovery = allowsClusterDiscovery
         self.clusterID = clusterID
         self.localID = localID
         self.acceptedRoles = acceptedRoles
@@ -216,7 +221,10 @@ public struct HandshakeStateMachine: Sendable {
             } catch {
                 return reject(frame, error)
             }
-            guard hello.clusterID.utf8.elementsEqual(clusterID.utf8) else {
+            // A client that does not know the cluster yet (empty id) may ask a server that allows
+            // discovery (the master); the welcome tells it, and it uses it from then on.
+            let discovering = hello.clusterID.isEmpty && hello.role == .client && allowsClusterDiscovery
+            guard discovering || hello.clusterID.utf8.elementsEqual(clusterID.utf8) else {
                 return reject(frame, CatenaError(.wrongCluster, "this is cluster '\(clusterID)', not '\(hello.clusterID)'"))
             }
             guard acceptedRoles.contains(hello.role) else {

@@ -1,0 +1,440 @@
+import CatenaCore
+import NIOCore
+
+// The payloads of Catena's request, replication and master frames. Each is a value type with
+// `encoded()` and a throwing `init(decoding:)`; decoders refuse truncated or malformed payloads
+// with `malformed` and never trust a length they have not checked against what is there.
+// Trailing bytes after the fields a version knows are ignored, so later versions can append
+// fields to a payload without a protocol version break.
+
+extension FrameType {
+    /// Client → head: a write (put, delete, chunk, manifest). Reply: ``writeResult`` or error.
+    public static let write = FrameType(rawValue: 16)
+    /// Head → client: the committed write's LSN.
+    public static let writeResult = FrameType(rawValue: 17)
+    /// Client → tail: fetch an object. Reply: ``objectInfo`` (flag `more`), then ``objectData``
+    /// frames, the last without `more`; or an error frame (also mid-stream).
+    public static let get = FrameType(rawValue: 18)
+    /// An object's metadata (reply to ``get`` and ``head``).
+    public static let objectInfo = FrameType(rawValue: 19)
+    /// A piece of an object's bytes.
+    public static let objectData = FrameType(rawValue: 20)
+    /// Client → tail: an object's metadata. Reply: ``objectInfo`` or error.
+    public static let head = FrameType(rawValue: 21)
+    /// Client → tail: one page of a listing. Reply: ``listPage``.
+    public static let list = FrameType(rawValue: 22)
+    /// A page of a listing.
+    public static let listPage = FrameType(rawValue: 23)
+
+    /// Predecessor → successor: records in LSN order, under the frame's epoch.
+    public static let replicate = FrameType(rawValue: 64)
+    /// Successor → predecessor: everything through an LSN is durable there and downstream.
+    public static let acknowledge = FrameType(rawValue: 65)
+    /// Successor → predecessor, first on a replication connection: the last LSN in its log.
+    public static let position = FrameType(rawValue: 66)
+
+    /// Client or node → master: the current chain configuration. Reply: ``configuration``.
+    public static let getConfiguration = FrameType(rawValue: 128)
+    /// Master → anyone: a chain configuration.
+    public static let configuration = FrameType(rawValue: 129)
+    /// Node → master: liveness, the node's address and highest LSN. Reply: ``configuration``.
+    public static let heartbeat = FrameType(rawValue: 130)
+
+    /// Frame types a client sends to a storage node.
+    public static let clientRequests: Set<FrameType> = [.write, .get, .head, .list]
+    /// Frame types a predecessor sends to its successor.
+    public static let replicationRequests: Set<FrameType> = [.replicate]
+    /// Frame types a master answers.
+    public static let masterRequests: Set<FrameType> = [.getConfiguration, .heartbeat]
+}
+
+/// The payload of a ``FrameType/write`` frame: a ``WriteRequest``.
+///
+/// Layout: type (u8), key (u16 length + bytes), request id (2 × u64), content checksum (u64),
+/// extensions (u32 length + the record extension format), value (u32 length + bytes).
+public enum WritePayload {
+    /// The payload bytes for `request`.
+    public static func encode(_ request: WriteRequest) -> ByteBuffer {
+        var b = ByteBuffer()
+        let extensions = EncodedRecord.encodeExtensions(request.extensions)
+        b.reserveCapacity(40 + request.key.bytes.count + extensions.count + request.value.count)
+        b.writeInteger(request.type.rawValue)
+        b.writeKey(request.key)
+        b.writeRequestID(request.requestID)
+        b.writeInteger(request.contentChecksum, endianness: .little)
+        b.writeInteger(UInt32(extensions.count), endianness: .little)
+        b.writeBytes(extensions)
+        b.writeInteger(UInt32(request.value.count), endianness: .little)
+        b.writeBytes(request.value)
+        return b
+    }
+
+    /// Parses a write payload. Unknown record types and must-understand fields are refused
+    /// with their own codes.
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> WriteRequest {
+        var b = payload
+        guard let type = b.readInteger(as: UInt8.self) else { throw CatenaError(.malformed, "write is truncated") }
+        let recordType = RecordType(rawValue: type)
+        guard RecordType.known.contains(recordType) else {
+            throw CatenaError(.unknownRecordType, "write of unknown record type \(type)")
+        }
+        let key = try b.readKey()
+        let id = try b.readRequestID()
+        guard let checksum = b.readInteger(endianness: .little, as: UInt64.self) else {
+            throw CatenaError(.malformed, "write is truncated")
+        }
+        let extensionBytes = try b.readLengthPrefixed(what: "write extensions")
+        let extensions = try EncodedRecord.parseExtensions(ArraySlice(extensionBytes))
+        if let unknown = extensions.first(where: { $0.mustUnderstand && !RecordExtension.knownTags.contains($0.tag) }) {
+            throw CatenaError(.unknownMustUnderstandField, "write carries must-understand field \(unknown.tag), which this build does not know")
+        }
+        let value = try b.readLengthPrefixed(what: "write value")
+        return WriteRequest(requestID: id, type: recordType, key: key, value: value, contentChecksum: checksum, extensions: extensions)
+    }
+}
+
+/// The payload of ``FrameType/writeResult``, ``FrameType/acknowledge`` and ``FrameType/position``
+/// frames: one LSN (epoch u64, seq u64).
+public enum LSNPayload {
+    /// The payload bytes for `lsn`.
+    public static func encode(_ lsn: LSN) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeLSN(lsn)
+        return b
+    }
+
+    /// Parses an LSN payload.
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> LSN {
+        var b = payload
+        return try b.readLSN()
+    }
+}
+
+/// The payload of ``FrameType/get`` and ``FrameType/head`` frames: a key (u16 length + bytes).
+public enum KeyPayload {
+    /// The payload bytes for `key`.
+    public static func encode(_ key: Key) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeKey(key)
+        return b
+    }
+
+    /// Parses a key payload; an invalid key is refused with `invalidKey`.
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> Key {
+        var b = payload
+        return try b.readKey()
+    }
+}
+
+/// The payload of an ``FrameType/objectInfo`` frame.
+///
+/// Layout: key, LSN, size (u64), content checksum (u64), timestamp (u64), request id (2 × u64),
+/// chunk count (u32), content type (u8 present + u16 length + UTF-8), user metadata (u16 count,
+/// then name and value as u16 length + UTF-8 each).
+public enum ObjectInfoPayload {
+    /// The payload bytes for `info`.
+    public static func encode(_ info: ObjectInfo) -> ByteBuffer {
+        var b = ByteBuffer()
+        write(info, into: &b)
+        return b
+    }
+
+    /// Parses an object-info payload.
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> ObjectInfo {
+        var b = payload
+        return try read(&b)
+    }
+
+    static func write(_ info: ObjectInfo, into b: inout ByteBuffer) {
+        b.writeKey(info.key)
+        b.writeLSN(info.lsn)
+        b.writeInteger(info.size, endianness: .little)
+        b.writeInteger(info.contentChecksum, endianness: .little)
+        b.writeInteger(info.timestamp, endianness: .little)
+        b.writeRequestID(info.requestID)
+        b.writeInteger(UInt32(clamping: info.chunkCount), endianness: .little)
+        if let contentType = info.contentType {
+            b.writeInteger(UInt8(1))
+            b.writeShortString(contentType)
+        } else {
+            b.writeInteger(UInt8(0))
+        }
+        let metadata = info.userMetadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+        b.writeInteger(UInt16(clamping: metadata.count), endianness: .little)
+        for (name, value) in metadata.prefix(Int(UInt16.max)) {
+            b.writeShortString(name)
+            b.writeShortString(value)
+        }
+    }
+
+    static func read(_ b: inout ByteBuffer) throws(CatenaError) -> ObjectInfo {
+        let key = try b.readKey()
+        let lsn = try b.readLSN()
+        guard let size = b.readInteger(endianness: .little, as: UInt64.self),
+              let checksum = b.readInteger(endianness: .little, as: UInt64.self),
+              let timestamp = b.readInteger(endianness: .little, as: UInt64.self) else {
+            throw CatenaError(.malformed, "object info is truncated")
+        }
+        let id = try b.readRequestID()
+        guard let chunks = b.readInteger(endianness: .little, as: UInt32.self),
+              let hasType = b.readInteger(as: UInt8.self) else {
+            throw CatenaError(.malformed, "object info is truncated")
+        }
+        let contentType = hasType == 0 ? nil : try b.readShortString(what: "content type")
+        guard let count = b.readInteger(endianness: .little, as: UInt16.self) else {
+            throw CatenaError(.malformed, "object info is truncated")
+        }
+        var metadata: [String: String] = [:]
+        for _ in 0..<count {
+            let name = try b.readShortString(what: "metadata name")
+            metadata[name] = try b.readShortString(what: "metadata value")
+        }
+        return ObjectInfo(key: key, lsn: lsn, size: size, contentChecksum: checksum, contentType: contentType,
+                          userMetadata: metadata, timestamp: timestamp, requestID: id, chunkCount: Int(chunks))
+    }
+}
+
+/// The payload of a ``FrameType/list`` frame.
+public struct ListRequest: Hashable, Sendable {
+    /// Only keys starting with these bytes.
+    public var prefix: [UInt8]
+    /// Only keys after this one (the previous page's cursor).
+    public var after: Key?
+    /// At most this many objects.
+    public var limit: Int
+
+    /// Creates a list request.
+    public init(prefix: [UInt8] = [], after: Key? = nil, limit: Int = 1000) {
+        self.prefix = prefix
+        self.after = after
+        self.limit = limit
+    }
+
+    /// The payload bytes: prefix (u16 length + bytes), after (u8 present + key), limit (u32).
+    public func encoded() -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeInteger(UInt16(clamping: prefix.count), endianness: .little)
+        b.writeBytes(prefix.prefix(Int(UInt16.max)))
+        if let after {
+            b.writeInteger(UInt8(1))
+            b.writeKey(after)
+        } else {
+            b.writeInteger(UInt8(0))
+        }
+        b.writeInteger(UInt32(clamping: limit), endianness: .little)
+        return b
+    }
+
+    /// Parses a list payload.
+    public init(decoding payload: ByteBuffer) throws(CatenaError) {
+        var b = payload
+        guard let n = b.readInteger(endianness: .little, as: UInt16.self), let prefix = b.readBytes(length: Int(n)),
+              let hasAfter = b.readInteger(as: UInt8.self) else {
+            throw CatenaError(.malformed, "list request is truncated")
+        }
+        let after = hasAfter == 0 ? nil : try b.readKey()
+        guard let limit = b.readInteger(endianness: .little, as: UInt32.self) else {
+            throw CatenaError(.malformed, "list request is truncated")
+        }
+        self.init(prefix: prefix, after: after, limit: Int(limit))
+    }
+}
+
+/// The payload of a ``FrameType/listPage`` frame: count (u32), the object infos, next cursor
+/// (u8 present + key).
+public enum ListPagePayload {
+    /// The payload bytes for `page`.
+    public static func encode(_ page: ListPage) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeInteger(UInt32(page.objects.count), endianness: .little)
+        for info in page.objects { ObjectInfoPayload.write(info, into: &b) }
+        if let next = page.nextCursor {
+            b.writeInteger(UInt8(1))
+            b.writeKey(next)
+        } else {
+            b.writeInteger(UInt8(0))
+        }
+        return b
+    }
+
+    /// Parses a list page payload.
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> ListPage {
+        var b = payload
+        guard let count = b.readInteger(endianness: .little, as: UInt32.self) else {
+            throw CatenaError(.malformed, "list page is truncated")
+        }
+        // Every entry takes at least 60 bytes: a count beyond that is a lie, not an allocation.
+        guard Int(count) <= b.readableBytes / 60 else {
+            throw CatenaError(.malformed, "list page claims \(count) objects in \(b.readableBytes) bytes")
+        }
+        var objects: [ObjectInfo] = []
+        objects.reserveCapacity(Int(count))
+        for _ in 0..<count { objects.append(try ObjectInfoPayload.read(&b)) }
+        guard let hasNext = b.readInteger(as: UInt8.self) else {
+            throw CatenaError(.malformed, "list page is truncated")
+        }
+        return ListPage(objects: objects, nextCursor: hasNext == 0 ? nil : try b.readKey())
+    }
+}
+
+/// The payload of a ``FrameType/replicate`` frame: count (u32), then each record as u32 length
+/// + its encoded bytes, unchanged from the head.
+public enum ReplicatePayload {
+    /// The payload bytes for `records`.
+    public static func encode<Records: Collection<EncodedRecord>>(_ records: Records) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.reserveCapacity(4 + records.reduce(0) { $0 + 4 + $1.count })
+        b.writeInteger(UInt32(records.count), endianness: .little)
+        for r in records {
+            b.writeInteger(UInt32(r.count), endianness: .little)
+            b.writeBytes(r.bytes)
+        }
+        return b
+    }
+
+    /// Parses and validates every record (header and record checksums).
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> [EncodedRecord] {
+        var b = payload
+        guard let count = b.readInteger(endianness: .little, as: UInt32.self) else {
+            throw CatenaError(.malformed, "replicate frame is truncated")
+        }
+        guard Int(count) <= b.readableBytes / (4 + RecordHeader.overhead) else {
+            throw CatenaError(.malformed, "replicate frame claims \(count) records in \(b.readableBytes) bytes")
+        }
+        var records: [EncodedRecord] = []
+        records.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            records.append(try EncodedRecord(validating: try b.readLengthPrefixed(what: "replicated record")))
+        }
+        return records
+    }
+}
+
+/// The payload of a ``FrameType/configuration`` frame: a ``ChainConfiguration``.
+///
+/// Layout: cluster id and chain id (u16 length + UTF-8; u32), epoch (u64), member count (u16),
+/// then each member's id and address (u16 length + UTF-8 each).
+public enum ConfigurationPayload {
+    /// The payload bytes for `configuration`.
+    public static func encode(_ configuration: ChainConfiguration) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeShortString(configuration.clusterID)
+        b.writeInteger(configuration.chainID, endianness: .little)
+        b.writeInteger(configuration.epoch, endianness: .little)
+        b.writeInteger(UInt16(configuration.members.count), endianness: .little)
+        for m in configuration.members {
+            b.writeShortString(m.id.rawValue)
+            b.writeShortString(m.address)
+        }
+        return b
+    }
+
+    /// Parses a configuration payload (ids checked, members distinct).
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> ChainConfiguration {
+        var b = payload
+        let cluster = try b.readShortString(what: "cluster id")
+        guard let chain = b.readInteger(endianness: .little, as: UInt32.self),
+              let epoch = b.readInteger(endianness: .little, as: UInt64.self),
+              let count = b.readInteger(endianness: .little, as: UInt16.self) else {
+            throw CatenaError(.malformed, "configuration is truncated")
+        }
+        var members: [ChainMember] = []
+        for _ in 0..<count {
+            let id = try NodeID(try b.readShortString(what: "member id"))
+            members.append(ChainMember(id: id, address: try b.readShortString(what: "member address")))
+        }
+        return try ChainConfiguration(clusterID: cluster, chainID: chain, epoch: epoch, members: members)
+    }
+}
+
+/// The payload of a ``FrameType/heartbeat`` frame: a node's id, the address it serves at and the
+/// highest LSN in its log.
+public struct Heartbeat: Hashable, Sendable {
+    /// The node.
+    public var node: NodeID
+    /// `host:port` where it accepts connections (its real address when it listens on port 0).
+    public var address: String
+    /// The highest durable LSN in its log (lag, later failure handling).
+    public var highestLSN: LSN
+
+    /// Creates a heartbeat.
+    public init(node: NodeID, address: String, highestLSN: LSN) {
+        self.node = node
+        self.address = address
+        self.highestLSN = highestLSN
+    }
+
+    /// The payload bytes.
+    public func encoded() -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeShortString(node.rawValue)
+        b.writeShortString(address)
+        b.writeLSN(highestLSN)
+        return b
+    }
+
+    /// Parses a heartbeat payload.
+    public init(decoding payload: ByteBuffer) throws(CatenaError) {
+        var b = payload
+        let node = try NodeID(try b.readShortString(what: "node id"))
+        let address = try b.readShortString(what: "address")
+        self.init(node: node, address: address, highestLSN: try b.readLSN())
+    }
+}
+
+extension ByteBuffer {
+    mutating func writeKey(_ key: Key) {
+        writeInteger(UInt16(key.bytes.count), endianness: .little)
+        writeBytes(key.bytes)
+    }
+
+    mutating func readKey() throws(CatenaError) -> Key {
+        guard let n = readInteger(endianness: .little, as: UInt16.self), let bytes = readBytes(length: Int(n)) else {
+            throw CatenaError(.malformed, "key is truncated")
+        }
+        return try Key(bytes: bytes)
+    }
+
+    mutating func writeLSN(_ lsn: LSN) {
+        writeInteger(lsn.epoch, endianness: .little)
+        writeInteger(lsn.seq, endianness: .little)
+    }
+
+    mutating func readLSN() throws(CatenaError) -> LSN {
+        guard let epoch = readInteger(endianness: .little, as: UInt64.self),
+              let seq = readInteger(endianness: .little, as: UInt64.self) else {
+            throw CatenaError(.malformed, "LSN is truncated")
+        }
+        return LSN(epoch: epoch, seq: seq)
+    }
+
+    mutating func writeRequestID(_ id: RequestID) {
+        writeInteger(id.high, endianness: .little)
+        writeInteger(id.low, endianness: .little)
+    }
+
+    mutating func readRequestID() throws(CatenaError) -> RequestID {
+        guard let high = readInteger(endianness: .little, as: UInt64.self),
+              let low = readInteger(endianness: .little, as: UInt64.self) else {
+            throw CatenaError(.malformed, "request id is truncated")
+        }
+        return RequestID(high: high, low: low)
+    }
+
+    mutating func readLengthPrefixed(what: String) throws(CatenaError) -> [UInt8] {
+        guard let n = readInteger(endianness: .little, as: UInt32.self) else {
+            throw CatenaError(.malformed, "\(what) is truncated")
+        }
+        guard Int(n) <= readableBytes, let bytes = readBytes(length: Int(n)) else {
+            throw CatenaError(.malformed, "\(what) claims \(n) bytes; \(readableBytes) remain")
+        }
+        return bytes
+    }
+}
+
+extension Frame {
+    /// An error reply to `request` carrying `error`.
+    public static func error(_ error: CatenaError, replyingTo requestID: UInt64 = 0, chainID: ChainID = 0, epoch: UInt64 = 0) -> Frame {
+        Frame(type: .error, flags: .reply, chainID: chainID, requestID: requestID, epoch: epoch, payload: ErrorPayload.encode(error))
+    }
+}
