@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // System libraries from Debian: liblz4-dev (frame API) and libxxhash-dev (XXH3-64).
@@ -61,6 +62,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Cluster topology files (YAML) and the master's durable state.
+        .target(
+            name: "CatenaCluster",
+            dependencies: [
+                "CatenaCore",
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         // Test helpers shared by the test targets: a crash-simulating file system, temp dirs.
         .target(
             name: "CatenaTestSupport",
@@ -92,6 +101,7 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
+        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport"]),
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
     ],
     swiftLanguageModes: [.v6]

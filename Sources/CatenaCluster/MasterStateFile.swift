@@ -1,0 +1,271 @@
+import CatenaCore
+import Foundation
+
+/// When an epoch began: the first sequence number written in it, once failure handling knows it.
+/// A rejoining node uses the history to find the last record it shares with the chain.
+public struct EpochStart: Hashable, Sendable {
+    /// The epoch.
+    public var epoch: UInt64
+    /// The first seq of the epoch; nil until it is known.
+    public var firstSeq: UInt64?
+
+    /// Creates an entry.
+    public init(epoch: UInt64, firstSeq: UInt64? = nil) {
+        self.epoch = epoch
+        self.firstSeq = firstSeq
+    }
+}
+
+/// The master's durable state for one chain: the current configuration and the history of
+/// epochs. The master persists it before acting on it.
+///
+/// A state is well formed when the cluster id has ``NodeID/isValidIdentifier(_:)`` form, the
+/// chain id is at least 1, member ids are distinct, and ``epochHistory`` is non-empty, strictly
+/// increasing, and ends with the configuration's epoch — every epoch the master ever activated is
+/// in it. ``MasterStateFile`` refuses to save a state that is not, and reports a stored one that is
+/// not as corruption.
+public struct MasterState: Hashable, Sendable {
+    /// The format version of `master.json` this build writes and reads.
+    public static let formatVersion = 1
+
+    /// The chain's current configuration: cluster, chain, epoch and members in order.
+    public var configuration: ChainConfiguration
+    /// Every epoch of the chain, oldest first; the last is the configuration's.
+    public var epochHistory: [EpochStart]
+
+    /// Creates a state.
+    public init(configuration: ChainConfiguration, epochHistory: [EpochStart]) {
+        self.configuration = configuration
+        self.epochHistory = epochHistory
+    }
+
+    /// A chain's first state: `configuration` and a history holding only its epoch.
+    public init(initial configuration: ChainConfiguration) {
+        self.init(configuration: configuration, epochHistory: [EpochStart(epoch: configuration.epoch)])
+    }
+
+    /// The cluster id (the configuration's).
+    public var clusterID: String { configuration.clusterID }
+    /// The chain id (the configuration's).
+    public var chainID: ChainID { configuration.chainID }
+    /// The current epoch (the configuration's).
+    public var epoch: UInt64 { configuration.epoch }
+
+    /// What makes this state malformed, or nil if it is well formed.
+    func problem() -> String? {
+        if !NodeID.isValidIdentifier(clusterID) { return "cluster id '\(clusterID)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -" }
+        if chainID < 1 { return "chain id must be at least 1" }
+        if Set(configuration.members.map(\.id)).count != configuration.members.count { return "the configuration lists a member twice" }
+        guard let last = epochHistory.last else { return "the epoch history is empty" }
+        for (a, b) in zip(epochHistory, epochHistory.dropFirst()) where a.epoch >= b.epoch {
+            return "the epoch history is not increasing (\(a.epoch) then \(b.epoch))"
+        }
+        if last.epoch != epoch { return "the epoch history ends at \(last.epoch), but the configuration's epoch is \(epoch)" }
+        return nil
+    }
+}
+
+/// The master's state on local disk: `<directory>/master.json`, replaced crash-safely (write
+/// `master.json.tmp`, fsync it, rename it over `master.json`, fsync the directory), so a crash at
+/// any point leaves either the old state or the new one.
+///
+/// Every operation holds an exclusive `flock` on `<directory>/master.lock`, so
+/// ``compareAndSwap(expectedEpoch:new:)`` is atomic against other threads and processes. That
+/// compare-and-swap is the seam where an external consensus store (etcd) can replace the file.
+///
+/// The file is JSON:
+/// ```json
+/// {
+///   "chain" : 1,
+///   "cluster" : "local",
+///   "configuration" : { "epoch" : 2, "members" : [ { "address" : "127.0.0.1:7002", "id" : "n2" } ] },
+///   "format" : 1,
+///   "history" : [ { "epoch" : 1, "firstSeq" : 1 }, { "epoch" : 2 } ]
+/// }
+/// ```
+public struct MasterStateFile: Sendable {
+    /// The directory holding the state.
+    public let directory: String
+
+    /// The state file, `<directory>/master.json`.
+    public var path: String { directory + "/master.json" }
+    /// Where a save writes before renaming, `<directory>/master.json.tmp`.
+    var temporaryPath: String { path + ".tmp" }
+    /// The lock file, `<directory>/master.lock`.
+    var lockPath: String { directory + "/master.lock" }
+
+    /// A handle on the state in `directory` (nothing is read or created yet).
+    public init(directory: String) {
+        self.directory = directory
+    }
+
+    /// The stored state, or nil if there is none (no file, or no directory).
+    ///
+    /// A leftover `master.json.tmp` — a save interrupted before its rename — is ignored and
+    /// removed. A file that is not a well-formed state is ``CatenaError/Code/corruption``; one of
+    /// another format version is ``CatenaError/Code/unsupportedVersion``. Both name the path.
+    public func load() throws(CatenaError) -> MasterState? {
+        let result = try PosixIO.withExclusiveLock(lockPath) { () throws(CatenaError) -> MasterState? in
+            try PosixIO.remove(temporaryPath)
+            return try read()
+        }
+        return result ?? nil
+    }
+
+    /// The stored state, or nil if there is none, checking that it belongs to `clusterID` and
+    /// `chainID`: a state of another cluster or chain is ``CatenaError/Code/identityMismatch``
+    /// (a data directory copied or shared by mistake).
+    public func load(clusterID: String, chainID: ChainID) throws(CatenaError) -> MasterState? {
+        guard let state = try load() else { return nil }
+        guard state.clusterID == clusterID, state.chainID == chainID else {
+            throw CatenaError(.identityMismatch, "\(path) holds the state of cluster '\(state.clusterID)' chain \(state.chainID), not of cluster '\(clusterID)' chain \(chainID)")
+        }
+        return state
+    }
+
+    /// Replaces the stored state with `state`, durably, creating the directory (and its parents)
+    /// if missing. A malformed state is refused with ``CatenaError/Code/invalidArgument``.
+    public func save(_ state: MasterState) throws(CatenaError) {
+        let bytes = try encode(state)
+        try PosixIO.createDirectories(directory)
+        let saved: Void? = try PosixIO.withExclusiveLock(lockPath) { () throws(CatenaError) in
+            try PosixIO.replaceDurably(path, with: bytes, directory: directory)
+        }
+        guard saved != nil else { throw CatenaError(.ioFailure, "\(directory) vanished while saving the master state") }
+    }
+
+    /// Saves `new` only if the stored epoch is `expectedEpoch` (nil: only if nothing is stored
+    /// yet); otherwise throws ``CatenaError/Code/staleEpoch`` naming the stored epoch and saves
+    /// nothing. The check and the save are atomic.
+    ///
+    /// Also refused: a `new` state of another cluster or chain than the stored one
+    /// (``CatenaError/Code/identityMismatch``), and one whose epoch is below `expectedEpoch` —
+    /// epochs never go back (``CatenaError/Code/invalidArgument``).
+    public func compareAndSwap(expectedEpoch: UInt64?, new: MasterState) throws(CatenaError) {
+        if let expectedEpoch, new.epoch < expectedEpoch {
+            throw CatenaError(.invalidArgument, "\(path): the new state's epoch \(new.epoch) is below the expected \(expectedEpoch); epochs never go back")
+        }
+        let bytes = try encode(new)
+        try PosixIO.createDirectories(directory)
+        let swapped: Void? = try PosixIO.withExclusiveLock(lockPath) { () throws(CatenaError) in
+            try PosixIO.remove(temporaryPath)
+            let stored = try read()
+            guard stored?.epoch == expectedEpoch else {
+                let found = stored.map { "epoch \($0.epoch) is stored" } ?? "no state is stored"
+                let wanted = expectedEpoch.map { "epoch \($0)" } ?? "none"
+                throw CatenaError(.staleEpoch, "\(path): \(found), expected \(wanted); someone else changed the configuration")
+            }
+            if let stored, stored.clusterID != new.clusterID || stored.chainID != new.chainID {
+                throw CatenaError(.identityMismatch, "\(path) holds the state of cluster '\(stored.clusterID)' chain \(stored.chainID), not of cluster '\(new.clusterID)' chain \(new.chainID)")
+            }
+            try PosixIO.replaceDurably(path, with: bytes, directory: directory)
+        }
+        guard swapped != nil else { throw CatenaError(.ioFailure, "\(directory) vanished while saving the master state") }
+    }
+
+    // MARK: Encoding
+
+    private func encode(_ state: MasterState) throws(CatenaError) -> [UInt8] {
+        if let problem = state.problem() {
+            throw CatenaError(.invalidArgument, "refusing to save a malformed master state to \(path): \(problem)")
+        }
+        let stored = StoredState(
+            format: MasterState.formatVersion,
+            cluster: state.clusterID,
+            chain: state.chainID,
+            configuration: .init(epoch: state.epoch, members: state.configuration.members.map { .init(id: $0.id.rawValue, address: $0.address) }),
+            history: state.epochHistory.map { .init(epoch: $0.epoch, firstSeq: $0.firstSeq) }
+        )
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        do {
+            return Array(try encoder.encode(stored)) + [0x0A]
+        } catch {
+            preconditionFailure("encoding plain integers and strings as JSON cannot fail: \(error)")
+        }
+    }
+
+    /// Reads and decodes `master.json`; the caller holds the lock.
+    private func read() throws(CatenaError) -> MasterState? {
+        guard let bytes = try PosixIO.readFile(path) else { return nil }
+        let data = Data(bytes)
+        let decoder = JSONDecoder()
+        let probe: FormatProbe
+        do {
+            probe = try decoder.decode(FormatProbe.self, from: data)
+        } catch {
+            throw CatenaError(.corruption, "\(path): not a master state file: \(Self.explain(error))")
+        }
+        guard let format = probe.format else {
+            throw CatenaError(.corruption, "\(path): not a master state file: it has no format field")
+        }
+        guard format == MasterState.formatVersion else {
+            throw CatenaError(.unsupportedVersion, "\(path): format \(format) is not supported; this build reads master state format \(MasterState.formatVersion)")
+        }
+        let stored: StoredState
+        do {
+            stored = try decoder.decode(StoredState.self, from: data)
+        } catch {
+            throw CatenaError(.corruption, "\(path): damaged master state: \(Self.explain(error))")
+        }
+        let state: MasterState
+        do throws(CatenaError) {
+            var members: [ChainMember] = []
+            for m in stored.configuration.members {
+                members.append(ChainMember(id: try NodeID(m.id), address: m.address))
+            }
+            let configuration = try ChainConfiguration(clusterID: stored.cluster, chainID: stored.chain, epoch: stored.configuration.epoch, members: members)
+            state = MasterState(configuration: configuration, epochHistory: stored.history.map { EpochStart(epoch: $0.epoch, firstSeq: $0.firstSeq) })
+        } catch {
+            throw CatenaError(.corruption, "\(path): damaged master state: \(error.message)")
+        }
+        if let problem = state.problem() {
+            throw CatenaError(.corruption, "\(path): damaged master state: \(problem)")
+        }
+        return state
+    }
+
+    /// A decoding error in one line: what is wrong, and where in the JSON.
+    private static func explain(_ error: any Error) -> String {
+        func at(_ path: [any CodingKey]) -> String {
+            path.isEmpty ? "" : " at " + path.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+        }
+        switch error {
+        case DecodingError.keyNotFound(let key, let context):
+            return "missing '\(key.stringValue)'\(at(context.codingPath))"
+        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
+            return context.debugDescription + at(context.codingPath)
+        case DecodingError.dataCorrupted(let context):
+            let underlying = context.underlyingError.map { " (\($0))" } ?? ""
+            return context.debugDescription + at(context.codingPath) + underlying
+        default:
+            return "\(error)"
+        }
+    }
+}
+
+/// The first thing read from `master.json`: its format, before anything format-specific.
+private struct FormatProbe: Decodable {
+    var format: Int?
+}
+
+/// `master.json`, format 1.
+private struct StoredState: Codable {
+    struct Configuration: Codable {
+        var epoch: UInt64
+        var members: [Member]
+    }
+    struct Member: Codable {
+        var id: String
+        var address: String
+    }
+    struct Epoch: Codable {
+        var epoch: UInt64
+        var firstSeq: UInt64?
+    }
+    var format: Int
+    var cluster: String
+    var chain: UInt32
+    var configuration: Configuration
+    var history: [Epoch]
+}
