@@ -94,7 +94,9 @@ public final class Store: Sendable {
         var lifecycle: Lifecycle = .open
         /// LSN of the last enqueued record.
         var tail: LSN = .zero
-        var queue: [WriterOp] = []
+        /// Ops for the writer; taken ones are cleared to nil at once, so a 1 MiB append is not
+        /// kept alive by the queue after it was written.
+        var queue: [WriterOp?] = []
         var queueHead = 0
         /// Bytes of the appends in `queue`.
         var queuedBytes = 0
@@ -145,7 +147,7 @@ public final class Store: Sendable {
         /// barriers, truncations) stay queued and still run.
         mutating func dropQueuedAppends() -> [PendingAppend] {
             var dropped: [PendingAppend] = []
-            var kept: [WriterOp] = []
+            var kept: [WriterOp?] = []
             while !queueIsEmpty {
                 let op = popOp()
                 switch op {
@@ -159,9 +161,13 @@ public final class Store: Sendable {
             return dropped
         }
         mutating func popOp() -> WriterOp {
-            let op = queue[queueHead]
+            let op = queue[queueHead]!
+            queue[queueHead] = nil
             queueHead += 1
-            if queueHead > 1024 && queueHead * 2 > queue.count {
+            if queueHead == queue.count {
+                queue.removeAll(keepingCapacity: queue.count <= 4096)
+                queueHead = 0
+            } else if queueHead > 1024 && queueHead * 2 > queue.count {
                 queue.removeFirst(queueHead)
                 queueHead = 0
             }

@@ -143,7 +143,7 @@ extension Store {
         state.withLock { s in
             // The tail stays: appends queued after this truncation continue from the cut.
             s.adopt(recovered)
-            for op in s.queue[s.queueHead...] {
+            for case let op? in s.queue[s.queueHead...] {
                 if case .append(let p) = op { for r in p.records { try? Store.track(r, in: &s.uploadTracker) } }
             }
         }
