@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "CatenaCore", targets: ["CatenaCore"]),
         .library(name: "CatenaStorage", targets: ["CatenaStorage"]),
         .library(name: "CatenaWire", targets: ["CatenaWire"]),
+        .library(name: "CatenaClient", targets: ["CatenaClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -53,6 +54,38 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // TCP transport over SwiftNIO: the handshaking frame server, client connections that
+        // multiplex requests, host:port parsing.
+        .target(
+            name: "CatenaNetwork",
+            dependencies: [
+                "CatenaCore",
+                "CatenaWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The storage node: the replica protocol's interpreter, replication links, the server
+        // for clients and predecessors, heartbeats to the master.
+        .target(
+            name: "CatenaNode",
+            dependencies: [
+                "CatenaCore", "CatenaStorage", "CatenaWire", "CatenaNetwork",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The client library: routes writes to the head and reads to the tail, retries,
+        // chunked streaming puts and gets, end-to-end content checksums.
+        .target(
+            name: "CatenaClient",
+            dependencies: [
+                "CatenaCore", "CatenaWire", "CatenaNetwork",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The load generators behind `catena bench-*`.
         .target(
             name: "CatenaBench",
@@ -70,6 +103,14 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // The master: the chain configuration, persisted before announced; node registration.
+        .target(
+            name: "CatenaMaster",
+            dependencies: [
+                "CatenaCore", "CatenaWire", "CatenaNetwork", "CatenaCluster",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Test helpers shared by the test targets: a crash-simulating file system, temp dirs.
         .target(
             name: "CatenaTestSupport",
@@ -81,6 +122,10 @@ let package = Package(
                 "CatenaCore",
                 "CatenaStorage",
                 "CatenaBench",
+                "CatenaCluster",
+                "CatenaMaster",
+                "CatenaNode",
+                "CatenaClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
