@@ -1,0 +1,151 @@
+import CatenaCore
+import CatenaNetwork
+import CatenaStorage
+import CatenaWire
+import Logging
+import NIOCore
+import Synchronization
+
+/// A storage node: its store, its replica of the chain protocol, a server for clients and its
+/// predecessor, a replication link to its successor, and the heartbeat that registers it with
+/// the master and brings configuration changes.
+///
+/// Life cycle: ``start(_:logger:)`` opens the store and binds the port; ``run(onReady:)`` serves
+/// until its task is cancelled, then drains — new writes are refused, writes already taken get
+/// up to two seconds to commit — and closes the store.
+public final class Node: Sendable {
+    /// The configuration it was started with.
+    public let configuration: NodeConfiguration
+    /// The address clients and peers reach it at (the advertised one, or the bound one).
+    public let address: Address
+    let store: Store
+    let replica: Replica
+    private let server: FrameServer
+    private let logger: Logger
+    private let tickets: AsyncStream<(AppendTicket, LSN)>
+
+    private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
+                 tickets: AsyncStream<(AppendTicket, LSN)>, logger: Logger) {
+        self.configuration = configuration
+        self.address = address
+        self.store = store
+        self.replica = replica
+        self.server = server
+        self.tickets = tickets
+        self.logger = logger
+    }
+
+    /// Opens the store (recovering it) and binds the listening socket.
+    public static func start(_ configuration: NodeConfiguration, logger: Logger) async throws(CatenaError) -> Node {
+        var logger = logger
+        logger[metadataKey: LogKey.node] = "\(configuration.id)"
+        let store = try await Store.open(configuration.store, logger: logger)
+        let server: FrameServer
+        do {
+            server = try await FrameServer.bind(
+                host: configuration.listen.host, port: Int(configuration.listen.port), clusterID: configuration.clusterID,
+                localID: configuration.id.rawValue, acceptedRoles: [.client, .node], limits: configuration.connectionLimits,
+                logger: logger)
+        } catch {
+            await store.close()
+            throw error
+        }
+        let address = configuration.advertise ?? Address(host: configuration.listen.host, port: UInt16(server.port))
+        let (tickets, ticketSink) = AsyncStream<(AppendTicket, LSN)>.makeStream()
+        let replica = Replica(
+            me: configuration.id, store: store, maxUncommittedBytes: configuration.maxUncommittedBytes, logger: logger,
+            durableTickets: ticketSink,
+            links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
+                                limits: configuration.connectionLimits))
+        return Node(configuration: configuration, address: address, store: store, replica: replica, server: server,
+                    tickets: tickets, logger: logger)
+    }
+
+    /// Serves until the task is cancelled. `onReady` runs once, after the master accepted the
+    /// node's first heartbeat, with the configuration it returned.
+    public func run(onReady: @escaping @Sendable (ChainConfiguration) -> Void = { _ in }) async {
+        logger.info("listening", metadata: [LogKey.address: "\(address)"])
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.server.run { (connection, reader) async throws(CatenaError) in
+                try await self.serve(connection, &reader)
+            } }
+            group.addTask { await self.pumpDurability() }
+            group.addTask { await self.heartbeat(onReady: onReady) }
+            group.addTask {
+                // Wait for cancellation, then shut down in order.
+                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+            }
+            await group.next()
+            logger.info("shutting down: draining writes")
+            await replica.drain(timeout: .seconds(2))
+            server.close()
+            group.cancelAll()
+        }
+        await store.close()
+        logger.info("stopped")
+    }
+
+    /// Current replication metrics.
+    public var metrics: ReplicaMetrics {
+        get async { await replica.currentMetrics }
+    }
+
+    // MARK: - Durability
+
+    /// Feeds durability back to the replica in log order, one ticket after another.
+    private func pumpDurability() async {
+        var iterator = tickets.makeAsyncIterator()
+        while !Task.isCancelled {
+            guard let (ticket, lsn) = await iterator.next() else { return }
+            do {
+                try await ticket.durable()
+            } catch {
+                await replica.failStop(error)
+                continue
+            }
+            await replica.durable(through: lsn)
+        }
+    }
+
+    // MARK: - Master
+
+    /// Heartbeats the master every interval; each answer is the current configuration.
+    private func heartbeat(onReady: @Sendable (ChainConfiguration) -> Void) async {
+        var connection: RequestConnection?
+        var masterIndex = 0
+        var ready = false
+        var complained = false
+        let hello = Hello(role: .node, clusterID: configuration.clusterID, senderID: configuration.id.rawValue)
+        while !Task.isCancelled {
+            do throws(CatenaError) {
+                if connection == nil || connection!.isClosed {
+                    let master = configuration.masters[masterIndex % configuration.masters.count]
+                    connection = try await RequestConnection.connect(to: master, hello: hello, limits: configuration.connectionLimits)
+                }
+                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN)
+                let reply = try await connection!.request(Frame(type: .heartbeat, payload: beat.encoded()),
+                                                          timeout: max(.seconds(2), configuration.heartbeatInterval * 5))
+                guard reply.type == .configuration else {
+                    throw CatenaError(.protocolViolation, "the master answered a heartbeat with \(reply.type)")
+                }
+                let chain = try ConfigurationPayload.decode(reply.payload)
+                await replica.configure(chain)
+                complained = false
+                if !ready {
+                    ready = true
+                    onReady(chain)
+                }
+            } catch {
+                connection?.close()
+                connection = nil
+                masterIndex += 1
+                if !complained || error.code != .unavailable {
+                    logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
+                    complained = true
+                }
+            }
+            try? await Task.sleep(for: configuration.heartbeatInterval)
+        }
+        connection?.close()
+    }
+}

@@ -1,0 +1,43 @@
+import CatenaCore
+import CatenaNetwork
+import CatenaStorage
+
+/// Everything a storage node needs to run. Defaults suit a local cluster.
+public struct NodeConfiguration: Sendable {
+    /// This node's id (as in the topology).
+    public var id: NodeID
+    /// The cluster; peers of other clusters are refused.
+    public var clusterID: String
+    /// Where to listen; port 0 picks a free port.
+    public var listen: Address
+    /// The address announced to the master and peers; nil: the bound address.
+    public var advertise: Address?
+    /// The master(s); the node tries them in turn.
+    public var masters: [Address]
+    /// The local store (data directory, durability, limits).
+    public var store: StoreConfiguration
+    /// How often the node heartbeats the master (and so learns configuration changes).
+    public var heartbeatInterval: Duration = .milliseconds(100)
+    /// Bytes of writes the head holds uncommitted (in its log, in flight down the chain, not yet
+    /// acknowledged by the tail) before new writes wait: the memory bound on a slow chain.
+    public var maxUncommittedBytes: Int = 16 << 20
+    /// The largest batch of records in one replication frame.
+    public var maxReplicationBatchBytes: Int = 1 << 20
+    /// Requests one client connection may have in progress; further requests wait unread
+    /// (TCP backpressure).
+    public var maxRequestsPerConnection: Int = 128
+    /// Frame size and handshake limits.
+    public var connectionLimits = ConnectionLimits()
+    /// The largest piece of an object's bytes in one reply frame.
+    public var readPieceSize: Int = 1 << 20
+
+    /// Creates a configuration.
+    public init(id: NodeID, clusterID: String, listen: Address, advertise: Address? = nil, masters: [Address], dataDirectory: String) {
+        self.id = id
+        self.clusterID = clusterID
+        self.listen = listen
+        self.advertise = advertise
+        self.masters = masters
+        self.store = StoreConfiguration(directory: dataDirectory, clusterID: clusterID, nodeID: id.rawValue)
+    }
+}

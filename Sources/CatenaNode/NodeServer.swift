@@ -1,0 +1,159 @@
+import CatenaCore
+import CatenaNetwork
+import CatenaStorage
+import CatenaWire
+import NIOCore
+
+/// The node's side of its connections: client requests, and replication from the predecessor.
+extension Node {
+    func serve(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
+        switch connection.peer.role {
+        case .node:
+            try await serveReplication(connection, &reader)
+        default:
+            try await serveClient(connection, &reader)
+        }
+    }
+
+    // MARK: - Clients
+
+    /// Reads requests and answers each in its own child task, so many writes of one client are
+    /// in flight at once; at most ``NodeConfiguration/maxRequestsPerConnection`` — beyond that
+    /// the connection is not read (TCP backpressure). A malformed request gets an error reply and
+    /// the connection goes on (its frame was intact); an unknown frame type ends the connection.
+    private func serveClient(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
+        let limit = configuration.maxRequestsPerConnection
+        let outcome: Result<Void, CatenaError> = await withTaskGroup(of: Void.self) { group in
+            var running = 0
+            while true {
+                let frame: Frame
+                do throws(CatenaError) {
+                    guard let next = try await reader.next() else { break }
+                    frame = next
+                } catch {
+                    group.cancelAll()
+                    return .failure(error)
+                }
+                guard FrameType.clientRequests.contains(frame.type) || frame.type == .ping else {
+                    group.cancelAll()
+                    return .failure(CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not a request this node takes from a \(connection.peer.role)"))
+                }
+                if running >= limit {
+                    await group.next()
+                    running -= 1
+                }
+                running += 1
+                group.addTask { await self.answer(frame, on: connection.outbound) }
+            }
+            await group.waitForAll()
+            return .success(())
+        }
+        try outcome.get()
+    }
+
+    private func answer(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
+        let epoch = replica.view.snapshot.epoch
+        func reply(_ type: FrameType, _ payload: ByteBuffer, more: Bool = false) -> Frame {
+            Frame(type: type, flags: more ? [.reply, .more] : .reply, chainID: frame.chainID, requestID: frame.requestID,
+                  epoch: epoch, payload: payload)
+        }
+        do throws(CatenaError) {
+            switch frame.type {
+            case .ping:
+                try await write(reply(.pong, ByteBuffer()), outbound)
+            case .write:
+                let request = try WritePayload.decode(frame.payload)
+                let lsn = try await replica.write(request).get()
+                try await write(reply(.writeResult, LSNPayload.encode(lsn)), outbound)
+            case .head:
+                try checkReads()
+                let key = try KeyPayload.decode(frame.payload)
+                guard let info = try store.head(key) else { throw CatenaError(.notFound, "not found: \(key)") }
+                try await write(reply(.objectInfo, ObjectInfoPayload.encode(info)), outbound)
+            case .list:
+                try checkReads()
+                let request = try ListRequest(decoding: frame.payload)
+                let page = try store.list(prefix: request.prefix, after: request.after, limit: min(max(request.limit, 1), 10_000))
+                try await write(reply(.listPage, ListPagePayload.encode(page)), outbound)
+            case .get:
+                try checkReads()
+                let key = try KeyPayload.decode(frame.payload)
+                guard let object = try store.get(key) else { throw CatenaError(.notFound, "not found: \(key)") }
+                try await write(reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true), outbound)
+                // Pieces go out as they are read and verified; the last frame (no `more`) is sent
+                // only after the whole content matched its checksum, so a reader never takes a
+                // corrupt object as complete.
+                var pieces = object.body.makeAsyncIterator()
+                while let piece = try await pieces.nextPiece() {
+                    var buffer = ByteBuffer()
+                    buffer.writeBytes(piece)
+                    try await write(reply(.objectData, buffer, more: true), outbound)
+                }
+                try await write(reply(.objectData, ByteBuffer()), outbound)
+            default:
+                throw CatenaError(.unknownFrameType, "unexpected \(frame.type)")
+            }
+        } catch {
+            try? await outbound.write(Frame.error(error, replyingTo: frame.requestID, chainID: frame.chainID, epoch: epoch))
+        }
+    }
+
+    /// Reads are answered by the tail only (until CRAQ); others redirect there.
+    private func checkReads() throws(CatenaError) {
+        let view = replica.view.snapshot
+        guard let role = view.role else {
+            throw CatenaError(.redirect, "\(configuration.id) is not in the chain at epoch \(view.epoch); ask the master")
+        }
+        guard role.answersReads else {
+            let tail = view.configuration?.tail.map { "\($0.id) at \($0.address)" } ?? "unknown"
+            throw CatenaError(.redirect, "reads go to the tail: \(tail)")
+        }
+    }
+
+    private func write(_ frame: Frame, _ outbound: NIOAsyncChannelOutboundWriter<Frame>) async throws(CatenaError) {
+        do {
+            try await outbound.write(frame)
+        } catch {
+            throw CatenaError(.unavailable, "connection lost: \(error)")
+        }
+    }
+
+    // MARK: - Replication
+
+    /// The predecessor's connection: report our position and acknowledgement, then apply its
+    /// records in order. A refused batch ends the connection; the predecessor reconnects and
+    /// resends from the position we report then.
+    private func serveReplication(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
+        let sender = try NodeID(connection.peer.senderID)
+        let acks = AckSender()
+        guard let start = await replica.attachUpstream(sender, acks: acks) else {
+            let epoch = replica.view.snapshot.epoch
+            throw CatenaError(.redirect, "\(sender) is not \(configuration.id)'s predecessor at epoch \(epoch)")
+        }
+        let chainID = replica.view.snapshot.configuration?.chainID ?? 0
+        defer { Task { await replica.detachUpstream(acks) } }
+        do {
+            try await connection.outbound.write(Frame(type: .position, chainID: chainID, epoch: start.epoch, payload: LSNPayload.encode(start.position)))
+        } catch {
+            throw CatenaError(.unavailable, "connection lost: \(error)")
+        }
+        if start.acknowledged != .zero { acks.send(start.acknowledged, epoch: start.epoch) }
+        let outcome: Result<Void, CatenaError> = await withTaskGroup(of: Void.self) { group in
+            group.addTask { await acks.run(connection.outbound, chainID: chainID) }
+            defer { acks.close() }
+            do throws(CatenaError) {
+                while let frame = try await reader.next() {
+                    guard frame.type == .replicate else {
+                        throw CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not replication")
+                    }
+                    let records = try ReplicatePayload.decode(frame.payload)
+                    if let error = await replica.replicate(records, epoch: frame.epoch, from: sender) { throw error }
+                }
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        try outcome.get()
+    }
+}
