@@ -1,0 +1,485 @@
+import CatenaCore
+import CatenaNetwork
+import CatenaWire
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+
+/// A client of a Catena cluster: stores and fetches blobs under string keys.
+///
+/// ```swift
+/// let store = try await CatenaClient(masters: ["127.0.0.1:7000"])
+/// try await store.put("photos/cat.jpg", data, contentType: "image/jpeg")
+/// let object = try await store.get("photos/cat.jpg")
+/// ```
+///
+/// Writes go to the chain's head and return once every replica holds them; reads go to the
+/// tail, so a read sees every acknowledged write (linearizable). The client learns the chain
+/// from the master and caches it; on a redirect, a stale epoch or a lost connection it asks the
+/// master again and retries with bounded, jittered backoff until the request's deadline. A
+/// retried write reuses its request id, so it applies at most once.
+///
+/// Every object carries an XXH3-64 content checksum computed here on put and checked here on
+/// get. Objects larger than ``Configuration/chunkSize`` travel in chunks, pipelined, and become
+/// visible only when complete.
+public final class CatenaClient: Sendable {
+    /// Client settings.
+    public struct Configuration: Sendable {
+        /// How long one operation (with its retries) may take.
+        public var requestTimeout: Duration = .seconds(15)
+        /// Objects larger than this are stored in chunks of this size.
+        public var chunkSize: Int = 1 << 20
+        /// Chunks of one streamed put in flight at once.
+        public var chunkWindow: Int = 8
+        /// The cluster id; nil: learn it from the master.
+        public var clusterID: String?
+        /// The name this client gives in its hello (logs).
+        public var name: String = "catena-client"
+        /// Connection limits.
+        public var connectionLimits = ConnectionLimits()
+
+        /// The defaults above.
+        public init() {}
+    }
+
+    private let masters: [Address]
+    private let configuration: Configuration
+    private let logger: Logger
+    private let pool: ConnectionPool
+    private let chain = Mutex<ChainConfiguration?>(nil)
+
+    /// Connects to the master(s) (`HOST:PORT` each, tried in turn) and fetches the chain's
+    /// configuration. Throws `unavailable` if no master answers, `invalidArgument` for a bad address.
+    public init(masters: [String], configuration: Configuration = Configuration(),
+                logger: Logger = Logger(label: "catena.client")) async throws(CatenaError) {
+        guard !masters.isEmpty else { throw CatenaError(.invalidArgument, "no master address given") }
+        var parsed: [Address] = []
+        for m in masters { parsed.append(try Address(parsing: m)) }
+        self.masters = parsed
+        self.configuration = configuration
+        self.logger = logger
+        self.pool = ConnectionPool(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits)
+        _ = try await refreshConfiguration(deadline: .now + configuration.requestTimeout)
+    }
+
+    /// Closes every connection.
+    public func close() async {
+        await pool.closeAll()
+    }
+
+    /// The chain configuration the client routes by (refreshed on redirects and failures).
+    public var chainConfiguration: ChainConfiguration? { chain.withLock { $0 } }
+
+    // MARK: - Writes
+
+    /// Stores `value` under `key`, replacing any earlier version; returns once every replica
+    /// holds it. Values above ``Configuration/chunkSize`` are stored in chunks.
+    @discardableResult
+    public func put(_ key: String, _ value: [UInt8], contentType: String? = nil,
+                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt {
+        if value.count > configuration.chunkSize {
+            return try await putChunked(key, pieces: Pieces(value), contentType: contentType, metadata: metadata)
+        }
+        let k = try Key(key)
+        let request = WriteRequest(requestID: .random(), type: .put, key: k, value: value,
+                                   extensions: Self.extensions(contentType: contentType, metadata: metadata))
+        let lsn = try await write(request)
+        return WriteReceipt(key: k, lsn: lsn, size: UInt64(value.count), contentChecksum: request.contentChecksum)
+    }
+
+    /// Stores `value` under `key` (see ``put(_:_:contentType:metadata:)-([UInt8])``).
+    @discardableResult
+    public func put(_ key: String, _ value: Data, contentType: String? = nil,
+                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt {
+        try await put(key, [UInt8](value), contentType: contentType, metadata: metadata)
+    }
+
+    /// Stores `value` under `key` (see ``put(_:_:contentType:metadata:)-([UInt8])``).
+    @discardableResult
+    public func put(_ key: String, _ value: ByteBuffer, contentType: String? = nil,
+                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt {
+        try await put(key, Array(value.readableBytesView), contentType: contentType, metadata: metadata)
+    }
+
+    /// Stores the bytes `body` yields under `key`, streaming: pieces are re-cut into chunks of
+    /// ``Configuration/chunkSize``, up to ``Configuration/chunkWindow`` of them in flight, so the
+    /// client holds a few chunks, never the object. The object becomes visible when its last
+    /// chunk and manifest are stored; an interrupted upload leaves nothing visible.
+    @discardableResult
+    public func put<Body: AsyncSequence & Sendable>(_ key: String, streaming body: Body, contentType: String? = nil,
+                                                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt
+    where Body.Element == [UInt8] {
+        try await putChunked(key, pieces: body, contentType: contentType, metadata: metadata)
+    }
+
+    /// Deletes `key`. Deleting a missing key succeeds.
+    @discardableResult
+    public func delete(_ key: String) async throws(CatenaError) -> LSN {
+        try await write(WriteRequest(requestID: .random(), type: .delete, key: try Key(key)))
+    }
+
+    // MARK: - Reads
+
+    /// The object under `key`: its metadata and bytes, checked against its content checksum.
+    /// Throws `notFound` if there is none.
+    public func get(_ key: String) async throws(CatenaError) -> StoredObject {
+        let stream = try await getStreaming(key)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(clamping: stream.info.size))
+        var chunks = stream.makeAsyncIterator()
+        while let piece = try await chunks.nextChunk() { bytes += piece }
+        return StoredObject(info: stream.info, bytes: bytes)
+    }
+
+    /// The object under `key` as a stream of chunks (the connection stops reading while the
+    /// consumer lags). The content checksum is checked when the last chunk arrives; a mismatch
+    /// is thrown then. Throws `notFound` if there is none.
+    public func getStreaming(_ key: String) async throws(CatenaError) -> ObjectStream {
+        let k = try Key(key)
+        return try await withRetries(.tail) { (connection, epoch) async throws(CatenaError) -> ObjectStream in
+            let replies = try await connection.stream(Frame(type: .get, epoch: epoch, payload: KeyPayload.encode(k)),
+                                                      timeout: configuration.requestTimeout)
+            guard let first = try await replies.next() else {
+                throw CatenaError(.protocolViolation, "\(connection.address) sent an empty reply to get")
+            }
+            guard first.type == .objectInfo else {
+                throw CatenaError(.protocolViolation, "\(connection.address) answered get with \(first.type)")
+            }
+            let info = try ObjectInfoPayload.decode(first.payload)
+            guard info.key == k else {
+                throw CatenaError(.protocolViolation, "\(connection.address) answered get '\(k)' with '\(info.key)'")
+            }
+            return ObjectStream(info: info, replies: replies)
+        }
+    }
+
+    /// The metadata of `key`'s object (size, LSN, content checksum, content type, user
+    /// metadata). Throws `notFound` if there is none.
+    public func head(_ key: String) async throws(CatenaError) -> ObjectInfo {
+        let k = try Key(key)
+        return try await withRetries(.tail) { (connection, epoch) async throws(CatenaError) -> ObjectInfo in
+            let reply = try await connection.request(Frame(type: .head, epoch: epoch, payload: KeyPayload.encode(k)),
+                                                     timeout: configuration.requestTimeout)
+            return try ObjectInfoPayload.decode(reply.payload)
+        }
+    }
+
+    /// One page of the keys starting with `prefix`, in byte order, after `after` (the previous
+    /// page's ``ListPage/nextCursor``).
+    public func list(prefix: String = "", after: Key? = nil, limit: Int = 1000) async throws(CatenaError) -> ListPage {
+        let request = ListRequest(prefix: Array(prefix.utf8), after: after, limit: limit)
+        return try await withRetries(.tail) { (connection, epoch) async throws(CatenaError) -> ListPage in
+            let reply = try await connection.request(Frame(type: .list, epoch: epoch, payload: request.encoded()),
+                                                     timeout: configuration.requestTimeout)
+            return try ListPagePayload.decode(reply.payload)
+        }
+    }
+
+    /// Every object whose key starts with `prefix`, page by page.
+    public func listAll(prefix: String = "", pageSize: Int = 1000) -> AsyncThrowingStream<ObjectInfo, any Error> {
+        AsyncThrowingStream { continuation in
+            let task = Task {
+                var cursor: Key?
+                do {
+                    repeat {
+                        let page = try await self.list(prefix: prefix, after: cursor, limit: pageSize)
+                        for info in page.objects { continuation.yield(info) }
+                        cursor = page.nextCursor
+                    } while cursor != nil
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    // MARK: - Internals
+
+    private static func extensions(contentType: String?, metadata: [String: String]) -> [RecordExtension] {
+        var record = Record(type: .put, key: try! Key("x"), lsn: .zero)
+        record.contentType = contentType
+        for (name, value) in metadata.sorted(by: { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }) {
+            record.extensions.append(RecordExtension.userMetadata(name: name, value: value))
+        }
+        return record.extensions
+    }
+
+    /// Sends a write to the head, retrying with the same request id.
+    private func write(_ request: WriteRequest) async throws(CatenaError) -> LSN {
+        let payload = WritePayload.encode(request)
+        return try await withRetries(.head) { (connection, epoch) async throws(CatenaError) -> LSN in
+            let reply = try await connection.request(Frame(type: .write, epoch: epoch, payload: payload),
+                                                     timeout: configuration.requestTimeout)
+            return try LSNPayload.decode(reply.payload)
+        }
+    }
+
+    private func putChunked<Body: AsyncSequence>(_ key: String, pieces body: Body, contentType: String?,
+                                                 metadata: [String: String]) async throws(CatenaError) -> WriteReceipt
+    where Body.Element == [UInt8] {
+        let k = try Key(key)
+        let upload = UploadID.random()
+        let hasher = XXH3Hasher()
+        var total: UInt64 = 0
+        var index: UInt32 = 0
+        let chunkSize = configuration.chunkSize
+        let window = max(1, configuration.chunkWindow)
+        let result: Result<Void, CatenaError> = await withTaskGroup(of: Result<Void, CatenaError>.self) { group in
+            var running = 0
+            var failure: CatenaError?
+            func send(_ chunk: [UInt8]) async {
+                if running >= window, let r = await group.next() {
+                    running -= 1
+                    if case .failure(let e) = r { failure = failure ?? e }
+                }
+                let request = WriteRequest(requestID: .random(), type: .chunk, key: k, value: chunk,
+                                           extensions: [RecordExtension.chunkAddress(ChunkAddress(upload: upload, index: index))])
+                index += 1
+                running += 1
+                group.addTask {
+                    do throws(CatenaError) { _ = try await self.write(request); return .success(()) } catch { return .failure(error) }
+                }
+            }
+            var buffer: [UInt8] = []
+            buffer.reserveCapacity(chunkSize)
+            do {
+                for try await piece in body {
+                    hasher.update(piece)
+                    total += UInt64(piece.count)
+                    var rest = piece[...]
+                    while !rest.isEmpty, failure == nil {
+                        let n = min(chunkSize - buffer.count, rest.count)
+                        buffer += rest.prefix(n)
+                        rest = rest.dropFirst(n)
+                        if buffer.count == chunkSize {
+                            await send(buffer)
+                            buffer.removeAll(keepingCapacity: true)
+                        }
+                    }
+                    if failure != nil { break }
+                }
+            } catch {
+                failure = failure ?? (error as? CatenaError) ?? CatenaError(.invalidArgument, "the object's body failed: \(error)")
+            }
+            if failure == nil, !buffer.isEmpty || index == 0 { await send(buffer) }
+            for await r in group {
+                if case .failure(let e) = r { failure = failure ?? e }
+            }
+            return failure.map { .failure($0) } ?? .success(())
+        }
+        try result.get()
+        let checksum = hasher.digest()
+        let manifest = Manifest(upload: upload, chunkCount: index, totalSize: total)
+        let request = WriteRequest(requestID: .random(), type: .manifest, key: k, value: manifest.encoded(), contentChecksum: checksum,
+                                   extensions: Self.extensions(contentType: contentType, metadata: metadata))
+        let lsn = try await write(request)
+        return WriteReceipt(key: k, lsn: lsn, size: total, contentChecksum: checksum)
+    }
+
+    enum Route { case head, tail }
+
+    /// Runs `body` against the chain's head or tail, refreshing the configuration and retrying
+    /// on redirects, stale epochs, busy nodes and lost connections until the deadline.
+    private func withRetries<R>(_ route: Route, _ body: (RequestConnection, UInt64) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
+        let deadline = ContinuousClock.now + configuration.requestTimeout
+        var attempt = 0
+        var lastError: CatenaError?
+        while true {
+            do throws(CatenaError) {
+                let chain = try await currentConfiguration(deadline: deadline)
+                guard let member = route == .head ? chain.head : chain.tail else {
+                    throw CatenaError(.unavailable, "chain \(chain.chainID) has no members at epoch \(chain.epoch)")
+                }
+                let connection = try await pool.connection(to: try Address(parsing: member.address), clusterID: chain.clusterID)
+                return try await body(connection, chain.epoch)
+            } catch {
+                guard Self.retryable(error.code), ContinuousClock.now < deadline else {
+                    if error.code == .timeout, let lastError, lastError.code != .timeout {
+                        throw CatenaError(.timeout, "\(error.message) (before that: \(lastError))")
+                    }
+                    throw error
+                }
+                lastError = error
+                logger.debug("retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                if error.code != .busy { chain.withLock { $0 = nil } }
+                attempt += 1
+                let cap = min(10 << min(attempt, 6), 500)
+                let pause = Duration.milliseconds(Int.random(in: cap / 2...cap))
+                if ContinuousClock.now + pause >= deadline {
+                    throw CatenaError(.timeout, "gave up at the deadline; last error: \(error)")
+                }
+                try? await Task.sleep(for: pause)
+            }
+        }
+    }
+
+    static func retryable(_ code: CatenaError.Code) -> Bool {
+        [.redirect, .staleEpoch, .epochAhead, .unavailable, .busy, .timeout, .closed].contains(code)
+    }
+
+    private func currentConfiguration(deadline: ContinuousClock.Instant) async throws(CatenaError) -> ChainConfiguration {
+        if let cached = chain.withLock({ $0 }) { return cached }
+        return try await refreshConfiguration(deadline: deadline)
+    }
+
+    /// Asks the masters in turn for the configuration.
+    private func refreshConfiguration(deadline: ContinuousClock.Instant) async throws(CatenaError) -> ChainConfiguration {
+        var lastError = CatenaError(.unavailable, "no master answered")
+        var round = 0
+        while ContinuousClock.now < deadline {
+            for master in masters {
+                do {
+                    let connection = try await pool.connection(to: master, clusterID: configuration.clusterID ?? "")
+                    let reply = try await connection.request(Frame(type: .getConfiguration), timeout: .seconds(2))
+                    let config = try ConfigurationPayload.decode(reply.payload)
+                    chain.withLock { current in
+                        if current == nil || current!.epoch <= config.epoch { current = config }
+                    }
+                    return config
+                } catch {
+                    if error.code == .wrongCluster || error.code == .protocolVersionUnsupported { throw error }
+                    lastError = error
+                    await pool.drop(master)
+                }
+            }
+            round += 1
+            try? await Task.sleep(for: .milliseconds(min(50 * round, 500)))
+        }
+        throw CatenaError(lastError.code == .unavailable ? .unavailable : .timeout,
+                          "no master of \(masters.map(\.description)) answered: \(lastError.message)")
+    }
+}
+
+/// What a committed write returns.
+public struct WriteReceipt: Hashable, Sendable {
+    /// The key written.
+    public var key: Key
+    /// Where the write is in the chain's log.
+    public var lsn: LSN
+    /// Bytes stored.
+    public var size: UInt64
+    /// XXH3-64 of the content, as stored.
+    public var contentChecksum: UInt64
+}
+
+/// An object read in full.
+public struct StoredObject: Hashable, Sendable {
+    /// Its metadata.
+    public var info: ObjectInfo
+    /// Its bytes (checked against ``ObjectInfo/contentChecksum``).
+    public var bytes: [UInt8]
+    /// Its bytes as `Data`.
+    public var data: Data { Data(bytes) }
+}
+
+/// An object being read: metadata first, then its bytes as an `AsyncSequence` of chunks.
+/// Iterate it once. The content checksum is verified as the last chunk arrives.
+public struct ObjectStream: AsyncSequence, Sendable {
+    public typealias Element = [UInt8]
+    /// The object's metadata.
+    public let info: ObjectInfo
+    let replies: ReplyStream
+
+    public func makeAsyncIterator() -> Iterator { Iterator(info: info, replies: replies) }
+
+    /// Yields the object's bytes piece by piece.
+    public struct Iterator: AsyncIteratorProtocol {
+        let info: ObjectInfo
+        let replies: ReplyStream
+        let hasher = XXH3Hasher()
+        var received: UInt64 = 0
+        var done = false
+
+        /// The next chunk, nil at the end; throws `checksumMismatch` or a transport error.
+        public mutating func next() async throws -> [UInt8]? { try await nextChunk() }
+
+        /// The next chunk with a typed error.
+        public mutating func nextChunk() async throws(CatenaError) -> [UInt8]? {
+            while !done {
+                guard let frame = try await replies.next() else {
+                    throw CatenaError(.unavailable, "the object's stream ended early")
+                }
+                guard frame.type == .objectData else {
+                    throw CatenaError(.protocolViolation, "unexpected \(frame.type) in an object's stream")
+                }
+                let piece = Array(frame.payload.readableBytesView)
+                hasher.update(piece)
+                received += UInt64(piece.count)
+                if !frame.flags.contains(.more) {
+                    done = true
+                    guard received == info.size else {
+                        throw CatenaError(.checksumMismatch, "'\(info.key)': received \(received) bytes, expected \(info.size)")
+                    }
+                    guard hasher.digest() == info.contentChecksum else {
+                        throw CatenaError(.checksumMismatch, "'\(info.key)': content checksum mismatch; the object was not returned")
+                    }
+                }
+                if !piece.isEmpty { return piece }
+            }
+            return nil
+        }
+    }
+}
+
+
+/// One in-memory value as an `AsyncSequence` of one piece.
+struct Pieces: AsyncSequence, Sendable {
+    typealias Element = [UInt8]
+    let value: [UInt8]
+    init(_ value: [UInt8]) { self.value = value }
+    func makeAsyncIterator() -> Iterator { Iterator(value: value) }
+    struct Iterator: AsyncIteratorProtocol {
+        var value: [UInt8]?
+        mutating func next() async -> [UInt8]? {
+            defer { value = nil }
+            return value
+        }
+    }
+}
+
+/// Connections by address, shared by every operation of a client.
+actor ConnectionPool {
+    private let name: String
+    private let clusterID: String?
+    private let limits: ConnectionLimits
+    private var connections: [Address: Task<RequestConnection, any Error>] = [:]
+
+    init(name: String, clusterID: String?, limits: ConnectionLimits) {
+        self.name = name
+        self.clusterID = clusterID
+        self.limits = limits
+    }
+
+    /// An open connection to `address`, opening one if needed.
+    func connection(to address: Address, clusterID learned: String) async throws(CatenaError) -> RequestConnection {
+        if let pending = connections[address] {
+            if let open = try? await pending.value, !open.isClosed { return open }
+            if connections[address] == pending { connections[address] = nil }
+        }
+        let hello = Hello(role: .client, clusterID: clusterID ?? learned, senderID: name)
+        let limits = self.limits
+        let task = Task { () async throws -> RequestConnection in
+            try await RequestConnection.connect(to: address, hello: hello, limits: limits)
+        }
+        connections[address] = task
+        do {
+            return try await task.value
+        } catch {
+            if connections[address] == task { connections[address] = nil }
+            throw (error as? CatenaError) ?? CatenaError(.unavailable, "\(error)")
+        }
+    }
+
+    /// Forgets (and closes) the connection to `address`.
+    func drop(_ address: Address) async {
+        if let task = connections.removeValue(forKey: address), let c = try? await task.value { c.close() }
+    }
+
+    func closeAll() async {
+        for (_, task) in connections { (try? await task.value)?.close() }
+        connections = [:]
+    }
+}
