@@ -15,7 +15,8 @@ struct Catena: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "catena",
         abstract: "Catena, a chain-replication object store.",
-        subcommands: [BenchStorage.self, Version.self]
+        subcommands: [Up.self, MasterCommand.self, NodeCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self,
+                      BenchStorage.self, Version.self]
     )
 
     /// Like the default, but a failure in `run()` is one line on stderr and exit status 1.
@@ -27,6 +28,10 @@ struct Catena: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+        } catch let error as CatenaError where error.code == .notFound {
+            // `not found: KEY` as it is, for scripts.
+            writeStandardError(error.message)
+            Glibc.exit(1)
         } catch let error as CatenaError {
             writeStandardError("catena: error: \(error.message) [\(error.code)]")
             Glibc.exit(1)

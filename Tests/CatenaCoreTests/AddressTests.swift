@@ -1,4 +1,3 @@
-import CatenaCluster
 import CatenaCore
 import Testing
 

@@ -1,0 +1,208 @@
+import ArgumentParser
+import CatenaClient
+import CatenaCore
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Options every client command shares.
+struct ClientOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Master address(es), HOST:PORT[,HOST:PORT]. Default: $CATENA_MASTER or 127.0.0.1:7000.", valueName: "addresses"))
+    var master: String?
+
+    @Option(name: .long, help: "Give up after this many seconds (retries included).")
+    var timeout: Double = 15
+
+    var masters: [String] {
+        let text = master ?? ProcessInfo.processInfo.environment["CATENA_MASTER"] ?? "127.0.0.1:7000"
+        return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    func validate() throws {
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        for m in masters {
+            do { _ = try Address(parsing: m) } catch { throw ValidationError("--master: \(error.message)") }
+        }
+    }
+
+    func connect() async throws(CatenaError) -> CatenaClient {
+        var configuration = CatenaClient.Configuration()
+        configuration.requestTimeout = .milliseconds(Int(timeout * 1000))
+        configuration.name = "catena-cli"
+        var logger = Logger(label: "catena.cli")
+        logger.logLevel = .error
+        return try await CatenaClient(masters: masters, configuration: configuration, logger: logger)
+    }
+}
+
+/// Maps a missing object to the CLI's `not found: KEY` line.
+func notFound(_ key: String, _ error: CatenaError) -> CatenaError {
+    error.code == .notFound ? CatenaError(.notFound, "not found: \(key)") : error
+}
+
+/// `catena put KEY FILE`.
+struct Put: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Store a file (or stdin) under a key.")
+
+    @Argument(help: "The key.") var key: String
+    @Argument(help: "The file to store; - reads stdin.") var file: String
+    @Option(name: .long, help: "The content type to store with the object.") var contentType: String?
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let store = try await client.connect()
+        defer { Task { await store.close() } }
+        let handle: FileHandle
+        if file == "-" {
+            handle = FileHandle.standardInput
+        } else {
+            guard let h = FileHandle(forReadingAtPath: file) else { throw CatenaError(.notFound, "cannot open \(file)") }
+            handle = h
+        }
+        // One piece: a plain put. More: a streamed, chunked put that never holds the whole file.
+        var pieces = FileChunks(handle: handle).makeAsyncIterator()
+        let first = try await pieces.next() ?? []
+        let receipt: WriteReceipt
+        if let second = try await pieces.next() {
+            receipt = try await store.put(key, streaming: FileChunks(handle: handle, prefix: [first, second]), contentType: contentType)
+        } else {
+            receipt = try await store.put(key, first, contentType: contentType)
+        }
+        writeStandardError("stored \(key): \(receipt.size) bytes at LSN \(receipt.lsn)")
+    }
+}
+
+/// `catena get KEY [-o FILE]`.
+struct Get: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write an object's bytes to stdout or a file.")
+
+    @Argument(help: "The key.") var key: String
+    @Option(name: .shortAndLong, help: "Write to this file instead of stdout.") var output: String?
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let store = try await client.connect()
+        defer { Task { await store.close() } }
+        let stream: ObjectStream
+        do { stream = try await store.getStreaming(key) } catch { throw notFound(key, error) }
+        // Into a temporary file renamed at the end, so a failed or corrupt read leaves no partial file.
+        let target: FileHandle
+        let temporary = output.map { $0 + ".catena-partial" }
+        if let temporary {
+            guard FileManager.default.createFile(atPath: temporary, contents: nil), let h = FileHandle(forWritingAtPath: temporary) else {
+                throw CatenaError(.permissionDenied, "cannot write \(temporary)")
+            }
+            target = h
+        } else {
+            target = FileHandle.standardOutput
+        }
+        do {
+            var chunks = stream.makeAsyncIterator()
+            while let chunk = try await chunks.nextChunk() { try target.write(contentsOf: chunk) }
+            if let temporary, let output {
+                try target.synchronize()
+                try target.close()
+                guard rename(temporary, output) == 0 else {
+                    throw CatenaError(.ioFailure, "cannot rename \(temporary) to \(output): \(String(cString: strerror(errno)))")
+                }
+            }
+        } catch {
+            if let temporary { try? FileManager.default.removeItem(atPath: temporary) }
+            throw error
+        }
+    }
+}
+
+/// `catena rm KEY`.
+struct Remove: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Delete an object.")
+
+    @Argument(help: "The key.") var key: String
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let store = try await client.connect()
+        defer { Task { await store.close() } }
+        try await store.delete(key)
+    }
+}
+
+/// `catena ls [PREFIX]`.
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List keys (one per line), in byte order.")
+
+    @Argument(help: "Only keys starting with this.") var prefix: String = ""
+    @Option(name: .shortAndLong, help: "Also print size, LSN and content type.") var long = false
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let store = try await client.connect()
+        defer { Task { await store.close() } }
+        var cursor: Key?
+        repeat {
+            let page = try await store.list(prefix: prefix, after: cursor)
+            var out = ""
+            for info in page.objects {
+                out += long ? "\(info.key)\t\(info.size)\t\(info.lsn)\t\(info.contentType ?? "-")\n" : "\(info.key)\n"
+            }
+            FileHandle.standardOutput.write(Data(out.utf8))
+            cursor = page.nextCursor
+        } while cursor != nil
+    }
+}
+
+/// `catena stat KEY`.
+struct Stat: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show an object's metadata.")
+
+    @Argument(help: "The key.") var key: String
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let store = try await client.connect()
+        defer { Task { await store.close() } }
+        let info: ObjectInfo
+        do { info = try await store.head(key) } catch { throw notFound(key, error) }
+        var lines = [
+            "key: \(info.key)",
+            "size: \(info.size)",
+            "lsn: \(info.lsn)",
+            "content-checksum: xxh3-64:\(String(info.contentChecksum, radix: 16))",
+            "content-type: \(info.contentType ?? "-")",
+            "written: \(Date(timeIntervalSince1970: Double(info.timestamp) / 1e9).ISO8601Format())",
+            "chunks: \(info.chunkCount)",
+        ]
+        for (name, value) in info.userMetadata.sorted(by: { $0.key < $1.key }) { lines.append("meta-\(name): \(value)") }
+        print(lines.joined(separator: "\n"))
+    }
+}
+
+/// A file read in 1 MiB pieces, as an `AsyncSequence`.
+struct FileChunks: AsyncSequence, @unchecked Sendable {
+    // FileHandle is not Sendable; one iterator reads it from one task at a time.
+    typealias Element = [UInt8]
+    let handle: FileHandle
+    /// Pieces already read, yielded first.
+    var prefix: [[UInt8]] = []
+
+    func makeAsyncIterator() -> Iterator { Iterator(handle: handle, prefix: prefix[...]) }
+
+    struct Iterator: AsyncIteratorProtocol {
+        let handle: FileHandle
+        var prefix: ArraySlice<[UInt8]>
+        var done = false
+
+        mutating func next() async throws -> [UInt8]? {
+            if let piece = prefix.popFirst() { return piece }
+            guard !done else { return nil }
+            guard let data = try handle.read(upToCount: 1 << 20), !data.isEmpty else {
+                done = true
+                return nil
+            }
+            return [UInt8](data)
+        }
+    }
+}

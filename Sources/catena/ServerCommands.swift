@@ -1,0 +1,183 @@
+import ArgumentParser
+import CatenaCluster
+import CatenaCore
+import CatenaMaster
+import CatenaNode
+import Dispatch
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Logging options of the server commands.
+struct LogOptions: ParsableArguments {
+    @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+    }
+
+    /// Sends logs to stderr at the chosen level and returns a logger labelled `label`.
+    func bootstrap(_ label: String) -> Logger {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        return Logger(label: label)
+    }
+}
+
+/// `catena master`.
+struct MasterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "master",
+        abstract: "Run the master: it holds and serves the chain configuration.",
+        discussion: """
+            The first start saves the topology's chain to the data directory (master.json); from \
+            then on the saved configuration wins over the topology file. Prints one line \
+            'ready master HOST:PORT' on stdout once it serves.
+            """
+    )
+
+    @Option(name: .long, help: "The topology file.") var topology: String
+    @Option(name: .long, help: "Listen here instead of the topology's address (port 0: any free port).") var listen: String?
+    @Option(name: .long, help: "Keep state here instead of the topology's directory.") var dataDir: String?
+    @OptionGroup var logging: LogOptions
+
+    func run() async throws {
+        let logger = logging.bootstrap("catena.master")
+        let topology = try Topology.load(path: topology)
+        let address = try listen.map { (text) throws(CatenaError) in try Address(parsing: text) } ?? topology.master.listen
+        let configuration = MasterConfiguration(
+            clusterID: topology.clusterID, listen: address, dataDirectory: dataDir ?? topology.master.data,
+            initial: topology.initialConfiguration())
+        let master = try await Master.start(configuration, logger: logger)
+        announce("ready master \(master.address)")
+        await runUntilSignalled(logger: logger) { await master.run() }
+    }
+}
+
+/// `catena node`.
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Run a storage node.",
+        discussion: """
+            Takes its addresses and data directory from --topology, or from the explicit options \
+            (which also override the topology). Prints one line 'ready node ID HOST:PORT' on \
+            stdout once the master has its address.
+            """
+    )
+
+    @Option(name: .long, help: "This node's id.") var id: String
+    @Option(name: .long, help: "The topology file.") var topology: String?
+    @Option(name: .long, help: "Listen here (port 0: any free port).") var listen: String?
+    @Option(name: .long, help: "Announce this address to the master and peers (default: the bound address).") var advertise: String?
+    @Option(name: .long, help: "Master address(es), HOST:PORT[,HOST:PORT].") var master: String?
+    @Option(name: .long, help: "The data directory.") var dataDir: String?
+    @Option(name: .long, help: "The cluster id (with no topology).") var cluster: String?
+    @Option(name: .long, help: "batch (group commit, default), always (fsync per write) or none (unsafe).") var durability: String = "batch"
+    @OptionGroup var logging: LogOptions
+
+    func validate() throws {
+        guard topology != nil || (listen != nil && master != nil && dataDir != nil && cluster != nil) else {
+            throw ValidationError("give --topology, or all of --cluster, --listen, --master and --data-dir")
+        }
+        guard ["batch", "always", "none"].contains(durability) else { throw ValidationError("--durability: batch, always or none") }
+    }
+
+    func run() async throws {
+        let logger = logging.bootstrap("catena.node")
+        let nodeID = try NodeID(id)
+        let topology = try topology.map { (path) throws(CatenaError) in try Topology.load(path: path) }
+        let spec = topology?.node(nodeID)
+        if topology != nil && spec == nil {
+            throw CatenaError(.notFound, "node \(id) is not in the topology file")
+        }
+        func address(_ text: String?, _ fallback: Address?, _ what: String) throws(CatenaError) -> Address? {
+            guard let text else { return fallback }
+            do { return try Address(parsing: text) } catch { throw CatenaError(.invalidArgument, "--\(what): \(error.message)") }
+        }
+        guard let listenAddress = try address(listen, spec?.listen, "listen") else { throw CatenaError(.invalidArgument, "no listen address") }
+        let advertised = try address(advertise, spec.map { $0.advertise.port == 0 ? nil : $0.advertise } ?? nil, "advertise")
+        var masters: [Address] = []
+        if let master {
+            for m in master.split(separator: ",") { masters.append(try Address(parsing: String(m))) }
+        } else if let topology {
+            masters = [topology.master.advertise]
+        }
+        guard let clusterID = cluster ?? topology?.clusterID, let directory = dataDir ?? spec?.data else {
+            throw CatenaError(.invalidArgument, "no cluster id or data directory")
+        }
+        var configuration = NodeConfiguration(id: nodeID, clusterID: clusterID, listen: listenAddress, advertise: advertised,
+                                              masters: masters, dataDirectory: directory)
+        if let topology { configuration.heartbeatInterval = topology.heartbeat.interval }
+        configuration.store.durability = durability == "always" ? .always : durability == "none" ? .none : .batch
+        let node = try await Node.start(configuration, logger: logger)
+        await runUntilSignalled(logger: logger) {
+            await node.run { chain in
+                let role = chain.role(of: nodeID).map { "\($0)" } ?? "not a member"
+                announce("ready node \(nodeID) \(node.address) epoch \(chain.epoch) \(role)")
+            }
+        }
+    }
+}
+
+/// Prints `line` on stdout at once (the ready line a supervisor waits for).
+func announce(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// Runs `body` until SIGINT or SIGTERM, or until the parent named in `CATENA_PARENT_PID` is gone;
+/// then cancels it — a graceful shutdown — and waits for it. A second signal exits at once.
+func runUntilSignalled(logger: Logger, _ body: @escaping @Sendable () async -> Void) async {
+    signal(SIGINT, SIG_IGN)
+    signal(SIGTERM, SIG_IGN)
+    let task = Task { await body() }
+    let signalled = SignalCount()
+    let sources = [SIGINT, SIGTERM].map { sig in
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        source.setEventHandler {
+            if signalled.increment() > 1 { exit(130) }
+            logger.info("signal \(sig): shutting down")
+            task.cancel()
+        }
+        source.resume()
+        return source
+    }
+    let watcher: Task<Void, Never>? = ProcessInfo.processInfo.environment["CATENA_PARENT_PID"].flatMap(Int32.init).map { parent in
+        Task {
+            // Children of `catena up` exit when it dies, however it dies.
+            while !Task.isCancelled {
+                if getppid() != parent {
+                    logger.warning("parent process \(parent) is gone: shutting down")
+                    task.cancel()
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+    await task.value
+    watcher?.cancel()
+    for s in sources { s.cancel() }
+}
+
+/// Counts signals from the dispatch queue's handler.
+final class SignalCount: @unchecked Sendable {
+    // Guarded by `lock`; touched only from signal handlers on a dispatch queue.
+    private var count = 0
+    private let lock = NSLock()
+
+    func increment() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        count += 1
+        return count
+    }
+}
