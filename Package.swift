@@ -146,7 +146,17 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport"]),
+        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport", "CatenaClient"]),
+        .testTarget(
+            name: "CatenaNodeTests",
+            dependencies: [
+                "CatenaNode", "CatenaMaster", "CatenaClient", "CatenaNetwork", "CatenaWire", "CatenaCore", "CatenaStorage",
+                "CatenaCluster", "CatenaTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -85,6 +85,16 @@ public final class Node: Sendable {
         logger.info("stopped")
     }
 
+    /// The node's local store, for inspection (replica comparison in tests and tools). Writing
+    /// to it directly would bypass the chain.
+    public var localStore: Store { store }
+
+    /// The node's role in the configuration it has now (nil before the first configuration).
+    public var role: ChainRole? { replica.view.snapshot.role }
+
+    /// The configuration the node has now.
+    public var chainConfiguration: ChainConfiguration? { replica.view.snapshot.configuration }
+
     /// Current replication metrics.
     public var metrics: ReplicaMetrics {
         get async { await replica.currentMetrics }
