@@ -1,0 +1,383 @@
+import CatenaClient
+import CatenaCluster
+import CatenaCore
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real `catena` processes on 127.0.0.1 with ephemeral ports: `catena up`, the CLI, and a
+/// 256 MiB object streamed through a 3-node chain under a memory bound. Serialized (the processes
+/// share the machine's two cores), every process stopped by its PID, short time limits.
+@Suite("Process clusters", .serialized)
+struct ProcessClusterTests {
+    @Test(.timeLimit(.minutes(3)))
+    func bigObjectStreamsThroughTheChainWithBoundedMemory() async throws {
+        let dir = try ScratchDirectory()
+        let cluster = try await LocalCluster.start(
+            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        defer { Task { await cluster.stop() } }
+        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
+        // 256 MiB, generated piece by piece: neither this process nor any node holds it whole.
+        let size = 256 << 20
+        let receipt = try await client.put("big/object", streaming: GeneratedBytes(seed: 42, size: size, piece: 1 << 20),
+                                           contentType: "application/octet-stream")
+        #expect(receipt.size == UInt64(size))
+        let stream = try await client.getStreaming("big/object")
+        #expect(stream.info.size == UInt64(size))
+        var expected = GeneratedBytes(seed: 42, size: size, piece: 1 << 20).makeAsyncIterator()
+        var pending: ArraySlice<UInt8> = []
+        var received = 0
+        var identical = true
+        for try await chunk in stream {
+            var rest = chunk[...]
+            while !rest.isEmpty {
+                if pending.isEmpty { pending = (try await expected.next() ?? [])[...] }
+                let n = min(pending.count, rest.count)
+                if n == 0 { identical = false; break }
+                if !sameBytes(pending.prefix(n), rest.prefix(n)) { identical = false }
+                pending = pending.dropFirst(n)
+                rest = rest.dropFirst(n)
+                received += n
+            }
+        }
+        #expect(received == size)
+        #expect(identical)
+        // Every node stayed below 128 MiB at its peak.
+        for node in cluster.children where node.name != "master" {
+            let peak = try #require(cluster.peakResidentBytes(node.name))
+            #expect(peak < 128 << 20, "\(node.name) peaked at \(peak >> 20) MiB")
+        }
+        await client.close()
+        await cluster.stop()
+        for child in cluster.children { #expect(!cluster.isRunning(child.name)) }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func cliCommandsAgainstAThreeNodeChain() async throws {
+        let dir = try ScratchDirectory()
+        let cluster = try await LocalCluster.start(
+            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        defer { Task { await cluster.stop() } }
+        let master = ["--master", cluster.masterAddress.description]
+        let input = dir.path + "/input.txt"
+        try Data("hello, chain\n".utf8).write(to: URL(fileURLWithPath: input))
+
+        #expect(try run(["put", "docs/hello", input, "--content-type", "text/plain"] + master).status == 0)
+        let get = try run(["get", "docs/hello"] + master)
+        #expect(get.status == 0)
+        #expect(get.stdout == "hello, chain\n")
+        let stdinPut = try run(["put", "docs/stdin", "-"] + master, stdin: Data("from stdin".utf8))
+        #expect(stdinPut.status == 0)
+        let output = dir.path + "/out.bin"
+        #expect(try run(["get", "docs/stdin", "-o", output] + master).status == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: output)) == Data("from stdin".utf8))
+        #expect(try run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
+        let stat = try run(["stat", "docs/hello"] + master)
+        #expect(stat.status == 0)
+        #expect(stat.stdout.contains("size: 13"))
+        #expect(stat.stdout.contains("content-type: text/plain"))
+        #expect(try run(["rm", "docs/hello"] + master).status == 0)
+        let missing = try run(["get", "docs/hello"] + master)
+        #expect(missing.status == 1)
+        #expect(missing.stderr == "not found: docs/hello\n")
+        let missingStat = try run(["stat", "nothing"] + master)
+        #expect(missingStat.status == 1)
+        #expect(missingStat.stderr == "not found: nothing\n")
+        // Bad input: one line, non-zero.
+        let badKey = try run(["put", "", input] + master)
+        #expect(badKey.status != 0)
+        #expect(badKey.stderr.split(separator: "\n").count == 1)
+        let noMaster = try run(["get", "x", "--master", "127.0.0.1:1", "--timeout", "1"])
+        #expect(noMaster.status == 1)
+        #expect(noMaster.stderr.split(separator: "\n").count == 1)
+        await cluster.stop()
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func upStartsTheClusterAndStopsItOnSigterm() async throws {
+        let dir = try ScratchDirectory()
+        let topology = try dir.writeTopology(nodes: 3)
+        let up = try UpProcess(executable: try catenaExecutable(), topology: topology, directory: dir.path)
+        defer { up.kill() }
+        let master = try await up.waitForMaster()
+        try await up.waitForLine(prefix: "ready:")
+        let children = up.childPIDs()
+        #expect(children.count == 4)
+        let client = try await CatenaClient(masters: [master], configuration: clientConfiguration())
+        try await client.put("up/key", Array("value".utf8))
+        #expect(try await client.get("up/key").bytes == Array("value".utf8))
+        await client.close()
+        up.signal(SIGTERM)
+        let status = try await up.waitForExit(timeout: .seconds(20))
+        #expect(status == 0)
+        for pid in children { #expect(!processExists(pid), "child \(pid) still runs") }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func childrenExitWhenUpIsKilled() async throws {
+        let dir = try ScratchDirectory()
+        let up = try UpProcess(executable: try catenaExecutable(), topology: try dir.writeTopology(nodes: 2), directory: dir.path)
+        defer { up.kill() }
+        try await up.waitForLine(prefix: "ready:")
+        let children = up.childPIDs()
+        #expect(children.count == 3)
+        up.signal(SIGKILL)
+        _ = try await up.waitForExit(timeout: .seconds(5))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while children.contains(where: processExists), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        for pid in children {
+            #expect(!processExists(pid), "orphan \(pid) still runs")
+            if processExists(pid) { Glibc.kill(pid, SIGKILL) }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func savedConfigurationOverridesTheTopology() async throws {
+        let dir = try ScratchDirectory()
+        let first = try dir.writeTopology(nodes: 2, name: "first.yaml")
+        let cluster = try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: first, logLevel: "warning", stderr: nil)
+        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
+        try await client.put("k", [1, 2, 3])
+        let before = try #require(client.chainConfiguration)
+        await client.close()
+        await cluster.stop()
+        // The same data directories, but a topology that lists the nodes the other way round:
+        // the saved configuration (n1 head, n2 tail) wins and the data is still there.
+        let second = try dir.writeTopology(order: ["n2", "n1"], name: "second.yaml")
+        let again = try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: second, logLevel: "warning", stderr: nil)
+        defer { Task { await again.stop() } }
+        let client2 = try await CatenaClient(masters: [again.masterAddress.description], configuration: clientConfiguration())
+        let after = try #require(client2.chainConfiguration)
+        #expect(after.members.map(\.id.rawValue) == ["n1", "n2"])
+        #expect(after.members.map(\.id) == before.members.map(\.id))
+        #expect(after.epoch > before.epoch)  // the nodes' new ports were registered
+        #expect(try await client2.get("k").bytes == [1, 2, 3])
+        await client2.close()
+        await again.stop()
+    }
+}
+
+// MARK: - Helpers
+
+func clientConfiguration() -> CatenaClient.Configuration {
+    var c = CatenaClient.Configuration()
+    c.requestTimeout = .seconds(30)
+    return c
+}
+
+/// The `catena` executable next to the test bundle (built by `swift build --build-tests`).
+func catenaExecutable() throws -> String {
+    let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    let candidates = [bundle.appendingPathComponent("catena").path, bundle.deletingLastPathComponent().appendingPathComponent("catena").path]
+    guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        throw CatenaError(.notFound, "no catena executable near \(bundle.path); run `swift build --build-tests` first")
+    }
+    return path
+}
+
+func processExists(_ pid: Int32) -> Bool {
+    // A zombie (exited, not yet reaped) counts as gone.
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+    guard let close = stat.lastIndex(of: ")") else { return false }
+    let state = stat[stat.index(close, offsetBy: 2)]
+    return state != "Z" && state != "X"
+}
+
+/// A temporary directory removed when the value is dropped.
+final class ScratchDirectory {
+    let path: String
+
+    init() throws {
+        var template = Array((FileManager.default.temporaryDirectory.path + "/catena-proc-XXXXXX").utf8CString)
+        guard let p = mkdtemp(&template) else { throw CatenaError(.ioFailure, "mkdtemp failed") }
+        path = String(cString: p)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    /// A topology of `nodes` nodes, everything on 127.0.0.1 port 0, data under this directory.
+    func writeTopology(nodes: Int, name: String = "topology.yaml") throws -> String {
+        try writeTopology(order: (1...nodes).map { "n\($0)" }, name: name)
+    }
+
+    /// A topology listing the nodes `order` (chain order), on port 0.
+    func writeTopology(order: [String], name: String = "topology.yaml") throws -> String {
+        var yaml = """
+            version: 1
+            cluster: proc-test
+            master:
+              listen: 127.0.0.1:0
+              data: \(path)/master
+            heartbeat:
+              interval_ms: 50
+              timeout_ms: 1000
+            nodes:
+
+            """
+        for id in order {
+            yaml += "  - id: \(id)\n    listen: 127.0.0.1:0\n    data: \(path)/\(id)\n"
+        }
+        let file = path + "/" + name
+        try Data(yaml.utf8).write(to: URL(fileURLWithPath: file))
+        return file
+    }
+}
+
+struct CommandResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs the `catena` CLI to completion (30 s at most).
+func run(_ arguments: [String], stdin: Data? = nil) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try catenaExecutable())
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = stdin == nil ? FileHandle.nullDevice : input
+    try process.run()
+    if let stdin {
+        input.fileHandleForWriting.write(stdin)
+        try input.fileHandleForWriting.close()
+    }
+    let timer = DispatchWorkItem { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+    DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: timer)
+    let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+    let stderrData = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    timer.cancel()
+    return CommandResult(status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
+                         stderr: String(decoding: stderrData, as: UTF8.self))
+}
+
+/// `catena up` as a child process, its stdout read line by line.
+final class UpProcess: @unchecked Sendable {
+    // `lines` is guarded by `lock`; the reader thread appends, the test reads.
+    let process = Process()
+    private let lock = NSLock()
+    private var lines: [String] = []
+
+    init(executable: String, topology: String, directory: String) throws {
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["up", "--topology", topology]
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let reader = out.fileHandleForReading
+        Thread.detachNewThread { [self] in
+            var buffer = Data()
+            while true {
+                let data = reader.availableData
+                if data.isEmpty { break }
+                buffer.append(data)
+                while let nl = buffer.firstIndex(of: 0x0A) {
+                    let line = String(decoding: buffer[buffer.startIndex..<nl], as: UTF8.self)
+                    buffer.removeSubrange(buffer.startIndex...nl)
+                    lock.withLock { lines.append(line) }
+                }
+            }
+        }
+    }
+
+    func waitForLine(prefix: String, timeout: Duration = .seconds(60)) async throws {
+        _ = try await line(prefix: prefix, timeout: timeout)
+    }
+
+    /// The master's address from `up`'s summary.
+    func waitForMaster() async throws -> String {
+        let line = try await line(prefix: "master ", timeout: .seconds(60))
+        return String(line.split(separator: " ", omittingEmptySubsequences: true)[1])
+    }
+
+    private func line(prefix: String, timeout: Duration) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let l = lock.withLock({ lines.first { $0.hasPrefix(prefix) } }) { return l }
+            guard process.isRunning else { throw CatenaError(.unavailable, "catena up exited: \(lock.withLock { lines })") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw CatenaError(.timeout, "no '\(prefix)' line from catena up: \(lock.withLock { lines })")
+    }
+
+    /// Processes whose parent is `up`.
+    func childPIDs() -> [Int32] {
+        let me = process.processIdentifier
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap(Int32.init).filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == me
+        }
+    }
+
+    func signal(_ sig: Int32) { Glibc.kill(process.processIdentifier, sig) }
+
+    func waitForExit(timeout: Duration) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            guard ContinuousClock.now < deadline else { throw CatenaError(.timeout, "catena up did not exit") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return process.terminationStatus
+    }
+
+    func kill() {
+        if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) }
+        for pid in childPIDs() { Glibc.kill(pid, SIGKILL) }
+    }
+}
+
+/// Deterministic bytes, `size` in total, in pieces: a 256 MiB object without holding it. Each
+/// piece is one pseudo-random block with the piece's index stamped over its first 8 bytes, so
+/// pieces differ and a misplaced piece is caught (and a debug build generates it quickly).
+struct GeneratedBytes: AsyncSequence, Sendable {
+    typealias Element = [UInt8]
+    let seed: UInt64
+    let size: Int
+    let piece: Int
+
+    func makeAsyncIterator() -> Iterator {
+        var rng = SplitMix64(seed: seed)
+        var block = [UInt8](repeating: 0, count: piece)
+        block.withUnsafeMutableBytes { raw in
+            for i in stride(from: 0, to: piece - 7, by: 8) { raw.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self) }
+        }
+        return Iterator(block: block, remaining: size)
+    }
+
+    struct Iterator: AsyncIteratorProtocol {
+        var block: [UInt8]
+        var remaining: Int
+        var index: UInt64 = 0
+
+        mutating func next() async throws -> [UInt8]? {
+            guard remaining > 0 else { return nil }
+            let n = Swift.min(block.count, remaining)
+            remaining -= n
+            index += 1
+            var out = Array(block[0..<n])
+            let stamp = index
+            out.withUnsafeMutableBytes { raw in
+                for i in 0..<Swift.min(8, n) { raw[i] = UInt8(truncatingIfNeeded: stamp >> (8 * UInt64(i))) }
+            }
+            return out
+        }
+    }
+}
+
+/// Whether two byte slices are equal (memcmp: fast in debug builds too).
+func sameBytes(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Bool {
+    guard a.count == b.count else { return false }
+    return a.withUnsafeBytes { x in b.withUnsafeBytes { y in memcmp(x.baseAddress!, y.baseAddress!, a.count) == 0 } }
+}
