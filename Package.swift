@@ -92,6 +92,8 @@ let package = Package(
             dependencies: [
                 "CatenaCore",
                 "CatenaStorage",
+                "CatenaClient",
+                "CatenaCluster",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -186,12 +186,3 @@ public final class FrameServer: Sendable {
         }
     }
 }
-
-extension Duration {
-    /// Whole nanoseconds, clamped to Int64.
-    public var nanosecondsClamped: Int64 {
-        let (seconds, attoseconds) = components
-        let (ns, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        return overflow ? (seconds < 0 ? .min : .max) : ns.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
-    }
-}

@@ -2,6 +2,7 @@ import ArgumentParser
 import CatenaBench
 import CatenaCore
 import CatenaStorage
+import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -16,7 +17,7 @@ struct Catena: AsyncParsableCommand {
         commandName: "catena",
         abstract: "Catena, a chain-replication object store.",
         subcommands: [Up.self, MasterCommand.self, NodeCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self,
-                      BenchStorage.self, Version.self]
+                      BenchStorage.self, BenchChain.self, Version.self]
     )
 
     /// Like the default, but a failure in `run()` is one line on stderr and exit status 1.
@@ -48,6 +49,64 @@ struct Version: ParsableCommand {
     func run() {
         print("data directory format \(DataDirectory.formatVersion)")
         print("record format \(RecordHeader.currentVersion)")
+    }
+}
+
+/// `catena bench-chain`: put and get throughput of 1- and 3-node chains of real processes.
+struct BenchChain: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-chain",
+        abstract: "Measure a 3-node chain against a 1-node chain on loopback (replication efficiency).",
+        discussion: """
+            For each value size: starts a 1-node cluster and runs --count puts (large values: \
+            --large-volume-mib MiB) from --clients concurrent clients; then a 3-node cluster, the \
+            same puts, and gets of every key from the tail. Replication efficiency = 3 x (3-node \
+            puts/s) / (1-node puts/s); goals 0.6 (4 KiB) and 0.8 (1 MiB).
+            """
+    )
+
+    @Option(name: .long, help: "Concurrent clients.") var clients: Int = 32
+    @Option(name: .long, help: "Comma-separated value sizes (e.g. 4KiB,1MiB).") var sizes: String = "4KiB,1MiB"
+    @Option(name: .long, help: "Puts per measurement for values below 64 KiB.") var count: Int = 40_000
+    @Option(name: .long, help: "MiB of values per measurement for values of 64 KiB and more.") var largeVolumeMib: Int = 1024
+    @Option(name: .long, help: "Where the clusters keep their data (default: a temporary directory).") var dir: String?
+    @Option(name: .long, help: "The nodes' durability: batch (default), always or none.") var durability: String = "batch"
+
+    func validate() throws {
+        guard clients >= 1, count >= 1, largeVolumeMib >= 1 else { throw ValidationError("counts must be positive") }
+        _ = try parsedSizes()
+    }
+
+    func parsedSizes() throws -> [Int] {
+        try sizes.split(separator: ",").map { text in
+            guard let n = parseSize(String(text)) else { throw ValidationError("--sizes: cannot read '\(text)'") }
+            return n
+        }
+    }
+
+    func run() async throws {
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let base = dir ?? (FileManager.default.temporaryDirectory.path + "/catena-bench-chain-\(getpid())")
+        var configuration = ChainBenchmark.Configuration(executable: executable, directory: base)
+        configuration.clients = clients
+        configuration.sizes = try parsedSizes()
+        configuration.smallCount = count
+        configuration.nodeArguments = ["--durability", durability]
+        configuration.largeVolume = largeVolumeMib << 20
+        configuration.progress = { writeStandardError($0) }
+        defer { if dir == nil { try? FileManager.default.removeItem(atPath: base) } }
+        print("catena bench-chain: \(clients) clients, loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        let results = try await ChainBenchmark(configuration).run()
+        print("size      1-node put/s   3-node put/s   3-node MB/s   tail get/s   efficiency   goal")
+        for r in results {
+            let size = r.valueSize >= 1 << 20 ? "\(r.valueSize >> 20) MiB" : "\(r.valueSize >> 10) KiB"
+            let line = [size.padding(toLength: 8, withPad: " ", startingAt: 0),
+                        String(format: "%12.0f", r.put1.opsPerSecond), String(format: "%14.0f", r.put3.opsPerSecond),
+                        String(format: "%13.1f", r.put3.megabytesPerSecond), String(format: "%12.0f", r.get3.opsPerSecond),
+                        String(format: "%12.2f", r.efficiency),
+                        String(format: "   >= %.1f %@", r.goal, r.efficiency >= r.goal ? "met" : "MISSED")]
+            print(line.joined(separator: " "))
+        }
     }
 }
 

@@ -135,7 +135,7 @@ struct List: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "ls", abstract: "List keys (one per line), in byte order.")
 
     @Argument(help: "Only keys starting with this.") var prefix: String = ""
-    @Option(name: .shortAndLong, help: "Also print size, LSN and content type.") var long = false
+    @Flag(name: .shortAndLong, help: "Also print size, LSN and content type.") var long = false
     @OptionGroup var client: ClientOptions
 
     func run() async throws {

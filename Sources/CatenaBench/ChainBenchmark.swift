@@ -1,0 +1,197 @@
+import CatenaClient
+import CatenaCluster
+import CatenaCore
+import Foundation
+import Logging
+
+/// The chain benchmark behind `catena bench-chain`: put throughput of a 3-node and a 1-node
+/// chain of real `catena` processes on loopback, and get throughput from the tail, with many
+/// concurrent clients. Replication efficiency = 3 × (3-node put throughput) / (1-node put
+/// throughput): on one machine the three replicas share its cores and disk, so a chain that
+/// costs nothing beyond the work of three copies scores 1.
+public struct ChainBenchmark: Sendable {
+    /// Settings.
+    public struct Configuration: Sendable {
+        /// The `catena` executable to start clusters with.
+        public var executable: String
+        /// Where clusters keep their data (a fresh subdirectory per cluster, removed afterwards).
+        public var directory: String
+        /// Concurrent clients, each with its own connections.
+        public var clients: Int = 32
+        /// Value sizes.
+        public var sizes: [Int] = [4 << 10, 1 << 20]
+        /// Puts per measurement for small values …
+        public var smallCount: Int = 40_000
+        /// … and at most this many bytes per measurement for large ones.
+        public var largeVolume: Int = 1 << 30
+        /// Extra arguments for every `catena node` (e.g. `--durability none`).
+        public var nodeArguments: [String] = []
+        /// Progress lines.
+        public var progress: @Sendable (String) -> Void = { _ in }
+
+        /// Creates settings.
+        public init(executable: String, directory: String) {
+            self.executable = executable
+            self.directory = directory
+        }
+    }
+
+    /// One measurement.
+    public struct Measurement: Sendable {
+        /// Operations completed.
+        public var operations: Int
+        /// Wall time, seconds.
+        public var seconds: Double
+        /// Value bytes per operation.
+        public var valueSize: Int
+        /// Latencies.
+        public var latency: LatencySummary
+        /// Operations per second.
+        public var opsPerSecond: Double { Double(operations) / seconds }
+        /// Value megabytes (10^6) per second.
+        public var megabytesPerSecond: Double { Double(operations * valueSize) / seconds / 1e6 }
+    }
+
+    /// The results for one value size.
+    public struct SizeResult: Sendable {
+        /// Value size.
+        public var valueSize: Int
+        /// Puts to a 1-node chain.
+        public var put1: Measurement
+        /// Puts to a 3-node chain.
+        public var put3: Measurement
+        /// Gets from the 3-node chain's tail.
+        public var get3: Measurement
+        /// 3 × put3 / put1.
+        public var efficiency: Double { 3 * put3.opsPerSecond / put1.opsPerSecond }
+        /// The goal for this size: 0.8 for 1 MiB and above, 0.6 below.
+        public var goal: Double { valueSize >= 1 << 20 ? 0.8 : 0.6 }
+    }
+
+    /// Settings.
+    public let configuration: Configuration
+
+    /// Creates the benchmark.
+    public init(_ configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    /// Runs every size: a 1-node chain, then a 3-node chain (puts, then gets of the same keys).
+    public func run() async throws(CatenaError) -> [SizeResult] {
+        var results: [SizeResult] = []
+        for size in configuration.sizes {
+            let count = size >= 64 << 10 ? max(configuration.clients, configuration.largeVolume / size) : configuration.smallCount
+            let put1 = try await withCluster(nodes: 1, name: "single-\(size)") { (client, _) async throws(CatenaError) in
+                try await measure("1-node put \(format(size))", count: count, size: size, clients: client) { (c, i, value) async throws(CatenaError) in
+                    try await c.put("bench/\(i)", value)
+                }
+            }
+            let (put3, get3) = try await withCluster(nodes: 3, name: "chain-\(size)") { (client, _) async throws(CatenaError) in
+                let put = try await measure("3-node put \(format(size))", count: count, size: size, clients: client) { (c, i, value) async throws(CatenaError) in
+                    try await c.put("bench/\(i)", value)
+                }
+                let get = try await measure("3-node get \(format(size))", count: count, size: size, clients: client) { (c, i, _) async throws(CatenaError) in
+                    let object = try await c.get("bench/\(i)")
+                    guard object.bytes.count == size else {
+                        throw CatenaError(.corruption, "bench/\(i) came back with \(object.bytes.count) bytes, not \(size)")
+                    }
+                }
+                return (put, get)
+            }
+            let result = SizeResult(valueSize: size, put1: put1, put3: put3, get3: get3)
+            configuration.progress("\(format(size)): replication efficiency \(fixed(result.efficiency, 2)) (goal \(fixed(result.goal, 1)))")
+            results.append(result)
+        }
+        return results
+    }
+
+    /// Starts a cluster of `nodes` nodes (release-built `catena` processes), connects
+    /// ``Configuration/clients`` clients, runs `body`, stops everything.
+    private func withCluster<R: Sendable>(nodes: Int, name: String,
+                                          _ body: ([CatenaClient], LocalCluster) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
+        let dir = configuration.directory + "/" + name
+        try? FileManager.default.removeItem(atPath: dir)
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } catch {
+            throw CatenaError(.ioFailure, "cannot create \(dir): \(error)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var yaml = "version: 1\ncluster: bench\nmaster:\n  listen: 127.0.0.1:0\n  data: \(dir)/master\nnodes:\n"
+        for i in 1...nodes { yaml += "  - id: n\(i)\n    listen: 127.0.0.1:0\n    data: \(dir)/n\(i)\n" }
+        let topology = dir + "/topology.yaml"
+        do {
+            try Data(yaml.utf8).write(to: URL(fileURLWithPath: topology))
+        } catch {
+            throw CatenaError(.ioFailure, "cannot write \(topology): \(error)")
+        }
+        let cluster = try await LocalCluster.start(executable: configuration.executable, topologyPath: topology, logLevel: "warning",
+                                                 nodeArguments: configuration.nodeArguments)
+        var clients: [CatenaClient] = []
+        var quiet = Logger(label: "catena.bench")
+        quiet.logLevel = .error
+        var clientConfiguration = CatenaClient.Configuration()
+        clientConfiguration.requestTimeout = .seconds(60)
+        let outcome: Result<R, CatenaError>
+        do throws(CatenaError) {
+            for _ in 0..<configuration.clients {
+                clients.append(try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration, logger: quiet))
+            }
+            outcome = .success(try await body(clients, cluster))
+        } catch {
+            outcome = .failure(error)
+        }
+        for c in clients { await c.close() }
+        await cluster.stop()
+        return try outcome.get()
+    }
+
+    /// Runs `count` operations, spread over the clients (each runs its share one at a time).
+    private func measure(_ label: String, count: Int, size: Int, clients: [CatenaClient],
+                         _ operation: @escaping @Sendable (CatenaClient, Int, [UInt8]) async throws(CatenaError) -> Void) async throws(CatenaError) -> Measurement {
+        var rng = SplitMix64(seed: UInt64(size))
+        var value = [UInt8](repeating: 0, count: size)
+        value.withUnsafeMutableBytes { raw in
+            for i in stride(from: 0, to: size - 7, by: 8) { raw.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self) }
+        }
+        let template = value
+        let start = ContinuousClock.now
+        let perClient: [Result<[Int64], CatenaError>] = await withTaskGroup(of: Result<[Int64], CatenaError>.self) { group in
+            for (k, client) in clients.enumerated() {
+                group.addTask {
+                    var latencies: [Int64] = []
+                    var i = k
+                    var value = template
+                    do throws(CatenaError) {
+                        while i < count {
+                            // A different value per key (its index in the first bytes).
+                            withUnsafeBytes(of: UInt64(i)) { stamp in
+                                for j in 0..<Swift.min(8, value.count) { value[j] = stamp[j] }
+                            }
+                            let t0 = ContinuousClock.now
+                            try await operation(client, i, value)
+                            latencies.append((ContinuousClock.now - t0).nanosecondsClamped)
+                            i += clients.count
+                        }
+                        return .success(latencies)
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+            }
+            var all: [Result<[Int64], CatenaError>] = []
+            for await r in group { all.append(r) }
+            return all
+        }
+        let seconds = Double((ContinuousClock.now - start).nanosecondsClamped) / 1e9
+        var latencies: [Int64] = []
+        for r in perClient { latencies += try r.get() }
+        let m = Measurement(operations: latencies.count, seconds: seconds, valueSize: size, latency: LatencySummary(nanoseconds: latencies))
+        configuration.progress("\(label): \(m.operations) ops in \(fixed(seconds, 2)) s = \(fixed(m.opsPerSecond, 0)) ops/s, \(fixed(m.megabytesPerSecond, 1)) MB/s, p50 \(fixed(Double(m.latency.p50) / 1e6, 2)) ms, p99 \(fixed(Double(m.latency.p99) / 1e6, 2)) ms")
+        return m
+    }
+
+    private func format(_ size: Int) -> String {
+        size >= 1 << 20 ? "\(size >> 20) MiB" : size >= 1 << 10 ? "\(size >> 10) KiB" : "\(size) B"
+    }
+}

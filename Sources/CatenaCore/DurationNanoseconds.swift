@@ -1,0 +1,8 @@
+extension Duration {
+    /// Whole nanoseconds, clamped to Int64 (for NIO's `TimeAmount` and latency samples).
+    public var nanosecondsClamped: Int64 {
+        let (seconds, attoseconds) = components
+        let (ns, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? (seconds < 0 ? .min : .max) : ns.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
+    }
+}
