@@ -63,24 +63,29 @@ public final class Node: Sendable {
 
     /// Serves until the task is cancelled. `onReady` runs once, after the master accepted the
     /// node's first heartbeat, with the configuration it returned.
+    ///
+    /// Shutdown, when the task is cancelled, is ordered so that writes already taken finish:
+    /// new writes are refused while taken ones get up to two seconds to commit (the server, the
+    /// links and the durability feedback keep running meanwhile); then the listener and every
+    /// connection close, the heartbeat stops, and the store is closed.
     public func run(onReady: @escaping @Sendable (ChainConfiguration) -> Void = { _ in }) async {
         logger.info("listening", metadata: [LogKey.address: "\(address)"])
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.server.run { (connection, reader) async throws(CatenaError) in
-                try await self.serve(connection, &reader)
-            } }
-            group.addTask { await self.pumpDurability() }
-            group.addTask { await self.heartbeat(onReady: onReady) }
-            group.addTask {
-                // Wait for cancellation, then shut down in order.
-                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
-            }
-            await group.next()
-            logger.info("shutting down: draining writes")
-            await replica.drain(timeout: .seconds(2))
-            server.close()
-            group.cancelAll()
-        }
+        // Not child tasks: cancelling `run` must not cancel them before the drain below.
+        let serving = Task { await self.server.run { (connection, reader) async throws(CatenaError) in
+            try await self.serve(connection, &reader)
+        } }
+        let pump = Task { await self.pumpDurability() }
+        let heartbeat = Task { await self.heartbeat(onReady: onReady) }
+        while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+        logger.info("shutting down: draining writes")
+        await replica.drain(timeout: .seconds(2))
+        heartbeat.cancel()
+        server.close()
+        serving.cancel()
+        await serving.value
+        await heartbeat.value
+        await replica.finishDurabilityFeedback()
+        await pump.value
         await store.close()
         logger.info("stopped")
     }
@@ -104,9 +109,7 @@ public final class Node: Sendable {
 
     /// Feeds durability back to the replica in log order, one ticket after another.
     private func pumpDurability() async {
-        var iterator = tickets.makeAsyncIterator()
-        while !Task.isCancelled {
-            guard let (ticket, lsn) = await iterator.next() else { return }
+        for await (ticket, lsn) in tickets {
             do {
                 try await ticket.durable()
             } catch {

@@ -241,6 +241,11 @@ actor Replica {
         upstream = nil
     }
 
+    /// Ends the stream of append tickets (shutdown, after the drain).
+    func finishDurabilityFeedback() {
+        durableTickets.finish()
+    }
+
     var currentMetrics: ReplicaMetrics {
         var m = metrics
         m.inFlightBytes = machine?.inFlightBytes ?? 0
