@@ -220,13 +220,18 @@ public final class ReplyStream: Sendable {
             case .failed(let e):
                 throw e
             case .wait:
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    let ready = state.withLock { s in
-                        if s.head < s.frames.count || s.finished || s.failure != nil { return true }
-                        s.consumer = c
-                        return false
+                // A cancelled reader stops waiting: the stream fails with `closed`.
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                        let ready = state.withLock { s in
+                            if s.head < s.frames.count || s.finished || s.failure != nil { return true }
+                            s.consumer = c
+                            return false
+                        }
+                        if ready { c.resume() }
                     }
-                    if ready { c.resume() }
+                } onCancel: {
+                    fail(CatenaError(.closed, "the request was cancelled"))
                 }
             }
         }

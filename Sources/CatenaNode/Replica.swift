@@ -235,6 +235,12 @@ actor Replica {
         while !waiters.isEmpty, ContinuousClock.now < deadline, failure == nil {
             try? await Task.sleep(for: .milliseconds(10))
         }
+        // What did not commit in time is answered "unknown": the client retries with the same
+        // request id at whatever head the chain has then, which knows whether it committed.
+        let unfinished = waiters
+        waiters = [:]
+        let error = CatenaError(.unavailable, "\(me) shut down before the write committed; retry with the same request id")
+        for list in unfinished.values { for w in list { w.resume(returning: .failure(error)) } }
         link?.close()
         link = nil
         upstream?.acks.close()

@@ -137,6 +137,31 @@ struct ProcessClusterTests {
     }
 
     @Test(.timeLimit(.minutes(2)))
+    func headStopsOnSigtermWhileAWriteWaitsForADeadTail() async throws {
+        let dir = try ScratchDirectory()
+        let cluster = try await LocalCluster.start(
+            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        defer { Task { await cluster.stop() } }
+        var configuration = clientConfiguration()
+        configuration.requestTimeout = .seconds(20)
+        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration)
+        try await client.put("before", [1])
+        cluster.signal("n3", SIGKILL)
+        #expect(await cluster.waitForExit("n3", timeout: .seconds(5)) != nil)
+        // This write reaches the head but can never commit (no failover until the next milestone).
+        let stuck = Task { try await client.put("stuck", [2]) }
+        try await Task.sleep(for: .milliseconds(300))
+        let start = ContinuousClock.now
+        cluster.signal("n1", SIGTERM)
+        let status = await cluster.waitForExit("n1", timeout: .seconds(15))
+        #expect(status == 0, "the head did not stop cleanly: \(String(describing: status))")
+        #expect(ContinuousClock.now - start < .seconds(10))
+        stuck.cancel()
+        await client.close()
+        await cluster.stop()
+    }
+
+    @Test(.timeLimit(.minutes(2)))
     func savedConfigurationOverridesTheTopology() async throws {
         let dir = try ScratchDirectory()
         let first = try dir.writeTopology(nodes: 2, name: "first.yaml")
