@@ -48,6 +48,18 @@ public final class CatenaClient: Sendable {
     private let logger: Logger
     private let pool: ConnectionPool
     private let chain = Mutex<ChainConfiguration?>(nil)
+    /// Open connections to the head and tail of `chain`'s configuration (the fast path: no actor
+    /// hop, no address parsing per request); cleared with the configuration.
+    private let routes = Mutex<Routes>(Routes())
+    /// Request ids: random, from a generator seeded once from the system's (one syscall per
+    /// client, not two per request).
+    private let ids: Mutex<SplitMix64>
+
+    private struct Routes {
+        var epoch: UInt64 = 0
+        var head: RequestConnection?
+        var tail: RequestConnection?
+    }
 
     /// Connects to the master(s) (`HOST:PORT` each, tried in turn) and fetches the chain's
     /// configuration. Throws `unavailable` if no master answers, `invalidArgument` for a bad address.
@@ -60,6 +72,8 @@ public final class CatenaClient: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.pool = ConnectionPool(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits)
+        var seed = SystemRandomNumberGenerator()
+        self.ids = Mutex(SplitMix64(seed: seed.next()))
         _ = try await refreshConfiguration(deadline: .now + configuration.requestTimeout)
     }
 
@@ -82,7 +96,7 @@ public final class CatenaClient: Sendable {
             return try await putChunked(key, pieces: Pieces(value), contentType: contentType, metadata: metadata)
         }
         let k = try Key(key)
-        let request = WriteRequest(requestID: .random(), type: .put, key: k, value: value,
+        let request = WriteRequest(requestID: newRequestID(), type: .put, key: k, value: value,
                                    extensions: Self.extensions(contentType: contentType, metadata: metadata))
         let lsn = try await write(request)
         return WriteReceipt(key: k, lsn: lsn, size: UInt64(value.count), contentChecksum: request.contentChecksum)
@@ -116,7 +130,7 @@ public final class CatenaClient: Sendable {
     /// Deletes `key`. Deleting a missing key succeeds.
     @discardableResult
     public func delete(_ key: String) async throws(CatenaError) -> LSN {
-        try await write(WriteRequest(requestID: .random(), type: .delete, key: try Key(key)))
+        try await write(WriteRequest(requestID: newRequestID(), type: .delete, key: try Key(key)))
     }
 
     // MARK: - Reads
@@ -137,8 +151,8 @@ public final class CatenaClient: Sendable {
     /// is thrown then. Throws `notFound` if there is none.
     public func getStreaming(_ key: String) async throws(CatenaError) -> ObjectStream {
         let k = try Key(key)
-        return try await withRetries(.tail) { (connection, epoch) async throws(CatenaError) -> ObjectStream in
-            let replies = try await connection.stream(Frame(type: .get, epoch: epoch, payload: KeyPayload.encode(k)),
+        return try await withRetries(.tail) { (connection, chain) async throws(CatenaError) -> ObjectStream in
+            let replies = try await connection.stream(Frame(type: .get, chainID: chain.chainID, epoch: chain.epoch, payload: KeyPayload.encode(k)),
                                                       timeout: configuration.requestTimeout)
             guard let first = try await replies.next() else {
                 throw CatenaError(.protocolViolation, "\(connection.address) sent an empty reply to get")
@@ -158,8 +172,8 @@ public final class CatenaClient: Sendable {
     /// metadata). Throws `notFound` if there is none.
     public func head(_ key: String) async throws(CatenaError) -> ObjectInfo {
         let k = try Key(key)
-        return try await withRetries(.tail) { (connection, epoch) async throws(CatenaError) -> ObjectInfo in
-            let reply = try await connection.request(Frame(type: .head, epoch: epoch, payload: KeyPayload.encode(k)),
+        return try await withRetries(.tail) { (connection, chain) async throws(CatenaError) -> ObjectInfo in
+            let reply = try await connection.request(Frame(type: .head, chainID: chain.chainID, epoch: chain.epoch, payload: KeyPayload.encode(k)),
                                                      timeout: configuration.requestTimeout)
             return try ObjectInfoPayload.decode(reply.payload)
         }
@@ -169,8 +183,8 @@ public final class CatenaClient: Sendable {
     /// page's ``ListPage/nextCursor``).
     public func list(prefix: String = "", after: Key? = nil, limit: Int = 1000) async throws(CatenaError) -> ListPage {
         let request = ListRequest(prefix: Array(prefix.utf8), after: after, limit: limit)
-        return try await withRetries(.tail) { (connection, epoch) async throws(CatenaError) -> ListPage in
-            let reply = try await connection.request(Frame(type: .list, epoch: epoch, payload: request.encoded()),
+        return try await withRetries(.tail) { (connection, chain) async throws(CatenaError) -> ListPage in
+            let reply = try await connection.request(Frame(type: .list, chainID: chain.chainID, epoch: chain.epoch, payload: request.encoded()),
                                                      timeout: configuration.requestTimeout)
             return try ListPagePayload.decode(reply.payload)
         }
@@ -210,8 +224,8 @@ public final class CatenaClient: Sendable {
     /// Sends a write to the head, retrying with the same request id.
     private func write(_ request: WriteRequest) async throws(CatenaError) -> LSN {
         let payload = WritePayload.encode(request)
-        return try await withRetries(.head) { (connection, epoch) async throws(CatenaError) -> LSN in
-            let reply = try await connection.request(Frame(type: .write, epoch: epoch, payload: payload),
+        return try await withRetries(.head) { (connection, chain) async throws(CatenaError) -> LSN in
+            let reply = try await connection.request(Frame(type: .write, chainID: chain.chainID, epoch: chain.epoch, payload: payload),
                                                      timeout: configuration.requestTimeout)
             return try LSNPayload.decode(reply.payload)
         }
@@ -221,7 +235,7 @@ public final class CatenaClient: Sendable {
                                                  metadata: [String: String]) async throws(CatenaError) -> WriteReceipt
     where Body.Element == [UInt8] {
         let k = try Key(key)
-        let upload = UploadID.random()
+        let upload = newRequestID()
         let hasher = XXH3Hasher()
         var total: UInt64 = 0
         var index: UInt32 = 0
@@ -235,7 +249,7 @@ public final class CatenaClient: Sendable {
                     running -= 1
                     if case .failure(let e) = r { failure = failure ?? e }
                 }
-                let request = WriteRequest(requestID: .random(), type: .chunk, key: k, value: chunk,
+                let request = WriteRequest(requestID: newRequestID(), type: .chunk, key: k, value: chunk,
                                            extensions: [RecordExtension.chunkAddress(ChunkAddress(upload: upload, index: index))])
                 index += 1
                 running += 1
@@ -273,7 +287,7 @@ public final class CatenaClient: Sendable {
         try result.get()
         let checksum = hasher.digest()
         let manifest = Manifest(upload: upload, chunkCount: index, totalSize: total)
-        let request = WriteRequest(requestID: .random(), type: .manifest, key: k, value: manifest.encoded(), contentChecksum: checksum,
+        let request = WriteRequest(requestID: newRequestID(), type: .manifest, key: k, value: manifest.encoded(), contentChecksum: checksum,
                                    extensions: Self.extensions(contentType: contentType, metadata: metadata))
         let lsn = try await write(request)
         return WriteReceipt(key: k, lsn: lsn, size: total, contentChecksum: checksum)
@@ -283,18 +297,27 @@ public final class CatenaClient: Sendable {
 
     /// Runs `body` against the chain's head or tail, refreshing the configuration and retrying
     /// on redirects, stale epochs, busy nodes and lost connections until the deadline.
-    private func withRetries<R>(_ route: Route, _ body: (RequestConnection, UInt64) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
+    private func withRetries<R>(_ route: Route, _ body: (RequestConnection, ChainConfiguration) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
         let deadline = ContinuousClock.now + configuration.requestTimeout
         var attempt = 0
         var lastError: CatenaError?
         while true {
             do throws(CatenaError) {
                 let chain = try await currentConfiguration(deadline: deadline)
+                let cached: RequestConnection? = routes.withLock { r in
+                    guard r.epoch == chain.epoch, let c = route == .head ? r.head : r.tail, !c.isClosed else { return nil }
+                    return c
+                }
+                if let cached { return try await body(cached, chain) }
                 guard let member = route == .head ? chain.head : chain.tail else {
                     throw CatenaError(.unavailable, "chain \(chain.chainID) has no members at epoch \(chain.epoch)")
                 }
                 let connection = try await pool.connection(to: try Address(parsing: member.address), clusterID: chain.clusterID)
-                return try await body(connection, chain.epoch)
+                routes.withLock { r in
+                    if r.epoch != chain.epoch { r = Routes(epoch: chain.epoch) }
+                    if route == .head { r.head = connection } else { r.tail = connection }
+                }
+                return try await body(connection, chain)
             } catch {
                 guard Self.retryable(error.code), ContinuousClock.now < deadline else {
                     if error.code == .timeout, let lastError, lastError.code != .timeout {
@@ -304,7 +327,10 @@ public final class CatenaClient: Sendable {
                 }
                 lastError = error
                 logger.debug("retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-                if error.code != .busy { chain.withLock { $0 = nil } }
+                if error.code != .busy {
+                    chain.withLock { $0 = nil }
+                    routes.withLock { $0 = Routes() }
+                }
                 attempt += 1
                 let cap = min(10 << min(attempt, 6), 500)
                 let pause = Duration.milliseconds(Int.random(in: cap / 2...cap))
@@ -314,6 +340,10 @@ public final class CatenaClient: Sendable {
                 try? await Task.sleep(for: pause)
             }
         }
+    }
+
+    private func newRequestID() -> RequestID {
+        ids.withLock { RequestID.random(using: &$0) }
     }
 
     static func retryable(_ code: CatenaError.Code) -> Bool {

@@ -58,6 +58,11 @@ extension Node {
                   epoch: epoch, payload: payload)
         }
         do throws(CatenaError) {
+            // Frames name their chain (0: unspecified, e.g. a ping): a request for another chain
+            // is refused rather than applied to this one.
+            if frame.chainID != 0, let chain = replica.view.snapshot.configuration?.chainID, frame.chainID != chain {
+                throw CatenaError(.invalidArgument, "this node serves chain \(chain), not chain \(frame.chainID)")
+            }
             switch frame.type {
             case .ping:
                 try await write(reply(.pong, ByteBuffer()), outbound)
