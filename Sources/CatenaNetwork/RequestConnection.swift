@@ -64,7 +64,15 @@ public final class RequestConnection: Sendable {
                     connection.expire(now: .now)
                 }
             }
-            connection.state.withLock { $0.tasks = [task, sweeper] }
+            // If the connection already failed, `fail` found no tasks to cancel: cancel them here.
+            let failed = connection.state.withLock { s in
+                s.tasks = [task, sweeper]
+                return s.failure != nil
+            }
+            if failed {
+                task.cancel()
+                sweeper.cancel()
+            }
         }
         try ready.get()
         return connection
