@@ -67,6 +67,21 @@ extension InProcessChainTests {
                 // Deleting again (a missing key) succeeds.
                 try await client.delete("t1/b")
 
+                // Keys are bytes: the NFC and NFD spellings of "café" are two keys.
+                let nfc = "t3/caf\u{E9}", nfd = "t3/cafe\u{301}"
+                #expect(nfc == nfd)  // as Swift Strings they are equal
+                let nfcReceipt = try await client.put(nfc, Array("composed".utf8))
+                let nfdReceipt = try await client.put(nfd, Array("decomposed".utf8))
+                #expect(try await client.get(nfc).bytes == Array("composed".utf8))
+                #expect(try await client.get(nfd).bytes == Array("decomposed".utf8))
+                #expect(try await client.head(nfc).lsn == nfcReceipt.lsn)
+                #expect(try await client.head(nfd).lsn == nfdReceipt.lsn)
+                let spellings = try await client.list(prefix: "t3/").objects.map(\.key.bytes)
+                #expect(spellings == [Array(nfd.utf8), Array(nfc.utf8)])  // byte order: "e" < "\u{E9}"
+                try await client.delete(nfc)
+                #expect(try await client.get(nfd).bytes == Array("decomposed".utf8))
+                try await client.delete(nfd)
+
                 await #expect { _ = try await client.get("never/written") } throws: { code(of: $0) == .notFound }
                 await #expect { _ = try await client.head("never/written") } throws: { code(of: $0) == .notFound }
                 await #expect { _ = try await client.getStreaming("never/written") } throws: { code(of: $0) == .notFound }
