@@ -265,6 +265,8 @@ extension InProcessChainTests {
                     return try LSNPayload.decode(reply.payload)
                 }
 
+                let before = await cluster.head.metrics
+
                 // Sent again after it committed.
                 let once = WriteRequest(requestID: RequestID(high: 42, low: 1), type: .put, key: try Key("eo/once"), value: Array("first".utf8))
                 let first = try await send(once)
@@ -283,6 +285,12 @@ extension InProcessChainTests {
                 changed.value = Array("changed".utf8)
                 changed.contentChecksum = XXH3.hash(changed.value)
                 #expect(try await send(changed) == first)
+
+                // Two writes committed; the repeats were answered, not committed again.
+                let after = await cluster.head.metrics
+                #expect(after.writesCommitted - before.writesCommitted == 2)
+                #expect(after.writesRefused == before.writesRefused)
+                #expect(after.lastAccepted.seq - before.lastAccepted.seq == 2)
 
                 #expect(try await cluster.client.get("eo/once").bytes == Array("first".utf8))
                 #expect(try await cluster.client.head("eo/once").lsn == first)
