@@ -43,6 +43,7 @@ extension InProcessChainTests {
                     }
                     return done
                 }
+                defer { stop.store(true, ordering: .relaxed) }
 
                 for node in cluster.nodes {
                     let port = Int(node.address.port)
@@ -180,6 +181,7 @@ extension InProcessChainTests {
                 let rogue = try await Node.start(rogueConfiguration, logger: testLogger)
                 let configured = Atomic<Bool>(false)
                 let rogueTask = Task { await rogue.run(onReady: { _ in configured.store(true, ordering: .relaxed) }) }
+                defer { rogueTask.cancel() }
                 try await Task.sleep(for: InProcessCluster.heartbeatInterval * 15)
                 rogueTask.cancel()
                 await rogueTask.value
