@@ -147,6 +147,10 @@ actor Replica {
         if case .refuse(_, let error)? = actions.first, actions.count == 1 {
             return refused(error)
         }
+        if case .committed(let commits)? = actions.first, actions.count == 1 {
+            // A retry of a write that already committed: its original result, not a new commit.
+            return .success(commits[0].lsn)
+        }
         return await withCheckedContinuation { continuation in
             waiters[request.requestID, default: []].append(continuation)
             for action in actions {
