@@ -140,10 +140,10 @@ actor Replica {
         }
         if let failure { return refused(failure) }
         if draining { return refused(CatenaError(.unavailable, "\(me) is shutting down")) }
-        guard var machine else { return refused(CatenaError(.unavailable, "\(me) has no chain configuration yet")) }
+        guard machine != nil else { return refused(CatenaError(.unavailable, "\(me) has no chain configuration yet")) }
         let store = self.store
-        let actions = machine.write(request, now: wallClockNanoseconds()) { (r) throws(CatenaError) in try store.check(r) }
-        self.machine = machine
+        // In place (`machine!`): a copy would duplicate the machine's request table per write.
+        let actions = machine!.write(request, now: wallClockNanoseconds()) { (r) throws(CatenaError) in try store.check(r) }
         if case .refuse(_, let error)? = actions.first, actions.count == 1 {
             return refused(error)
         }
