@@ -411,14 +411,21 @@ public struct ObjectStream: AsyncSequence, Sendable {
     public typealias Element = [UInt8]
     /// The object's metadata.
     public let info: ObjectInfo
-    let replies: ReplyStream
+    let owner: StreamOwner
+    var replies: ReplyStream { owner.replies }
 
-    public func makeAsyncIterator() -> Iterator { Iterator(info: info, replies: replies) }
+    init(info: ObjectInfo, replies: ReplyStream) {
+        self.info = info
+        self.owner = StreamOwner(replies)
+    }
+
+    public func makeAsyncIterator() -> Iterator { Iterator(info: info, owner: owner) }
 
     /// Yields the object's bytes piece by piece.
     public struct Iterator: AsyncIteratorProtocol {
         let info: ObjectInfo
-        let replies: ReplyStream
+        let owner: StreamOwner
+        var replies: ReplyStream { owner.replies }
         let hasher = XXH3Hasher()
         var received: UInt64 = 0
         var done = false
@@ -454,6 +461,21 @@ public struct ObjectStream: AsyncSequence, Sendable {
     }
 }
 
+
+/// Keeps a reply stream for an ``ObjectStream`` and its iterators; when the last of them is
+/// dropped — read to the end or abandoned half-way — the rest of the stream is discarded as it
+/// arrives instead of stalling the shared connection.
+final class StreamOwner: Sendable {
+    let replies: ReplyStream
+
+    init(_ replies: ReplyStream) {
+        self.replies = replies
+    }
+
+    deinit {
+        replies.abandon()
+    }
+}
 
 /// One in-memory value as an `AsyncSequence` of one piece.
 struct Pieces: AsyncSequence, Sendable {

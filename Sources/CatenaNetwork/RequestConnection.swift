@@ -91,6 +91,8 @@ public final class RequestConnection: Sendable {
         guard let reply = try await replies.next() else {
             throw CatenaError(.protocolViolation, "\(address) sent an empty reply")
         }
+        // More frames would wait unread and stall the connection: drop them as they come.
+        if reply.flags.contains(.more) { replies.abandon() }
         return reply
     }
 
@@ -266,6 +268,19 @@ public final class ReplyStream: Sendable {
                 if ready { c.resume() }
             }
         }
+    }
+
+    /// The consumer is done: frames still to come are dropped as they arrive, so the connection
+    /// keeps reading for its other requests.
+    public func abandon() {
+        let producer: CheckedContinuation<Void, Never>? = state.withLock { s in
+            if s.failure == nil { s.failure = CatenaError(.closed, "the reply stream was abandoned") }
+            s.frames = []
+            s.head = 0
+            defer { s.producer = nil }
+            return s.producer
+        }
+        producer?.resume()
     }
 
     /// Fails the stream (connection lost, deadline passed).

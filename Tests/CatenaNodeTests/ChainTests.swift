@@ -364,3 +364,34 @@ struct Slices: AsyncSequence, Sendable {
         }
     }
 }
+
+extension InProcessChainTests {
+    @Suite("Abandoned reads")
+    struct AbandonedReads {
+        @Test("a get stream dropped half-way does not stall the client's connection to the tail", .timeLimit(.minutes(1)))
+        func abandonedStreamDoesNotStallTheConnection() async throws {
+            try await withCluster { cluster in
+                var configuration = CatenaClient.Configuration()
+                configuration.requestTimeout = .seconds(30)
+                let client = cluster.client
+                let big = pseudoRandomBytes(12 << 20, seed: 7)
+                try await client.put("abandon/big", big)
+                try await client.put("abandon/small", [1, 2, 3])
+                do {
+                    let stream = try await client.getStreaming("abandon/big")
+                    var iterator = stream.makeAsyncIterator()
+                    let first = try await iterator.nextChunk()
+                    #expect(first?.isEmpty == false)
+                    // Dropped here, with most of the object still to come.
+                }
+                // The same client (the same connection to the tail) answers at once, not after
+                // the stream's idle timeout.
+                let start = ContinuousClock.now
+                for _ in 0..<20 {
+                    #expect(try await client.get("abandon/small").bytes == [1, 2, 3])
+                }
+                #expect(ContinuousClock.now - start < .seconds(5))
+            }
+        }
+    }
+}
