@@ -236,7 +236,8 @@ enum MessageFixtures {
 
     // MARK: The decoders
 
-    static let writeCodes: Set<CatenaError.Code> = [.malformed, .invalidKey, .unknownRecordType, .unknownMustUnderstandField]
+    static let writeCodes: Set<CatenaError.Code> = [.malformed, .invalidKey, .unknownRecordType, .unknownMustUnderstandField,
+                                                    .invalidArgument]
     /// What a replicated record may be refused with (``EncodedRecord/init(validating:)``).
     static let recordCodes: Set<CatenaError.Code> = [.malformed, .checksumMismatch, .unsupportedVersion, .unknownRecordType,
                                                      .invalidKey, .unknownMustUnderstandField]
