@@ -70,7 +70,9 @@ public enum WritePayload {
     }
 
     /// Parses a write payload. Unknown record types and must-understand fields are refused
-    /// with their own codes.
+    /// with their own codes; a content type, metadata name or metadata value that an
+    /// ``ObjectInfoPayload`` could not carry (over 65535 bytes as the store reads it) with
+    /// `invalidArgument`.
     public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> WriteRequest {
         var b = payload
         guard let type = b.readInteger(as: UInt8.self) else { throw CatenaError(.malformed, "write is truncated") }
@@ -88,8 +90,27 @@ public enum WritePayload {
         if let unknown = extensions.first(where: { $0.mustUnderstand && !RecordExtension.knownTags.contains($0.tag) }) {
             throw CatenaError(.unknownMustUnderstandField, "write carries must-understand field \(unknown.tag), which this build does not know")
         }
+        try checkDescribable(extensions)
         let value = try b.readLengthPrefixed(what: "write value")
         return WriteRequest(requestID: id, type: recordType, key: key, value: value, contentChecksum: checksum, extensions: extensions)
+    }
+
+    /// Refuses content types and metadata that a later head, get or list reply could not encode
+    /// (its strings have u16 lengths). They are measured as the store reads them back: with
+    /// invalid UTF-8 replaced, which can triple their length.
+    private static func checkDescribable(_ extensions: [RecordExtension]) throws(CatenaError) {
+        let limit = Int(UInt16.max)
+        for ext in extensions where ext.tag == RecordExtension.contentTypeTag {
+            let length = String(decoding: ext.value, as: UTF8.self).utf8.count
+            guard length <= limit else {
+                throw CatenaError(.invalidArgument, "the content type is \(length) bytes; the limit is \(limit)")
+            }
+        }
+        for (name, value) in RecordExtension.userMetadata(in: extensions) {
+            guard name.utf8.count <= limit, value.utf8.count <= limit else {
+                throw CatenaError(.invalidArgument, "metadata '\(name.prefix(64))' has a \(name.utf8.count)-byte name and a \(value.utf8.count)-byte value; the limit is \(limit) bytes each")
+            }
+        }
     }
 }
 

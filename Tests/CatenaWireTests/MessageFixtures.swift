@@ -1,0 +1,290 @@
+import CatenaCore
+import CatenaWire
+import NIOCore
+import Testing
+
+/// Shared fixtures of the message tests: sample values of every request, replication and master
+/// payload, byte helpers, and ``PayloadCodec``, one table row per payload decoder.
+///
+/// Everything lives in this namespace so that no helper collides with the file-private helpers of
+/// the older test files.
+enum MessageFixtures {
+
+    // MARK: Bytes
+
+    /// "café" composed (U+00E9) and decomposed (e + U+0301): equal as Swift strings, different bytes.
+    static let nfc = "caf\u{E9}"
+    static let nfd = "cafe\u{301}"
+
+    /// A key from a constant this file knows to be valid.
+    static func key(_ s: String) -> Key {
+        do { return try Key(s) } catch { fatalError("fixture key '\(s)' is invalid: \(error)") }
+    }
+
+    /// A node id from a constant this file knows to be valid.
+    static func node(_ s: String) -> NodeID {
+        do { return try NodeID(s) } catch { fatalError("fixture node id '\(s)' is invalid: \(error)") }
+    }
+
+    static func bytes(_ buffer: ByteBuffer) -> [UInt8] { Array(buffer.readableBytesView) }
+
+    static func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+        withUnsafeBytes(of: value.littleEndian) { Array($0) }
+    }
+
+    /// `count` seeded random bytes.
+    static func random(_ count: Int, _ rng: inout SplitMix64) -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(count + 8)
+        while out.count < count {
+            withUnsafeBytes(of: rng.next()) { out.append(contentsOf: $0) }
+        }
+        out.removeLast(out.count - count)
+        return out
+    }
+
+    /// `count` bytes of a recognizable pattern.
+    static func pattern(_ count: Int) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) } }
+
+    /// The code of the error `body` throws, or nil if it returns. An error other than a
+    /// ``CatenaError`` becomes a code no test expects.
+    static func code<T>(_ body: () throws -> T) -> CatenaError.Code? {
+        do {
+            _ = try body()
+            return nil
+        } catch let error as CatenaError {
+            return error.code
+        } catch {
+            return .named("not a CatenaError: \(error)")
+        }
+    }
+
+    // MARK: Extensions
+
+    static func contentType(_ s: String) -> RecordExtension {
+        RecordExtension(tag: RecordExtension.contentTypeTag, mustUnderstand: false, value: Array(s.utf8))
+    }
+
+    /// Fields from a later build.
+    static let unknownMaySkip = RecordExtension(tag: 0x7F01, mustUnderstand: false, value: [0xDE, 0xAD, 0x00, 0xBE, 0xEF])
+    static let unknownMaySkipEmpty = RecordExtension(tag: 0x7F03, mustUnderstand: false, value: [])
+    static let unknownMustUnderstand = RecordExtension(tag: 0x7F02, mustUnderstand: true, value: [1])
+
+    // MARK: Sample values
+
+    static let requestID = RequestID(high: 0x0102_0304_0506_0708, low: 0x1112_1314_1516_1718)
+    static let upload = RequestID(high: 0xAAAA_0000_0000_0001, low: 42)
+    static let chunkAddress = ChunkAddress(upload: upload, index: 3)
+    static let manifest = Manifest(upload: upload, chunkCount: 4, totalSize: 3 << 30)
+    static let longKey = key(String(repeating: "k", count: Key.maxLength))
+
+    static let put = WriteRequest(
+        requestID: requestID, type: .put, key: key("photos/cat.jpg"), value: Array("meow, said the cat".utf8),
+        extensions: [contentType("image/jpeg"), .userMetadata(name: "owner", value: "ada"),
+                     .userMetadata(name: "caption", value: "le chat 🐈 \(nfd)")])
+    static let delete = WriteRequest(requestID: RequestID(high: 1, low: 2), type: .delete, key: key("photos/old.jpg"))
+    static let chunk = WriteRequest(requestID: RequestID(high: 1, low: 3), type: .chunk, key: key("videos/big.mp4"),
+                                    value: pattern(300), extensions: [.chunkAddress(chunkAddress)])
+    static let manifestWrite = WriteRequest(
+        requestID: RequestID(high: 1, low: 4), type: .manifest, key: key("videos/big.mp4"), value: manifest.encoded(),
+        contentChecksum: 0xFEED_FACE_CAFE_BEEF,
+        extensions: [contentType("video/mp4"), .userMetadata(name: "durée", value: "3:14")])
+    /// An empty value under an NFD key, a checksum the value does not have, and fields from a later build.
+    static let unusualPut = WriteRequest(requestID: .none, type: .put, key: key(nfd), value: [], contentChecksum: .max,
+                                         extensions: [unknownMaySkip, unknownMaySkipEmpty])
+    static let longKeyPut = WriteRequest(requestID: RequestID(high: .max, low: .max), type: .put, key: longKey, value: [0])
+
+    static let writes = [put, delete, chunk, manifestWrite, unusualPut, longKeyPut]
+
+    static let lsns = [LSN.zero, LSN(epoch: 1, seq: 1), LSN(epoch: 0x0102_0304_0506_0708, seq: 0x1112_1314_1516_1718),
+                       LSN(epoch: .max, seq: .max)]
+
+    static let keys = [key("a"), key("photos/cat.jpg"), key(nfc), key(nfd), key("ключ/日本語/🚂"), longKey]
+
+    static let bareInfo = ObjectInfo(key: key("a"), lsn: LSN(epoch: 1, seq: 1), size: 0, contentChecksum: 0)
+    static let richInfo = ObjectInfo(
+        key: key("photos/cat.jpg"), lsn: LSN(epoch: 3, seq: 1_000_001), size: 18, contentChecksum: 0x1234_5678_9ABC_DEF0,
+        contentType: "image/jpeg",
+        userMetadata: ["owner": "ada", "caption": "le chat 🐈 \(nfd)", "ключ": "значение", "": ""],
+        timestamp: 1_763_000_000_123_456_789, requestID: requestID)
+    /// A present but empty content type (not the same as none), and every number at its maximum.
+    static let extremeInfo = ObjectInfo(
+        key: key(nfc), lsn: LSN(epoch: .max, seq: .max), size: .max, contentChecksum: .max, contentType: "",
+        timestamp: .max, requestID: upload, chunkCount: Int(UInt32.max))
+
+    static let objectInfos = [bareInfo, richInfo, extremeInfo]
+
+    static let listRequests = [
+        ListRequest(),
+        ListRequest(prefix: Array("photos/".utf8), after: key("photos/cat.jpg"), limit: 2),
+        ListRequest(prefix: [0xFF, 0x00, 0x80], after: nil, limit: 0),
+        ListRequest(prefix: Array(nfd.utf8), after: key(nfd), limit: Int(UInt32.max)),
+    ]
+
+    static let listPages = [
+        ListPage(objects: [], nextCursor: nil),
+        ListPage(objects: [], nextCursor: key("z")),
+        ListPage(objects: [bareInfo, richInfo, extremeInfo], nextCursor: key(nfc)),
+        ListPage(objects: [richInfo, bareInfo], nextCursor: nil),
+    ]
+
+    static let records: [EncodedRecord] = {
+        let logical = [
+            Record(type: .put, chainID: 7, key: put.key, lsn: LSN(epoch: 2, seq: 10), timestamp: 1_763_000_000_000_000_000,
+                   requestID: put.requestID, extensions: put.extensions, value: put.value),
+            Record(type: .delete, chainID: 7, key: delete.key, lsn: LSN(epoch: 2, seq: 11), requestID: delete.requestID),
+            Record(type: .chunk, chainID: 7, key: chunk.key, lsn: LSN(epoch: 2, seq: 12), extensions: chunk.extensions,
+                   value: chunk.value),
+            Record(type: .manifest, chainID: 7, key: manifestWrite.key, lsn: LSN(epoch: 3, seq: 13),
+                   contentChecksum: manifestWrite.contentChecksum, extensions: manifestWrite.extensions, value: manifestWrite.value),
+            Record(type: .put, chainID: 7, key: key(nfd), lsn: LSN(epoch: 3, seq: 14), extensions: unusualPut.extensions),
+        ]
+        return logical.map { record in
+            do { return try record.encoded() } catch { fatalError("fixture record \(record.lsn) does not encode: \(error)") }
+        }
+    }()
+
+    static let recordSets: [[EncodedRecord]] = [[], [records[0]], records]
+
+    static let configurations: [ChainConfiguration] = {
+        do {
+            return [
+                try ChainConfiguration(clusterID: "prod-eu", chainID: 0, epoch: 0, members: []),
+                try ChainConfiguration(clusterID: "prod-eu", chainID: 7, epoch: 42,
+                                       members: [ChainMember(id: node("node-a"), address: "10.0.0.1:7000")]),
+                try ChainConfiguration(clusterID: "prod.eu_2-b", chainID: .max, epoch: .max, members: [
+                    ChainMember(id: node("node-c"), address: "[::1]:7001"),
+                    ChainMember(id: node("node-a"), address: "db-3.example.com:65535"),
+                    ChainMember(id: node("B.2_x"), address: ""),
+                ]),
+            ]
+        } catch {
+            fatalError("fixture configuration is invalid: \(error)")
+        }
+    }()
+
+    static let heartbeats = [
+        Heartbeat(node: node("node-b"), address: "127.0.0.1:7100", highestLSN: LSN(epoch: 3, seq: 99)),
+        Heartbeat(node: node(String(repeating: "n", count: 64)), address: "", highestLSN: .zero),
+        Heartbeat(node: node("N.1_x-Y"), address: "[fe80::1%eth0]:7000", highestLSN: LSN(epoch: .max, seq: .max)),
+    ]
+
+    // MARK: Records
+
+    /// `record` with both checksums recomputed, so that only the field a test changed is wrong.
+    static func resealed(_ record: [UInt8]) -> [UInt8] {
+        var r = record
+        guard r.count >= RecordHeader.overhead else { return r }
+        let keyLength = Int(r[8]) | Int(r[9]) << 8
+        if RecordHeader.size + keyLength <= r.count {
+            let fixed = XXH3.hash(Array(r[0..<72]))
+            let sum = Array(r[RecordHeader.size..<(RecordHeader.size + keyLength)]).withUnsafeBytes { XXH3.hash($0, seed: fixed) }
+            r.replaceSubrange(72..<80, with: le(sum))
+        }
+        r.replaceSubrange((r.count - 8)..<r.count, with: le(XXH3.hash(Array(r[0..<(r.count - 8)]))))
+        return r
+    }
+
+    /// A replicate payload carrying `records` as they are (valid or not).
+    static func replicatePayload(_ records: [[UInt8]]) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeBytes(le(UInt32(records.count)))
+        for r in records {
+            b.writeBytes(le(UInt32(r.count)))
+            b.writeBytes(r)
+        }
+        return b
+    }
+
+    // MARK: Mutation
+
+    /// `bytes` with 1 to 3 random mutations: bit flips, byte overwrites, truncation, insertion,
+    /// deletion, and length-like fields overwritten with boundary values.
+    static func mutated(_ bytes: [UInt8], _ rng: inout SplitMix64) -> [UInt8] {
+        var out = bytes
+        for _ in 0..<Int.random(in: 1...3, using: &rng) {
+            let kind = Int.random(in: 0..<8, using: &rng)
+            if out.isEmpty && kind != 4 { continue }
+            switch kind {
+            case 0:
+                out[Int.random(in: 0..<out.count, using: &rng)] ^= 1 << UInt8.random(in: 0..<8, using: &rng)
+            case 1:
+                out[Int.random(in: 0..<out.count, using: &rng)] = UInt8.random(in: .min ... .max, using: &rng)
+            case 2:
+                out[Int.random(in: 0..<out.count, using: &rng)] = [0, 1, 0x7F, 0x80, 0xFF].randomElement(using: &rng)!
+            case 3:
+                out.removeLast(Int.random(in: 1...out.count, using: &rng))
+            case 4:
+                out.insert(contentsOf: random(Int.random(in: 1...8, using: &rng), &rng), at: Int.random(in: 0...out.count, using: &rng))
+            case 5:
+                let at = Int.random(in: 0..<out.count, using: &rng)
+                out.removeSubrange(at..<min(out.count, at + Int.random(in: 1...8, using: &rng)))
+            case 6 where out.count >= 2:
+                let at = Int.random(in: 0...(out.count - 2), using: &rng)
+                let values: [UInt16] = [0, 1, 60, 0xFFFF, UInt16(clamping: out.count), 1024, 1025]
+                out.replaceSubrange(at..<(at + 2), with: le(values.randomElement(using: &rng)!))
+            case 7 where out.count >= 4:
+                let at = Int.random(in: 0...(out.count - 4), using: &rng)
+                let values: [UInt32] = [0, 1, 0x8000_0000, .max, UInt32(out.count), UInt32(out.count + 1), UInt32(out.count / 60)]
+                out.replaceSubrange(at..<(at + 4), with: le(values.randomElement(using: &rng)!))
+            default:
+                out[0] ^= 0x01
+            }
+        }
+        return out
+    }
+
+    // MARK: The decoders
+
+    static let writeCodes: Set<CatenaError.Code> = [.malformed, .invalidKey, .unknownRecordType, .unknownMustUnderstandField,
+                                                    .invalidArgument]
+    /// What a replicated record may be refused with (``EncodedRecord/init(validating:)``).
+    static let recordCodes: Set<CatenaError.Code> = [.malformed, .checksumMismatch, .unsupportedVersion, .unknownRecordType,
+                                                     .invalidKey, .unknownMustUnderstandField]
+
+    static let codecs: [PayloadCodec] = [
+        PayloadCodec("write", .write, writes, codes: writeCodes,
+                     encode: { WritePayload.encode($0) }, decode: { (b) throws(CatenaError) in try WritePayload.decode(b) }),
+        PayloadCodec("lsn", .writeResult, lsns, codes: [.malformed],
+                     encode: { LSNPayload.encode($0) }, decode: { (b) throws(CatenaError) in try LSNPayload.decode(b) }),
+        PayloadCodec("key", .get, keys, codes: [.malformed, .invalidKey],
+                     encode: { KeyPayload.encode($0) }, decode: { (b) throws(CatenaError) in try KeyPayload.decode(b) }),
+        PayloadCodec("objectInfo", .objectInfo, objectInfos, codes: [.malformed, .invalidKey],
+                     encode: { ObjectInfoPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ObjectInfoPayload.decode(b) }),
+        PayloadCodec("list", .list, listRequests, codes: [.malformed, .invalidKey],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ListRequest(decoding: b) }),
+        PayloadCodec("listPage", .listPage, listPages, codes: [.malformed, .invalidKey],
+                     encode: { ListPagePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ListPagePayload.decode(b) }),
+        PayloadCodec("replicate", .replicate, recordSets, codes: recordCodes,
+                     encode: { ReplicatePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ReplicatePayload.decode(b) }),
+        PayloadCodec("configuration", .configuration, configurations, codes: [.malformed, .invalidArgument],
+                     encode: { ConfigurationPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ConfigurationPayload.decode(b) }),
+        PayloadCodec("heartbeat", .heartbeat, heartbeats, codes: [.malformed, .invalidArgument],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try Heartbeat(decoding: b) }),
+    ]
+}
+
+/// One payload decoder under test: its valid sample encodings, the frame type that carries it and
+/// the error codes it may throw.
+struct PayloadCodec: Sendable, CustomTestStringConvertible {
+    let name: String
+    let frameType: FrameType
+    /// The encodings of the sample values, each canonical (``canonical`` returns it unchanged).
+    let samples: [ByteBuffer]
+    /// Every code the decoder may refuse bytes with.
+    let codes: Set<CatenaError.Code>
+    /// Decodes `payload` and encodes the value again.
+    let canonical: @Sendable (ByteBuffer) throws(CatenaError) -> ByteBuffer
+
+    init<Value: Sendable>(_ name: String, _ frameType: FrameType, _ values: [Value], codes: Set<CatenaError.Code>,
+                          encode: @escaping @Sendable (Value) -> ByteBuffer,
+                          decode: @escaping @Sendable (ByteBuffer) throws(CatenaError) -> Value) {
+        self.name = name
+        self.frameType = frameType
+        self.samples = values.map(encode)
+        self.codes = codes
+        self.canonical = { (payload) throws(CatenaError) in encode(try decode(payload)) }
+    }
+
+    var testDescription: String { name }
+}
