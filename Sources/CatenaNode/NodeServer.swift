@@ -78,7 +78,8 @@ extension Node {
             case .list:
                 try checkReads()
                 let request = try ListRequest(decoding: frame.payload)
-                let page = try store.list(prefix: request.prefix, after: request.after, limit: min(max(request.limit, 1), 10_000))
+                var page = try store.list(prefix: request.prefix, after: request.after, limit: min(max(request.limit, 1), 10_000))
+                page = ListPagePayload.bounded(page, maxBytes: configuration.connectionLimits.maxFrameSize / 2)
                 try await write(reply(.listPage, ListPagePayload.encode(page)), outbound)
             case .get:
                 try checkReads()

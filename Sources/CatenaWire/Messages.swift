@@ -278,6 +278,22 @@ public enum ListPagePayload {
         return b
     }
 
+    /// `page` cut so that its payload stays within `maxBytes` (at least one object is kept); a
+    /// cut page's cursor points after its last object, so the client simply asks for more.
+    public static func bounded(_ page: ListPage, maxBytes: Int) -> ListPage {
+        var size = 4 + 1 + 2 + Key.maxLength
+        var scratch = ByteBuffer()
+        for (i, info) in page.objects.enumerated() {
+            scratch.clear()
+            ObjectInfoPayload.write(info, into: &scratch)
+            size += scratch.readableBytes
+            if size > maxBytes && i > 0 {
+                return ListPage(objects: Array(page.objects[..<i]), nextCursor: page.objects[i - 1].key)
+            }
+        }
+        return page
+    }
+
     /// Parses a list page payload.
     public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> ListPage {
         var b = payload

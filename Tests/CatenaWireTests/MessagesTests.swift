@@ -581,3 +581,36 @@ struct MessagesTests {
         }
     }
 }
+
+@Suite("List page bound")
+struct ListPageBoundTests {
+    func page(_ n: Int, metadataBytes: Int) throws -> ListPage {
+        let objects = try (0..<n).map { i in
+            ObjectInfo(key: try Key("k\(i)"), lsn: LSN(epoch: 1, seq: UInt64(i + 1)), size: 1, contentChecksum: 0,
+                       userMetadata: ["m": String(repeating: "x", count: metadataBytes)])
+        }
+        return ListPage(objects: objects, nextCursor: try Key("next"))
+    }
+
+    @Test func aLargePageIsCutWithACursorAfterItsLastObject() throws {
+        let full = try page(10, metadataBytes: 1000)
+        let cut = ListPagePayload.bounded(full, maxBytes: 4000)
+        #expect(cut.objects.count >= 1)
+        #expect(cut.objects.count < 10)
+        #expect(cut.objects == Array(full.objects.prefix(cut.objects.count)))
+        #expect(cut.nextCursor == cut.objects.last?.key)
+        #expect(ListPagePayload.encode(cut).readableBytes <= 4000)
+    }
+
+    @Test func aSmallPageIsUnchanged() throws {
+        let small = try page(3, metadataBytes: 10)
+        #expect(ListPagePayload.bounded(small, maxBytes: 1 << 20) == small)
+    }
+
+    @Test func oneObjectLargerThanTheBoundStillComesAlone() throws {
+        let full = try page(3, metadataBytes: 5000)
+        let cut = ListPagePayload.bounded(full, maxBytes: 1000)
+        #expect(cut.objects.count == 1)
+        #expect(cut.nextCursor == full.objects[0].key)
+    }
+}
