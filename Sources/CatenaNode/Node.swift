@@ -152,6 +152,7 @@ public final class Node: Sendable {
                 connection?.close()
                 connection = nil
                 masterIndex += 1
+                if Task.isCancelled { break }
                 if !complained || error.code != .unavailable {
                     logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
                     complained = true
