@@ -50,6 +50,7 @@ struct Put: AsyncParsableCommand {
     @Argument(help: "The key.") var key: String
     @Argument(help: "The file to store; - reads stdin.") var file: String
     @Option(name: .long, help: "The content type to store with the object.") var contentType: String?
+    @Flag(name: .shortAndLong, help: "Say on stderr what was stored (size, LSN).") var verbose = false
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
@@ -71,7 +72,7 @@ struct Put: AsyncParsableCommand {
         } else {
             receipt = try await store.put(key, first, contentType: contentType)
         }
-        writeStandardError("stored \(key): \(receipt.size) bytes at LSN \(receipt.lsn)")
+        if verbose { writeStandardError("stored \(key): \(receipt.size) bytes at LSN \(receipt.lsn)") }
     }
 }
 

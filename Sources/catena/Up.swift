@@ -45,7 +45,8 @@ struct Up: AsyncParsableCommand {
                 announce("node    \(member.id)  \(member.address)  \(role)")
             }
             announce("ready: the chain accepts writes. Try, from another terminal:")
-            announce("  .build/release/catena put hello README.md && .build/release/catena get hello")
+            let me = CommandLine.arguments[0]
+            announce("  \(me) put hello README.md && \(me) get hello")
             announce("Ctrl-C stops the cluster.")
             // Report children that exit on their own while we run.
             var reported: Set<String> = []
