@@ -148,7 +148,7 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport", "CatenaClient"]),
+        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport", "CatenaClient", "CatenaStorage"]),
         .testTarget(
             name: "CatenaNodeTests",
             dependencies: [

@@ -1,6 +1,7 @@
 import CatenaClient
 import CatenaCluster
 import CatenaCore
+import CatenaStorage
 import Foundation
 import Testing
 
@@ -53,6 +54,65 @@ struct ProcessClusterTests {
         await client.close()
         await cluster.stop()
         for child in cluster.children { #expect(!cluster.isRunning(child.name)) }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func concurrentWritersLeaveIdenticalReplicasOnDisk() async throws {
+        let dir = try ScratchDirectory()
+        let cluster = try await LocalCluster.start(
+            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        defer { Task { await cluster.stop() } }
+        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
+        // 8 writers, 100 writes each, over 12 shared keys; every 7th write a delete.
+        let acknowledged = try await withThrowingTaskGroup(of: [(key: String, lsn: LSN, value: [UInt8]?)].self) { group in
+            for w in 0..<8 {
+                group.addTask {
+                    var done: [(key: String, lsn: LSN, value: [UInt8]?)] = []
+                    for i in 0..<100 {
+                        let key = "k\((w * 31 + i * 7) % 12)"
+                        if i % 7 == 6 {
+                            done.append((key, try await client.delete(key), nil))
+                        } else {
+                            let value = Array("w\(w)-i\(i)".utf8)
+                            done.append((key, try await client.put(key, value).lsn, value))
+                        }
+                    }
+                    return done
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        // The latest acknowledged write of each key, by LSN.
+        var latest: [String: (lsn: LSN, value: [UInt8]?)] = [:]
+        for a in acknowledged where latest[a.key].map({ $0.lsn < a.lsn }) ?? true { latest[a.key] = (a.lsn, a.value) }
+        await client.close()
+        await cluster.stop()
+        // Every replica's data directory, opened after the processes stopped.
+        var replicas: [[String: ObjectInfo]] = []
+        for n in ["n1", "n2", "n3"] {
+            let store = try await Store.open(StoreConfiguration(directory: dir.path + "/" + n, clusterID: "proc-test", nodeID: n))
+            var objects: [String: ObjectInfo] = [:]
+            for info in try store.list(limit: 1000).objects { objects[info.key.string] = info }
+            for (key, last) in latest {
+                if let value = last.value {
+                    let info = try #require(objects[key], "\(n) lacks \(key)")
+                    #expect(info.lsn == last.lsn, "\(n) \(key)")
+                    #expect(try await store.get(try Key(key))?.bytes() == value, "\(n) \(key)")
+                } else {
+                    #expect(objects[key] == nil, "\(n) still has deleted \(key)")
+                }
+            }
+            replicas.append(objects)
+            await store.close()
+        }
+        #expect(replicas[0].count == latest.values.filter { $0.value != nil }.count)
+        for r in replicas.dropFirst() {
+            #expect(r.keys.sorted() == replicas[0].keys.sorted())
+            for (key, info) in r {
+                let first = try #require(replicas[0][key])
+                #expect(info.lsn == first.lsn && info.size == first.size && info.contentChecksum == first.contentChecksum, "\(key)")
+            }
+        }
     }
 
     @Test(.timeLimit(.minutes(2)))
