@@ -6,16 +6,6 @@ import Glibc
 // its `FileSystem` protocol; this module does not depend on the storage engine, so it keeps these
 // dozen calls here.
 
-/// Maps an `errno` from an operation on `path` to a ``CatenaError`` (the same mapping as CatenaStorage's).
-func posixError(_ err: Int32, _ operation: String, _ path: String) -> CatenaError {
-    let text = String(cString: strerror(err))
-    let message = "\(operation) \(path): \(text) (errno \(err))"
-    switch err {
-    case ENOSPC, EDQUOT: return CatenaError(.diskFull, message)
-    case EACCES, EPERM, EROFS: return CatenaError(.permissionDenied, message)
-    default: return CatenaError(.ioFailure, message)
-    }
-}
 
 enum PosixIO {
     /// The bytes of the file at `path`, or nil if it does not exist.

@@ -28,14 +28,7 @@ public enum FrameConnector {
             channel = try await ClientBootstrap(group: group)
                 .connectTimeout(.nanoseconds(limits.handshakeTimeout.nanosecondsClamped))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .connect(host: address.host, port: Int(address.port)) { child in
-                    child.eventLoop.makeCompletedFuture {
-                        try child.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(FrameDecoder(maxFrameSize: limits.maxFrameSize, firstFrameLimit: limits.handshakeFrameLimit)))
-                        try child.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                        return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: child)
-                    }
-                }
+                .connect(host: address.host, port: Int(address.port)) { child in limits.frameChannel(child) }
         } catch {
             throw CatenaError(.unavailable, "cannot connect to \(address): \(error)")
         }

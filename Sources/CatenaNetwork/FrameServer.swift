@@ -15,6 +15,16 @@ public struct ConnectionLimits: Hashable, Sendable {
 
     /// The defaults above.
     public init() {}
+
+    /// Sets up `channel` (either end) to speak frames within these limits, as an `NIOAsyncChannel`.
+    func frameChannel(_ channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(
+                ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize, firstFrameLimit: handshakeFrameLimit)))
+            try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+            return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
+        }
+    }
 }
 
 /// The accepted side of a connection after its handshake: who the peer is, and its frames.
@@ -91,14 +101,7 @@ public final class FrameServer: Sendable {
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: host, port: port) { child in
-                    child.eventLoop.makeCompletedFuture {
-                        try child.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(FrameDecoder(maxFrameSize: limits.maxFrameSize, firstFrameLimit: limits.handshakeFrameLimit)))
-                        try child.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-                        return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: child)
-                    }
-                }
+                .bind(host: host, port: port) { child in limits.frameChannel(child) }
         } catch {
             throw CatenaError(.ioFailure, "cannot listen on \(host):\(port): \(error)")
         }

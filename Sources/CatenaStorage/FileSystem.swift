@@ -91,16 +91,6 @@ extension StorageFile {
     }
 }
 
-/// Maps an `errno` from an operation on `path` to a ``CatenaError``.
-func posixError(_ err: Int32, _ operation: String, _ path: String) -> CatenaError {
-    let text = String(cString: strerror(err))
-    let message = "\(operation) \(path): \(text) (errno \(err))"
-    switch err {
-    case ENOSPC, EDQUOT: return CatenaError(.diskFull, message)
-    case EACCES, EPERM, EROFS: return CatenaError(.permissionDenied, message)
-    default: return CatenaError(.ioFailure, message)
-    }
-}
 
 /// The real file system: POSIX calls with `O_CLOEXEC`, `pread`, `pwritev`, `fsync`, `flock`.
 public struct PosixFileSystem: FileSystem {
