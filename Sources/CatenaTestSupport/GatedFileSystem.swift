@@ -43,11 +43,19 @@ public final class GatedFileSystem: FileSystem, Sendable {
 
     /// Armed rules, oldest first; each fires once.
     private let rules = Mutex<[Rule]>([])
+    /// How much longer every `sync()` takes: a slow disk. The delay blocks the store's own
+    /// syncer thread, never Swift's cooperative pool.
+    public let syncDelay: Duration
+    private let syncCount = Atomic<Int>(0)
 
-    /// Wraps `base`.
-    public init(wrapping base: any FileSystem) {
+    /// Wraps `base`; every `sync()` of a file opened through it takes `syncDelay` longer.
+    public init(wrapping base: any FileSystem, syncDelay: Duration = .zero) {
         self.base = base
+        self.syncDelay = syncDelay
     }
+
+    /// File syncs that went through this file system so far.
+    public var syncs: Int { syncCount.load(ordering: .relaxed) }
 
     // MARK: - Arming
 
@@ -73,6 +81,15 @@ public final class GatedFileSystem: FileSystem, Sendable {
     /// anything.
     public func failNextCreate(matching pathSuffix: String, with code: CatenaError.Code) {
         rules.withLock { $0.append(Rule(operation: .create, suffix: pathSuffix, action: .fail(code))) }
+    }
+
+    /// Counts a sync and sleeps ``syncDelay``.
+    fileprivate func countSync() {
+        syncCount.add(1, ordering: .relaxed)
+        guard syncDelay > .zero else { return }
+        let (seconds, attoseconds) = syncDelay.components
+        var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        nanosleep(&ts, nil)
     }
 
     /// Whether some armed rule has not fired yet.
@@ -199,6 +216,7 @@ final class GatedFile: StorageFile, Sendable {
 
     func sync() throws(CatenaError) {
         try fileSystem.pass(.sync, base.path)
+        fileSystem.countSync()
         try base.sync()
     }
 

@@ -2,6 +2,7 @@ import CatenaClient
 import CatenaCore
 import CatenaNode
 import CatenaStorage
+import CatenaTestSupport
 import Synchronization
 import Testing
 
@@ -19,7 +20,7 @@ extension InProcessChainTests {
             let valueSize = 256 << 10
             let writes = 160  // 40 MiB
             let writers = 32
-            let slow = SlowFileSystem(wrapping: PosixFileSystem(), syncDelay: .milliseconds(10))
+            let slow = GatedFileSystem(wrapping: PosixFileSystem(), syncDelay: .milliseconds(10))
             try await withCluster(configure: { i, configuration in
                 if i == 0 { configuration.maxUncommittedBytes = bound }
                 if i == 1 { configuration.store.fileSystem = slow }
@@ -65,61 +66,4 @@ extension InProcessChainTests {
             }
         }
     }
-}
-
-/// A ``FileSystem`` whose files take `syncDelay` longer to `sync()`: a slow disk. The delay
-/// blocks the store's own syncer thread, never Swift's cooperative pool.
-final class SlowFileSystem: FileSystem, Sendable {
-    let base: any FileSystem
-    let syncDelay: Duration
-    private let syncCount = Atomic<Int>(0)
-
-    init(wrapping base: any FileSystem, syncDelay: Duration) {
-        self.base = base
-        self.syncDelay = syncDelay
-    }
-
-    /// Syncs slowed down so far.
-    var syncs: Int { syncCount.load(ordering: .relaxed) }
-
-    fileprivate func slowDown() {
-        syncCount.add(1, ordering: .relaxed)
-        let (seconds, attoseconds) = syncDelay.components
-        usleep(UInt32(seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
-    }
-
-    func createDirectory(_ path: String) throws(CatenaError) { try base.createDirectory(path) }
-    func contentsOfDirectory(_ path: String) throws(CatenaError) -> [String] { try base.contentsOfDirectory(path) }
-    func fileExists(_ path: String) -> Bool { base.fileExists(path) }
-    func open(_ path: String, mode: FileOpenMode) throws(CatenaError) -> any StorageFile {
-        SlowFile(base: try base.open(path, mode: mode), fileSystem: self)
-    }
-    func rename(_ from: String, to: String) throws(CatenaError) { try base.rename(from, to: to) }
-    func remove(_ path: String) throws(CatenaError) { try base.remove(path) }
-    func syncDirectory(_ path: String) throws(CatenaError) { try base.syncDirectory(path) }
-    func lock(_ path: String) throws(CatenaError) -> any FileLock { try base.lock(path) }
-}
-
-/// A file of a ``SlowFileSystem``: `sync()` sleeps first.
-final class SlowFile: StorageFile, Sendable {
-    let base: any StorageFile
-    let fileSystem: SlowFileSystem
-
-    init(base: any StorageFile, fileSystem: SlowFileSystem) {
-        self.base = base
-        self.fileSystem = fileSystem
-    }
-
-    var path: String { base.path }
-    func size() throws(CatenaError) -> UInt64 { try base.size() }
-    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(CatenaError) -> Int {
-        try base.read(at: offset, into: buffer)
-    }
-    func write(_ chunks: [[UInt8]], at offset: UInt64) throws(CatenaError) { try base.write(chunks, at: offset) }
-    func sync() throws(CatenaError) {
-        fileSystem.slowDown()
-        try base.sync()
-    }
-    func truncate(to size: UInt64) throws(CatenaError) { try base.truncate(to: size) }
-    func close() { base.close() }
 }
