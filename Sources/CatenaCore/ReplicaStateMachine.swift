@@ -122,15 +122,27 @@ public struct ReplicaStateMachine: Sendable {
     /// Creates the machine for `me` in `configuration`, whose local log ends at `lastLSN`
     /// (all of it durable, and already truncated to what the chain shares: a rejoining node
     /// truncates first and then builds a fresh machine).
-    public init(me: NodeID, configuration: ChainConfiguration, lastLSN: LSN, limits: Limits = Limits()) {
+    ///
+    /// `recentRequests` are the request ids of the last records of the log, in LSN order, so a
+    /// restarted node still answers retries exactly once: a head treats those not yet known to
+    /// be committed as pending (answered when the acknowledgement arrives). A node without a
+    /// successor (tail or single) holds everything in its durable log committed.
+    public init(me: NodeID, configuration: ChainConfiguration, lastLSN: LSN, recentRequests: [Commit] = [],
+                limits: Limits = Limits()) {
         self.me = me
         self.configuration = configuration
         self.limits = limits
         self.lastAccepted = lastLSN
         self.durable = lastLSN
         self.downstreamAcknowledged = .zero
-        self.acknowledged = .zero
+        self.acknowledged = configuration.role(of: me) != nil && configuration.successor(of: me) == nil ? lastLSN : .zero
         self.epochStarts = lastLSN == .zero ? [] : [(lastLSN.epoch, lastLSN.seq)]
+        for r in recentRequests where r.requestID != .none && r.lsn.seq <= lastLSN.seq {
+            remember(r.requestID, r.lsn)
+        }
+        if role?.takesWrites == true {
+            pending = requestOrder[requestOrderHead...].filter { $0.lsn.seq > acknowledged.seq }
+        }
     }
 
     /// This node's role, or nil if it is not a member of the current configuration.

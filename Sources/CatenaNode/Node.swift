@@ -51,14 +51,46 @@ public final class Node: Sendable {
             throw error
         }
         let address = configuration.advertise ?? Address(host: configuration.listen.host, port: UInt16(server.port))
+        let recent: [ReplicaStateMachine.Commit]
+        do {
+            recent = try await recentRequests(in: store, limit: ReplicaStateMachine.Limits().rememberedRequests)
+        } catch {
+            await store.close()
+            throw error
+        }
         let (tickets, ticketSink) = AsyncStream<(AppendTicket, LSN)>.makeStream()
         let replica = Replica(
             me: configuration.id, store: store, maxUncommittedBytes: configuration.maxUncommittedBytes, logger: logger,
             durableTickets: ticketSink,
             links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
-                                limits: configuration.connectionLimits))
+                                limits: configuration.connectionLimits),
+            recentRequests: recent)
         return Node(configuration: configuration, address: address, store: store, replica: replica, server: server,
                     tickets: tickets, logger: logger)
+    }
+
+    /// The request ids of the last records of `store`'s log (at most `limit` records, read from
+    /// at most the last 256 MiB of segments), in LSN order: what a restarted node needs to answer
+    /// retries exactly once.
+    private static func recentRequests(in store: Store, limit: Int) async throws(CatenaError) -> [ReplicaStateMachine.Commit] {
+        let last = store.lastEnqueuedLSN
+        guard last != .zero else { return [] }
+        var start = LSN(epoch: 0, seq: last.seq > UInt64(limit) ? last.seq - UInt64(limit) : 0)
+        var bytes: UInt64 = 0
+        for segment in store.segments.reversed() {
+            bytes += segment.byteSize
+            if bytes > 256 << 20 {
+                start = LSN(epoch: 0, seq: max(start.seq, segment.lastLSN.seq))
+                break
+            }
+        }
+        start = LSN(epoch: 0, seq: max(start.seq, store.compactedThrough.seq))
+        var out: [ReplicaStateMachine.Commit] = []
+        var records = try store.records(after: start).makeAsyncIterator()
+        while let r = try await records.nextRecord() {
+            if r.header.requestID != .none { out.append(.init(requestID: r.header.requestID, lsn: r.lsn)) }
+        }
+        return out
     }
 
     /// Serves until the task is cancelled. `onReady` runs once, after the master accepted the

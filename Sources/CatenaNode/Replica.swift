@@ -71,6 +71,8 @@ actor Replica {
     private let maxUncommittedBytes: Int
     private let durableTickets: AsyncStream<(AppendTicket, LSN)>.Continuation
     private let links: LinkSettings
+    /// Request ids of the log's last records, for the machine built by the first configuration.
+    private var recentRequests: [ReplicaStateMachine.Commit]
 
     private var machine: ReplicaStateMachine?
     private var waiters: [RequestID: [CheckedContinuation<Result<LSN, CatenaError>, Never>]] = [:]
@@ -81,11 +83,17 @@ actor Replica {
     private var failure: CatenaError?
     private var draining = false
     private var link: ReplicationLink?
+    /// Whether the current successor has reported its position since the link was made. The head
+    /// takes no writes before: a successor holding records this log lacks (a log that lost data)
+    /// must be found before an LSN could be handed out twice.
+    private var successorPositionKnown = false
     private var upstream: (node: NodeID, acks: AckSender)?
     private(set) var metrics = ReplicaMetrics()
 
     init(me: NodeID, store: Store, maxUncommittedBytes: Int, logger: Logger,
-         durableTickets: AsyncStream<(AppendTicket, LSN)>.Continuation, links: LinkSettings) {
+         durableTickets: AsyncStream<(AppendTicket, LSN)>.Continuation, links: LinkSettings,
+         recentRequests: [ReplicaStateMachine.Commit]) {
+        self.recentRequests = recentRequests
         self.me = me
         self.store = store
         self.maxUncommittedBytes = maxUncommittedBytes
@@ -106,7 +114,9 @@ actor Replica {
             // whole chain's in-flight bytes), so the machine's own bound never refuses.
             var limits = ReplicaStateMachine.Limits()
             limits.maxInFlightBytes = Int.max >> 1
-            machine = ReplicaStateMachine(me: me, configuration: configuration, lastLSN: store.lastEnqueuedLSN, limits: limits)
+            machine = ReplicaStateMachine(me: me, configuration: configuration, lastLSN: store.lastEnqueuedLSN,
+                                          recentRequests: recentRequests, limits: limits)
+            recentRequests = []
             logger.info("configured", metadata: [
                 LogKey.epoch: "\(configuration.epoch)", LogKey.role: "\(configuration.role(of: me).map { "\($0)" } ?? "none")",
                 LogKey.lsn: "\(store.lastEnqueuedLSN)",
@@ -130,6 +140,10 @@ actor Replica {
     /// A client write at the head: waits for room under the uncommitted-bytes bound, then
     /// returns once the write committed (or was refused).
     func write(_ request: WriteRequest) async -> Result<LSN, CatenaError> {
+        // Every write names its request: waiters, retries and exactly-once hang on the id.
+        guard request.requestID != .none else {
+            return refused(CatenaError(.invalidArgument, "a write needs a request id (0 is reserved)"))
+        }
         let size = RecordHeader.overhead + request.key.bytes.count + request.value.count
         var waited = false
         while failure == nil, !draining, uncommittedBytes > 0, uncommittedBytes + size > maxUncommittedBytes,
@@ -141,6 +155,9 @@ actor Replica {
         if let failure { return refused(failure) }
         if draining { return refused(CatenaError(.unavailable, "\(me) is shutting down")) }
         guard machine != nil else { return refused(CatenaError(.unavailable, "\(me) has no chain configuration yet")) }
+        if machine!.role?.takesWrites == true, let next = machine!.configuration.successor(of: me), !successorPositionKnown {
+            return refused(CatenaError(.unavailable, "\(me) waits for its successor \(next.id) to report its position"))
+        }
         let store = self.store
         // In place (`machine!`): a copy would duplicate the machine's request table per write.
         let actions = machine!.write(request, now: wallClockNanoseconds()) { (r) throws(CatenaError) in try store.check(r) }
@@ -175,6 +192,17 @@ actor Replica {
             return CatenaError(.protocolViolation, "\(sender) is not \(me)'s predecessor at epoch \(machine!.configuration.epoch)")
         }
         let before = machine!.lastAccepted.seq
+        // Records the local log would refuse (a value above this node's limit, a broken upload)
+        // are refused here, before the machine accepts them: a bad batch costs the connection,
+        // not the node. Only a failure to write or persist stops the node.
+        do {
+            try store.check(records.filter { $0.lsn.seq > before })
+        } catch where error.code != .ioFailure && error.code != .diskFull && error.code != .closed {
+            return CatenaError(.protocolViolation, "\(me) cannot take these records: \(error)")
+        } catch {
+            failStop(error)
+            return error
+        }
         let actions = machine!.replicate(records, epoch: epoch)
         metrics.recordsReplicated += Int(machine!.lastAccepted.seq - before)
         return perform(actions)
@@ -184,6 +212,7 @@ actor Replica {
     func durable(through lsn: LSN) {
         guard machine != nil else { return }
         perform(machine!.durable(through: lsn))
+        link?.durable(through: lsn)
     }
 
     /// The successor `sender` acknowledged everything through `lsn`.
@@ -201,7 +230,16 @@ actor Replica {
             return CatenaError(.protocolViolation, "\(sender) is not \(me)'s successor")
         }
         link.dropQueued(through: lsn.seq)
-        return perform(machine!.successorReported(lastLSN: lsn, epoch: epoch))
+        let last = machine!.lastAccepted
+        if let error = perform(machine!.successorReported(lastLSN: lsn, epoch: epoch)) {
+            if lsn.seq > last.seq {
+                logger.error("the successor holds records this log lacks; taking no writes (the log lost data it had made durable, or the successor diverged)",
+                             metadata: [LogKey.peer: "\(sender)", "catena_successor_lsn": "\(lsn)", LogKey.lsn: "\(last)"])
+            }
+            return error
+        }
+        successorPositionKnown = true
+        return nil
     }
 
     /// The predecessor `node` connected: acknowledgements go to it from now on. Returns what to
@@ -346,7 +384,9 @@ actor Replica {
         if let link, link.target == member { return link }
         link?.close()
         let new = ReplicationLink(target: member, me: me, clusterID: links.clusterID, store: store, view: view,
-                                  maxBatchBytes: links.maxBatchBytes, limits: links.limits, logger: logger)
+                                  maxBatchBytes: links.maxBatchBytes, limits: links.limits,
+                                  durable: machine?.durable ?? store.highestLSN, logger: logger)
+        successorPositionKnown = false
         link = new
         new.start(replica: self)
         return new

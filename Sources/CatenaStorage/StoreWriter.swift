@@ -52,14 +52,20 @@ extension Store {
     /// LSN: the store is writable, the value fits, and a chunk or manifest fits its upload.
     /// The head checks a write with this before giving it an LSN.
     public func check(_ record: EncodedRecord) throws(CatenaError) {
-        if record.header.valueLength > configuration.maxValueSize && record.type != .manifest {
+        try check([record])
+    }
+
+    /// Whether ``enqueue(_:)`` would take `records`, in order, after what is enqueued now,
+    /// apart from their LSNs (see ``check(_:)-(EncodedRecord)``).
+    public func check(_ records: [EncodedRecord]) throws(CatenaError) {
+        for record in records where record.header.valueLength > configuration.maxValueSize && record.type != .manifest {
             throw CatenaError(.valueTooLarge, "value of \(record.header.valueLength) bytes for key '\(record.key)' exceeds the \(configuration.maxValueSize)-byte record limit; store it chunked")
         }
         try state.withLock { (s) throws(CatenaError) in
             try Store.checkWritable(s)
-            guard record.type == .chunk || record.type == .manifest else { return }
+            guard records.contains(where: { $0.type == .chunk || $0.type == .manifest }) else { return }
             var tracker = s.uploadTracker
-            try Store.track(record, in: &tracker)
+            for record in records { try Store.track(record, in: &tracker) }
         }
     }
 
