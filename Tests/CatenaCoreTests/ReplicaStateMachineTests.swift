@@ -42,6 +42,33 @@ struct ReplicaStateMachineTests {
         #expect(head.inFlightBytes == 0 && head.sentCount == 0)
     }
 
+    @Test func aRestartedHeadAnswersRetriesOfItsLogExactlyOnce() {
+        // The log ends at seq 12; its last records carry requests 1 and 2 (seq 11, 12).
+        let recent: [ReplicaStateMachine.Commit] = [
+            .init(requestID: RequestID(high: 1, low: 1), lsn: LSN(epoch: 1, seq: 11)),
+            .init(requestID: RequestID(high: 1, low: 2), lsn: LSN(epoch: 1, seq: 12)),
+        ]
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: LSN(epoch: 1, seq: 12),
+                                       recentRequests: recent)
+        // Not known to be committed yet: a retry appends nothing and waits.
+        #expect(head.write(request(1), now: 5).isEmpty)
+        #expect(head.lastAccepted == LSN(epoch: 1, seq: 12))
+        // The successor's acknowledgement commits both, with their original LSNs.
+        #expect(commits(head.acknowledged(through: LSN(epoch: 1, seq: 12), epoch: 1)) == recent)
+        #expect(commits(head.write(request(2), now: 6)) == [recent[1]])
+        // A new request gets a new LSN.
+        #expect(appended(head.write(request(3), now: 7)).map(\.lsn) == [LSN(epoch: 1, seq: 13)])
+    }
+
+    @Test func aRestartedTailHoldsItsDurableLogCommitted() {
+        let recent: [ReplicaStateMachine.Commit] = [.init(requestID: RequestID(high: 1, low: 1), lsn: LSN(epoch: 1, seq: 4))]
+        let tail = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"]), lastLSN: LSN(epoch: 1, seq: 4), recentRequests: recent)
+        #expect(tail.acknowledged == LSN(epoch: 1, seq: 4))
+        var single = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: LSN(epoch: 1, seq: 4), recentRequests: recent)
+        #expect(single.acknowledged == LSN(epoch: 1, seq: 4))
+        #expect(commits(single.write(request(1), now: 1)) == recent)
+    }
+
     @Test func middleAndTailAcknowledgeOnlyWhatIsDurableAndDownstream() {
         var middle = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
         var tail = ReplicaStateMachine(me: node("c"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
