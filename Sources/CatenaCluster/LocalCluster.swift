@@ -32,6 +32,8 @@ public final class LocalCluster: @unchecked Sendable {
     private let lock = NSLock()
     private var processes: [String: Process] = [:]
     private var started: [Child] = []
+    private var arguments: [String: [String]] = [:]
+    private var stderr: FileHandle?
 
     private init(executable: String, topologyPath: String) {
         self.executable = executable
@@ -133,8 +135,27 @@ public final class LocalCluster: @unchecked Sendable {
         }
     }
 
+    /// Starts the child called `name` again with the arguments it was first started with (after
+    /// killing it if it still runs) and waits for its ready line: a node restarting with its
+    /// data directory. Its address may change (port 0).
+    @discardableResult
+    public func restart(_ name: String, timeout: Duration = .seconds(30)) async throws(CatenaError) -> Child {
+        let (old, args, errors): (Process?, [String]?, FileHandle?) = lock.withLock { (processes[name], arguments[name], stderr) }
+        guard let args else { throw CatenaError(.notFound, "no child called \(name)") }
+        if let old, old.isRunning {
+            kill(old.processIdentifier, SIGKILL)
+            old.waitUntilExit()
+        }
+        lock.withLock { started.removeAll { $0.name == name } }
+        return try await spawn(name: name, arguments: args, stderr: errors, timeout: timeout)
+    }
+
     /// Starts one child and waits for its ready line.
     private func spawn(name: String, arguments: [String], stderr: FileHandle?, timeout: Duration) async throws(CatenaError) -> Child {
+        lock.withLock {
+            self.arguments[name] = arguments
+            self.stderr = stderr
+        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments

@@ -3,6 +3,7 @@ import CatenaCluster
 import CatenaCore
 import CatenaStorage
 import Foundation
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -112,6 +113,73 @@ struct ProcessClusterTests {
                 let first = try #require(replicas[0][key])
                 #expect(info.lsn == first.lsn && info.size == first.size && info.contentChecksum == first.contentChecksum, "\(key)")
             }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)), arguments: ["n1", "n2", "n3"])
+    func aKilledNodeRestartedOnItsDataResumesAndReplicasAgree(victim: String) async throws {
+        let dir = try ScratchDirectory()
+        let cluster = try await LocalCluster.start(
+            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        defer { Task { await cluster.stop() } }
+        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
+        // Writers run throughout; the victim is killed (no drain) mid-stream and restarted on
+        // its data directory (on a new port: the master moves the chain to a new epoch).
+        let phase = Phase()
+        let writers = Task {
+            try await withThrowingTaskGroup(of: [(String, LSN, [UInt8], Int)].self) { group in
+                for w in 0..<4 {
+                    group.addTask {
+                        var done: [(String, LSN, [UInt8], Int)] = []
+                        var i = 0
+                        while phase.value < 2 {
+                            let key = "r\((w + i) % 10)"
+                            let value = Array("w\(w)-i\(i)".utf8) + [UInt8](repeating: UInt8(i & 0xFF), count: 2000)
+                            let started = phase.value
+                            done.append((key, try await client.put(key, value).lsn, value, started))
+                            i += 1
+                        }
+                        return done
+                    }
+                }
+                return try await group.reduce(into: []) { $0 += $1 }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        cluster.signal(victim, SIGKILL)
+        #expect(await cluster.waitForExit(victim, timeout: .seconds(5)) != nil)
+        try await Task.sleep(for: .milliseconds(100))
+        try await cluster.restart(victim)
+        phase.set(1)
+        try await Task.sleep(for: .milliseconds(500))
+        phase.set(2)
+        let acknowledged = try await writers.value.map { ($0.0, $0.1, $0.2) }
+        // Writes went through before the kill and after the restart.
+        #expect(try await writers.value.contains { $0.3 == 1 })
+        #expect(acknowledged.count > 40)
+        // LSNs are never reused: every acknowledged write has its own.
+        #expect(Set(acknowledged.map { $0.1 }).count == acknowledged.count)
+        var latest: [String: (lsn: LSN, value: [UInt8])] = [:]
+        for (key, lsn, value) in acknowledged where latest[key].map({ $0.lsn < lsn }) ?? true { latest[key] = (lsn, value) }
+        for (key, last) in latest {
+            let object = try await client.get(key)
+            #expect(object.info.lsn == last.lsn, "\(key)")
+            #expect(object.bytes == last.value, "\(key)")
+        }
+        await client.close()
+        await cluster.stop()
+        var replicas: [[String: ObjectInfo]] = []
+        for n in ["n1", "n2", "n3"] {
+            let store = try await Store.open(StoreConfiguration(directory: dir.path + "/" + n, clusterID: "proc-test", nodeID: n))
+            var objects: [String: ObjectInfo] = [:]
+            for info in try store.list(limit: 1000).objects { objects[info.key.string] = info }
+            replicas.append(objects)
+            #expect(store.highestLSN.seq >= UInt64(acknowledged.count), "\(n) ends at \(store.highestLSN)")
+            await store.close()
+        }
+        for r in replicas {
+            #expect(r.count == latest.count)
+            for (key, last) in latest { #expect(r[key]?.lsn == last.lsn, "\(key)") }
         }
     }
 
@@ -248,6 +316,13 @@ struct ProcessClusterTests {
 }
 
 // MARK: - Helpers
+
+/// A phase number shared between a test and its writer tasks.
+final class Phase: Sendable {
+    private let state = Mutex(0)
+    var value: Int { state.withLock { $0 } }
+    func set(_ v: Int) { state.withLock { $0 = v } }
+}
 
 func clientConfiguration() -> CatenaClient.Configuration {
     var c = CatenaClient.Configuration()
