@@ -12,6 +12,8 @@ public struct MasterConfiguration: Sendable {
     public var listen: Address
     /// The directory holding the persisted configuration (`master.json`).
     public var dataDirectory: String
+    /// Where to serve Prometheus metrics (`GET /metrics`); nil: nowhere.
+    public var metrics: Address?
     /// The configuration to start from when the data directory holds none (the topology's).
     /// Once saved, the saved state wins.
     public var initial: ChainConfiguration
@@ -22,6 +24,7 @@ public struct MasterConfiguration: Sendable {
         self.listen = listen
         self.dataDirectory = dataDirectory
         self.initial = initial
+        self.metrics = nil
     }
 }
 
@@ -46,13 +49,20 @@ public final class Master: Sendable {
     public let address: Address
     private let core: MasterCore
     private let server: FrameServer
+    private let metricsServer: MetricsServer?
     private let logger: Logger
 
-    private init(address: Address, core: MasterCore, server: FrameServer, logger: Logger) {
+    private init(address: Address, core: MasterCore, server: FrameServer, metricsServer: MetricsServer?, logger: Logger) {
         self.address = address
         self.core = core
         self.server = server
+        self.metricsServer = metricsServer
         self.logger = logger
+    }
+
+    /// Where metrics are served, if anywhere (the real port when configured with port 0).
+    public var metricsAddress: Address? {
+        metricsServer.map { Address(host: "127.0.0.1", port: UInt16($0.port)) }
     }
 
     /// Loads (or creates and persists) the configuration and binds the port.
@@ -76,7 +86,17 @@ public final class Master: Sendable {
             host: configuration.listen.host, port: Int(configuration.listen.port), clusterID: configuration.clusterID,
             localID: "master", acceptedRoles: [.client, .node, .master], allowsClusterDiscovery: true, logger: logger)
         let address = Address(host: configuration.listen.host, port: UInt16(server.port))
-        return Master(address: address, core: MasterCore(state: state, file: file, logger: logger), server: server, logger: logger)
+        let core = MasterCore(state: state, file: file, logger: logger)
+        var metricsServer: MetricsServer?
+        if let metrics = configuration.metrics {
+            do {
+                metricsServer = try await MetricsServer.bind(metrics, logger: logger) { await core.renderMetrics() }
+            } catch {
+                server.close()
+                throw error
+            }
+        }
+        return Master(address: address, core: core, server: server, metricsServer: metricsServer, logger: logger)
     }
 
     /// The current configuration.
@@ -98,11 +118,13 @@ public final class Master: Sendable {
                     try await self.serve(connection, &reader)
                 }
             }
+            group.addTask { await self.metricsServer?.run() }
             group.addTask {
                 while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
             }
             await group.next()
             server.close()
+            metricsServer?.close()
             group.cancelAll()
         }
         logger.info("master stopped")
@@ -162,6 +184,24 @@ actor MasterCore {
     }
 
     var statuses: [MemberStatus] { state.configuration.members.compactMap { seen[$0.id] } }
+
+    /// The master's metrics in Prometheus text format: the epoch, and per member the time since
+    /// its last heartbeat, its highest LSN and its lag behind the most advanced member.
+    func renderMetrics() -> String {
+        let now = ContinuousClock.now
+        let members = state.configuration.members
+        let top = members.compactMap { seen[$0.id]?.highestLSN.seq }.max() ?? 0
+        var t = MetricsText()
+        t.gauge("catena_master_epoch", "The current configuration epoch.", Double(state.epoch))
+        t.gauge("catena_master_members", "Members of the chain.", Double(members.count))
+        t.add("catena_master_member_heartbeat_age_seconds", "gauge", "Seconds since the member's last heartbeat.",
+              members.compactMap { m in seen[m.id].map { ([("node", m.id.rawValue)], Double((now - $0.lastHeartbeat).nanosecondsClamped) / 1e9) } })
+        t.add("catena_master_member_highest_seq", "gauge", "The highest durable seq the member reported.",
+              members.compactMap { m in seen[m.id].map { ([("node", m.id.rawValue)], Double($0.highestLSN.seq)) } })
+        t.add("catena_master_member_lag_records", "gauge", "Records the member is behind the most advanced member.",
+              members.compactMap { m in seen[m.id].map { ([("node", m.id.rawValue)], Double(top - min(top, $0.highestLSN.seq))) } })
+        return t.text
+    }
 
     /// A node's heartbeat. A member announcing a new address gets it recorded in a new epoch,
     /// persisted before it is announced. A node that is not a member is refused.

@@ -21,18 +21,25 @@ public final class Node: Sendable {
     let store: Store
     let replica: Replica
     private let server: FrameServer
+    private let metricsServer: MetricsServer?
     private let logger: Logger
     private let tickets: AsyncStream<(AppendTicket, LSN)>
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
-                 tickets: AsyncStream<(AppendTicket, LSN)>, logger: Logger) {
+                 metricsServer: MetricsServer?, tickets: AsyncStream<(AppendTicket, LSN)>, logger: Logger) {
         self.configuration = configuration
         self.address = address
         self.store = store
         self.replica = replica
         self.server = server
+        self.metricsServer = metricsServer
         self.tickets = tickets
         self.logger = logger
+    }
+
+    /// Where metrics are served, if anywhere (the real port when configured with port 0).
+    public var metricsAddress: Address? {
+        metricsServer.map { Address(host: configuration.metrics?.host ?? "127.0.0.1", port: UInt16($0.port)) }
     }
 
     /// Opens the store (recovering it) and binds the listening socket.
@@ -65,8 +72,50 @@ public final class Node: Sendable {
             links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
                                 limits: configuration.connectionLimits),
             recentRequests: recent)
+        var metricsServer: MetricsServer?
+        if let metrics = configuration.metrics {
+            do {
+                metricsServer = try await MetricsServer.bind(metrics, logger: logger) {
+                    await Node.renderMetrics(id: configuration.id, replica: replica, store: store)
+                }
+            } catch {
+                server.close()
+                await store.close()
+                throw error
+            }
+        }
         return Node(configuration: configuration, address: address, store: store, replica: replica, server: server,
-                    tickets: tickets, logger: logger)
+                    metricsServer: metricsServer, tickets: tickets, logger: logger)
+    }
+
+    /// The node's metrics in Prometheus text format (what `GET /metrics` returns).
+    static func renderMetrics(id: NodeID, replica: Replica, store: Store) async -> String {
+        let m = await replica.currentMetrics
+        let view = replica.view.snapshot
+        let s = store.metrics
+        var t = MetricsText()
+        t.add("catena_node_info", "gauge", "This node's id and role (value 1).",
+              [([("node", id.rawValue), ("role", view.role.map { "\($0)" } ?? "none")], 1)])
+        t.gauge("catena_node_epoch", "The configuration epoch this node runs.", Double(view.epoch))
+        t.gauge("catena_node_failed", "1 if the local log failed and the node stopped taking writes.", view.failure == nil ? 0 : 1)
+        t.counter("catena_node_writes_committed_total", "Writes committed with this node as head.", m.writesCommitted)
+        t.counter("catena_node_writes_refused_total", "Writes refused (redirect, invalid, busy, failure).", m.writesRefused)
+        t.counter("catena_node_writes_throttled_total", "Writes that waited under the uncommitted-bytes bound.", m.writesThrottled)
+        t.counter("catena_node_records_replicated_total", "Records applied from the predecessor.", m.recordsReplicated)
+        t.gauge("catena_node_uncommitted_bytes", "Bytes of writes taken at the head and not yet committed.", Double(m.uncommittedBytes))
+        t.gauge("catena_node_uncommitted_bytes_peak", "The most uncommitted bytes so far.", Double(m.peakUncommittedBytes))
+        t.gauge("catena_node_in_flight_bytes", "Bytes forwarded and not yet acknowledged by the successor.", Double(m.inFlightBytes))
+        t.gauge("catena_node_last_accepted_seq", "Seq of the last record accepted into the local log.", Double(m.lastAccepted.seq))
+        t.gauge("catena_node_acknowledged_seq", "Seq through which this node acknowledged upstream (the head: committed).", Double(m.acknowledged.seq))
+        t.gauge("catena_store_durable_seq", "Seq of the highest durable record.", Double(store.highestLSN.seq))
+        t.gauge("catena_store_pending_append_bytes", "Bytes enqueued in the store and not yet durable.", Double(store.pendingAppendBytes))
+        t.counter("catena_store_appended_records_total", "Records made durable.", s.appendedRecords)
+        t.counter("catena_store_appended_bytes_total", "Bytes of records made durable.", s.appendedBytes)
+        t.counter("catena_store_group_commits_total", "Group commits (write + sync rounds).", s.batches)
+        t.counter("catena_store_fsyncs_total", "fsyncs of segments and directories.", s.syncs)
+        t.counter("catena_store_segments_sealed_total", "Segments sealed.", s.segmentsSealed)
+        t.gauge("catena_store_damage_reports", "Damaged stretches found in the log (never served).", Double(store.damage.count))
+        return t.text
     }
 
     /// The request ids of the last records of `store`'s log (at most `limit` records, read from
@@ -108,14 +157,18 @@ public final class Node: Sendable {
         } }
         let pump = Task { await self.pumpDurability() }
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
+        let metrics = Task { await self.metricsServer?.run() }
         while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
         logger.info("shutting down: draining writes")
         await replica.drain(timeout: .seconds(2))
         heartbeat.cancel()
+        metricsServer?.close()
+        metrics.cancel()
         server.close()
         serving.cancel()
         await serving.value
         await heartbeat.value
+        await metrics.value
         await replica.finishDurabilityFeedback()
         await pump.value
         await store.close()

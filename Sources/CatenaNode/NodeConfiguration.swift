@@ -12,6 +12,8 @@ public struct NodeConfiguration: Sendable {
     public var listen: Address
     /// The address announced to the master and peers; nil: the bound address.
     public var advertise: Address?
+    /// Where to serve Prometheus metrics (`GET /metrics`); nil: nowhere.
+    public var metrics: Address?
     /// The master(s); the node tries them in turn.
     public var masters: [Address]
     /// The local store (data directory, durability, limits).

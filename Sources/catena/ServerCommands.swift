@@ -47,15 +47,17 @@ struct MasterCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The topology file.") var topology: String
     @Option(name: .long, help: "Listen here instead of the topology's address (port 0: any free port).") var listen: String?
     @Option(name: .long, help: "Keep state here instead of the topology's directory.") var dataDir: String?
+    @Option(name: .long, help: "Serve Prometheus metrics here (default: the topology's master.metrics).") var metrics: String?
     @OptionGroup var logging: LogOptions
 
     func run() async throws {
         let logger = logging.bootstrap("catena.master")
         let topology = try Topology.load(path: topology)
         let address = try listen.map { (text) throws(CatenaError) in try Address(parsing: text) } ?? topology.master.listen
-        let configuration = MasterConfiguration(
+        var configuration = MasterConfiguration(
             clusterID: topology.clusterID, listen: address, dataDirectory: dataDir ?? topology.master.data,
             initial: topology.initialConfiguration())
+        configuration.metrics = try metrics.map { (text) throws(CatenaError) in try Address(parsing: text) } ?? topology.master.metrics
         let master = try await Master.start(configuration, logger: logger)
         announce("ready master \(master.address)")
         await runUntilSignalled(logger: logger) { await master.run() }
@@ -82,6 +84,7 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The data directory.") var dataDir: String?
     @Option(name: .long, help: "The cluster id (with no topology).") var cluster: String?
     @Option(name: .long, help: "batch (group commit, default), always (fsync per write) or none (unsafe).") var durability: String = "batch"
+    @Option(name: .long, help: "Serve Prometheus metrics here (default: the topology's metrics address).") var metrics: String?
     @OptionGroup var logging: LogOptions
 
     func validate() throws {
@@ -117,6 +120,7 @@ struct NodeCommand: AsyncParsableCommand {
         var configuration = NodeConfiguration(id: nodeID, clusterID: clusterID, listen: listenAddress, advertise: advertised,
                                               masters: masters, dataDirectory: directory)
         if let topology { configuration.heartbeatInterval = topology.heartbeat.interval }
+        configuration.metrics = try address(metrics, spec?.metrics, "metrics")
         configuration.store.durability = durability == "always" ? .always : durability == "none" ? .none : .batch
         let node = try await Node.start(configuration, logger: logger)
         await runUntilSignalled(logger: logger) {

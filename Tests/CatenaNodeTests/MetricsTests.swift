@@ -1,0 +1,92 @@
+import CatenaClient
+import CatenaCore
+import CatenaMaster
+import CatenaNode
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `GET path` on 127.0.0.1:`port`, the whole response as text (the server closes after it).
+func httpGet(port: Int, path: String) throws -> String {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw CatenaError(.ioFailure, "socket") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { throw CatenaError(.unavailable, "connect to \(port) failed") }
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8)
+    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    var response: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { break }
+        response += buffer[0..<n]
+    }
+    return String(decoding: response, as: UTF8.self)
+}
+
+extension InProcessChainTests {
+    @Suite("Metrics endpoints")
+    struct Metrics {
+        @Test("node and master serve Prometheus text on their metrics addresses; other paths get 404", .timeLimit(.minutes(1)))
+        func nodeAndMasterServeMetrics() async throws {
+            let dir = NSTemporaryDirectory() + "catena-metrics-" + UUID().uuidString
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let cluster = "metrics-test"
+            let n1 = try NodeID("n1")
+            var masterConfiguration = MasterConfiguration(
+                clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0), dataDirectory: dir + "/master",
+                initial: try ChainConfiguration(clusterID: cluster, chainID: 1, epoch: 1, members: [ChainMember(id: n1, address: "127.0.0.1:0")]))
+            masterConfiguration.metrics = Address(host: "127.0.0.1", port: 0)
+            let master = try await Master.start(masterConfiguration, logger: testLogger)
+            let masterTask = Task { await master.run() }
+            var nodeConfiguration = NodeConfiguration(id: n1, clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0),
+                                                      masters: [master.address], dataDirectory: dir + "/n1")
+            nodeConfiguration.metrics = Address(host: "127.0.0.1", port: 0)
+            nodeConfiguration.heartbeatInterval = .milliseconds(20)
+            let node = try await Node.start(nodeConfiguration, logger: testLogger)
+            let nodeTask = Task { await node.run() }
+            defer {
+                nodeTask.cancel()
+                masterTask.cancel()
+            }
+            var configuration = CatenaClient.Configuration()
+            configuration.requestTimeout = .seconds(10)
+            let client = try await CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
+            try await client.put("m/1", [1, 2, 3])
+            try await client.put("m/2", [4, 5, 6])
+
+            let nodePort = Int(try #require(node.metricsAddress).port)
+            let nodeText = try httpGet(port: nodePort, path: "/metrics")
+            #expect(nodeText.hasPrefix("HTTP/1.1 200"))
+            #expect(nodeText.contains("# TYPE catena_node_writes_committed_total counter"))
+            #expect(nodeText.contains("\ncatena_node_writes_committed_total 2\n"))
+            #expect(nodeText.contains("catena_node_info{node=\"n1\",role=\"single\"} 1"))
+            #expect(nodeText.contains("\ncatena_store_durable_seq "))
+            #expect(try httpGet(port: nodePort, path: "/other").hasPrefix("HTTP/1.1 404"))
+
+            let masterPort = Int(try #require(master.metricsAddress).port)
+            let masterText = try httpGet(port: masterPort, path: "/metrics")
+            #expect(masterText.hasPrefix("HTTP/1.1 200"))
+            #expect(masterText.contains("\ncatena_master_members 1\n"))
+            #expect(masterText.contains("catena_master_member_lag_records{node=\"n1\"} 0"))
+            #expect(masterText.contains("catena_master_member_heartbeat_age_seconds{node=\"n1\"} "))
+            await client.close()
+            nodeTask.cancel()
+            await nodeTask.value
+            masterTask.cancel()
+            await masterTask.value
+        }
+    }
+}
