@@ -112,21 +112,19 @@ public final class Master: Sendable {
     /// Serves until the task is cancelled.
     public func run() async {
         logger.info("master listening", metadata: [LogKey.address: "\(address)"])
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await self.server.run { (connection, reader) async throws(CatenaError) in
-                    try await self.serve(connection, &reader)
-                }
+        let serving = Task {
+            await self.server.run { (connection, reader) async throws(CatenaError) in
+                try await self.serve(connection, &reader)
             }
-            group.addTask { await self.metricsServer?.run() }
-            group.addTask {
-                while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
-            }
-            await group.next()
-            server.close()
-            metricsServer?.close()
-            group.cancelAll()
         }
+        let metrics = Task { await self.metricsServer?.run() }
+        while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+        server.close()
+        metricsServer?.close()
+        serving.cancel()
+        metrics.cancel()
+        await serving.value
+        await metrics.value
         logger.info("master stopped")
     }
 
