@@ -157,11 +157,21 @@ public final class CatenaClient: Sendable {
             guard let first = try await replies.next() else {
                 throw CatenaError(.protocolViolation, "\(connection.address) sent an empty reply to get")
             }
+            // A reply this client cannot use is abandoned, so its remaining frames do not stall
+            // the shared connection.
             guard first.type == .objectInfo else {
+                replies.abandon()
                 throw CatenaError(.protocolViolation, "\(connection.address) answered get with \(first.type)")
             }
-            let info = try ObjectInfoPayload.decode(first.payload)
+            let info: ObjectInfo
+            do throws(CatenaError) {
+                info = try ObjectInfoPayload.decode(first.payload)
+            } catch {
+                replies.abandon()
+                throw error
+            }
             guard info.key == k else {
+                replies.abandon()
                 throw CatenaError(.protocolViolation, "\(connection.address) answered get '\(k)' with '\(info.key)'")
             }
             return ObjectStream(info: info, replies: replies)

@@ -47,6 +47,7 @@ public final class Node: Sendable {
         var logger = logger
         logger[metadataKey: LogKey.node] = "\(configuration.id)"
         let store = try await Store.open(configuration.store, logger: logger)
+        let recent = await recentRequests(in: store, limit: ReplicaStateMachine.Limits().rememberedRequests, logger: logger)
         let server: FrameServer
         do {
             server = try await FrameServer.bind(
@@ -58,13 +59,6 @@ public final class Node: Sendable {
             throw error
         }
         let address = configuration.advertise ?? Address(host: configuration.listen.host, port: UInt16(server.port))
-        let recent: [ReplicaStateMachine.Commit]
-        do {
-            recent = try await recentRequests(in: store, limit: ReplicaStateMachine.Limits().rememberedRequests)
-        } catch {
-            await store.close()
-            throw error
-        }
         let (tickets, ticketSink) = AsyncStream<(AppendTicket, LSN)>.makeStream()
         let replica = Replica(
             me: configuration.id, store: store, maxUncommittedBytes: configuration.maxUncommittedBytes, logger: logger,
@@ -121,7 +115,10 @@ public final class Node: Sendable {
     /// The request ids of the last records of `store`'s log (at most `limit` records, read from
     /// at most the last 256 MiB of segments), in LSN order: what a restarted node needs to answer
     /// retries exactly once.
-    private static func recentRequests(in store: Store, limit: Int) async throws(CatenaError) -> [ReplicaStateMachine.Commit] {
+    ///
+    /// Damage in that stretch (reported by the store, never served) ends the scan early with a
+    /// warning: the node still starts, and retries of writes past the damage are not recognised.
+    private static func recentRequests(in store: Store, limit: Int, logger: Logger) async -> [ReplicaStateMachine.Commit] {
         let last = store.lastEnqueuedLSN
         guard last != .zero else { return [] }
         var start = LSN(epoch: 0, seq: last.seq > UInt64(limit) ? last.seq - UInt64(limit) : 0)
@@ -135,9 +132,14 @@ public final class Node: Sendable {
         }
         start = LSN(epoch: 0, seq: max(start.seq, store.compactedThrough.seq))
         var out: [ReplicaStateMachine.Commit] = []
-        var records = try store.records(after: start).makeAsyncIterator()
-        while let r = try await records.nextRecord() {
-            if r.header.requestID != .none { out.append(.init(requestID: r.header.requestID, lsn: r.lsn)) }
+        do throws(CatenaError) {
+            var records = try store.records(after: start).makeAsyncIterator()
+            while let r = try await records.nextRecord() {
+                if r.header.requestID != .none { out.append(.init(requestID: r.header.requestID, lsn: r.lsn)) }
+            }
+        } catch {
+            logger.warning("could not read the request ids of the whole log tail; retries of later writes are not recognised",
+                           metadata: ["error": "\(error)", "catena_requests_read": "\(out.count)"])
         }
         return out
     }

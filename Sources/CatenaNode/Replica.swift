@@ -198,6 +198,10 @@ actor Replica {
         do {
             try store.check(records.filter { $0.lsn.seq > before })
         } catch where error.code != .ioFailure && error.code != .diskFull && error.code != .closed {
+            // The chain cannot pass this node until an operator looks (or, later, the master
+            // replaces it): say so loudly.
+            logger.error("refusing records from the predecessor that the local log would not take; replication is stuck here",
+                         metadata: [LogKey.peer: "\(sender)", "error": "\(error)"])
             return CatenaError(.protocolViolation, "\(me) cannot take these records: \(error)")
         } catch {
             failStop(error)
@@ -232,6 +236,7 @@ actor Replica {
         link.dropQueued(through: lsn.seq)
         let last = machine!.lastAccepted
         if let error = perform(machine!.successorReported(lastLSN: lsn, epoch: epoch)) {
+            successorPositionKnown = false
             if lsn.seq > last.seq {
                 logger.error("the successor holds records this log lacks; taking no writes (the log lost data it had made durable, or the successor diverged)",
                              metadata: [LogKey.peer: "\(sender)", "catena_successor_lsn": "\(lsn)", LogKey.lsn: "\(last)"])

@@ -236,6 +236,11 @@ public final class Store: Sendable {
         do {
             try Store.checkIdentity(fs: fs, dir: dir, names: names, configuration: configuration)
             recovered = try Recovery(fs: fs, dir: dir, logger: logger).open(names: names)
+            // What recovery found may be only in the page cache (a process killed between a
+            // write and its fsync): make it durable before calling it durable — a replica
+            // forwards and acknowledges what its store reports durable.
+            for segment in recovered.segments where !segment.sealed { try segment.file.sync() }
+            try fs.syncDirectory(dir.path)
         } catch {
             directoryLock.release()
             throw error
