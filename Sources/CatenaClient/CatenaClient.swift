@@ -223,12 +223,9 @@ public final class CatenaClient: Sendable {
     // MARK: - Internals
 
     private static func extensions(contentType: String?, metadata: [String: String]) -> [RecordExtension] {
-        var record = Record(type: .put, key: try! Key("x"), lsn: .zero)
-        record.contentType = contentType
-        for (name, value) in metadata.sorted(by: { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }) {
-            record.extensions.append(RecordExtension.userMetadata(name: name, value: value))
-        }
-        return record.extensions
+        let sorted = metadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+        let type = contentType.map { [RecordExtension.contentType($0)] } ?? []
+        return type + sorted.map { RecordExtension.userMetadata(name: $0.key, value: $0.value) }
     }
 
     /// Sends a write to the head, retrying with the same request id.

@@ -166,9 +166,7 @@ public struct Record: Hashable, Sendable {
         }
         set {
             extensions.removeAll { $0.tag == RecordExtension.contentTypeTag }
-            if let newValue {
-                extensions.append(RecordExtension(tag: RecordExtension.contentTypeTag, mustUnderstand: false, value: Array(newValue.utf8)))
-            }
+            if let newValue { extensions.append(RecordExtension.contentType(newValue)) }
         }
     }
 
@@ -194,6 +192,11 @@ public struct Record: Hashable, Sendable {
 }
 
 extension RecordExtension {
+    /// A content type field.
+    public static func contentType(_ type: String) -> RecordExtension {
+        RecordExtension(tag: contentTypeTag, mustUnderstand: false, value: Array(type.utf8))
+    }
+
     /// A user metadata field.
     public static func userMetadata(name: String, value: String) -> RecordExtension {
         var out = ByteWriter(capacity: 2 + name.utf8.count + value.utf8.count)
