@@ -139,6 +139,10 @@ public final class Master: Sendable {
                     guard connection.peer.role == .node else {
                         throw CatenaError(.protocolViolation, "only nodes heartbeat")
                     }
+                    let chain = await core.state.chainID
+                    guard frame.chainID == 0 || frame.chainID == chain else {
+                        throw CatenaError(.invalidArgument, "this master serves chain \(chain), not chain \(frame.chainID)")
+                    }
                     let beat = try Heartbeat(decoding: frame.payload)
                     guard beat.node.rawValue == connection.peer.senderID else {
                         throw CatenaError(.protocolViolation, "\(connection.peer.senderID) sent a heartbeat for \(beat.node)")

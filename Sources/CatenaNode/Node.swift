@@ -223,7 +223,8 @@ public final class Node: Sendable {
                     connection = try await RequestConnection.connect(to: master, hello: hello, limits: configuration.connectionLimits)
                 }
                 let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN)
-                let reply = try await connection!.request(Frame(type: .heartbeat, payload: beat.encoded()),
+                let chainID = replica.view.snapshot.configuration?.chainID ?? 0
+                let reply = try await connection!.request(Frame(type: .heartbeat, chainID: chainID, payload: beat.encoded()),
                                                           timeout: max(.seconds(2), configuration.heartbeatInterval * 5))
                 guard reply.type == .configuration else {
                     throw CatenaError(.protocolViolation, "the master answered a heartbeat with \(reply.type)")
