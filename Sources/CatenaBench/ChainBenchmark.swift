@@ -132,14 +132,11 @@ public struct ChainBenchmark: Sendable {
         quiet.logLevel = .error
         var clientConfiguration = CatenaClient.Configuration()
         clientConfiguration.requestTimeout = .seconds(60)
-        let outcome: Result<R, CatenaError>
-        do throws(CatenaError) {
+        let outcome = await Result.catching { () async throws(CatenaError) -> R in
             for _ in 0..<configuration.clients {
                 clients.append(try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration, logger: quiet))
             }
-            outcome = .success(try await body(clients, cluster))
-        } catch {
-            outcome = .failure(error)
+            return try await body(clients, cluster)
         }
         for c in clients { await c.close() }
         await cluster.stop()
@@ -159,10 +156,10 @@ public struct ChainBenchmark: Sendable {
         let perClient: [Result<[Int64], CatenaError>] = await withTaskGroup(of: Result<[Int64], CatenaError>.self) { group in
             for (k, client) in clients.enumerated() {
                 group.addTask {
-                    var latencies: [Int64] = []
-                    var i = k
-                    var value = template
-                    do throws(CatenaError) {
+                    await Result.catching { () async throws(CatenaError) in
+                        var latencies: [Int64] = []
+                        var i = k
+                        var value = template
                         while i < count {
                             // A different value per key (its index in the first bytes).
                             withUnsafeBytes(of: UInt64(i)) { stamp in
@@ -173,9 +170,7 @@ public struct ChainBenchmark: Sendable {
                             latencies.append((ContinuousClock.now - t0).nanosecondsClamped)
                             i += clients.count
                         }
-                        return .success(latencies)
-                    } catch {
-                        return .failure(error)
+                        return latencies
                     }
                 }
             }

@@ -261,7 +261,7 @@ public final class CatenaClient: Sendable {
                 index += 1
                 running += 1
                 group.addTask {
-                    do throws(CatenaError) { _ = try await self.write(request); return .success(()) } catch { return .failure(error) }
+                    await Result.catching { () async throws(CatenaError) in _ = try await self.write(request) }
                 }
             }
             var buffer: [UInt8] = []

@@ -93,3 +93,15 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { "\(code): \(message)" }
 }
+
+extension Result where Failure == CatenaError {
+    /// The outcome of an async `body` that throws ``CatenaError``: `Result(catching:)` for async
+    /// code, where a typed `do`/`catch` would otherwise be spelled out at every call site.
+    public static func catching(_ body: () async throws(CatenaError) -> Success) async -> Result {
+        do {
+            return .success(try await body())
+        } catch {
+            return .failure(error)
+        }
+    }
+}

@@ -35,7 +35,7 @@ public enum FrameConnector {
         let result: Result<R, CatenaError>
         do {
             result = try await channel.executeThenClose { inbound, outbound in
-                await catching { () async throws(CatenaError) -> R in
+                await Result.catching { () async throws(CatenaError) -> R in
                     let raw = channel.channel
                     let timer = raw.eventLoop.scheduleTask(in: .nanoseconds(limits.handshakeTimeout.nanosecondsClamped)) {
                         raw.close(promise: nil)
@@ -80,14 +80,5 @@ public enum FrameConnector {
             throw CatenaError(.protocolVersionUnsupported, "\(address) chose protocol version \(welcome.version), outside \(hello.versions)")
         }
         return welcome
-    }
-}
-
-/// The outcome of `body` as a `Result`.
-func catching<R>(_ body: () async throws(CatenaError) -> R) async -> Result<R, CatenaError> {
-    do {
-        return .success(try await body())
-    } catch {
-        return .failure(error)
     }
 }

@@ -40,7 +40,7 @@ public final class RequestConnection: Sendable {
         let ready: Result<Void, CatenaError> = await withCheckedContinuation { continuation in
             let once = TakeOnce(continuation)
             let task = Task {
-                let outcome = await catching { () async throws(CatenaError) -> Void in
+                let outcome = await Result.catching { () async throws(CatenaError) -> Void in
                     try await FrameConnector.withConnection(to: address, hello: hello, limits: limits, group: group) { (welcome, reader, outbound) async throws(CatenaError) -> Void in
                         connection.state.withLock {
                             $0.outbound = outbound

@@ -147,7 +147,7 @@ extension Node {
         let outcome: Result<Void, CatenaError> = await withTaskGroup(of: Void.self) { group in
             group.addTask { await acks.run(connection.outbound, chainID: chainID) }
             defer { acks.close() }
-            do throws(CatenaError) {
+            return await Result.catching { () async throws(CatenaError) in
                 while let frame = try await reader.next() {
                     guard frame.type == .replicate else {
                         throw CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not replication")
@@ -155,9 +155,6 @@ extension Node {
                     let records = try ReplicatePayload.decode(frame.payload)
                     if let error = await replica.replicate(records, epoch: frame.epoch, from: sender) { throw error }
                 }
-                return .success(())
-            } catch {
-                return .failure(error)
             }
         }
         try outcome.get()

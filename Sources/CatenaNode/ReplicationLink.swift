@@ -198,7 +198,7 @@ final class ReplicationLink: Sendable {
                              _ receive: () async throws(CatenaError) -> Void) async throws(CatenaError) {
         let result: Result<Void, CatenaError> = await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.sendLoop(outbound) }
-            let r = await catchingErrors(receive)
+            let r = await Result.catching(receive)
             group.cancelAll()
             return r
         }
@@ -363,15 +363,5 @@ final class AckSender: Sendable {
                 }
             }
         }
-    }
-}
-
-/// The outcome of `body` as a `Result`.
-func catchingErrors(_ body: () async throws(CatenaError) -> Void) async -> Result<Void, CatenaError> {
-    do {
-        try await body()
-        return .success(())
-    } catch {
-        return .failure(error)
     }
 }

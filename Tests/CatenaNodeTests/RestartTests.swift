@@ -171,13 +171,9 @@ extension InProcessChainTests {
                 defer { c.close() }
                 let deadline = ContinuousClock.now + .seconds(10)
                 while true {
-                    let reply: Result<Frame, CatenaError> = await {
-                        do throws(CatenaError) {
-                            return .success(try await c.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(r)), timeout: .seconds(10)))
-                        } catch {
-                            return .failure(error)
-                        }
-                    }()
+                    let reply = await Result.catching { () async throws(CatenaError) in
+                        try await c.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(r)), timeout: .seconds(10))
+                    }
                     switch reply {
                     case .success(let frame):
                         return try LSNPayload.decode(frame.payload)

@@ -41,9 +41,7 @@ struct StartupTests {
         var nc = NodeConfiguration(id: try NodeID("n1"), clusterID: "review", listen: Address(host: "127.0.0.1", port: 0),
                                    masters: [Address(host: "127.0.0.1", port: 1)], dataDirectory: "/data/n1")
         nc.store = sc
-        let result: Result<Node, CatenaError> = await {
-            do throws(CatenaError) { return .success(try await Node.start(nc, logger: testLogger)) } catch { return .failure(error) }
-        }()
+        let result = await Result.catching { () async throws(CatenaError) in try await Node.start(nc, logger: testLogger) }
         switch result {
         case .success(let node):
             let task = Task { await node.run() }
