@@ -173,20 +173,10 @@ public final class LocalCluster: @unchecked Sendable {
             throw CatenaError(.unavailable, "cannot start \(executable): \(error)")
         }
         lock.withLock { processes[name] = process }
-        // Read the child's stdout on a thread of its own until EOF; the first ready line wins.
-        let reader = stdout.fileHandleForReading
-        Thread.detachNewThread {
-            var buffer = Data()
-            while true {
-                let data = reader.availableData
-                if data.isEmpty { break }
-                buffer.append(data)
-                while let newline = buffer.firstIndex(of: 0x0A) {
-                    let line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
-                    buffer.removeSubrange(buffer.startIndex...newline)
-                    if line.hasPrefix("ready ") { lines.deliver(line) }
-                }
-            }
+        // The first ready line of the child's stdout wins.
+        readLines(of: stdout.fileHandleForReading) { line in
+            if line.hasPrefix("ready ") { lines.deliver(line) }
+        } atEnd: {
             lines.deliver(nil)
         }
         let deadline = ContinuousClock.now + timeout
@@ -208,6 +198,26 @@ public final class LocalCluster: @unchecked Sendable {
             }
         }
         throw CatenaError(.timeout, "\(name) was not ready within \(timeout)")
+    }
+}
+
+/// Reads `handle` line by line on a thread of its own until end of file, calling `onLine` for
+/// each line (without its newline) and `atEnd` once at the end: how a parent follows a child's
+/// stdout.
+public func readLines(of handle: FileHandle, _ onLine: @escaping @Sendable (String) -> Void,
+                      atEnd: @escaping @Sendable () -> Void = {}) {
+    Thread.detachNewThread {
+        var buffer = Data()
+        while true {
+            let data = handle.availableData
+            if data.isEmpty { break }
+            buffer.append(data)
+            while let newline = buffer.firstIndex(of: 0x0A) {
+                onLine(String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self))
+                buffer.removeSubrange(buffer.startIndex...newline)
+            }
+        }
+        atEnd()
     }
 }
 

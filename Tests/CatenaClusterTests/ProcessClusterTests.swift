@@ -433,20 +433,7 @@ final class UpProcess: @unchecked Sendable {
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
-        let reader = out.fileHandleForReading
-        Thread.detachNewThread { [self] in
-            var buffer = Data()
-            while true {
-                let data = reader.availableData
-                if data.isEmpty { break }
-                buffer.append(data)
-                while let nl = buffer.firstIndex(of: 0x0A) {
-                    let line = String(decoding: buffer[buffer.startIndex..<nl], as: UTF8.self)
-                    buffer.removeSubrange(buffer.startIndex...nl)
-                    lock.withLock { lines.append(line) }
-                }
-            }
-        }
+        readLines(of: out.fileHandleForReading) { [self] line in lock.withLock { lines.append(line) } }
     }
 
     func waitForLine(prefix: String, timeout: Duration = .seconds(60)) async throws {
