@@ -91,9 +91,8 @@ struct ProcessClusterTests {
         // Every replica's data directory, opened after the processes stopped.
         var replicas: [[String: ObjectInfo]] = []
         for n in ["n1", "n2", "n3"] {
-            let store = try await Store.open(StoreConfiguration(directory: dir.path + "/" + n, clusterID: "proc-test", nodeID: n))
-            var objects: [String: ObjectInfo] = [:]
-            for info in try store.list(limit: 1000).objects { objects[info.key.string] = info }
+            let store = try await dir.openStore(of: n)
+            let objects = try objectsByKey(store)
             for (key, last) in latest {
                 if let value = last.value {
                     let info = try #require(objects[key], "\(n) lacks \(key)")
@@ -170,9 +169,8 @@ struct ProcessClusterTests {
         await cluster.stop()
         var replicas: [[String: ObjectInfo]] = []
         for n in ["n1", "n2", "n3"] {
-            let store = try await Store.open(StoreConfiguration(directory: dir.path + "/" + n, clusterID: "proc-test", nodeID: n))
-            var objects: [String: ObjectInfo] = [:]
-            for info in try store.list(limit: 1000).objects { objects[info.key.string] = info }
+            let store = try await dir.openStore(of: n)
+            let objects = try objectsByKey(store)
             replicas.append(objects)
             #expect(store.highestLSN.seq >= UInt64(acknowledged.count), "\(n) ends at \(store.highestLSN)")
             await store.close()
@@ -330,6 +328,13 @@ func clientConfiguration() -> CatenaClient.Configuration {
     return c
 }
 
+/// Every object of a (small) store by key: one listing page of up to 1,000.
+func objectsByKey(_ store: Store) throws -> [String: ObjectInfo] {
+    var objects: [String: ObjectInfo] = [:]
+    for info in try store.list(limit: 1000).objects { objects[info.key.string] = info }
+    return objects
+}
+
 /// The `catena` executable next to the test bundle (built by `swift build --build-tests`).
 func catenaExecutable() throws -> String {
     let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -350,6 +355,8 @@ func processExists(_ pid: Int32) -> Bool {
 
 /// A temporary directory removed when the value is dropped.
 final class ScratchDirectory {
+    /// The cluster id of the topologies written here.
+    static let clusterID = "proc-test"
     let path: String
 
     init() throws {
@@ -360,6 +367,11 @@ final class ScratchDirectory {
 
     deinit { try? FileManager.default.removeItem(atPath: path) }
 
+    /// Node `id`'s store, opened from its data directory here (after its process stopped).
+    func openStore(of id: String) async throws -> Store {
+        try await Store.open(StoreConfiguration(directory: path + "/" + id, clusterID: ScratchDirectory.clusterID, nodeID: id))
+    }
+
     /// A topology of `nodes` nodes, everything on 127.0.0.1 port 0, data under this directory.
     func writeTopology(nodes: Int, name: String = "topology.yaml") throws -> String {
         try writeTopology(order: (1...nodes).map { "n\($0)" }, name: name)
@@ -369,7 +381,7 @@ final class ScratchDirectory {
     func writeTopology(order: [String], name: String = "topology.yaml") throws -> String {
         var yaml = """
             version: 1
-            cluster: proc-test
+            cluster: \(ScratchDirectory.clusterID)
             master:
               listen: 127.0.0.1:0
               data: \(path)/master
