@@ -82,15 +82,15 @@ public struct ChainBenchmark: Sendable {
         for size in configuration.sizes {
             let count = size >= 64 << 10 ? max(configuration.clients, configuration.largeVolume / size) : configuration.smallCount
             let put1 = try await withCluster(nodes: 1, name: "single-\(size)") { (client, _) async throws(CatenaError) in
-                try await measure("1-node put \(format(size))", count: count, size: size, clients: client) { (c, i, value) async throws(CatenaError) in
+                try await measure("1-node put \(sizeName(size))", count: count, size: size, clients: client) { (c, i, value) async throws(CatenaError) in
                     try await c.put("bench/\(i)", value)
                 }
             }
             let (put3, get3) = try await withCluster(nodes: 3, name: "chain-\(size)") { (client, _) async throws(CatenaError) in
-                let put = try await measure("3-node put \(format(size))", count: count, size: size, clients: client) { (c, i, value) async throws(CatenaError) in
+                let put = try await measure("3-node put \(sizeName(size))", count: count, size: size, clients: client) { (c, i, value) async throws(CatenaError) in
                     try await c.put("bench/\(i)", value)
                 }
-                let get = try await measure("3-node get \(format(size))", count: count, size: size, clients: client) { (c, i, _) async throws(CatenaError) in
+                let get = try await measure("3-node get \(sizeName(size))", count: count, size: size, clients: client) { (c, i, _) async throws(CatenaError) in
                     let object = try await c.get("bench/\(i)")
                     guard object.bytes.count == size else {
                         throw CatenaError(.corruption, "bench/\(i) came back with \(object.bytes.count) bytes, not \(size)")
@@ -99,7 +99,7 @@ public struct ChainBenchmark: Sendable {
                 return (put, get)
             }
             let result = SizeResult(valueSize: size, put1: put1, put3: put3, get3: get3)
-            configuration.progress("\(format(size)): replication efficiency \(fixed(result.efficiency, 2)) (goal \(fixed(result.goal, 1)))")
+            configuration.progress("\(sizeName(size)): replication efficiency \(fixed(result.efficiency, 2)) (goal \(fixed(result.goal, 1)))")
             results.append(result)
         }
         return results
@@ -182,11 +182,7 @@ public struct ChainBenchmark: Sendable {
         var latencies: [Int64] = []
         for r in perClient { latencies += try r.get() }
         let m = Measurement(operations: latencies.count, seconds: seconds, valueSize: size, latency: LatencySummary(nanoseconds: latencies))
-        configuration.progress("\(label): \(m.operations) ops in \(fixed(seconds, 2)) s = \(fixed(m.opsPerSecond, 0)) ops/s, \(fixed(m.megabytesPerSecond, 1)) MB/s, p50 \(fixed(Double(m.latency.p50) / 1e6, 2)) ms, p99 \(fixed(Double(m.latency.p99) / 1e6, 2)) ms")
+        configuration.progress("\(label): \(m.operations) ops in \(fixed(seconds, 2)) s = \(fixed(m.opsPerSecond, 0)) ops/s, \(fixed(m.megabytesPerSecond, 1)) MB/s, p50 \(millis(m.latency.p50)) ms, p99 \(millis(m.latency.p99)) ms")
         return m
-    }
-
-    private func format(_ size: Int) -> String {
-        size >= 1 << 20 ? "\(size >> 20) MiB" : size >= 1 << 10 ? "\(size >> 10) KiB" : "\(size) B"
     }
 }

@@ -99,8 +99,7 @@ struct BenchChain: AsyncParsableCommand {
         let results = try await ChainBenchmark(configuration).run()
         print("size      1-node put/s   3-node put/s   3-node MB/s   tail get/s   efficiency   goal")
         for r in results {
-            let size = r.valueSize >= 1 << 20 ? "\(r.valueSize >> 20) MiB" : "\(r.valueSize >> 10) KiB"
-            let line = [size.padding(toLength: 8, withPad: " ", startingAt: 0),
+            let line = [sizeName(r.valueSize).padding(toLength: 8, withPad: " ", startingAt: 0),
                         String(format: "%12.0f", r.put1.opsPerSecond), String(format: "%14.0f", r.put3.opsPerSecond),
                         String(format: "%13.1f", r.put3.megabytesPerSecond), String(format: "%12.0f", r.get3.opsPerSecond),
                         String(format: "%12.2f", r.efficiency),
