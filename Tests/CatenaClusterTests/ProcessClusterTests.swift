@@ -18,8 +18,7 @@ struct ProcessClusterTests {
     @Test(.timeLimit(.minutes(3)))
     func bigObjectStreamsThroughTheChainWithBoundedMemory() async throws {
         let dir = try ScratchDirectory()
-        let cluster = try await LocalCluster.start(
-            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
         defer { Task { await cluster.stop() } }
         let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
         // 256 MiB, generated piece by piece: neither this process nor any node holds it whole.
@@ -60,8 +59,7 @@ struct ProcessClusterTests {
     @Test(.timeLimit(.minutes(2)))
     func concurrentWritersLeaveIdenticalReplicasOnDisk() async throws {
         let dir = try ScratchDirectory()
-        let cluster = try await LocalCluster.start(
-            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
         defer { Task { await cluster.stop() } }
         let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
         // 8 writers, 100 writes each, over 12 shared keys; every 7th write a delete.
@@ -118,8 +116,7 @@ struct ProcessClusterTests {
     @Test(.timeLimit(.minutes(2)), arguments: ["n1", "n2", "n3"])
     func aKilledNodeRestartedOnItsDataResumesAndReplicasAgree(victim: String) async throws {
         let dir = try ScratchDirectory()
-        let cluster = try await LocalCluster.start(
-            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
         defer { Task { await cluster.stop() } }
         let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
         // Writers run throughout; the victim is killed (no drain) mid-stream and restarted on
@@ -184,8 +181,7 @@ struct ProcessClusterTests {
     @Test(.timeLimit(.minutes(2)))
     func cliCommandsAgainstAThreeNodeChain() async throws {
         let dir = try ScratchDirectory()
-        let cluster = try await LocalCluster.start(
-            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
         defer { Task { await cluster.stop() } }
         let master = ["--master", cluster.masterAddress.description]
         let input = dir.path + "/input.txt"
@@ -265,8 +261,7 @@ struct ProcessClusterTests {
     @Test(.timeLimit(.minutes(2)))
     func headStopsOnSigtermWhileAWriteWaitsForADeadTail() async throws {
         let dir = try ScratchDirectory()
-        let cluster = try await LocalCluster.start(
-            executable: try catenaExecutable(), topologyPath: try dir.writeTopology(nodes: 3), logLevel: "warning", stderr: nil)
+        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
         defer { Task { await cluster.stop() } }
         var configuration = clientConfiguration()
         configuration.requestTimeout = .seconds(20)
@@ -291,7 +286,7 @@ struct ProcessClusterTests {
     func savedConfigurationOverridesTheTopology() async throws {
         let dir = try ScratchDirectory()
         let first = try dir.writeTopology(nodes: 2, name: "first.yaml")
-        let cluster = try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: first, logLevel: "warning", stderr: nil)
+        let cluster = try await startCluster(first)
         let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
         try await client.put("k", [1, 2, 3])
         let before = try #require(client.chainConfiguration)
@@ -300,7 +295,7 @@ struct ProcessClusterTests {
         // The same data directories, but a topology that lists the nodes the other way round:
         // the saved configuration (n1 head, n2 tail) wins and the data is still there.
         let second = try dir.writeTopology(order: ["n2", "n1"], name: "second.yaml")
-        let again = try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: second, logLevel: "warning", stderr: nil)
+        let again = try await startCluster(second)
         defer { Task { await again.stop() } }
         let client2 = try await CatenaClient(masters: [again.masterAddress.description], configuration: clientConfiguration())
         let after = try #require(client2.chainConfiguration)
@@ -320,6 +315,12 @@ final class Phase: Sendable {
     private let state = Mutex(0)
     var value: Int { state.withLock { $0 } }
     func set(_ v: Int) { state.withLock { $0 = v } }
+}
+
+/// A cluster of `catena` processes from the topology at `path`, logging warnings only, its
+/// processes' stderr discarded.
+func startCluster(_ path: String) async throws -> LocalCluster {
+    try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: path, logLevel: "warning", stderr: nil)
 }
 
 func clientConfiguration() -> CatenaClient.Configuration {
