@@ -1,21 +1,6 @@
 import CatenaCore
 import Foundation
 
-/// When an epoch began: the first sequence number written in it, once failure handling knows it.
-/// A rejoining node uses the history to find the last record it shares with the chain.
-public struct EpochStart: Hashable, Sendable {
-    /// The epoch.
-    public var epoch: UInt64
-    /// The first seq of the epoch; nil until it is known.
-    public var firstSeq: UInt64?
-
-    /// Creates an entry.
-    public init(epoch: UInt64, firstSeq: UInt64? = nil) {
-        self.epoch = epoch
-        self.firstSeq = firstSeq
-    }
-}
-
 /// The master's durable state for one chain: the current configuration and the history of
 /// epochs. The master persists it before acting on it.
 ///

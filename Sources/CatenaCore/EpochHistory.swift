@@ -1,0 +1,66 @@
+/// When an epoch began: the first sequence number written in it, once known.
+///
+/// The head of a new epoch reports the seq it will write first (its log's last seq + 1) and
+/// takes no writes until the master has recorded it; so an epoch whose first seq is unknown
+/// holds no records. A rejoining node uses the history to find the last record it shares with
+/// the chain (``EpochHistory/lastShared(myLastSeq:epochAt:)``).
+public struct EpochStart: Hashable, Sendable {
+    /// The epoch.
+    public var epoch: UInt64
+    /// The first seq of the epoch; nil until the epoch's head reported it.
+    public var firstSeq: UInt64?
+
+    /// Creates an entry.
+    public init(epoch: UInt64, firstSeq: UInt64? = nil) {
+        self.epoch = epoch
+        self.firstSeq = firstSeq
+    }
+}
+
+/// The chain's epochs, oldest first, as the master keeps them: which epoch wrote which seqs.
+///
+/// LSN = (epoch, seq) and only the head of an epoch assigns LSNs of that epoch, so two logs that
+/// hold the same LSN hold the same record there — and, since every head continues its own log,
+/// the same records below it (the log matching property). The chain's record at seq `s` was
+/// written in the epoch with the greatest known first seq ≤ `s`.
+public struct EpochHistory: Hashable, Sendable {
+    /// The entries, oldest first (strictly increasing epochs).
+    public var entries: [EpochStart]
+
+    /// Creates a history.
+    public init(_ entries: [EpochStart]) {
+        self.entries = entries
+    }
+
+    /// The epoch in which the chain's record at `seq` was written, if the history knows.
+    public func epoch(atSeq seq: UInt64) -> UInt64? {
+        var best: EpochStart?
+        for e in entries {
+            guard let first = e.firstSeq, first <= seq else { continue }
+            if best == nil || first >= best!.firstSeq! { best = e }
+        }
+        return best?.epoch
+    }
+
+    /// The first seq of `epoch`, if recorded.
+    public func firstSeq(of epoch: UInt64) -> UInt64? {
+        entries.first { $0.epoch == epoch }?.firstSeq
+    }
+
+    /// The highest seq ≤ `myLastSeq` at which a log agrees with the chain, given `epochAt(seq)`
+    /// — the epoch of that log's own record at `seq`. Everything after it must be truncated (an
+    /// old head's writes that never committed). Conservative: where the history cannot tell, it
+    /// answers lower, which costs a longer catch-up, never a wrong record.
+    public func lastShared(myLastSeq: UInt64, epochAt: (UInt64) throws(CatenaError) -> UInt64) throws(CatenaError) -> UInt64 {
+        var x = myLastSeq
+        while x > 0 {
+            let mine = try epochAt(x)
+            guard let chain = epoch(atSeq: x) else { return 0 }
+            if mine == chain { return x }
+            // The chain's record at x was written in another epoch: everything from that epoch's
+            // first seq on differs (or cannot be proven equal) — look below it.
+            x = firstSeq(of: chain)! - 1
+        }
+        return 0
+    }
+}
