@@ -1,13 +1,13 @@
 import CatenaCore
 import Foundation
 
-/// The master's durable state for one chain: the current configuration and the history of
-/// epochs. The master persists it before acting on it.
+/// The master's durable state for one chain: the current configuration, the history of epochs,
+/// and the standbys. The master persists it before acting on it.
 ///
 /// A state is well formed when the cluster id has ``NodeID/isValidIdentifier(_:)`` form, the
-/// chain id is at least 1, member ids are distinct, and ``epochHistory`` is non-empty, strictly
-/// increasing, and ends with the configuration's epoch — every epoch the master ever activated is
-/// in it. ``MasterStateFile`` refuses to save a state that is not, and reports a stored one that is
+/// chain id is at least 1, member ids are distinct, standby ids are distinct and none is a
+/// member, and ``epochHistory`` is non-empty, strictly increasing, and ends with the
+/// configuration's epoch — every epoch the master ever activated is in it. ``MasterStateFile`` refuses to save a state that is not, and reports a stored one that is
 /// not as corruption.
 public struct MasterState: Hashable, Sendable {
     /// The format version of `master.json` this build writes and reads.
@@ -17,11 +17,16 @@ public struct MasterState: Hashable, Sendable {
     public var configuration: ChainConfiguration
     /// Every epoch of the chain, oldest first; the last is the configuration's.
     public var epochHistory: [EpochStart]
+    /// Nodes the master knows that are not in the chain: added by an operator and not yet caught
+    /// up, or members removed after a failure that may rejoin. A standby is appended as the new
+    /// tail once it has caught up; it never holds a lease and is never announced as a member.
+    public var standbys: [ChainMember]
 
     /// Creates a state.
-    public init(configuration: ChainConfiguration, epochHistory: [EpochStart]) {
+    public init(configuration: ChainConfiguration, epochHistory: [EpochStart], standbys: [ChainMember] = []) {
         self.configuration = configuration
         self.epochHistory = epochHistory
+        self.standbys = standbys
     }
 
     /// A chain's first state: `configuration` and a history holding only its epoch.
@@ -37,10 +42,16 @@ public struct MasterState: Hashable, Sendable {
     public var epoch: UInt64 { configuration.epoch }
 
     /// What makes this state malformed, or nil if it is well formed.
-    func problem() -> String? {
+    public func problem() -> String? {
         if !NodeID.isValidIdentifier(clusterID) { return "cluster id '\(clusterID)' must be 1 to 64 characters of A-Z a-z 0-9 . _ -" }
         if chainID < 1 { return "chain id must be at least 1" }
-        if Set(configuration.members.map(\.id)).count != configuration.members.count { return "the configuration lists a member twice" }
+        let members = Set(configuration.members.map(\.id))
+        if members.count != configuration.members.count { return "the configuration lists a member twice" }
+        var seen: Set<NodeID> = []
+        for s in standbys {
+            if members.contains(s.id) { return "standby \(s.id) is also a member" }
+            if !seen.insert(s.id).inserted { return "the standbys list \(s.id) twice" }
+        }
         guard let last = epochHistory.last else { return "the epoch history is empty" }
         for (a, b) in zip(epochHistory, epochHistory.dropFirst()) where a.epoch >= b.epoch {
             return "the epoch history is not increasing (\(a.epoch) then \(b.epoch))"
@@ -65,9 +76,13 @@ public struct MasterState: Hashable, Sendable {
 ///   "cluster" : "local",
 ///   "configuration" : { "epoch" : 2, "members" : [ { "address" : "127.0.0.1:7002", "id" : "n2" } ] },
 ///   "format" : 1,
-///   "history" : [ { "epoch" : 1, "firstSeq" : 1 }, { "epoch" : 2 } ]
+///   "history" : [ { "epoch" : 1, "firstSeq" : 1 }, { "epoch" : 2 } ],
+///   "standbys" : [ { "address" : "127.0.0.1:7001", "id" : "n1" } ]
 /// }
 /// ```
+///
+/// `standbys` is left out when there are none, and a file without it has none (files written
+/// before standbys existed load unchanged).
 public struct MasterStateFile: Sendable {
     /// The directory holding the state.
     public let directory: String
@@ -159,7 +174,8 @@ public struct MasterStateFile: Sendable {
             cluster: state.clusterID,
             chain: state.chainID,
             configuration: .init(epoch: state.epoch, members: state.configuration.members.map { .init(id: $0.id.rawValue, address: $0.address) }),
-            history: state.epochHistory.map { .init(epoch: $0.epoch, firstSeq: $0.firstSeq) }
+            history: state.epochHistory.map { .init(epoch: $0.epoch, firstSeq: $0.firstSeq) },
+            standbys: state.standbys.isEmpty ? nil : state.standbys.map { .init(id: $0.id.rawValue, address: $0.address) }
         )
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -199,8 +215,13 @@ public struct MasterStateFile: Sendable {
             for m in stored.configuration.members {
                 members.append(ChainMember(id: try NodeID(m.id), address: m.address))
             }
+            var standbys: [ChainMember] = []
+            for s in stored.standbys ?? [] {
+                standbys.append(ChainMember(id: try NodeID(s.id), address: s.address))
+            }
             let configuration = try ChainConfiguration(clusterID: stored.cluster, chainID: stored.chain, epoch: stored.configuration.epoch, members: members)
-            state = MasterState(configuration: configuration, epochHistory: stored.history.map { EpochStart(epoch: $0.epoch, firstSeq: $0.firstSeq) })
+            state = MasterState(configuration: configuration, epochHistory: stored.history.map { EpochStart(epoch: $0.epoch, firstSeq: $0.firstSeq) },
+                                standbys: standbys)
         } catch {
             throw CatenaError(.corruption, "\(path): damaged master state: \(error.message)")
         }
@@ -253,4 +274,6 @@ private struct StoredState: Codable {
     var chain: UInt32
     var configuration: Configuration
     var history: [Epoch]
+    /// Absent: no standbys.
+    var standbys: [Member]?
 }

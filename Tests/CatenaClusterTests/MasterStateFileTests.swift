@@ -72,6 +72,40 @@ struct MasterStateFileTests {
         #expect((json?["history"] as? [[String: Any]])?.count == 1)
     }
 
+    @Test func standbysRoundTripAndAreLeftOutWhenThereAreNone() throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let file = MasterStateFile(directory: tmp.path)
+        var saved = state(epoch: 2, members: ["n2", "n3"])
+        saved.standbys = [member("n5", 7005), member("n1", 7001)]
+        try file.save(saved)
+        let loaded = try #require(try file.load())
+        #expect(loaded == saved)
+        #expect(loaded.standbys.map(\.id.rawValue) == ["n5", "n1"])
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file.path))) as? [String: Any]
+        #expect((json?["standbys"] as? [[String: Any]])?.compactMap { $0["address"] as? String } == ["127.0.0.1:7005", "127.0.0.1:7001"])
+
+        // None: the key is left out, as in files written before standbys existed.
+        try file.save(state(epoch: 3))
+        json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file.path))) as? [String: Any]
+        #expect(json?.keys.contains("standbys") == false)
+        #expect(try file.load()?.standbys == [])
+    }
+
+    @Test func aFileWithoutStandbysLoadsWithNone() throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let file = MasterStateFile(directory: tmp.path)
+        try write("""
+            {"format": 1, "cluster": "local", "chain": 1, "configuration": {"epoch": 2, "members": [{"id": "n2", "address": "127.0.0.1:7002"}]},
+             "history": [{"epoch": 1, "firstSeq": 1}, {"epoch": 2}]}
+            """, to: file.path)
+        let loaded = try #require(try file.load())
+        #expect(loaded.standbys == [])
+        #expect(loaded.configuration.members == [member("n2", 7002)])
+        #expect(loaded.epochHistory == [EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2)])
+    }
+
     @Test func aSaveInterruptedBeforeItsRenameLeavesTheOldState() throws {
         let tmp = try TemporaryDirectory()
         defer { tmp.remove() }
@@ -121,6 +155,14 @@ struct MasterStateFileTests {
          "damaged master state: node id 'a b' must be"),
         ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}, {\"id\": \"a\", \"address\": \"h:2\"}]}, \"history\": [{\"epoch\": 1}]}",
          "damaged master state: chain 1 lists a member twice"),
+        ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"standbys\": [{\"id\": \"a\", \"address\": \"h:2\"}]}",
+         "damaged master state: standby a is also a member"),
+        ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"standbys\": [{\"id\": \"b\", \"address\": \"h:2\"}, {\"id\": \"b\", \"address\": \"h:3\"}]}",
+         "damaged master state: the standbys list b twice"),
+        ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"standbys\": [{\"id\": \"b c\", \"address\": \"h:2\"}]}",
+         "damaged master state: node id 'b c' must be"),
+        ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"standbys\": {\"id\": \"b\"}}",
+         "damaged master state:"),
     ])
     func aDamagedFileIsCorruptionNamingThePath(contents: String, problem: String) throws {
         let tmp = try TemporaryDirectory()
@@ -156,6 +198,18 @@ struct MasterStateFileTests {
         #expect(throws: CatenaError(.invalidArgument, "refusing to save a malformed master state to \(file.path): the configuration lists a member twice")) {
             try file.save(s)
         }
+        s = state(epoch: 2)
+        s.standbys = [member("n4", 7004), member("n2", 7009)]
+        #expect(s.problem() == "standby n2 is also a member")
+        #expect(throws: CatenaError(.invalidArgument, "refusing to save a malformed master state to \(file.path): standby n2 is also a member")) {
+            try file.save(s)
+        }
+        s.standbys = [member("n4", 7004), member("n5", 7005), member("n4", 7006)]
+        #expect(throws: CatenaError(.invalidArgument, "refusing to save a malformed master state to \(file.path): the standbys list n4 twice")) {
+            try file.compareAndSwap(expectedEpoch: nil, new: s)
+        }
+        s.standbys.removeLast()
+        #expect(s.problem() == nil)
         #expect(try file.load() == nil)
     }
 
