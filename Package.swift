@@ -161,6 +161,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
+        .testTarget(name: "CatenaMasterTests", dependencies: ["CatenaMaster", "CatenaCluster", "CatenaCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

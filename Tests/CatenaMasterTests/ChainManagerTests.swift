@@ -1,0 +1,465 @@
+import CatenaCluster
+import CatenaCore
+import CatenaMaster
+import Testing
+
+private let ms: UInt64 = 1_000_000
+
+private func node(_ s: String) -> NodeID { try! NodeID(s) }
+private func addressOf(_ s: String) -> String { "127.0.0.1:\(7000 + Int(s.dropFirst())!)" }
+private func member(_ s: String) -> ChainMember { ChainMember(id: node(s), address: addressOf(s)) }
+
+/// A state at `epoch` whose earlier epochs started at seq 100 × epoch.
+private func state(_ ids: [String], epoch: UInt64 = 1, standbys: [String] = [], firstSeq: UInt64? = nil) -> MasterState {
+    MasterState(
+        configuration: try! ChainConfiguration(clusterID: "test", chainID: 1, epoch: epoch, members: ids.map(member)),
+        epochHistory: (1...epoch).map { EpochStart(epoch: $0, firstSeq: $0 < epoch ? $0 * 100 : firstSeq) },
+        standbys: standbys.map(member))
+}
+
+private func beat(_ id: String, seq: UInt64 = 0, address: String? = nil, start: EpochStart? = nil) -> ChainManager.Beat {
+    ChainManager.Beat(node: node(id), address: address ?? addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epochStart: start)
+}
+
+private func ids(_ members: [ChainMember]?) -> [String]? { members?.map(\.id.rawValue) }
+
+private func manager(_ s: MasterState, now: UInt64 = 0, lease: Duration? = nil, lag: UInt64 = 256) -> ChainManager {
+    ChainManager(state: s, settings: .init(failureTimeout: .seconds(1), lease: lease, catchUpLagRecords: lag), now: now)
+}
+
+extension ChainManager {
+    /// Heartbeats from `nodes` at `now`, each at `seq`.
+    fileprivate mutating func beats(_ nodes: [String], seq: UInt64 = 0, now: UInt64) {
+        for n in nodes { _ = heartbeat(beat(n, seq: seq), now: now) }
+    }
+
+    /// Heartbeats from `nodes` every 100 ms from `from` through `through`.
+    fileprivate mutating func beats(_ nodes: [String], seq: UInt64 = 0, from: UInt64, through: UInt64) {
+        for t in stride(from: from, through: through, by: Int(100 * ms)) { beats(nodes, seq: seq, now: t) }
+    }
+
+    /// Proposes and persists at `now`; the persisted state, or nil if nothing was proposed.
+    fileprivate mutating func persistNext(now: UInt64) -> MasterState? {
+        guard let next = nextProposal(now: now) else { return nil }
+        proposalPersisted(now: now)
+        return next
+    }
+}
+
+@Suite("Chain manager")
+struct ChainManagerTests {
+    @Test func repliesCarryTheActiveStateAndOnlyMembersGetLeases() {
+        let s = state(["n1", "n2"], standbys: ["n3"])
+        var m = manager(s)
+        let r = m.heartbeat(beat("n1", seq: 5), now: 10 * ms)
+        #expect(r == ChainManager.Reply(configuration: s.configuration, history: s.epochHistory, standing: .member, lease: .seconds(1)))
+        #expect(m.heartbeat(beat("n3"), now: 10 * ms) == ChainManager.Reply(configuration: s.configuration, history: s.epochHistory, standing: .joining, lease: nil))
+        #expect(m.heartbeat(beat("n9"), now: 10 * ms) == ChainManager.Reply(configuration: s.configuration, history: s.epochHistory, standing: .unknown, lease: nil))
+        // Nothing is kept about a node the master does not know.
+        #expect(m.status(now: 10 * ms).map(\.id.rawValue) == ["n1", "n2", "n3"])
+        #expect(m.nextProposal(now: 10 * ms) == nil)
+    }
+
+    @Test(arguments: [("n1", ["n2", "n3"], "n2"), ("n2", ["n1", "n3"], "n1"), ("n3", ["n1", "n2"], "n1")])
+    func aFailedMemberIsDroppedFromTheChain(failed: String, rest: [String], head: String) {
+        var m = manager(state(["n1", "n2", "n3"]))
+        m.beats(rest, from: 100 * ms, through: 1000 * ms)
+        // Silent since the start, but not for longer than the timeout yet.
+        #expect(m.nextProposal(now: 1000 * ms) == nil)
+        #expect(m.status(now: 1000 * ms).first { $0.id == node(failed) }?.health == .suspect)
+        let next = m.nextProposal(now: 1000 * ms + 1)
+        #expect(ids(next?.configuration.members) == rest)
+        #expect(next?.epoch == 2)
+        #expect(next?.epochHistory == [EpochStart(epoch: 1), EpochStart(epoch: 2)])
+        #expect(ids(next?.standbys) == [failed])
+        #expect(next?.configuration.head?.id == node(head))
+        #expect(next?.configuration.role(of: node(rest[1])) == .tail)
+        #expect(m.proposal == next)
+        // Persisted before announced: until the proposal is persisted, replies carry epoch 1.
+        #expect(m.heartbeat(beat(rest[0]), now: 1001 * ms).configuration.epoch == 1)
+        m.proposalPersisted(now: 1002 * ms)
+        #expect(m.state == next)
+        #expect(m.proposal == nil)
+        #expect(m.heartbeat(beat(rest[0]), now: 1003 * ms).configuration == next?.configuration)
+        // The failed member may come back: as a standby, without a lease.
+        let back = m.heartbeat(beat(failed), now: 1004 * ms)
+        #expect(back.standing == .joining)
+        #expect(back.lease == nil)
+    }
+
+    @Test func simultaneousFailuresAreOneReconfiguration() {
+        var m = manager(state(["n1", "n2", "n3", "n4", "n5"]))
+        m.beats(["n1", "n3", "n5"], from: 100 * ms, through: 1100 * ms)
+        let next = m.persistNext(now: 1100 * ms)
+        #expect(ids(next?.configuration.members) == ["n1", "n3", "n5"])
+        #expect(next?.epoch == 2)
+        #expect(ids(next?.standbys) == ["n2", "n4"])
+        #expect(m.nextProposal(now: 1100 * ms) == nil)
+    }
+
+    @Test func aRestartedMasterLeasesEveryMemberForOneLeaseFromItsStart() {
+        var m = manager(state(["n1", "n2"]), now: 5000 * ms, lease: .milliseconds(600))
+        #expect(m.status(now: 5000 * ms).map(\.leaseRemaining) == [600 * ms, 600 * ms])
+        #expect(m.status(now: 5000 * ms).map(\.sinceHeartbeat) == [nil, nil])
+        m.beats(["n1"], from: 5100 * ms, through: 6000 * ms)
+        #expect(m.nextProposal(now: 6000 * ms) == nil)
+        #expect(ids(m.nextProposal(now: 6000 * ms + 1)?.configuration.members) == ["n1"])
+    }
+
+    @Test func aDrainedMemberIsRemovedOnlyOnceItsLeaseRanOutThenForgotten() throws {
+        var m = manager(state(["n1", "n2", "n3"]), lease: .milliseconds(400))
+        m.beats(["n1", "n2", "n3"], now: 100 * ms)
+        try m.removeNode(node("n3"), now: 150 * ms)
+        // No more lease for it, though it is still a member.
+        let r = m.heartbeat(beat("n3"), now: 200 * ms)
+        #expect(r.standing == .member)
+        #expect(r.lease == nil)
+        #expect(m.status(now: 200 * ms).last?.health == .leaving)
+        #expect(m.status(now: 200 * ms).last?.leaseRemaining == 300 * ms)
+        m.beats(["n1", "n2"], from: 200 * ms, through: 400 * ms)
+        #expect(m.nextProposal(now: 500 * ms - 1) == nil)
+        let proposed = m.nextProposal(now: 500 * ms)
+        let next = try #require(proposed)
+        #expect(ids(next.configuration.members) == ["n1", "n2"])
+        #expect(next.epoch == 2)
+        #expect(next.standbys == [])
+        // Still a member until the proposal is persisted.
+        #expect(m.heartbeat(beat("n3"), now: 510 * ms).standing == .member)
+        m.proposalPersisted(now: 520 * ms)
+        #expect(m.heartbeat(beat("n3"), now: 530 * ms).standing == .unknown)
+        #expect(m.status(now: 530 * ms).map(\.id.rawValue) == ["n1", "n2"])
+    }
+
+    @Test func aMemberTheProposalInFlightRemovesGetsNoLease() {
+        var m = manager(state(["n1", "n2", "n3"]))
+        m.beats(["n1", "n2"], from: 100 * ms, through: 1000 * ms)
+        #expect(ids(m.nextProposal(now: 1001 * ms)?.configuration.members) == ["n1", "n2"])
+        // It comes back while its removal is being persisted: a member still, but unleased.
+        let r = m.heartbeat(beat("n3"), now: 1002 * ms)
+        #expect(r.standing == .member)
+        #expect(r.lease == nil)
+        // The persist fails: it is a healthy member again, leased, and stays.
+        m.proposalFailed()
+        #expect(m.heartbeat(beat("n3"), now: 1003 * ms).lease == .seconds(1))
+        m.beats(["n1", "n2"], now: 1003 * ms)
+        #expect(m.nextProposal(now: 1004 * ms) == nil)
+
+        // Same again, but the removal is persisted: it is a standby.
+        m.beats(["n1", "n2"], from: 1100 * ms, through: 2100 * ms)
+        #expect(ids(m.nextProposal(now: 2004 * ms)?.configuration.members) == ["n1", "n2"])
+        #expect(m.heartbeat(beat("n3"), now: 2005 * ms).lease == nil)
+        m.proposalPersisted(now: 2006 * ms)
+        #expect(m.heartbeat(beat("n3"), now: 2007 * ms) == ChainManager.Reply(
+            configuration: m.state.configuration, history: m.state.epochHistory, standing: .joining, lease: nil))
+    }
+
+    @Test func aFailureDuringAProposalIsHandledByTheNextOne() {
+        var m = manager(state(["n1", "n2", "n3"]))
+        m.beats(["n1", "n2", "n3"], now: 100 * ms)
+        _ = m.heartbeat(beat("n2", address: "127.0.0.1:8002"), now: 900 * ms)
+        let first = m.nextProposal(now: 900 * ms)
+        #expect(first?.epoch == 2)
+        for t in [1000 * ms, 1100 * ms, 1200 * ms] {
+            _ = m.heartbeat(beat("n1"), now: t)
+            _ = m.heartbeat(beat("n2", address: "127.0.0.1:8002"), now: t)
+        }
+        // n3 failed at 1100 ms, but one proposal is in flight.
+        #expect(m.nextProposal(now: 1150 * ms) == nil)
+        m.proposalPersisted(now: 1200 * ms)
+        let second = m.nextProposal(now: 1200 * ms)
+        #expect(second?.epoch == 3)
+        #expect(second?.configuration.members == [member("n1"), ChainMember(id: node("n2"), address: "127.0.0.1:8002")])
+        #expect(second?.epochHistory.map(\.epoch) == [1, 2, 3])
+    }
+
+    @Test func repliesNeverCarryAProposalEvenWhenItFails() {
+        let s = state(["n1", "n2"])
+        var m = manager(s)
+        #expect(m.heartbeat(beat("n2", address: "node2.example:9000"), now: 10 * ms).configuration == s.configuration)
+        let next = m.nextProposal(now: 10 * ms)
+        #expect(next?.configuration.members.last?.address == "node2.example:9000")
+        #expect(next?.epoch == 2)
+        #expect(m.nextProposal(now: 11 * ms) == nil)
+        #expect(m.heartbeat(beat("n1"), now: 12 * ms).configuration == s.configuration)
+        m.proposalFailed()
+        #expect(m.state == s)
+        #expect(m.heartbeat(beat("n1"), now: 13 * ms).configuration == s.configuration)
+        #expect(m.nextProposal(now: 14 * ms) == next)
+        m.proposalPersisted(now: 15 * ms)
+        #expect(m.heartbeat(beat("n1"), now: 16 * ms).configuration == next?.configuration)
+        #expect(m.heartbeat(beat("n1"), now: 16 * ms).history == next?.epochHistory)
+    }
+
+    @Test func whenEveryMemberFailsTheOneWithTheHighestLSNStays() {
+        var m = manager(state(["n1", "n2", "n3"]))
+        _ = m.heartbeat(beat("n1", seq: 50), now: 100 * ms)
+        _ = m.heartbeat(beat("n2", seq: 50), now: 100 * ms)
+        _ = m.heartbeat(beat("n3", seq: 40), now: 100 * ms)
+        #expect(m.isAvailable(now: 1100 * ms))
+        #expect(!m.isAvailable(now: 1100 * ms + 1))
+        // A tie between n1 and n2: the later in chain order stays.
+        let next = m.persistNext(now: 1200 * ms)
+        #expect(ids(next?.configuration.members) == ["n2"])
+        #expect(ids(next?.standbys) == ["n1", "n3"])
+        #expect(!m.isAvailable(now: 1200 * ms))
+        #expect(m.status(now: 1200 * ms).map(\.health) == [.failed, .failed, .failed])
+        // The last member is never removed.
+        #expect(m.nextProposal(now: 9000 * ms) == nil)
+        // A standby cannot restore the chain: it only joins after a live tail.
+        m.beats(["n1", "n3"], seq: 50, from: 9000 * ms, through: 9500 * ms)
+        #expect(m.nextProposal(now: 9500 * ms) == nil)
+        #expect(!m.isAvailable(now: 9500 * ms))
+        // The kept member comes back; one standby joins after it.
+        _ = m.heartbeat(beat("n2", seq: 50), now: 9600 * ms)
+        #expect(m.isAvailable(now: 9600 * ms))
+        #expect(ids(m.persistNext(now: 9600 * ms)?.configuration.members) == ["n2", "n1"])
+    }
+
+    @Test func aLiveDrainedMemberStaysRatherThanNoMember() throws {
+        var m = manager(state(["n1", "n2"]))
+        m.beats(["n1", "n2"], seq: 7, now: 100 * ms)
+        try m.removeNode(node("n1"), now: 100 * ms)
+        m.beats(["n1"], seq: 7, from: 200 * ms, through: 1200 * ms)
+        // n2 failed; n1 is drained and its lease ran out: it stays, no longer leaving.
+        let next = m.persistNext(now: 1200 * ms)
+        #expect(ids(next?.configuration.members) == ["n1"])
+        #expect(ids(next?.standbys) == ["n2"])
+        #expect(m.heartbeat(beat("n1", seq: 7), now: 1300 * ms).lease == .seconds(1))
+        #expect(m.status(now: 1300 * ms).first?.health == .healthy)
+    }
+
+    @Test func aSingleMemberChainNeverLosesItsMember() {
+        var m = manager(state(["n1"]))
+        #expect(m.nextProposal(now: 60_000 * ms) == nil)
+        #expect(!m.isAvailable(now: 60_000 * ms))
+        #expect(ids(m.state.configuration.members) == ["n1"])
+    }
+
+    @Test func aCaughtUpStandbyJoinsAsTheNewTail() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"]), lag: 10)
+        m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
+        _ = m.heartbeat(beat("n3", seq: 89), now: 100 * ms)
+        #expect(m.nextProposal(now: 100 * ms) == nil)
+        #expect(m.status(now: 100 * ms).last?.lag == 11)
+        #expect(m.status(now: 100 * ms).last?.health == .joining)
+        _ = m.heartbeat(beat("n3", seq: 90), now: 150 * ms)
+        let next = m.nextProposal(now: 150 * ms)
+        #expect(ids(next?.configuration.members) == ["n1", "n2", "n3"])
+        #expect(next?.standbys == [])
+        #expect(next?.epoch == 2)
+        // Joining until the proposal is persisted; then a leased member.
+        #expect(m.heartbeat(beat("n3", seq: 95), now: 160 * ms).standing == .joining)
+        m.proposalPersisted(now: 170 * ms)
+        let r = m.heartbeat(beat("n3", seq: 100), now: 180 * ms)
+        #expect(r.standing == .member)
+        #expect(r.lease == .seconds(1))
+        #expect(r.configuration.role(of: node("n3")) == .tail)
+    }
+
+    @Test func noJoinAfterASuspectOrDrainedTailOrFromAStaleStandby() throws {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"]), lag: 10)
+        m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
+        _ = m.heartbeat(beat("n3", seq: 100), now: 100 * ms)
+        // The tail has been silent for more than half the timeout.
+        m.beats(["n1"], seq: 100, now: 650 * ms)
+        _ = m.heartbeat(beat("n3", seq: 100), now: 650 * ms)
+        #expect(m.status(now: 650 * ms).map(\.health) == [.healthy, .suspect, .joining])
+        #expect(m.nextProposal(now: 650 * ms) == nil)
+        // The tail is back, but the standby's last heartbeat is older than the timeout.
+        m.beats(["n1", "n2"], seq: 100, now: 1700 * ms)
+        #expect(m.status(now: 1700 * ms).last?.health == .failed)
+        #expect(m.nextProposal(now: 1700 * ms) == nil)
+        // Both fresh: it joins — unless the tail is being drained.
+        try m.removeNode(node("n2"), now: 1700 * ms)
+        _ = m.heartbeat(beat("n3", seq: 100), now: 1700 * ms)
+        #expect(m.nextProposal(now: 1700 * ms) == nil)
+    }
+
+    @Test func severalCaughtUpStandbysJoinOnePerProposalMostAdvancedFirst() {
+        var m = manager(state(["n1"], standbys: ["n2", "n3"]), lag: 10)
+        _ = m.heartbeat(beat("n1", seq: 100), now: 100 * ms)
+        _ = m.heartbeat(beat("n2", seq: 95), now: 100 * ms)
+        _ = m.heartbeat(beat("n3", seq: 99), now: 100 * ms)
+        let first = m.persistNext(now: 100 * ms)
+        #expect(ids(first?.configuration.members) == ["n1", "n3"])
+        #expect(ids(first?.standbys) == ["n2"])
+        // The new tail has not heartbeated as a member yet, but heartbeated within half the timeout.
+        _ = m.heartbeat(beat("n3", seq: 100), now: 150 * ms)
+        let second = m.persistNext(now: 150 * ms)
+        #expect(ids(second?.configuration.members) == ["n1", "n3", "n2"])
+        #expect(second?.epoch == 3)
+        #expect(second?.epochHistory.map(\.epoch) == [1, 2, 3])
+    }
+
+    @Test func aFlappingMemberJustWithinTheTimeoutStaysAndOneThatMissesRejoinsOnlyCaughtUp() {
+        var m = manager(state(["n1", "n2", "n3"]), lag: 10)
+        var t: UInt64 = 0
+        _ = m.heartbeat(beat("n3", seq: 100), now: t)
+        while t < 20_000 * ms {
+            t += 100 * ms
+            m.beats(["n1", "n2"], seq: 100, now: t)
+            // Checked just before its heartbeat, exactly one timeout after the previous one.
+            #expect(m.nextProposal(now: t) == nil)
+            if t % (1000 * ms) == 0 { _ = m.heartbeat(beat("n3", seq: 100), now: t) }
+        }
+        // It misses one: removed, a standby.
+        m.beats(["n1", "n2"], seq: 100, now: t + 1001 * ms)
+        #expect(ids(m.persistNext(now: t + 1001 * ms)?.standbys) == ["n3"])
+        // Back, but behind (it lost its tail of the log): not appended until caught up.
+        _ = m.heartbeat(beat("n3", seq: 80), now: t + 1100 * ms)
+        #expect(m.nextProposal(now: t + 1100 * ms) == nil)
+        _ = m.heartbeat(beat("n3", seq: 95), now: t + 1200 * ms)
+        m.beats(["n1", "n2"], seq: 100, now: t + 1200 * ms)
+        #expect(ids(m.persistNext(now: t + 1200 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+    }
+
+    @Test func addNodeMakesAStandbyThroughTheNextProposal() throws {
+        var m = manager(state(["n1", "n2"]))
+        for bad in ["nohost", "0.0.0.0:7004", "[::]:7004", "node4:0", "node4:70000", ""] {
+            #expect(throws: CatenaError(.invalidArgument, "'\(bad)' is not an address peers can connect to (HOST:PORT, not a wildcard host, not port 0)")) {
+                try m.addNode(node("n4"), address: bad)
+            }
+        }
+        try m.addNode(node("n4"), address: "node4.example:7004")
+        #expect(m.status(now: 0).last?.standing == .joining)
+        // Known before it is persisted: it keeps running and catching up.
+        #expect(m.heartbeat(beat("n4", address: "node4.example:7004"), now: 10 * ms).standing == .joining)
+        try m.addNode(node("n4"), address: "node4.example:7004")
+        #expect(throws: CatenaError(.invalidArgument, "n4 is already known at node4.example:7004, not at node4.example:7005")) {
+            try m.addNode(node("n4"), address: "node4.example:7005")
+        }
+        #expect(throws: CatenaError(.invalidArgument, "n1 is already known at 127.0.0.1:7001, not at 127.0.0.1:7009")) {
+            try m.addNode(node("n1"), address: "127.0.0.1:7009")
+        }
+        try m.addNode(node("n1"), address: "127.0.0.1:7001")
+        let next = m.persistNext(now: 20 * ms)
+        #expect(next?.standbys == [ChainMember(id: node("n4"), address: "node4.example:7004")])
+        #expect(next?.epoch == 1)
+        #expect(next?.epochHistory == [EpochStart(epoch: 1)])
+        // Adding it again changes nothing.
+        try m.addNode(node("n4"), address: "node4.example:7004")
+        #expect(m.nextProposal(now: 30 * ms) == nil)
+    }
+
+    @Test func removeNodeForgetsStandbysAndRefusesTheLastMember() throws {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"]))
+        #expect(throws: CatenaError(.notFound, "n9 is neither a member nor a standby of chain 1")) {
+            try m.removeNode(node("n9"), now: 0)
+        }
+        try m.removeNode(node("n3"), now: 0)
+        #expect(throws: CatenaError(.invalidArgument, "n3 is being removed; add it again once it is gone")) {
+            try m.addNode(node("n3"), address: addressOf("n3"))
+        }
+        let next = m.persistNext(now: 10 * ms)
+        #expect(next?.standbys == [])
+        #expect(next?.epoch == 1)
+        #expect(m.heartbeat(beat("n3"), now: 20 * ms).standing == .unknown)
+        // Gone: it may be added again.
+        try m.addNode(node("n3"), address: addressOf("n3"))
+
+        try m.removeNode(node("n1"), now: 20 * ms)
+        try m.removeNode(node("n1"), now: 20 * ms)
+        #expect(throws: CatenaError(.invalidArgument, "n2 is the last member of chain 1: removing it would leave the chain without members")) {
+            try m.removeNode(node("n2"), now: 20 * ms)
+        }
+        var single = manager(state(["n1"]))
+        #expect(throws: CatenaError(.invalidArgument, "n1 is the last member of chain 1: removing it would leave the chain without members")) {
+            try single.removeNode(node("n1"), now: 0)
+        }
+    }
+
+    @Test func removeNodeRefusesToLeaveOnlyFailedMembersAndDropsAPendingAdd() throws {
+        var m = manager(state(["n1", "n2", "n3"]))
+        m.beats(["n1"], from: 100 * ms, through: 1500 * ms)
+        #expect(throws: CatenaError(.invalidArgument, "every other member of chain 1 has failed: removing n1 would leave the chain without a live member")) {
+            try m.removeNode(node("n1"), now: 1500 * ms)
+        }
+        try m.removeNode(node("n2"), now: 1500 * ms)
+
+        var n = manager(state(["n1"]))
+        try n.addNode(node("n4"), address: addressOf("n4"))
+        try n.removeNode(node("n4"), now: 0)
+        #expect(n.nextProposal(now: 0) == nil)
+        #expect(n.heartbeat(beat("n4"), now: 0).standing == .unknown)
+        // Removed while the proposal adding it is in flight: forgotten by the next one.
+        try n.addNode(node("n4"), address: addressOf("n4"))
+        #expect(ids(n.nextProposal(now: 10 * ms)?.standbys) == ["n4"])
+        try n.removeNode(node("n4"), now: 10 * ms)
+        n.proposalPersisted(now: 20 * ms)
+        #expect(n.persistNext(now: 20 * ms)?.standbys == [])
+    }
+
+    @Test func theHeadsFirstSeqIsRecordedForTheCurrentEpochOnly() {
+        let s = state(["n1", "n2"], epoch: 2) // history: epoch 1 from seq 100, epoch 2 unknown
+        var m = manager(s)
+        // Not the head; not the current epoch; below an earlier epoch's first seq.
+        _ = m.heartbeat(beat("n2", start: EpochStart(epoch: 2, firstSeq: 150)), now: 10 * ms)
+        _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 1, firstSeq: 150)), now: 10 * ms)
+        _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 3, firstSeq: 150)), now: 10 * ms)
+        _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: 99)), now: 10 * ms)
+        _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: nil)), now: 10 * ms)
+        #expect(m.nextProposal(now: 10 * ms) == nil)
+        // The head's report: recorded in the same epoch, announced once persisted.
+        let r = m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: 100)), now: 20 * ms)
+        #expect(r.history.last == EpochStart(epoch: 2))
+        let next = m.nextProposal(now: 20 * ms)
+        #expect(next?.epoch == 2)
+        #expect(next?.configuration == s.configuration)
+        #expect(next?.epochHistory == [EpochStart(epoch: 1, firstSeq: 100), EpochStart(epoch: 2, firstSeq: 100)])
+        #expect(m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: 100)), now: 30 * ms).history.last?.firstSeq == nil)
+        m.proposalPersisted(now: 40 * ms)
+        #expect(m.heartbeat(beat("n1"), now: 50 * ms).history.last == EpochStart(epoch: 2, firstSeq: 100))
+        // Recorded once: a later report changes nothing.
+        _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: 170)), now: 60 * ms)
+        #expect(m.nextProposal(now: 60 * ms) == nil)
+    }
+
+    @Test func aReportForAnEpochThatEndedBeforeItWasRecordedIsDropped() {
+        var m = manager(state(["n1", "n2", "n3"]))
+        m.beats(["n1", "n2", "n3"], now: 100 * ms)
+        _ = m.heartbeat(beat("n3", address: "127.0.0.1:8003"), now: 200 * ms)
+        #expect(m.nextProposal(now: 200 * ms)?.epoch == 2)
+        _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 1, firstSeq: 1)), now: 210 * ms)
+        m.proposalPersisted(now: 220 * ms)
+        #expect(m.nextProposal(now: 230 * ms) == nil)
+        #expect(m.state.epochHistory == [EpochStart(epoch: 1), EpochStart(epoch: 2)])
+    }
+
+    @Test func announcedAddressesAreRecordedMembersInANewEpochStandbysInTheSame() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"]))
+        _ = m.heartbeat(beat("n3", address: "node3.example:7003"), now: 10 * ms)
+        let standby = m.persistNext(now: 10 * ms)
+        #expect(standby?.standbys == [ChainMember(id: node("n3"), address: "node3.example:7003")])
+        #expect(standby?.epoch == 1)
+        _ = m.heartbeat(beat("n1", address: "[::1]:7101"), now: 20 * ms)
+        let member = m.persistNext(now: 20 * ms)
+        #expect(member?.configuration.members.first?.address == "[::1]:7101")
+        #expect(member?.epoch == 2)
+        #expect(member?.epochHistory == [EpochStart(epoch: 1), EpochStart(epoch: 2)])
+        // Unconnectable: ignored, the old address stays; the heartbeat still counts.
+        for bad in ["0.0.0.0:7001", "[::]:7001", "node1:0", "garbage"] {
+            #expect(m.heartbeat(beat("n1", address: bad), now: 900 * ms).lease == .seconds(1))
+        }
+        m.beats(["n2"], now: 900 * ms)
+        #expect(m.nextProposal(now: 1500 * ms) == nil)
+        #expect(m.state.configuration.members.first?.address == "[::1]:7101")
+    }
+
+    @Test func statusReportsEveryKnownNode() throws {
+        var m = manager(state(["n1", "n2", "n3"], standbys: ["n4"]), lease: .milliseconds(800))
+        _ = m.heartbeat(beat("n1", seq: 120), now: 100 * ms)
+        _ = m.heartbeat(beat("n2", seq: 110), now: 300 * ms)
+        _ = m.heartbeat(beat("n4", seq: 20), now: 300 * ms)
+        try m.addNode(node("n5"), address: addressOf("n5"))
+        let s = m.status(now: 700 * ms)
+        #expect(s.map(\.id.rawValue) == ["n1", "n2", "n3", "n4", "n5"])
+        #expect(s.map(\.role) == [.head, .middle, .tail, nil, nil])
+        #expect(s.map(\.standing) == [.member, .member, .member, .joining, .joining])
+        #expect(s.map(\.health) == [.suspect, .healthy, .suspect, .joining, .failed])
+        #expect(s.map(\.highestLSN) == [LSN(epoch: 1, seq: 120), LSN(epoch: 1, seq: 110), nil, LSN(epoch: 1, seq: 20), nil])
+        #expect(s.map(\.lag) == [0, 10, nil, 100, nil])
+        #expect(s.map(\.sinceHeartbeat) == [600 * ms, 400 * ms, nil, 400 * ms, nil])
+        #expect(s.map(\.leaseRemaining) == [200 * ms, 400 * ms, 100 * ms, nil, nil])
+        #expect(s[3].address == addressOf("n4"))
+    }
+}
