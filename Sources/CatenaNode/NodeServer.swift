@@ -96,6 +96,11 @@ extension Node {
                     try await write(reply(.objectData, buffer, more: true), outbound)
                 }
                 try await write(reply(.objectData, ByteBuffer()), outbound)
+            case .catchUpRequest:
+                let request = try CatchUpRequest(decoding: frame.payload)
+                try await CatchUpSource.serve(request, store: store) { (chunk, more) throws(CatenaError) in
+                    try await write(reply(.catchUpChunk, chunk.encoded(), more: more), outbound)
+                }
             default:
                 throw CatenaError(.unknownFrameType, "unexpected \(frame.type)")
             }

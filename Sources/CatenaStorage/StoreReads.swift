@@ -114,11 +114,30 @@ extension Store {
             if lsn != .zero && lsn.seq < s.persistent.compactedThrough.seq {
                 throw CatenaError(.historyCompacted, "records after \(lsn) were compacted (history kept from \(s.persistent.compactedThrough)); a full copy is needed")
             }
-            let parts = s.segments.filter { $0.lastLSN.seq > lsn.seq }.map {
-                RecordStream.Part(file: $0.file, segment: $0.id, start: UInt64($0.header.size), end: $0.size)
+            let parts = s.segments.filter { $0.lastLSN.seq > lsn.seq }.map { seg in
+                // In the active segment, skip the records at or before `lsn` that the index
+                // locates: a follower asking for the newest records does not rescan the segment.
+                let start = seg.sealed ? nil : Store.offset(after: lsn, in: s.activeEntries, segment: seg.id)
+                return RecordStream.Part(file: seg.file, segment: seg.id, start: start ?? UInt64(seg.header.size), end: seg.size)
             }
             return RecordStream(parts: parts, after: lsn, pool: readerPool)
         }
+    }
+
+    /// Where the first record after `lsn` can start in the active segment: the end of the last
+    /// indexed record at or before it (damaged bytes after that are still scanned and reported).
+    /// Nil if no such record is indexed in `segment`.
+    static func offset(after lsn: LSN, in entries: [EntrySummary], segment: UInt64) -> UInt64? {
+        // `entries` are in log order.
+        var low = 0, high = entries.count
+        while low < high {
+            let mid = (low + high) / 2
+            if entries[mid].lsn.seq <= lsn.seq { low = mid + 1 } else { high = mid }
+        }
+        guard low > 0 else { return nil }
+        let entry = entries[low - 1]
+        guard entry.location.segment == segment else { return nil }
+        return entry.location.offset + UInt64(entry.location.length)
     }
 
     /// The records of one sealed segment.

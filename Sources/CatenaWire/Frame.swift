@@ -39,6 +39,8 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .head: "head"
         case .list: "list"
         case .listPage: "listPage"
+        case .catchUpRequest: "catchUpRequest"
+        case .catchUpChunk: "catchUpChunk"
         case .replicate: "replicate"
         case .acknowledge: "acknowledge"
         case .position: "position"

@@ -41,7 +41,7 @@ extension FrameType {
     public static let heartbeat = FrameType(rawValue: 130)
 
     /// Frame types a client sends to a storage node.
-    public static let clientRequests: Set<FrameType> = [.write, .get, .head, .list]
+    public static let clientRequests: Set<FrameType> = [.write, .get, .head, .list, .catchUpRequest]
     /// Frame types a predecessor sends to its successor.
     public static let replicationRequests: Set<FrameType> = [.replicate]
     /// Frame types a master answers.
