@@ -22,7 +22,9 @@ public struct EpochStart: Hashable, Sendable {
 /// LSN = (epoch, seq) and only the head of an epoch assigns LSNs of that epoch, so two logs that
 /// hold the same LSN hold the same record there — and, since every head continues its own log,
 /// the same records below it (the log matching property). The chain's record at seq `s` was
-/// written in the epoch with the greatest known first seq ≤ `s`.
+/// written in the latest epoch whose first seq is ≤ `s`: a later head continues from its own
+/// log's end, which may be below what an earlier, replaced head wrote (those writes never
+/// committed), so first seqs need not grow with epochs.
 public struct EpochHistory: Hashable, Sendable {
     /// The entries, oldest first (strictly increasing epochs).
     public var entries: [EpochStart]
@@ -32,14 +34,10 @@ public struct EpochHistory: Hashable, Sendable {
         self.entries = entries
     }
 
-    /// The epoch in which the chain's record at `seq` was written, if the history knows.
+    /// The epoch in which the chain's record at `seq` was written, if the history knows: the
+    /// latest epoch that started at or before it.
     public func epoch(atSeq seq: UInt64) -> UInt64? {
-        var best: EpochStart?
-        for e in entries {
-            guard let first = e.firstSeq, first <= seq else { continue }
-            if best == nil || first >= best!.firstSeq! { best = e }
-        }
-        return best?.epoch
+        entries.last { e in e.firstSeq.map { $0 <= seq } ?? false }?.epoch
     }
 
     /// The first seq of `epoch`, if recorded.
@@ -51,10 +49,10 @@ public struct EpochHistory: Hashable, Sendable {
     /// — the epoch of that log's own record at `seq`. Everything after it must be truncated (an
     /// old head's writes that never committed). Conservative: where the history cannot tell, it
     /// answers lower, which costs a longer catch-up, never a wrong record.
-    public func lastShared(myLastSeq: UInt64, epochAt: (UInt64) throws(CatenaError) -> UInt64) throws(CatenaError) -> UInt64 {
+    public func lastShared(myLastSeq: UInt64, epochAt: (UInt64) async throws(CatenaError) -> UInt64) async throws(CatenaError) -> UInt64 {
         var x = myLastSeq
         while x > 0 {
-            let mine = try epochAt(x)
+            let mine = try await epochAt(x)
             guard let chain = epoch(atSeq: x) else { return 0 }
             if mine == chain { return x }
             // The chain's record at x was written in another epoch: everything from that epoch's

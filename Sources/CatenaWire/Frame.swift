@@ -47,6 +47,10 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .getConfiguration: "getConfiguration"
         case .configuration: "configuration"
         case .heartbeat: "heartbeat"
+        case .addNode: "addNode"
+        case .removeNode: "removeNode"
+        case .getStatus: "getStatus"
+        case .chainStatus: "chainStatus"
         default: "type(\(rawValue))"
         }
     }

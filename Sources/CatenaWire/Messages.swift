@@ -37,15 +37,25 @@ extension FrameType {
     public static let getConfiguration = FrameType(rawValue: 128)
     /// Master → anyone: a chain configuration.
     public static let configuration = FrameType(rawValue: 129)
-    /// Node → master: liveness, the node's address and highest LSN. Reply: ``configuration``.
+    /// Node → master: liveness, the node's address and highest LSN. Reply: ``configuration``
+    /// carrying a ``HeartbeatReply`` (a configuration payload with the node's standing, its
+    /// lease and the epoch history appended).
     public static let heartbeat = FrameType(rawValue: 130)
+    /// Operator → master: add a node (``NodeRequest`` with an address). Reply: ``chainStatus``.
+    public static let addNode = FrameType(rawValue: 131)
+    /// Operator → master: remove a node gracefully (``NodeRequest``). Reply: ``chainStatus``.
+    public static let removeNode = FrameType(rawValue: 132)
+    /// Operator → master: the chain's status. Reply: ``chainStatus``.
+    public static let getStatus = FrameType(rawValue: 133)
+    /// Master → operator: a ``ChainStatus``.
+    public static let chainStatus = FrameType(rawValue: 134)
 
     /// Frame types a client sends to a storage node.
     public static let clientRequests: Set<FrameType> = [.write, .get, .head, .list, .catchUpRequest]
     /// Frame types a predecessor sends to its successor.
     public static let replicationRequests: Set<FrameType> = [.replicate]
     /// Frame types a master answers.
-    public static let masterRequests: Set<FrameType> = [.getConfiguration, .heartbeat]
+    public static let masterRequests: Set<FrameType> = [.getConfiguration, .heartbeat, .addNode, .removeNode, .getStatus]
 }
 
 /// The payload of a ``FrameType/write`` frame: a ``WriteRequest``.
@@ -369,6 +379,11 @@ public enum ConfigurationPayload {
     /// Parses a configuration payload (ids checked, members distinct).
     public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> ChainConfiguration {
         var b = payload
+        return try decode(&b)
+    }
+
+    /// Parses a configuration from the front of `b`, leaving what follows it.
+    static func decode(_ b: inout ByteBuffer) throws(CatenaError) -> ChainConfiguration {
         let cluster = try b.readShortString(what: "cluster id")
         guard let chain = b.readInteger(endianness: .little, as: UInt32.self),
               let epoch = b.readInteger(endianness: .little, as: UInt64.self),
@@ -384,21 +399,28 @@ public enum ConfigurationPayload {
     }
 }
 
-/// The payload of a ``FrameType/heartbeat`` frame: a node's id, the address it serves at and the
-/// highest LSN in its log.
+/// The payload of a ``FrameType/heartbeat`` frame: a node's id, the address it serves at, the
+/// highest LSN in its log and — from the head of an epoch before its first write there — the
+/// seq that epoch starts at.
+///
+/// Layout: node id, address (u16 length + UTF-8 each), highest LSN (2 × u64), then the epoch
+/// start: epoch (u64) and first seq (u64), both 0 when there is none.
 public struct Heartbeat: Hashable, Sendable {
     /// The node.
     public var node: NodeID
     /// `host:port` where it accepts connections (its real address when it listens on port 0).
     public var address: String
-    /// The highest durable LSN in its log (lag, later failure handling).
+    /// The highest durable LSN in its log: the master's measure of lag and of catch-up.
     public var highestLSN: LSN
+    /// The head of the current epoch, before it writes there: the epoch and its first seq.
+    public var epochStart: EpochStart?
 
     /// Creates a heartbeat.
-    public init(node: NodeID, address: String, highestLSN: LSN) {
+    public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil) {
         self.node = node
         self.address = address
         self.highestLSN = highestLSN
+        self.epochStart = epochStart
     }
 
     /// The payload bytes.
@@ -407,6 +429,8 @@ public struct Heartbeat: Hashable, Sendable {
         b.writeShortString(node.rawValue)
         b.writeShortString(address)
         b.writeLSN(highestLSN)
+        b.writeInteger(epochStart?.firstSeq == nil ? 0 : epochStart!.epoch, endianness: .little)
+        b.writeInteger(epochStart?.firstSeq ?? 0, endianness: .little)
         return b
     }
 
@@ -415,7 +439,13 @@ public struct Heartbeat: Hashable, Sendable {
         var b = payload
         let node = try NodeID(try b.readShortString(what: "node id"))
         let address = try b.readShortString(what: "address")
-        self.init(node: node, address: address, highestLSN: try b.readLSN())
+        let highest = try b.readLSN()
+        guard let epoch = b.readInteger(endianness: .little, as: UInt64.self),
+              let first = b.readInteger(endianness: .little, as: UInt64.self) else {
+            throw CatenaError(.malformed, "heartbeat epoch start is truncated")
+        }
+        let start = first == 0 ? nil : EpochStart(epoch: epoch, firstSeq: first)
+        self.init(node: node, address: address, highestLSN: highest, epochStart: start)
     }
 }
 

@@ -167,6 +167,36 @@ enum MessageFixtures {
         Heartbeat(node: node("node-b"), address: "127.0.0.1:7100", highestLSN: LSN(epoch: 3, seq: 99)),
         Heartbeat(node: node(String(repeating: "n", count: 64)), address: "", highestLSN: .zero),
         Heartbeat(node: node("N.1_x-Y"), address: "[fe80::1%eth0]:7000", highestLSN: LSN(epoch: .max, seq: .max)),
+        Heartbeat(node: node("head"), address: "127.0.0.1:7001", highestLSN: LSN(epoch: 4, seq: 1200),
+                  epochStart: EpochStart(epoch: 5, firstSeq: 1201)),
+    ]
+
+    static let heartbeatReplies: [HeartbeatReply] = configurations.flatMap { c in [
+        HeartbeatReply(configuration: c, standing: .member, lease: .milliseconds(1000),
+                       history: EpochHistory([EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2), EpochStart(epoch: 3, firstSeq: .max)])),
+        HeartbeatReply(configuration: c, standing: .joining, lease: nil, history: EpochHistory([])),
+        HeartbeatReply(configuration: c, standing: .unknown, lease: .milliseconds(Int(UInt32.max)), history: EpochHistory([EpochStart(epoch: .max)])),
+    ] }
+
+    static let nodeRequests = [
+        NodeRequest(node: node("n4"), address: "127.0.0.1:7004"),
+        NodeRequest(node: node(String(repeating: "z", count: 64))),
+    ]
+
+    static let statuses: [ChainStatus] = [
+        ChainStatus(chainID: 1, epoch: 0, available: false, failureTimeoutMilliseconds: 0, leaseMilliseconds: 0, nodes: []),
+        ChainStatus(chainID: .max, epoch: 9, available: true, failureTimeoutMilliseconds: 1000, leaseMilliseconds: 1000, nodes: [
+            .init(id: node("n1"), address: "127.0.0.1:7001", role: .head, highestLSN: LSN(epoch: 9, seq: 100), lagRecords: 0,
+                  heartbeatAgeMilliseconds: 12, leaseMilliseconds: 988, health: .healthy),
+            .init(id: node("n2"), address: "127.0.0.1:7002", role: .middle, highestLSN: LSN(epoch: 9, seq: 90), lagRecords: 10,
+                  heartbeatAgeMilliseconds: nil, leaseMilliseconds: nil, health: .suspect),
+            .init(id: node("n3"), address: "127.0.0.1:7003", role: .tail, highestLSN: .zero, lagRecords: .max,
+                  heartbeatAgeMilliseconds: .max - 1, leaseMilliseconds: 0, health: .failed),
+            .init(id: node("n4"), address: "", role: nil, highestLSN: LSN(epoch: 2, seq: 3), lagRecords: 97,
+                  heartbeatAgeMilliseconds: 5, leaseMilliseconds: nil, health: .joining),
+            .init(id: node("n5"), address: "h:1", role: .single, highestLSN: .zero, lagRecords: 0,
+                  heartbeatAgeMilliseconds: 5, leaseMilliseconds: nil, health: .leaving),
+        ]),
     ]
 
     // MARK: Records
@@ -261,6 +291,12 @@ enum MessageFixtures {
                      encode: { ConfigurationPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ConfigurationPayload.decode(b) }),
         PayloadCodec("heartbeat", .heartbeat, heartbeats, codes: [.malformed, .invalidArgument],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try Heartbeat(decoding: b) }),
+        PayloadCodec("heartbeatReply", .configuration, heartbeatReplies, codes: [.malformed, .invalidArgument],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try HeartbeatReply(decoding: b) }),
+        PayloadCodec("nodeRequest", .addNode, nodeRequests, codes: [.malformed, .invalidArgument],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try NodeRequest(decoding: b) }),
+        PayloadCodec("chainStatus", .chainStatus, statuses, codes: [.malformed, .invalidArgument],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ChainStatus(decoding: b) }),
     ]
 }
 

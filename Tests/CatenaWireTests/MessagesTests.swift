@@ -556,6 +556,7 @@ struct MessagesTests {
         let expected = F.le(UInt16(heartbeat.node.rawValue.utf8.count)) + Array(heartbeat.node.rawValue.utf8)
             + F.le(UInt16(heartbeat.address.utf8.count)) + Array(heartbeat.address.utf8)
             + F.le(heartbeat.highestLSN.epoch) + F.le(heartbeat.highestLSN.seq)
+            + F.le(heartbeat.epochStart?.epoch ?? 0) + F.le(heartbeat.epochStart?.firstSeq ?? 0)
         #expect(F.bytes(payload) == expected)
         #expect(try Heartbeat(decoding: payload) == heartbeat)
     }
@@ -577,8 +578,43 @@ struct MessagesTests {
     func heartbeatInvalidNode() {
         for id in ["", "node a", "nœud"] {
             let bytes = F.le(UInt16(id.utf8.count)) + Array(id.utf8) + F.le(UInt16(0)) + F.le(UInt64(1)) + F.le(UInt64(1))
+                + F.le(UInt64(0)) + F.le(UInt64(0))
             #expect(F.code { try Heartbeat(decoding: ByteBuffer(bytes: bytes)) } == .invalidArgument)
         }
+    }
+
+    @Test("A heartbeat reply is a configuration payload with more after it: clients read it as a configuration",
+          arguments: MessageFixtures.heartbeatReplies)
+    func heartbeatReplyReadsAsConfiguration(_ reply: HeartbeatReply) throws {
+        #expect(try ConfigurationPayload.decode(reply.encoded()) == reply.configuration)
+        let decoded = try HeartbeatReply(decoding: reply.encoded())
+        #expect(decoded == reply)
+        #expect(decoded.history.entries.map(\.firstSeq) == reply.history.entries.map(\.firstSeq), "unknown first seqs stay unknown")
+    }
+
+    @Test("A heartbeat reply with an unknown standing, or claiming more epochs than it holds, is malformed")
+    func heartbeatReplyRefusals() throws {
+        let reply = F.heartbeatReplies[1]
+        var bytes = F.bytes(reply.encoded())
+        let standingAt = bytes.count - 4 - 4 - 1
+        bytes[standingAt] = 9
+        #expect(F.code { try HeartbeatReply(decoding: ByteBuffer(bytes: bytes)) } == .malformed)
+        bytes[standingAt] = NodeStanding.joining.rawValue
+        bytes.replaceSubrange((bytes.count - 4)..., with: F.le(UInt32.max))
+        #expect(F.code { try HeartbeatReply(decoding: ByteBuffer(bytes: bytes)) } == .malformed)
+    }
+
+    @Test("A chain status with an unknown role or health is malformed")
+    func chainStatusRefusals() throws {
+        let status = F.statuses[1]
+        var bytes = F.bytes(status.encoded())
+        bytes[bytes.count - 1] = 0
+        #expect(F.code { try ChainStatus(decoding: ByteBuffer(bytes: bytes)) } == .malformed)
+        bytes[bytes.count - 1] = ChainStatus.Health.leaving.rawValue
+        #expect(try ChainStatus(decoding: ByteBuffer(bytes: bytes)) == status)
+        let roleAt = bytes.count - 1 - 8 - 8 - 8 - 16 - 1
+        bytes[roleAt] = 5
+        #expect(F.code { try ChainStatus(decoding: ByteBuffer(bytes: bytes)) } == .malformed)
     }
 }
 
