@@ -129,6 +129,7 @@ let package = Package(
                 "CatenaMaster",
                 "CatenaNode",
                 "CatenaClient",
+                "CatenaWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -28,6 +28,10 @@ public final class CatenaClient: Sendable {
     public struct Configuration: Sendable {
         /// How long one operation (with its retries) may take.
         public var requestTimeout: Duration = .seconds(15)
+        /// How long one attempt at one node may take before the client retries (same request
+        /// id) with a fresh configuration: a paused or partitioned head or tail is left behind
+        /// after this, and the master's failover takes about one failure timeout.
+        public var attemptTimeout: Duration = .seconds(2)
         /// Objects larger than this are stored in chunks of this size.
         public var chunkSize: Int = 1 << 20
         /// Chunks of one streamed put in flight at once.
@@ -151,9 +155,9 @@ public final class CatenaClient: Sendable {
     /// is thrown then. Throws `notFound` if there is none.
     public func getStreaming(_ key: String) async throws(CatenaError) -> ObjectStream {
         let k = try Key(key)
-        return try await withRetries(.tail) { (connection, chain) async throws(CatenaError) -> ObjectStream in
+        return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> ObjectStream in
             let replies = try await connection.stream(Frame(type: .get, chainID: chain.chainID, epoch: chain.epoch, payload: KeyPayload.encode(k)),
-                                                      timeout: configuration.requestTimeout)
+                                                      timeout: timeout)
             guard let first = try await replies.next() else {
                 throw CatenaError(.protocolViolation, "\(connection.address) sent an empty reply to get")
             }
@@ -182,9 +186,9 @@ public final class CatenaClient: Sendable {
     /// metadata). Throws `notFound` if there is none.
     public func head(_ key: String) async throws(CatenaError) -> ObjectInfo {
         let k = try Key(key)
-        return try await withRetries(.tail) { (connection, chain) async throws(CatenaError) -> ObjectInfo in
+        return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> ObjectInfo in
             let reply = try await connection.request(Frame(type: .head, chainID: chain.chainID, epoch: chain.epoch, payload: KeyPayload.encode(k)),
-                                                     timeout: configuration.requestTimeout)
+                                                     timeout: timeout)
             return try ObjectInfoPayload.decode(reply.payload)
         }
     }
@@ -193,9 +197,9 @@ public final class CatenaClient: Sendable {
     /// page's ``ListPage/nextCursor``).
     public func list(prefix: String = "", after: Key? = nil, limit: Int = 1000) async throws(CatenaError) -> ListPage {
         let request = ListRequest(prefix: Array(prefix.utf8), after: after, limit: limit)
-        return try await withRetries(.tail) { (connection, chain) async throws(CatenaError) -> ListPage in
+        return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> ListPage in
             let reply = try await connection.request(Frame(type: .list, chainID: chain.chainID, epoch: chain.epoch, payload: request.encoded()),
-                                                     timeout: configuration.requestTimeout)
+                                                     timeout: timeout)
             return try ListPagePayload.decode(reply.payload)
         }
     }
@@ -231,9 +235,9 @@ public final class CatenaClient: Sendable {
     /// Sends a write to the head, retrying with the same request id.
     private func write(_ request: WriteRequest) async throws(CatenaError) -> LSN {
         let payload = WritePayload.encode(request)
-        return try await withRetries(.head) { (connection, chain) async throws(CatenaError) -> LSN in
+        return try await withRetries(.head) { (connection, chain, timeout) async throws(CatenaError) -> LSN in
             let reply = try await connection.request(Frame(type: .write, chainID: chain.chainID, epoch: chain.epoch, payload: payload),
-                                                     timeout: configuration.requestTimeout)
+                                                     timeout: timeout)
             return try LSNPayload.decode(reply.payload)
         }
     }
@@ -304,7 +308,7 @@ public final class CatenaClient: Sendable {
 
     /// Runs `body` against the chain's head or tail, refreshing the configuration and retrying
     /// on redirects, stale epochs, busy nodes and lost connections until the deadline.
-    private func withRetries<R>(_ route: Route, _ body: (RequestConnection, ChainConfiguration) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
+    private func withRetries<R>(_ route: Route, _ body: (RequestConnection, ChainConfiguration, Duration) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
         let deadline = ContinuousClock.now + configuration.requestTimeout
         var attempt = 0
         var lastError: CatenaError?
@@ -315,7 +319,8 @@ public final class CatenaClient: Sendable {
                     guard r.epoch == chain.epoch, let c = route == .head ? r.head : r.tail, !c.isClosed else { return nil }
                     return c
                 }
-                if let cached { return try await body(cached, chain) }
+                let timeout = min(configuration.attemptTimeout, max(.milliseconds(1), deadline - .now))
+                if let cached { return try await body(cached, chain, timeout) }
                 guard let member = route == .head ? chain.head : chain.tail else {
                     throw CatenaError(.unavailable, "chain \(chain.chainID) has no members at epoch \(chain.epoch)")
                 }
@@ -324,7 +329,7 @@ public final class CatenaClient: Sendable {
                     if r.epoch != chain.epoch { r = Routes(epoch: chain.epoch) }
                     if route == .head { r.head = connection } else { r.tail = connection }
                 }
-                return try await body(connection, chain)
+                return try await body(connection, chain, timeout)
             } catch {
                 guard Self.retryable(error.code), ContinuousClock.now < deadline else {
                     if error.code == .timeout, let lastError, lastError.code != .timeout {

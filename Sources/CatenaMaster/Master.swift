@@ -17,6 +17,14 @@ public struct MasterConfiguration: Sendable {
     /// The configuration to start from when the data directory holds none (the topology's).
     /// Once saved, the saved state wins.
     public var initial: ChainConfiguration
+    /// Heartbeat interval and failure timeout (the topology's `heartbeat`).
+    public var heartbeat = HeartbeatSettings()
+    /// The lease granted per heartbeat; nil: the failure timeout. At most the failure timeout,
+    /// so a member declared failed holds no lease any more. While the master is down, members
+    /// serve until their lease runs out.
+    public var lease: Duration?
+    /// A joining node is appended once it is at most this many records behind the tail.
+    public var catchUpLagRecords: UInt64 = 256
 
     /// Creates a configuration.
     public init(clusterID: String, listen: Address, dataDirectory: String, initial: ChainConfiguration) {
@@ -28,22 +36,11 @@ public struct MasterConfiguration: Sendable {
     }
 }
 
-/// What the master knows about one node from its heartbeats.
-public struct MemberStatus: Hashable, Sendable {
-    /// The node.
-    public var id: NodeID
-    /// The address it last announced.
-    public var address: String
-    /// The highest LSN in its log at its last heartbeat.
-    public var highestLSN: LSN
-    /// When its last heartbeat arrived.
-    public var lastHeartbeat: ContinuousClock.Instant
-}
-
 /// The master: holds the chain configuration (epoch, ordered members and their addresses),
-/// persists every change before announcing it, serves it to clients and nodes, and takes node
-/// heartbeats — which register a node's real address (a node listening on port 0) and carry its
-/// highest LSN. Failure detection and reconfiguration build on this (next milestone).
+/// persists every change before announcing it, serves it to clients and nodes, takes node
+/// heartbeats (liveness, real addresses, highest LSNs, leases), detects failed members and
+/// reconfigures the chain, appends caught-up joiners, and answers operators (`catena chain`).
+/// The decisions are ``ChainManager``'s, a pure state machine; this type does the I/O.
 public final class Master: Sendable {
     /// The bound address.
     public let address: Address
@@ -86,7 +83,14 @@ public final class Master: Sendable {
             host: configuration.listen.host, port: Int(configuration.listen.port), clusterID: configuration.clusterID,
             localID: "master", acceptedRoles: [.client, .node, .master], allowsClusterDiscovery: true, logger: logger)
         let address = Address(host: configuration.listen.host, port: UInt16(server.port))
-        let core = MasterCore(state: state, file: file, logger: logger)
+        let lease = configuration.lease ?? configuration.heartbeat.timeout
+        guard lease <= configuration.heartbeat.timeout, lease > .zero else {
+            server.close()
+            throw CatenaError(.invalidArgument, "the lease (\(lease)) must be positive and at most the failure timeout (\(configuration.heartbeat.timeout))")
+        }
+        let settings = ChainManager.Settings(failureTimeout: configuration.heartbeat.timeout, lease: lease,
+                                             catchUpLagRecords: configuration.catchUpLagRecords)
+        let core = MasterCore(state: state, settings: settings, file: file, logger: logger)
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
             do {
@@ -104,9 +108,9 @@ public final class Master: Sendable {
         get async { await core.state.configuration }
     }
 
-    /// What the master knows about each member from heartbeats.
-    public var members: [MemberStatus] {
-        get async { await core.statuses }
+    /// The chain's status: every member and joining node, as `catena chain status` shows it.
+    public var status: ChainStatus {
+        get async { await core.status() }
     }
 
     /// Serves until the task is cancelled.
@@ -118,7 +122,12 @@ public final class Master: Sendable {
             }
         }
         let metrics = Task { await self.metricsServer?.run() }
-        while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+        // Failure detection and reconfiguration run on a tick: a twentieth of the failure timeout.
+        let tick = max(.milliseconds(5), await core.settings.failureTimeout / 20)
+        while !Task.isCancelled {
+            await core.advance()
+            try? await Task.sleep(for: tick)
+        }
         server.close()
         metricsServer?.close()
         serving.cancel()
@@ -147,7 +156,19 @@ public final class Master: Sendable {
                     guard beat.node.rawValue == connection.peer.senderID else {
                         throw CatenaError(.protocolViolation, "\(connection.peer.senderID) sent a heartbeat for \(beat.node)")
                     }
-                    reply = configurationFrame(try await core.heartbeat(beat), replyingTo: frame)
+                    let answer = await core.heartbeat(beat)
+                    reply = Frame(type: .configuration, flags: .reply, chainID: answer.configuration.chainID, requestID: frame.requestID,
+                                  epoch: answer.configuration.epoch, payload: answer.encoded())
+                case .addNode, .removeNode, .getStatus:
+                    let status: ChainStatus
+                    if frame.type == .getStatus {
+                        status = await core.status()
+                    } else {
+                        let request = try NodeRequest(decoding: frame.payload)
+                        status = try await frame.type == .addNode ? core.addNode(request.node, address: request.address) : core.removeNode(request.node)
+                    }
+                    reply = Frame(type: .chainStatus, flags: .reply, chainID: await core.state.chainID, requestID: frame.requestID,
+                                  epoch: status.epoch, payload: status.encoded())
                 case .ping:
                     reply = Frame(type: .pong, flags: .reply, requestID: frame.requestID)
                 default:
@@ -172,62 +193,147 @@ public final class Master: Sendable {
     }
 }
 
-/// The master's state: the persisted configuration and what heartbeats said.
+/// The master's state: a ``ChainManager`` (the decisions) and the file its states are persisted
+/// to. Every proposal is persisted (compare-and-swap on the epoch) before it becomes the active
+/// state that replies carry.
 actor MasterCore {
-    private(set) var state: MasterState
+    private var manager: ChainManager
+    let settings: ChainManager.Settings
     private let file: MasterStateFile
     private let logger: Logger
-    private var seen: [NodeID: MemberStatus] = [:]
+    private let origin = ContinuousClock.now
 
-    init(state: MasterState, file: MasterStateFile, logger: Logger) {
-        self.state = state
+    init(state: MasterState, settings: ChainManager.Settings, file: MasterStateFile, logger: Logger) {
+        self.settings = settings
         self.file = file
         self.logger = logger
+        self.manager = ChainManager(state: state, settings: settings, now: 0)
     }
 
-    var statuses: [MemberStatus] { state.configuration.members.compactMap { seen[$0.id] } }
+    /// The active (persisted) state.
+    var state: MasterState { manager.state }
 
-    /// The master's metrics in Prometheus text format: the epoch, and per member the time since
-    /// its last heartbeat, its highest LSN and its lag behind the most advanced member.
+    /// The manager's clock: nanoseconds since this master started.
+    private var now: UInt64 { UInt64((ContinuousClock.now - origin).nanosecondsClamped) }
+
+    /// A node's heartbeat: recorded, then anything it makes necessary (an epoch start, a new
+    /// address) is persisted before the reply — which carries only persisted state.
+    func heartbeat(_ beat: Heartbeat) -> HeartbeatReply {
+        let first = manager.heartbeat(ChainManager.Beat(node: beat.node, address: beat.address, highestLSN: beat.highestLSN,
+                                                        epochStart: beat.epochStart), now: now)
+        guard advance() else { return reply(first) }
+        // The state changed: answer from the new one.
+        let standing: NodeStanding = manager.state.configuration.role(of: beat.node) != nil ? .member
+            : manager.state.standbys.contains { $0.id == beat.node } ? .joining : .unknown
+        return HeartbeatReply(configuration: manager.state.configuration, standing: standing,
+                              lease: standing == .member ? first.lease : nil, history: EpochHistory(manager.state.epochHistory))
+    }
+
+    private func reply(_ r: ChainManager.Reply) -> HeartbeatReply {
+        let standing: NodeStanding = switch r.standing {
+        case .member: .member
+        case .joining: .joining
+        case .unknown: .unknown
+        }
+        return HeartbeatReply(configuration: r.configuration, standing: standing, lease: r.lease, history: EpochHistory(r.history))
+    }
+
+    /// Persists and activates whatever the manager proposes, one proposal after another.
+    /// Returns whether the active state changed.
+    @discardableResult
+    func advance() -> Bool {
+        var changed = false
+        while let proposal = manager.nextProposal(now: now) {
+            let old = manager.state
+            do throws(CatenaError) {
+                try file.compareAndSwap(expectedEpoch: old.epoch, new: proposal)
+            } catch {
+                manager.proposalFailed()
+                logger.error("could not persist the next configuration; retrying", metadata: ["error": "\(error)", LogKey.epoch: "\(proposal.epoch)"])
+                return changed
+            }
+            manager.proposalPersisted(now: now)
+            changed = true
+            log(old, proposal)
+        }
+        return changed
+    }
+
+    private func log(_ old: MasterState, _ new: MasterState) {
+        let ids = { (s: MasterState) in s.configuration.members.map(\.id.rawValue) }
+        if old.epoch != new.epoch {
+            let removed = old.configuration.members.filter { m in !new.configuration.members.contains { $0.id == m.id } }
+            let added = new.configuration.members.filter { m in !old.configuration.members.contains { $0.id == m.id } }
+            logger.notice("activated a new configuration", metadata: [
+                LogKey.epoch: "\(new.epoch)", "catena_members": "\(ids(new))",
+                "catena_removed": "\(removed.map(\.id.rawValue))", "catena_added": "\(added.map(\.id.rawValue))",
+            ])
+        } else if old.epochHistory != new.epochHistory {
+            logger.info("recorded where the epoch starts", metadata: [
+                LogKey.epoch: "\(new.epoch)", "catena_first_seq": "\(new.epochHistory.last?.firstSeq.map { "\($0)" } ?? "?")",
+            ])
+        } else if old.standbys != new.standbys {
+            logger.info("standbys changed", metadata: ["catena_standbys": "\(new.standbys.map(\.id.rawValue))"])
+        }
+    }
+
+    /// An operator adds a node.
+    func addNode(_ id: NodeID, address: String) throws(CatenaError) -> ChainStatus {
+        try manager.addNode(id, address: address)
+        advance()
+        logger.notice("operator added a node", metadata: [LogKey.node: "\(id)", LogKey.address: "\(address)"])
+        return status()
+    }
+
+    /// An operator removes a node (gracefully, once its lease has run out).
+    func removeNode(_ id: NodeID) throws(CatenaError) -> ChainStatus {
+        try manager.removeNode(id, now: now)
+        advance()
+        logger.notice("operator removes a node", metadata: [LogKey.node: "\(id)"])
+        return status()
+    }
+
+    /// The chain's status for operators.
+    func status() -> ChainStatus {
+        let t = now
+        let reports = manager.status(now: t)
+        func ms(_ ns: UInt64?) -> UInt64? { ns.map { $0 / 1_000_000 } }
+        let nodes = reports.map { r in
+            ChainStatus.Node(id: r.id, address: r.address, role: r.role, highestLSN: r.highestLSN ?? .zero, lagRecords: r.lag ?? 0,
+                             heartbeatAgeMilliseconds: ms(r.sinceHeartbeat), leaseMilliseconds: ms(r.leaseRemaining),
+                             health: Self.health(r.health))
+        }
+        return ChainStatus(chainID: manager.state.chainID, epoch: manager.state.epoch, available: manager.isAvailable(now: t),
+                           failureTimeoutMilliseconds: UInt64(settings.failureTimeout.nanosecondsClamped / 1_000_000),
+                           leaseMilliseconds: UInt64(settings.lease.nanosecondsClamped / 1_000_000), nodes: nodes)
+    }
+
+    private static func health(_ h: ChainManager.Health) -> ChainStatus.Health {
+        switch h {
+        case .healthy: .healthy
+        case .suspect: .suspect
+        case .failed: .failed
+        case .leaving: .leaving
+        case .joining: .joining
+        }
+    }
+
+    /// The master's metrics in Prometheus text format: the epoch, and per node the time since
+    /// its last heartbeat, its highest LSN, its lag behind the most advanced member and health.
     func renderMetrics() -> String {
-        let now = ContinuousClock.now
-        let members = state.configuration.members
-        let top = members.compactMap { seen[$0.id]?.highestLSN.seq }.max() ?? 0
+        let s = status()
         var t = MetricsText()
-        t.gauge("catena_master_epoch", "The current configuration epoch.", Double(state.epoch))
-        t.gauge("catena_master_members", "Members of the chain.", Double(members.count))
-        t.add("catena_master_member_heartbeat_age_seconds", "gauge", "Seconds since the member's last heartbeat.",
-              members.compactMap { m in seen[m.id].map { ([("node", m.id.rawValue)], Double((now - $0.lastHeartbeat).nanosecondsClamped) / 1e9) } })
-        t.add("catena_master_member_highest_seq", "gauge", "The highest durable seq the member reported.",
-              members.compactMap { m in seen[m.id].map { ([("node", m.id.rawValue)], Double($0.highestLSN.seq)) } })
-        t.add("catena_master_member_lag_records", "gauge", "Records the member is behind the most advanced member.",
-              members.compactMap { m in seen[m.id].map { ([("node", m.id.rawValue)], Double(top - min(top, $0.highestLSN.seq))) } })
+        t.gauge("catena_master_epoch", "The current configuration epoch.", Double(s.epoch))
+        t.gauge("catena_master_members", "Members of the chain.", Double(s.nodes.filter { $0.role != nil }.count))
+        t.gauge("catena_master_chain_available", "1 if some member of the chain is not failed.", s.available ? 1 : 0)
+        t.add("catena_master_member_heartbeat_age_seconds", "gauge", "Seconds since the node's last heartbeat.",
+              s.nodes.compactMap { n in n.heartbeatAgeMilliseconds.map { ([("node", n.id.rawValue)], Double($0) / 1e3) } })
+        t.add("catena_master_member_highest_seq", "gauge", "The highest durable seq the node reported.",
+              s.nodes.map { ([("node", $0.id.rawValue)], Double($0.highestLSN.seq)) })
+        t.add("catena_master_member_lag_records", "gauge", "Records the node is behind the most advanced member.",
+              s.nodes.map { ([("node", $0.id.rawValue)], Double($0.lagRecords)) })
+        t.add("catena_master_member_healthy", "gauge", "1 if the node heartbeats on time and is a member.",
+              s.nodes.map { ([("node", $0.id.rawValue)], $0.health == .healthy ? 1 : 0) })
         return t.text
-    }
-
-    /// A node's heartbeat. A member announcing a new address gets it recorded in a new epoch,
-    /// persisted before it is announced. A node that is not a member is refused.
-    func heartbeat(_ beat: Heartbeat) throws(CatenaError) -> ChainConfiguration {
-        let current = state.configuration
-        guard let index = current.members.firstIndex(where: { $0.id == beat.node }) else {
-            throw CatenaError(.notFound, "\(beat.node) is not a member of chain \(current.chainID) at epoch \(current.epoch)")
-        }
-        guard (try? Address(parsing: beat.address)).map({ !$0.isWildcard && $0.port != 0 }) ?? false else {
-            throw CatenaError(.invalidArgument, "\(beat.node) announced '\(beat.address)', which peers cannot connect to")
-        }
-        seen[beat.node] = MemberStatus(id: beat.node, address: beat.address, highestLSN: beat.highestLSN, lastHeartbeat: .now)
-        guard current.members[index].address != beat.address else { return current }
-        var members = current.members
-        members[index].address = beat.address
-        let next = try ChainConfiguration(clusterID: current.clusterID, chainID: current.chainID, epoch: current.epoch + 1, members: members)
-        var newState = state
-        newState.configuration = next
-        newState.epochHistory.append(EpochStart(epoch: next.epoch))
-        try file.compareAndSwap(expectedEpoch: current.epoch, new: newState)
-        state = newState
-        logger.info("member address changed", metadata: [
-            LogKey.node: "\(beat.node)", LogKey.address: "\(beat.address)", LogKey.epoch: "\(next.epoch)",
-        ])
-        return next
     }
 }

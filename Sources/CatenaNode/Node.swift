@@ -24,6 +24,8 @@ public final class Node: Sendable {
     private let metricsServer: MetricsServer?
     private let logger: Logger
     private let tickets: AsyncStream<(AppendTicket, LSN)>
+    /// Set when the master removed this node: ``run(onReady:)`` returns as if cancelled.
+    private let stopRequested = Mutex(false)
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
                  metricsServer: MetricsServer?, tickets: AsyncStream<(AppendTicket, LSN)>, logger: Logger) {
@@ -47,7 +49,7 @@ public final class Node: Sendable {
         var logger = logger
         logger[metadataKey: LogKey.node] = "\(configuration.id)"
         let store = try await Store.open(configuration.store, logger: logger)
-        let recent = await recentRequests(in: store, limit: ReplicaStateMachine.Limits().rememberedRequests, logger: logger)
+        let recent = await Replica.recentRequests(in: store, limit: ReplicaStateMachine.Limits().rememberedRequests, logger: logger)
         let server: FrameServer
         do {
             server = try await FrameServer.bind(
@@ -64,7 +66,7 @@ public final class Node: Sendable {
             me: configuration.id, store: store, maxUncommittedBytes: configuration.maxUncommittedBytes, logger: logger,
             durableTickets: ticketSink,
             links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
-                                limits: configuration.connectionLimits),
+                                limits: configuration.connectionLimits, catchUpCompression: configuration.catchUpCompression),
             recentRequests: recent)
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
@@ -112,39 +114,7 @@ public final class Node: Sendable {
         return t.text
     }
 
-    /// The request ids of the last records of `store`'s log (at most `limit` records, read from
-    /// at most the last 256 MiB of segments), in LSN order: what a restarted node needs to answer
-    /// retries exactly once.
-    ///
-    /// Damage in that stretch (reported by the store, never served) ends the scan early with a
-    /// warning: the node still starts, and retries of writes past the damage are not recognised.
-    private static func recentRequests(in store: Store, limit: Int, logger: Logger) async -> [ReplicaStateMachine.Commit] {
-        let last = store.lastEnqueuedLSN
-        guard last != .zero else { return [] }
-        var start = LSN(epoch: 0, seq: last.seq > UInt64(limit) ? last.seq - UInt64(limit) : 0)
-        var bytes: UInt64 = 0
-        for segment in store.segments.reversed() {
-            bytes += segment.byteSize
-            if bytes > 256 << 20 {
-                start = LSN(epoch: 0, seq: max(start.seq, segment.lastLSN.seq))
-                break
-            }
-        }
-        start = LSN(epoch: 0, seq: max(start.seq, store.compactedThrough.seq))
-        var out: [ReplicaStateMachine.Commit] = []
-        do throws(CatenaError) {
-            var records = try store.records(after: start).makeAsyncIterator()
-            while let r = try await records.nextRecord() {
-                if r.header.requestID != .none { out.append(.init(requestID: r.header.requestID, lsn: r.lsn)) }
-            }
-        } catch {
-            logger.warning("could not read the request ids of the whole log tail; retries of later writes are not recognised",
-                           metadata: ["error": "\(error)", "catena_requests_read": "\(out.count)"])
-        }
-        return out
-    }
-
-    /// Serves until the task is cancelled. `onReady` runs once, after the master accepted the
+    /// Serves until the task is cancelled or the master removes the node. `onReady` runs once, after the master accepted the
     /// node's first heartbeat, with the configuration it returned.
     ///
     /// Shutdown, when the task is cancelled, is ordered so that writes already taken finish:
@@ -160,7 +130,7 @@ public final class Node: Sendable {
         let pump = Task { await self.pumpDurability() }
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
         let metrics = Task { await self.metricsServer?.run() }
-        while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+        while !Task.isCancelled, !stopRequested.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(50)) }
         logger.info("shutting down: draining writes")
         await replica.drain(timeout: .seconds(2))
         heartbeat.cancel()
@@ -209,32 +179,58 @@ public final class Node: Sendable {
 
     // MARK: - Master
 
-    /// Heartbeats the master every interval; each answer is the current configuration.
+    /// Heartbeats the master every interval. Each answer is the active configuration, this
+    /// node's standing, a lease and the epoch history. The lease is counted from when the
+    /// heartbeat was sent, less 5% for clock-rate drift, so it ends here before the master
+    /// counts it ended. A node the master no longer knows after it had been part of the chain
+    /// (removed by an operator) stops; one it never knew waits to be added.
     private func heartbeat(onReady: @Sendable (ChainConfiguration) -> Void) async {
         var connection: RequestConnection?
         var masterIndex = 0
         var ready = false
         var complained = false
+        var known = false
         let hello = Hello(role: .node, clusterID: configuration.clusterID, senderID: configuration.id.rawValue)
         while !Task.isCancelled {
+            var again = false
             do throws(CatenaError) {
                 if connection == nil || connection!.isClosed {
                     let master = configuration.masters[masterIndex % configuration.masters.count]
                     connection = try await RequestConnection.connect(to: master, hello: hello, limits: configuration.connectionLimits)
                 }
-                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN)
+                let start = await replica.epochStartToReport
+                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN, epochStart: start)
                 let chainID = replica.view.snapshot.configuration?.chainID ?? 0
-                let reply = try await connection!.request(Frame(type: .heartbeat, chainID: chainID, payload: beat.encoded()),
+                let sent = ContinuousClock.now
+                let frame = try await connection!.request(Frame(type: .heartbeat, chainID: chainID, payload: beat.encoded()),
                                                           timeout: max(.seconds(2), configuration.heartbeatInterval * 5))
-                guard reply.type == .configuration else {
-                    throw CatenaError(.protocolViolation, "the master answered a heartbeat with \(reply.type)")
+                guard frame.type == .configuration else {
+                    throw CatenaError(.protocolViolation, "the master answered a heartbeat with \(frame.type)")
                 }
-                let chain = try ConfigurationPayload.decode(reply.payload)
-                await replica.configure(chain)
-                complained = false
-                if !ready {
-                    ready = true
-                    onReady(chain)
+                let reply = try HeartbeatReply(decoding: frame.payload)
+                let expiry: ContinuousClock.Instant? = reply.standing == .member ? reply.lease.map { sent + $0 - $0 / 20 } : nil
+                replica.view.update { $0.leaseExpiry = expiry }
+                if reply.standing == .unknown {
+                    if known {
+                        logger.notice("the master removed this node from the chain; stopping")
+                        stopRequested.withLock { $0 = true }
+                        break
+                    }
+                    if !complained {
+                        logger.warning("the master does not know this node; add it with `catena chain add-node \(configuration.id) --address \(address)`")
+                        complained = true
+                    }
+                } else {
+                    known = true
+                    await replica.configure(reply.configuration, standing: reply.standing, history: reply.history)
+                    complained = false
+                    if !ready {
+                        ready = true
+                        onReady(reply.configuration)
+                    }
+                    // A new head reports where its epoch starts at once: it takes no writes until
+                    // the master has recorded it.
+                    if let next = await replica.epochStartToReport, next != start { again = true }
                 }
             } catch {
                 connection?.close()
@@ -246,7 +242,7 @@ public final class Node: Sendable {
                     complained = true
                 }
             }
-            try? await Task.sleep(for: configuration.heartbeatInterval)
+            if !again { try? await Task.sleep(for: configuration.heartbeatInterval) }
         }
         connection?.close()
     }

@@ -32,6 +32,8 @@ public struct NodeConfiguration: Sendable {
     public var connectionLimits = ConnectionLimits()
     /// The largest piece of an object's bytes in one reply frame.
     public var readPieceSize: Int = 1 << 20
+    /// Whether a (re)joining node asks the tail for LZ4-compressed catch-up chunks.
+    public var catchUpCompression = true
 
     /// Creates a configuration.
     public init(id: NodeID, clusterID: String, listen: Address, advertise: Address? = nil, masters: [Address], dataDirectory: String) {

@@ -73,18 +73,23 @@ extension Node {
             case .head:
                 try checkReads()
                 let key = try KeyPayload.decode(frame.payload)
-                guard let info = try store.head(key) else { throw CatenaError(.notFound, "not found: \(key)") }
+                let found = try store.head(key)
+                try checkLease()
+                guard let info = found else { throw CatenaError(.notFound, "not found: \(key)") }
                 try await write(reply(.objectInfo, ObjectInfoPayload.encode(info)), outbound)
             case .list:
                 try checkReads()
                 let request = try ListRequest(decoding: frame.payload)
                 var page = try store.list(prefix: request.prefix, after: request.after, limit: min(max(request.limit, 1), 10_000))
+                try checkLease()
                 page = ListPagePayload.bounded(page, maxBytes: configuration.connectionLimits.maxFrameSize / 2)
                 try await write(reply(.listPage, ListPagePayload.encode(page)), outbound)
             case .get:
                 try checkReads()
                 let key = try KeyPayload.decode(frame.payload)
-                guard let object = try store.get(key) else { throw CatenaError(.notFound, "not found: \(key)") }
+                let found = try store.get(key)
+                try checkLease()
+                guard let object = found else { throw CatenaError(.notFound, "not found: \(key)") }
                 try await write(reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true), outbound)
                 // Pieces go out as they are read and verified; the last frame (no `more`) is sent
                 // only after the whole content matched its checksum, so a reader never takes a
@@ -97,6 +102,12 @@ extension Node {
                 }
                 try await write(reply(.objectData, ByteBuffer()), outbound)
             case .catchUpRequest:
+                // Only the tail's durable log is all committed: a joiner copies from it alone.
+                let view = replica.view.snapshot
+                guard view.role?.answersReads == true, view.failure == nil else {
+                    let tail = view.configuration?.tail.map { "\($0.id) at \($0.address)" } ?? "unknown"
+                    throw CatenaError(.redirect, "catch-up copies from the tail: \(tail)")
+                }
                 let request = try CatchUpRequest(decoding: frame.payload)
                 try await CatchUpSource.serve(request, store: store) { (chunk, more) throws(CatenaError) in
                     try await write(reply(.catchUpChunk, chunk.encoded(), more: more), outbound)
@@ -118,6 +129,17 @@ extension Node {
         guard role.answersReads else {
             let tail = view.configuration?.tail.map { "\($0.id) at \($0.address)" } ?? "unknown"
             throw CatenaError(.redirect, "reads go to the tail: \(tail)")
+        }
+        try checkLease()
+    }
+
+    /// A tail the master could not renew may already be replaced, so a read is answered only if
+    /// the lease is valid before the store is read and again after: then the version read was
+    /// the latest committed one at a moment this node was the tail (a pause in between, of any
+    /// length, fails the second check).
+    private func checkLease() throws(CatenaError) {
+        guard replica.view.leaseValid(at: .now) else {
+            throw CatenaError(.unavailable, "\(configuration.id)'s lease from the master ran out; it serves no reads until renewed")
         }
     }
 

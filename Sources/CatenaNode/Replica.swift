@@ -12,6 +12,12 @@ final class ReplicaView: Sendable {
         var configuration: ChainConfiguration?
         var role: ChainRole?
         var failure: CatenaError?
+        /// Where the master says this node stands.
+        var standing: NodeStanding?
+        /// Until when this node may serve clients (its lease from the master).
+        var leaseExpiry: ContinuousClock.Instant?
+        /// Not a member: how the catch-up from the tail is going.
+        var catchUp: CatchUpProgress?
         var epoch: UInt64 { configuration?.epoch ?? 0 }
     }
 
@@ -22,6 +28,11 @@ final class ReplicaView: Sendable {
     func update(_ body: (inout Snapshot) -> Void) {
         state.withLock { body(&$0) }
     }
+
+    /// Whether the lease is valid at `now`.
+    func leaseValid(at now: ContinuousClock.Instant) -> Bool {
+        state.withLock { $0.leaseExpiry.map { now < $0 } ?? false }
+    }
 }
 
 /// How the replica builds its successor link.
@@ -29,6 +40,7 @@ struct LinkSettings: Sendable {
     var clusterID: String
     var maxBatchBytes: Int
     var limits: ConnectionLimits
+    var catchUpCompression: Bool
 }
 
 /// Counters and gauges of one node's replication, for tests, `catena chain status` and metrics.
@@ -88,6 +100,10 @@ actor Replica {
     /// must be found before an LSN could be handed out twice.
     private var successorPositionKnown = false
     private var upstream: (node: NodeID, acks: AckSender)?
+    /// The master's epoch history, as of the last heartbeat.
+    private var history = EpochHistory([])
+    /// Not a member: the catch-up from the tail, while it runs.
+    private var joining: (source: ChainMember, task: Task<Void, Never>)?
     private(set) var metrics = ReplicaMetrics()
 
     init(me: NodeID, store: Store, maxUncommittedBytes: Int, logger: Logger,
@@ -106,14 +122,30 @@ actor Replica {
 
     // MARK: - Events
 
-    /// A configuration from the master: the first builds the machine over the local log; later
-    /// ones (newer epochs) reconfigure it.
-    func configure(_ configuration: ChainConfiguration) {
-        if machine == nil {
+    /// A configuration from the master, with this node's standing and the epoch history.
+    ///
+    /// The first builds the machine over the local log; later ones (newer epochs) reconfigure
+    /// it. A node that is no longer a member gives up its role (a head its pending writes) and,
+    /// if the master lists it as joining, rejoins: it truncates what the chain does not share
+    /// and catches up from the tail. A node that becomes a member again waits for its catch-up
+    /// to stop (everything it installed is durable), then builds a fresh machine over its log.
+    func configure(_ configuration: ChainConfiguration, standing: NodeStanding, history: EpochHistory) async {
+        if history.entries.count >= self.history.entries.count { self.history = history }
+        let isMember = configuration.role(of: me) != nil
+        if machine == nil || (isMember && machine!.role == nil && configuration.epoch > machine!.configuration.epoch) {
+            if let join = joining {
+                join.task.cancel()
+                joining = nil
+                await join.task.value
+            }
+            guard machine == nil || configuration.epoch > machine!.configuration.epoch else { return }
             // The node bounds memory itself (uncommitted bytes at the head, which covers the
             // whole chain's in-flight bytes), so the machine's own bound never refuses.
             var limits = ReplicaStateMachine.Limits()
             limits.maxInFlightBytes = Int.max >> 1
+            if machine != nil {
+                recentRequests = await Replica.recentRequests(in: store, limit: limits.rememberedRequests, logger: logger)
+            }
             machine = ReplicaStateMachine(me: me, configuration: configuration, lastLSN: store.lastEnqueuedLSN,
                                           recentRequests: recentRequests, limits: limits)
             recentRequests = []
@@ -122,19 +154,40 @@ actor Replica {
                 LogKey.lsn: "\(store.lastEnqueuedLSN)",
             ])
             updateLinks()
-            return
+        } else if configuration.epoch > machine!.configuration.epoch {
+            let old = machine!.configuration
+            perform(machine!.reconfigure(configuration))
+            logger.info("reconfigured", metadata: [
+                LogKey.epoch: "\(configuration.epoch)", LogKey.role: "\(configuration.role(of: me).map { "\($0)" } ?? "none")",
+            ])
+            if let previous = upstream, configuration.predecessor(of: me)?.id != previous.node || old.predecessor(of: me) != configuration.predecessor(of: me) {
+                previous.acks.close()
+                upstream = nil
+            }
+            updateLinks()
         }
-        guard configuration.epoch > machine!.configuration.epoch else { return }
-        let old = machine!.configuration
-        perform(machine!.reconfigure(configuration))
-        logger.info("reconfigured", metadata: [
-            LogKey.epoch: "\(configuration.epoch)", LogKey.role: "\(configuration.role(of: me).map { "\($0)" } ?? "none")",
-        ])
-        if let previous = upstream, configuration.predecessor(of: me)?.id != previous.node || old.predecessor(of: me) != configuration.predecessor(of: me) {
-            previous.acks.close()
-            upstream = nil
+        view.update { $0.standing = standing }
+        if !isMember && standing == .joining, failure == nil, !draining, let tail = configuration.tail {
+            if joining?.source != tail {
+                joining?.task.cancel()
+                let previous = joining?.task
+                joining = (tail, Task { [self] in
+                    await previous?.value
+                    await rejoin(from: tail)
+                })
+            }
+        } else if let join = joining, isMember || standing != .joining {
+            join.task.cancel()
+            joining = nil
         }
-        updateLinks()
+        if isMember { view.update { $0.catchUp = nil } }
+    }
+
+    /// The epoch start the head of the current epoch must report before its first write there
+    /// (nil: none to report).
+    var epochStartToReport: EpochStart? {
+        guard let machine, machine.role?.takesWrites == true, history.firstSeq(of: machine.configuration.epoch) == nil else { return nil }
+        return EpochStart(epoch: machine.configuration.epoch, firstSeq: machine.lastAccepted.seq + 1)
     }
 
     /// A client write at the head: waits for room under the uncommitted-bytes bound, then
@@ -155,8 +208,17 @@ actor Replica {
         if let failure { return refused(failure) }
         if draining { return refused(CatenaError(.unavailable, "\(me) is shutting down")) }
         guard machine != nil else { return refused(CatenaError(.unavailable, "\(me) has no chain configuration yet")) }
-        if machine!.role?.takesWrites == true, let next = machine!.configuration.successor(of: me), !successorPositionKnown {
-            return refused(CatenaError(.unavailable, "\(me) waits for its successor \(next.id) to report its position"))
+        if machine!.role?.takesWrites == true {
+            if let next = machine!.configuration.successor(of: me), !successorPositionKnown {
+                return refused(CatenaError(.unavailable, "\(me) waits for its successor \(next.id) to report its position"))
+            }
+            let epoch = machine!.configuration.epoch
+            if history.firstSeq(of: epoch) == nil {
+                return refused(CatenaError(.unavailable, "\(me) waits for the master to record where epoch \(epoch) starts"))
+            }
+            guard view.leaseValid(at: .now) else {
+                return refused(CatenaError(.unavailable, "\(me)'s lease from the master ran out; it takes no writes until renewed"))
+            }
         }
         let store = self.store
         // In place (`machine!`): a copy would duplicate the machine's request table per write.
@@ -277,6 +339,11 @@ actor Replica {
     /// Stops taking new writes and waits (up to `timeout`) until the writes taken have committed.
     func drain(timeout: Duration) async {
         draining = true
+        if let join = joining {
+            join.task.cancel()
+            joining = nil
+            await join.task.value
+        }
         wakeAdmission()
         let deadline = ContinuousClock.now + timeout
         while !waiters.isEmpty, ContinuousClock.now < deadline, failure == nil {
@@ -305,6 +372,131 @@ actor Replica {
         m.lastAccepted = machine?.lastAccepted ?? .zero
         m.acknowledged = machine?.acknowledged ?? .zero
         return m
+    }
+
+    // MARK: - Rejoining
+
+    /// Not a member: truncates what the chain does not share, then copies what is missing from
+    /// `tail` until cancelled — the master appends this node once it is close enough, and the
+    /// configuration that does so cancels this task.
+    private func rejoin(from tail: ChainMember) async {
+        // The current epoch's first seq decides whether records of the last epoch are shared;
+        // its head reports it within a heartbeat of taking over.
+        for _ in 0..<40 where !Task.isCancelled {
+            guard let epoch = machine?.configuration.epoch, history.firstSeq(of: epoch) == nil else { break }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        var backoff = Duration.milliseconds(20)
+        var truncated = false
+        while !Task.isCancelled {
+            do throws(CatenaError) {
+                if !truncated {
+                    try await truncateToShared()
+                    truncated = true
+                }
+                try await catchUp(from: tail)
+                backoff = .milliseconds(20)
+            } catch where error.code == .lsnOutOfOrder || error.code == .historyCompacted {
+                // The tail does not hold this log's last record (it diverged in a way the history
+                // could not show, or compaction dropped what follows it): copy everything.
+                logger.warning("the tail cannot continue this log; discarding it for a full copy", metadata: [
+                    LogKey.peer: "\(tail.id)", "error": "\(error)", LogKey.lsn: "\(store.lastEnqueuedLSN)",
+                ])
+                do throws(CatenaError) {
+                    let removed = try await store.truncate(after: .zero)
+                    logger.warning("truncated the whole log", metadata: ["catena_records_removed": "\(removed)"])
+                } catch {
+                    failStop(error)
+                    return
+                }
+            } catch {
+                if Task.isCancelled { return }
+                if error.code == .ioFailure || error.code == .diskFull || error.code == .closed {
+                    failStop(error)
+                    return
+                }
+                logger.info("catch-up interrupted; resuming", metadata: [LogKey.peer: "\(tail.id)", "error": "\(error)"])
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(1))
+            }
+        }
+    }
+
+    /// Copies what the local log lacks from `tail` (LZ4 chunks, verified before they are
+    /// installed) and follows it until cancelled.
+    private func catchUp(from tail: ChainMember) async throws(CatenaError) {
+        var settings = CatchUpReceiver.Configuration(source: try Address(parsing: tail.address), clusterID: links.clusterID,
+                                                     chainID: machine?.configuration.chainID ?? 0)
+        settings.name = me.rawValue
+        settings.compress = links.catchUpCompression
+        settings.limits = links.limits
+        let view = self.view
+        view.update { $0.catchUp = CatchUpProgress(lastLSN: store.highestLSN) }
+        _ = try await CatchUpReceiver(configuration: settings, store: store, logger: logger).run(progress: { progress in
+            view.update { $0.catchUp = progress }
+        })
+    }
+
+    /// Truncates the local log after the last record it shares with the chain, by the master's
+    /// epoch history: records after it were written by a head that was replaced before they
+    /// committed, and must never be served or forwarded (nor their LSNs reused).
+    private func truncateToShared() async throws(CatenaError) {
+        let last = store.lastEnqueuedLSN
+        guard last != .zero else { return }
+        let store = self.store
+        let shared = try await history.lastShared(myLastSeq: last.seq) { (seq) async throws(CatenaError) -> UInt64 in
+            if seq == last.seq { return last.epoch }
+            var records = try store.records(after: LSN(epoch: 0, seq: seq - 1)).makeAsyncIterator()
+            guard let r = try await records.nextRecord(), r.lsn.seq == seq else {
+                throw CatenaError(.corruption, "the local log has no record at seq \(seq)")
+            }
+            return r.lsn.epoch
+        }
+        guard shared < last.seq else { return }
+        var at = LSN.zero
+        if shared > 0 {
+            var records = try store.records(after: LSN(epoch: 0, seq: shared - 1)).makeAsyncIterator()
+            guard let r = try await records.nextRecord(), r.lsn.seq == shared else {
+                throw CatenaError(.corruption, "the local log has no record at seq \(shared)")
+            }
+            at = r.lsn
+        }
+        let removed = try await store.truncate(after: at)
+        logger.warning("truncated writes the chain never committed (written by a replaced head)", metadata: [
+            "catena_records_removed": "\(removed)", LogKey.lsn: "\(at)", "catena_log_end": "\(last)",
+        ])
+    }
+
+    /// The request ids of the last records of `store`'s log (at most `limit` records, read from
+    /// at most the last 256 MiB of segments), in LSN order: what a restarted or rejoined node
+    /// needs to answer retries exactly once.
+    ///
+    /// Damage in that stretch (reported by the store, never served) ends the scan early with a
+    /// warning: the node still starts, and retries of writes past the damage are not recognised.
+    static func recentRequests(in store: Store, limit: Int, logger: Logger) async -> [ReplicaStateMachine.Commit] {
+        let last = store.lastEnqueuedLSN
+        guard last != .zero else { return [] }
+        var start = LSN(epoch: 0, seq: last.seq > UInt64(limit) ? last.seq - UInt64(limit) : 0)
+        var bytes: UInt64 = 0
+        for segment in store.segments.reversed() {
+            bytes += segment.byteSize
+            if bytes > 256 << 20 {
+                start = LSN(epoch: 0, seq: max(start.seq, segment.lastLSN.seq))
+                break
+            }
+        }
+        start = LSN(epoch: 0, seq: max(start.seq, store.compactedThrough.seq))
+        var out: [ReplicaStateMachine.Commit] = []
+        do throws(CatenaError) {
+            var records = try store.records(after: start).makeAsyncIterator()
+            while let r = try await records.nextRecord() {
+                if r.header.requestID != .none { out.append(.init(requestID: r.header.requestID, lsn: r.lsn)) }
+            }
+        } catch {
+            logger.warning("could not read the request ids of the whole log tail; retries of later writes are not recognised",
+                           metadata: ["error": "\(error)", "catena_requests_read": "\(out.count)"])
+        }
+        return out
     }
 
     // MARK: - The interpreter

@@ -16,7 +16,7 @@ struct Catena: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "catena",
         abstract: "Catena, a chain-replication object store.",
-        subcommands: [Up.self, MasterCommand.self, NodeCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self,
+        subcommands: [Up.self, MasterCommand.self, NodeCommand.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self,
                       BenchStorage.self, BenchChain.self, Version.self]
     )
 

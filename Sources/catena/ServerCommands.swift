@@ -36,11 +36,13 @@ struct LogOptions: ParsableArguments {
 struct MasterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "master",
-        abstract: "Run the master: it holds and serves the chain configuration.",
+        abstract: "Run the master: it holds the chain configuration, detects failed nodes and reconfigures the chain.",
         discussion: """
             The first start saves the topology's chain to the data directory (master.json); from \
-            then on the saved configuration wins over the topology file. Prints one line \
-            'ready master HOST:PORT' on stdout once it serves.
+            then on the saved configuration wins over the topology file. A member without a \
+            heartbeat for the topology's heartbeat.timeout_ms is removed from the chain (once its \
+            lease, as long as the timeout, has run out); restarted members rejoin after catching \
+            up. Prints one line 'ready master HOST:PORT' on stdout once it serves.
             """
     )
 
@@ -58,6 +60,7 @@ struct MasterCommand: AsyncParsableCommand {
             clusterID: topology.clusterID, listen: address, dataDirectory: dataDir ?? topology.master.data,
             initial: topology.initialConfiguration())
         configuration.metrics = try metrics.map { (text) throws(CatenaError) in try Address(parsing: text) } ?? topology.master.metrics
+        configuration.heartbeat = topology.heartbeat
         let master = try await Master.start(configuration, logger: logger)
         announce("ready master \(master.address)")
         await runUntilSignalled(logger: logger) { await master.run() }

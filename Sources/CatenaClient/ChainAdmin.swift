@@ -1,0 +1,69 @@
+import CatenaCore
+import CatenaNetwork
+import CatenaWire
+
+/// Chain maintenance through the master: status, adding a node, removing one gracefully. What
+/// `catena chain` runs.
+///
+/// Each call asks the masters in turn until one answers; errors the master gives (an unknown
+/// node, removing the last member, a malformed address) are thrown as they are.
+public struct ChainAdmin: Sendable {
+    /// The masters, asked in turn.
+    public let masters: [Address]
+    /// The cluster id; nil learns it from the master.
+    public let clusterID: String?
+    /// How long one call may take.
+    public let timeout: Duration
+
+    /// An admin for the cluster whose masters are at `masters` (`HOST:PORT` each).
+    public init(masters: [String], clusterID: String? = nil, timeout: Duration = .seconds(10)) throws(CatenaError) {
+        guard !masters.isEmpty else { throw CatenaError(.invalidArgument, "at least one master address is needed") }
+        var parsed: [Address] = []
+        for m in masters { parsed.append(try Address(parsing: m)) }
+        self.masters = parsed
+        self.clusterID = clusterID
+        self.timeout = timeout
+    }
+
+    /// The chain's status: epoch, and every member (chain order) and joining node with its role,
+    /// highest LSN, lag, lease and health.
+    public func status() async throws(CatenaError) -> ChainStatus {
+        try await ask(Frame(type: .getStatus))
+    }
+
+    /// Adds `node`, which serves at `address`: it catches up from the tail and is appended as the
+    /// new tail once caught up. Returns the status after the master recorded it.
+    public func addNode(_ node: NodeID, address: String) async throws(CatenaError) -> ChainStatus {
+        try await ask(Frame(type: .addNode, payload: NodeRequest(node: node, address: address).encoded()))
+    }
+
+    /// Removes `node` gracefully: the master stops renewing its lease, activates a configuration
+    /// without it once the lease ran out, and the node, told it is no longer known, stops.
+    public func removeNode(_ node: NodeID) async throws(CatenaError) -> ChainStatus {
+        try await ask(Frame(type: .removeNode, payload: NodeRequest(node: node).encoded()))
+    }
+
+    private func ask(_ frame: Frame) async throws(CatenaError) -> ChainStatus {
+        let deadline = ContinuousClock.now + timeout
+        var lastError = CatenaError(.unavailable, "no master answered")
+        for master in masters {
+            guard ContinuousClock.now < deadline else { break }
+            let hello = Hello(role: .client, clusterID: clusterID ?? "", senderID: "catena-admin")
+            let connection: RequestConnection
+            do {
+                connection = try await RequestConnection.connect(to: master, hello: hello)
+            } catch {
+                if error.code == .wrongCluster || error.code == .protocolVersionUnsupported { throw error }
+                lastError = error
+                continue
+            }
+            defer { connection.close() }
+            let reply = try await connection.request(frame, timeout: max(.milliseconds(1), deadline - .now))
+            guard reply.type == .chainStatus else {
+                throw CatenaError(.protocolViolation, "the master answered \(frame.type) with \(reply.type)")
+            }
+            return try ChainStatus(decoding: reply.payload)
+        }
+        throw lastError
+    }
+}

@@ -1,0 +1,230 @@
+import CatenaClient
+import CatenaCluster
+import CatenaCore
+import CatenaMaster
+import CatenaNode
+import CatenaStorage
+import CatenaWire
+import Foundation
+import Testing
+
+/// A master with a short failure timeout and nodes that can be stopped and started again over
+/// the same data directory, in this process on 127.0.0.1 (port 0 each).
+private final class ReconfiguringCluster: @unchecked Sendable {
+    static let clusterID = "failover-tests"
+    static let heartbeat = HeartbeatSettings(intervalMilliseconds: 20, timeoutMilliseconds: 300)
+
+    let directory: String
+    let master: Master
+    let client: CatenaClient
+    let admin: ChainAdmin
+    private let masterTask: Task<Void, Never>
+    private let lock = NSLock()
+    private var running: [NodeID: (node: Node, task: Task<Void, Never>)] = [:]
+
+    private init(directory: String, master: Master, masterTask: Task<Void, Never>, client: CatenaClient, admin: ChainAdmin) {
+        self.directory = directory
+        self.master = master
+        self.masterTask = masterTask
+        self.client = client
+        self.admin = admin
+    }
+
+    static func start(nodes count: Int) async throws -> ReconfiguringCluster {
+        let directory = NSTemporaryDirectory() + "catena-failover-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let ids = try (1...count).map { i throws(CatenaError) in try NodeID("n\(i)") }
+        let initial = try ChainConfiguration(clusterID: clusterID, chainID: 1, epoch: 1,
+                                             members: ids.map { ChainMember(id: $0, address: "127.0.0.1:0") })
+        var configuration = MasterConfiguration(clusterID: clusterID, listen: Address(host: "127.0.0.1", port: 0),
+                                                dataDirectory: directory + "/master", initial: initial)
+        configuration.heartbeat = heartbeat
+        let master = try await Master.start(configuration, logger: testLogger)
+        let masterTask = Task { await master.run() }
+        var clientConfiguration = CatenaClient.Configuration()
+        clientConfiguration.clusterID = clusterID
+        clientConfiguration.attemptTimeout = .milliseconds(500)
+        clientConfiguration.requestTimeout = .seconds(20)
+        let client = try await CatenaClient(masters: [master.address.description], configuration: clientConfiguration, logger: testLogger)
+        let admin = try ChainAdmin(masters: [master.address.description], clusterID: clusterID)
+        let cluster = ReconfiguringCluster(directory: directory, master: master, masterTask: masterTask, client: client, admin: admin)
+        for id in ids { try await cluster.startNode(id) }
+        try await cluster.waitFor("every node registered and the chain takes writes") {
+            let c = await master.configuration
+            guard c.members.allSatisfy({ !$0.address.hasSuffix(":0") }) else { return false }
+            return (try? await client.delete("harness/probe")) != nil
+        }
+        return cluster
+    }
+
+    func startNode(_ id: NodeID) async throws {
+        var configuration = NodeConfiguration(id: id, clusterID: Self.clusterID, listen: Address(host: "127.0.0.1", port: 0),
+                                              masters: [master.address], dataDirectory: directory + "/\(id)")
+        configuration.heartbeatInterval = Self.heartbeat.interval
+        let node = try await Node.start(configuration, logger: testLogger)
+        let task = Task { await node.run() }
+        lock.withLock { running[id] = (node, task) }
+    }
+
+    /// Stops `id` (graceful: it drains) and waits until it has stopped.
+    func stopNode(_ id: NodeID) async {
+        guard let entry = lock.withLock({ running.removeValue(forKey: id) }) else { return }
+        entry.task.cancel()
+        await entry.task.value
+    }
+
+    func node(_ id: NodeID) -> Node? { lock.withLock { running[id]?.node } }
+
+    /// Whether `id`'s run has ended by itself (the master removed it).
+    func hasStopped(_ id: NodeID) async -> Bool {
+        guard let task = lock.withLock({ running[id]?.task }) else { return true }
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await task.value; return true }
+            group.addTask { try? await Task.sleep(for: .milliseconds(10)); return false }
+            let first = await group.next()!
+            group.cancelAll()
+            return first
+        }
+    }
+
+    func waitFor(_ what: String, timeout: Duration = .seconds(20), _ condition: () async -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !(await condition()) {
+            guard ContinuousClock.now < deadline else { throw HarnessError(description: "timed out waiting until \(what)") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Every record of `id`'s log: (LSN, key, value checksum).
+    func log(of id: NodeID) async throws -> [String] {
+        guard let node = node(id) else { return [] }
+        return try await node.localStore.records(after: .zero).collect().map { "\($0.lsn) \($0.key) \($0.header.contentChecksum)" }
+    }
+
+    func stop() async {
+        await client.close()
+        let all = lock.withLock { running.values.map(\.task) }
+        for t in all { t.cancel() }
+        for t in all { await t.value }
+        masterTask.cancel()
+        await masterTask.value
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+private func withReconfiguringCluster(nodes: Int = 3, _ body: (ReconfiguringCluster) async throws -> Void) async throws {
+    let cluster = try await ReconfiguringCluster.start(nodes: nodes)
+    do {
+        try await body(cluster)
+        await cluster.stop()
+    } catch {
+        await cluster.stop()
+        throw error
+    }
+}
+
+/// Writers that keep putting `key-<writer>-<i>` until stopped; returns what was acknowledged.
+private func writers(_ client: CatenaClient, count: Int, until stop: @escaping @Sendable () -> Bool) async -> [String: [UInt8]] {
+    await withTaskGroup(of: [String: [UInt8]].self) { group in
+        for w in 0..<count {
+            group.addTask {
+                var acknowledged: [String: [UInt8]] = [:]
+                var i = 0
+                while !stop() {
+                    let key = "key-\(w)-\(i % 50)"
+                    let value = Array("value \(w) \(i)".utf8)
+                    if (try? await client.put(key, value)) != nil { acknowledged[key] = value }
+                    i += 1
+                }
+                return acknowledged
+            }
+        }
+        var all: [String: [UInt8]] = [:]
+        for await part in group { all.merge(part) { $1 } }
+        return all
+    }
+}
+
+private final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
+}
+
+@Suite("Failures and reconfiguration (in process)", .serialized)
+struct FailoverTests {
+    @Test("Each role fails in turn under writers: the chain reconfigures, no acknowledged write is lost, the node rejoins as tail with an identical log",
+          arguments: ["n1", "n2", "n3"])
+    func aFailedMemberIsReplacedAndRejoins(_ victim: String) async throws {
+        try await withReconfiguringCluster { cluster in
+            let id = try NodeID(victim)
+            let stop = Flag()
+            let load = Task { await writers(cluster.client, count: 4, until: { stop.isSet }) }
+            try await Task.sleep(for: .milliseconds(200))
+            let before = await cluster.master.configuration.epoch
+            await cluster.stopNode(id)
+            try await cluster.waitFor("the master removed \(victim)") {
+                await cluster.master.configuration.role(of: id) == nil
+            }
+            let removedAt = await cluster.master.configuration
+            #expect(removedAt.epoch > before)
+            #expect(removedAt.members.count == 2)
+            // Writes go on without it.
+            try await Task.sleep(for: .milliseconds(300))
+            try await cluster.startNode(id)
+            try await cluster.waitFor("\(victim) rejoined as tail") {
+                await cluster.master.configuration.tail?.id == id
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            stop.set()
+            let acknowledged = await load.value
+            #expect(acknowledged.count > 20, "writes went on: \(acknowledged.count) keys acknowledged")
+            for (key, value) in acknowledged {
+                let object = try await cluster.client.get(key)
+                #expect(object.bytes == value, "\(key): the last acknowledged value")
+            }
+            // Every member holds the same log once the tail has everything.
+            let members = await cluster.master.configuration.members.map(\.id)
+            try await cluster.waitFor("the replicas' logs agree") {
+                var logs: [[String]] = []
+                for m in members { logs.append((try? await cluster.log(of: m)) ?? ["?"]) }
+                return logs.dropFirst().allSatisfy { $0 == logs[0] }
+            }
+            let status = try await cluster.admin.status()
+            #expect(status.nodes.map(\.id) == members)
+            #expect(status.nodes.allSatisfy { $0.health == .healthy })
+        }
+    }
+
+    @Test("add-node copies the log into a new node and appends it as tail; remove-node reconfigures first, then the node stops")
+    func addAndRemoveNode() async throws {
+        try await withReconfiguringCluster(nodes: 2) { cluster in
+            for i in 0..<200 { _ = try await cluster.client.put("pre-\(i)", pseudoRandomBytes(2000, seed: UInt64(i))) }
+            let n3 = try NodeID("n3")
+            try await cluster.startNode(n3)
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(await cluster.master.configuration.role(of: n3) == nil, "an id the master does not know waits")
+            let address = try #require(cluster.node(n3)).address.description
+            _ = try await cluster.admin.addNode(n3, address: address)
+            try await cluster.waitFor("n3 was appended") { await cluster.master.configuration.tail?.id == n3 }
+            _ = try await cluster.client.put("after", [1, 2, 3])
+            #expect(try await cluster.client.get("pre-7").bytes == pseudoRandomBytes(2000, seed: 7))
+            #expect(try await cluster.client.get("after").bytes == [1, 2, 3])
+            let copied = try await cluster.log(of: n3)
+            #expect(copied == (try await cluster.log(of: NodeID("n1"))))
+
+            await #expect(throws: CatenaError.self) { _ = try await cluster.admin.removeNode(NodeID("n9")) }
+            _ = try await cluster.admin.removeNode(n3)
+            try await cluster.waitFor("n3 was removed and stopped") {
+                let removed = await cluster.master.configuration.role(of: n3) == nil
+                let stopped = await cluster.hasStopped(n3)
+                return removed && stopped
+            }
+            _ = try await cluster.client.put("after-removal", [4])
+            #expect(try await cluster.client.get("after-removal").bytes == [4])
+            let status = try await cluster.admin.status()
+            #expect(status.nodes.map(\.id.rawValue) == ["n1", "n2"])
+        }
+    }
+}
