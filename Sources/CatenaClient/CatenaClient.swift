@@ -52,6 +52,10 @@ public final class CatenaClient: Sendable {
     private let logger: Logger
     private let pool: ConnectionPool
     private let chain = Mutex<ChainConfiguration?>(nil)
+    /// Whether `chain` should be refreshed before the next attempt (after a redirect, a stale
+    /// epoch, a lost connection…). It is kept meanwhile: if no master answers, the client goes
+    /// on with it — the chain serves without the master for as long as the leases last.
+    private let chainStale = Mutex(false)
     /// Open connections to the head and tail of `chain`'s configuration (the fast path: no actor
     /// hop, no address parsing per request); cleared with the configuration.
     private let routes = Mutex<Routes>(Routes())
@@ -340,7 +344,7 @@ public final class CatenaClient: Sendable {
                 lastError = error
                 logger.debug("retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
                 if error.code != .busy {
-                    chain.withLock { $0 = nil }
+                    chainStale.withLock { $0 = true }
                     routes.withLock { $0 = Routes() }
                 }
                 attempt += 1
@@ -363,8 +367,15 @@ public final class CatenaClient: Sendable {
     }
 
     private func currentConfiguration(deadline: ContinuousClock.Instant) async throws(CatenaError) -> ChainConfiguration {
-        if let cached = chain.withLock({ $0 }) { return cached }
-        return try await refreshConfiguration(deadline: deadline)
+        guard let cached = chain.withLock({ $0 }) else { return try await refreshConfiguration(deadline: deadline) }
+        guard chainStale.withLock({ $0 }) else { return cached }
+        // One quick round over the masters; without an answer, the last configuration it had.
+        do {
+            return try await refreshConfiguration(deadline: min(deadline, .now + .milliseconds(500)))
+        } catch {
+            if error.code == .wrongCluster || error.code == .protocolVersionUnsupported { throw error }
+            return cached
+        }
     }
 
     /// Asks the masters in turn for the configuration.
@@ -375,12 +386,15 @@ public final class CatenaClient: Sendable {
             for master in masters {
                 do {
                     let connection = try await pool.connection(to: master, clusterID: configuration.clusterID ?? "")
-                    let reply = try await connection.request(Frame(type: .getConfiguration), timeout: .seconds(2))
+                    let reply = try await connection.request(Frame(type: .getConfiguration),
+                                                             timeout: min(.seconds(2), max(.milliseconds(1), deadline - .now)))
                     let config = try ConfigurationPayload.decode(reply.payload)
-                    chain.withLock { current in
+                    let newest = chain.withLock { current in
                         if current == nil || current!.epoch <= config.epoch { current = config }
+                        return current!
                     }
-                    return config
+                    chainStale.withLock { $0 = false }
+                    return newest
                 } catch {
                     if error.code == .wrongCluster || error.code == .protocolVersionUnsupported { throw error }
                     lastError = error

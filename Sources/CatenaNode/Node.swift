@@ -94,6 +94,15 @@ public final class Node: Sendable {
               [([("node", id.rawValue), ("role", view.role.map { "\($0)" } ?? "none")], 1)])
         t.gauge("catena_node_epoch", "The configuration epoch this node runs.", Double(view.epoch))
         t.gauge("catena_node_failed", "1 if the local log failed and the node stopped taking writes.", view.failure == nil ? 0 : 1)
+        let lease = view.leaseExpiry.map { max(0, Double(($0 - ContinuousClock.now).nanosecondsClamped) / 1e9) } ?? 0
+        t.gauge("catena_node_lease_remaining_seconds", "Seconds of lease left from the master (0: none; the node serves no clients).", lease)
+        t.gauge("catena_node_joining", "1 while the node is not a member and catches up from the tail.", view.standing == .joining ? 1 : 0)
+        if let c = view.catchUp {
+            t.counter("catena_node_catch_up_records_total", "Records copied from the tail while joining.", c.recordsInstalled)
+            t.counter("catena_node_catch_up_bytes_total", "Bytes of records copied from the tail while joining.", c.recordBytesInstalled)
+            t.counter("catena_node_catch_up_wire_bytes_total", "Bytes received for them (LZ4-compressed chunks).", c.wireBytes)
+            t.gauge("catena_node_catch_up_lag_records", "Records the tail had that this node lacked at the last chunk.", Double(c.lag ?? 0))
+        }
         t.counter("catena_node_writes_committed_total", "Writes committed with this node as head.", m.writesCommitted)
         t.counter("catena_node_writes_refused_total", "Writes refused (redirect, invalid, busy, failure).", m.writesRefused)
         t.counter("catena_node_writes_throttled_total", "Writes that waited under the uncommitted-bytes bound.", m.writesThrottled)

@@ -131,6 +131,9 @@ extension Node {
             throw CatenaError(.redirect, "reads go to the tail: \(tail)")
         }
         try checkLease()
+        guard !view.readsBlocked else {
+            throw CatenaError(.unavailable, "\(configuration.id) joined the chain and is still receiving writes committed before; retry shortly")
+        }
     }
 
     /// A tail the master could not renew may already be replaced, so a read is answered only if
@@ -176,6 +179,10 @@ extension Node {
             defer { acks.close() }
             return await Result.catching { () async throws(CatenaError) in
                 while let frame = try await reader.next() {
+                    if frame.type == .readTarget {
+                        await replica.readTarget(try LSNPayload.decode(frame.payload), from: sender)
+                        continue
+                    }
                     guard frame.type == .replicate else {
                         throw CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not replication")
                     }

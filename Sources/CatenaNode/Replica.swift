@@ -18,6 +18,8 @@ final class ReplicaView: Sendable {
         var leaseExpiry: ContinuousClock.Instant?
         /// Not a member: how the catch-up from the tail is going.
         var catchUp: CatchUpProgress?
+        /// Appended to the chain and not yet holding everything committed before: no reads.
+        var readsBlocked = false
         var epoch: UInt64 { configuration?.epoch ?? 0 }
     }
 
@@ -104,6 +106,8 @@ actor Replica {
     private var history = EpochHistory([])
     /// Not a member: the catch-up from the tail, while it runs.
     private var joining: (source: ChainMember, task: Task<Void, Never>)?
+    /// Appended: the LSN whose durability here unblocks reads (see ``readTarget(_:from:)``).
+    private var readTarget: LSN?
     private(set) var metrics = ReplicaMetrics()
 
     init(me: NodeID, store: Store, maxUncommittedBytes: Int, logger: Logger,
@@ -146,6 +150,16 @@ actor Replica {
             if machine != nil {
                 recentRequests = await Replica.recentRequests(in: store, limit: limits.rememberedRequests, logger: logger)
             }
+            // A node appended to the chain may lack writes committed just before (its catch-up
+            // stopped short of the tail's end), and a restarted one may have lost what it had not
+            // made durable: a node with a predecessor answers no reads until its log reaches what
+            // the predecessor held when their link started (``readTarget(_:from:)``).
+            let appended = isMember && configuration.predecessor(of: me) != nil
+            view.update {
+                $0.readsBlocked = appended
+                $0.catchUp = nil
+            }
+            readTarget = nil
             machine = ReplicaStateMachine(me: me, configuration: configuration, lastLSN: store.lastEnqueuedLSN,
                                           recentRequests: recentRequests, limits: limits)
             recentRequests = []
@@ -180,7 +194,6 @@ actor Replica {
             join.task.cancel()
             joining = nil
         }
-        if isMember { view.update { $0.catchUp = nil } }
     }
 
     /// The epoch start the head of the current epoch must report before its first write there
@@ -279,6 +292,22 @@ actor Replica {
         guard machine != nil else { return }
         perform(machine!.durable(through: lsn))
         link?.durable(through: lsn)
+        unblockReadsIfCaughtUp()
+    }
+
+    /// The predecessor `sender` held everything through `lsn` when the link started: once that is
+    /// durable here, this node (if it was just appended) holds every committed write.
+    func readTarget(_ lsn: LSN, from sender: NodeID) {
+        guard machine?.configuration.predecessor(of: me)?.id == sender, view.snapshot.readsBlocked else { return }
+        readTarget = lsn
+        unblockReadsIfCaughtUp()
+    }
+
+    private func unblockReadsIfCaughtUp() {
+        guard let target = readTarget, let machine, machine.durable.seq >= target.seq else { return }
+        readTarget = nil
+        view.update { $0.readsBlocked = false }
+        logger.info("holds everything its predecessor had when it joined; serving reads", metadata: [LogKey.lsn: "\(target)"])
     }
 
     /// The successor `sender` acknowledged everything through `lsn`.
@@ -308,6 +337,9 @@ actor Replica {
         successorPositionKnown = true
         return nil
     }
+
+    /// The last LSN accepted here: what a new successor must hold before it answers reads.
+    var lastAccepted: LSN { machine?.lastAccepted ?? store.lastEnqueuedLSN }
 
     /// The predecessor `node` connected: acknowledgements go to it from now on. Returns what to
     /// tell it first: the last LSN here and the last acknowledged.

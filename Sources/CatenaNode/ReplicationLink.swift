@@ -165,6 +165,14 @@ final class ReplicationLink: Sendable {
                         throw error
                     }
                     logger.debug("replication connected", metadata: [LogKey.lsn: "\(position)"])
+                    let snapshot = view.snapshot
+                    let readTarget = Frame(type: .readTarget, chainID: snapshot.configuration?.chainID ?? 0, epoch: snapshot.epoch,
+                                       payload: LSNPayload.encode(await replica.lastAccepted))
+                    do {
+                        try await outbound.write(readTarget)
+                    } catch {
+                        throw CatenaError(.unavailable, "connection lost: \(error)")
+                    }
                     backoff = .milliseconds(20)
                     try await withSending(outbound) { () async throws(CatenaError) in
                         while let frame = try await reader.next() {

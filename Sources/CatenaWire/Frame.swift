@@ -44,6 +44,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .replicate: "replicate"
         case .acknowledge: "acknowledge"
         case .position: "position"
+        case .readTarget: "readTarget"
         case .getConfiguration: "getConfiguration"
         case .configuration: "configuration"
         case .heartbeat: "heartbeat"

@@ -32,6 +32,10 @@ extension FrameType {
     public static let acknowledge = FrameType(rawValue: 65)
     /// Successor → predecessor, first on a replication connection: the last LSN in its log.
     public static let position = FrameType(rawValue: 66)
+    /// Predecessor → successor, after the successor's ``position``: the last LSN in the
+    /// predecessor's log then. A node appended to the chain answers no reads until its log
+    /// reaches it: everything committed before the node joined is at or below it.
+    public static let readTarget = FrameType(rawValue: 67)
 
     /// Client or node → master: the current chain configuration. Reply: ``configuration``.
     public static let getConfiguration = FrameType(rawValue: 128)
@@ -53,7 +57,7 @@ extension FrameType {
     /// Frame types a client sends to a storage node.
     public static let clientRequests: Set<FrameType> = [.write, .get, .head, .list, .catchUpRequest]
     /// Frame types a predecessor sends to its successor.
-    public static let replicationRequests: Set<FrameType> = [.replicate]
+    public static let replicationRequests: Set<FrameType> = [.replicate, .readTarget]
     /// Frame types a master answers.
     public static let masterRequests: Set<FrameType> = [.getConfiguration, .heartbeat, .addNode, .removeNode, .getStatus]
 }
