@@ -91,7 +91,8 @@ public struct ChainManager: Sendable {
     public enum Standing: Hashable, Sendable {
         /// A member of the active configuration.
         case member
-        /// A standby: catching up, to be appended as the tail once caught up.
+        /// A standby, or a node an operator is adding (before that is persisted too): catching
+        /// up, to be appended as the tail once caught up.
         case joining
         /// Neither: never added, or removed by an operator. The node must stop.
         case unknown
@@ -237,8 +238,9 @@ public struct ChainManager: Sendable {
     /// A node's heartbeat arrives at `now`. Members, standbys and nodes being added are
     /// recorded (liveness, highest LSN, a new connectable address — unconnectable ones are
     /// ignored); a member is granted a lease unless it is leaving or being removed; the current
-    /// head's report of the current epoch's first seq is taken for the next proposal. Anyone
-    /// else is answered ``Standing/unknown`` and nothing about it is kept.
+    /// head's report of the current epoch's first seq is taken for the next proposal. Standbys
+    /// and nodes being added are answered ``Standing/joining``; anyone else
+    /// ``Standing/unknown``, and nothing about it is kept.
     ///
     /// Call ``nextProposal(now:)`` right after: an address change or a first seq waits for it.
     public mutating func heartbeat(_ beat: Beat, now: UInt64) -> Reply {
