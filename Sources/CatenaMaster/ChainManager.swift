@@ -29,7 +29,9 @@ import CatenaCore
 ///   proposal is in flight is handled by the next one;
 /// - never empty, never invented data: if every member would go, the one most worth keeping
 ///   stays (a live one before a failed one, then the highest reported LSN, then the later in
-///   chain order) and the chain is unavailable until it is back; a standby only ever joins as
+///   chain order) and, if it failed, the chain is unavailable until it is back. If only drained
+///   members would stay, the drain of the one most worth keeping is cancelled, so the chain
+///   never consists of members on their way out (without leases); a standby only ever joins as
 ///   the tail after a live, healthy tail, never alone. So a chain that lost every member
 ///   restarts only from a member of its last configuration;
 /// - joining: a standby that heartbeated within the failure timeout and whose highest seq is
@@ -89,7 +91,8 @@ public struct ChainManager: Sendable {
     public enum Standing: Hashable, Sendable {
         /// A member of the active configuration.
         case member
-        /// A standby: catching up, to be appended as the tail once caught up.
+        /// A standby, or a node an operator is adding (before that is persisted too): catching
+        /// up, to be appended as the tail once caught up.
         case joining
         /// Neither: never added, or removed by an operator. The node must stop.
         case unknown
@@ -160,23 +163,56 @@ public struct ChainManager: Sendable {
     /// The next state, being persisted; at most one is in flight.
     public private(set) var proposal: MasterState?
 
+    /// What the machine keeps about one node it knows.
+    private struct Tracked: Sendable {
+        /// The node.
+        var id: NodeID
+        /// Its address in the active state (a node being added: the operator's).
+        var address: String
+        /// What the node is: a member or standby of the active state, a node being added
+        /// (``Standing/joining``), or one removed while the proposal adding it is in flight
+        /// (``Standing/unknown``, kept only to be forgotten once that proposal is persisted).
+        var standing: Standing
+        /// Its last heartbeat; nil: none since the machine started.
+        var heard: UInt64?
+        /// The highest LSN it reported last.
+        var reported: LSN?
+        /// A member: the latest instant the lease it last got can run out at (an upper bound:
+        /// the node counts from when it sent the heartbeat, before the master received it).
+        var leaseUntil: UInt64 = 0
+        /// The latest connectable address it announced.
+        var announced: String?
+        /// The last address text it sent, connectable or not (parsed only when it changes).
+        var lastText: String?
+        /// An operator removes it: a member drains, anyone else is forgotten.
+        var leaving = false
+        /// The proposal in flight removes it from the chain: no lease.
+        var beingRemoved = false
+
+        init(id: NodeID, address: String, standing: Standing) {
+            self.id = id
+            self.address = address
+            self.standing = standing
+        }
+
+        /// The address the next proposal gives it.
+        var next: ChainMember { ChainMember(id: id, address: announced ?? address) }
+
+        /// Nanoseconds without a heartbeat at `now`, counted from `start` if none since.
+        func silence(at now: UInt64, since start: UInt64) -> UInt64 { ChainManager.since(heard ?? start, now) }
+    }
+
     private let failureTimeout: UInt64
     private let lease: UInt64
     /// When the machine started: the last heartbeat of members not heard from since.
     private let startedAt: UInt64
-    /// The last heartbeat of each known node (member, standby, being added).
-    private var heard: [NodeID: UInt64] = [:]
-    /// The highest LSN each known node reported last.
-    private var reported: [NodeID: LSN] = [:]
-    /// The latest instant each member's lease can run out at (an upper bound: the node counts
-    /// from when it sent the heartbeat, before the master received it).
-    private var leaseUntil: [NodeID: UInt64] = [:]
-    /// The latest connectable address each member or standby announced.
-    private var announced: [NodeID: String] = [:]
+    /// Every node the machine knows: the members in chain order, then the standbys in order,
+    /// then the nodes being added, then those to forget once the proposal in flight persists.
+    private var records: [Tracked] = []
+    /// Where each node's record is in ``records``.
+    private var slots: [NodeID: Int] = [:]
     /// Nodes an operator added that are not yet standbys of the active state, in order.
     private var adding: [ChainMember] = []
-    /// Members to remove once their lease ran out, and standbys to forget: an operator's.
-    private var leaving: Set<NodeID> = []
     /// The current head's report of the current epoch's first seq, not yet recorded.
     private var reportedStart: EpochStart?
 
@@ -191,8 +227,9 @@ public struct ChainManager: Sendable {
         self.failureTimeout = Self.nanoseconds(settings.failureTimeout)
         self.lease = Self.nanoseconds(settings.lease)
         self.startedAt = now
-        for m in state.configuration.members {
-            leaseUntil[m.id] = Self.plus(now, lease)
+        reindex()
+        for i in state.configuration.members.indices {
+            records[i].leaseUntil = Self.plus(now, lease)
         }
     }
 
@@ -201,33 +238,28 @@ public struct ChainManager: Sendable {
     /// A node's heartbeat arrives at `now`. Members, standbys and nodes being added are
     /// recorded (liveness, highest LSN, a new connectable address — unconnectable ones are
     /// ignored); a member is granted a lease unless it is leaving or being removed; the current
-    /// head's report of the current epoch's first seq is taken for the next proposal. Anyone
-    /// else is answered ``Standing/unknown`` and nothing about it is kept.
+    /// head's report of the current epoch's first seq is taken for the next proposal. Standbys
+    /// and nodes being added are answered ``Standing/joining``; anyone else
+    /// ``Standing/unknown``, and nothing about it is kept.
     ///
     /// Call ``nextProposal(now:)`` right after: an address change or a first seq waits for it.
     public mutating func heartbeat(_ beat: Beat, now: UInt64) -> Reply {
-        let id = beat.node
-        let isMember = state.configuration.members.contains { $0.id == id }
-        let addingIndex = adding.firstIndex { $0.id == id }
-        guard isMember || addingIndex != nil || state.standbys.contains(where: { $0.id == id }) else {
-            return reply(.unknown, lease: nil)
+        guard let i = slots[beat.node], records[i].standing != .unknown else { return Self.reply(state, .unknown, lease: nil) }
+        var t = records[i]
+        t.heard = max(t.heard ?? 0, now)
+        t.reported = beat.highestLSN
+        if beat.address != t.lastText {
+            t.lastText = beat.address
+            if Self.isConnectable(beat.address) { t.announced = beat.address }
         }
-        heard[id] = max(heard[id] ?? 0, now)
-        reported[id] = beat.highestLSN
-        if Self.isConnectable(beat.address) {
-            if let addingIndex {
-                adding[addingIndex].address = beat.address
-            } else {
-                announced[id] = beat.address
-            }
+        if i == 0, let start = beat.epochStart { take(start) }
+        var granted: Duration?
+        if t.standing == .member && !t.leaving && !t.beingRemoved {
+            t.leaseUntil = max(t.leaseUntil, Self.plus(now, lease))
+            granted = settings.lease
         }
-        if let start = beat.epochStart { take(start, from: id) }
-        guard isMember else { return reply(.joining, lease: nil) }
-        guard !leaving.contains(id), proposal.map({ $0.configuration.members.contains { $0.id == id } }) ?? true else {
-            return reply(.member, lease: nil)
-        }
-        leaseUntil[id] = max(leaseUntil[id] ?? 0, Self.plus(now, lease))
-        return reply(.member, lease: settings.lease)
+        records[i] = t
+        return Self.reply(state, t.standing, lease: granted)
     }
 
     /// The next state to persist, or nil if nothing is to change or a proposal is in flight.
@@ -239,47 +271,57 @@ public struct ChainManager: Sendable {
     /// and at most one caught-up standby appended as the new tail.
     public mutating func nextProposal(now: UInt64) -> MasterState? {
         guard proposal == nil else { return nil }
-        var next = state
-        let last = next.epochHistory.count - 1
-        if let start = reportedStart, start.epoch == state.epoch, next.epochHistory[last].firstSeq == nil {
-            next.epochHistory[last].firstSeq = start.firstSeq
-        }
-        for i in next.configuration.members.indices {
-            if let a = announced[next.configuration.members[i].id] { next.configuration.members[i].address = a }
-        }
-        for i in next.standbys.indices {
-            if let a = announced[next.standbys[i].id] { next.standbys[i].address = a }
-        }
-        next.standbys.removeAll { leaving.contains($0.id) }
-        next.standbys += adding
+        let members = 0..<state.configuration.members.count
+        let standbys = members.upperBound..<(members.upperBound + state.standbys.count)
+        let last = state.epochHistory.count - 1
+        let firstSeq = reportedStart.flatMap { $0.epoch == state.epoch && state.epochHistory[last].firstSeq == nil ? $0.firstSeq : nil }
 
         // Removals: failed members, and drained ones, once their lease ran out.
-        let members = state.configuration.members
-        var removed = Set(members.map(\.id).filter { id in
-            (hasFailed(id, now: now) || leaving.contains(id)) && now >= leaseUntil[id, default: 0]
-        })
-        if removed.count == members.count, let keep = keeper(now: now) {
-            removed.remove(keep)
-            leaving.remove(keep)
-        }
-        for m in next.configuration.members where removed.contains(m.id) && !leaving.contains(m.id) {
-            next.standbys.append(m)
-        }
-        next.configuration.members.removeAll { removed.contains($0.id) }
-
-        // A join: one caught-up standby after a healthy tail that stays.
-        if let tail = members.last, !removed.contains(tail.id), !leaving.contains(tail.id),
-           health(of: tail.id, member: true, now: now) == .healthy, let tailSeq = reported[tail.id]?.seq {
-            let ready = state.standbys.filter { s in
-                !leaving.contains(s.id) && heard[s.id].map { Self.since($0, now) <= failureTimeout } == true
-                    && reported[s.id].map { $0.seq >= tailSeq || tailSeq - $0.seq <= settings.catchUpLagRecords } == true
-            }
-            if let joiner = ready.max(by: { reported[$0.id]!.seq < reported[$1.id]!.seq }),
-               let i = next.standbys.firstIndex(where: { $0.id == joiner.id }) {
-                next.configuration.members.append(next.standbys.remove(at: i))
+        var removed: [Int] = []
+        var remaining: [Int] = []
+        var onlyLeavingRemain = true
+        for i in members {
+            let t = records[i]
+            if (t.leaving || t.silence(at: now, since: startedAt) > failureTimeout) && now >= t.leaseUntil {
+                removed.append(i)
+            } else {
+                remaining.append(i)
+                if !t.leaving { onlyLeavingRemain = false }
             }
         }
+        if onlyLeavingRemain, let keep = keeper(among: remaining.isEmpty ? Array(members) : remaining, now: now) {
+            // Never empty, and never only members on their way out: one stays, and stays.
+            removed.removeAll { $0 == keep }
+            records[keep].leaving = false
+        }
 
+        // A join: the most advanced caught-up standby, after a healthy tail that stays.
+        var joiner: Int?
+        if let t = members.last, !removed.contains(t), !records[t].leaving,
+           records[t].silence(at: now, since: startedAt) <= failureTimeout / 2, let tailSeq = records[t].reported?.seq {
+            for j in standbys {
+                let s = records[j]
+                guard !s.leaving, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let seq = s.reported?.seq,
+                      seq >= tailSeq || tailSeq - seq <= settings.catchUpLagRecords else { continue }
+                if joiner == nil || seq > records[joiner!].reported!.seq { joiner = j }
+            }
+        }
+
+        var changes = firstSeq != nil || !removed.isEmpty || joiner != nil || !adding.isEmpty
+        for i in members.lowerBound..<standbys.upperBound where !changes {
+            // A standby to forget, or a new address.
+            let t = records[i]
+            changes = t.leaving && i >= members.upperBound || t.announced != nil && t.announced != t.address
+        }
+        guard changes else { return nil }
+
+        var next = state
+        if let firstSeq { next.epochHistory[last].firstSeq = firstSeq }
+        next.configuration.members = members.filter { !removed.contains($0) }.map { records[$0].next }
+        if let joiner { next.configuration.members.append(records[joiner].next) }
+        next.standbys = standbys.filter { !records[$0].leaving && $0 != joiner }.map { records[$0].next }
+            + adding.map { records[slots[$0.id]!].next }
+            + removed.filter { !records[$0].leaving }.map { records[$0].next }
         if next.configuration.members != state.configuration.members {
             next.configuration.epoch = state.epoch + 1
             next.epochHistory.append(EpochStart(epoch: next.epoch))
@@ -287,6 +329,7 @@ public struct ChainManager: Sendable {
         guard next != state else { return nil }
         assert(next.problem() == nil, "proposed a malformed state: \(next.problem()!)")
         proposal = next
+        for i in removed { records[i].beingRemoved = true }
         return next
     }
 
@@ -294,23 +337,13 @@ public struct ChainManager: Sendable {
     /// active state. Nodes no longer members or standbys are forgotten.
     public mutating func proposalPersisted(now: UInt64) {
         guard let next = proposal else { preconditionFailure("proposalPersisted without a proposal in flight") }
-        let members = Set(next.configuration.members.map(\.id))
-        for m in state.configuration.members where !members.contains(m.id) {
-            assert(now >= leaseUntil[m.id, default: 0], "\(m.id) removed while its lease still runs")
-            leaseUntil[m.id] = nil
+        for t in records where t.beingRemoved {
+            assert(now >= t.leaseUntil, "\(t.id) removed while its lease still runs")
         }
         state = next
         proposal = nil
-        let known = members.union(next.standbys.map(\.id))
-        adding.removeAll { known.contains($0.id) }
-        let stillAdding = Set(adding.map(\.id))
-        for id in Set(heard.keys).union(reported.keys).union(announced.keys)
-        where !known.contains(id) && !stillAdding.contains(id) {
-            heard[id] = nil
-            reported[id] = nil
-            announced[id] = nil
-        }
-        leaving = leaving.filter { known.contains($0) }
+        adding.removeAll { a in next.standbys.contains { $0.id == a.id } }
+        reindex()
         if let start = reportedStart, start.epoch != state.epoch || state.epochHistory.last?.firstSeq != nil {
             reportedStart = nil
         }
@@ -320,8 +353,7 @@ public struct ChainManager: Sendable {
     /// ``nextProposal(now:)`` proposes again from the active state.
     public mutating func proposalFailed() {
         proposal = nil
-        let known = Set(state.configuration.members.map(\.id)).union(state.standbys.map(\.id))
-        leaving = leaving.filter { known.contains($0) }
+        reindex()
     }
 
     // MARK: - Operator requests
@@ -336,16 +368,18 @@ public struct ChainManager: Sendable {
         guard Self.isConnectable(address) else {
             throw CatenaError(.invalidArgument, "'\(address)' is not an address peers can connect to (HOST:PORT, not a wildcard host, not port 0)")
         }
-        guard !leaving.contains(id) else {
-            throw CatenaError(.invalidArgument, "\(id) is being removed; add it again once it is gone")
-        }
-        if let current = knownAddress(of: id) {
+        if let i = slots[id] {
+            guard !records[i].leaving else {
+                throw CatenaError(.invalidArgument, "\(id) is being removed; add it again once it is gone")
+            }
+            let current = records[i].next.address
             guard current == address else {
                 throw CatenaError(.invalidArgument, "\(id) is already known at \(current), not at \(address)")
             }
             return
         }
         adding.append(ChainMember(id: id, address: address))
+        reindex()
     }
 
     /// An operator removes `id`. A standby (or a node being added) is forgotten with the next
@@ -357,27 +391,30 @@ public struct ChainManager: Sendable {
     /// member not leaving, or one whose remaining members have all failed at `now`
     /// (``CatenaError/Code/invalidArgument``).
     public mutating func removeNode(_ id: NodeID, now: UInt64) throws(CatenaError) {
-        if let i = adding.firstIndex(where: { $0.id == id }) {
-            adding.remove(at: i)
-            if proposal?.standbys.contains(where: { $0.id == id }) == true { leaving.insert(id) }
-            return
-        }
-        if state.standbys.contains(where: { $0.id == id }) {
-            leaving.insert(id)
-            return
-        }
-        guard state.configuration.members.contains(where: { $0.id == id }) else {
+        guard let i = slots[id], records[i].standing != .unknown else {
             throw CatenaError(.notFound, "\(id) is neither a member nor a standby of chain \(state.chainID)")
         }
-        guard !leaving.contains(id) else { return }
-        let others = state.configuration.members.filter { $0.id != id && !leaving.contains($0.id) }
+        let members = 0..<state.configuration.members.count
+        if i >= members.upperBound + state.standbys.count {
+            // Being added: never mind; if the proposal in flight adds it, forget it after.
+            adding.removeAll { $0.id == id }
+            records[i].standing = .unknown
+            records[i].leaving = true
+            reindex()
+            return
+        }
+        guard members.contains(i), !records[i].leaving else {
+            records[i].leaving = true
+            return
+        }
+        let others = members.filter { $0 != i && !records[$0].leaving }
         guard !others.isEmpty else {
             throw CatenaError(.invalidArgument, "\(id) is the last member of chain \(state.chainID): removing it would leave the chain without members")
         }
-        guard others.contains(where: { !hasFailed($0.id, now: now) }) else {
+        guard others.contains(where: { !hasFailed(records[$0], now: now) }) else {
             throw CatenaError(.invalidArgument, "every other member of chain \(state.chainID) has failed: removing \(id) would leave the chain without a live member")
         }
-        leaving.insert(id)
+        records[i].leaving = true
     }
 
     // MARK: - Status
@@ -385,73 +422,86 @@ public struct ChainManager: Sendable {
     /// Every node the master knows at `now`: members in chain order, then standbys, then nodes
     /// being added.
     public func status(now: UInt64) -> [NodeReport] {
-        let members = state.configuration.members
-        let top = members.compactMap { reported[$0.id]?.seq }.max()
-        func report(_ m: ChainMember, member: Bool) -> NodeReport {
-            let lsn = reported[m.id]
-            let until = leaseUntil[m.id] ?? 0
+        let members = state.configuration.members.count
+        let top = records[..<members].compactMap { $0.reported?.seq }.max()
+        return records.indices.filter { records[$0].standing != .unknown }.map { i in
+            let t = records[i]
+            let member = i < members
             return NodeReport(
-                id: m.id, address: m.address, role: state.configuration.role(of: m.id),
-                standing: member ? .member : .joining, health: health(of: m.id, member: member, now: now),
-                highestLSN: lsn, lag: top.flatMap { top in lsn.map { top > $0.seq ? top - $0.seq : 0 } },
-                sinceHeartbeat: heard[m.id].map { Self.since($0, now) },
-                leaseRemaining: member && until > now ? until - now : nil)
+                id: t.id, address: t.address, role: member ? state.configuration.role(of: t.id) : nil,
+                standing: t.standing, health: health(t, member: member, now: now),
+                highestLSN: t.reported, lag: top.flatMap { top in t.reported.map { top > $0.seq ? top - $0.seq : 0 } },
+                sinceHeartbeat: t.heard.map { Self.since($0, now) },
+                leaseRemaining: member && t.leaseUntil > now ? t.leaseUntil - now : nil)
         }
-        return members.map { report($0, member: true) } + (state.standbys + adding).map { report($0, member: false) }
     }
 
     /// Whether a member of the active configuration is alive at `now`. False: the chain is
     /// unavailable until one of its members comes back — a standby cannot restore it.
     public func isAvailable(now: UInt64) -> Bool {
-        state.configuration.members.contains { !hasFailed($0.id, now: now) }
+        records[..<state.configuration.members.count].contains { !hasFailed($0, now: now) }
     }
 
     // MARK: - Internals
 
-    private func reply(_ standing: Standing, lease: Duration?) -> Reply {
+    private static func reply(_ state: MasterState, _ standing: Standing, lease: Duration?) -> Reply {
         Reply(configuration: state.configuration, history: state.epochHistory, standing: standing, lease: lease)
     }
 
+    /// Rebuilds ``records`` from the active state and ``adding``, keeping what it knew of each
+    /// node: members, standbys, nodes being added, and — while a proposal is in flight — the
+    /// nodes to forget once it persists. Only members keep a lease; members the proposal in
+    /// flight drops are being removed.
+    private mutating func reindex() {
+        var rebuilt: [Tracked] = []
+        let proposed = proposal.map { Set($0.configuration.members.map(\.id)) }
+        func keep(_ m: ChainMember, _ standing: Standing) {
+            var t = slots[m.id].map { records[$0] } ?? Tracked(id: m.id, address: m.address, standing: standing)
+            t.address = m.address
+            t.standing = standing
+            t.beingRemoved = standing == .member && proposed.map { !$0.contains(m.id) } ?? false
+            if standing != .member { t.leaseUntil = 0 }
+            rebuilt.append(t)
+        }
+        for m in state.configuration.members { keep(m, .member) }
+        for s in state.standbys { keep(s, .joining) }
+        for a in adding { keep(a, .joining) }
+        if proposal != nil { rebuilt += records.filter { $0.standing == .unknown } }
+        records = rebuilt
+        slots = [:]
+        for (i, t) in rebuilt.enumerated() { slots[t.id] = i }
+    }
+
     /// Takes the current head's report of the current epoch's first seq, if it may be recorded.
-    private mutating func take(_ start: EpochStart, from id: NodeID) {
-        guard id == state.configuration.head?.id, start.epoch == state.epoch, let first = start.firstSeq,
-              state.epochHistory.last?.firstSeq == nil,
+    private mutating func take(_ start: EpochStart) {
+        guard start.epoch == state.epoch, let first = start.firstSeq, state.epochHistory.last?.firstSeq == nil,
               state.epochHistory.allSatisfy({ $0.firstSeq.map { $0 <= first } ?? true }) else { return }
         reportedStart = start
     }
 
-    /// Whether `id` has had no heartbeat for longer than the failure timeout at `now`.
-    private func hasFailed(_ id: NodeID, now: UInt64) -> Bool {
-        Self.since(heard[id] ?? startedAt, now) > failureTimeout
+    /// Whether the node has had no heartbeat for longer than the failure timeout at `now`.
+    private func hasFailed(_ t: Tracked, now: UInt64) -> Bool {
+        t.silence(at: now, since: startedAt) > failureTimeout
     }
 
-    private func health(of id: NodeID, member: Bool, now: UInt64) -> Health {
+    private func health(_ t: Tracked, member: Bool, now: UInt64) -> Health {
         if member {
-            if hasFailed(id, now: now) { return .failed }
-            if leaving.contains(id) { return .leaving }
-            return Self.since(heard[id] ?? startedAt, now) > failureTimeout / 2 ? .suspect : .healthy
+            if hasFailed(t, now: now) { return .failed }
+            if t.leaving { return .leaving }
+            return t.silence(at: now, since: startedAt) > failureTimeout / 2 ? .suspect : .healthy
         }
-        if leaving.contains(id) { return .leaving }
-        return heard[id] != nil && !hasFailed(id, now: now) ? .joining : .failed
+        if t.leaving { return .leaving }
+        return t.heard != nil && !hasFailed(t, now: now) ? .joining : .failed
     }
 
-    /// The member to keep when every member would go: a live one before a failed one, then
-    /// the highest reported LSN, then the later in chain order (the tail side).
-    private func keeper(now: UInt64) -> NodeID? {
-        state.configuration.members.enumerated().max { a, b in
-            let x = (hasFailed(a.element.id, now: now) ? 0 : 1, reported[a.element.id] ?? .zero, a.offset)
-            let y = (hasFailed(b.element.id, now: now) ? 0 : 1, reported[b.element.id] ?? .zero, b.offset)
-            return x < y
-        }?.element.id
-    }
-
-    /// The address the next proposal would give `id`, if the machine knows it.
-    private func knownAddress(of id: NodeID) -> String? {
-        if let m = adding.first(where: { $0.id == id }) { return m.address }
-        guard let m = state.configuration.members.first(where: { $0.id == id }) ?? state.standbys.first(where: { $0.id == id }) else {
-            return nil
+    /// Which member (its index in chain order) to keep of `candidates` when every member would
+    /// go or only drained ones would stay: a live one before a failed one, then the highest
+    /// reported LSN, then the later in chain order (the tail side).
+    private func keeper(among candidates: [Int], now: UInt64) -> Int? {
+        candidates.max { a, b in
+            (hasFailed(records[a], now: now) ? 0 : 1, records[a].reported ?? .zero, a)
+                < (hasFailed(records[b], now: now) ? 0 : 1, records[b].reported ?? .zero, b)
         }
-        return announced[id] ?? m.address
     }
 
     /// Whether peers can connect to `address`: `HOST:PORT`, not a wildcard host, not port 0.
@@ -460,7 +510,7 @@ public struct ChainManager: Sendable {
     }
 
     private static func nanoseconds(_ d: Duration) -> UInt64 { UInt64(max(0, d.nanosecondsClamped)) }
-    private static func since(_ then: UInt64, _ now: UInt64) -> UInt64 { now >= then ? now - then : 0 }
+    fileprivate static func since(_ then: UInt64, _ now: UInt64) -> UInt64 { now >= then ? now - then : 0 }
     private static func plus(_ t: UInt64, _ d: UInt64) -> UInt64 {
         let (sum, overflow) = t.addingReportingOverflow(d)
         return overflow ? .max : sum

@@ -130,7 +130,7 @@ struct ChainManagerTests {
         #expect(m.status(now: 530 * ms).map(\.id.rawValue) == ["n1", "n2"])
     }
 
-    @Test func aMemberTheProposalInFlightRemovesGetsNoLease() {
+    @Test func aMemberTheProposalInFlightRemovesGetsNoLease() throws {
         var m = manager(state(["n1", "n2", "n3"]))
         m.beats(["n1", "n2"], from: 100 * ms, through: 1000 * ms)
         #expect(ids(m.nextProposal(now: 1001 * ms)?.configuration.members) == ["n1", "n2"])
@@ -138,6 +138,10 @@ struct ChainManagerTests {
         let r = m.heartbeat(beat("n3"), now: 1002 * ms)
         #expect(r.standing == .member)
         #expect(r.lease == nil)
+        // Operator requests while the removal is in flight do not give it a lease back.
+        try m.addNode(node("n4"), address: addressOf("n4"))
+        try m.removeNode(node("n4"), now: 1002 * ms)
+        #expect(m.heartbeat(beat("n3"), now: 1002 * ms).lease == nil)
         // The persist fails: it is a healthy member again, leased, and stays.
         m.proposalFailed()
         #expect(m.heartbeat(beat("n3"), now: 1003 * ms).lease == .seconds(1))
@@ -226,6 +230,18 @@ struct ChainManagerTests {
         #expect(ids(next?.standbys) == ["n2"])
         #expect(m.heartbeat(beat("n1", seq: 7), now: 1300 * ms).lease == .seconds(1))
         #expect(m.status(now: 1300 * ms).first?.health == .healthy)
+        // A drained member whose lease still runs, when the other fails: the drain is cancelled
+        // at once, so the chain never consists only of members on their way out (unleased).
+        var d = manager(state(["n1", "n2"]))
+        d.beats(["n1", "n2"], seq: 7, now: 100 * ms)
+        try d.removeNode(node("n2"), now: 150 * ms)
+        d.beats(["n2"], seq: 7, from: 200 * ms, through: 1000 * ms)
+        #expect(d.heartbeat(beat("n2", seq: 7), now: 1000 * ms).lease == nil)
+        let kept = d.persistNext(now: 1100 * ms + 1)
+        #expect(ids(kept?.configuration.members) == ["n2"])
+        #expect(ids(kept?.standbys) == ["n1"])
+        #expect(d.heartbeat(beat("n2", seq: 7), now: 1200 * ms).lease == .seconds(1))
+        #expect(d.status(now: 1200 * ms).map(\.health) == [.healthy, .failed])
     }
 
     @Test func aSingleMemberChainNeverLosesItsMember() {
