@@ -42,8 +42,9 @@ import CatenaCore
 ///   forgotten: its heartbeats are answered ``Standing/unknown`` and it stops). Neither is
 ///   persisted before it is part of a persisted proposal; a master restart loses a drain in
 ///   progress (the operator asks again);
-/// - the first seq of the current epoch is recorded from its head's report, once, and only if
-///   it does not go below an earlier epoch's.
+/// - the first seq of the current epoch is recorded from its head's report, once. It may be below
+///   an earlier epoch's: a head continues from its own log, which can end below what a replaced
+///   head wrote and never got committed (see ``EpochHistory``).
 public struct ChainManager: Sendable {
     /// The failure detector's settings.
     public struct Settings: Hashable, Sendable {
@@ -474,8 +475,7 @@ public struct ChainManager: Sendable {
 
     /// Takes the current head's report of the current epoch's first seq, if it may be recorded.
     private mutating func take(_ start: EpochStart) {
-        guard start.epoch == state.epoch, let first = start.firstSeq, state.epochHistory.last?.firstSeq == nil,
-              state.epochHistory.allSatisfy({ $0.firstSeq.map { $0 <= first } ?? true }) else { return }
+        guard start.epoch == state.epoch, let first = start.firstSeq, first >= 1, state.epochHistory.last?.firstSeq == nil else { return }
         reportedStart = start
     }
 

@@ -361,7 +361,7 @@ private final class Simulation {
             check(new.epoch > old.epoch, "the configuration changed without a new epoch")
         }
         let firsts = new.epochHistory.compactMap(\.firstSeq)
-        check(zip(firsts, firsts.dropFirst()).allSatisfy { $0 <= $1 }, "first seqs go down: \(new.epochHistory)")
+        check(firsts.allSatisfy { $0 >= 1 }, "a first seq of 0: \(new.epochHistory)")
         file = new
         indexFile()
         for x in oldChain where nodes[x].inFile != .member {
@@ -542,7 +542,8 @@ private final class Simulation {
             }
         }
         let firsts = p.epochHistory.compactMap(\.firstSeq)
-        check(zip(firsts, firsts.dropFirst()).allSatisfy { $0 <= $1 }, "first seqs go down: \(p.epochHistory)")
+        // First seqs may go down: a new head continues from its own log, which can end below what
+        // a replaced head wrote and never got committed. Once recorded they never change (above).
         for m in p.configuration.members + p.standbys {
             check((try? Address(parsing: m.address)).map { !$0.isWildcard && $0.port != 0 } ?? false, "unconnectable address \(m.address) for \(m.id)")
         }
