@@ -11,9 +11,12 @@ import Logging
 ///
 /// It fills a source store with ``Configuration/volume`` bytes of values of
 /// ``Configuration/valueSize`` (one `put` record each, appended as a head would), serves it on
-/// 127.0.0.1, and for each codec copies it into a fresh receiver store until the receiver holds
-/// the whole log; the time is from the receiver's start to the last record durable in its store.
-/// The source's log is in the page cache (it was just written), as a busy tail's recent log is.
+/// 127.0.0.1, and in each of ``Configuration/rounds`` rounds copies it once per codec into a fresh
+/// receiver store until the receiver holds the whole log; the time is from the receiver's start
+/// to the last record durable in its store. Odd rounds run the codecs in the given order, even
+/// rounds in reverse, so neither always goes first (the first copy after the fill is often the
+/// slowest). The source's log is in the page cache (it was just written), as a busy tail's recent
+/// log is. Every copy is preceded by `sync()`.
 ///
 /// The values are moderately compressible: every 4 KiB of a value is 2 KiB of random bytes
 /// followed by 2 KiB of a 64-byte text line repeated (LZ4 shrinks them to about half).
@@ -30,8 +33,10 @@ public struct CatchUpBenchmark: Sendable {
         public var maxChunkBytes: Int = CatchUpRequest.defaultChunkBytes
         /// The receiver's durability. Default ``Durability/batch``.
         public var durability: Durability = .batch
-        /// The codecs measured, in order. Default LZ4, then raw.
+        /// The codecs measured, in order (reversed in even rounds). Default LZ4, then raw.
         public var codecs: [Codec] = [.lz4, .raw]
+        /// Rounds, each copying once per codec. Default 3.
+        public var rounds: Int = 3
         /// Called with a line of progress; nil: quiet.
         public var progress: (@Sendable (String) -> Void)?
         /// The logger handed to stores and connections. Default: warnings.
@@ -60,6 +65,8 @@ public struct CatchUpBenchmark: Sendable {
 
     /// One copy of the whole log.
     public struct CopyResult: Sendable {
+        /// The round, from 1.
+        public var round: Int
         /// The codec of the chunks.
         public var codec: Codec
         /// Records copied.
@@ -89,8 +96,14 @@ public struct CatchUpBenchmark: Sendable {
         public var recordBytes: Int
         /// How long filling the source took.
         public var fillTime: Duration
-        /// One result per codec, in the order measured.
+        /// Every copy, in the order measured.
         public var copies: [CopyResult]
+
+        /// The copy of `codec` with the median throughput (the lower middle one of an even count).
+        public func median(_ codec: Codec) -> CopyResult? {
+            let mine = copies.filter { $0.codec == codec }.sorted { $0.megabytesPerSecond < $1.megabytesPerSecond }
+            return mine.isEmpty ? nil : mine[(mine.count - 1) / 2]
+        }
     }
 
     /// The chunk sizes a source grants (``CatchUpRequest/chunkBytesRange``).
@@ -114,8 +127,8 @@ public struct CatchUpBenchmark: Sendable {
     /// on failure.
     public func run() async throws(CatenaError) -> Report {
         let c = configuration
-        guard c.valueSize >= 1 && c.valueSize <= 16 << 20, c.volume >= 1, !c.codecs.isEmpty else {
-            throw CatenaError(.invalidArgument, "value size must be 1 byte ... 16 MiB, volume at least 1 byte, and at least one codec")
+        guard c.valueSize >= 1 && c.valueSize <= 16 << 20, c.volume >= 1, !c.codecs.isEmpty, (1...20).contains(c.rounds) else {
+            throw CatenaError(.invalidArgument, "value size must be 1 byte ... 16 MiB, volume at least 1 byte, rounds 1 ... 20, and at least one codec")
         }
         var sc = StoreConfiguration(directory: c.directory + "/source", clusterID: Self.clusterID, nodeID: "source")
         sc.durability = .batch
@@ -150,10 +163,12 @@ public struct CatchUpBenchmark: Sendable {
             serving.cancel()
         }
         var copies: [CopyResult] = []
-        for codec in c.codecs {
-            let result = try await copy(from: server.port, codec: codec, end: source.highestLSN)
-            copies.append(result)
-            c.progress?("\(codec): \(String(format: "%.0f", result.megabytesPerSecond)) MB/s, ratio \(String(format: "%.2f", result.compressionRatio))")
+        for round in 1...c.rounds {
+            for codec in round % 2 == 1 ? c.codecs : c.codecs.reversed() {
+                let result = try await copy(from: server.port, codec: codec, round: round, end: source.highestLSN)
+                copies.append(result)
+                c.progress?("round \(round) \(codec): \(String(format: "%.0f", result.megabytesPerSecond)) MB/s, ratio \(String(format: "%.2f", result.compressionRatio))")
+            }
         }
         return Report(records: c.recordCount, recordBytes: copies.first?.recordBytes ?? 0, fillTime: fillTime, copies: copies)
     }
@@ -209,7 +224,7 @@ public struct CatchUpBenchmark: Sendable {
     }
 
     /// Copies the whole log into a fresh store with `codec`; removes the store afterwards.
-    private func copy(from port: Int, codec: Codec, end: LSN) async throws(CatenaError) -> CopyResult {
+    private func copy(from port: Int, codec: Codec, round: Int, end: LSN) async throws(CatenaError) -> CopyResult {
         let c = configuration
         let directory = c.directory + "/receiver-\(codec)"
         try? ScratchSpace.removeTree(directory)
@@ -233,7 +248,7 @@ public struct CatchUpBenchmark: Sendable {
             }
             await store.close()
             try? ScratchSpace.removeTree(directory)
-            return CopyResult(codec: codec, records: progress.recordsInstalled, recordBytes: progress.recordBytesInstalled,
+            return CopyResult(round: round, codec: codec, records: progress.recordsInstalled, recordBytes: progress.recordBytesInstalled,
                               wireBytes: progress.wireBytes, chunks: progress.chunksInstalled, elapsed: elapsed)
         } catch {
             await store.close()

@@ -11,9 +11,11 @@ struct BenchCatchUp: AsyncParsableCommand {
         abstract: "Measure catch-up (log copy from a source node) on loopback, with LZ4 and without.",
         discussion: """
             Fills a source store with --mib MiB of --value-size values (per 4 KiB: 2 KiB random \
-            bytes, then a 64-byte text line repeated), serves it on 127.0.0.1, and copies it into \
-            a fresh receiver store once with LZ4 chunks and once raw. Reports MB/s of records \
-            installed (durable at the receiver) and the compression ratio; goal 300 MB/s.
+            bytes, then a 64-byte text line repeated), serves it on 127.0.0.1, and in each of \
+            --rounds rounds copies it into a fresh receiver store once per codec (LZ4 chunks, raw \
+            chunks; even rounds in reverse order). Reports MB/s of records installed (durable at \
+            the receiver) per copy, the median per codec, and the compression ratio; goal 300 MB/s \
+            (LZ4 median).
             """
     )
 
@@ -21,7 +23,8 @@ struct BenchCatchUp: AsyncParsableCommand {
     @Option(help: "Bytes per value (suffixes B, K/KiB, M/MiB; 1 B ... 16 MiB).") var valueSize: String = "64KiB"
     @Option(help: "Bytes of records per chunk the receiver asks for, in KiB (64 ... 8192).") var chunkKib: Int = 4096
     @Option(help: "The receiver's durability: batch, always or none.") var durability: BenchStorage.DurabilityOption = .batch
-    @Option(help: "Comma-separated codecs to measure, in order: lz4, raw (repeat one to measure it again).") var codecs: String = "lz4,raw"
+    @Option(help: "Comma-separated codecs to measure, in order: lz4, raw.") var codecs: String = "lz4,raw"
+    @Option(help: "Rounds (1 ... 20), each copying once per codec.") var rounds: Int = 3
     @Option(help: "A directory for the stores (default: a new temporary directory under $TMPDIR or /var/tmp, removed afterwards).")
     var dir: String?
 
@@ -34,14 +37,15 @@ struct BenchCatchUp: AsyncParsableCommand {
             throw ValidationError("--chunk-kib must be 64 ... 8192, not \(chunkKib)")
         }
         if let dir, dir.isEmpty { throw ValidationError("--dir must not be empty") }
+        guard (1...20).contains(rounds) else { throw ValidationError("--rounds must be 1 ... 20, not \(rounds)") }
         _ = try parsedCodecs()
     }
 
     func parsedCodecs() throws -> [CatchUpBenchmark.Codec] {
         let names = codecs.split(separator: ",", omittingEmptySubsequences: false)
         let parsed = names.compactMap { CatchUpBenchmark.Codec(rawValue: String($0)) }
-        guard !parsed.isEmpty, parsed.count == names.count, parsed.count <= 20 else {
-            throw ValidationError("--codecs: '\(codecs)' is not a list of 1 ... 20 codecs among lz4, raw (repeats measure again)")
+        guard !parsed.isEmpty, parsed.count == names.count, Set(parsed).count == parsed.count else {
+            throw ValidationError("--codecs: '\(codecs)' is not a list of distinct codecs among lz4, raw")
         }
         return parsed
     }
@@ -57,6 +61,7 @@ struct BenchCatchUp: AsyncParsableCommand {
         c.maxChunkBytes = chunkKib << 10
         c.durability = durability.value
         c.codecs = try parsedCodecs()
+        c.rounds = rounds
         c.progress = { writeStandardError($0) }
         print("catena bench-catchup: \(mib) MiB of \(sizeName(c.valueSize)) values (per 4 KiB: 2 KiB random, 2 KiB repeated text), "
               + "\(sizeName(c.maxChunkBytes)) chunks, 127.0.0.1, \(ProcessInfo.processInfo.activeProcessorCount) cores")
@@ -69,15 +74,22 @@ struct BenchCatchUp: AsyncParsableCommand {
             throw error
         }
         if temporary { try ScratchSpace.removeTree(directory) }
-        print("codec   records   MB of records   MB on wire   ratio   seconds     MB/s   goal")
+        print("round  codec   records   MB of records   MB on wire   ratio   seconds     MB/s")
         for r in report.copies {
-            let line = ["\(r.codec)".padding(toLength: 5, withPad: " ", startingAt: 0),
+            let line = [String(format: "%5d ", r.round), "\(r.codec)".padding(toLength: 5, withPad: " ", startingAt: 0),
                         String(format: "%9d", r.records), String(format: "%15.1f", Double(r.recordBytes) / 1e6),
                         String(format: "%12.1f", Double(r.wireBytes) / 1e6), String(format: "%7.2f", r.compressionRatio),
-                        String(format: "%9.2f", r.seconds), String(format: "%8.0f", r.megabytesPerSecond),
-                        String(format: "  >= %.0f %@", CatchUpBenchmark.goalMegabytesPerSecond,
-                               r.megabytesPerSecond >= CatchUpBenchmark.goalMegabytesPerSecond ? "met" : "MISSED")]
+                        String(format: "%9.2f", r.seconds), String(format: "%8.0f", r.megabytesPerSecond)]
             print(line.joined(separator: " "))
+        }
+        for codec in c.codecs {
+            guard let median = report.median(codec) else { continue }
+            let all = report.copies.filter { $0.codec == codec }.map(\.megabytesPerSecond)
+            let goal = CatchUpBenchmark.goalMegabytesPerSecond
+            print("\(codec): median \(String(format: "%.0f", median.megabytesPerSecond)) MB/s "
+                  + "(\(String(format: "%.0f", all.min()!))-\(String(format: "%.0f", all.max()!)) over \(all.count)), "
+                  + "ratio \(String(format: "%.2f", median.compressionRatio)); goal >= \(String(format: "%.0f", goal)) MB/s: "
+                  + (median.megabytesPerSecond >= goal ? "met" : "MISSED"))
         }
     }
 }
