@@ -27,6 +27,8 @@ public struct CatchUpProgress: Hashable, Sendable {
     public var rounds = 0
     /// Connections opened to the source.
     public var connections = 0
+    /// Attempts that failed and were retried (connection failures, refused chunks, timeouts).
+    public var retries = 0
     /// The last error the receiver recovered from by reconnecting, if any.
     public var lastError: CatenaError?
 
@@ -121,15 +123,17 @@ public struct CatchUpReceiver: Sendable {
 
     /// Errors that retrying against the same source cannot cure: the receiver's history differs
     /// from the source's (``CatenaError/Code/lsnOutOfOrder``, ``CatenaError/Code/historyCompacted``),
-    /// the source is not one it can talk to, or sends records this build cannot read.
+    /// the source is not one it can talk to (another cluster or chain, no common protocol version,
+    /// no catch-up), or it sends records this build cannot read.
     public static let finalErrors: Set<CatenaError.Code> = [
-        .historyCompacted, .lsnOutOfOrder, .wrongCluster, .protocolVersionUnsupported, .unknownFrameType,
+        .historyCompacted, .lsnOutOfOrder, .wrongCluster, .protocolVersionUnsupported, .unknownFrameType, .invalidArgument,
         .unsupportedVersion, .unknownRecordType, .unknownMustUnderstandField,
     ]
 
     /// Copies until `shouldStop` returns true (asked after every installed chunk and every reply)
     /// or the task is cancelled, and returns the progress then; calls `progress` after every
-    /// installed chunk and every reply. Cancellation ends the run promptly, also in the middle of
+    /// installed chunk, every reply and every failure it retries (see
+    /// ``CatchUpProgress/lastError``: a caller may give up on a source that keeps failing). Cancellation ends the run promptly, also in the middle of
     /// a chunk (which is then not installed); chunks already enqueued are awaited.
     ///
     /// Connection failures, timeouts and refused chunks are retried after a backoff. Throws
@@ -169,6 +173,8 @@ public struct CatchUpReceiver: Sendable {
                 case .retry(let error):
                     if Task.isCancelled { break }
                     state.lastError = error
+                    state.retries += 1
+                    report(state)
                     logger.debug("catch-up retrying", metadata: ["error": "\(error)", "backoff": "\(backoff)"])
                     do {
                         try await Task.sleep(for: backoff)

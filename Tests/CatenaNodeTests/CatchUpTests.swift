@@ -92,6 +92,7 @@ extension InProcessChainTests {
                 let progress = try await f.receiver(store, from: source).run(until: { $0.isCaughtUp })
 
                 #expect(progress.connections == 2)
+                #expect(progress.retries == 1)
                 #expect(progress.lastError?.code == .unavailable)
                 let log = source.log
                 #expect(log.requests.count >= 2)
@@ -130,6 +131,7 @@ extension InProcessChainTests {
                 let progress = try await f.receiver(store, from: source, compress: compress).run(until: { $0.isCaughtUp })
 
                 #expect(progress.chunksRefused == 1)
+                #expect(progress.retries == 1)
                 #expect(progress.lastError?.code == .checksumMismatch, "\(String(describing: progress.lastError))")
                 let log = source.log
                 let firstConnection = log.chunks.filter { $0.connection == 1 }
@@ -285,6 +287,12 @@ extension InProcessChainTests {
                 #expect(progress.lastLSN == tail.highestLSN)
                 #expect(progress.recordsInstalled >= 61)
                 try await expectIdentical(tail, store)
+                // A receiver for another chain is refused for good.
+                var wrongChain = configuration
+                wrongChain.chainID = configuration.chainID + 1
+                await #expect { _ = try await CatchUpReceiver(configuration: wrongChain, store: store, logger: testLogger).run() } throws: {
+                    code(of: $0) == .invalidArgument
+                }
                 await store.close()
             }
         }
