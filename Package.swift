@@ -93,6 +93,9 @@ let package = Package(
             dependencies: [
                 "CatenaCore",
                 "CatenaStorage",
+                "CatenaWire",
+                "CatenaNetwork",
+                "CatenaNode",
                 "CatenaClient",
                 "CatenaCluster",
                 .product(name: "Logging", package: "swift-log"),

@@ -1,4 +1,5 @@
 #ifndef CATENA_CLZ4_SHIM_H
 #define CATENA_CLZ4_SHIM_H
+#include <lz4.h>
 #include <lz4frame.h>
 #endif

@@ -21,6 +21,16 @@ public enum XXH3 {
     }
 }
 
+/// XXH32 from Debian's libxxhash: the checksum of the LZ4 frame format (block and content
+/// checksums), where the format prescribes it.
+public enum XXH32 {
+    /// The XXH32 hash of `bytes` with `seed` (the LZ4 frame format uses seed 0).
+    @inlinable
+    public static func hash(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
+        CXXHash.XXH32(bytes.baseAddress, bytes.count, seed)
+    }
+}
+
 /// An incremental XXH3-64 hasher, for data that arrives in pieces (streamed objects).
 ///
 /// The result equals ``XXH3/hash(_:)-(UnsafeRawBufferPointer)`` of the concatenated input.

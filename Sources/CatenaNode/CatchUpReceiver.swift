@@ -27,6 +27,8 @@ public struct CatchUpProgress: Hashable, Sendable {
     public var rounds = 0
     /// Connections opened to the source.
     public var connections = 0
+    /// Attempts that failed and were retried (connection failures, refused chunks, timeouts).
+    public var retries = 0
     /// The last error the receiver recovered from by reconnecting, if any.
     public var lastError: CatenaError?
 
@@ -55,8 +57,9 @@ public struct CatchUpProgress: Hashable, Sendable {
 /// ``run(until:progress:)`` connects to the source as a client, asks for the records after the
 /// store's last one (``CatchUpRequest``) and installs each chunk of the reply: it decodes and
 /// verifies the whole chunk (``CatchUpChunk/records(after:chainID:maxUncompressedLength:)``),
-/// then checks and enqueues it in one piece, so a damaged chunk installs nothing. It awaits each
-/// chunk's durability while it verifies the next (at most two chunks are in the store's queue).
+/// then checks and enqueues it in one piece, so a damaged chunk installs nothing. While chunks
+/// become durable it verifies the next ones, with at most ``Configuration/maxPendingBytes`` not
+/// yet durable, so several chunks share one fsync.
 /// When a reply ends it asks again from its new end, so it follows new writes until told to
 /// stop. A broken connection or a refused chunk costs a reconnect (with backoff) and a request
 /// from the last durable record: nothing installed is sent again, nothing is skipped.
@@ -81,6 +84,9 @@ public struct CatchUpReceiver: Sendable {
         /// The largest single record accepted (it travels alone when above ``maxChunkBytes``).
         /// Default: the store's ``StoreConfiguration/maxValueSize`` plus 1 MiB for key and fields.
         public var maxRecordBytes: Int?
+        /// Bytes of records the receiver has enqueued in its store but not yet seen durable before
+        /// it waits: several chunks share one group commit (fsync). Default 16 MiB.
+        public var maxPendingBytes = 16 << 20
         /// How long the source may hold a request when there is nothing new (long poll; at most
         /// one second). Default 500 ms.
         public var wait: Duration = .milliseconds(500)
@@ -117,15 +123,17 @@ public struct CatchUpReceiver: Sendable {
 
     /// Errors that retrying against the same source cannot cure: the receiver's history differs
     /// from the source's (``CatenaError/Code/lsnOutOfOrder``, ``CatenaError/Code/historyCompacted``),
-    /// the source is not one it can talk to, or sends records this build cannot read.
+    /// the source is not one it can talk to (another cluster or chain, no common protocol version,
+    /// no catch-up), or it sends records this build cannot read.
     public static let finalErrors: Set<CatenaError.Code> = [
-        .historyCompacted, .lsnOutOfOrder, .wrongCluster, .protocolVersionUnsupported, .unknownFrameType,
+        .historyCompacted, .lsnOutOfOrder, .wrongCluster, .protocolVersionUnsupported, .unknownFrameType, .invalidArgument,
         .unsupportedVersion, .unknownRecordType, .unknownMustUnderstandField,
     ]
 
     /// Copies until `shouldStop` returns true (asked after every installed chunk and every reply)
     /// or the task is cancelled, and returns the progress then; calls `progress` after every
-    /// installed chunk and every reply. Cancellation ends the run promptly, also in the middle of
+    /// installed chunk, every reply and every failure it retries (see
+    /// ``CatchUpProgress/lastError``: a caller may give up on a source that keeps failing). Cancellation ends the run promptly, also in the middle of
     /// a chunk (which is then not installed); chunks already enqueued are awaited.
     ///
     /// Connection failures, timeouts and refused chunks are retried after a backoff. Throws
@@ -165,6 +173,8 @@ public struct CatchUpReceiver: Sendable {
                 case .retry(let error):
                     if Task.isCancelled { break }
                     state.lastError = error
+                    state.retries += 1
+                    report(state)
                     logger.debug("catch-up retrying", metadata: ["error": "\(error)", "backoff": "\(backoff)"])
                     do {
                         try await Task.sleep(for: backoff)
@@ -203,7 +213,7 @@ public struct CatchUpReceiver: Sendable {
                                      maxChunkBytes: configuration.maxChunkBytes,
                                      waitMilliseconds: Int(configuration.wait / .milliseconds(1)))
         let timeout = configuration.idleTimeout + configuration.wait
-        var pending: Installing?
+        var pending = Installing()
         do throws(Failure) {
             let replies: ReplyStream
             do {
@@ -238,7 +248,7 @@ public struct CatchUpReceiver: Sendable {
                     guard chunk.recordCount == 0 else {
                         throw .retry(CatenaError(.protocolViolation, "\(configuration.source) ended a catch-up reply with a chunk of records"))
                     }
-                    try await finish(&pending, &state)
+                    try await pending.finish(&state)
                     state.sourceEnd = chunk.lastLSN
                     state.rounds += 1
                     return
@@ -265,43 +275,56 @@ public struct CatchUpReceiver: Sendable {
                     throw .fatal(error)
                 }
                 previous = chunk.lastLSN
-                try await finish(&pending, &state)
-                pending = Installing(ticket: ticket, records: records.count, bytes: chunk.uncompressedLength, last: chunk.lastLSN)
+                pending.add(ticket, records: records.count, bytes: chunk.uncompressedLength, last: chunk.lastLSN)
+                try await pending.finish(&state, keeping: configuration.maxPendingBytes)
                 report(state)
                 if shouldStop(state) {
                     replies.abandon()
-                    try await finish(&pending, &state)
+                    try await pending.finish(&state)
                     throw .stopped
                 }
             }
         } catch {
-            // Whatever happened, the enqueued chunk becomes durable (or the store failed).
-            try await finish(&pending, &state)
+            // Whatever happened, the enqueued chunks become durable (or the store failed).
+            try await pending.finish(&state)
             throw error
         }
     }
 
-    /// A chunk enqueued but not yet known durable.
+    /// Chunks enqueued in the store but not yet known durable, oldest first.
     private struct Installing {
-        var ticket: AppendTicket
-        var records: Int
-        var bytes: Int
-        var last: LSN
-    }
-
-    /// Waits until `pending` is durable and counts it.
-    private func finish(_ pending: inout Installing?, _ state: inout CatchUpProgress) async throws(Failure) {
-        guard let p = pending else { return }
-        pending = nil
-        do {
-            try await p.ticket.durable()
-        } catch {
-            throw .fatal(error)
+        private struct Chunk {
+            var ticket: AppendTicket
+            var records: Int
+            var bytes: Int
+            var last: LSN
         }
-        state.lastLSN = p.last
-        state.recordsInstalled += p.records
-        state.recordBytesInstalled += p.bytes
-        state.chunksInstalled += 1
+
+        private var chunks: [Chunk] = []
+        private var bytes = 0
+
+        mutating func add(_ ticket: AppendTicket, records: Int, bytes: Int, last: LSN) {
+            chunks.append(Chunk(ticket: ticket, records: records, bytes: bytes, last: last))
+            self.bytes += bytes
+        }
+
+        /// Waits, oldest first, until at most `limit` bytes (and the newest chunk, if that alone is
+        /// more) are not known durable, counting each durable chunk in `state`.
+        mutating func finish(_ state: inout CatchUpProgress, keeping limit: Int = 0) async throws(Failure) {
+            while let oldest = chunks.first, bytes > limit, chunks.count > 1 || limit == 0 {
+                chunks.removeFirst()
+                bytes -= oldest.bytes
+                do {
+                    try await oldest.ticket.durable()
+                } catch {
+                    throw .fatal(error)
+                }
+                state.lastLSN = oldest.last
+                state.recordsInstalled += oldest.records
+                state.recordBytesInstalled += oldest.bytes
+                state.chunksInstalled += 1
+            }
+        }
     }
 
     private func classify(_ error: CatenaError) -> Failure {

@@ -1,4 +1,5 @@
 import CatenaCore
+import CatenaNetwork
 import CatenaStorage
 import CatenaWire
 
@@ -147,5 +148,36 @@ struct ChunkBuilder {
             bytes = 0
         }
         return records
+    }
+}
+
+extension CatchUpSource {
+    /// Answers the catch-up requests of one connection, one after the other, from `store` — for a
+    /// server that does nothing else (a benchmark, a dedicated copy port); a node's server answers
+    /// them among its other requests. Any other frame type ends the connection with
+    /// `unknownFrameType`; a refused request gets an error reply and the connection goes on.
+    public static func answer(_ connection: ServerConnection, _ reader: inout FrameReader, store: Store) async throws(CatenaError) {
+        func write(_ frame: Frame) async throws(CatenaError) {
+            do {
+                try await connection.outbound.write(frame)
+            } catch {
+                throw CatenaError(.unavailable, "connection lost: \(error)")
+            }
+        }
+        while let frame = try await reader.next() {
+            guard frame.type == .catchUpRequest else {
+                throw CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not a catch-up request")
+            }
+            do throws(CatenaError) {
+                let request = try CatchUpRequest(decoding: frame.payload)
+                try await serve(request, store: store) { (chunk, more) throws(CatenaError) in
+                    try await write(Frame(type: .catchUpChunk, flags: more ? [.reply, .more] : .reply, chainID: frame.chainID,
+                                          requestID: frame.requestID, payload: chunk.encoded()))
+                }
+            } catch {
+                if error.code == .unavailable { throw error }
+                try await write(Frame.error(error, replyingTo: frame.requestID, chainID: frame.chainID))
+            }
+        }
     }
 }

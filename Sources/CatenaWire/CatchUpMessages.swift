@@ -137,8 +137,9 @@ public struct CatchUpChunk: Hashable, Sendable {
     }
 
     /// A chunk holding `records` (consecutive, at least one, at most 4 GiB together), compressed
-    /// as one LZ4 frame with block and content checksums when `codec` is ``CatchUpCodec/lz4``.
-    /// Throws `invalidArgument` for no records or too many bytes, `ioFailure` if liblz4 fails.
+    /// as one LZ4 frame when `codec` is ``CatchUpCodec/lz4``: independent blocks of up to 4 MiB,
+    /// each with its checksum, and the content checksum. Throws `invalidArgument` for no records
+    /// or too many bytes.
     public init(records: [EncodedRecord], codec: CatchUpCodec) throws(CatenaError) {
         guard let first = records.first, let last = records.last else {
             throw CatenaError(.invalidArgument, "a catch-up chunk needs at least one record")
@@ -156,13 +157,7 @@ public struct CatchUpChunk: Hashable, Sendable {
             var joined: [UInt8] = []
             joined.reserveCapacity(length)
             for r in records { joined.append(contentsOf: r.bytes) }
-            let frame: [UInt8]
-            do {
-                frame = try LZ4Frame.compress(joined, blockSize: .max4MB, level: 0, contentChecksum: true, blockChecksum: true)
-            } catch {
-                throw CatenaError(.ioFailure, "LZ4 compression of a catch-up chunk failed: \(error)")
-            }
-            data.writeBytes(frame)
+            joined.withUnsafeBytes { LZ4ChunkFrame.compress($0, into: &data) }
         }
         self.init(firstLSN: first.lsn, lastLSN: last.lsn, recordCount: records.count, uncompressedLength: length,
                   codec: codec, data: data)
@@ -247,26 +242,13 @@ public struct CatchUpChunk: Hashable, Sendable {
 
     /// The LZ4 data decompressed, exactly ``uncompressedLength`` bytes, every checksum verified.
     private func decompressed() throws(CatenaError) -> [UInt8] {
-        // FLG, the byte after the magic: bit 4 = block checksums, bit 2 = content checksum.
-        let flg = data.readableBytes > 4 ? data.getInteger(at: data.readerIndex + 4, as: UInt8.self)! : 0
-        guard flg & 0x10 != 0 else {
-            throw CatenaError(.corruption, "catch-up chunk \(firstLSN)...\(lastLSN): the LZ4 frame has no block checksums")
-        }
-        let decompressor = LZ4FrameDecompressor(maxOutputPerCall: uncompressedLength, requireContentChecksum: true)
-        let output: [UInt8]
         do {
-            output = try decompressor.decompress(data.readableBytesView)
-            try decompressor.finish()
-        } catch let error as LZ4FrameError {
-            let code: CatenaError.Code = error.code == .checksumMismatch ? .checksumMismatch : .corruption
-            throw CatenaError(code, "catch-up chunk \(firstLSN)...\(lastLSN): \(error)")
+            return try data.withUnsafeReadableBytes { frame in
+                Result { () throws(CatenaError) in try LZ4ChunkFrame.decompress(frame, length: uncompressedLength) }
+            }.get()
         } catch {
-            throw CatenaError(.corruption, "catch-up chunk \(firstLSN)...\(lastLSN): \(error)")
+            throw CatenaError(error.code, "catch-up chunk \(firstLSN)...\(lastLSN): \(error.message)")
         }
-        guard output.count == uncompressedLength else {
-            throw CatenaError(.corruption, "catch-up chunk \(firstLSN)...\(lastLSN) decompresses to \(output.count) bytes, announced \(uncompressedLength)")
-        }
-        return output
     }
 
     private func parseRecords(_ bytes: UnsafeRawBufferPointer, after previous: LSN, chainID: ChainID) throws(CatenaError) -> [EncodedRecord] {

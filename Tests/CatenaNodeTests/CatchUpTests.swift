@@ -92,6 +92,7 @@ extension InProcessChainTests {
                 let progress = try await f.receiver(store, from: source).run(until: { $0.isCaughtUp })
 
                 #expect(progress.connections == 2)
+                #expect(progress.retries == 1)
                 #expect(progress.lastError?.code == .unavailable)
                 let log = source.log
                 #expect(log.requests.count >= 2)
@@ -130,6 +131,7 @@ extension InProcessChainTests {
                 let progress = try await f.receiver(store, from: source, compress: compress).run(until: { $0.isCaughtUp })
 
                 #expect(progress.chunksRefused == 1)
+                #expect(progress.retries == 1)
                 #expect(progress.lastError?.code == .checksumMismatch, "\(String(describing: progress.lastError))")
                 let log = source.log
                 let firstConnection = log.chunks.filter { $0.connection == 1 }
@@ -250,11 +252,9 @@ extension InProcessChainTests {
                 #expect(store.highestLSN == secondEnd)
 
                 // Nobody listens: the receiver retries with backoff until cancelled.
-                let closed = try await FrameServer.bind(host: "127.0.0.1", port: 0, clusterID: CatchUpFixture.clusterID, localID: "gone",
-                                                        acceptedRoles: [.client], logger: testLogger)
-                let port = closed.port
-                closed.close()
-                var configuration = CatchUpReceiver.Configuration(source: Address(host: "127.0.0.1", port: UInt16(port)),
+                let gone = try await CatchUpTestSource.start(store: f.source)
+                await gone.stopAndWait()
+                var configuration = CatchUpReceiver.Configuration(source: gone.address,
                                                                   clusterID: CatchUpFixture.clusterID, chainID: CatchUpFixture.chainID)
                 configuration.initialBackoff = .milliseconds(20)
                 let orphan = CatchUpReceiver(configuration: configuration, store: store, logger: testLogger)
@@ -287,6 +287,12 @@ extension InProcessChainTests {
                 #expect(progress.lastLSN == tail.highestLSN)
                 #expect(progress.recordsInstalled >= 61)
                 try await expectIdentical(tail, store)
+                // A receiver for another chain is refused for good.
+                var wrongChain = configuration
+                wrongChain.chainID = configuration.chainID + 1
+                await #expect { _ = try await CatchUpReceiver(configuration: wrongChain, store: store, logger: testLogger).run() } throws: {
+                    code(of: $0) == .invalidArgument
+                }
                 await store.close()
             }
         }
@@ -443,6 +449,33 @@ struct CatchUpPayloadTests {
         var trailing = try CatchUpChunk(records: records, codec: .lz4)
         trailing.data.writeBytes([0])
         #expect { try trailing.records(after: LSN(epoch: 1, seq: 10), chainID: 1, maxUncompressedLength: 1 << 20) } throws: {
+            code(of: $0) == .corruption
+        }
+    }
+
+    @Test("LZ4 chunk data is a standard LZ4 frame, multi-block with stored blocks too; liblz4's frames are read back")
+    func lz4ChunksAreStandardFrames() throws {
+        // A 9 MiB record (three blocks: half random, so some are stored uncompressed) among small ones.
+        var records = Self.sampleRecords(3)
+        let big = pseudoRandomBytes(5 << 20, seed: 7) + [UInt8](repeating: 0x61, count: 4 << 20)
+        records.append(try Record(type: .put, chainID: CatchUpFixture.chainID, key: try Key("big"), lsn: LSN(epoch: 2, seq: 14),
+                                  value: big).encoded())
+        records += Self.sampleRecords(2, from: 15)
+        let joined = records.flatMap(\.bytes)
+        let chunk = try CatchUpChunk(records: records, codec: .lz4)
+        #expect(chunk.data.readableBytes < joined.count * 3 / 4)
+        #expect(try LZ4Frame.decompress(Array(chunk.data.readableBytesView), maxSize: joined.count) == joined, "liblz4 reads it")
+        #expect(try chunk.records(after: LSN(epoch: 1, seq: 10), chainID: CatchUpFixture.chainID, maxUncompressedLength: 16 << 20) == records)
+        for blockSize in [LZ4FrameCompressor.BlockSize.max64KB, .max4MB] {
+            var theirs = chunk
+            theirs.data = ByteBuffer(bytes: try LZ4Frame.compress(joined, blockSize: blockSize, contentChecksum: true, blockChecksum: true))
+            #expect(try theirs.records(after: LSN(epoch: 1, seq: 10), chainID: CatchUpFixture.chainID, maxUncompressedLength: 16 << 20) == records,
+                    "a liblz4 frame with \(blockSize) blocks")
+        }
+        // Without a content checksum, liblz4's frame is refused.
+        var unchecked = chunk
+        unchecked.data = ByteBuffer(bytes: try LZ4Frame.compress(joined, contentChecksum: false, blockChecksum: true))
+        #expect { try unchecked.records(after: LSN(epoch: 1, seq: 10), chainID: 1, maxUncompressedLength: 16 << 20) } throws: {
             code(of: $0) == .corruption
         }
     }
@@ -643,6 +676,12 @@ final class CatchUpTestSource: Sendable {
     func stop() {
         server.close()
         task.cancel()
+    }
+
+    /// Stops, and returns once the server has closed its socket.
+    func stopAndWait() async {
+        stop()
+        await task.value
     }
 }
 

@@ -146,6 +146,26 @@ enum MessageFixtures {
 
     static let recordSets: [[EncodedRecord]] = [[], [records[0]], records]
 
+    static let catchUpRequests = [
+        CatchUpRequest(after: .zero),
+        CatchUpRequest(after: LSN(epoch: 3, seq: 12345), flags: [], maxChunkBytes: 64 << 10, waitMilliseconds: 1000),
+        CatchUpRequest(after: LSN(epoch: .max, seq: .max), flags: CatchUpFlags(rawValue: 0xFF), maxChunkBytes: Int(UInt32.max),
+                       waitMilliseconds: Int(UInt32.max)),
+    ]
+
+    static let catchUpChunks: [CatchUpChunk] = {
+        do {
+            return [
+                try CatchUpChunk(records: records, codec: .lz4),
+                try CatchUpChunk(records: records, codec: .raw),
+                try CatchUpChunk(records: [records[1]], codec: .lz4),
+                CatchUpChunk.end(carried: LSN(epoch: 3, seq: 14), sourceEnd: LSN(epoch: 4, seq: 20)),
+            ]
+        } catch {
+            fatalError("fixture chunks do not encode: \(error)")
+        }
+    }()
+
     static let configurations: [ChainConfiguration] = {
         do {
             return [
@@ -287,6 +307,10 @@ enum MessageFixtures {
                      encode: { ListPagePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ListPagePayload.decode(b) }),
         PayloadCodec("replicate", .replicate, recordSets, codes: recordCodes,
                      encode: { ReplicatePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ReplicatePayload.decode(b) }),
+        PayloadCodec("catchUpRequest", .catchUpRequest, catchUpRequests, codes: [.malformed],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try CatchUpRequest(decoding: b) }),
+        PayloadCodec("catchUpChunk", .catchUpChunk, catchUpChunks, codes: [.malformed],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try CatchUpChunk(decoding: b) }),
         PayloadCodec("configuration", .configuration, configurations, codes: [.malformed, .invalidArgument],
                      encode: { ConfigurationPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ConfigurationPayload.decode(b) }),
         PayloadCodec("heartbeat", .heartbeat, heartbeats, codes: [.malformed, .invalidArgument],
