@@ -115,7 +115,7 @@ let package = Package(
             ]
         ),
         // Test helpers shared by the test targets: a crash-simulating file system, temp dirs, a
-        // linearizability checker for per-key register histories.
+        // linearizability checker for per-key register histories and the recorder that feeds it.
         .target(
             name: "CatenaTestSupport",
             dependencies: ["CatenaCore", "CatenaStorage"]
