@@ -4,8 +4,13 @@ import CatenaCore
 import Foundation
 import Logging
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The cluster benchmarks' common ground: a cluster of real `catena` processes on 127.0.0.1
-/// (ephemeral ports) in a fresh directory, and its clients.
+/// (ephemeral ports) in a fresh directory, its clients, and the few loopback and file-system
+/// probes they take measurements with.
 enum BenchCluster {
     /// Writes a topology of `nodes` nodes (`n1` head ... `nN` tail) into a fresh `directory`,
     /// starts it with ``LocalCluster``, runs `body`, then stops every process — also when `body`
@@ -58,6 +63,68 @@ enum BenchCluster {
             throw error
         }
         return clients
+    }
+
+    /// A free TCP port on 127.0.0.1, as the kernel picks one for a socket bound to port 0 (then
+    /// closed; another process could take it before it is used, which a benchmark can live with).
+    static func freeLoopbackPort() throws(CatenaError) -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw CatenaError(.unavailable, "socket: errno \(errno)") }
+        defer { close(fd) }
+        var address = loopback(port: 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw CatenaError(.unavailable, "bind 127.0.0.1:0: errno \(errno)") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw CatenaError(.unavailable, "getsockname: errno \(errno)") }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    /// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+    static func waitUntilAccepting(port: UInt16, timeout: Duration) async throws(CatenaError) {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { throw CatenaError(.unavailable, "socket: errno \(errno)") }
+            var address = loopback(port: port)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            close(fd)
+            if connected == 0 { return }
+            guard ContinuousClock.now < deadline else {
+                throw CatenaError(.timeout, "nothing accepted connections on 127.0.0.1:\(port) within \(timeout)")
+            }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    private static func loopback(port: UInt16) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        return address
+    }
+
+    /// Bytes of the regular files directly in `directory` (a data directory: segments, hints,
+    /// state); 0 if it does not exist.
+    static func bytes(in directory: String) -> Int {
+        guard let dir = opendir(directory) else { return 0 }
+        defer { closedir(dir) }
+        var total = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            var st = stat()
+            if stat(directory + "/" + name, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG { total += Int(st.st_size) }
+        }
+        return total
     }
 }
 

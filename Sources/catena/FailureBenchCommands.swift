@@ -72,6 +72,82 @@ struct BenchFailover: AsyncParsableCommand {
     }
 }
 
+/// `catena bench-join`: a new node's catch-up rate under load, with and without LZ4.
+struct BenchJoin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-join",
+        abstract: "Measure how fast a node added to a loaded 3-node chain copies the log, and what it costs the writers.",
+        discussion: """
+            For each of --compression (default lz4, then none): starts a 3-node cluster of real \
+            catena processes (this executable) on 127.0.0.1 and fills it with --mib MiB of \
+            --value-size values, each half pseudo-random bytes and half repeated text (about 2:1 \
+            for LZ4), from --clients clients. Then the same clients put such values one after \
+            another (new keys) until the end; their throughput over --baseline-seconds is the \
+            baseline. Starts a 4th node (catena node --id n4 --catch-up-compression C, not in the \
+            topology) and, once it listens, adds it with ChainAdmin.addNode (catena chain \
+            add-node). From the add until the master lists n4 as a member (the tail), polls the \
+            master's status and n4's data directory every 100 ms. Copy rate = bytes in n4's data \
+            directory when it joined / time from the add to then (MB = 10^6 bytes, the log as \
+            stored: headers and checksums included); foreground ratio = client MB/s over that \
+            interval / baseline. Goals: copy >= 300 MB/s, foreground >= 50% of the baseline. \
+            Gives up on a node that has not joined after --join-timeout-seconds (reported as \
+            such). Progress goes to stderr, with the children's logs (--log-level).
+            """
+    )
+
+    @Option(name: .long, help: "MiB of values written before the baseline.") var mib: Int = 1024
+    @Option(name: .long, help: "Value size (e.g. 64KiB).") var valueSize: String = "64KiB"
+    @Option(name: .long, help: "Concurrent clients.") var clients: Int = 16
+    @Option(name: .long, help: "Seconds of foreground load measured before the add.") var baselineSeconds: Double = 5
+    @Option(name: .long, help: "Give up on a node that has not joined after this many seconds.") var joinTimeoutSeconds: Double = 300
+    @Option(name: .long, help: "Comma-separated catch-up compressions to measure, each on a fresh cluster: lz4, none.")
+    var compression: String = "lz4,none"
+    @Option(name: .long, help: "Where the clusters keep their data (default: a temporary directory, removed afterwards).") var dir: String?
+    @Option(name: .long, help: "The children's log level (to stderr).") var logLevel: String = "warning"
+
+    func validate() throws {
+        guard (1...(64 << 10)).contains(mib) else { throw ValidationError("--mib must be 1 ... 65536, not \(mib)") }
+        guard (0...1e6).contains(baselineSeconds), (0...1e6).contains(joinTimeoutSeconds) else {
+            throw ValidationError("--baseline-seconds and --join-timeout-seconds must be numbers of seconds, 0 ... 1000000")
+        }
+        do {
+            try benchmarkConfiguration(directory: "").validate()
+        } catch let error as CatenaError {
+            throw ValidationError(error.message)
+        }
+        try validateBenchOptions(dir: dir, logLevel: logLevel)
+    }
+
+    func benchmarkConfiguration(directory: String) throws -> JoinBenchmark.Configuration {
+        var c = JoinBenchmark.Configuration(executable: currentExecutable(), directory: directory)
+        c.fillBytes = mib << 20
+        guard let size = parseSize(valueSize) else { throw ValidationError("--value-size: cannot read '\(valueSize)'") }
+        c.valueSize = size
+        c.clients = clients
+        c.baseline = .milliseconds(Int((baselineSeconds * 1000).rounded()))
+        c.joinTimeout = .milliseconds(Int((joinTimeoutSeconds * 1000).rounded()))
+        c.compressions = try compression.split(separator: ",", omittingEmptySubsequences: false).map { name in
+            guard let mode = JoinBenchmark.Compression(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("--compression: '\(name)' is not lz4 or none")
+            }
+            return mode
+        }
+        c.logLevel = logLevel
+        c.progress = { writeStandardError($0) }
+        return c
+    }
+
+    func run() async throws {
+        let base = try dir ?? ScratchSpace.makeTemporaryDirectory(prefix: "catena-bench-join")
+        defer { if dir == nil { try? ScratchSpace.removeTree(base) } }
+        let c = try benchmarkConfiguration(directory: base)
+        print("catena bench-join: 3 nodes + 1 joining, \(c.clients) clients, \(sizeName(c.valueSize)) values (half random, half text), "
+              + "fill \(sizeName(c.fillBytes)), baseline \(fixed1(baselineSeconds)) s, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        let report = try await JoinBenchmark(c).run()
+        print(report.table(), terminator: "")
+    }
+}
+
 /// The running executable: the benchmarks start their clusters with the same `catena`.
 private func currentExecutable() -> String {
     URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
@@ -89,3 +165,5 @@ private func validateBenchOptions(dir: String?, logLevel: String) throws {
         }
     }
 }
+
+private func fixed1(_ x: Double) -> String { String(format: "%.1f", x) }

@@ -2,10 +2,10 @@
 import CatenaCore
 import Testing
 
-/// The pure parts of the failover benchmark: what an outage is, the settings it refuses, the
-/// values it writes and the table it prints. (The benchmark itself starts real processes; it is
-/// a command, not a test.)
-@Suite("Failover benchmark")
+/// The pure parts of the failover and join benchmarks: what an outage is, the settings they
+/// refuse, the values they write and the tables they print. (The benchmarks themselves start
+/// real processes; they are commands, not tests.)
+@Suite("Failover and join benchmarks")
 struct FailureBenchmarkTests {
     typealias Ack = SteadyLoad.Ack
     let ms: Int64 = 1_000_000
@@ -78,6 +78,16 @@ struct FailureBenchmarkTests {
         f.runs = 3
         f.valueSize = 10
         #expect { try f.validate() } throws: { ($0 as? CatenaError)?.code == .invalidArgument }
+
+        var j = JoinBenchmark.Configuration(executable: "/bin/false", directory: "/tmp")
+        #expect(throws: Never.self) { try j.validate() }
+        j.compressions = [.lz4, .lz4]
+        #expect { try j.validate() } throws: { ($0 as? CatenaError)?.code == .invalidArgument }
+        j.compressions = []
+        #expect { try j.validate() } throws: { ($0 as? CatenaError)?.code == .invalidArgument }
+        j.compressions = [.none]
+        j.baseline = .milliseconds(10)
+        #expect { try j.validate() } throws: { ($0 as? CatenaError)?.code == .invalidArgument }
     }
 
     @Test func valuesAreHalfRandomHalfTextAndDifferentPerIndex() {
@@ -93,5 +103,25 @@ struct FailureBenchmarkTests {
         #expect(text.allSatisfy { $0 == 0x0A || (0x20..<0x7F).contains($0) })
         let odd = MixedValues(size: 65)
         #expect(odd.value(7).count == 65)
+    }
+
+    @Test func theJoinTableReportsRatesAndGoals() {
+        let t = { (puts: Int, s: Int) in JoinBenchmark.Throughput(puts: puts, valueSize: 64 << 10, elapsed: .seconds(s)) }
+        let ok = JoinBenchmark.CompressionResult(
+            compression: .lz4, fill: t(16_384, 4), baseline: t(10_000, 5), duringCopy: t(6_000, 3), joined: true,
+            firstByte: .milliseconds(150), timeToJoin: .seconds(2), copiedBytes: 800_000_000, tailBytes: 810_000_000,
+            copiedSeq: 20_000, tailSeq: 20_100)
+        #expect(ok.copyMegabytesPerSecond == 400)
+        #expect(abs(ok.foregroundRatio - 1.0) < 1e-9)
+        #expect(ok.copyGoalMet && ok.foregroundGoalMet)
+        var late = ok
+        late.compression = .none
+        late.joined = false
+        late.timeToJoin = .seconds(300)
+        #expect(!late.copyGoalMet)
+        let table = JoinBenchmark.Report(results: [ok, late]).table()
+        #expect(table.contains("met / met"))
+        #expect(table.contains("MISSED / "))
+        #expect(table.contains("> 300"))
     }
 }
