@@ -1,8 +1,6 @@
 import CatenaClient
 import CatenaCluster
 import CatenaCore
-import Foundation
-import Logging
 
 /// The chain benchmark behind `catena bench-chain`: put throughput of a 3-node and a 1-node
 /// chain of real `catena` processes on loopback, and get throughput from the tail, with many
@@ -109,38 +107,15 @@ public struct ChainBenchmark: Sendable {
     /// ``Configuration/clients`` clients, runs `body`, stops everything.
     private func withCluster<R: Sendable>(nodes: Int, name: String,
                                           _ body: ([CatenaClient], LocalCluster) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
-        let dir = configuration.directory + "/" + name
-        try? FileManager.default.removeItem(atPath: dir)
-        do {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        } catch {
-            throw CatenaError(.ioFailure, "cannot create \(dir): \(error)")
+        try await BenchCluster.with(executable: configuration.executable, directory: configuration.directory + "/" + name, nodes: nodes,
+                                    nodeArguments: configuration.nodeArguments) { (cluster) async throws(CatenaError) -> R in
+            var clientConfiguration = CatenaClient.Configuration()
+            clientConfiguration.requestTimeout = .seconds(60)
+            let clients = try await BenchCluster.clients(configuration.clients, of: cluster, configuration: clientConfiguration)
+            let outcome = await Result.catching { () async throws(CatenaError) -> R in try await body(clients, cluster) }
+            for c in clients { await c.close() }
+            return try outcome.get()
         }
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var yaml = "version: 1\ncluster: bench\nmaster:\n  listen: 127.0.0.1:0\n  data: \(dir)/master\nnodes:\n"
-        for i in 1...nodes { yaml += "  - id: n\(i)\n    listen: 127.0.0.1:0\n    data: \(dir)/n\(i)\n" }
-        let topology = dir + "/topology.yaml"
-        do {
-            try Data(yaml.utf8).write(to: URL(fileURLWithPath: topology))
-        } catch {
-            throw CatenaError(.ioFailure, "cannot write \(topology): \(error)")
-        }
-        let cluster = try await LocalCluster.start(executable: configuration.executable, topologyPath: topology, logLevel: "warning",
-                                                 nodeArguments: configuration.nodeArguments)
-        var clients: [CatenaClient] = []
-        var quiet = Logger(label: "catena.bench")
-        quiet.logLevel = .error
-        var clientConfiguration = CatenaClient.Configuration()
-        clientConfiguration.requestTimeout = .seconds(60)
-        let outcome = await Result.catching { () async throws(CatenaError) -> R in
-            for _ in 0..<configuration.clients {
-                clients.append(try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration, logger: quiet))
-            }
-            return try await body(clients, cluster)
-        }
-        for c in clients { await c.close() }
-        await cluster.stop()
-        return try outcome.get()
     }
 
     /// Runs `count` operations, spread over the clients (each runs its share one at a time).

@@ -150,6 +150,18 @@ public final class LocalCluster: @unchecked Sendable {
         return try await spawn(name: name, arguments: args, stderr: errors, timeout: timeout)
     }
 
+    /// Starts one more child called `name`, a `catena` process with `arguments` (a node that is
+    /// not in the topology, say, to be added with `catena chain add-node`), logging where the
+    /// cluster's children log, and waits for its ready line. ``stop(timeout:)`` stops it with
+    /// the others, ``restart(_:timeout:)`` restarts it. Throws `invalidArgument` if a child of
+    /// that name exists.
+    @discardableResult
+    public func startChild(_ name: String, arguments: [String], timeout: Duration = .seconds(30)) async throws(CatenaError) -> Child {
+        let (exists, errors): (Bool, FileHandle?) = lock.withLock { (processes[name] != nil, stderr) }
+        guard !exists else { throw CatenaError(.invalidArgument, "the cluster already has a child called \(name)") }
+        return try await spawn(name: name, arguments: arguments, stderr: errors, timeout: timeout)
+    }
+
     /// Starts one child and waits for its ready line.
     private func spawn(name: String, arguments: [String], stderr: FileHandle?, timeout: Duration) async throws(CatenaError) -> Child {
         lock.withLock {

@@ -88,7 +88,14 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The cluster id (with no topology).") var cluster: String?
     @Option(name: .long, help: "batch (group commit, default), always (fsync per write) or none (unsafe).") var durability: String = "batch"
     @Option(name: .long, help: "Serve Prometheus metrics here (default: the topology's metrics address).") var metrics: String?
+    @Option(name: .long, help: "How this node asks the tail for catch-up chunks when it (re)joins: lz4 (default) or none.")
+    var catchUpCompression: CatchUpCompressionOption = .lz4
     @OptionGroup var logging: LogOptions
+
+    /// `--catch-up-compression`.
+    enum CatchUpCompressionOption: String, ExpressibleByArgument, CaseIterable {
+        case lz4, none
+    }
 
     func validate() throws {
         guard topology != nil || (listen != nil && master != nil && dataDir != nil && cluster != nil) else {
@@ -125,6 +132,7 @@ struct NodeCommand: AsyncParsableCommand {
         if let topology { configuration.heartbeatInterval = topology.heartbeat.interval }
         configuration.metrics = try address(metrics, spec?.metrics, "metrics")
         configuration.store.durability = durability == "always" ? .always : durability == "none" ? .none : .batch
+        configuration.catchUpCompression = catchUpCompression == .lz4
         let node = try await Node.start(configuration, logger: logger)
         await runUntilSignalled(logger: logger) {
             await node.run { chain in
