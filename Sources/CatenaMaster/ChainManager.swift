@@ -32,9 +32,12 @@ import CatenaCore
 ///   chain order) and the chain is unavailable until it is back; a standby only ever joins as
 ///   the tail after a live, healthy tail, never alone. So a chain that lost every member
 ///   restarts only from a member of its last configuration;
-/// - joining: a standby that heartbeated within the failure timeout and whose highest seq is
-///   within ``Settings/catchUpLagRecords`` of the healthy tail's is appended as the new tail,
-///   one per proposal;
+/// - joining: a standby that heartbeated within the failure timeout, whose log is a prefix of
+///   the chain's by the epoch history (its highest LSN is the chain's record at that seq, and the
+///   current epoch's first seq is recorded) and whose highest seq is within
+///   ``Settings/catchUpLagRecords`` of the healthy tail's is appended as the new tail, one per
+///   proposal. A standby still holding writes of a replaced head that never committed truncates
+///   them before it can join;
 /// - operator requests: ``addNode(_:address:)`` makes a standby; ``removeNode(_:now:)`` forgets
 ///   a standby and drains a member (no more lease renewals, removed once its lease ran out, then
 ///   forgotten: its heartbeats are answered ``Standing/unknown`` and it stops). Neither is
@@ -267,12 +270,16 @@ public struct ChainManager: Sendable {
         }
         next.configuration.members.removeAll { removed.contains($0.id) }
 
-        // A join: one caught-up standby after a healthy tail that stays.
+        // A join: one caught-up standby after a healthy tail that stays. Caught up: its log is a
+        // prefix of the chain's (an old head's writes the chain never committed are truncated
+        // first) and within `catchUpLagRecords` of the tail's.
         if let tail = members.last, !removed.contains(tail.id), !leaving.contains(tail.id),
            health(of: tail.id, member: true, now: now) == .healthy, let tailSeq = reported[tail.id]?.seq {
+            let history = EpochHistory(next.epochHistory)
             let ready = state.standbys.filter { s in
                 !leaving.contains(s.id) && heard[s.id].map { Self.since($0, now) <= failureTimeout } == true
-                    && reported[s.id].map { $0.seq >= tailSeq || tailSeq - $0.seq <= settings.catchUpLagRecords } == true
+                    && reported[s.id].map { Self.isPrefix($0, of: history)
+                        && ($0.seq >= tailSeq || tailSeq - $0.seq <= settings.catchUpLagRecords) } == true
             }
             if let joiner = ready.max(by: { reported[$0.id]!.seq < reported[$1.id]!.seq }),
                let i = next.standbys.firstIndex(where: { $0.id == joiner.id }) {
@@ -452,6 +459,16 @@ public struct ChainManager: Sendable {
             return nil
         }
         return announced[id] ?? m.address
+    }
+
+    /// Whether a log ending at `last` is a prefix of the chain's, by `history`: it is empty, or
+    /// its last record is the chain's record at that seq (same epoch — and two logs that share
+    /// an LSN share everything below it). Until the current epoch's first seq is recorded the
+    /// history cannot tell (that epoch may start below `last`), so no.
+    static func isPrefix(_ last: LSN, of history: EpochHistory) -> Bool {
+        guard last != .zero else { return true }
+        guard history.entries.last?.firstSeq != nil else { return false }
+        return history.epoch(atSeq: last.seq) == last.epoch
     }
 
     /// Whether peers can connect to `address`: `HOST:PORT`, not a wildcard host, not port 0.

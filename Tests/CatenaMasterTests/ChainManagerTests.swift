@@ -191,7 +191,7 @@ struct ChainManagerTests {
     }
 
     @Test func whenEveryMemberFailsTheOneWithTheHighestLSNStays() {
-        var m = manager(state(["n1", "n2", "n3"]))
+        var m = manager(state(["n1", "n2", "n3"], firstSeq: 1))
         _ = m.heartbeat(beat("n1", seq: 50), now: 100 * ms)
         _ = m.heartbeat(beat("n2", seq: 50), now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 40), now: 100 * ms)
@@ -209,8 +209,8 @@ struct ChainManagerTests {
         m.beats(["n1", "n3"], seq: 50, from: 9000 * ms, through: 9500 * ms)
         #expect(m.nextProposal(now: 9500 * ms) == nil)
         #expect(!m.isAvailable(now: 9500 * ms))
-        // The kept member comes back; one standby joins after it.
-        _ = m.heartbeat(beat("n2", seq: 50), now: 9600 * ms)
+        // The kept member comes back (and says where its epoch starts); one standby joins after it.
+        _ = m.heartbeat(beat("n2", seq: 50, start: EpochStart(epoch: 2, firstSeq: 51)), now: 9600 * ms)
         #expect(m.isAvailable(now: 9600 * ms))
         #expect(ids(m.persistNext(now: 9600 * ms)?.configuration.members) == ["n2", "n1"])
     }
@@ -236,7 +236,7 @@ struct ChainManagerTests {
     }
 
     @Test func aCaughtUpStandbyJoinsAsTheNewTail() {
-        var m = manager(state(["n1", "n2"], standbys: ["n3"]), lag: 10)
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 10)
         m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 89), now: 100 * ms)
         #expect(m.nextProposal(now: 100 * ms) == nil)
@@ -257,7 +257,7 @@ struct ChainManagerTests {
     }
 
     @Test func noJoinAfterASuspectOrDrainedTailOrFromAStaleStandby() throws {
-        var m = manager(state(["n1", "n2"], standbys: ["n3"]), lag: 10)
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 10)
         m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 100), now: 100 * ms)
         // The tail has been silent for more than half the timeout.
@@ -275,16 +275,45 @@ struct ChainManagerTests {
         #expect(m.nextProposal(now: 1700 * ms) == nil)
     }
 
+    @Test func aStandbyHoldingWritesTheChainNeverCommittedJoinsOnlyOnceItTruncatedThem() {
+        var m = manager(state(["n1", "n2", "n3"], firstSeq: 1), lag: 256)
+        m.beats(["n1", "n2", "n3"], seq: 40, now: 100 * ms)
+        // The head fails with seqs 41...45 in its log that never reached n2.
+        m.beats(["n2", "n3"], seq: 40, from: 200 * ms, through: 1200 * ms)
+        #expect(ids(m.persistNext(now: 1200 * ms)?.configuration.members) == ["n2", "n3"])
+        func back(_ seq: UInt64, now: UInt64) {
+            _ = m.heartbeat(ChainManager.Beat(node: node("n1"), address: addressOf("n1"), highestLSN: LSN(epoch: 1, seq: seq)), now: now)
+        }
+        // Back at (1, 40) before the new head said where epoch 2 starts: the history cannot tell yet.
+        back(40, now: 1250 * ms)
+        #expect(m.nextProposal(now: 1250 * ms) == nil)
+        // It holds (1, 45) after all; epoch 2 starts at 41, and n2 and n3 write on.
+        back(45, now: 1260 * ms)
+        _ = m.heartbeat(beat("n2", seq: 40, start: EpochStart(epoch: 2, firstSeq: 41)), now: 1300 * ms)
+        let recorded = m.persistNext(now: 1300 * ms)
+        #expect(recorded?.epochHistory.last == EpochStart(epoch: 2, firstSeq: 41))
+        #expect(ids(recorded?.configuration.members) == ["n2", "n3"])
+        // Well within the lag, but its last record (1, 45) is not the chain's (2, 45).
+        m.beats(["n2", "n3"], seq: 60, now: 1400 * ms)
+        back(45, now: 1400 * ms)
+        #expect(m.nextProposal(now: 1400 * ms) == nil)
+        // Truncated to (1, 40), which the chain shares: it joins.
+        back(40, now: 1500 * ms)
+        #expect(ids(m.persistNext(now: 1500 * ms)?.configuration.members) == ["n2", "n3", "n1"])
+    }
+
     @Test func severalCaughtUpStandbysJoinOnePerProposalMostAdvancedFirst() {
-        var m = manager(state(["n1"], standbys: ["n2", "n3"]), lag: 10)
+        var m = manager(state(["n1"], standbys: ["n2", "n3"], firstSeq: 1), lag: 10)
         _ = m.heartbeat(beat("n1", seq: 100), now: 100 * ms)
         _ = m.heartbeat(beat("n2", seq: 95), now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 99), now: 100 * ms)
         let first = m.persistNext(now: 100 * ms)
         #expect(ids(first?.configuration.members) == ["n1", "n3"])
         #expect(ids(first?.standbys) == ["n2"])
-        // The new tail has not heartbeated as a member yet, but heartbeated within half the timeout.
+        // The new tail has not heartbeated as a member yet, but heartbeated within half the timeout;
+        // the head says where epoch 2 starts.
         _ = m.heartbeat(beat("n3", seq: 100), now: 150 * ms)
+        _ = m.heartbeat(beat("n1", seq: 100, start: EpochStart(epoch: 2, firstSeq: 101)), now: 150 * ms)
         let second = m.persistNext(now: 150 * ms)
         #expect(ids(second?.configuration.members) == ["n1", "n3", "n2"])
         #expect(second?.epoch == 3)
@@ -292,7 +321,7 @@ struct ChainManagerTests {
     }
 
     @Test func aFlappingMemberJustWithinTheTimeoutStaysAndOneThatMissesRejoinsOnlyCaughtUp() {
-        var m = manager(state(["n1", "n2", "n3"]), lag: 10)
+        var m = manager(state(["n1", "n2", "n3"], firstSeq: 1), lag: 10)
         var t: UInt64 = 0
         _ = m.heartbeat(beat("n3", seq: 100), now: t)
         while t < 20_000 * ms {
@@ -306,6 +335,8 @@ struct ChainManagerTests {
         m.beats(["n1", "n2"], seq: 100, now: t + 1001 * ms)
         #expect(ids(m.persistNext(now: t + 1001 * ms)?.standbys) == ["n3"])
         // Back, but behind (it lost its tail of the log): not appended until caught up.
+        _ = m.heartbeat(beat("n1", seq: 100, start: EpochStart(epoch: 2, firstSeq: 101)), now: t + 1050 * ms)
+        #expect(m.persistNext(now: t + 1050 * ms)?.epochHistory.last == EpochStart(epoch: 2, firstSeq: 101))
         _ = m.heartbeat(beat("n3", seq: 80), now: t + 1100 * ms)
         #expect(m.nextProposal(now: t + 1100 * ms) == nil)
         _ = m.heartbeat(beat("n3", seq: 95), now: t + 1200 * ms)
