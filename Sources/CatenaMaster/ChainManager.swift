@@ -43,8 +43,8 @@ import CatenaCore
 ///   forgotten: its heartbeats are answered ``Standing/unknown`` and it stops). Neither is
 ///   persisted before it is part of a persisted proposal; a master restart loses a drain in
 ///   progress (the operator asks again);
-/// - the first seq of the current epoch is recorded from its head's report, once, and only if
-///   it does not go below an earlier epoch's.
+/// - the first seq of the current epoch is recorded from its head's report, once. It may be
+///   below an earlier epoch's: that epoch's head wrote records its successor never got.
 public struct ChainManager: Sendable {
     /// The failure detector's settings.
     public struct Settings: Hashable, Sendable {
@@ -421,9 +421,11 @@ public struct ChainManager: Sendable {
 
     /// Takes the current head's report of the current epoch's first seq, if it may be recorded.
     private mutating func take(_ start: EpochStart, from id: NodeID) {
-        guard id == state.configuration.head?.id, start.epoch == state.epoch, let first = start.firstSeq,
-              state.epochHistory.last?.firstSeq == nil,
-              state.epochHistory.allSatisfy({ $0.firstSeq.map { $0 <= first } ?? true }) else { return }
+        // It may be below an earlier epoch's first seq: a head replaced before its successor got
+        // its last writes (they never committed) leaves a shorter log to the next head, which
+        // continues from its own end (EpochHistory's "a later epoch may start below").
+        guard id == state.configuration.head?.id, start.epoch == state.epoch, start.firstSeq != nil,
+              state.epochHistory.last?.firstSeq == nil else { return }
         reportedStart = start
     }
 

@@ -423,11 +423,10 @@ struct ChainManagerTests {
     @Test func theHeadsFirstSeqIsRecordedForTheCurrentEpochOnly() {
         let s = state(["n1", "n2"], epoch: 2) // history: epoch 1 from seq 100, epoch 2 unknown
         var m = manager(s)
-        // Not the head; not the current epoch; below an earlier epoch's first seq.
+        // Not the head; not the current epoch; no seq.
         _ = m.heartbeat(beat("n2", start: EpochStart(epoch: 2, firstSeq: 150)), now: 10 * ms)
         _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 1, firstSeq: 150)), now: 10 * ms)
         _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 3, firstSeq: 150)), now: 10 * ms)
-        _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: 99)), now: 10 * ms)
         _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: nil)), now: 10 * ms)
         #expect(m.nextProposal(now: 10 * ms) == nil)
         // The head's report: recorded in the same epoch, announced once persisted.
@@ -443,6 +442,16 @@ struct ChainManagerTests {
         // Recorded once: a later report changes nothing.
         _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: 170)), now: 60 * ms)
         #expect(m.nextProposal(now: 60 * ms) == nil)
+    }
+
+    @Test func aNewHeadMayStartItsEpochBelowWhereTheReplacedHeadStartedIts() {
+        // Epoch 1 from 1; n1 started epoch 2 at 43 (its log ended at 42) and died before n2 got
+        // 38...42. n2, head of epoch 3, continues from its own log's end.
+        var s = state(["n2", "n3"], epoch: 3, standbys: ["n1"])
+        s.epochHistory = [EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2, firstSeq: 43), EpochStart(epoch: 3)]
+        var m = manager(s)
+        _ = m.heartbeat(beat("n2", seq: 37, start: EpochStart(epoch: 3, firstSeq: 38)), now: 10 * ms)
+        #expect(m.persistNext(now: 10 * ms)?.epochHistory.last == EpochStart(epoch: 3, firstSeq: 38))
     }
 
     @Test func aReportForAnEpochThatEndedBeforeItWasRecordedIsDropped() {
