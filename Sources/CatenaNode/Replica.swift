@@ -132,14 +132,14 @@ actor Replica {
     func configure(_ configuration: ChainConfiguration, standing: NodeStanding, history: EpochHistory) async {
         if history.entries.count >= self.history.entries.count { self.history = history }
         let isMember = configuration.role(of: me) != nil
-        if isMember, machine.map({ configuration.epoch > $0.configuration.epoch }) ?? true, failure == nil, !draining,
-           !self.history.holds(store.lastEnqueuedLSN) {
-            // Made a member while the log still holds writes the chain never committed: a head
+        if isMember, failure == nil, !draining, !self.history.holds(store.lastEnqueuedLSN) {
+            // A member whose log holds writes the chain never committed, by the history: a head
             // paused past its lease whose first heartbeat after the pause reported only its
             // durable records (a prefix of the chain's), so the master appended it at once,
-            // while records enqueued before the pause became durable after. It never passed
-            // through the standby path that truncates; it must not serve them nor take them
-            // to its successor. Truncate first, then build a fresh machine below.
+            // while records enqueued before the pause became durable after; or a member that
+            // got the last writes of a head that died before its predecessor did, once the
+            // next head's epoch start is recorded below them. It must not serve them nor keep
+            // them from its predecessor: truncate, then build a fresh machine below.
             await leaveRoleAndTruncate()
             guard failure == nil else { return }
         }
