@@ -32,6 +32,9 @@ import CatenaCore
 ///   chain order) and the chain is unavailable until it is back; a standby only ever joins as
 ///   the tail after a live, healthy tail, never alone. So a chain that lost every member
 ///   restarts only from a member of its last configuration;
+/// - a joined member gets no lease (so serves no reads as tail) until it reported at least what
+///   its predecessor held once the predecessor knew it was no longer the tail: appended within
+///   ``Settings/catchUpLagRecords``, it may lack writes the old tail committed and acknowledged;
 /// - joining: a standby that heartbeated within the failure timeout, whose log is a prefix of
 ///   the chain's by the epoch history (its highest LSN is the chain's record at that seq, and the
 ///   current epoch's first seq is recorded) and whose highest seq is within
@@ -78,13 +81,16 @@ public struct ChainManager: Sendable {
         /// the seq it will write first (its log's last seq + 1). It writes once the history it
         /// gets back records it.
         public var epochStart: EpochStart?
+        /// The configuration epoch the node runs (0: none yet, or not said).
+        public var epoch: UInt64
 
         /// Creates a heartbeat.
-        public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil) {
+        public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, epoch: UInt64 = 0) {
             self.node = node
             self.address = address
             self.highestLSN = highestLSN
             self.epochStart = epochStart
+            self.epoch = epoch
         }
     }
 
@@ -182,6 +188,12 @@ public struct ChainManager: Sendable {
     private var leaving: Set<NodeID> = []
     /// The current head's report of the current epoch's first seq, not yet recorded.
     private var reportedStart: EpochStart?
+    /// Members appended as the tail that may still lack writes committed before they joined
+    /// (appended within `catchUpLagRecords`, and their predecessor may have committed more as
+    /// tail before it learnt of them): no lease until they reported at least the LSN their
+    /// predecessor reported in a heartbeat sent at `epoch` or later, when it knew it was no
+    /// longer the tail. Re-armed when their predecessor changes.
+    private var catchingUp: [NodeID: (epoch: UInt64, need: LSN?)] = [:]
 
     /// Creates the machine over the persisted `state`, at `now`. Every member is held leased
     /// until `now` + lease, and none has failed before `now` + failure timeout.
@@ -226,7 +238,13 @@ public struct ChainManager: Sendable {
         }
         if let start = beat.epochStart { take(start, from: id) }
         guard isMember else { return reply(.joining, lease: nil) }
-        guard !leaving.contains(id), proposal.map({ $0.configuration.members.contains { $0.id == id } }) ?? true else {
+        for (joiner, barrier) in catchingUp where barrier.need == nil && beat.epoch >= barrier.epoch
+            && state.configuration.predecessor(of: joiner)?.id == id {
+            catchingUp[joiner]?.need = beat.highestLSN
+        }
+        if let need = catchingUp[id]?.need, beat.highestLSN.seq >= need.seq { catchingUp[id] = nil }
+        guard !leaving.contains(id), catchingUp[id] == nil,
+              proposal.map({ $0.configuration.members.contains { $0.id == id } }) ?? true else {
             return reply(.member, lease: nil)
         }
         leaseUntil[id] = max(leaseUntil[id] ?? 0, Self.plus(now, lease))
@@ -306,6 +324,15 @@ public struct ChainManager: Sendable {
             assert(now >= leaseUntil[m.id, default: 0], "\(m.id) removed while its lease still runs")
             leaseUntil[m.id] = nil
         }
+        let before = state.configuration
+        for m in next.configuration.members {
+            if before.role(of: m.id) == nil {
+                catchingUp[m.id] = (next.epoch, nil)
+            } else if catchingUp[m.id] != nil, before.predecessor(of: m.id) != next.configuration.predecessor(of: m.id) {
+                catchingUp[m.id] = (next.epoch, nil)
+            }
+        }
+        catchingUp = catchingUp.filter { members.contains($0.key) }
         state = next
         proposal = nil
         let known = members.union(next.standbys.map(\.id))
@@ -406,6 +433,10 @@ public struct ChainManager: Sendable {
         }
         return members.map { report($0, member: true) } + (state.standbys + adding).map { report($0, member: false) }
     }
+
+    /// Whether `id` joined and has not yet shown it holds what its predecessor held: it gets no
+    /// lease until then.
+    public func isCatchingUp(_ id: NodeID) -> Bool { catchingUp[id] != nil }
 
     /// Whether a member of the active configuration is alive at `now`. False: the chain is
     /// unavailable until one of its members comes back — a standby cannot restore it.

@@ -247,13 +247,61 @@ struct ChainManagerTests {
         #expect(ids(next?.configuration.members) == ["n1", "n2", "n3"])
         #expect(next?.standbys == [])
         #expect(next?.epoch == 2)
-        // Joining until the proposal is persisted; then a leased member.
+        // Joining until the proposal is persisted; then a member, leased once it holds what n2
+        // held when n2 knew it was no longer the tail.
         #expect(m.heartbeat(beat("n3", seq: 95), now: 160 * ms).standing == .joining)
         m.proposalPersisted(now: 170 * ms)
+        _ = m.heartbeat(ChainManager.Beat(node: node("n2"), address: addressOf("n2"), highestLSN: LSN(epoch: 1, seq: 100), epoch: 2), now: 175 * ms)
         let r = m.heartbeat(beat("n3", seq: 100), now: 180 * ms)
         #expect(r.standing == .member)
         #expect(r.lease == .seconds(1))
         #expect(r.configuration.role(of: node("n3")) == .tail)
+    }
+
+    @Test func aJoinedTailIsLeasedOnlyOnceItHoldsWhatItsPredecessorCommittedAsTail() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
+        func beat(_ id: String, _ seq: UInt64, epoch: UInt64, at t: UInt64) -> ChainManager.Reply {
+            m.heartbeat(ChainManager.Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epoch: epoch), now: t * ms)
+        }
+        _ = beat("n1", 100, epoch: 1, at: 100)
+        _ = beat("n2", 100, epoch: 1, at: 100)
+        _ = beat("n3", 20, epoch: 0, at: 100)
+        // 80 records behind: appended, as the tail, but without a lease: it would serve stale reads.
+        #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+        #expect(m.isCatchingUp(node("n3")))
+        #expect(beat("n3", 60, epoch: 2, at: 110).lease == nil)
+        // n2 reports at epoch 1 (it does not know yet, and may still commit as tail): not enough.
+        _ = beat("n2", 110, epoch: 1, at: 120)
+        #expect(beat("n3", 110, epoch: 2, at: 130).lease == nil)
+        // n2 runs epoch 2 and holds 115: n3 is leased once it holds 115 too.
+        _ = beat("n2", 115, epoch: 2, at: 140)
+        #expect(beat("n3", 114, epoch: 2, at: 150).lease == nil)
+        #expect(beat("n3", 115, epoch: 2, at: 160).lease == .seconds(1))
+        #expect(!m.isCatchingUp(node("n3")))
+        #expect(beat("n2", 120, epoch: 2, at: 170).lease == .seconds(1))
+    }
+
+    @Test func aJoinedTailWaitsForItsNewPredecessorWhenTheOldOneIsRemoved() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
+        func beat(_ id: String, _ seq: UInt64, epoch: UInt64, at t: UInt64) -> ChainManager.Reply {
+            m.heartbeat(ChainManager.Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epoch: epoch), now: t * ms)
+        }
+        _ = beat("n1", 100, epoch: 1, at: 100)
+        _ = beat("n2", 100, epoch: 1, at: 100)
+        _ = beat("n3", 20, epoch: 0, at: 100)
+        #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+        // n2 fails before it reported at epoch 2; n1 becomes n3's predecessor.
+        for t in stride(from: 200, through: 1200, by: 100) {
+            _ = beat("n1", 100, epoch: 2, at: UInt64(t))
+            _ = beat("n3", 40, epoch: 2, at: UInt64(t))
+        }
+        #expect(ids(m.persistNext(now: 1200 * ms)?.configuration.members) == ["n1", "n3"])
+        #expect(m.isCatchingUp(node("n3")))
+        // n1's report at epoch 2 predates the change: it counts from epoch 3 on.
+        _ = beat("n1", 101, epoch: 2, at: 1250)
+        #expect(beat("n3", 101, epoch: 3, at: 1260).lease == nil)
+        _ = beat("n1", 104, epoch: 3, at: 1300)
+        #expect(beat("n3", 104, epoch: 3, at: 1310).lease == .seconds(1))
     }
 
     @Test func noJoinAfterASuspectOrDrainedTailOrFromAStaleStandby() throws {
