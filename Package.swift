@@ -114,7 +114,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Test helpers shared by the test targets: a crash-simulating file system, temp dirs.
+        // Test helpers shared by the test targets: a crash-simulating file system, temp dirs, a
+        // linearizability checker for per-key register histories and the recorder that feeds it.
         .target(
             name: "CatenaTestSupport",
             dependencies: ["CatenaCore", "CatenaStorage"]
@@ -163,6 +164,7 @@ let package = Package(
         ),
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
         .testTarget(name: "CatenaMasterTests", dependencies: ["CatenaMaster", "CatenaCluster", "CatenaCore"]),
+        .testTarget(name: "CatenaTestSupportTests", dependencies: ["CatenaTestSupport", "CatenaCore"]),
     ],
     swiftLanguageModes: [.v6]
 )
