@@ -154,7 +154,7 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport", "CatenaClient", "CatenaStorage"]),
+        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport", "CatenaClient", "CatenaStorage", "CatenaWire"]),
         .testTarget(
             name: "CatenaNodeTests",
             dependencies: [

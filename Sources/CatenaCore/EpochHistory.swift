@@ -40,6 +40,14 @@ public struct EpochHistory: Hashable, Sendable {
         entries.last { e in e.firstSeq.map { $0 <= seq } ?? false }?.epoch
     }
 
+    /// Whether a log ending at `last` may be a prefix of the chain's: it is empty, or the history
+    /// does not know which epoch wrote seq `last.seq`, or it says `last.epoch` did. False means
+    /// the log holds records the chain never committed (an old head's), to truncate.
+    public func holds(_ last: LSN) -> Bool {
+        guard last != .zero, let chain = epoch(atSeq: last.seq) else { return true }
+        return chain == last.epoch
+    }
+
     /// The first seq of `epoch`, if recorded.
     public func firstSeq(of epoch: UInt64) -> UInt64? {
         entries.first { $0.epoch == epoch }?.firstSeq

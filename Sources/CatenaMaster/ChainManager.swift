@@ -34,9 +34,12 @@ import CatenaCore
 ///   never consists of members on their way out (without leases); a standby only ever joins as
 ///   the tail after a live, healthy tail, never alone. So a chain that lost every member
 ///   restarts only from a member of its last configuration;
-/// - joining: a standby that heartbeated within the failure timeout and whose highest seq is
-///   within ``Settings/catchUpLagRecords`` of the healthy tail's is appended as the new tail,
-///   one per proposal;
+/// - joining: a standby that heartbeated within the failure timeout, whose log is a prefix of
+///   the chain's by the epoch history (its highest LSN is the chain's record at that seq, and the
+///   current epoch's first seq is recorded) and whose highest seq is within
+///   ``Settings/catchUpLagRecords`` of the healthy tail's is appended as the new tail, one per
+///   proposal. A standby still holding writes of a replaced head that never committed truncates
+///   them before it can join;
 /// - operator requests: ``addNode(_:address:)`` makes a standby; ``removeNode(_:now:)`` forgets
 ///   a standby and drains a member (no more lease renewals, removed once its lease ran out, then
 ///   forgotten: its heartbeats are answered ``Standing/unknown`` and it stops). Neither is
@@ -44,7 +47,12 @@ import CatenaCore
 ///   progress (the operator asks again);
 /// - the first seq of the current epoch is recorded from its head's report, once. It may be below
 ///   an earlier epoch's: a head continues from its own log, which can end below what a replaced
-///   head wrote and never got committed (see ``EpochHistory``).
+///   head wrote and never got committed (see ``EpochHistory``);
+/// - a joined member gets no lease (so serves no reads as tail, takes no writes as head) until it
+///   reported at least what its predecessor held once the predecessor knew it was no longer the
+///   tail: appended within ``Settings/catchUpLagRecords``, it may lack writes the old tail
+///   committed and acknowledged. Re-armed when its predecessor changes; not persisted (a
+///   restarted master forgets it, as it forgets leases).
 public struct ChainManager: Sendable {
     /// The failure detector's settings.
     public struct Settings: Hashable, Sendable {
@@ -78,13 +86,16 @@ public struct ChainManager: Sendable {
         /// the seq it will write first (its log's last seq + 1). It writes once the history it
         /// gets back records it.
         public var epochStart: EpochStart?
+        /// The configuration epoch the node runs (0: none yet, or not said).
+        public var epoch: UInt64
 
         /// Creates a heartbeat.
-        public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil) {
+        public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, epoch: UInt64 = 0) {
             self.node = node
             self.address = address
             self.highestLSN = highestLSN
             self.epochStart = epochStart
+            self.epoch = epoch
         }
     }
 
@@ -216,6 +227,10 @@ public struct ChainManager: Sendable {
     private var adding: [ChainMember] = []
     /// The current head's report of the current epoch's first seq, not yet recorded.
     private var reportedStart: EpochStart?
+    /// Members appended as the tail that may still lack writes committed before they joined:
+    /// no lease until they reported at least the LSN their predecessor reported in a heartbeat
+    /// sent at `epoch` or later (when it knew it was no longer the tail).
+    private var catchingUp: [NodeID: (epoch: UInt64, need: LSN?)] = [:]
 
     /// Creates the machine over the persisted `state`, at `now`. Every member is held leased
     /// until `now` + lease, and none has failed before `now` + failure timeout.
@@ -254,8 +269,15 @@ public struct ChainManager: Sendable {
             if Self.isConnectable(beat.address) { t.announced = beat.address }
         }
         if i == 0, let start = beat.epochStart { take(start) }
+        if t.standing == .member {
+            for (joiner, barrier) in catchingUp where barrier.need == nil && beat.epoch >= barrier.epoch
+                && state.configuration.predecessor(of: joiner)?.id == beat.node {
+                catchingUp[joiner]?.need = beat.highestLSN
+            }
+            if let need = catchingUp[beat.node]?.need, beat.highestLSN.seq >= need.seq { catchingUp[beat.node] = nil }
+        }
         var granted: Duration?
-        if t.standing == .member && !t.leaving && !t.beingRemoved {
+        if t.standing == .member && !t.leaving && !t.beingRemoved && catchingUp[beat.node] == nil {
             t.leaseUntil = max(t.leaseUntil, Self.plus(now, lease))
             granted = settings.lease
         }
@@ -296,14 +318,20 @@ public struct ChainManager: Sendable {
             records[keep].leaving = false
         }
 
-        // A join: the most advanced caught-up standby, after a healthy tail that stays.
+        // A join: the most advanced caught-up standby, after a healthy tail that stays. Caught up:
+        // its log is a prefix of the chain's (a replaced head's writes that never committed are
+        // truncated first) and within `catchUpLagRecords` of the tail's.
         var joiner: Int?
+        var history = state.epochHistory
+        if let firstSeq { history[last].firstSeq = firstSeq }
         if let t = members.last, !removed.contains(t), !records[t].leaving,
            records[t].silence(at: now, since: startedAt) <= failureTimeout / 2, let tailSeq = records[t].reported?.seq {
             for j in standbys {
                 let s = records[j]
-                guard !s.leaving, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let seq = s.reported?.seq,
-                      seq >= tailSeq || tailSeq - seq <= settings.catchUpLagRecords else { continue }
+                guard !s.leaving, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
+                      Self.isPrefix(reported, of: EpochHistory(history)) else { continue }
+                let seq = reported.seq
+                guard seq >= tailSeq || tailSeq - seq <= settings.catchUpLagRecords else { continue }
                 if joiner == nil || seq > records[joiner!].reported!.seq { joiner = j }
             }
         }
@@ -341,6 +369,15 @@ public struct ChainManager: Sendable {
         for t in records where t.beingRemoved {
             assert(now >= t.leaseUntil, "\(t.id) removed while its lease still runs")
         }
+        let before = state.configuration
+        for m in next.configuration.members {
+            if before.role(of: m.id) == nil {
+                catchingUp[m.id] = (next.epoch, nil)
+            } else if catchingUp[m.id] != nil, before.predecessor(of: m.id) != next.configuration.predecessor(of: m.id) {
+                catchingUp[m.id] = (next.epoch, nil)
+            }
+        }
+        catchingUp = catchingUp.filter { entry in next.configuration.members.contains { $0.id == entry.key } }
         state = next
         proposal = nil
         adding.removeAll { a in next.standbys.contains { $0.id == a.id } }
@@ -502,6 +539,20 @@ public struct ChainManager: Sendable {
             (hasFailed(records[a], now: now) ? 0 : 1, records[a].reported ?? .zero, a)
                 < (hasFailed(records[b], now: now) ? 0 : 1, records[b].reported ?? .zero, b)
         }
+    }
+
+    /// Whether `id` joined and has not yet shown it holds what its predecessor held: it gets no
+    /// lease until then.
+    public func isCatchingUp(_ id: NodeID) -> Bool { catchingUp[id] != nil }
+
+    /// Whether a log ending at `last` is a prefix of the chain's, by `history`: it is empty, or
+    /// its last record is the chain's record at that seq (same epoch — and two logs that share
+    /// an LSN share everything below it). Until the current epoch's first seq is recorded the
+    /// history cannot tell (that epoch may start below `last`), so no.
+    static func isPrefix(_ last: LSN, of history: EpochHistory) -> Bool {
+        guard last != .zero else { return true }
+        guard history.entries.last?.firstSeq != nil else { return false }
+        return history.epoch(atSeq: last.seq) == last.epoch
     }
 
     /// Whether peers can connect to `address`: `HOST:PORT`, not a wildcard host, not port 0.

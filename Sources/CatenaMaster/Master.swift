@@ -156,7 +156,7 @@ public final class Master: Sendable {
                     guard beat.node.rawValue == connection.peer.senderID else {
                         throw CatenaError(.protocolViolation, "\(connection.peer.senderID) sent a heartbeat for \(beat.node)")
                     }
-                    let answer = await core.heartbeat(beat)
+                    let answer = await core.heartbeat(beat, epoch: frame.epoch)
                     reply = Frame(type: .configuration, flags: .reply, chainID: answer.configuration.chainID, requestID: frame.requestID,
                                   epoch: answer.configuration.epoch, payload: answer.encoded())
                 case .addNode, .removeNode, .getStatus:
@@ -218,15 +218,17 @@ actor MasterCore {
 
     /// A node's heartbeat: recorded, then anything it makes necessary (an epoch start, a new
     /// address) is persisted before the reply — which carries only persisted state.
-    func heartbeat(_ beat: Heartbeat) -> HeartbeatReply {
+    /// `epoch`: the configuration epoch the node runs, from the heartbeat frame's header.
+    func heartbeat(_ beat: Heartbeat, epoch: UInt64) -> HeartbeatReply {
         let first = manager.heartbeat(ChainManager.Beat(node: beat.node, address: beat.address, highestLSN: beat.highestLSN,
-                                                        epochStart: beat.epochStart), now: now)
+                                                        epochStart: beat.epochStart, epoch: epoch), now: now)
         guard advance() else { return reply(first) }
         // The state changed: answer from the new one.
         let standing: NodeStanding = manager.state.configuration.role(of: beat.node) != nil ? .member
             : manager.state.standbys.contains { $0.id == beat.node } ? .joining : .unknown
         return HeartbeatReply(configuration: manager.state.configuration, standing: standing,
-                              lease: standing == .member ? first.lease : nil, history: EpochHistory(manager.state.epochHistory))
+                              lease: standing == .member && !manager.isCatchingUp(beat.node) ? first.lease : nil,
+                              history: EpochHistory(manager.state.epochHistory))
     }
 
     private func reply(_ r: ChainManager.Reply) -> HeartbeatReply {

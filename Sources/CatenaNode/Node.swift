@@ -211,7 +211,10 @@ public final class Node: Sendable {
                 let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN, epochStart: start)
                 let chainID = replica.view.snapshot.configuration?.chainID ?? 0
                 let sent = ContinuousClock.now
-                let frame = try await connection!.request(Frame(type: .heartbeat, chainID: chainID, payload: beat.encoded()),
+                // The frame's epoch: the configuration this node runs (the master waits for a
+                // joined tail's predecessor to run the configuration that made it a middle).
+                let frame = try await connection!.request(Frame(type: .heartbeat, chainID: chainID, epoch: replica.view.snapshot.epoch,
+                                                                payload: beat.encoded()),
                                                           timeout: max(.seconds(2), configuration.heartbeatInterval * 5))
                 guard frame.type == .configuration else {
                     throw CatenaError(.protocolViolation, "the master answered a heartbeat with \(frame.type)")

@@ -136,6 +136,17 @@ actor Replica {
     func configure(_ configuration: ChainConfiguration, standing: NodeStanding, history: EpochHistory) async {
         if history.entries.count >= self.history.entries.count { self.history = history }
         let isMember = configuration.role(of: me) != nil
+        if isMember, failure == nil, !draining, !self.history.holds(store.lastEnqueuedLSN) {
+            // A member whose log holds writes the chain never committed, by the history: a head
+            // paused past its lease whose first heartbeat after the pause reported only its
+            // durable records (a prefix of the chain's), so the master appended it at once,
+            // while records enqueued before the pause became durable after; or a member that
+            // got the last writes of a head that died before its predecessor did, once the
+            // next head's epoch start is recorded below them. It must not serve them nor keep
+            // them from its predecessor: truncate, then build a fresh machine below.
+            await leaveRoleAndTruncate()
+            guard failure == nil else { return }
+        }
         if machine == nil || (isMember && machine!.role == nil && configuration.epoch > machine!.configuration.epoch) {
             if let join = joining {
                 join.task.cancel()
@@ -467,6 +478,36 @@ actor Replica {
         _ = try await CatchUpReceiver(configuration: settings, store: store, logger: logger).run(progress: { progress in
             view.update { $0.catchUp = progress }
         })
+    }
+
+    /// Gives up the machine and its role — pending writes are refused (their clients retry at
+    /// the new head, which knows whether they committed), links and the catch-up stop — then
+    /// truncates what the chain does not share and reads the request ids of what is left, so
+    /// that ``configure(_:standing:history:)`` builds a fresh machine.
+    private func leaveRoleAndTruncate() async {
+        if let join = joining {
+            join.task.cancel()
+            joining = nil
+            await join.task.value
+        }
+        let pending = waiters
+        waiters = [:]
+        let error = CatenaError(.redirect, "\(me) is no longer the head; retry with the same request id at the new head, which knows whether it committed")
+        for list in pending.values { for w in list { w.resume(returning: .failure(error)) } }
+        releaseUncommitted(through: .max)
+        link?.close()
+        link = nil
+        upstream?.acks.close()
+        upstream = nil
+        machine = nil
+        view.update { $0.role = nil }
+        do throws(CatenaError) {
+            try await truncateToShared()
+        } catch {
+            failStop(error)
+            return
+        }
+        recentRequests = await Replica.recentRequests(in: store, limit: ReplicaStateMachine.Limits().rememberedRequests, logger: logger)
     }
 
     /// Truncates the local log after the last record it shares with the chain, by the master's

@@ -317,10 +317,10 @@ final class Phase: Sendable {
     func set(_ v: Int) { state.withLock { $0 = v } }
 }
 
-/// A cluster of `catena` processes from the topology at `path`, logging warnings only, its
-/// processes' stderr discarded.
-func startCluster(_ path: String) async throws -> LocalCluster {
-    try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: path, logLevel: "warning", stderr: nil)
+/// A cluster of `catena` processes from the topology at `path`, logging at `logLevel` to
+/// `stderr` (default: warnings only, discarded).
+func startCluster(_ path: String, logLevel: String = "warning", stderr: FileHandle? = nil) async throws -> LocalCluster {
+    try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: path, logLevel: logLevel, stderr: stderr)
 }
 
 func clientConfiguration() -> CatenaClient.Configuration {
@@ -373,13 +373,14 @@ final class ScratchDirectory {
         try await Store.open(StoreConfiguration(directory: path + "/" + id, clusterID: ScratchDirectory.clusterID, nodeID: id))
     }
 
-    /// A topology of `nodes` nodes, everything on 127.0.0.1 port 0, data under this directory.
-    func writeTopology(nodes: Int, name: String = "topology.yaml") throws -> String {
-        try writeTopology(order: (1...nodes).map { "n\($0)" }, name: name)
+    /// A topology of `nodes` nodes, everything on 127.0.0.1 port 0, data under this directory;
+    /// heartbeats every 50 ms, a member failed after `timeoutMilliseconds` without one.
+    func writeTopology(nodes: Int, timeoutMilliseconds: Int = 1000, name: String = "topology.yaml") throws -> String {
+        try writeTopology(order: (1...nodes).map { "n\($0)" }, timeoutMilliseconds: timeoutMilliseconds, name: name)
     }
 
     /// A topology listing the nodes `order` (chain order), on port 0.
-    func writeTopology(order: [String], name: String = "topology.yaml") throws -> String {
+    func writeTopology(order: [String], timeoutMilliseconds: Int = 1000, name: String = "topology.yaml") throws -> String {
         var yaml = """
             version: 1
             cluster: \(ScratchDirectory.clusterID)
@@ -388,7 +389,7 @@ final class ScratchDirectory {
               data: \(path)/master
             heartbeat:
               interval_ms: 50
-              timeout_ms: 1000
+              timeout_ms: \(timeoutMilliseconds)
             nodes:
 
             """

@@ -50,6 +50,17 @@ struct EpochHistoryTests {
         #expect(try await shared(EpochHistory([EpochStart(epoch: 1, firstSeq: 1)]), []) == 0)
     }
 
+    @Test func aLogHoldsOnlyWhatTheChainWroteAsFarAsTheHistoryKnows() {
+        // Epoch 2's head had 1...52 of epoch 1; epoch 3 has not said where it starts.
+        let h = EpochHistory([EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2, firstSeq: 53), EpochStart(epoch: 3)])
+        #expect(h.holds(.zero))
+        #expect(h.holds(LSN(epoch: 1, seq: 52)))
+        #expect(!h.holds(LSN(epoch: 1, seq: 55)), "the old head's writes after 52 never committed")
+        #expect(h.holds(LSN(epoch: 2, seq: 60)))
+        #expect(h.holds(LSN(epoch: 1, seq: 1)))
+        #expect(EpochHistory([EpochStart(epoch: 1)]).holds(LSN(epoch: 1, seq: 5)), "nothing known: nothing to cut")
+    }
+
     @Test func aLaterEpochMayStartBelowAnEarlierOne() async throws {
         // Epoch 2's head wrote 11...20 and was replaced; epoch 3's head had only 1...7.
         let h = EpochHistory([EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2, firstSeq: 11), EpochStart(epoch: 3, firstSeq: 8)])

@@ -195,7 +195,7 @@ struct ChainManagerTests {
     }
 
     @Test func whenEveryMemberFailsTheOneWithTheHighestLSNStays() {
-        var m = manager(state(["n1", "n2", "n3"]))
+        var m = manager(state(["n1", "n2", "n3"], firstSeq: 1))
         _ = m.heartbeat(beat("n1", seq: 50), now: 100 * ms)
         _ = m.heartbeat(beat("n2", seq: 50), now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 40), now: 100 * ms)
@@ -213,8 +213,8 @@ struct ChainManagerTests {
         m.beats(["n1", "n3"], seq: 50, from: 9000 * ms, through: 9500 * ms)
         #expect(m.nextProposal(now: 9500 * ms) == nil)
         #expect(!m.isAvailable(now: 9500 * ms))
-        // The kept member comes back; one standby joins after it.
-        _ = m.heartbeat(beat("n2", seq: 50), now: 9600 * ms)
+        // The kept member comes back (and says where its epoch starts); one standby joins after it.
+        _ = m.heartbeat(beat("n2", seq: 50, start: EpochStart(epoch: 2, firstSeq: 51)), now: 9600 * ms)
         #expect(m.isAvailable(now: 9600 * ms))
         #expect(ids(m.persistNext(now: 9600 * ms)?.configuration.members) == ["n2", "n1"])
     }
@@ -252,7 +252,7 @@ struct ChainManagerTests {
     }
 
     @Test func aCaughtUpStandbyJoinsAsTheNewTail() {
-        var m = manager(state(["n1", "n2"], standbys: ["n3"]), lag: 10)
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 10)
         m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 89), now: 100 * ms)
         #expect(m.nextProposal(now: 100 * ms) == nil)
@@ -263,17 +263,65 @@ struct ChainManagerTests {
         #expect(ids(next?.configuration.members) == ["n1", "n2", "n3"])
         #expect(next?.standbys == [])
         #expect(next?.epoch == 2)
-        // Joining until the proposal is persisted; then a leased member.
+        // Joining until the proposal is persisted; then a member, leased once it holds what n2
+        // held when n2 knew it was no longer the tail.
         #expect(m.heartbeat(beat("n3", seq: 95), now: 160 * ms).standing == .joining)
         m.proposalPersisted(now: 170 * ms)
+        _ = m.heartbeat(ChainManager.Beat(node: node("n2"), address: addressOf("n2"), highestLSN: LSN(epoch: 1, seq: 100), epoch: 2), now: 175 * ms)
         let r = m.heartbeat(beat("n3", seq: 100), now: 180 * ms)
         #expect(r.standing == .member)
         #expect(r.lease == .seconds(1))
         #expect(r.configuration.role(of: node("n3")) == .tail)
     }
 
+    @Test func aJoinedTailIsLeasedOnlyOnceItHoldsWhatItsPredecessorCommittedAsTail() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
+        func beat(_ id: String, _ seq: UInt64, epoch: UInt64, at t: UInt64) -> ChainManager.Reply {
+            m.heartbeat(ChainManager.Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epoch: epoch), now: t * ms)
+        }
+        _ = beat("n1", 100, epoch: 1, at: 100)
+        _ = beat("n2", 100, epoch: 1, at: 100)
+        _ = beat("n3", 20, epoch: 0, at: 100)
+        // 80 records behind: appended, as the tail, but without a lease: it would serve stale reads.
+        #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+        #expect(m.isCatchingUp(node("n3")))
+        #expect(beat("n3", 60, epoch: 2, at: 110).lease == nil)
+        // n2 reports at epoch 1 (it does not know yet, and may still commit as tail): not enough.
+        _ = beat("n2", 110, epoch: 1, at: 120)
+        #expect(beat("n3", 110, epoch: 2, at: 130).lease == nil)
+        // n2 runs epoch 2 and holds 115: n3 is leased once it holds 115 too.
+        _ = beat("n2", 115, epoch: 2, at: 140)
+        #expect(beat("n3", 114, epoch: 2, at: 150).lease == nil)
+        #expect(beat("n3", 115, epoch: 2, at: 160).lease == .seconds(1))
+        #expect(!m.isCatchingUp(node("n3")))
+        #expect(beat("n2", 120, epoch: 2, at: 170).lease == .seconds(1))
+    }
+
+    @Test func aJoinedTailWaitsForItsNewPredecessorWhenTheOldOneIsRemoved() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
+        func beat(_ id: String, _ seq: UInt64, epoch: UInt64, at t: UInt64) -> ChainManager.Reply {
+            m.heartbeat(ChainManager.Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epoch: epoch), now: t * ms)
+        }
+        _ = beat("n1", 100, epoch: 1, at: 100)
+        _ = beat("n2", 100, epoch: 1, at: 100)
+        _ = beat("n3", 20, epoch: 0, at: 100)
+        #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+        // n2 fails before it reported at epoch 2; n1 becomes n3's predecessor.
+        for t in stride(from: 200, through: 1200, by: 100) {
+            _ = beat("n1", 100, epoch: 2, at: UInt64(t))
+            _ = beat("n3", 40, epoch: 2, at: UInt64(t))
+        }
+        #expect(ids(m.persistNext(now: 1200 * ms)?.configuration.members) == ["n1", "n3"])
+        #expect(m.isCatchingUp(node("n3")))
+        // n1's report at epoch 2 predates the change: it counts from epoch 3 on.
+        _ = beat("n1", 101, epoch: 2, at: 1250)
+        #expect(beat("n3", 101, epoch: 3, at: 1260).lease == nil)
+        _ = beat("n1", 104, epoch: 3, at: 1300)
+        #expect(beat("n3", 104, epoch: 3, at: 1310).lease == .seconds(1))
+    }
+
     @Test func noJoinAfterASuspectOrDrainedTailOrFromAStaleStandby() throws {
-        var m = manager(state(["n1", "n2"], standbys: ["n3"]), lag: 10)
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 10)
         m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 100), now: 100 * ms)
         // The tail has been silent for more than half the timeout.
@@ -291,16 +339,45 @@ struct ChainManagerTests {
         #expect(m.nextProposal(now: 1700 * ms) == nil)
     }
 
+    @Test func aStandbyHoldingWritesTheChainNeverCommittedJoinsOnlyOnceItTruncatedThem() {
+        var m = manager(state(["n1", "n2", "n3"], firstSeq: 1), lag: 256)
+        m.beats(["n1", "n2", "n3"], seq: 40, now: 100 * ms)
+        // The head fails with seqs 41...45 in its log that never reached n2.
+        m.beats(["n2", "n3"], seq: 40, from: 200 * ms, through: 1200 * ms)
+        #expect(ids(m.persistNext(now: 1200 * ms)?.configuration.members) == ["n2", "n3"])
+        func back(_ seq: UInt64, now: UInt64) {
+            _ = m.heartbeat(ChainManager.Beat(node: node("n1"), address: addressOf("n1"), highestLSN: LSN(epoch: 1, seq: seq)), now: now)
+        }
+        // Back at (1, 40) before the new head said where epoch 2 starts: the history cannot tell yet.
+        back(40, now: 1250 * ms)
+        #expect(m.nextProposal(now: 1250 * ms) == nil)
+        // It holds (1, 45) after all; epoch 2 starts at 41, and n2 and n3 write on.
+        back(45, now: 1260 * ms)
+        _ = m.heartbeat(beat("n2", seq: 40, start: EpochStart(epoch: 2, firstSeq: 41)), now: 1300 * ms)
+        let recorded = m.persistNext(now: 1300 * ms)
+        #expect(recorded?.epochHistory.last == EpochStart(epoch: 2, firstSeq: 41))
+        #expect(ids(recorded?.configuration.members) == ["n2", "n3"])
+        // Well within the lag, but its last record (1, 45) is not the chain's (2, 45).
+        m.beats(["n2", "n3"], seq: 60, now: 1400 * ms)
+        back(45, now: 1400 * ms)
+        #expect(m.nextProposal(now: 1400 * ms) == nil)
+        // Truncated to (1, 40), which the chain shares: it joins.
+        back(40, now: 1500 * ms)
+        #expect(ids(m.persistNext(now: 1500 * ms)?.configuration.members) == ["n2", "n3", "n1"])
+    }
+
     @Test func severalCaughtUpStandbysJoinOnePerProposalMostAdvancedFirst() {
-        var m = manager(state(["n1"], standbys: ["n2", "n3"]), lag: 10)
+        var m = manager(state(["n1"], standbys: ["n2", "n3"], firstSeq: 1), lag: 10)
         _ = m.heartbeat(beat("n1", seq: 100), now: 100 * ms)
         _ = m.heartbeat(beat("n2", seq: 95), now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 99), now: 100 * ms)
         let first = m.persistNext(now: 100 * ms)
         #expect(ids(first?.configuration.members) == ["n1", "n3"])
         #expect(ids(first?.standbys) == ["n2"])
-        // The new tail has not heartbeated as a member yet, but heartbeated within half the timeout.
+        // The new tail has not heartbeated as a member yet, but heartbeated within half the timeout;
+        // the head says where epoch 2 starts.
         _ = m.heartbeat(beat("n3", seq: 100), now: 150 * ms)
+        _ = m.heartbeat(beat("n1", seq: 100, start: EpochStart(epoch: 2, firstSeq: 101)), now: 150 * ms)
         let second = m.persistNext(now: 150 * ms)
         #expect(ids(second?.configuration.members) == ["n1", "n3", "n2"])
         #expect(second?.epoch == 3)
@@ -308,7 +385,7 @@ struct ChainManagerTests {
     }
 
     @Test func aFlappingMemberJustWithinTheTimeoutStaysAndOneThatMissesRejoinsOnlyCaughtUp() {
-        var m = manager(state(["n1", "n2", "n3"]), lag: 10)
+        var m = manager(state(["n1", "n2", "n3"], firstSeq: 1), lag: 10)
         var t: UInt64 = 0
         _ = m.heartbeat(beat("n3", seq: 100), now: t)
         while t < 20_000 * ms {
@@ -322,6 +399,8 @@ struct ChainManagerTests {
         m.beats(["n1", "n2"], seq: 100, now: t + 1001 * ms)
         #expect(ids(m.persistNext(now: t + 1001 * ms)?.standbys) == ["n3"])
         // Back, but behind (it lost its tail of the log): not appended until caught up.
+        _ = m.heartbeat(beat("n1", seq: 100, start: EpochStart(epoch: 2, firstSeq: 101)), now: t + 1050 * ms)
+        #expect(m.persistNext(now: t + 1050 * ms)?.epochHistory.last == EpochStart(epoch: 2, firstSeq: 101))
         _ = m.heartbeat(beat("n3", seq: 80), now: t + 1100 * ms)
         #expect(m.nextProposal(now: t + 1100 * ms) == nil)
         _ = m.heartbeat(beat("n3", seq: 95), now: t + 1200 * ms)
@@ -428,6 +507,16 @@ struct ChainManagerTests {
         // Recorded once: a later report changes nothing.
         _ = m.heartbeat(beat("n1", start: EpochStart(epoch: 2, firstSeq: 170)), now: 60 * ms)
         #expect(m.nextProposal(now: 60 * ms) == nil)
+    }
+
+    @Test func aNewHeadMayStartItsEpochBelowWhereTheReplacedHeadStartedIts() {
+        // Epoch 1 from 1; n1 started epoch 2 at 43 (its log ended at 42) and died before n2 got
+        // 38...42. n2, head of epoch 3, continues from its own log's end.
+        var s = state(["n2", "n3"], epoch: 3, standbys: ["n1"])
+        s.epochHistory = [EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2, firstSeq: 43), EpochStart(epoch: 3)]
+        var m = manager(s)
+        _ = m.heartbeat(beat("n2", seq: 37, start: EpochStart(epoch: 3, firstSeq: 38)), now: 10 * ms)
+        #expect(m.persistNext(now: 10 * ms)?.epochHistory.last == EpochStart(epoch: 3, firstSeq: 38))
     }
 
     @Test func aReportForAnEpochThatEndedBeforeItWasRecordedIsDropped() {
