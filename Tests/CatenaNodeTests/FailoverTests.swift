@@ -13,7 +13,7 @@ import Testing
 /// the same data directory, in this process on 127.0.0.1 (port 0 each).
 private final class ReconfiguringCluster: @unchecked Sendable {
     static let clusterID = "failover-tests"
-    static let heartbeatInterval = Duration.milliseconds(20)
+    static let heartbeatInterval = Duration.milliseconds(50)
 
     let directory: String
     let client: CatenaClient
@@ -50,7 +50,7 @@ private final class ReconfiguringCluster: @unchecked Sendable {
         lock.withLock { current = (master, Task { await master.run() }) }
     }
 
-    static func start(nodes count: Int, timeout: Int = 300) async throws -> ReconfiguringCluster {
+    static func start(nodes count: Int, timeout: Int = 1000) async throws -> ReconfiguringCluster {
         let directory = NSTemporaryDirectory() + "catena-failover-test-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let ids = try (1...count).map { i throws(CatenaError) in try NodeID("n\(i)") }
@@ -58,7 +58,7 @@ private final class ReconfiguringCluster: @unchecked Sendable {
                                              members: ids.map { ChainMember(id: $0, address: "127.0.0.1:0") })
         var configuration = MasterConfiguration(clusterID: clusterID, listen: Address(host: "127.0.0.1", port: 0),
                                                 dataDirectory: directory + "/master", initial: initial)
-        configuration.heartbeat = HeartbeatSettings(intervalMilliseconds: 20, timeoutMilliseconds: timeout)
+        configuration.heartbeat = HeartbeatSettings(intervalMilliseconds: 50, timeoutMilliseconds: timeout)
         let master = try await Master.start(configuration, logger: testLogger)
         let masterTask = Task { await master.run() }
         var clientConfiguration = CatenaClient.Configuration()
@@ -132,7 +132,7 @@ private final class ReconfiguringCluster: @unchecked Sendable {
     }
 }
 
-private func withReconfiguringCluster(nodes: Int = 3, timeout: Int = 300, _ body: (ReconfiguringCluster) async throws -> Void) async throws {
+private func withReconfiguringCluster(nodes: Int = 3, timeout: Int = 1000, _ body: (ReconfiguringCluster) async throws -> Void) async throws {
     let cluster = try await ReconfiguringCluster.start(nodes: nodes, timeout: timeout)
     do {
         try await body(cluster)
