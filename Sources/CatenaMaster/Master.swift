@@ -123,7 +123,7 @@ public final class Master: Sendable {
         }
         let metrics = Task { await self.metricsServer?.run() }
         // Failure detection and reconfiguration run on a tick: a twentieth of the failure timeout.
-        let tick = max(.milliseconds(5), await core.settings.failureTimeout / 20)
+        let tick = max(.milliseconds(5), core.settings.failureTimeout / 20)
         while !Task.isCancelled {
             await core.advance()
             try? await Task.sleep(for: tick)

@@ -19,11 +19,41 @@ public struct ConnectionLimits: Hashable, Sendable {
     /// Sets up `channel` (either end) to speak frames within these limits, as an `NIOAsyncChannel`.
     func frameChannel(_ channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> {
         channel.eventLoop.makeCompletedFuture {
-            try channel.pipeline.syncOperations.addHandler(
-                ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize, firstFrameLimit: handshakeFrameLimit)))
-            try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+            try addFrameHandlers(channel)
             return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel)
         }
+    }
+
+    /// Like ``frameChannel(_:)``, for a connection a server accepted: one that is never handed to
+    /// its handler — accepted while the listener shuts down, still buffered in the listener's
+    /// inbound stream when that ends — is closed when it is released. The non-deprecated
+    /// initializer traps instead ("Deinited NIOAsyncWriter without calling finish()",
+    /// swift-nio #2813 and #2637): a node would crash when a client connects as it stops.
+    @available(*, deprecated, message: "uses NIOAsyncChannel's deinit-based teardown on purpose (swift-nio #2813)")
+    func acceptedFrameChannel(_ channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> {
+        channel.eventLoop.makeCompletedFuture {
+            try addFrameHandlers(channel)
+            return try NIOAsyncChannel<Frame, Frame>(synchronouslyWrapping: channel)
+        }
+    }
+
+    private func addFrameHandlers(_ channel: any Channel) throws {
+        try channel.pipeline.syncOperations.addHandler(
+            ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize, firstFrameLimit: handshakeFrameLimit)))
+        try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+    }
+}
+
+/// Calls the deprecated ``ConnectionLimits/acceptedFrameChannel(_:)`` from a deprecated context,
+/// which keeps the one deliberate use of a deprecated NIO API from warning at every call site.
+private protocol AcceptedFrameChannel {
+    func acceptedFrameChannelWithoutWarning(_ channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>>
+}
+
+extension ConnectionLimits: AcceptedFrameChannel {
+    @available(*, deprecated, message: "see acceptedFrameChannel(_:)")
+    func acceptedFrameChannelWithoutWarning(_ channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> {
+        acceptedFrameChannel(channel)
     }
 }
 
@@ -101,7 +131,7 @@ public final class FrameServer: Sendable {
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: host, port: port) { child in limits.frameChannel(child) }
+                .bind(host: host, port: port) { child in (limits as any AcceptedFrameChannel).acceptedFrameChannelWithoutWarning(child) }
         } catch {
             throw CatenaError(.ioFailure, "cannot listen on \(host):\(port): \(error)")
         }
