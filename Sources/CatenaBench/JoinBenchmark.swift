@@ -46,6 +46,8 @@ public struct JoinBenchmark: Sendable {
         public var joinTimeout: Duration = .seconds(300)
         /// The compressions measured, each on a fresh cluster.
         public var compressions: [Compression] = [.lz4, .none]
+        /// The new node's catch-up bound in MB/s (`catena node --catch-up-rate`; 0: none).
+        public var catchUpRate: Int = 300
         /// The children's log level.
         public var logLevel: String = "warning"
         /// Progress lines.
@@ -220,7 +222,8 @@ public struct JoinBenchmark: Sendable {
         let address = "127.0.0.1:\(port)"
         let arguments = ["node", "--id", id.rawValue, "--cluster", BenchCluster.clusterID, "--listen", address,
                          "--master", cluster.masterAddress.description, "--data-dir", dataDirectory,
-                         "--catch-up-compression", compression.rawValue, "--log-level", c.logLevel]
+                         "--catch-up-compression", compression.rawValue, "--catch-up-rate", "\(c.catchUpRate)",
+                         "--log-level", c.logLevel]
         // The process prints its ready line only once the master knows it, so it is started
         // alongside the add rather than before it.
         let outcome = await withTaskGroup(of: Swift.Result<Void, CatenaError>.self) { group in

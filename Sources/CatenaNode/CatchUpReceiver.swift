@@ -87,6 +87,13 @@ public struct CatchUpReceiver: Sendable {
         /// Bytes of records the receiver has enqueued in its store but not yet seen durable before
         /// it waits: several chunks share one group commit (fsync). Default 16 MiB.
         public var maxPendingBytes = 16 << 20
+        /// The most bytes of records installed per second (nil: as fast as it goes). A copy at
+        /// full speed competes with the chain's own writes for disks and CPUs; this bound is how
+        /// an operator keeps foreground throughput up while a node joins.
+        public var maxBytesPerSecond: Int?
+        /// How long the bound holds. A copy slower than the chain's writes would never catch up,
+        /// so after this the receiver copies at full speed (and says so).
+        public var pacedFor: Duration = .seconds(60)
         /// How long the source may hold a request when there is nothing new (long poll; at most
         /// one second). Default 500 ms.
         public var wait: Duration = .milliseconds(500)
@@ -144,6 +151,7 @@ public struct CatchUpReceiver: Sendable {
         progress report: @escaping @Sendable (CatchUpProgress) -> Void = { _ in }
     ) async throws(CatenaError) -> CatchUpProgress {
         var state = CatchUpProgress(lastLSN: store.highestLSN)
+        var pacer = Pacer(rate: configuration.maxBytesPerSecond, for: configuration.pacedFor)
         var backoff = configuration.initialBackoff
         logger.info("catch-up starting", metadata: [LogKey.lsn: "\(state.lastLSN)"])
         while !Task.isCancelled {
@@ -157,7 +165,7 @@ public struct CatchUpReceiver: Sendable {
                 state.connections += 1
                 defer { connection.close() }
                 while !Task.isCancelled {
-                    try await round(on: connection, &state, shouldStop: shouldStop, report: report)
+                    try await round(on: connection, &state, pacer: &pacer, shouldStop: shouldStop, report: report)
                     backoff = configuration.initialBackoff
                     report(state)
                     if shouldStop(state) { throw .stopped }
@@ -205,7 +213,7 @@ public struct CatchUpReceiver: Sendable {
 
     /// One request: installs its chunks until its last frame. Every chunk it enqueued is durable
     /// (or the store failed) when it returns or throws.
-    private func round(on connection: RequestConnection, _ state: inout CatchUpProgress,
+    private func round(on connection: RequestConnection, _ state: inout CatchUpProgress, pacer: inout Pacer,
                        shouldStop: @Sendable (CatchUpProgress) -> Bool,
                        report: @Sendable (CatchUpProgress) -> Void) async throws(Failure) {
         let after = store.lastEnqueuedLSN
@@ -278,6 +286,20 @@ public struct CatchUpReceiver: Sendable {
                 pending.add(ticket, records: records.count, bytes: chunk.uncompressedLength, last: chunk.lastLSN)
                 try await pending.finish(&state, keeping: configuration.maxPendingBytes)
                 report(state)
+                let wasExpired = pacer.expired
+                let pause = pacer.pause(after: chunk.uncompressedLength)
+                if pacer.expired && !wasExpired {
+                    logger.notice("catch-up still behind after its paced time; copying at full speed so it can catch up with the chain's writes",
+                                  metadata: [LogKey.lsn: "\(chunk.lastLSN)"])
+                }
+                if let pause {
+                    do {
+                        try await Task.sleep(for: pause)
+                    } catch {
+                        replies.abandon()
+                        throw .retry(CatenaError(.closed, "catch-up was cancelled"))
+                    }
+                }
                 if shouldStop(state) {
                     replies.abandon()
                     try await pending.finish(&state)
@@ -288,6 +310,41 @@ public struct CatchUpReceiver: Sendable {
             // Whatever happened, the enqueued chunks become durable (or the store failed).
             try await pending.finish(&state)
             throw error
+        }
+    }
+
+    /// Paces installs to ``Configuration/maxBytesPerSecond`` for ``Configuration/pacedFor``: a
+    /// token bucket holding at most one second of credit, so an idle spell does not turn into a
+    /// burst.
+    public struct Pacer: Sendable {
+        /// Bytes per second; nil: no bound.
+        public let rate: Int?
+        private let until: ContinuousClock.Instant
+        private var credit: Double
+        private var last = ContinuousClock.now
+        /// Whether the bound has expired (logged once).
+        public private(set) var expired = false
+
+        /// A pacer of `rate` bytes per second (nil: none) that holds for `duration`.
+        public init(rate: Int?, for duration: Duration) {
+            self.rate = rate
+            self.until = .now + duration
+            self.credit = Double(rate ?? 0)
+        }
+
+        /// `bytes` were installed: how long to wait before the next chunk, if at all.
+        public mutating func pause(after bytes: Int) -> Duration? {
+            guard let rate, rate > 0, !expired else { return nil }
+            let now = ContinuousClock.now
+            if now >= until {
+                expired = true
+                return nil
+            }
+            let elapsed = Double((now - last).nanosecondsClamped) / 1e9
+            last = now
+            credit = min(Double(rate), credit + elapsed * Double(rate)) - Double(bytes)
+            guard credit < 0 else { return nil }
+            return .nanoseconds(Int64(-credit / Double(rate) * 1e9))
         }
     }
 

@@ -66,7 +66,8 @@ public final class Node: Sendable {
             me: configuration.id, store: store, maxUncommittedBytes: configuration.maxUncommittedBytes, logger: logger,
             durableTickets: ticketSink,
             links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
-                                limits: configuration.connectionLimits, catchUpCompression: configuration.catchUpCompression),
+                                limits: configuration.connectionLimits, catchUpCompression: configuration.catchUpCompression,
+                                catchUpBytesPerSecond: configuration.catchUpBytesPerSecond),
             recentRequests: recent)
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {

@@ -34,6 +34,11 @@ public struct NodeConfiguration: Sendable {
     public var readPieceSize: Int = 1 << 20
     /// Whether a (re)joining node asks the tail for LZ4-compressed catch-up chunks.
     public var catchUpCompression = true
+    /// The most bytes per second a (re)joining node copies from the tail (nil: no bound), for
+    /// its first minute of copying; then it copies at full speed, since a copy slower than the
+    /// chain's writes would never catch up. The copy competes with the chain's own writes on the
+    /// tail's and the joiner's disks and CPUs.
+    public var catchUpBytesPerSecond: Int? = 300_000_000
 
     /// Creates a configuration.
     public init(id: NodeID, clusterID: String, listen: Address, advertise: Address? = nil, masters: [Address], dataDirectory: String) {

@@ -43,6 +43,7 @@ struct LinkSettings: Sendable {
     var maxBatchBytes: Int
     var limits: ConnectionLimits
     var catchUpCompression: Bool
+    var catchUpBytesPerSecond: Int?
 }
 
 /// Counters and gauges of one node's replication, for tests, `catena chain status` and metrics.
@@ -472,6 +473,7 @@ actor Replica {
                                                      chainID: machine?.configuration.chainID ?? 0)
         settings.name = me.rawValue
         settings.compress = links.catchUpCompression
+        settings.maxBytesPerSecond = links.catchUpBytesPerSecond
         settings.limits = links.limits
         let view = self.view
         view.update { $0.catchUp = CatchUpProgress(lastLSN: store.highestLSN) }

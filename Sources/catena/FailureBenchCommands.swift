@@ -102,11 +102,13 @@ struct BenchJoin: AsyncParsableCommand {
     @Option(name: .long, help: "Give up on a node that has not joined after this many seconds.") var joinTimeoutSeconds: Double = 300
     @Option(name: .long, help: "Comma-separated catch-up compressions to measure, each on a fresh cluster: lz4, none.")
     var compression: String = "lz4,none"
+    @Option(name: .long, help: "The new node's catch-up bound in MB/s (catena node --catch-up-rate); 0: none.") var catchUpRate: Int = 300
     @Option(name: .long, help: "Where the clusters keep their data (default: a temporary directory, removed afterwards).") var dir: String?
     @Option(name: .long, help: "The children's log level (to stderr).") var logLevel: String = "warning"
 
     func validate() throws {
         guard (1...(64 << 10)).contains(mib) else { throw ValidationError("--mib must be 1 ... 65536, not \(mib)") }
+        guard catchUpRate >= 0 else { throw ValidationError("--catch-up-rate must be 0 (no bound) or a positive number of MB/s") }
         guard (0...1e6).contains(baselineSeconds), (0...1e6).contains(joinTimeoutSeconds) else {
             throw ValidationError("--baseline-seconds and --join-timeout-seconds must be numbers of seconds, 0 ... 1000000")
         }
@@ -124,6 +126,7 @@ struct BenchJoin: AsyncParsableCommand {
         guard let size = parseSize(valueSize) else { throw ValidationError("--value-size: cannot read '\(valueSize)'") }
         c.valueSize = size
         c.clients = clients
+        c.catchUpRate = catchUpRate
         c.baseline = .milliseconds(Int((baselineSeconds * 1000).rounded()))
         c.joinTimeout = .milliseconds(Int((joinTimeoutSeconds * 1000).rounded()))
         c.compressions = try compression.split(separator: ",", omittingEmptySubsequences: false).map { name in

@@ -90,6 +90,8 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Serve Prometheus metrics here (default: the topology's metrics address).") var metrics: String?
     @Option(name: .long, help: "How this node asks the tail for catch-up chunks when it (re)joins: lz4 (default) or none.")
     var catchUpCompression: CatchUpCompressionOption = .lz4
+    @Option(name: .long, help: "The most MB/s this node copies from the tail when it (re)joins, for its first minute of copying (then full speed, so it catches up); 0: no bound.")
+    var catchUpRate: Int = 300
     @OptionGroup var logging: LogOptions
 
     /// `--catch-up-compression`.
@@ -98,6 +100,7 @@ struct NodeCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
+        guard catchUpRate >= 0 else { throw ValidationError("--catch-up-rate must be 0 (no bound) or a positive number of MB/s") }
         guard topology != nil || (listen != nil && master != nil && dataDir != nil && cluster != nil) else {
             throw ValidationError("give --topology, or all of --cluster, --listen, --master and --data-dir")
         }
@@ -133,6 +136,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.metrics = try address(metrics, spec?.metrics, "metrics")
         configuration.store.durability = durability == "always" ? .always : durability == "none" ? .none : .batch
         configuration.catchUpCompression = catchUpCompression == .lz4
+        configuration.catchUpBytesPerSecond = catchUpRate == 0 ? nil : catchUpRate * 1_000_000
         let node = try await Node.start(configuration, logger: logger)
         await runUntilSignalled(logger: logger) {
             await node.run { chain in

@@ -790,3 +790,25 @@ final class Locked<Value: Sendable>: Sendable {
         mutex.withLock { body(&$0) }
     }
 }
+
+@Suite("Catch-up pacing")
+struct CatchUpPacingTests {
+    @Test func withoutARateNothingWaits() {
+        var pacer = CatchUpReceiver.Pacer(rate: nil, for: .seconds(60))
+        #expect(pacer.pause(after: 1 << 30) == nil)
+    }
+
+    @Test func aChunkBeyondTheCreditWaitsForItsShareOfTheRate() {
+        var pacer = CatchUpReceiver.Pacer(rate: 100_000_000, for: .seconds(60))
+        // One second of credit to start with: 50 MB pass, the next 100 MB wait about half a second.
+        #expect(pacer.pause(after: 50_000_000) == nil)
+        let pause = pacer.pause(after: 100_000_000) ?? .zero
+        #expect(pause > .milliseconds(400) && pause <= .milliseconds(500), "\(pause)")
+    }
+
+    @Test func theBoundExpiresSoACopyCanCatchUp() {
+        var pacer = CatchUpReceiver.Pacer(rate: 1, for: .zero)
+        #expect(pacer.pause(after: 1 << 20) == nil)
+        #expect(pacer.expired)
+    }
+}
