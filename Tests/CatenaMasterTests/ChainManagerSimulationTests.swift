@@ -541,9 +541,10 @@ private final class Simulation {
                 check(q.firstSeq == e.firstSeq, "the first seq of epoch \(e.epoch) changed from \(e.firstSeq.map(String.init) ?? "nil") to \(q.firstSeq.map(String.init) ?? "nil")")
             }
         }
-        let firsts = p.epochHistory.compactMap(\.firstSeq)
         // First seqs may go down: a new head continues from its own log, which can end below what
-        // a replaced head wrote and never got committed. Once recorded they never change (above).
+        // a replaced head wrote and never got committed. Once recorded they never change (above),
+        // and none is 0.
+        check(p.epochHistory.allSatisfy { $0.firstSeq != 0 }, "a first seq of 0: \(p.epochHistory)")
         for m in p.configuration.members + p.standbys {
             check((try? Address(parsing: m.address)).map { !$0.isWildcard && $0.port != 0 } ?? false, "unconnectable address \(m.address) for \(m.id)")
         }
