@@ -61,6 +61,24 @@ public struct MasterState: Hashable, Sendable {
     }
 }
 
+/// Where the master keeps its state: the one operation every change goes through is a
+/// compare-and-swap on the epoch. ``MasterStateFile`` (a local file under `flock`) is the
+/// embedded implementation; an external consensus store (etcd: a transaction comparing the
+/// stored epoch, then a put) implements the same two calls, so that several masters can share
+/// one state and the one whose swap fails knows it was overtaken (docs/ARCHITECTURE.md).
+public protocol MasterStateStore: Sendable {
+    /// Where the state lives, for logs (a path, an etcd key).
+    var location: String { get }
+
+    /// The stored state, or nil if there is none; a state of another cluster or chain is
+    /// ``CatenaError/Code/identityMismatch``.
+    func load(clusterID: String, chainID: ChainID) throws(CatenaError) -> MasterState?
+
+    /// Stores `new` only if the stored epoch is `expectedEpoch` (nil: only if nothing is stored);
+    /// otherwise ``CatenaError/Code/staleEpoch`` and nothing is stored. Atomic.
+    func compareAndSwap(expectedEpoch: UInt64?, new: MasterState) throws(CatenaError)
+}
+
 /// The master's state on local disk: `<directory>/master.json`, replaced crash-safely (write
 /// `master.json.tmp`, fsync it, rename it over `master.json`, fsync the directory), so a crash at
 /// any point leaves either the old state or the new one.
@@ -83,12 +101,14 @@ public struct MasterState: Hashable, Sendable {
 ///
 /// `standbys` is left out when there are none, and a file without it has none (files written
 /// before standbys existed load unchanged).
-public struct MasterStateFile: Sendable {
+public struct MasterStateFile: MasterStateStore {
     /// The directory holding the state.
     public let directory: String
 
     /// The state file, `<directory>/master.json`.
     public var path: String { directory + "/master.json" }
+    /// The state file's path.
+    public var location: String { path }
     /// Where a save writes before renaming, `<directory>/master.json.tmp`.
     var temporaryPath: String { path + ".tmp" }
     /// The lock file, `<directory>/master.lock`.

@@ -25,6 +25,8 @@ public struct MasterConfiguration: Sendable {
     public var lease: Duration?
     /// A joining node is appended once it is at most this many records behind the tail.
     public var catchUpLagRecords: UInt64 = 256
+    /// Where the state is kept; nil: `master.json` in ``dataDirectory``.
+    public var stateStore: (any MasterStateStore)?
 
     /// Creates a configuration.
     public init(clusterID: String, listen: Address, dataDirectory: String, initial: ChainConfiguration) {
@@ -64,7 +66,7 @@ public final class Master: Sendable {
 
     /// Loads (or creates and persists) the configuration and binds the port.
     public static func start(_ configuration: MasterConfiguration, logger: Logger) async throws(CatenaError) -> Master {
-        let file = MasterStateFile(directory: configuration.dataDirectory)
+        let file: any MasterStateStore = configuration.stateStore ?? MasterStateFile(directory: configuration.dataDirectory)
         let state: MasterState
         if let saved = try file.load(clusterID: configuration.clusterID, chainID: configuration.initial.chainID) {
             state = saved
@@ -77,7 +79,7 @@ public final class Master: Sendable {
         } else {
             state = MasterState(initial: configuration.initial)
             try file.compareAndSwap(expectedEpoch: nil, new: state)
-            logger.info("saved the initial configuration", metadata: [LogKey.epoch: "\(state.epoch)", LogKey.path: "\(file.path)"])
+            logger.info("saved the initial configuration", metadata: [LogKey.epoch: "\(state.epoch)", LogKey.path: "\(file.location)"])
         }
         let server = try await FrameServer.bind(
             host: configuration.listen.host, port: Int(configuration.listen.port), clusterID: configuration.clusterID,
@@ -199,11 +201,11 @@ public final class Master: Sendable {
 actor MasterCore {
     private var manager: ChainManager
     let settings: ChainManager.Settings
-    private let file: MasterStateFile
+    private let file: any MasterStateStore
     private let logger: Logger
     private let origin = ContinuousClock.now
 
-    init(state: MasterState, settings: ChainManager.Settings, file: MasterStateFile, logger: Logger) {
+    init(state: MasterState, settings: ChainManager.Settings, file: any MasterStateStore, logger: Logger) {
         self.settings = settings
         self.file = file
         self.logger = logger

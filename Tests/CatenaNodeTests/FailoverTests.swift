@@ -7,6 +7,7 @@ import CatenaNode
 import CatenaStorage
 import CatenaWire
 import Foundation
+import Synchronization
 import Testing
 
 /// A master with a short failure timeout and nodes that can be stopped and started again over
@@ -50,7 +51,8 @@ private final class ReconfiguringCluster: @unchecked Sendable {
         lock.withLock { current = (master, Task { await master.run() }) }
     }
 
-    static func start(nodes count: Int, timeout: Int = 1000) async throws -> ReconfiguringCluster {
+    static func start(nodes count: Int, timeout: Int = 1000,
+                      store: (String) -> (any MasterStateStore)? = { _ in nil }) async throws -> ReconfiguringCluster {
         let directory = NSTemporaryDirectory() + "catena-failover-test-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let ids = try (1...count).map { i throws(CatenaError) in try NodeID("n\(i)") }
@@ -59,6 +61,7 @@ private final class ReconfiguringCluster: @unchecked Sendable {
         var configuration = MasterConfiguration(clusterID: clusterID, listen: Address(host: "127.0.0.1", port: 0),
                                                 dataDirectory: directory + "/master", initial: initial)
         configuration.heartbeat = HeartbeatSettings(intervalMilliseconds: 50, timeoutMilliseconds: timeout)
+        configuration.stateStore = store(directory + "/master")
         let master = try await Master.start(configuration, logger: testLogger)
         let masterTask = Task { await master.run() }
         var clientConfiguration = CatenaClient.Configuration()
@@ -132,8 +135,9 @@ private final class ReconfiguringCluster: @unchecked Sendable {
     }
 }
 
-private func withReconfiguringCluster(nodes: Int = 3, timeout: Int = 1000, _ body: (ReconfiguringCluster) async throws -> Void) async throws {
-    let cluster = try await ReconfiguringCluster.start(nodes: nodes, timeout: timeout)
+private func withReconfiguringCluster(nodes: Int = 3, timeout: Int = 1000, store: (String) -> (any MasterStateStore)? = { _ in nil },
+                                      _ body: (ReconfiguringCluster) async throws -> Void) async throws {
+    let cluster = try await ReconfiguringCluster.start(nodes: nodes, timeout: timeout, store: store)
     do {
         try await body(cluster)
         await cluster.stop()
@@ -167,6 +171,36 @@ private func writers(_ client: CatenaClient, count: Int, progress: Counter,
         var all: [String: [UInt8]] = [:]
         for await part in group { all.merge(part) { $1 } }
         return all
+    }
+}
+
+/// The master's state file, whose compare-and-swaps fail while `failing` is above zero (each
+/// failure counts it down): a consensus store that is briefly unreachable.
+private final class FlakyStateStore: MasterStateStore, @unchecked Sendable {
+    let file: MasterStateFile
+    private let lock = NSLock()
+    private var failing = 0
+    private(set) var failures = 0
+
+    init(directory: String) { file = MasterStateFile(directory: directory) }
+
+    var location: String { file.location }
+
+    func failNext(_ n: Int) { lock.withLock { failing = n } }
+
+    func load(clusterID: String, chainID: ChainID) throws(CatenaError) -> MasterState? {
+        try file.load(clusterID: clusterID, chainID: chainID)
+    }
+
+    func compareAndSwap(expectedEpoch: UInt64?, new: MasterState) throws(CatenaError) {
+        let fail: Bool = lock.withLock {
+            guard failing > 0 else { return false }
+            failing -= 1
+            failures += 1
+            return true
+        }
+        if fail { throw CatenaError(.ioFailure, "injected: the state store is unreachable") }
+        try file.compareAndSwap(expectedEpoch: expectedEpoch, new: new)
     }
 }
 
@@ -322,6 +356,36 @@ struct FailoverTests {
             #expect(after.members.map(\.id) == before.members.map(\.id), "the configuration survived the restart")
             #expect(after.epoch >= before.epoch)
             #expect(try await cluster.client.get("during").bytes == [2])
+        }
+    }
+
+    @Test("A reconfiguration the state store refuses is retried, and no node runs an epoch the store does not hold")
+    func aFailingStateStoreDelaysButNeverSkipsPersistence() async throws {
+        let stores = Mutex<FlakyStateStore?>(nil)
+        try await withReconfiguringCluster(store: { directory in
+            let store = FlakyStateStore(directory: directory)
+            stores.withLock { $0 = store }
+            return store
+        }) { cluster in
+            let store = try #require(stores.withLock { $0 })
+            _ = try await cluster.client.put("before", [1])
+            let before = await cluster.master.configuration
+            store.failNext(5)
+            await cluster.stopNode(try NodeID("n3"))
+            try await cluster.waitFor("the master removed n3 once the store took the change") {
+                await cluster.master.configuration.members.count == 2
+            }
+            #expect(store.failures == 5, "every refused swap was retried")
+            let stored = try #require(try store.file.load())
+            let active = await cluster.master.configuration
+            #expect(stored.configuration == active, "the active configuration is the stored one")
+            #expect(active.epoch > before.epoch)
+            for id in active.members.map(\.id) {
+                let running = try #require(cluster.node(id)?.chainConfiguration)
+                #expect(running.epoch <= stored.epoch, "\(id) runs epoch \(running.epoch); the store holds \(stored.epoch)")
+            }
+            _ = try await cluster.client.put("after", [2])
+            #expect(try await cluster.client.get("after").bytes == [2])
         }
     }
 }
