@@ -78,6 +78,9 @@ public struct CatchUpReceiver: Sendable {
         public var name: String = "catch-up"
         /// Ask for LZ4-compressed chunks. Default true.
         public var compress = true
+        /// Copy the source's whole log, which compaction may have thinned (seqs skip what it
+        /// dropped): for an empty store whose source answered `historyCompacted`.
+        public var fullCopy = false
         /// Bytes of records per chunk to ask for (the source holds it to
         /// ``CatchUpRequest/chunkBytesRange``). Default 4 MiB.
         public var maxChunkBytes = CatchUpRequest.defaultChunkBytes
@@ -217,7 +220,10 @@ public struct CatchUpReceiver: Sendable {
                        shouldStop: @Sendable (CatchUpProgress) -> Bool,
                        report: @Sendable (CatchUpProgress) -> Void) async throws(Failure) {
         let after = store.lastEnqueuedLSN
-        let request = CatchUpRequest(after: after, flags: configuration.compress ? [.lz4] : [],
+        let fullCopy = configuration.fullCopy && after == .zero
+        var flags: CatchUpFlags = configuration.compress ? [.lz4] : []
+        if fullCopy { flags.insert(.fullCopy) }
+        let request = CatchUpRequest(after: after, flags: flags,
                                      maxChunkBytes: configuration.maxChunkBytes,
                                      waitMilliseconds: Int(configuration.wait / .milliseconds(1)))
         let timeout = configuration.idleTimeout + configuration.wait
@@ -263,7 +269,8 @@ public struct CatchUpReceiver: Sendable {
                 }
                 let records: [EncodedRecord]
                 do {
-                    records = try chunk.records(after: previous, chainID: configuration.chainID, maxUncompressedLength: maxUncompressedLength)
+                    records = try chunk.records(after: previous, chainID: configuration.chainID, maxUncompressedLength: maxUncompressedLength,
+                                                allowingGaps: fullCopy)
                 } catch {
                     state.chunksRefused += 1
                     replies.abandon()
@@ -278,7 +285,16 @@ public struct CatchUpReceiver: Sendable {
                 let ticket: AppendTicket
                 do {
                     try store.check(records)
-                    ticket = try store.enqueue(records)
+                    ticket = try store.enqueue(records, allowingGaps: fullCopy)
+                    // What compaction dropped at the source is not in this log either: say so
+                    // before anything could ask this store for it.
+                    var gapEnd: LSN?
+                    var before = previous
+                    for r in records {
+                        if r.lsn.seq > before.seq + 1 { gapEnd = LSN(epoch: r.lsn.epoch, seq: r.lsn.seq - 1) }
+                        before = r.lsn
+                    }
+                    if let gapEnd { try await store.markCompacted(through: gapEnd) }
                 } catch {
                     throw .fatal(error)
                 }

@@ -25,8 +25,9 @@ public enum CatchUpSource {
     ///
     /// Refuses the request, before sending anything, with
     /// - `historyCompacted` if compaction dropped records after `request.after` (its seq is below
-    ///   ``Store/compactedThrough``, also for `.zero`: a compacted log is no longer a contiguous
-    ///   history; the receiver needs a full copy by other means);
+    ///   ``Store/compactedThrough``, also for `.zero` unless the request asks for a
+    ///   ``CatchUpFlags/fullCopy``: then every record compaction kept is sent, seqs skipping what
+    ///   it dropped);
     /// - `lsnOutOfOrder` if the receiver's last record is not in this log: its seq is beyond the
     ///   durable end, or this log's record at that seq has another epoch (the receiver holds
     ///   records the chain never committed and must truncate first).
@@ -39,7 +40,8 @@ public enum CatchUpSource {
     ) async throws(CatenaError) {
         let request = request.bounded
         let codec: CatchUpCodec = request.flags.contains(.lz4) ? .lz4 : .raw
-        var stream = try await openStream(after: request.after, store: store)
+        let fullCopy = request.flags.contains(.fullCopy) && request.after == .zero
+        var stream = try await openStream(after: request.after, store: store, fullCopy: fullCopy)
         var last = request.after
         var sent = 0
         var builder = ChunkBuilder(maxBytes: request.maxChunkBytes)
@@ -47,7 +49,7 @@ public enum CatchUpSource {
         while true {
             while let record = try await stream.iterator.nextRecord() {
                 if Task.isCancelled { throw CatenaError(.closed, "catch-up was cancelled") }
-                guard record.lsn.seq == last.seq + 1, record.lsn.epoch >= last.epoch else {
+                guard fullCopy ? record.lsn.seq > last.seq : record.lsn.seq == last.seq + 1, record.lsn.epoch >= last.epoch else {
                     // The log changed under the stream (a truncation): let the receiver ask again.
                     throw CatenaError(.unavailable, "the log changed while it was read: \(record.lsn) does not follow \(last)")
                 }
@@ -77,10 +79,10 @@ public enum CatchUpSource {
 
     /// Opens the log after `after`, first checking (unless `verified`) that the receiver's last
     /// record is in this log.
-    static func openStream(after: LSN, store: Store, verified: Bool = false) async throws(CatenaError) -> OpenStream {
+    static func openStream(after: LSN, store: Store, verified: Bool = false, fullCopy: Bool = false) async throws(CatenaError) -> OpenStream {
         let end = store.highestLSN
         let compacted = store.compactedThrough
-        if verified || after == .zero && compacted.seq == 0 {
+        if verified || after == .zero && (compacted.seq == 0 || fullCopy) {
             return OpenStream(iterator: try store.records(after: after).makeAsyncIterator(), end: end)
         }
         guard after.seq >= compacted.seq else {

@@ -432,17 +432,20 @@ actor Replica {
         }
         var backoff = Duration.milliseconds(20)
         var truncated = false
+        var fullCopy = false
         while !Task.isCancelled {
             do throws(CatenaError) {
                 if !truncated {
                     try await truncateToShared()
                     truncated = true
                 }
-                try await catchUp(from: tail)
+                try await catchUp(from: tail, fullCopy: fullCopy)
                 backoff = .milliseconds(20)
             } catch where error.code == .lsnOutOfOrder || error.code == .historyCompacted {
                 // The tail does not hold this log's last record (it diverged in a way the history
-                // could not show, or compaction dropped what follows it): copy everything.
+                // could not show, or compaction dropped what follows it): copy everything — all
+                // that compaction kept, if it has run.
+                if error.code == .historyCompacted { fullCopy = true }
                 logger.warning("the tail cannot continue this log; discarding it for a full copy", metadata: [
                     LogKey.peer: "\(tail.id)", "error": "\(error)", LogKey.lsn: "\(store.lastEnqueuedLSN)",
                 ])
@@ -468,12 +471,13 @@ actor Replica {
 
     /// Copies what the local log lacks from `tail` (LZ4 chunks, verified before they are
     /// installed) and follows it until cancelled.
-    private func catchUp(from tail: ChainMember) async throws(CatenaError) {
+    private func catchUp(from tail: ChainMember, fullCopy: Bool) async throws(CatenaError) {
         var settings = CatchUpReceiver.Configuration(source: try Address(parsing: tail.address), clusterID: links.clusterID,
                                                      chainID: machine?.configuration.chainID ?? 0)
         settings.name = me.rawValue
         settings.compress = links.catchUpCompression
         settings.maxBytesPerSecond = links.catchUpBytesPerSecond
+        settings.fullCopy = fullCopy
         settings.limits = links.limits
         let view = self.view
         view.update { $0.catchUp = CatchUpProgress(lastLSN: store.highestLSN) }

@@ -36,6 +36,15 @@ extension Store {
         }
     }
 
+    /// Records (persisted) that history through `lsn` is not in this log: a full copy of a
+    /// compacted log skipped it. Later requests for records after an LSN below it are answered
+    /// ``CatenaError/Code/historyCompacted``. Never goes down.
+    public func markCompacted(through lsn: LSN) async throws(CatenaError) {
+        try await runBlocking(on: readerPool) { [self] () throws(CatenaError) in
+            try persistState { $0.compactedThrough = max($0.compactedThrough, lsn) }
+        }
+    }
+
     func persistState(_ update: (inout PersistentState) -> Void) throws(CatenaError) {
         try stateFileLock.withLock { _ throws(CatenaError) in
             let next = state.withLock { s in

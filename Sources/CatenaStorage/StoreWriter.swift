@@ -18,6 +18,12 @@ extension Store {
     /// rest follow each other, and every manifest's chunks were appended. A failed append leaves
     /// nothing visible.
     public func enqueue(_ records: [EncodedRecord]) throws(CatenaError) -> AppendTicket {
+        try enqueue(records, allowingGaps: false)
+    }
+
+    /// ``enqueue(_:)``, where `allowingGaps` lets seqs skip (only increase): installing a full
+    /// copy of a log compaction has thinned. Record ``markCompacted(through:)`` after.
+    public func enqueue(_ records: [EncodedRecord], allowingGaps: Bool) throws(CatenaError) -> AppendTicket {
         guard !records.isEmpty else { throw CatenaError(.invalidArgument, "append needs at least one record") }
         var bytes = 0
         for r in records {
@@ -33,7 +39,8 @@ extension Store {
             var tracker = s.uploadTracker
             for r in records {
                 let lsn = r.lsn
-                let follows = previous == .zero ? lsn.seq >= 1 : (lsn.seq == previous.seq + 1 && lsn.epoch >= previous.epoch)
+                let follows = previous == .zero ? lsn.seq >= 1
+                    : ((allowingGaps ? lsn.seq > previous.seq : lsn.seq == previous.seq + 1) && lsn.epoch >= previous.epoch)
                 guard follows else {
                     throw CatenaError(.lsnOutOfOrder, "record \(lsn) does not follow the log's end \(previous)")
                 }

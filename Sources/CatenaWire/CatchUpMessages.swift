@@ -22,6 +22,9 @@ public struct CatchUpFlags: OptionSet, Hashable, Sendable {
 
     /// Send each chunk as one LZ4 frame (block and content checksums on) instead of raw.
     public static let lz4 = CatchUpFlags(rawValue: 1 << 0)
+    /// A full copy (with `after` zero) of a log compaction has thinned: the source sends every
+    /// record it kept, so seqs may skip what compaction dropped.
+    public static let fullCopy = CatchUpFlags(rawValue: 1 << 1)
 }
 
 /// The payload of a ``FrameType/catchUpRequest`` frame.
@@ -216,7 +219,10 @@ public struct CatchUpChunk: Hashable, Sendable {
     /// does not hold what it announces or does not continue the log; a record this build cannot
     /// read keeps its own code (`unsupportedVersion`, `unknownRecordType`,
     /// `unknownMustUnderstandField`).
-    public func records(after previous: LSN, chainID: ChainID, maxUncompressedLength: Int) throws(CatenaError) -> [EncodedRecord] {
+    ///
+    /// `allowingGaps`: in a full copy of a compacted log, seqs only have to increase.
+    public func records(after previous: LSN, chainID: ChainID, maxUncompressedLength: Int,
+                        allowingGaps: Bool = false) throws(CatenaError) -> [EncodedRecord] {
         guard recordCount >= 1 else {
             throw CatenaError(.malformed, "catch-up chunk \(firstLSN)...\(lastLSN) holds no records")
         }
@@ -230,12 +236,12 @@ public struct CatchUpChunk: Hashable, Sendable {
         switch codec {
         case .raw:
             return try data.withUnsafeReadableBytes { raw in
-                Result { () throws(CatenaError) in try parseRecords(raw, after: previous, chainID: chainID) }
+                Result { () throws(CatenaError) in try parseRecords(raw, after: previous, chainID: chainID, allowingGaps: allowingGaps) }
             }.get()
         case .lz4:
             let bytes = try decompressed()
             return try bytes.withUnsafeBytes { raw in
-                Result { () throws(CatenaError) in try parseRecords(raw, after: previous, chainID: chainID) }
+                Result { () throws(CatenaError) in try parseRecords(raw, after: previous, chainID: chainID, allowingGaps: allowingGaps) }
             }.get()
         }
     }
@@ -251,7 +257,8 @@ public struct CatchUpChunk: Hashable, Sendable {
         }
     }
 
-    private func parseRecords(_ bytes: UnsafeRawBufferPointer, after previous: LSN, chainID: ChainID) throws(CatenaError) -> [EncodedRecord] {
+    private func parseRecords(_ bytes: UnsafeRawBufferPointer, after previous: LSN, chainID: ChainID,
+                              allowingGaps: Bool) throws(CatenaError) -> [EncodedRecord] {
         let what = "catch-up chunk \(firstLSN)...\(lastLSN)"
         guard bytes.count == uncompressedLength else {
             throw CatenaError(.corruption, "\(what) holds \(bytes.count) bytes of records, announced \(uncompressedLength)")
@@ -294,7 +301,7 @@ public struct CatchUpChunk: Hashable, Sendable {
             guard record.header.chainID == chainID else {
                 throw CatenaError(.corruption, "\(what): record \(lsn) belongs to chain \(record.header.chainID), not \(chainID)")
             }
-            guard lsn.seq == last.seq + 1, lsn.epoch >= last.epoch else {
+            guard allowingGaps ? lsn.seq > last.seq : lsn.seq == last.seq + 1, lsn.epoch >= last.epoch else {
                 throw CatenaError(.corruption, "\(what): record \(lsn) does not follow \(last)")
             }
             records.append(record)

@@ -229,6 +229,47 @@ extension InProcessChainTests {
             }
         }
 
+        @Test("a full copy installs what compaction kept, records the compacted history, and continues contiguously", .timeLimit(.minutes(1)))
+        func fullCopyOfACompactedLog() async throws {
+            try await withCatchUpFixture(segmentSize: 8192) { f in
+                func put(_ i: Int) throws -> EncodedRecord {
+                    try Record(type: .put, chainID: CatchUpFixture.chainID, key: try Key("k\(i % 7)"), lsn: LSN(epoch: 1, seq: UInt64(i)),
+                               value: [UInt8](repeating: UInt8(i % 251), count: 200)).encoded()
+                }
+                for i in 1...300 { try await f.source.append([try put(i)]) }
+                try await f.source.setCommitWatermark(LSN(epoch: 1, seq: 250))
+                _ = try await f.source.compact()
+                #expect(f.source.compactedThrough.seq > 10)
+                let source = try await CatchUpTestSource.start(store: f.source)
+                defer { source.stop() }
+
+                let copy = try await f.openStore("full")
+                var configuration = f.receiver(copy, from: source).configuration
+                configuration.fullCopy = true
+                _ = try await CatchUpReceiver(configuration: configuration, store: copy, logger: testLogger).run(until: { $0.isCaughtUp })
+                let kept = try await f.source.records(after: .zero).collect().map(\.bytes)
+                #expect(try await copy.records(after: .zero).collect().map(\.bytes) == kept, "the records compaction kept, byte for byte")
+                #expect(try copy.list().objects == (try f.source.list().objects))
+                #expect(copy.compactedThrough.seq > 0, "the copy knows its history is thinned")
+                #expect(throws: CatenaError.self) { _ = try copy.records(after: LSN(epoch: 1, seq: 1)) }
+
+                // Later records follow contiguously, without the full-copy flag.
+                try await f.source.append([try put(301)])
+                _ = try await f.receiver(copy, from: source).run(until: { $0.isCaughtUp })
+                #expect(copy.highestLSN == LSN(epoch: 1, seq: 301))
+                #expect(try await copy.records(after: .zero).collect().map(\.bytes) == (try await f.source.records(after: .zero).collect().map(\.bytes)))
+
+                // The thinned log and its compacted history survive a restart.
+                let compactedHere = copy.compactedThrough
+                await copy.close()
+                let reopened = try await f.openStore("full")
+                #expect(reopened.highestLSN == LSN(epoch: 1, seq: 301))
+                #expect(reopened.compactedThrough == compactedHere)
+                #expect(reopened.damage.isEmpty, "gaps from compaction are not damage")
+                #expect(try reopened.list().objects == (try f.source.list().objects))
+            }
+        }
+
         @Test("cancellation ends a run promptly: mid-stream, and while it waits to reconnect", .timeLimit(.minutes(1)))
         func cancellationIsPrompt() async throws {
             try await withCatchUpFixture { f in

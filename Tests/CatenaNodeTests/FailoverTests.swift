@@ -85,6 +85,8 @@ private final class ReconfiguringCluster: @unchecked Sendable {
         var configuration = NodeConfiguration(id: id, clusterID: Self.clusterID, listen: Address(host: "127.0.0.1", port: 0),
                                               masters: [master.address], dataDirectory: directory + "/\(id)")
         configuration.heartbeatInterval = Self.heartbeatInterval
+        // Small segments, so compaction has sealed segments to work on.
+        configuration.store.segmentSize = 64 << 10
         let node = try await Node.start(configuration, logger: testLogger)
         let task = Task { await node.run() }
         lock.withLock { running[id] = (node, task) }
@@ -386,6 +388,34 @@ struct FailoverTests {
             }
             _ = try await cluster.client.put("after", [2])
             #expect(try await cluster.client.get("after").bytes == [2])
+        }
+    }
+
+    @Test("A member that comes back behind what the tail compacted discards its log and gets a full copy")
+    func aRejoinBelowTheCompactedHistoryGetsAFullCopy() async throws {
+        try await withReconfiguringCluster { cluster in
+            for i in 0..<20 { _ = try await cluster.client.put("k\(i % 5)", pseudoRandomBytes(3000, seed: UInt64(i))) }
+            let n3 = try NodeID("n3")
+            await cluster.stopNode(n3)
+            try await cluster.waitFor("the master removed n3") { await cluster.master.configuration.role(of: n3) == nil }
+            for i in 20..<400 { _ = try await cluster.client.put("k\(i % 5)", pseudoRandomBytes(3000, seed: UInt64(i))) }
+            // The tail compacts what every replica holds (the operator's watermark, as compaction
+            // is not scheduled by the node yet).
+            let tailID = try #require(await cluster.master.configuration.tail?.id)
+            let tail = try #require(cluster.node(tailID)).localStore
+            try await tail.setCommitWatermark(tail.highestLSN)
+            _ = try await tail.compact()
+            #expect(tail.compactedThrough.seq > 20, "compaction dropped history n3 lacks")
+
+            try await cluster.startNode(n3)
+            try await cluster.waitFor("n3 rejoined as tail") { await cluster.master.configuration.tail?.id == n3 }
+            let copy = try #require(cluster.node(n3)).localStore
+            try await cluster.waitFor("n3 holds what the old tail holds") {
+                copy.highestLSN == tail.highestLSN
+            }
+            #expect(copy.compactedThrough.seq > 0, "n3's log is the thinned copy")
+            #expect(try copy.list().objects == (try tail.list().objects))
+            for i in 395..<400 { #expect(try await cluster.client.get("k\(i % 5)").bytes == pseudoRandomBytes(3000, seed: UInt64(i))) }
         }
     }
 }
