@@ -226,11 +226,7 @@ actor MasterCore {
                                                         epochStart: beat.epochStart, epoch: epoch), now: now)
         guard advance() else { return reply(first) }
         // The state changed: answer from the new one.
-        let standing: NodeStanding = manager.state.configuration.role(of: beat.node) != nil ? .member
-            : manager.state.standbys.contains { $0.id == beat.node } ? .joining : .unknown
-        return HeartbeatReply(configuration: manager.state.configuration, standing: standing,
-                              lease: standing == .member && !manager.isCatchingUp(beat.node) ? first.lease : nil,
-                              history: EpochHistory(manager.state.epochHistory))
+        return reply(manager.reply(to: beat.node, granted: first.lease))
     }
 
     private func reply(_ r: ChainManager.Reply) -> HeartbeatReply {

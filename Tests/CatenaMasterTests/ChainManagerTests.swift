@@ -60,6 +60,21 @@ struct ChainManagerTests {
         #expect(m.nextProposal(now: 10 * ms) == nil)
     }
 
+    @Test func theReplyAfterAPersistCarriesTheNewStateAndKeepsOnlyAMembersLease() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1))
+        m.beats(["n1", "n2"], seq: 10, now: 10 * ms)
+        let granted = m.heartbeat(beat("n3", seq: 10), now: 10 * ms).lease
+        #expect(granted == nil)
+        let appended = m.persistNext(now: 10 * ms)
+        #expect(ids(appended?.configuration.members) == ["n1", "n2", "n3"])
+        // n3 is a member now, but joined: no lease until it holds what n2 held.
+        #expect(m.reply(to: node("n3"), granted: .seconds(1)) ==
+                ChainManager.Reply(configuration: appended!.configuration, history: appended!.epochHistory, standing: .member, lease: nil))
+        #expect(m.reply(to: node("n1"), granted: .seconds(1)).lease == .seconds(1))
+        #expect(m.reply(to: node("n1"), granted: nil).lease == nil, "no lease the heartbeat did not grant")
+        #expect(m.reply(to: node("n9"), granted: .seconds(1)).standing == .unknown)
+    }
+
     @Test(arguments: [("n1", ["n2", "n3"], "n2"), ("n2", ["n1", "n3"], "n1"), ("n3", ["n1", "n2"], "n1")])
     func aFailedMemberIsDroppedFromTheChain(failed: String, rest: [String], head: String) {
         var m = manager(state(["n1", "n2", "n3"]))
