@@ -149,11 +149,7 @@ actor Replica {
             guard failure == nil else { return }
         }
         if machine == nil || (isMember && machine!.role == nil && configuration.epoch > machine!.configuration.epoch) {
-            if let join = joining {
-                join.task.cancel()
-                joining = nil
-                await join.task.value
-            }
+            await stopJoining()
             guard machine == nil || configuration.epoch > machine!.configuration.epoch else { return }
             // The node bounds memory itself (uncommitted bytes at the head, which covers the
             // whole chain's in-flight bytes), so the machine's own bound never refuses.
@@ -374,20 +370,14 @@ actor Replica {
         failure = error
         logger.critical("local log failed; this node stops taking writes and replication until restarted", metadata: ["error": "\(error)"])
         view.update { $0.failure = error }
-        let all = waiters
-        waiters = [:]
-        for list in all.values { for w in list { w.resume(returning: .failure(error)) } }
+        answerAllWaiters(error)
         wakeAdmission()
     }
 
     /// Stops taking new writes and waits (up to `timeout`) until the writes taken have committed.
     func drain(timeout: Duration) async {
         draining = true
-        if let join = joining {
-            join.task.cancel()
-            joining = nil
-            await join.task.value
-        }
+        await stopJoining()
         wakeAdmission()
         let deadline = ContinuousClock.now + timeout
         while !waiters.isEmpty, ContinuousClock.now < deadline, failure == nil {
@@ -395,10 +385,28 @@ actor Replica {
         }
         // What did not commit in time is answered "unknown": the client retries with the same
         // request id at whatever head the chain has then, which knows whether it committed.
-        let unfinished = waiters
+        answerAllWaiters(CatenaError(.unavailable, "\(me) shut down before the write committed; retry with the same request id"))
+        closeLinks()
+    }
+
+    /// Cancels the catch-up, if one runs, and waits until it has stopped (what it installed is
+    /// durable then).
+    private func stopJoining() async {
+        guard let join = joining else { return }
+        join.task.cancel()
+        joining = nil
+        await join.task.value
+    }
+
+    /// Answers every write waiting here with `error`.
+    private func answerAllWaiters(_ error: CatenaError) {
+        let all = waiters
         waiters = [:]
-        let error = CatenaError(.unavailable, "\(me) shut down before the write committed; retry with the same request id")
-        for list in unfinished.values { for w in list { w.resume(returning: .failure(error)) } }
+        for list in all.values { for w in list { w.resume(returning: .failure(error)) } }
+    }
+
+    /// Closes the successor link and the predecessor's acknowledgement channel.
+    private func closeLinks() {
         link?.close()
         link = nil
         upstream?.acks.close()
@@ -491,20 +499,10 @@ actor Replica {
     /// truncates what the chain does not share and reads the request ids of what is left, so
     /// that ``configure(_:standing:history:)`` builds a fresh machine.
     private func leaveRoleAndTruncate() async {
-        if let join = joining {
-            join.task.cancel()
-            joining = nil
-            await join.task.value
-        }
-        let pending = waiters
-        waiters = [:]
-        let error = CatenaError(.redirect, "\(me) is no longer the head; retry with the same request id at the new head, which knows whether it committed")
-        for list in pending.values { for w in list { w.resume(returning: .failure(error)) } }
+        await stopJoining()
+        answerAllWaiters(CatenaError(.redirect, "\(me) is no longer the head; retry with the same request id at the new head, which knows whether it committed"))
         releaseUncommitted(through: .max)
-        link?.close()
-        link = nil
-        upstream?.acks.close()
-        upstream = nil
+        closeLinks()
         machine = nil
         view.update { $0.role = nil }
         do throws(CatenaError) {
@@ -524,26 +522,23 @@ actor Replica {
         guard last != .zero else { return }
         let store = self.store
         let shared = try await history.lastShared(myLastSeq: last.seq) { (seq) async throws(CatenaError) -> UInt64 in
-            if seq == last.seq { return last.epoch }
-            var records = try store.records(after: LSN(epoch: 0, seq: seq - 1)).makeAsyncIterator()
-            guard let r = try await records.nextRecord(), r.lsn.seq == seq else {
-                throw CatenaError(.corruption, "the local log has no record at seq \(seq)")
-            }
-            return r.lsn.epoch
+            seq == last.seq ? last.epoch : try await Replica.lsn(atSeq: seq, in: store).epoch
         }
         guard shared < last.seq else { return }
-        var at = LSN.zero
-        if shared > 0 {
-            var records = try store.records(after: LSN(epoch: 0, seq: shared - 1)).makeAsyncIterator()
-            guard let r = try await records.nextRecord(), r.lsn.seq == shared else {
-                throw CatenaError(.corruption, "the local log has no record at seq \(shared)")
-            }
-            at = r.lsn
-        }
+        let at = shared == 0 ? LSN.zero : try await Replica.lsn(atSeq: shared, in: store)
         let removed = try await store.truncate(after: at)
         logger.warning("truncated writes the chain never committed (written by a replaced head)", metadata: [
             "catena_records_removed": "\(removed)", LogKey.lsn: "\(at)", "catena_log_end": "\(last)",
         ])
+    }
+
+    /// The LSN of the record at `seq` in `store`'s log.
+    private static func lsn(atSeq seq: UInt64, in store: Store) async throws(CatenaError) -> LSN {
+        var records = try store.records(after: LSN(epoch: 0, seq: seq - 1)).makeAsyncIterator()
+        guard let r = try await records.nextRecord(), r.lsn.seq == seq else {
+            throw CatenaError(.corruption, "the local log has no record at seq \(seq)")
+        }
+        return r.lsn
     }
 
     /// The request ids of the last records of `store`'s log (at most `limit` records, read from
