@@ -48,6 +48,16 @@ public struct EpochHistory: Hashable, Sendable {
         return chain == last.epoch
     }
 
+    /// Whether a log ending at `last` is provably a prefix of the chain's — the stricter twin of
+    /// ``holds(_:)``: it is empty, or its last record is the chain's record at that seq (same
+    /// epoch; two logs that share an LSN share everything below it). Until the current epoch's
+    /// first seq is recorded the history cannot tell (that epoch may start below `last`), so no.
+    public func isPrefix(_ last: LSN) -> Bool {
+        guard last != .zero else { return true }
+        guard entries.last?.firstSeq != nil else { return false }
+        return epoch(atSeq: last.seq) == last.epoch
+    }
+
     /// The first seq of `epoch`, if recorded.
     public func firstSeq(of epoch: UInt64) -> UInt64? {
         entries.first { $0.epoch == epoch }?.firstSeq

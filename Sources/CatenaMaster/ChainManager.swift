@@ -329,7 +329,7 @@ public struct ChainManager: Sendable {
             for j in standbys {
                 let s = records[j]
                 guard !s.leaving, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
-                      Self.isPrefix(reported, of: EpochHistory(history)) else { continue }
+                      EpochHistory(history).isPrefix(reported) else { continue }
                 let seq = reported.seq
                 guard seq >= tailSeq || tailSeq - seq <= settings.catchUpLagRecords else { continue }
                 if joiner == nil || seq > records[joiner!].reported!.seq { joiner = j }
@@ -555,16 +555,6 @@ public struct ChainManager: Sendable {
     /// Whether `id` joined and has not yet shown it holds what its predecessor held: it gets no
     /// lease until then.
     public func isCatchingUp(_ id: NodeID) -> Bool { catchingUp[id] != nil }
-
-    /// Whether a log ending at `last` is a prefix of the chain's, by `history`: it is empty, or
-    /// its last record is the chain's record at that seq (same epoch — and two logs that share
-    /// an LSN share everything below it). Until the current epoch's first seq is recorded the
-    /// history cannot tell (that epoch may start below `last`), so no.
-    static func isPrefix(_ last: LSN, of history: EpochHistory) -> Bool {
-        guard last != .zero else { return true }
-        guard history.entries.last?.firstSeq != nil else { return false }
-        return history.epoch(atSeq: last.seq) == last.epoch
-    }
 
     /// Whether peers can connect to `address`: `HOST:PORT`, not a wildcard host, not port 0.
     static func isConnectable(_ address: String) -> Bool {

@@ -59,6 +59,14 @@ struct EpochHistoryTests {
         #expect(h.holds(LSN(epoch: 2, seq: 60)))
         #expect(h.holds(LSN(epoch: 1, seq: 1)))
         #expect(EpochHistory([EpochStart(epoch: 1)]).holds(LSN(epoch: 1, seq: 5)), "nothing known: nothing to cut")
+        // The strict twin: provably the chain's, which needs the current epoch's start.
+        #expect(h.isPrefix(.zero))
+        #expect(!h.isPrefix(LSN(epoch: 1, seq: 52)), "epoch 3 may start below 52")
+        let known = EpochHistory(h.entries.dropLast() + [EpochStart(epoch: 3, firstSeq: 70)])
+        #expect(known.isPrefix(LSN(epoch: 1, seq: 52)))
+        #expect(known.isPrefix(LSN(epoch: 2, seq: 60)))
+        #expect(!known.isPrefix(LSN(epoch: 1, seq: 55)))
+        #expect(!EpochHistory([EpochStart(epoch: 1)]).isPrefix(LSN(epoch: 1, seq: 5)), "nothing known: nothing proven")
     }
 
     @Test func aLaterEpochMayStartBelowAnEarlierOne() async throws {
