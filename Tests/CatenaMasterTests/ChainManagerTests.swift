@@ -38,6 +38,18 @@ extension ChainManager {
         for t in stride(from: from, through: through, by: Int(100 * ms)) { beats(nodes, seq: seq, now: t) }
     }
 
+    /// A heartbeat from `id` running `epoch`, its log at seq `seq` of epoch 1, at `t` ms.
+    fileprivate mutating func heartbeat(_ id: String, seq: UInt64, epoch: UInt64, at t: UInt64) -> Reply {
+        heartbeat(Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epoch: epoch), now: t * ms)
+    }
+
+    /// n1 and n2 at seq 100 in epoch 1, standby n3 80 records behind, at 100 ms.
+    fileprivate mutating func beatsBeforeN3Joins() {
+        _ = heartbeat("n1", seq: 100, epoch: 1, at: 100)
+        _ = heartbeat("n2", seq: 100, epoch: 1, at: 100)
+        _ = heartbeat("n3", seq: 20, epoch: 0, at: 100)
+    }
+
     /// Proposes and persists at `now`; the persisted state, or nil if nothing was proposed.
     fileprivate mutating func persistNext(now: UInt64) -> MasterState? {
         guard let next = nextProposal(now: now) else { return nil }
@@ -292,11 +304,9 @@ struct ChainManagerTests {
     @Test func aJoinedTailIsLeasedOnlyOnceItHoldsWhatItsPredecessorCommittedAsTail() {
         var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
         func beat(_ id: String, _ seq: UInt64, epoch: UInt64, at t: UInt64) -> ChainManager.Reply {
-            m.heartbeat(ChainManager.Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epoch: epoch), now: t * ms)
+            m.heartbeat(id, seq: seq, epoch: epoch, at: t)
         }
-        _ = beat("n1", 100, epoch: 1, at: 100)
-        _ = beat("n2", 100, epoch: 1, at: 100)
-        _ = beat("n3", 20, epoch: 0, at: 100)
+        m.beatsBeforeN3Joins()
         // 80 records behind: appended, as the tail, but without a lease: it would serve stale reads.
         #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2", "n3"])
         #expect(m.isCatchingUp(node("n3")))
@@ -315,11 +325,9 @@ struct ChainManagerTests {
     @Test func aJoinedTailWaitsForItsNewPredecessorWhenTheOldOneIsRemoved() {
         var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
         func beat(_ id: String, _ seq: UInt64, epoch: UInt64, at t: UInt64) -> ChainManager.Reply {
-            m.heartbeat(ChainManager.Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epoch: epoch), now: t * ms)
+            m.heartbeat(id, seq: seq, epoch: epoch, at: t)
         }
-        _ = beat("n1", 100, epoch: 1, at: 100)
-        _ = beat("n2", 100, epoch: 1, at: 100)
-        _ = beat("n3", 20, epoch: 0, at: 100)
+        m.beatsBeforeN3Joins()
         #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2", "n3"])
         // n2 fails before it reported at epoch 2; n1 becomes n3's predecessor.
         for t in stride(from: 200, through: 1200, by: 100) {
