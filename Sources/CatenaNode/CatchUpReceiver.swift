@@ -286,15 +286,18 @@ public struct CatchUpReceiver: Sendable {
                 do {
                     try store.check(records)
                     ticket = try store.enqueue(records, allowingGaps: fullCopy)
-                    // What compaction dropped at the source is not in this log either: say so
-                    // before anything could ask this store for it.
-                    var gapEnd: LSN?
-                    var before = previous
-                    for r in records {
-                        if r.lsn.seq > before.seq + 1 { gapEnd = LSN(epoch: r.lsn.epoch, seq: r.lsn.seq - 1) }
-                        before = r.lsn
+                    // In a full copy, what compaction dropped at the source is not in this log
+                    // either: say so before anything could ask this store for it. (Otherwise the
+                    // chunk was checked to be contiguous.)
+                    if fullCopy {
+                        var gapEnd: LSN?
+                        var before = previous
+                        for r in records {
+                            if r.lsn.seq > before.seq + 1 { gapEnd = LSN(epoch: r.lsn.epoch, seq: r.lsn.seq - 1) }
+                            before = r.lsn
+                        }
+                        if let gapEnd { try await store.markCompacted(through: gapEnd) }
                     }
-                    if let gapEnd { try await store.markCompacted(through: gapEnd) }
                 } catch {
                     throw .fatal(error)
                 }
