@@ -51,8 +51,7 @@ enum BenchCluster {
     /// `count` clients of `cluster`, each with its own connections, logging errors only. On
     /// failure the ones already connected are closed.
     static func clients(_ count: Int, of cluster: LocalCluster, configuration: CatenaClient.Configuration) async throws(CatenaError) -> [CatenaClient] {
-        var quiet = Logger(label: "catena.bench")
-        quiet.logLevel = .error
+        let quiet = Logger.benchmark(level: .error)
         var clients: [CatenaClient] = []
         do throws(CatenaError) {
             for _ in 0..<count {
@@ -173,4 +172,13 @@ struct MixedValues: Sendable {
 /// Milliseconds in a `Duration`, as a `Double`.
 func milliseconds(_ d: Duration) -> Double {
     Double(d.components.seconds) * 1e3 + Double(d.components.attoseconds) / 1e15
+}
+
+extension Logger {
+    /// The benchmarks' logger (label `catena.bench`), at `level`.
+    static func benchmark(level: Logger.Level) -> Logger {
+        var logger = Logger(label: "catena.bench")
+        logger.logLevel = level
+        return logger
+    }
 }

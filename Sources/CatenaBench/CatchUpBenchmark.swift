@@ -40,11 +40,7 @@ public struct CatchUpBenchmark: Sendable {
         /// Called with a line of progress; nil: quiet.
         public var progress: (@Sendable (String) -> Void)?
         /// The logger handed to stores and connections. Default: warnings.
-        public var logger: Logger = {
-            var l = Logger(label: "catena.bench")
-            l.logLevel = .warning
-            return l
-        }()
+        public var logger: Logger = .benchmark(level: .warning)
 
         /// A configuration with the defaults above.
         public init(directory: String) {

@@ -70,11 +70,7 @@ public struct StorageBenchmark: Sendable {
         /// Called after each round with a one-line summary of it (for progress output); nil: quiet.
         public var progress: (@Sendable (String) -> Void)?
         /// The logger handed to the store (its info messages are noise here). Default: warnings.
-        public var logger: Logger = {
-            var l = Logger(label: "catena.bench")
-            l.logLevel = .warning
-            return l
-        }()
+        public var logger: Logger = .benchmark(level: .warning)
 
         /// A configuration with the defaults above.
         public init(directory: String) {
