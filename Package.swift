@@ -14,6 +14,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Already in the build through swift-nio; named for `DequeModule` in CatenaCore.
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
@@ -33,7 +35,7 @@ let package = Package(
         // Pure value types: keys, LSNs, records and their codec, checksums. No I/O.
         .target(
             name: "CatenaCore",
-            dependencies: ["CXXHash"]
+            dependencies: ["CXXHash", .product(name: "DequeModule", package: "swift-collections")]
         ),
         // The node's durable log-structured object store.
         .target(
@@ -42,6 +44,7 @@ let package = Package(
                 "CatenaCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -74,6 +77,7 @@ let package = Package(
             dependencies: [
                 "CatenaCore", "CatenaStorage", "CatenaWire", "CatenaNetwork",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -1,4 +1,5 @@
 import CatenaCore
+import DequeModule
 import Logging
 import NIOConcurrencyHelpers
 import NIOPosix
@@ -94,10 +95,9 @@ public final class Store: Sendable {
         var lifecycle: Lifecycle = .open
         /// LSN of the last enqueued record.
         var tail: LSN = .zero
-        /// Ops for the writer; taken ones are cleared to nil at once, so a 1 MiB append is not
-        /// kept alive by the queue after it was written.
-        var queue: [WriterOp?] = []
-        var queueHead = 0
+        /// Ops for the writer, in order; a taken op leaves the queue at once, so a 1 MiB append
+        /// is not kept alive by the queue after it was written.
+        var queue = Deque<WriterOp>()
         /// Bytes of the appends in `queue`.
         var queuedBytes = 0
         var writerScheduled = false
@@ -132,7 +132,7 @@ public final class Store: Sendable {
             uploadTracker = Store.tracker(from: recovered.index)
         }
 
-        var queueIsEmpty: Bool { queueHead == queue.count }
+        var queueIsEmpty: Bool { queue.isEmpty }
 
         /// Queues `op` for the writer; true if the caller must start the writer thread.
         mutating func enqueueOp(_ op: WriterOp) -> Bool {
@@ -147,32 +147,18 @@ public final class Store: Sendable {
         /// barriers, truncations) stay queued and still run.
         mutating func dropQueuedAppends() -> [PendingAppend] {
             var dropped: [PendingAppend] = []
-            var kept: [WriterOp?] = []
-            while !queueIsEmpty {
-                let op = popOp()
+            var kept = Deque<WriterOp>()
+            while let op = queue.popFirst() {
                 switch op {
                 case .append(let p): dropped.append(p)
                 case .task: kept.append(op)
                 }
             }
             queue = kept
-            queueHead = 0
             queuedBytes = 0
             return dropped
         }
-        mutating func popOp() -> WriterOp {
-            let op = queue[queueHead]!
-            queue[queueHead] = nil
-            queueHead += 1
-            if queueHead == queue.count {
-                queue.removeAll(keepingCapacity: queue.count <= 4096)
-                queueHead = 0
-            } else if queueHead > 1024 && queueHead * 2 > queue.count {
-                queue.removeFirst(queueHead)
-                queueHead = 0
-            }
-            return op
-        }
+        mutating func popOp() -> WriterOp { queue.removeFirst() }
     }
 
     deinit {

@@ -152,7 +152,7 @@ extension Store {
         state.withLock { s in
             // The tail stays: appends queued after this truncation continue from the cut.
             s.adopt(recovered)
-            for case let op? in s.queue[s.queueHead...] {
+            for op in s.queue {
                 if case .append(let p) = op { for r in p.records { try? Store.track(r, in: &s.uploadTracker) } }
             }
         }

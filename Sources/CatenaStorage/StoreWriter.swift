@@ -144,7 +144,7 @@ extension Store {
             }
             enum Work { case appends([PendingAppend], Int), task(@Sendable () -> Void) }
             func take(_ s: inout State, into batch: inout [PendingAppend], bytes: inout Int) {
-                while !s.queueIsEmpty, case .append(let p)? = s.queue[s.queueHead] {
+                while case .append(let p)? = s.queue.first {
                     if !batch.isEmpty && (oneCallPerSync || bytes + p.bytes > maxBytes) { break }
                     _ = s.popOp()
                     s.queuedBytes -= p.bytes
@@ -157,7 +157,7 @@ extension Store {
                     s.writerScheduled = false
                     return nil
                 }
-                if case .task(let t)? = s.queue[s.queueHead] {
+                if case .task(let t)? = s.queue.first {
                     _ = s.popOp()
                     return .task(t)
                 }
