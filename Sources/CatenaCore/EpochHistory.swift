@@ -66,10 +66,14 @@ public struct EpochHistory: Hashable, Sendable {
     /// The highest seq ≤ `myLastSeq` at which a log agrees with the chain, given `epochAt(seq)`
     /// — the epoch of that log's own record at `seq`. Everything after it must be truncated (an
     /// old head's writes that never committed). Conservative: where the history cannot tell, it
-    /// answers lower, which costs a longer catch-up, never a wrong record.
-    public func lastShared(myLastSeq: UInt64, epochAt: (UInt64) async throws(CatenaError) -> UInt64) async throws(CatenaError) -> UInt64 {
+    /// answers lower, which costs a longer catch-up, never a wrong record. Seqs at or below
+    /// `keeping` are known to be on every replica (the log's commit watermark): shared without
+    /// asking — compaction may have dropped their records.
+    public func lastShared(myLastSeq: UInt64, keeping: UInt64 = 0,
+                           epochAt: (UInt64) async throws(CatenaError) -> UInt64) async throws(CatenaError) -> UInt64 {
         var x = myLastSeq
         while x > 0 {
+            if x <= keeping { return x }
             let mine = try await epochAt(x)
             guard let chain = epoch(atSeq: x) else { return 0 }
             if mine == chain { return x }

@@ -1,3 +1,5 @@
+import DequeModule
+
 /// A write as a client asked for it, before the head decides anything about it.
 public struct WriteRequest: Hashable, Sendable {
     /// The client's request id; a retry with the same id gets the original result.
@@ -27,26 +29,26 @@ public struct WriteRequest: Hashable, Sendable {
 
 /// The replica protocol of one node in one chain (van Renesse & Schneider): LSN assignment at
 /// the head, in-order application and forwarding, the Sent list, acknowledgements flowing back
-/// from the tail, commits at the head, fencing by epoch, backpressure, exactly-once retries.
+/// from the tail, commits at the head, fencing by epoch, exactly-once retries.
 ///
 /// A pure state machine: events in, ``Action``s out; no I/O, no clock reads (the head's clock
 /// is passed in). One interpreter in the node performs the actions in order — in particular it
 /// enqueues ``Action/append(_:)`` records in the local log before handling the next event, so
-/// the log's order is the order of events.
+/// the log's order is the order of events. It runs inside ``NodeStateMachine``, which adds the
+/// node's rules around it (leases, rejoining, admission, fail-stop).
 ///
 /// Rules it keeps:
+/// - a record is forwarded to the successor only once it is durable in the local log, so every
+///   node's durable log contains its successor's across any crash (a restarted head can never
+///   hand out an LSN its successor already holds);
 /// - a node acknowledges upstream only records that are durable locally and acknowledged
 ///   downstream (the tail: durable locally); the head reports a write committed only then;
 /// - records are applied strictly in LSN order: duplicates are skipped, a gap is refused;
 /// - messages from an older epoch are refused, so a deposed head never gets a write committed;
-/// - the Sent list holds LSNs and sizes, not values: a resend re-reads the log;
-/// - the head stops taking writes while more than ``Limits/maxInFlightBytes`` are
-///   unacknowledged downstream, so a slow successor slows the head instead of filling memory.
+/// - the Sent list holds LSNs and sizes, not values: a resend re-reads the log.
 public struct ReplicaStateMachine: Sendable {
     /// Bounds.
     public struct Limits: Hashable, Sendable {
-        /// Bytes forwarded but not yet acknowledged, above which the head answers ``Action/busy(_:)``.
-        public var maxInFlightBytes: Int = 64 << 20
         /// Committed request ids remembered for exactly-once retries.
         public var rememberedRequests: Int = 100_000
 
@@ -72,10 +74,10 @@ public struct ReplicaStateMachine: Sendable {
     public enum Action: Hashable, Sendable {
         /// Append these records to the local log, in order, before handling the next event.
         case append([EncodedRecord])
-        /// Send these records to the successor.
+        /// Send these records (durable here) to the successor.
         case forward([EncodedRecord], to: ChainMember)
-        /// Read the records after `after` through `through` from the local log and send them to
-        /// the successor (a new successor, after a reconfiguration).
+        /// Read the records after `after` through `through` (durable here) from the local log and
+        /// send them to the successor, before anything forwarded later.
         case resend(after: LSN, through: LSN, to: ChainMember)
         /// Tell the predecessor that every record through `through` is on this node and all after it.
         case acknowledge(through: LSN, to: ChainMember)
@@ -83,6 +85,13 @@ public struct ReplicaStateMachine: Sendable {
         case committed([Commit])
         /// Refuse a client request (nil: a replication message) with this error.
         case refuse(RequestID?, CatenaError)
+    }
+
+    /// A write taken at the head and not yet committed.
+    private struct Pending: Sendable {
+        var requestID: RequestID
+        var lsn: LSN
+        var bytes: Int
     }
 
     /// The node this machine runs on.
@@ -98,26 +107,29 @@ public struct ReplicaStateMachine: Sendable {
     public private(set) var durable: LSN
     /// The highest LSN the successor acknowledged.
     public private(set) var downstreamAcknowledged: LSN
-    /// The highest LSN this node acknowledged upstream (the head: committed).
+    /// The highest LSN this node acknowledged upstream (the head: committed). Every record
+    /// through it is on every replica: the commit watermark.
     public private(set) var acknowledged: LSN
 
     /// The epochs of the local log: where each begins (first seq), oldest first. Known from
     /// the LSN the machine started at onwards; used to tell a duplicate from a divergent record.
     private var epochStarts: [(epoch: UInt64, firstSeq: UInt64)]
+    /// Accepted, not yet durable, in LSN order: forwarded once durable.
+    private var undurable = Deque<EncodedRecord>()
     /// Forwarded, not yet acknowledged: (LSN, size), in order. The Sent list.
-    private var sent: [(lsn: LSN, bytes: Int)] = []
-    private var sentHead = 0
+    private var sent = Deque<(lsn: LSN, bytes: Int)>()
     /// Bytes in `sent`.
     public private(set) var inFlightBytes = 0
     /// Head: writes not yet committed, in LSN order.
-    private var pending: [Commit] = []
-    private var pendingHead = 0
+    private var pending = Deque<Pending>()
+    /// Bytes of the head's writes not yet committed (those taken since it became head; writes
+    /// it inherited from its log count as 0).
+    public private(set) var uncommittedBytes = 0
     /// Request id -> LSN of recent writes in the local log (head and followers alike, so a new
     /// head still answers retries exactly once). Bounded: committed ids beyond
     /// ``Limits/rememberedRequests`` are forgotten, oldest first.
     private var requests: [RequestID: LSN] = [:]
-    private var requestOrder: [Commit] = []
-    private var requestOrderHead = 0
+    private var requestOrder = Deque<Commit>()
 
     /// Creates the machine for `me` in `configuration`, whose local log ends at `lastLSN`
     /// (all of it durable, and already truncated to what the chain shares: a rejoining node
@@ -140,16 +152,17 @@ public struct ReplicaStateMachine: Sendable {
         for r in recentRequests where r.requestID != .none && r.lsn.seq <= lastLSN.seq {
             remember(r.requestID, r.lsn)
         }
-        if role?.takesWrites == true {
-            pending = requestOrder[requestOrderHead...].filter { $0.lsn.seq > acknowledged.seq }
-        }
+        if role?.takesWrites == true { takeOverPending() }
     }
 
     /// This node's role, or nil if it is not a member of the current configuration.
     public var role: ChainRole? { configuration.role(of: me) }
 
     /// The number of records in the Sent list.
-    public var sentCount: Int { sent.count - sentHead }
+    public var sentCount: Int { sent.count }
+
+    /// The number of writes the head is waiting to commit.
+    public var pendingCount: Int { pending.count }
 
     // MARK: - Events
 
@@ -175,25 +188,14 @@ public struct ReplicaStateMachine: Sendable {
                 requestID: request.requestID, contentChecksum: request.contentChecksum,
                 extensions: request.extensions, value: request.value
             ).encoded()
-        } catch {
-            return [.refuse(request.requestID, error)]
-        }
-        if sentCount > 0 && inFlightBytes + record.count > limits.maxInFlightBytes {
-            return [.refuse(request.requestID, CatenaError(.busy, "\(inFlightBytes) bytes are in flight down the chain; retry shortly"))]
-        }
-        do {
             try admit(record)
         } catch {
             return [.refuse(request.requestID, error)]
         }
         accept(record)
-        pending.append(Commit(requestID: request.requestID, lsn: lsn))
-        var actions: [Action] = [.append([record])]
-        if let next = configuration.successor(of: me) {
-            send([record])
-            actions.append(.forward([record], to: next))
-        }
-        return actions
+        pending.append(Pending(requestID: request.requestID, lsn: lsn, bytes: record.count))
+        uncommittedBytes += record.count
+        return [.append([record])]
     }
 
     /// Records arrive from the predecessor, sent under `epoch`.
@@ -234,19 +236,27 @@ public struct ReplicaStateMachine: Sendable {
             }
             return actions
         }
-        var result: [Action] = [.append(accepted)]
-        if let next = configuration.successor(of: me) {
-            send(accepted)
-            result.append(.forward(accepted, to: next))
-        }
-        return result + actions
+        return [.append(accepted)] + actions
     }
 
-    /// The local log made everything through `lsn` durable.
+    /// The local log made everything through `lsn` durable: forward it, and acknowledge or
+    /// commit what is now durable here and downstream.
     public mutating func durable(through lsn: LSN) -> [Action] {
         guard lsn.seq > durable.seq, lsn.seq <= lastAccepted.seq else { return [] }
         durable = lsn
-        return progress()
+        var actions: [Action] = []
+        var ready: [EncodedRecord] = []
+        while let first = undurable.first, first.lsn.seq <= lsn.seq {
+            ready.append(undurable.removeFirst())
+        }
+        if !ready.isEmpty, let next = configuration.successor(of: me) {
+            for r in ready {
+                sent.append((r.lsn, r.count))
+                inFlightBytes += r.count
+            }
+            actions.append(.forward(ready, to: next))
+        }
+        return actions + progress()
     }
 
     /// The successor acknowledged everything through `lsn`, under `epoch`.
@@ -257,11 +267,10 @@ public struct ReplicaStateMachine: Sendable {
             return [.refuse(nil, CatenaError(.protocolViolation, "acknowledgement of \(lsn), which this node never sent (its log ends at \(lastAccepted))"))]
         }
         downstreamAcknowledged = lsn
-        while sentHead < sent.count, sent[sentHead].lsn.seq <= lsn.seq {
-            inFlightBytes -= sent[sentHead].bytes
-            sentHead += 1
+        while let first = sent.first, first.lsn.seq <= lsn.seq {
+            inFlightBytes -= first.bytes
+            sent.removeFirst()
         }
-        compactSent()
         return progress()
     }
 
@@ -281,24 +290,21 @@ public struct ReplicaStateMachine: Sendable {
         let wasHead = old.role(of: me)?.takesWrites ?? false
         let isHead = role?.takesWrites ?? false
         if wasHead && !isHead {
-            let abandoned = pending[pendingHead...].map(\.requestID)
+            let abandoned = pending.map(\.requestID)
             pending = []
-            pendingHead = 0
+            uncommittedBytes = 0
             for id in abandoned {
                 actions.append(.refuse(id, CatenaError(.redirect, "\(me) is no longer the head; retry with the same request id at the new head, which knows whether it committed")))
             }
         } else if isHead && !wasHead {
-            pending = requestOrder[requestOrderHead...].filter { $0.lsn.seq > acknowledged.seq }
-            pendingHead = 0
+            takeOverPending()
         }
         if new.successor(of: me)?.id != old.successor(of: me)?.id {
-            // The new successor's position is unknown until it reports; it acknowledged nothing.
+            // The new successor's position is unknown until it reports; it acknowledged nothing,
+            // and nothing was sent to it.
             downstreamAcknowledged = .zero
-            if new.successor(of: me) == nil {
-                sent = []
-                sentHead = 0
-                inFlightBytes = 0
-            }
+            sent = []
+            inFlightBytes = 0
         }
         if let previous = new.predecessor(of: me), previous.id != old.predecessor(of: me)?.id, acknowledged != .zero {
             actions.append(.acknowledge(through: acknowledged, to: previous))
@@ -306,15 +312,17 @@ public struct ReplicaStateMachine: Sendable {
         return actions + progress()
     }
 
-    /// The (new) successor reports the last LSN in its log, under `epoch`: resend what follows.
+    /// The successor reports the last LSN in its log on a new connection, under `epoch`:
+    /// whatever was forwarded before went with the old connection, so resend from the log what
+    /// it lacks of what is durable here (what is not yet durable is forwarded once it is).
     public mutating func successorReported(lastLSN: LSN, epoch: UInt64) -> [Action] {
         if let refusal = fence(epoch) { return [refusal] }
         guard let next = configuration.successor(of: me) else { return [] }
         guard lastLSN.seq <= lastAccepted.seq, epochOf(seq: lastLSN.seq).map({ $0 == lastLSN.epoch }) ?? true else {
             return [.refuse(nil, CatenaError(.lsnOutOfOrder, "successor \(next.id) reports \(lastLSN), which this log (ending at \(lastAccepted)) does not have; it must truncate and rejoin"))]
         }
-        guard lastLSN.seq < lastAccepted.seq else { return [] }
-        return [.resend(after: lastLSN, through: lastAccepted, to: next)]
+        guard lastLSN.seq < durable.seq else { return [] }
+        return [.resend(after: lastLSN, through: durable, to: next)]
     }
 
     // MARK: - Internals
@@ -334,27 +342,22 @@ public struct ReplicaStateMachine: Sendable {
     private mutating func accept(_ r: EncodedRecord) {
         if epochStarts.last?.epoch != r.lsn.epoch { epochStarts.append((r.lsn.epoch, r.lsn.seq)) }
         lastAccepted = r.lsn
+        undurable.append(r)
         if r.header.requestID != .none { remember(r.header.requestID, r.lsn) }
+    }
+
+    /// A node that becomes head takes the uncommitted writes of its log as pending.
+    private mutating func takeOverPending() {
+        let committed = acknowledged.seq
+        pending = Deque(requestOrder.lazy.filter { $0.lsn.seq > committed }
+            .map { Pending(requestID: $0.requestID, lsn: $0.lsn, bytes: 0) })
+        uncommittedBytes = 0
     }
 
     /// The epoch of the local record at `seq`, if the machine knows it.
     private func epochOf(seq: UInt64) -> UInt64? {
         guard seq <= lastAccepted.seq, let i = epochStarts.lastIndex(where: { $0.firstSeq <= seq }) else { return nil }
         return epochStarts[i].epoch
-    }
-
-    private mutating func send(_ records: [EncodedRecord]) {
-        for r in records {
-            sent.append((r.lsn, r.count))
-            inFlightBytes += r.count
-        }
-    }
-
-    private mutating func compactSent() {
-        if sentHead > 1024 && sentHead * 2 > sent.count {
-            sent.removeFirst(sentHead)
-            sentHead = 0
-        }
     }
 
     /// Acknowledge (or commit) whatever became durable here and acknowledged downstream.
@@ -370,13 +373,10 @@ public struct ReplicaStateMachine: Sendable {
         }
         if role.takesWrites {
             var done: [Commit] = []
-            while pendingHead < pending.count, pending[pendingHead].lsn.seq <= ackable.seq {
-                done.append(pending[pendingHead])
-                pendingHead += 1
-            }
-            if pendingHead > 1024 && pendingHead * 2 > pending.count {
-                pending.removeFirst(pendingHead)
-                pendingHead = 0
+            while let first = pending.first, first.lsn.seq <= ackable.seq {
+                done.append(Commit(requestID: first.requestID, lsn: first.lsn))
+                uncommittedBytes -= first.bytes
+                pending.removeFirst()
             }
             if !done.isEmpty { actions.append(.committed(done)) }
         }
@@ -393,15 +393,9 @@ public struct ReplicaStateMachine: Sendable {
     /// Forgets the oldest request ids beyond the limit, but only committed ones (ids are kept
     /// in LSN order, so the oldest are committed first): O(1) amortized.
     private mutating func forgetCommittedRequests() {
-        while requestOrder.count - requestOrderHead > limits.rememberedRequests,
-              requestOrder[requestOrderHead].lsn.seq <= acknowledged.seq {
-            let old = requestOrder[requestOrderHead]
-            requestOrderHead += 1
+        while requestOrder.count > limits.rememberedRequests, let old = requestOrder.first, old.lsn.seq <= acknowledged.seq {
+            requestOrder.removeFirst()
             if requests[old.requestID] == old.lsn { requests[old.requestID] = nil }
-        }
-        if requestOrderHead > 4096 && requestOrderHead * 2 > requestOrder.count {
-            requestOrder.removeFirst(requestOrderHead)
-            requestOrderHead = 0
         }
     }
 }

@@ -25,10 +25,12 @@ public final class Node: Sendable {
     private let logger: Logger
     private let tickets: AsyncStream<(AppendTicket, LSN)>
     /// Set when the master removed this node: ``run(onReady:)`` returns as if cancelled.
-    private let stopRequested = Mutex(false)
+    private let stopRequested: StopSignal
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
-                 metricsServer: MetricsServer?, tickets: AsyncStream<(AppendTicket, LSN)>, logger: Logger) {
+                 metricsServer: MetricsServer?, tickets: AsyncStream<(AppendTicket, LSN)>, stopRequested: StopSignal,
+                 logger: Logger) {
+        self.stopRequested = stopRequested
         self.configuration = configuration
         self.address = address
         self.store = store
@@ -62,18 +64,30 @@ public final class Node: Sendable {
         }
         let address = configuration.advertise ?? Address(host: configuration.listen.host, port: UInt16(server.port))
         let (tickets, ticketSink) = AsyncStream<(AppendTicket, LSN)>.makeStream()
+        let highestSeen: ChainConfiguration?
+        do {
+            highestSeen = try store.loadSeenConfiguration()
+        } catch {
+            server.close()
+            await store.close()
+            throw error
+        }
+        var settings = NodeStateMachine.Settings()
+        settings.maxUncommittedBytes = configuration.maxUncommittedBytes
+        let stopRequested = StopSignal()
         let replica = Replica(
-            me: configuration.id, store: store, maxUncommittedBytes: configuration.maxUncommittedBytes, logger: logger,
+            me: configuration.id, store: store, settings: settings, clock: configuration.clock, logger: logger,
             durableTickets: ticketSink,
             links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
                                 limits: configuration.connectionLimits, catchUpCompression: configuration.catchUpCompression,
                                 catchUpBytesPerSecond: configuration.catchUpBytesPerSecond),
-            recentRequests: recent)
+            recentRequests: recent, highestSeen: highestSeen,
+            onStop: { stopRequested.set() })
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
             do {
                 metricsServer = try await MetricsServer.bind(metrics, logger: logger) {
-                    await Node.renderMetrics(id: configuration.id, replica: replica, store: store)
+                    await Node.renderMetrics(id: configuration.id, replica: replica, store: store, clock: configuration.clock)
                 }
             } catch {
                 server.close()
@@ -82,23 +96,25 @@ public final class Node: Sendable {
             }
         }
         return Node(configuration: configuration, address: address, store: store, replica: replica, server: server,
-                    metricsServer: metricsServer, tickets: tickets, logger: logger)
+                    metricsServer: metricsServer, tickets: tickets, stopRequested: stopRequested, logger: logger)
     }
 
     /// The node's metrics in Prometheus text format (what `GET /metrics` returns).
-    static func renderMetrics(id: NodeID, replica: Replica, store: Store) async -> String {
+    static func renderMetrics(id: NodeID, replica: Replica, store: Store, clock: any NodeClock) async -> String {
         let m = await replica.currentMetrics
-        let view = replica.view.snapshot
+        let snapshot = replica.view.snapshot
+        let view = snapshot.node
         let s = store.metrics
         var t = MetricsText()
         t.add("catena_node_info", "gauge", "This node's id and role (value 1).",
               [([("node", id.rawValue), ("role", view.role.map { "\($0)" } ?? "none")], 1)])
         t.gauge("catena_node_epoch", "The configuration epoch this node runs.", Double(view.epoch))
         t.gauge("catena_node_failed", "1 if the local log failed and the node stopped taking writes.", view.failure == nil ? 0 : 1)
-        let lease = view.leaseExpiry.map { max(0, Double(($0 - ContinuousClock.now).nanosecondsClamped) / 1e9) } ?? 0
+        let now = clock.nanoseconds
+        let lease = view.leaseExpiry.map { $0 > now ? Double($0 - now) / 1e9 : 0 } ?? 0
         t.gauge("catena_node_lease_remaining_seconds", "Seconds of lease left from the master (0: none; the node serves no clients).", lease)
         t.gauge("catena_node_joining", "1 while the node is not a member and catches up from the tail.", view.standing == .joining ? 1 : 0)
-        if let c = view.catchUp {
+        if let c = snapshot.catchUp {
             t.counter("catena_node_catch_up_records_total", "Records copied from the tail while joining.", c.recordsInstalled)
             t.counter("catena_node_catch_up_bytes_total", "Bytes of records copied from the tail while joining.", c.recordBytesInstalled)
             t.counter("catena_node_catch_up_wire_bytes_total", "Bytes received for them (LZ4-compressed chunks).", c.wireBytes)
@@ -108,6 +124,7 @@ public final class Node: Sendable {
         t.counter("catena_node_writes_refused_total", "Writes refused (redirect, invalid, busy, failure).", m.writesRefused)
         t.counter("catena_node_writes_throttled_total", "Writes that waited under the uncommitted-bytes bound.", m.writesThrottled)
         t.counter("catena_node_records_replicated_total", "Records applied from the predecessor.", m.recordsReplicated)
+        t.counter("catena_node_records_truncated_total", "Records removed by truncations (writes the chain never committed, discarded logs).", m.recordsTruncated)
         t.gauge("catena_node_uncommitted_bytes", "Bytes of writes taken at the head and not yet committed.", Double(m.uncommittedBytes))
         t.gauge("catena_node_uncommitted_bytes_peak", "The most uncommitted bytes so far.", Double(m.peakUncommittedBytes))
         t.gauge("catena_node_in_flight_bytes", "Bytes forwarded and not yet acknowledged by the successor.", Double(m.inFlightBytes))
@@ -140,7 +157,7 @@ public final class Node: Sendable {
         let pump = Task { await self.pumpDurability() }
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
         let metrics = Task { await self.metricsServer?.run() }
-        while !Task.isCancelled, !stopRequested.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(50)) }
+        while !Task.isCancelled, !stopRequested.isSet { try? await Task.sleep(for: .milliseconds(50)) }
         logger.info("shutting down: draining writes")
         await replica.drain(timeout: .seconds(2))
         heartbeat.cancel()
@@ -180,7 +197,7 @@ public final class Node: Sendable {
             do {
                 try await ticket.durable()
             } catch {
-                await replica.failStop(error)
+                await replica.logFailed(error)
                 continue
             }
             await replica.durable(through: lsn)
@@ -189,18 +206,19 @@ public final class Node: Sendable {
 
     // MARK: - Master
 
-    /// Heartbeats the master every interval. Each answer is the active configuration, this
-    /// node's standing, a lease and the epoch history. The lease is counted from when the
-    /// heartbeat was sent, less 5% for clock-rate drift, so it ends here before the master
-    /// counts it ended. A node the master no longer knows after it had been part of the chain
-    /// (removed by an operator) stops; one it never knew waits to be added.
+    /// Heartbeats the master every interval. Each answer — the active configuration, this
+    /// node's standing, a lease and the epoch history — goes to the replica's state machine,
+    /// which decides everything (adopting the configuration, the lease counted from when the
+    /// heartbeat was sent, rejoining, stopping when the master forgot the node). A heartbeat
+    /// carries the durable LSN, the epoch the node runs, a new head's epoch start and, if the
+    /// local log failed, the failure.
     private func heartbeat(onReady: @Sendable (ChainConfiguration) -> Void) async {
         var connection: RequestConnection?
         var masterIndex = 0
         var ready = false
         var complained = false
-        var known = false
         let hello = Hello(role: .node, clusterID: configuration.clusterID, senderID: configuration.id.rawValue)
+        let clock = configuration.clock
         while !Task.isCancelled {
             var again = false
             do throws(CatenaError) {
@@ -208,43 +226,34 @@ public final class Node: Sendable {
                     let master = configuration.masters[masterIndex % configuration.masters.count]
                     connection = try await RequestConnection.connect(to: master, hello: hello, limits: configuration.connectionLimits)
                 }
-                let start = await replica.epochStartToReport
-                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN, epochStart: start)
+                let content = await replica.heartbeatContent
+                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN,
+                                     epochStart: content.epochStart)
                 let chainID = replica.view.snapshot.configuration?.chainID ?? 0
-                let sent = ContinuousClock.now
+                let sent = clock.nanoseconds
                 // The frame's epoch: the configuration this node runs (the master waits for a
                 // joined tail's predecessor to run the configuration that made it a middle).
-                let frame = try await connection!.request(Frame(type: .heartbeat, chainID: chainID, epoch: replica.view.snapshot.epoch,
+                let frame = try await connection!.request(Frame(type: .heartbeat, chainID: chainID, epoch: content.epoch,
                                                                 payload: beat.encoded()),
                                                           timeout: max(.seconds(2), configuration.heartbeatInterval * 5))
                 guard frame.type == .configuration else {
                     throw CatenaError(.protocolViolation, "the master answered a heartbeat with \(frame.type)")
                 }
                 let reply = try HeartbeatReply(decoding: frame.payload)
-                let expiry: ContinuousClock.Instant? = reply.standing == .member ? reply.lease.map { sent + $0 - $0 / 20 } : nil
-                replica.view.update { $0.leaseExpiry = expiry }
-                if reply.standing == .unknown {
-                    if known {
-                        logger.notice("the master removed this node from the chain; stopping")
-                        stopRequested.withLock { $0 = true }
-                        break
-                    }
-                    if !complained {
-                        logger.warning("the master does not know this node; add it with `catena chain add-node \(configuration.id) --address \(address)`")
-                        complained = true
-                    }
-                } else {
-                    known = true
-                    await replica.configure(reply.configuration, standing: reply.standing, history: reply.history)
-                    complained = false
-                    if !ready {
+                await replica.heartbeatReplied(NodeStateMachine.Reply(reply), sentAt: sent)
+                complained = false
+                if reply.standing != .unknown {
+                    // A new configuration is persisted before it is adopted: let that finish, then
+                    // a new head reports where its epoch starts at once (it takes no writes until
+                    // the master has recorded it).
+                    await replica.settle(timeout: configuration.heartbeatInterval)
+                    if let configuration = await replica.configuration, !ready {
                         ready = true
-                        onReady(reply.configuration)
+                        onReady(configuration)
                     }
-                    // A new head reports where its epoch starts at once: it takes no writes until
-                    // the master has recorded it.
-                    if let next = await replica.epochStartToReport, next != start { again = true }
+                    if let next = await replica.heartbeatContent.epochStart, next != content.epochStart { again = true }
                 }
+                if stopRequested.isSet { break }
             } catch {
                 connection?.close()
                 connection = nil
@@ -258,5 +267,25 @@ public final class Node: Sendable {
             if !again { try? await Task.sleep(for: configuration.heartbeatInterval) }
         }
         connection?.close()
+    }
+}
+
+/// Set once, read from anywhere: the master removed this node.
+final class StopSignal: Sendable {
+    private let flag = Mutex(false)
+
+    func set() { flag.withLock { $0 = true } }
+    var isSet: Bool { flag.withLock { $0 } }
+}
+
+extension NodeStateMachine.Reply {
+    /// The machine's view of a heartbeat reply from the wire.
+    init(_ reply: HeartbeatReply) {
+        let standing: NodeStateMachine.Standing = switch reply.standing {
+        case .member: .member
+        case .joining: .joining
+        case .unknown: .unknown
+        }
+        self.init(configuration: reply.configuration, standing: standing, lease: reply.lease, history: reply.history)
     }
 }

@@ -40,6 +40,9 @@ public struct NodeConfiguration: Sendable {
     /// tail's and the joiner's disks and CPUs.
     public var catchUpBytesPerSecond: Int? = 300_000_000
 
+    /// The clock leases are counted on (monotonic). Tests pass one they advance by hand.
+    public var clock: any NodeClock = SystemNodeClock()
+
     /// Creates a configuration.
     public init(id: NodeID, clusterID: String, listen: Address, advertise: Address? = nil, masters: [Address], dataDirectory: String) {
         self.id = id

@@ -103,11 +103,7 @@ extension Node {
                 try await write(reply(.objectData, ByteBuffer()), outbound)
             case .catchUpRequest:
                 // Only the tail's durable log is all committed: a joiner copies from it alone.
-                let view = replica.view.snapshot
-                guard view.role?.answersReads == true, view.failure == nil else {
-                    let tail = view.configuration?.tail.map { "\($0.id) at \($0.address)" } ?? "unknown"
-                    throw CatenaError(.redirect, "catch-up copies from the tail: \(tail)")
-                }
+                try replica.view.snapshot.node.checkCatchUpSource()
                 let request = try CatchUpRequest(decoding: frame.payload)
                 try await CatchUpSource.serve(request, store: store) { (chunk, more) throws(CatenaError) in
                     try await write(reply(.catchUpChunk, chunk.encoded(), more: more), outbound)
@@ -120,20 +116,10 @@ extension Node {
         }
     }
 
-    /// Reads are answered by the tail only (until CRAQ); others redirect there.
+    /// Reads are answered by the tail only (until CRAQ); others redirect there. The rules are
+    /// the node state machine's (``NodeStateMachine/View/checkReads(at:me:)``).
     private func checkReads() throws(CatenaError) {
-        let view = replica.view.snapshot
-        guard let role = view.role else {
-            throw CatenaError(.redirect, "\(configuration.id) is not in the chain at epoch \(view.epoch); ask the master")
-        }
-        guard role.answersReads else {
-            let tail = view.configuration?.tail.map { "\($0.id) at \($0.address)" } ?? "unknown"
-            throw CatenaError(.redirect, "reads go to the tail: \(tail)")
-        }
-        try checkLease()
-        guard !view.readsBlocked else {
-            throw CatenaError(.unavailable, "\(configuration.id) joined the chain and is still receiving writes committed before; retry shortly")
-        }
+        try replica.view.snapshot.node.checkReads(at: configuration.clock.nanoseconds, me: configuration.id)
     }
 
     /// A tail the master could not renew may already be replaced, so a read is answered only if
@@ -141,9 +127,7 @@ extension Node {
     /// the latest committed one at a moment this node was the tail (a pause in between, of any
     /// length, fails the second check).
     private func checkLease() throws(CatenaError) {
-        guard replica.view.leaseValid(at: .now) else {
-            throw CatenaError(.unavailable, "\(configuration.id)'s lease from the master ran out; it serves no reads until renewed")
-        }
+        try replica.view.snapshot.node.checkLease(at: configuration.clock.nanoseconds, me: configuration.id)
     }
 
     private func write(_ frame: Frame, _ outbound: NIOAsyncChannelOutboundWriter<Frame>) async throws(CatenaError) {

@@ -2,24 +2,20 @@ import CatenaCore
 import CatenaNetwork
 import CatenaStorage
 import CatenaWire
+import DequeModule
 import Logging
 import NIOCore
 import Synchronization
 
-/// The replication connection from this node to its successor.
+/// The replication connection from this node to its successor: it sends what the replica
+/// hands it, in order, and hands back what the successor says (its position, acknowledgements).
 ///
-/// Records to forward wait in an in-memory queue (bounded, chain-wide, by the head's
-/// uncommitted-bytes limit). On every (re)connection the successor first reports the last LSN it
-/// holds; the replica drops what it has from the queue and, if it lacks records already sent
-/// (or lost with a broken connection), asks for a resend: the link then streams those records
-/// from the local log — the Sent list holds LSNs, not values — before continuing with the queue.
-/// Acknowledgements coming back are handed to the replica.
-///
-/// A record is sent only once it is durable in the local log, so every node's durable log
-/// contains its successor's: a node that crashes and restarts never finds its successor ahead of
-/// it, and a restarted head can never hand out an LSN its successor already holds. The cost is
-/// one local fsync of latency per hop (throughput is unchanged: group commit keeps the pipeline
-/// full).
+/// What to send and when is the ``NodeStateMachine``'s: records only once durable in the local
+/// log (so every node's durable log contains its successor's), and on every (re)connection,
+/// once the successor has reported the last LSN it holds, a resend from the local log of what it
+/// lacks — the Sent list holds LSNs, not values. The link keeps a FIFO of work — batches of
+/// records, and ranges to stream from the log — which the replica clears when the successor
+/// reports on a new connection (whatever it held was for the old one).
 final class ReplicationLink: Sendable {
     /// The successor.
     let target: ChainMember
@@ -32,22 +28,22 @@ final class ReplicationLink: Sendable {
     private let logger: Logger
     private let state = Mutex(State())
 
+    private enum Work {
+        case records([EncodedRecord])
+        case fromLog(after: LSN, through: LSN)
+    }
+
     private struct State: ~Copyable {
-        var queue: [EncodedRecord] = []
-        var queueHead = 0
+        var queue = Deque<Work>()
         var queuedBytes = 0
-        var resend: (after: LSN, through: LSN)?
-        /// Records are sent only once durable here (see the type's documentation).
-        var durableSeq: UInt64 = 0
         var waiter: CheckedContinuation<Void, Never>?
         var closed = false
         var task: Task<Void, Never>?
     }
 
     init(target: ChainMember, me: NodeID, clusterID: String, store: Store, view: ReplicaView,
-         maxBatchBytes: Int, limits: ConnectionLimits, durable: LSN, logger: Logger) {
+         maxBatchBytes: Int, limits: ConnectionLimits, logger: Logger) {
         self.target = target
-        state.withLock { $0.durableSeq = durable.seq }
         self.me = me
         self.clusterID = clusterID
         self.store = store
@@ -69,51 +65,37 @@ final class ReplicationLink: Sendable {
         if closed { task.cancel() }
     }
 
-    /// Bytes queued for sending.
+    /// Bytes of records queued for sending.
     var queuedBytes: Int { state.withLock { $0.queuedBytes } }
 
-    /// Queues records for the successor, in LSN order.
-    func forward(_ records: [EncodedRecord]) {
+    /// Queues records (durable here) for the successor, in LSN order.
+    func send(_ records: [EncodedRecord]) {
+        enqueue(.records(records), bytes: records.reduce(0) { $0 + $1.count })
+    }
+
+    /// Queues a resend of the records after `after` through `through` (durable here) from the log.
+    func resend(after: LSN, through: LSN) {
+        enqueue(.fromLog(after: after, through: through), bytes: 0)
+    }
+
+    private func enqueue(_ work: Work, bytes: Int) {
         let waiter: CheckedContinuation<Void, Never>? = state.withLock { s in
             guard !s.closed else { return nil }
-            s.queue.append(contentsOf: records)
-            s.queuedBytes += records.reduce(0) { $0 + $1.count }
+            s.queue.append(work)
+            s.queuedBytes += bytes
             defer { s.waiter = nil }
             return s.waiter
         }
         waiter?.resume()
     }
 
-    /// Everything through `lsn` is durable in the local log: it may be sent.
-    func durable(through lsn: LSN) {
-        let waiter: CheckedContinuation<Void, Never>? = state.withLock { s in
-            guard lsn.seq > s.durableSeq else { return nil }
-            s.durableSeq = lsn.seq
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume()
-    }
-
-    /// Forgets queued records the successor already holds.
-    func dropQueued(through seq: UInt64) {
+    /// Drops everything queued: the successor reported its position on a new connection, and
+    /// the replica resends what it lacks.
+    func clearQueue() {
         state.withLock { s in
-            while s.queueHead < s.queue.count, s.queue[s.queueHead].lsn.seq <= seq {
-                s.queuedBytes -= s.queue[s.queueHead].count
-                s.queueHead += 1
-            }
+            s.queue = []
+            s.queuedBytes = 0
         }
-    }
-
-    /// Sends the records after `after` through `through` from the local log before the queue.
-    func resend(after: LSN, through: LSN) {
-        dropQueued(through: through.seq)
-        let waiter: CheckedContinuation<Void, Never>? = state.withLock { s in
-            s.resend = (after, through)
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume()
     }
 
     /// Stops the link.
@@ -121,7 +103,6 @@ final class ReplicationLink: Sendable {
         let (task, waiter): (Task<Void, Never>?, CheckedContinuation<Void, Never>?) = state.withLock { s in
             s.closed = true
             s.queue = []
-            s.queueHead = 0
             s.queuedBytes = 0
             defer { s.waiter = nil }
             return (s.task, s.waiter)
@@ -216,31 +197,30 @@ final class ReplicationLink: Sendable {
     private func sendLoop(_ outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
         do {
             while !Task.isCancelled {
-                enum Work { case resend(LSN, LSN), batch([EncodedRecord]), wait, stop }
-                let work: Work = state.withLock { s in
+                enum Next { case batch([EncodedRecord]), fromLog(LSN, LSN), wait, stop }
+                let next: Next = state.withLock { s in
                     if s.closed { return .stop }
-                    if let r = s.resend { return .resend(r.after, r.through) }
-                    guard s.queueHead < s.queue.count, s.queue[s.queueHead].lsn.seq <= s.durableSeq else { return .wait }
-                    var batch: [EncodedRecord] = []
-                    var bytes = 0
-                    while s.queueHead < s.queue.count, s.queue[s.queueHead].lsn.seq <= s.durableSeq,
-                          bytes == 0 || bytes + s.queue[s.queueHead].count <= maxBatchBytes {
-                        let r = s.queue[s.queueHead]
-                        batch.append(r)
-                        bytes += r.count
-                        s.queueHead += 1
+                    switch s.queue.first {
+                    case nil:
+                        return .wait
+                    case .fromLog(let after, let through):
+                        s.queue.removeFirst()
+                        return .fromLog(after, through)
+                    case .records:
+                        // Consecutive batches go out together, up to the frame's batch size.
+                        var batch: [EncodedRecord] = []
+                        var bytes = 0
+                        while case .records(let records)? = s.queue.first,
+                              batch.isEmpty || bytes + records.reduce(0, { $0 + $1.count }) <= maxBatchBytes {
+                            s.queue.removeFirst()
+                            batch += records
+                            bytes += records.reduce(0) { $0 + $1.count }
+                        }
+                        s.queuedBytes -= bytes
+                        return .batch(batch)
                     }
-                    s.queuedBytes -= bytes
-                    if s.queueHead == s.queue.count {
-                        s.queue.removeAll(keepingCapacity: s.queue.count < 4096)
-                        s.queueHead = 0
-                    } else if s.queueHead > 4096 {
-                        s.queue.removeFirst(s.queueHead)
-                        s.queueHead = 0
-                    }
-                    return .batch(batch)
                 }
-                switch work {
+                switch next {
                 case .stop:
                     return
                 case .wait:
@@ -249,8 +229,7 @@ final class ReplicationLink: Sendable {
                     await withTaskCancellationHandler {
                         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                             let ready = state.withLock { s in
-                                let sendable = s.queueHead < s.queue.count && s.queue[s.queueHead].lsn.seq <= s.durableSeq
-                                if s.closed || s.resend != nil || sendable || Task.isCancelled { return true }
+                                if s.closed || !s.queue.isEmpty || Task.isCancelled { return true }
                                 s.waiter = c
                                 return false
                             }
@@ -261,11 +240,8 @@ final class ReplicationLink: Sendable {
                     }
                 case .batch(let records):
                     try await send(records, outbound)
-                case .resend(let after, let through):
+                case .fromLog(let after, let through):
                     try await resendFromLog(after: after, through: through, outbound)
-                    state.withLock { s in
-                        if let r = s.resend, r.after == after, r.through == through { s.resend = nil }
-                    }
                 }
             }
         } catch {
@@ -279,19 +255,17 @@ final class ReplicationLink: Sendable {
                                        payload: ReplicatePayload.encode(records)))
     }
 
-    /// Streams the records after `after` through `through` from the local log. Records not yet
-    /// durable here are waited for.
+    /// Streams the records after `after` through `through` (durable here) from the local log.
     private func resendFromLog(after: LSN, through: LSN, _ outbound: NIOAsyncChannelOutboundWriter<Frame>) async throws {
         var cursor = after
         logger.debug("resending from the log", metadata: ["after": "\(after)", "through": "\(through)"])
         while cursor.seq < through.seq {
             try Task.checkCancellation()
-            let limit = min(through.seq, state.withLock { $0.durableSeq })
             var iterator = try store.records(after: cursor).makeAsyncIterator()
             var batch: [EncodedRecord] = []
             var bytes = 0
-            while cursor.seq < limit, let r = try await iterator.nextRecord() {
-                guard r.lsn.seq <= limit else { break }
+            while cursor.seq < through.seq, let r = try await iterator.nextRecord() {
+                guard r.lsn.seq <= through.seq else { break }
                 guard r.lsn.seq > cursor.seq else { continue }
                 batch.append(r)
                 bytes += r.count
