@@ -47,6 +47,11 @@ public final class Store: Sendable {
         /// A failed fsync leaves the page cache in an unknown state: refuse writes until reopened.
         case failed(CatenaError)
         case closed
+
+        var isOpen: Bool {
+            if case .open = self { return true }
+            return false
+        }
     }
 
     struct PendingAppend {
@@ -185,8 +190,9 @@ public final class Store: Sendable {
         let opener = NIOThreadPool(numberOfThreads: 1)
         opener.start()
         defer { opener.shutdownGracefully { _ in } }
+        let store: Store
         do {
-            return try await opener.runIfActive { () throws -> Store in
+            store = try await opener.runIfActive { () throws -> Store in
                 try Store(opening: configuration, logger: logger)
             }
         } catch let error as CatenaError {
@@ -194,6 +200,13 @@ public final class Store: Sendable {
         } catch {
             throw CatenaError(.ioFailure, "opening \(configuration.directory): \(error)")
         }
+        do {
+            try await store.distrustWritesAfterSyncFailure()
+        } catch {
+            await store.close()
+            throw error
+        }
+        return store
     }
 
     private init(opening configuration: StoreConfiguration, logger: Logger) throws(CatenaError) {

@@ -279,14 +279,16 @@ extension Store {
             }
             if let failure {
                 // What reached the disk is unknown: refuse all writes until reopened.
-                let (rest, writtenDropped): ([PendingAppend], Int) = state.withLock { s in
+                let (rest, writtenDropped, durable): ([PendingAppend], Int, LSN?) = state.withLock { s in
+                    let first = s.lifecycle.isOpen
                     s.lifecycle = .failed(failure)
                     let rest = s.written.flatMap(\.appends) + s.dropQueuedAppends()
                     let writtenDropped = s.written.count
                     s.written = []
-                    return (rest, writtenDropped)
+                    return (rest, writtenDropped, first ? s.durable : nil)
                 }
                 logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(failure)"])
+                if let durable { recordSyncFailure(durableThrough: durable) }
                 let own = taken.flatMap(\.appends)
                 for p in own { p.ticket.complete(.failure(failure)) }
                 for p in rest {

@@ -328,9 +328,17 @@ public final class CrashSimulatingFileSystem: FileSystem, Sendable {
 
     /// Makes the next `count` file `sync()` calls throw ``CatenaError/Code/ioFailure``; the
     /// file's durable bytes stay as they were (nothing of the failed sync is made durable).
-    public func failNextSync(count: Int = 1) {
+    ///
+    /// With `losingDirtyPages`, a failed sync also forgets that the file's unsynced bytes are
+    /// unsynced, as Linux does after a writeback error ("fsyncgate"): reads still see them, a
+    /// later sync succeeds without making them durable, and after a crash the disk holds zeros
+    /// where they were.
+    public func failNextSync(count: Int = 1, losingDirtyPages: Bool = false) {
         precondition(count >= 0, "failNextSync needs a count >= 0, got \(count)")
-        state.withLock { $0.failingSyncs = count }
+        state.withLock {
+            $0.failingSyncs = count
+            $0.failedSyncsLoseDirtyPages = losingDirtyPages
+        }
     }
 
     /// Whether the power is cut (by ``failAfter(operations:)``) and every operation throws.
@@ -470,6 +478,16 @@ private struct Inode {
     /// written since the last sync) and every write in place, however large the file.
     var dirtyFrom: Int?
 
+    /// A writeback error: the unsynced bytes are no longer dirty but never reached the disk,
+    /// which holds zeros there (reads still see the bytes until a crash).
+    mutating func loseDirtyPages() {
+        guard let dirty = dirtyFrom else { return }
+        let keep = min(dirty, durable.count)
+        durable.removeSubrange(keep..<durable.count)
+        durable.append(contentsOf: repeatElement(0, count: max(0, current.count - keep)))
+        dirtyFrom = nil
+    }
+
     mutating func markDirty(from offset: Int) {
         dirtyFrom = min(dirtyFrom ?? offset, offset)
     }
@@ -544,6 +562,7 @@ private struct State {
     var failingWrites = 0
     var failingWriteCode = CatenaError.Code.ioFailure
     var failingSyncs = 0
+    var failedSyncsLoseDirtyPages = false
 
     var syncCount = 0
     var directorySyncCount = 0
@@ -662,6 +681,7 @@ private final class SimulatedFile: StorageFile {
         try fileSystem.withOpenFile(self, "fsync") { (s, inode, _) throws(CatenaError) in
             if s.failingSyncs > 0 {
                 s.failingSyncs -= 1
+                if s.failedSyncsLoseDirtyPages { s.inodes[inode]!.loseDirtyPages() }
                 throw CatenaError(.ioFailure, "fsync \(path): simulated I/O error")
             }
             s.inodes[inode]!.sync()

@@ -342,6 +342,22 @@ import Testing
         #expect(fs.durableContents(of: "/d/f") == [1, 2, 3])
     }
 
+    @Test func aSyncThatLosesDirtyPagesLeavesZerosOnDiskAndLaterSyncsDoNotSaveThem() throws {
+        let fs = try makeFileSystem()
+        try createFile(fs, "/d/f", [9], syncData: true, syncDirectory: "/d")
+        let file = try fs.open("/d/f", mode: .readWrite)
+        try file.write([1, 2, 3], at: 1)
+        fs.failNextSync(losingDirtyPages: true)
+        #expect(throws: CatenaError.self) { try file.sync() }
+        // Reads still see the bytes; a later sync "succeeds" without writing them.
+        #expect(try file.read(at: 0, count: 10) == [9, 1, 2, 3])
+        try file.write([4], at: 4)
+        try file.sync()
+        #expect(fs.durableContents(of: "/d/f") == [9, 0, 0, 0, 4])
+        fs.crash()
+        #expect(fs.contents(of: "/d/f") == [9, 0, 0, 0, 4])
+    }
+
     @Test func unlinkedOpenFileStaysReadableAndWritable() throws {
         let fs = try makeFileSystem()
         try createFile(fs, "/d/f", [1, 2, 3], syncData: true, syncDirectory: "/d")

@@ -9,6 +9,38 @@ import Testing
 /// system (which forgets everything not synced), plus one group-commit run on the real disk.
 @Suite("Durability")
 struct DurabilityTests {
+    /// After a writeback error Linux marks the pages clean: a restart without a power cut sees
+    /// the failed records in the page cache, and a sync at open "succeeds" without writing them.
+    /// The store must not call them durable then (a replica would acknowledge them), nor after
+    /// the power cut that loses them.
+    @Test func afterAFailedFsyncARestartDoesNotTrustWhatThePageCacheShows() async throws {
+        let fs = CrashSimulatingFileSystem()
+        let fixture = Fixture(fs: fs)
+        let store = try await fixture.open()
+        try await store.append([put("a", bytes("a1"), seq: 1), put("b", bytes("b1"), seq: 2)])
+        fs.failNextSync(losingDirtyPages: true)
+        await #expect { try await store.append([put("a", bytes("a2"), seq: 3)]) } throws: {
+            ($0 as? CatenaError)?.code == .ioFailure
+        }
+        await store.close()
+
+        // A process restart: the page cache still holds seq 3.
+        let restarted = try await fixture.open()
+        #expect(restarted.highestLSN.seq == 2 && restarted.lastEnqueuedLSN.seq == 2)
+        #expect(try await restarted.value("a") == bytes("a1"))
+        // It writes on from there, and that is durable.
+        try await restarted.append([put("c", bytes("c1"), seq: 3)])
+        await restarted.close()
+        fs.crash()
+        let afterPowerCut = try await fixture.open()
+        #expect(afterPowerCut.damage.isEmpty)
+        #expect(try await afterPowerCut.records(after: .zero).collect().map(\.lsn.seq) == [1, 2, 3])
+        #expect(try await afterPowerCut.value("c") == bytes("c1"))
+        #expect(try await afterPowerCut.value("a") == bytes("a1"))
+        #expect(!fs.fileExists("/data/n1/SYNCFAILED"))
+        await afterPowerCut.close()
+    }
+
     // MARK: - 1. Power loss at a random point under concurrent appenders
 
     /// The keys the crash workload writes.
