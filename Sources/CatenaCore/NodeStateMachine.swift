@@ -636,7 +636,8 @@ public struct NodeStateMachine: Sendable {
         }
         switch state {
         case .failed(let error):
-            return refuse(request.requestID, error)
+            // The node's failure, not the request's: the master replaces the node; retry there.
+            return refuse(request.requestID, CatenaError(.unavailable, "\(me) stopped: its log failed (\(error)); the master replaces it"))
         case .draining:
             return refuse(request.requestID, CatenaError(.unavailable, "\(me) is shutting down"))
         case .member:
@@ -762,8 +763,11 @@ public struct NodeStateMachine: Sendable {
         if case .failed = state { return [] }
         state = .failed(error)
         view.failure = error
+        // Writes taken here may still commit through the rest of the chain: their outcome is
+        // unknown, not failed — the client retries with the same request id at the new head.
+        let unknown = CatenaError(.unavailable, "\(me) stopped (its log failed: \(error)); the write may or may not commit: retry with the same request id")
         return [.note(Note(.critical, "local log failed; this node stops taking writes and replication until restarted: \(error)")),
-                .answerAll(error), .stopCatchUp] + wake() + [.publish(publishedView())]
+                .answerAll(unknown), .stopCatchUp] + wake() + [.publish(publishedView())]
     }
 
     /// Shutting down: no new writes; writes already taken may still commit until
