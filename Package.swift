@@ -127,6 +127,15 @@ let package = Package(
             name: "CatenaTestSupport",
             dependencies: ["CatenaCore", "CatenaStorage"]
         ),
+        // The deterministic whole-cluster simulation: the real ChainManager and NodeStateMachines
+        // over a simulated network, disks, clients and a nemesis (`catena simulate`, and CI).
+        .target(
+            name: "CatenaSimulation",
+            dependencies: [
+                "CatenaCore", "CatenaMaster", "CatenaCluster", "CatenaTestSupport",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
         .executableTarget(
             name: "catena",
             dependencies: [
@@ -138,6 +147,7 @@ let package = Package(
                 "CatenaNode",
                 "CatenaClient",
                 "CatenaWire",
+                "CatenaSimulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -172,6 +182,7 @@ let package = Package(
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
         .testTarget(name: "CatenaMasterTests", dependencies: ["CatenaMaster", "CatenaCluster", "CatenaCore"]),
         .testTarget(name: "CatenaTestSupportTests", dependencies: ["CatenaTestSupport", "CatenaCore"]),
+        .testTarget(name: "CatenaSimulationTests", dependencies: ["CatenaSimulation", "CatenaCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -71,16 +71,41 @@ public struct EpochHistory: Hashable, Sendable {
     /// asking — compaction may have dropped their records.
     public func lastShared(myLastSeq: UInt64, keeping: UInt64 = 0,
                            epochAt: (UInt64) async throws(CatenaError) -> UInt64) async throws(CatenaError) -> UInt64 {
-        var x = myLastSeq
-        while x > 0 {
-            if x <= keeping { return x }
-            let mine = try await epochAt(x)
-            guard let chain = epoch(atSeq: x) else { return 0 }
-            if mine == chain { return x }
-            // The chain's record at x was written in another epoch: everything from that epoch's
-            // first seq on differs (or cannot be proven equal) — look below it.
-            x = firstSeq(of: chain)! - 1
+        var step = SharedSearch.check(myLastSeq)
+        while case .check(let seq) = step {
+            step = search(at: seq, keeping: keeping, mine: seq == 0 || seq <= keeping ? nil : try await epochAt(seq))
         }
-        return 0
+        guard case .found(let seq) = step else { return 0 }
+        return seq
+    }
+
+    /// ``lastShared(myLastSeq:keeping:epochAt:)`` over a log read synchronously (the simulation's).
+    public func lastShared<Failure: Error>(myLastSeq: UInt64, keeping: UInt64 = 0,
+                                           epochAt: (UInt64) throws(Failure) -> UInt64) throws(Failure) -> UInt64 {
+        var step = SharedSearch.check(myLastSeq)
+        while case .check(let seq) = step {
+            step = search(at: seq, keeping: keeping, mine: seq == 0 || seq <= keeping ? nil : try epochAt(seq))
+        }
+        guard case .found(let seq) = step else { return 0 }
+        return seq
+    }
+
+    /// One step of the search for the last shared seq.
+    private enum SharedSearch {
+        /// The answer.
+        case found(UInt64)
+        /// Look at this seq next.
+        case check(UInt64)
+    }
+
+    /// Where the search goes from `seq`, whose record in this log has epoch `mine` (nil: not
+    /// read, because `seq` is 0 or at most `keeping`).
+    private func search(at seq: UInt64, keeping: UInt64, mine: UInt64?) -> SharedSearch {
+        if seq == 0 || seq <= keeping { return .found(seq) }
+        guard let chain = epoch(atSeq: seq) else { return .found(0) }
+        if mine == chain { return .found(seq) }
+        // The chain's record at seq was written in another epoch: everything from that epoch's
+        // first seq on differs (or cannot be proven equal) — look below it.
+        return .check(firstSeq(of: chain)! - 1)
     }
 }

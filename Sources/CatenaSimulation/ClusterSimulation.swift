@@ -1,0 +1,753 @@
+import CatenaCluster
+import CatenaCore
+import CatenaMaster
+import CatenaTestSupport
+import DequeModule
+
+/// What a simulated run does.
+public struct SimulationSettings: Hashable, Sendable {
+    /// Simulated nanoseconds of faults and load.
+    public var chaos: UInt64 = 6_000_000_000
+    /// The longest the cluster may take, once every fault is healed, to settle into one chain
+    /// whose members agree (beyond it: a liveness violation).
+    public var settleLimit: UInt64 = 30_000_000_000
+    /// Clients, each running one operation at a time.
+    public var clients = 3
+    /// Keys the clients share.
+    public var keys = 3
+    /// Whether the nemesis injects faults (off: a plain run, to measure the harness).
+    public var faults = true
+    /// The nodes' heartbeat interval.
+    public var heartbeatInterval: UInt64 = 100_000_000
+    /// The master's failure timeout (and lease).
+    public var failureTimeout: UInt64 = 1_000_000_000
+
+    /// The defaults above.
+    public init() {}
+}
+
+/// What a run found.
+public struct SimulationResult: Sendable {
+    /// The seed: the same seed replays the same run.
+    public var seed: UInt64
+    /// Broken rules (empty: the run kept every invariant).
+    public var violations: [String]
+    /// The run's events, when it was traced (the last ones).
+    public var trace: [String]
+    /// What happened in it.
+    public var stats: SimulationStats
+}
+
+/// Counts of what a run (or many) exercised.
+public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
+    public var runs = 0
+    public var kills = 0
+    public var pauses = 0
+    public var masterKills = 0
+    public var masterPauses = 0
+    public var partitions = 0
+    public var syncFailures = 0
+    public var diskFulls = 0
+    public var added = 0
+    public var removed = 0
+    public var reconfigurations = 0
+    public var truncations = 0
+    public var discards = 0
+    public var catchUpRecords = 0
+    public var writesAcknowledged = 0
+    public var writesUnknown = 0
+    public var readsAnswered = 0
+    public var events = 0
+
+    public init() {}
+
+    public mutating func add(_ o: SimulationStats) {
+        runs += o.runs; kills += o.kills; pauses += o.pauses; masterKills += o.masterKills; masterPauses += o.masterPauses
+        partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; added += o.added
+        removed += o.removed; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
+        catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
+        readsAnswered += o.readsAnswered; events += o.events
+    }
+
+    public var description: String {
+        "runs \(runs), events \(events), kills \(kills), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged), writes unknown \(writesUnknown), reads \(readsAnswered)"
+    }
+}
+
+/// A deterministic simulation of a whole Catena cluster, in the spirit of FoundationDB's: one
+/// thread, one seeded generator, a simulated clock, driving the real pure state machines — the
+/// master's ``ChainManager`` and a ``NodeStateMachine`` per node — over a simulated network
+/// (ordered connections that break, delay and partition, one-way too), simulated disks (a crash
+/// keeps only what was synced plus a prefix of the rest; fsync can fail; disks fill up),
+/// clients that retry with request ids and record their histories, and a nemesis that kills,
+/// restarts and pauses any process (the master too), partitions, fails disks, adds, removes
+/// and drains nodes — several at once, and in the middle of reconfigurations.
+///
+/// After the faults it heals everything and waits for one settled chain, runs a last round of
+/// operations that must succeed, and checks: every key's history is linearizable; every
+/// acknowledged write is in every member's log; the members' logs are identical; no LSN ever
+/// named two different records on two nodes (checked at every append); no node ever adopted a
+/// configuration older than one it had; the master's epochs only grew.
+///
+/// What it does not model: the storage engine's files (a node's log is an array with a durable
+/// prefix), compaction, the wire codecs, TCP details beyond ordered delivery and breaks, clock
+/// drift (every clock runs at the simulated rate), CPU.
+public final class ClusterSimulation {
+    public let seed: UInt64
+    let settings: SimulationSettings
+    let tracing: Bool
+    var rng: SplitMix64
+
+    var now: UInt64 = 0
+    var queue = EventQueue<Event>()
+    var nodes: [SimNode] = []
+    var master: SimMaster!
+    var clients: [SimClient] = []
+    var conns: [ReplConn] = []
+    var partitions: [Partition] = []
+    var phase = Phase.chaos
+    /// Every LSN ever appended anywhere, with its record's checksum (DESIGN invariant 8).
+    var lsnRegistry: [LSN: UInt64] = [:]
+    /// Acknowledged writes: where, which key, which request.
+    var acknowledged: [(lsn: LSN, key: Key, request: RequestID)] = []
+    var history: [RegisterOperation] = []
+    var violations: [String] = []
+    var trace = Deque<String>()
+    var stats = SimulationStats()
+    var nodeSettings = NodeStateMachine.Settings()
+
+    enum Phase { case chaos, healing, final, done }
+
+    public init(seed: UInt64, settings: SimulationSettings = SimulationSettings(), tracing: Bool = false) {
+        self.seed = seed
+        self.settings = settings
+        self.tracing = tracing
+        self.rng = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ 0x632B_E59B_D9B4_E019)
+        nodeSettings.maxUncommittedBytes = 64 << 10
+        setUp()
+    }
+
+    // MARK: - Randomness and tracing
+
+    func random(_ range: ClosedRange<UInt64>) -> UInt64 { UInt64.random(in: range, using: &rng) }
+    func random(_ range: Range<Int>) -> Int { Int.random(in: range, using: &rng) }
+    func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &rng) < p }
+
+    func log(_ message: @autoclosure () -> String) {
+        guard tracing else { return }
+        trace.append("\(Self.time(now)) \(message())")
+        if trace.count > 600 { trace.removeFirst() }
+    }
+
+    static func time(_ t: UInt64) -> String {
+        let ms = t / 1_000_000, us = (t / 1_000) % 1_000
+        return "\(ms).\(us < 10 ? "00" : us < 100 ? "0" : "")\(us)ms"
+    }
+
+    func violation(_ message: String) {
+        log("VIOLATION: \(message)")
+        violations.append(message)
+    }
+
+    // MARK: - Set-up
+
+    private func setUp() {
+        let count = random(1..<6)
+        var members: [ChainMember] = []
+        for i in 0..<count {
+            let n = SimNode(sim: self, index: i)
+            nodes.append(n)
+            members.append(n.member)
+        }
+        let state = MasterState(initial: try! ChainConfiguration(clusterID: "sim", chainID: 1, epoch: 1, members: members))
+        master = SimMaster(sim: self, state: state)
+        for n in nodes { n.start() }
+        master.start()
+        for c in 0..<settings.clients {
+            let client = SimClient(sim: self, index: c)
+            clients.append(client)
+            schedule(.clientWake(c, gen: 0), after: random(0...50_000_000))
+        }
+        if settings.faults { schedule(.nemesis, after: random(100_000_000...600_000_000)) }
+        schedule(.endChaos, after: settings.chaos)
+        log("start: \(count) members, \(settings.clients) clients on \(settings.keys) keys")
+    }
+
+    // MARK: - Running
+
+    /// Runs to the end and checks.
+    public func run() -> SimulationResult {
+        while violations.isEmpty, phase != .done, let (at, event) = queue.pop() {
+            now = max(now, at)
+            stats.events += 1
+            dispatch(event)
+            if stats.events > 3_000_000 {
+                violation("the run did not end within 3,000,000 events")
+            }
+        }
+        if violations.isEmpty { finalChecks() }
+        stats.runs = 1
+        return SimulationResult(seed: seed, violations: violations, trace: Array(trace), stats: stats)
+    }
+
+    func schedule(_ event: Event, after delay: UInt64) {
+        queue.push(event, at: now &+ delay)
+    }
+
+    enum Event {
+        case rpc(RPC)
+        case repl(conn: Int, toPredecessor: Bool, ReplMessage)
+        case replAccept(conn: Int)
+        case nodeBeat(Int, inc: Int)
+        case nodeBeatTimeout(Int, inc: Int, sentAt: UInt64)
+        case nodeSync(Int, inc: Int)
+        case nodeSlowDone(Int, inc: Int)
+        case linkConnect(Int, inc: Int, gen: Int)
+        case catchUpStep(Int, inc: Int, gen: Int)
+        case catchUpTimeout(Int, inc: Int, request: Int)
+        case readDone(Int, inc: Int, ReadJob)
+        case masterTick(inc: Int)
+        case masterPersisted(inc: Int)
+        case clientWake(Int, gen: Int)
+        case nemesis
+        case endFault(Fault)
+        case endChaos
+        case settleCheck
+    }
+
+    /// The process an event runs in, if a paused process must not run it yet.
+    private func target(of event: Event) -> Process? {
+        switch event {
+        case .rpc(let m): return m.to
+        case .repl(let conn, let toPredecessor, _): return .node(toPredecessor ? conns[conn].pred : conns[conn].succ)
+        case .replAccept(let conn): return .node(conns[conn].succ)
+        case .nodeBeat(let i, _), .nodeBeatTimeout(let i, _, _), .nodeSync(let i, _), .nodeSlowDone(let i, _),
+             .linkConnect(let i, _, _), .catchUpStep(let i, _, _), .catchUpTimeout(let i, _, _), .readDone(let i, _, _):
+            return .node(i)
+        case .masterTick, .masterPersisted: return .master
+        case .clientWake, .nemesis, .endFault, .endChaos, .settleCheck: return nil
+        }
+    }
+
+    private func dispatch(_ event: Event) {
+        // A paused process runs nothing until it resumes: its events wait, in order.
+        if let process = target(of: event), let until = pausedUntil(process), until > now {
+            queue.push(event, at: until)
+            return
+        }
+        switch event {
+        case .rpc(let m): deliver(m)
+        case .repl(let conn, let toPredecessor, let message): deliverRepl(conn, toPredecessor: toPredecessor, message)
+        case .replAccept(let conn): accept(conn)
+        case .nodeBeat(let i, let inc): if nodes[i].running(inc) { nodes[i].beat() }
+        case .nodeBeatTimeout(let i, let inc, let sentAt): if nodes[i].running(inc) { nodes[i].beatTimedOut(sentAt: sentAt) }
+        case .nodeSync(let i, let inc): if nodes[i].running(inc) { nodes[i].synced() }
+        case .nodeSlowDone(let i, let inc): if nodes[i].running(inc) { nodes[i].slowDone() }
+        case .linkConnect(let i, let inc, let gen): if nodes[i].running(inc) { nodes[i].connectLink(gen: gen) }
+        case .catchUpStep(let i, let inc, let gen): if nodes[i].running(inc) { nodes[i].catchUpStep(gen: gen) }
+        case .catchUpTimeout(let i, let inc, let request): if nodes[i].running(inc) { nodes[i].catchUpTimedOut(request: request) }
+        case .readDone(let i, let inc, let job): if nodes[i].running(inc) { nodes[i].finishRead(job) }
+        case .masterTick(let inc): if master.running(inc) { master.tick() }
+        case .masterPersisted(let inc): if master.running(inc) { master.persisted() }
+        case .clientWake(let c, let gen): clients[c].wake(gen: gen)
+        case .nemesis: nemesis()
+        case .endFault(let fault): end(fault)
+        case .endChaos: heal()
+        case .settleCheck: settleCheck()
+        }
+    }
+
+    func pausedUntil(_ process: Process) -> UInt64? {
+        switch process {
+        case .node(let i): if case .paused(let until) = nodes[i].life { return until }
+        case .master: if case .paused(let until) = master.life { return until }
+        case .client: break
+        }
+        return nil
+    }
+
+    // MARK: - The network
+
+    /// A process that sends and receives messages.
+    enum Process: Hashable {
+        case node(Int)
+        case master
+        case client(Int)
+    }
+
+    /// A request or reply between two processes (heartbeats, client requests, catch-up).
+    struct RPC {
+        var from: Process
+        var to: Process
+        /// The receiver's incarnation when sent: a restarted process never gets its
+        /// predecessor's messages.
+        var toIncarnation: Int
+        var payload: Payload
+    }
+
+    enum Payload {
+        case heartbeat(ChainManager.Beat, sentAt: UInt64)
+        case heartbeatReply(ChainManager.Reply, sentAt: UInt64)
+        case getConfiguration(attempt: Int)
+        case configuration(ChainConfiguration, attempt: Int)
+        case write(WriteRequest, attempt: Int)
+        case get(Key, attempt: Int)
+        case writeResult(Result<LSN, CatenaError>, attempt: Int)
+        case readResult(Result<[UInt8]?, CatenaError>, attempt: Int)
+        case catchUpRequest(after: LSN, request: Int)
+        case catchUpReply(Result<[EncodedRecord], CatenaError>, request: Int)
+    }
+
+    /// Whether messages from `a` to `b` are dropped now.
+    func blocked(_ a: Process, _ b: Process) -> Bool {
+        partitions.contains { $0.blocks(a, b) }
+    }
+
+    func incarnation(of p: Process) -> Int {
+        switch p {
+        case .node(let i): nodes[i].inc
+        case .master: master.inc
+        case .client: 0
+        }
+    }
+
+    func isUp(_ p: Process) -> Bool {
+        switch p {
+        case .node(let i): nodes[i].life.isUp
+        case .master: master.life.isUp
+        case .client: true
+        }
+    }
+
+    /// Sends a message; it arrives after a network delay unless a partition drops it (when sent
+    /// or when it would arrive) or the receiver restarted meanwhile.
+    func send(_ payload: Payload, from: Process, to: Process) {
+        guard !blocked(from, to) else { return }
+        let delay = chance(0.02) ? random(5_000_000...40_000_000) : random(50_000...600_000)
+        schedule(.rpc(RPC(from: from, to: to, toIncarnation: incarnation(of: to), payload: payload)), after: delay)
+    }
+
+    private func deliver(_ m: RPC) {
+        guard !blocked(m.from, m.to), isUp(m.to), incarnation(of: m.to) == m.toIncarnation else { return }
+        switch m.to {
+        case .master: master.receive(m.payload, from: m.from)
+        case .node(let i): nodes[i].receive(m.payload, from: m.from)
+        case .client(let c): clients[c].receive(m.payload)
+        }
+    }
+
+    /// Opens a replication connection from `pred` to `succ`; the successor accepts it (or not)
+    /// after a network delay.
+    func openConnection(from pred: Int, to succ: Int) -> Int {
+        let id = conns.count
+        conns.append(ReplConn(id: id, pred: pred, predInc: nodes[pred].inc, succ: succ, succInc: nodes[succ].inc))
+        if blocked(.node(pred), .node(succ)) || blocked(.node(succ), .node(pred)) || !nodes[succ].life.isUp {
+            // Refused or unanswered: the link sees it break after a while.
+            schedule(.repl(conn: id, toPredecessor: true, .closed), after: random(1_000_000...20_000_000))
+            conns[id].open = false
+            return id
+        }
+        schedule(.replAccept(conn: id), after: random(100_000...1_000_000))
+        return id
+    }
+
+    private func accept(_ id: Int) {
+        let c = conns[id]
+        guard c.open, nodes[c.succ].running(c.succInc) else { return breakConnection(id) }
+        nodes[c.succ].accept(connection: id, from: c.pred)
+    }
+
+    /// Sends `message` over the connection, in order with everything sent before on it.
+    func sendRepl(_ id: Int, toPredecessor: Bool, _ message: ReplMessage) {
+        guard conns[id].open else { return }
+        let c = conns[id]
+        let (from, to) = toPredecessor ? (c.succ, c.pred) : (c.pred, c.succ)
+        if blocked(.node(from), .node(to)) { return breakConnection(id) }
+        let earliest = now &+ (chance(0.02) ? random(2_000_000...20_000_000) : random(50_000...500_000))
+        let at = max(earliest, toPredecessor ? c.lastToPredecessor : c.lastToSuccessor)
+        if toPredecessor { conns[id].lastToPredecessor = at } else { conns[id].lastToSuccessor = at }
+        queue.push(.repl(conn: id, toPredecessor: toPredecessor, message), at: at)
+    }
+
+    private func deliverRepl(_ id: Int, toPredecessor: Bool, _ message: ReplMessage) {
+        let c = conns[id]
+        if case .closed = message {
+            if toPredecessor, nodes[c.pred].running(c.predInc) { nodes[c.pred].connectionClosed(id) }
+            if !toPredecessor, nodes[c.succ].running(c.succInc) { nodes[c.succ].connectionClosed(id) }
+            return
+        }
+        guard c.open else { return }
+        let (from, to) = toPredecessor ? (c.succ, c.pred) : (c.pred, c.succ)
+        guard !blocked(.node(from), .node(to)), nodes[c.pred].running(c.predInc), nodes[c.succ].running(c.succInc) else {
+            return breakConnection(id)
+        }
+        nodes[to].receiveRepl(message, on: id, toPredecessor: toPredecessor)
+    }
+
+    /// Breaks a connection: each end notices after a moment.
+    func breakConnection(_ id: Int) {
+        guard conns[id].open else { return }
+        conns[id].open = false
+        let c = conns[id]
+        if nodes[c.pred].running(c.predInc) {
+            queue.push(.repl(conn: id, toPredecessor: true, .closed), at: max(now &+ random(100_000...5_000_000), c.lastToPredecessor))
+        }
+        if nodes[c.succ].running(c.succInc) {
+            queue.push(.repl(conn: id, toPredecessor: false, .closed), at: max(now &+ random(100_000...5_000_000), c.lastToSuccessor))
+        }
+    }
+
+    /// The index of the node at `member`'s address.
+    func index(of member: ChainMember) -> Int? {
+        nodes.firstIndex { $0.member == member }
+    }
+
+    // MARK: - Invariant bookkeeping
+
+    /// Records that some node holds `records` in its log: no LSN may ever name two records.
+    func register(_ records: [EncodedRecord], at node: Int) {
+        for r in records {
+            let sum = r.bytes.withUnsafeBytes { $0.le(r.bytes.count - 8, as: UInt64.self) }
+            if let known = lsnRegistry[r.lsn] {
+                if known != sum {
+                    violation("LSN \(r.lsn) names two different records: \(nodes[node].id) now holds another one than was seen before")
+                }
+            } else {
+                lsnRegistry[r.lsn] = sum
+            }
+        }
+    }
+
+    // MARK: - Faults
+
+    enum Fault {
+        case resumeNode(Int)
+        case restartNode(Int)
+        case resumeMaster
+        case restartMaster
+        case heal(Int)
+        case diskOK(Int)
+    }
+
+    private func nemesis() {
+        guard phase == .chaos else { return }
+        let live = nodes.indices.filter { nodes[$0].life.isUp && !nodes[$0].removed }
+        switch random(0..<20) {
+        case 0, 1, 2:
+            if let i = live.randomElement(using: &rng), live.count > 1 || chance(0.3) {
+                stats.kills += 1
+                nodes[i].kill()
+                schedule(.endFault(.restartNode(i)), after: random(100_000_000...3_000_000_000))
+            }
+        case 3, 4, 5:
+            if let i = live.randomElement(using: &rng) {
+                stats.pauses += 1
+                let d = chance(0.5) ? random(200_000_000...900_000_000) : random(1_100_000_000...3_000_000_000)
+                nodes[i].life = .paused(until: now + d)
+                log("\(nodes[i].id) paused for \(d / 1_000_000) ms")
+                schedule(.endFault(.resumeNode(i)), after: d)
+            }
+        case 6:
+            if master.life.isUp {
+                stats.masterKills += 1
+                master.kill()
+                schedule(.endFault(.restartMaster), after: random(50_000_000...2_000_000_000))
+            }
+        case 7:
+            if master.life.isUp {
+                stats.masterPauses += 1
+                let d = random(300_000_000...3_000_000_000)
+                master.life = .paused(until: now + d)
+                log("master paused for \(d / 1_000_000) ms")
+                schedule(.endFault(.resumeMaster), after: d)
+            }
+        case 8, 9, 10, 11:
+            let p = Partition.random(id: stats.partitions + 1, nodes: nodes.indices.filter { !nodes[$0].removed }, clients: clients.count, using: &rng)
+            partitions.append(p)
+            stats.partitions += 1
+            log("partition \(p)")
+            for c in conns.indices where conns[c].open && (p.blocks(.node(conns[c].pred), .node(conns[c].succ)) || p.blocks(.node(conns[c].succ), .node(conns[c].pred))) {
+                breakConnection(c)
+            }
+            schedule(.endFault(.heal(p.id)), after: random(200_000_000...3_000_000_000))
+        case 12:
+            if let i = live.randomElement(using: &rng) {
+                stats.syncFailures += 1
+                nodes[i].failNextSync = true
+                log("\(nodes[i].id): the next fsync fails")
+            }
+        case 13:
+            if let i = live.randomElement(using: &rng) {
+                stats.diskFulls += 1
+                nodes[i].diskFull = true
+                log("\(nodes[i].id): disk full")
+                schedule(.endFault(.diskOK(i)), after: random(100_000_000...2_000_000_000))
+            }
+        case 14:
+            // An operator adds a node.
+            if nodes.filter({ !$0.removed }).count < 6, master.life.isUp {
+                let n = SimNode(sim: self, index: nodes.count)
+                nodes.append(n)
+                n.start()
+                do {
+                    try master.manager.addNode(n.id, address: n.member.address)
+                    stats.added += 1
+                    log("operator adds \(n.id)")
+                    master.propose()
+                } catch {
+                    log("operator could not add \(n.id): \(error)")
+                }
+            }
+        case 15:
+            // An operator removes (drains) a node.
+            let candidates = nodes.indices.filter { !nodes[$0].removed && !nodes[$0].removing }
+            if candidates.count > 2, master.life.isUp, let i = candidates.randomElement(using: &rng) {
+                do {
+                    try master.manager.removeNode(nodes[i].id, now: master.clock)
+                    nodes[i].removing = true
+                    stats.removed += 1
+                    log("operator removes \(nodes[i].id)")
+                    master.propose()
+                } catch {
+                    log("operator could not remove \(nodes[i].id): \(error)")
+                }
+            }
+        case 16:
+            if let c = conns.indices.filter({ conns[$0].open }).randomElement(using: &rng) {
+                log("connection \(c) breaks")
+                breakConnection(c)
+            }
+        default:
+            break
+        }
+        schedule(.nemesis, after: random(50_000_000...500_000_000))
+    }
+
+    private func end(_ fault: Fault) {
+        switch fault {
+        case .resumeNode(let i):
+            if case .paused(let until) = nodes[i].life, until <= now {
+                nodes[i].life = .alive
+                log("\(nodes[i].id) resumes")
+            }
+        case .restartNode(let i):
+            if nodes[i].life == .dead, !nodes[i].removed { nodes[i].restart() }
+        case .resumeMaster:
+            if case .paused(let until) = master.life, until <= now {
+                master.life = .alive
+                log("master resumes")
+            }
+        case .restartMaster:
+            if master.life == .dead { master.restart() }
+        case .heal(let id):
+            partitions.removeAll { $0.id == id }
+            log("partition \(id) healed")
+        case .diskOK(let i):
+            nodes[i].diskFull = false
+        }
+    }
+
+    /// Ends the faults: every partition heals, paused processes resume, dead and failed ones
+    /// restart; then waits for one settled chain.
+    private func heal() {
+        phase = .healing
+        log("healing")
+        partitions = []
+        if master.life == .dead { master.restart() }
+        if case .paused = master.life { master.life = .alive }
+        for n in nodes where !n.removed {
+            n.diskFull = false
+            n.failNextSync = false
+            if case .paused = n.life { n.life = .alive }
+            if n.life == .dead || n.machine.failure != nil {
+                if n.life != .dead { n.kill() }
+                n.restart()
+            }
+        }
+        settleDeadline = now + settings.settleLimit
+        schedule(.settleCheck, after: 100_000_000)
+    }
+
+    var settleDeadline: UInt64 = 0
+
+    /// Whether the cluster has settled: every node not removed is a member of the master's
+    /// configuration, every member runs it and holds the same log, durably, and no client is in
+    /// the middle of an operation.
+    private func settled() -> Bool {
+        guard master.life == .alive, master.inFlight == nil else { return false }
+        let config = master.manager.state.configuration
+        // Nodes an operator removed are not expected back (one that was down when the master
+        // forgot it cannot tell it was removed, and waits to be added); one whose removal a
+        // master restart lost may stay.
+        let expected = nodes.filter { !$0.removed && !$0.removing && $0.life == .alive }
+        guard !expected.isEmpty, expected.allSatisfy({ n in config.members.contains { $0.id == n.id } }) else { return false }
+        let members = config.members.compactMap { m in nodes.first { $0.id == m.id } }
+        guard members.count == config.members.count, members.allSatisfy({ !$0.removed && $0.life == .alive }) else { return false }
+        guard members.allSatisfy({ $0.machine.state == .member && $0.machine.epoch == config.epoch && $0.disk.durable == $0.disk.records.count }) else {
+            return false
+        }
+        let first = members[0].disk.records
+        guard members.allSatisfy({ $0.disk.records.count == first.count && $0.disk.records.last?.lsn == first.last?.lsn }) else { return false }
+        return clients.allSatisfy { $0.op == nil }
+    }
+
+    private func settleCheck() {
+        switch phase {
+        case .healing:
+            if settled() {
+                phase = .final
+                log("settled at epoch \(master.manager.state.epoch); final round")
+                for c in clients { c.startFinalRound() }
+            } else if now > settleDeadline {
+                violation("the cluster did not settle within \(settings.settleLimit / 1_000_000_000) s of healing: \(describe())")
+                phase = .done
+                return
+            }
+            schedule(.settleCheck, after: 100_000_000)
+        case .final:
+            if clients.allSatisfy({ $0.finalDone }) && settled() {
+                phase = .done
+            } else if now > settleDeadline + 30_000_000_000 {
+                violation("the final round did not finish: \(describe())")
+                phase = .done
+            } else {
+                schedule(.settleCheck, after: 100_000_000)
+            }
+        default:
+            break
+        }
+    }
+
+    func describe() -> String {
+        let c = master.manager.state
+        let ns = nodes.map { n in
+            "\(n.id)[\(n.life)\(n.removed ? " removed" : "") \(n.machine.state) e\(n.machine.epoch) log \(n.disk.records.last?.lsn ?? .zero) durable \(n.disk.durable)]"
+        }
+        return "master epoch \(c.epoch) members \(c.configuration.members.map(\.id.rawValue)) standbys \(c.standbys.map(\.id.rawValue)) \(master.life); \(ns.joined(separator: " "))"
+    }
+
+    // MARK: - Final checks
+
+    private func finalChecks() {
+        stats.reconfigurations = Int(master.manager.state.epoch) - 1
+        switch LinearizabilityChecker.check(history) {
+        case .linearizable: break
+        case .notLinearizable(let key, let explanation): violation("key \(key) is not linearizable: \(explanation)")
+        case .gaveUp(let key): log("the checker gave up on key \(key) (too many states)")
+        }
+        let members = nodes.filter { n in master.manager.state.configuration.members.contains { $0.id == n.id } }
+        var lost: [String] = []
+        for (lsn, key, request) in acknowledged {
+            for n in members {
+                guard lsn.seq >= 1, Int(lsn.seq) <= n.disk.records.count else {
+                    lost.append("acknowledged write \(lsn) (\(key)) is missing from \(n.id), whose log ends at \(n.disk.records.last?.lsn ?? .zero)")
+                    continue
+                }
+                let r = n.disk.records[Int(lsn.seq) - 1]
+                if r.lsn != lsn || r.key != key || r.header.requestID != request {
+                    lost.append("acknowledged write \(lsn) (\(key)) is not in \(n.id)'s log, which has \(r.lsn) (\(r.key)) there")
+                }
+            }
+        }
+        if !lost.isEmpty {
+            violation(lost.prefix(3).joined(separator: "; ") + (lost.count > 3 ? "; and \(lost.count - 3) more" : ""))
+        }
+        if let first = members.first {
+            for n in members.dropFirst() where n.disk.records != first.disk.records {
+                violation("\(n.id)'s log differs from \(first.id)'s once settled")
+            }
+        }
+    }
+}
+
+/// Where a process is.
+enum Life: Equatable, CustomStringConvertible {
+    case alive
+    case paused(until: UInt64)
+    case dead
+
+    var isUp: Bool {
+        if case .dead = self { return false }
+        return true
+    }
+
+    var description: String {
+        switch self {
+        case .alive: "alive"
+        case .paused: "paused"
+        case .dead: "dead"
+        }
+    }
+}
+
+/// A replication connection from a predecessor to its successor.
+struct ReplConn {
+    var id: Int
+    var pred: Int
+    var predInc: Int
+    var succ: Int
+    var succInc: Int
+    var open = true
+    var lastToSuccessor: UInt64 = 0
+    var lastToPredecessor: UInt64 = 0
+}
+
+/// What travels on a replication connection.
+enum ReplMessage {
+    case position(LSN, epoch: UInt64)
+    case acknowledge(LSN, epoch: UInt64)
+    case replicate([EncodedRecord], epoch: UInt64)
+    case readTarget(LSN)
+    case closed
+}
+
+/// A read at the tail between its two lease checks.
+struct ReadJob {
+    var client: Int
+    var attempt: Int
+    var value: [UInt8]?
+}
+
+/// A set of directed links the network drops.
+struct Partition: CustomStringConvertible {
+    let id: Int
+    let kind: String
+    /// Directed pairs (from, to) that are cut.
+    let cut: [(ClusterSimulation.Process, ClusterSimulation.Process)]
+
+    func blocks(_ a: ClusterSimulation.Process, _ b: ClusterSimulation.Process) -> Bool {
+        cut.contains { $0.0 == a && $0.1 == b }
+    }
+
+    var description: String { "\(id) \(kind)" }
+
+    static func random(id: Int, nodes: [Int], clients: Int, using rng: inout SplitMix64) -> Partition {
+        typealias P = ClusterSimulation.Process
+        let everyone: [P] = nodes.map { .node($0) } + [.master] + (0..<clients).map { .client($0) }
+        var cut: [(P, P)] = []
+        var kind = ""
+        let x = nodes.randomElement(using: &rng) ?? 0
+        switch Int.random(in: 0..<6, using: &rng) {
+        case 0:
+            kind = "n\(x + 1) isolated"
+            for p in everyone where p != .node(x) { cut += [(.node(x), p), (p, .node(x))] }
+        case 1 where nodes.count > 1:
+            let y = nodes.filter { $0 != x }.randomElement(using: &rng)!
+            kind = "n\(x + 1) -/-> n\(y + 1) (one way)"
+            cut = [(.node(x), .node(y))]
+        case 2 where nodes.count > 1:
+            kind = "n\(x + 1) reaches the master but not its peers"
+            for y in nodes where y != x { cut += [(.node(x), .node(y)), (.node(y), .node(x))] }
+        case 3:
+            kind = "n\(x + 1) cannot reach the master (one way)"
+            cut = [(.node(x), .master)]
+        case 4:
+            kind = "the master is cut off from the nodes"
+            for y in nodes { cut += [(.node(y), .master), (.master, .node(y))] }
+        default:
+            kind = "clients cannot reach n\(x + 1)"
+            for c in 0..<clients { cut += [(.client(c), .node(x)), (.node(x), .client(c))] }
+        }
+        return Partition(id: id, kind: kind, cut: cut)
+    }
+}

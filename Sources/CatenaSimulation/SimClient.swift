@@ -1,0 +1,239 @@
+import CatenaCore
+import CatenaTestSupport
+
+/// A client in the simulation, behaving like `CatenaClient`: it routes writes to the head and
+/// reads to the tail of the configuration it fetched from the master, gives each attempt a
+/// short timeout, and on a redirect, a stale epoch, an unavailable node or silence refreshes
+/// the configuration and retries with backoff until its deadline — keeping a write's request id,
+/// so a retry applies once. Every operation goes into the run's history: acknowledged, failed
+/// for sure, or of unknown outcome.
+final class SimClient {
+    unowned let sim: ClusterSimulation
+    let index: Int
+    var configuration: ChainConfiguration?
+    var stale = true
+    var op: Operation?
+    var gen = 0
+    var count: UInt64 = 0
+    /// Attempts are numbered across operations, so a late answer to an earlier operation is
+    /// never taken for the current one's.
+    var attempts = 0
+    var finalRound: [Operation.Kind] = []
+    var inFinalRound = false
+    var finalDone = false
+
+    struct Operation {
+        enum Kind {
+            case put(String, [UInt8])
+            case delete(String)
+            case get(String)
+
+            var key: String {
+                switch self {
+                case .put(let k, _), .delete(let k), .get(let k): k
+                }
+            }
+        }
+
+        var kind: Kind
+        var request: RequestID
+        var invoke: UInt64
+        var deadline: UInt64
+        var attempt = 0
+        var backoff: UInt64 = 5_000_000
+        /// Waiting for the master's configuration (this attempt).
+        var askingMaster = false
+    }
+
+    init(sim: ClusterSimulation, index: Int) {
+        self.sim = sim
+        self.index = index
+    }
+
+    private var process: ClusterSimulation.Process { .client(index) }
+
+    private func log(_ message: @autoclosure () -> String) { sim.log("client \(index): \(message())") }
+
+    /// A timer fired: start the next operation, retry, or give up on a silent attempt.
+    func wake(gen: Int) {
+        guard gen == self.gen else { return }
+        if op == nil {
+            startNext()
+        } else if pendingRetry == gen {
+            pendingRetry = nil
+            attempt()
+        } else if op!.askingMaster, configuration != nil {
+            // No master answered: go on with the configuration it had (the chain serves
+            // without a master while the leases last).
+            stale = false
+            attempt()
+        } else {
+            // The attempt got no answer in time.
+            stale = true
+            retry()
+        }
+    }
+
+    private func startNext() {
+        let kind: Operation.Kind
+        if inFinalRound {
+            guard !finalRound.isEmpty else {
+                finalDone = true
+                return
+            }
+            kind = finalRound.removeFirst()
+        } else {
+            guard sim.phase == .chaos else { return }
+            count += 1
+            let key = "k\(sim.random(0..<sim.settings.keys))"
+            switch sim.random(0..<10) {
+            case 0..<5: kind = .put(key, Array("c\(index)-\(count)".utf8))
+            case 5: kind = .delete(key)
+            default: kind = .get(key)
+            }
+        }
+        count += 1
+        op = Operation(kind: kind, request: RequestID(high: UInt64(index + 1), low: count), invoke: sim.now,
+                       deadline: sim.now + (inFinalRound ? 10_000_000_000 : 3_000_000_000))
+        attempt()
+    }
+
+    /// Every client writes and reads each key once more, once the cluster has settled: each must
+    /// succeed (liveness) and is checked with the rest.
+    func startFinalRound() {
+        inFinalRound = true
+        finalRound = (0..<sim.settings.keys).flatMap { k -> [Operation.Kind] in
+            [.put("k\(k)", Array("final-c\(index)-k\(k)".utf8)), .get("k\(k)")]
+        }
+        if op == nil {
+            gen += 1
+            sim.schedule(.clientWake(index, gen: gen), after: 1_000)
+        }
+    }
+
+    private func attempt() {
+        guard var o = op else { return }
+        attempts += 1
+        o.attempt = attempts
+        gen += 1
+        if stale || configuration == nil {
+            o.askingMaster = true
+            op = o
+            sim.send(.getConfiguration(attempt: o.attempt), from: process, to: .master)
+            sim.schedule(.clientWake(index, gen: gen), after: 200_000_000)
+            return
+        }
+        o.askingMaster = false
+        op = o
+        let target: ChainMember?
+        switch o.kind {
+        case .put(let k, let v):
+            target = configuration!.head
+            send(.write(WriteRequest(requestID: o.request, type: .put, key: try! Key(k), value: v), attempt: o.attempt), to: target)
+        case .delete(let k):
+            target = configuration!.head
+            send(.write(WriteRequest(requestID: o.request, type: .delete, key: try! Key(k)), attempt: o.attempt), to: target)
+        case .get(let k):
+            target = configuration!.tail
+            send(.get(try! Key(k), attempt: o.attempt), to: target)
+        }
+        sim.schedule(.clientWake(index, gen: gen), after: 300_000_000)
+    }
+
+    private func send(_ payload: ClusterSimulation.Payload, to member: ChainMember?) {
+        guard let member, let i = sim.index(of: member) else { return }
+        sim.send(payload, from: process, to: .node(i))
+    }
+
+    func receive(_ payload: ClusterSimulation.Payload) {
+        guard let o = op else { return }
+        switch payload {
+        case .configuration(let c, let attempt):
+            guard attempt == o.attempt, o.askingMaster else { return }
+            configuration = c
+            stale = false
+            self.attempt()
+        case .writeResult(let result, let attempt):
+            guard attempt == o.attempt, !o.askingMaster else { return }
+            switch result {
+            case .success(let lsn):
+                if case .put(let k, _) = o.kind { sim.acknowledged.append((lsn, try! Key(k), o.request)) }
+                if case .delete(let k) = o.kind { sim.acknowledged.append((lsn, try! Key(k), o.request)) }
+                finish(.ok, observed: nil)
+            case .failure(let error):
+                failed(error)
+            }
+        case .readResult(let result, let attempt):
+            guard attempt == o.attempt, !o.askingMaster else { return }
+            switch result {
+            case .success(let value):
+                sim.stats.readsAnswered += 1
+                finish(.ok, observed: value)
+            case .failure(let error):
+                failed(error)
+            }
+        default:
+            break
+        }
+    }
+
+    private func failed(_ error: CatenaError) {
+        log("attempt \(op?.attempt ?? 0) of \(op.map { "\($0.kind)" } ?? "?"): \(error)")
+        switch error.code {
+        case .redirect, .staleEpoch, .epochAhead, .unavailable, .timeout, .closed:
+            stale = true
+            retry()
+        case .busy:
+            retry()
+        default:
+            log("\(error)")
+            finish(.failed, observed: nil)
+        }
+    }
+
+    private func retry() {
+        guard var o = op else { return }
+        if sim.now >= o.deadline {
+            finish(.unknown, observed: nil)
+            return
+        }
+        let delay = o.backoff / 2 + sim.random(0...o.backoff / 2)
+        o.backoff = min(o.backoff * 2, 200_000_000)
+        op = o
+        gen += 1
+        pendingRetry = gen
+        sim.schedule(.clientWake(index, gen: gen), after: delay)
+    }
+
+    /// The wake that starts the next attempt after a backoff (not a timeout).
+    private var pendingRetry: Int?
+
+    /// Ends the operation and records it.
+    private func finish(_ outcome: RegisterOperation.Outcome, observed: [UInt8]?) {
+        guard let o = op else { return }
+        op = nil
+        let kind: RegisterOperation.Kind
+        switch o.kind {
+        case .put(_, let v): kind = .put(v)
+        case .delete: kind = .delete
+        case .get: kind = .get
+        }
+        if outcome == .unknown, case .get = o.kind {
+            // A get that never answered observed nothing.
+        } else {
+            sim.history.append(RegisterOperation(key: o.kind.key, process: index, kind: kind, invoke: o.invoke,
+                                                 complete: sim.now, outcome: outcome, observed: observed))
+        }
+        switch (outcome, o.kind) {
+        case (.ok, .put), (.ok, .delete): sim.stats.writesAcknowledged += 1
+        case (.unknown, .put), (.unknown, .delete): sim.stats.writesUnknown += 1
+        default: break
+        }
+        if inFinalRound && outcome != .ok {
+            sim.violation("client \(index)'s final \(o.kind) did not succeed (\(outcome)) after the cluster settled: \(sim.describe())")
+        }
+        log("\(o.kind) → \(outcome)\(observed.map { " \(String(decoding: $0, as: UTF8.self))" } ?? "")")
+        gen += 1
+        sim.schedule(.clientWake(index, gen: gen), after: inFinalRound ? 1_000 : sim.random(1_000_000...40_000_000))
+    }
+}
