@@ -207,14 +207,25 @@ final class ReplicationLink: Sendable {
                         s.queue.removeFirst()
                         return .fromLog(after, through)
                     case .records:
-                        // Consecutive batches go out together, up to the frame's batch size.
+                        // Records go out in frames of at most a batch's bytes, or one record alone
+                        // (the head admits no record a frame cannot carry): consecutive work is
+                        // joined, and work larger than a batch is split.
                         var batch: [EncodedRecord] = []
                         var bytes = 0
-                        while case .records(let records)? = s.queue.first,
-                              batch.isEmpty || bytes + records.reduce(0, { $0 + $1.count }) <= maxBatchBytes {
+                        take: while case .records(var records)? = s.queue.first {
+                            var taken = 0
+                            for r in records {
+                                if !batch.isEmpty && bytes + r.count > maxBatchBytes { break }
+                                batch.append(r)
+                                bytes += r.count
+                                taken += 1
+                            }
+                            if taken < records.count {
+                                records.removeFirst(taken)
+                                s.queue[0] = .records(records)
+                                break take
+                            }
                             s.queue.removeFirst()
-                            batch += records
-                            bytes += records.reduce(0) { $0 + $1.count }
                         }
                         s.queuedBytes -= bytes
                         return .batch(batch)
@@ -267,14 +278,16 @@ final class ReplicationLink: Sendable {
             while cursor.seq < through.seq, let r = try await iterator.nextRecord() {
                 guard r.lsn.seq <= through.seq else { break }
                 guard r.lsn.seq > cursor.seq else { continue }
-                batch.append(r)
-                bytes += r.count
-                cursor = r.lsn
-                if bytes >= maxBatchBytes {
+                // A frame holds at most a batch's bytes, or one record alone (the head admits no
+                // record a frame cannot carry): never a large record behind smaller ones.
+                if !batch.isEmpty && bytes + r.count > maxBatchBytes {
                     try await send(batch, outbound)
                     batch = []
                     bytes = 0
                 }
+                batch.append(r)
+                bytes += r.count
+                cursor = r.lsn
             }
             if !batch.isEmpty { try await send(batch, outbound) }
             if cursor.seq < through.seq { try await Task.sleep(for: .milliseconds(2)) }
