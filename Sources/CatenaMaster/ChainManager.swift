@@ -21,8 +21,14 @@ import CatenaCore
 ///   made once the lease it last got has run out, so a paused old tail can never answer a read
 ///   after the configuration without it is active. A new machine holds every member leased for
 ///   one lease from its start (a restarted master does not know what it granted before);
+/// - the master's own pauses: a gap between two events (of any kind) longer than
+///   ``Settings/pauseThreshold`` is the master not running, not its members being silent. The
+///   first event after it — a heartbeat queued meanwhile as much as a tick — is a resume, handled
+///   like a restart: silence counts from it and every member is held leased for one lease from it.
+///   So no member is removed until it had a whole timeout to be heard after the resume. Tests that
+///   mean the master to run through a stretch of time without events say so with ``tick(now:)``;
 /// - failure detection: a member without a heartbeat for more than ``Settings/failureTimeout``
-///   (counted from its last heartbeat, or from the machine's start) has failed. Every failed
+///   (counted from its last heartbeat, or from the machine's start or last resume) has failed. Every failed
 ///   member whose lease ran out is dropped in one proposal — a failed head's successor becomes
 ///   head, a failed tail's predecessor becomes tail, a failed middle's neighbours are linked —
 ///   and becomes a standby, which may rejoin once it caught up. A failure noticed while a
@@ -65,12 +71,22 @@ public struct ChainManager: Sendable {
         /// A standby whose highest seq is within this many records of the tail's has caught up
         /// and joins as the new tail. Default 256.
         public var catchUpLagRecords: UInt64
+        /// The longest time between two events (heartbeats, ticks, persist results, operator
+        /// requests) the machine takes as the master running. A longer gap means the master itself
+        /// did not run — stopped, suspended, starved of CPU, stuck in a slow disk write — and
+        /// heartbeats may be waiting unread: the first event after it is a *resume*, handled like
+        /// a restart (see ``ChainManager``). The master ticks every twentieth of the failure
+        /// timeout. Default: a quarter of the failure timeout.
+        public var pauseThreshold: Duration
 
-        /// Creates settings; `lease` defaults to `failureTimeout`.
-        public init(failureTimeout: Duration = .seconds(1), lease: Duration? = nil, catchUpLagRecords: UInt64 = 256) {
+        /// Creates settings; `lease` defaults to `failureTimeout`, `pauseThreshold` to a quarter
+        /// of it.
+        public init(failureTimeout: Duration = .seconds(1), lease: Duration? = nil, catchUpLagRecords: UInt64 = 256,
+                    pauseThreshold: Duration? = nil) {
             self.failureTimeout = failureTimeout
             self.lease = lease ?? failureTimeout
             self.catchUpLagRecords = catchUpLagRecords
+            self.pauseThreshold = pauseThreshold ?? failureTimeout / 4
         }
     }
 
@@ -210,14 +226,35 @@ public struct ChainManager: Sendable {
         /// The address the next proposal gives it.
         var next: ChainMember { ChainMember(id: id, address: announced ?? address) }
 
-        /// Nanoseconds without a heartbeat at `now`, counted from `start` if none since.
-        func silence(at now: UInt64, since start: UInt64) -> UInt64 { ChainManager.since(heard ?? start, now) }
+        /// Nanoseconds without a heartbeat at `now`, counted from `start` (the machine's start or
+        /// the master's resume) if none since.
+        func silence(at now: UInt64, since start: UInt64) -> UInt64 { ChainManager.since(max(heard ?? 0, start), now) }
+    }
+
+    /// A gap in the master's own events longer than ``Settings/pauseThreshold``.
+    public struct Pause: Hashable, Sendable {
+        /// The first event after the gap.
+        public var resumedAt: UInt64
+        /// Nanoseconds since the event before it.
+        public var length: UInt64
+
+        /// Creates a pause.
+        public init(resumedAt: UInt64, length: UInt64) {
+            self.resumedAt = resumedAt
+            self.length = length
+        }
     }
 
     private let failureTimeout: UInt64
     private let lease: UInt64
-    /// When the machine started: the last heartbeat of members not heard from since.
-    private let startedAt: UInt64
+    private let pauseThreshold: UInt64
+    /// When the machine started or the master last resumed from a pause: the last heartbeat of
+    /// members not heard from since.
+    private var attentiveSince: UInt64
+    /// The latest instant of any event.
+    private var lastEvent: UInt64
+    /// The latest pause the machine noticed, if any.
+    public private(set) var lastPause: Pause?
     /// Every node the machine knows: the members in chain order, then the standbys in order,
     /// then the nodes being added, then those to forget once the proposal in flight persists.
     private var records: [Tracked] = []
@@ -240,9 +277,12 @@ public struct ChainManager: Sendable {
                      "the lease (\(settings.lease)) must be positive and at most the failure timeout (\(settings.failureTimeout))")
         self.state = state
         self.settings = settings
+        precondition(settings.pauseThreshold > .zero, "the pause threshold (\(settings.pauseThreshold)) must be positive")
         self.failureTimeout = Self.nanoseconds(settings.failureTimeout)
         self.lease = Self.nanoseconds(settings.lease)
-        self.startedAt = now
+        self.pauseThreshold = Self.nanoseconds(settings.pauseThreshold)
+        self.attentiveSince = now
+        self.lastEvent = now
         reindex()
         for i in state.configuration.members.indices {
             records[i].leaseUntil = Self.plus(now, lease)
@@ -260,6 +300,7 @@ public struct ChainManager: Sendable {
     ///
     /// Call ``nextProposal(now:)`` right after: an address change or a first seq waits for it.
     public mutating func heartbeat(_ beat: Beat, now: UInt64) -> Reply {
+        observe(now)
         guard let i = slots[beat.node], records[i].standing != .unknown else { return Self.reply(state, .unknown, lease: nil) }
         var t = records[i]
         t.heard = max(t.heard ?? 0, now)
@@ -293,6 +334,7 @@ public struct ChainManager: Sendable {
     /// lease ran out (all at once: one epoch, one reconfiguration for simultaneous failures),
     /// and at most one caught-up standby appended as the new tail.
     public mutating func nextProposal(now: UInt64) -> MasterState? {
+        observe(now)
         guard proposal == nil else { return nil }
         let members = 0..<state.configuration.members.count
         let standbys = members.upperBound..<(members.upperBound + state.standbys.count)
@@ -305,7 +347,7 @@ public struct ChainManager: Sendable {
         var onlyLeavingRemain = true
         for i in members {
             let t = records[i]
-            if (t.leaving || t.silence(at: now, since: startedAt) > failureTimeout) && now >= t.leaseUntil {
+            if (t.leaving || t.silence(at: now, since: attentive(at: now)) > failureTimeout) && now >= t.leaseUntil {
                 removed.append(i)
             } else {
                 remaining.append(i)
@@ -325,7 +367,7 @@ public struct ChainManager: Sendable {
         var history = state.epochHistory
         if let firstSeq { history[last].firstSeq = firstSeq }
         if let t = members.last, !removed.contains(t), !records[t].leaving,
-           records[t].silence(at: now, since: startedAt) <= failureTimeout / 2, let tailSeq = records[t].reported?.seq {
+           records[t].heard.map({ Self.since($0, now) <= failureTimeout / 2 }) == true, let tailSeq = records[t].reported?.seq {
             for j in standbys {
                 let s = records[j]
                 guard !s.leaving, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
@@ -366,6 +408,7 @@ public struct ChainManager: Sendable {
     /// active state. Nodes no longer members or standbys are forgotten.
     public mutating func proposalPersisted(now: UInt64) {
         guard let next = proposal else { preconditionFailure("proposalPersisted without a proposal in flight") }
+        observe(now)
         for t in records where t.beingRemoved {
             assert(now >= t.leaseUntil, "\(t.id) removed while its lease still runs")
         }
@@ -392,6 +435,12 @@ public struct ChainManager: Sendable {
     public mutating func proposalFailed() {
         proposal = nil
         reindex()
+    }
+
+    /// The master's timer fired at `now`: nothing arrived, but the master is running. Only time
+    /// passes (``nextProposal(now:)``, which the master calls on every tick, does this too).
+    public mutating func tick(now: UInt64) {
+        observe(now)
     }
 
     // MARK: - Operator requests
@@ -429,6 +478,7 @@ public struct ChainManager: Sendable {
     /// member not leaving, or one whose remaining members have all failed at `now`
     /// (``CatenaError/Code/invalidArgument``).
     public mutating func removeNode(_ id: NodeID, now: UInt64) throws(CatenaError) {
+        observe(now)
         guard let i = slots[id], records[i].standing != .unknown else {
             throw CatenaError(.notFound, "\(id) is neither a member nor a standby of chain \(state.chainID)")
         }
@@ -470,7 +520,7 @@ public struct ChainManager: Sendable {
                 standing: t.standing, health: health(t, member: member, now: now),
                 highestLSN: t.reported, lag: top.flatMap { top in t.reported.map { top > $0.seq ? top - $0.seq : 0 } },
                 sinceHeartbeat: t.heard.map { Self.since($0, now) },
-                leaseRemaining: member && t.leaseUntil > now ? t.leaseUntil - now : nil)
+                leaseRemaining: member ? leaseRemaining(t, now: now) : nil)
         }
     }
 
@@ -521,6 +571,36 @@ public struct ChainManager: Sendable {
         for (i, t) in rebuilt.enumerated() { slots[t.id] = i }
     }
 
+    /// Time passes to `now`. A gap since the previous event longer than the pause threshold was
+    /// the master's own pause: members are not blamed for it — their silence counts from `now`,
+    /// as after a restart — and every member not being removed is held leased for one lease from
+    /// `now`, since a removal must wait for any lease the master may have granted.
+    private mutating func observe(_ now: UInt64) {
+        if now > lastEvent && now - lastEvent > pauseThreshold {
+            lastPause = Pause(resumedAt: now, length: now - lastEvent)
+            attentiveSince = now
+            for i in state.configuration.members.indices where !records[i].beingRemoved {
+                records[i].leaseUntil = max(records[i].leaseUntil, Self.plus(now, lease))
+            }
+        }
+        lastEvent = max(lastEvent, now)
+    }
+
+    /// Nanoseconds until the lease of member `t` runs out at `now` (held for one lease from a
+    /// resume at `now`, as the next event will), nil if none.
+    private func leaseRemaining(_ t: Tracked, now: UInt64) -> UInt64? {
+        let resumed = attentive(at: now) == now && now > lastEvent && !t.beingRemoved
+        let until = resumed ? max(t.leaseUntil, Self.plus(now, lease)) : t.leaseUntil
+        return until > now ? until - now : nil
+    }
+
+    /// Since when the master has been watching at `now`: its start or last resume — or `now`, if
+    /// no event has come for longer than the pause threshold (a query between a resume and the
+    /// first event after it sees what that event will make of it).
+    private func attentive(at now: UInt64) -> UInt64 {
+        now > lastEvent && now - lastEvent > pauseThreshold ? now : attentiveSince
+    }
+
     /// Takes the current head's report of the current epoch's first seq, if it may be recorded.
     private mutating func take(_ start: EpochStart) {
         guard start.epoch == state.epoch, let first = start.firstSeq, first >= 1, state.epochHistory.last?.firstSeq == nil else { return }
@@ -529,14 +609,14 @@ public struct ChainManager: Sendable {
 
     /// Whether the node has had no heartbeat for longer than the failure timeout at `now`.
     private func hasFailed(_ t: Tracked, now: UInt64) -> Bool {
-        t.silence(at: now, since: startedAt) > failureTimeout
+        t.silence(at: now, since: attentive(at: now)) > failureTimeout
     }
 
     private func health(_ t: Tracked, member: Bool, now: UInt64) -> Health {
         if member {
             if hasFailed(t, now: now) { return .failed }
             if t.leaving { return .leaving }
-            return t.silence(at: now, since: startedAt) > failureTimeout / 2 ? .suspect : .healthy
+            return t.silence(at: now, since: attentive(at: now)) > failureTimeout / 2 ? .suspect : .healthy
         }
         if t.leaving { return .leaving }
         return t.heard != nil && !hasFailed(t, now: now) ? .joining : .failed

@@ -204,6 +204,8 @@ actor MasterCore {
     private let file: any MasterStateStore
     private let logger: Logger
     private let origin = ContinuousClock.now
+    /// The manager's last pause already logged.
+    private var loggedPause: ChainManager.Pause?
 
     init(state: MasterState, settings: ChainManager.Settings, file: any MasterStateStore, logger: Logger) {
         self.settings = settings
@@ -224,6 +226,7 @@ actor MasterCore {
     func heartbeat(_ beat: Heartbeat, epoch: UInt64) -> HeartbeatReply {
         let first = manager.heartbeat(ChainManager.Beat(node: beat.node, address: beat.address, highestLSN: beat.highestLSN,
                                                         epochStart: beat.epochStart, epoch: epoch), now: now)
+        notePause()
         guard advance() else { return reply(first) }
         // The state changed: answer from the new one.
         return reply(manager.reply(to: beat.node, granted: first.lease))
@@ -243,6 +246,7 @@ actor MasterCore {
     @discardableResult
     func advance() -> Bool {
         var changed = false
+        defer { notePause() }
         while let proposal = manager.nextProposal(now: now) {
             let old = manager.state
             do throws(CatenaError) {
@@ -257,6 +261,15 @@ actor MasterCore {
             log(old, proposal)
         }
         return changed
+    }
+
+    /// Logs a pause of the master the manager noticed, once.
+    private func notePause() {
+        guard let pause = manager.lastPause, pause != loggedPause else { return }
+        loggedPause = pause
+        logger.warning("the master did not run for a while (stopped, suspended or starved of CPU); members' silence counts from now, and each keeps its lease for one more lease", metadata: [
+            LogKey.pauseMilliseconds: "\(pause.length / 1_000_000)",
+        ])
     }
 
     private func log(_ old: MasterState, _ new: MasterState) {
@@ -288,6 +301,7 @@ actor MasterCore {
     /// An operator removes a node (gracefully, once its lease has run out).
     func removeNode(_ id: NodeID) throws(CatenaError) -> ChainStatus {
         try manager.removeNode(id, now: now)
+        notePause()
         advance()
         logger.notice("operator removes a node", metadata: [LogKey.node: "\(id)"])
         return status()

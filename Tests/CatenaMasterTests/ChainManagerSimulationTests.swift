@@ -9,8 +9,10 @@ import Testing
 /// restarted (keeping their log, sometimes at a new address), whose LSNs grow at the head and
 /// flow down the chain; an operator adding and removing nodes; a state file whose
 /// compare-and-swap takes a random time and sometimes fails; a master that sometimes restarts
-/// (its in-flight proposal persisted or not). After every step the rules the manager promises
-/// are checked; a violation stops the schedule and is reported with its seed and trace.
+/// (its in-flight proposal persisted or not) and sometimes pauses — briefly, or for up to three
+/// timeouts, after which the heartbeats queued meanwhile are delivered before or after its first
+/// tick. After every step the rules the manager promises are checked; a violation stops the
+/// schedule and is reported with its seed and trace.
 /// `CATENA_SIM_SEED=n` replays one seed.
 @Suite("Chain manager simulation")
 struct ChainManagerSimulationTests {
@@ -52,6 +54,7 @@ struct ChainManagerSimulationTests {
         #expect(totals.failedPersists > 500, "\(totals)")
         #expect(totals.masterRestarts > 80, "\(totals)")
         #expect(totals.refusedRemovals > 80, "\(totals)")
+        #expect(totals.masterPauses > 300, "\(totals)")
     }
 }
 
@@ -60,7 +63,7 @@ struct ChainManagerSimulationTests {
 private final class Simulation {
     struct Counters: CustomStringConvertible {
         var failureRemovals = 0, drainRemovals = 0, joins = 0, keptLastMember = 0, firstSeqsRecorded = 0
-        var addressChanges = 0, failedPersists = 0, masterRestarts = 0, refusedRemovals = 0
+        var addressChanges = 0, failedPersists = 0, masterRestarts = 0, refusedRemovals = 0, masterPauses = 0
 
         mutating func add(_ o: Counters) {
             failureRemovals += o.failureRemovals
@@ -72,10 +75,11 @@ private final class Simulation {
             failedPersists += o.failedPersists
             masterRestarts += o.masterRestarts
             refusedRemovals += o.refusedRemovals
+            masterPauses += o.masterPauses
         }
 
         var description: String {
-            "failure removals \(failureRemovals), drain removals \(drainRemovals), joins \(joins), kept last member \(keptLastMember), first seqs \(firstSeqsRecorded), address changes \(addressChanges), failed persists \(failedPersists), master restarts \(masterRestarts), refused removals \(refusedRemovals)"
+            "failure removals \(failureRemovals), drain removals \(drainRemovals), joins \(joins), kept last member \(keptLastMember), first seqs \(firstSeqsRecorded), address changes \(addressChanges), failed persists \(failedPersists), master restarts \(masterRestarts), refused removals \(refusedRemovals), master pauses \(masterPauses)"
         }
     }
 
@@ -107,6 +111,10 @@ private final class Simulation {
         var startReport: EpochStart?
         /// When its lease runs out, counted the node's way: send time + lease.
         var leaseExpiry: UInt64 = 0
+        /// When it last sent a heartbeat (nil: not since it last died), and since when it has
+        /// sent them no further apart than ``Simulation/steadyGap``.
+        var lastSent: UInt64?
+        var steadySince: UInt64 = 0
 
         /// When the current master last received its heartbeat, and what that reported.
         var heard: UInt64?
@@ -150,6 +158,10 @@ private final class Simulation {
     let timeout: UInt64 = 1_000_000_000
     let interval: UInt64 = 100_000_000
     let quantum: UInt64 = 50_000_000
+    /// The largest gap between two heartbeats of a live node (a flaky one's; plus at most a
+    /// quarter interval of delivery jitter, and a master pause below the threshold of at most
+    /// 0.12 timeouts, it stays below the timeout).
+    var steadyGap: UInt64 { timeout * 8 / 10 }
     let lease: UInt64
     let lag: UInt64
     let settings: ChainManager.Settings
@@ -169,6 +181,12 @@ private final class Simulation {
     var nextTick: UInt64
     var nodes: [Node] = []
     var messages: [Message] = []
+    /// The master handles nothing (heartbeats, ticks, persist results) before this: it is paused.
+    var masterPausedUntil: UInt64 = 0
+    /// When the master last resumed from a pause longer than the threshold.
+    var masterResumed: UInt64 = 0
+    /// After the current pause, the first tick comes before the queued heartbeats.
+    var tickFirst = false
 
     var counters = Counters()
     /// The events, when tracing; the broken rules.
@@ -233,14 +251,20 @@ private final class Simulation {
         }
     }
 
+    /// When the master handles an event due at `at`: after its pause, if it is paused then
+    /// (at the resume, or just after it when the first tick goes first).
+    func masterTime(_ at: UInt64) -> UInt64 {
+        at < masterPausedUntil ? masterPausedUntil + (tickFirst ? 1 : 0) : at
+    }
+
     /// Handles every event up to `end`, earliest first.
     func advance(to end: UInt64) {
         while violations.isEmpty {
             // Events: 0 persist completes, 1 message delivered, 2 node sends, 3 node resumes, 4 master tick.
             var at = UInt64.max, kind = -1, index = 0
-            if let f = inFlight, f.completesAt < at { at = f.completesAt; kind = 0 }
-            for i in messages.indices where messages[i].at < at {
-                at = messages[i].at; kind = 1; index = i
+            if let f = inFlight, masterTime(f.completesAt) < at { at = masterTime(f.completesAt); kind = 0 }
+            for i in messages.indices where masterTime(messages[i].at) < at {
+                at = masterTime(messages[i].at); kind = 1; index = i
             }
             for i in nodes.indices {
                 switch nodes[i].life {
@@ -274,6 +298,8 @@ private final class Simulation {
         let beat = ChainManager.Beat(node: nodes[i].id, address: address, highestLSN: nodes[i].lsn, epochStart: nodes[i].startReport.map { EpochStart(epoch: $0.epoch, firstSeq: nodes[i].lsn.seq + 1) })
         let at = max(now + random(0...interval / 4), nodes[i].lastDelivery)
         nodes[i].lastDelivery = at
+        if nodes[i].lastSent.map({ now - $0 > steadyGap }) ?? true { nodes[i].steadySince = now }
+        nodes[i].lastSent = now
         messages.append(Message(at: at, sentAt: now, node: i, beat: beat))
         // Flaky nodes sometimes leave gaps of up to 0.8 timeouts (plus delivery jitter: still within it).
         let gap = nodes[i].flaky && chance(0.3) ? random(timeout / 2...timeout * 8 / 10) : random(interval * 6 / 10...interval * 14 / 10)
@@ -418,14 +444,34 @@ private final class Simulation {
         if chance(0.03), let i = pick({ $0.life == .dead }) {
             restart(i, movingTo: chance(0.3))
         }
+        if now < masterPausedUntil { return }
         if chance(0.006) { operatorAdds() }
         if chance(0.006) { operatorRemoves() }
         if !clean && chance(0.002) { restartMaster() }
+        if chance(0.005) { pauseMaster() }
+    }
+
+    /// The master stops handling anything for a while: below the pause threshold (a quarter
+    /// timeout) briefly enough that a live member's heartbeats still reach it within the timeout,
+    /// or for up to three timeouts. Heartbeats queue meanwhile; after the resume they are handled
+    /// before the first tick or after it.
+    func pauseMaster() {
+        let long = chance(0.7)
+        let length = long ? random(timeout * 3 / 10...3 * timeout) : random(interval / 4...timeout * 12 / 100)
+        masterPausedUntil = now + length
+        tickFirst = chance(0.5)
+        nextTick = masterPausedUntil + (tickFirst ? 0 : random(1...interval))
+        if long {
+            masterResumed = masterPausedUntil
+            counters.masterPauses += 1
+        }
+        log("master pauses until \(ms(masterPausedUntil)), its first tick \(tickFirst ? "before" : "after") the queued heartbeats")
     }
 
     func kill(_ i: Int) {
         nodes[i].life = .dead
         nodes[i].leaseExpiry = 0
+        nodes[i].lastSent = nil
         nodes[i].configuration = nil
         nodes[i].history = []
         nodes[i].standing = nil
@@ -487,6 +533,7 @@ private final class Simulation {
             activate(f.state, at: f.madeAt)
         }
         inFlight = nil
+        masterPausedUntil = 0
         manager = ChainManager(state: file, settings: settings, now: now)
         managerStart = now
         for i in nodes.indices {
@@ -561,6 +608,9 @@ private final class Simulation {
             check(failed || !standby, "\(n.id), drained, became a standby")
             check(n.drained || standby, "\(n.id), failed, did not become a standby")
             check(n.life == .dead || n.leaseExpiry <= now, "proposed removing \(n.id) at \(ms(now)) while its lease runs until \(ms(n.leaseExpiry))")
+            // Heartbeating in time (however late the master handled its heartbeats): never removed.
+            let steady = n.life == .alive && n.lastSent != nil && n.steadySince + timeout <= now
+            check(!steady || n.drained, "removed \(n.id), alive and heartbeating at most \(ms(steadyGap)) apart since \(ms(n.steadySince))")
         }
         let oldNames = chain.map { nodes[$0].id.rawValue }
         let joined = newNames.filter { !oldNames.contains($0) }
@@ -598,7 +648,7 @@ private final class Simulation {
         let everyoneFailed = chain.allSatisfy { hasFailed($0, at: now) }
         let kept = everyoneFailed ? chain.enumerated().max { (nodes[$0.element].reported ?? .zero, $0.offset) < (nodes[$1.element].reported ?? .zero, $1.offset) }?.element : nil
         for i in chain where i != kept {
-            let last = nodes[i].heard ?? managerStart
+            let last = max(nodes[i].heard ?? managerStart, masterResumed)
             check(now <= last + bound, "\(nodes[i].id) has been silent since \(ms(last)) but is still a member at \(ms(now))")
         }
     }

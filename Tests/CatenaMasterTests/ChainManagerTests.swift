@@ -50,6 +50,12 @@ extension ChainManager {
         _ = heartbeat("n3", seq: 20, epoch: 0, at: 100)
     }
 
+    /// The master runs from `from` through `through` and nothing arrives: a tick every 100 ms.
+    /// (Time jumping further without events would be the master's own pause.)
+    fileprivate mutating func idle(from: UInt64, through: UInt64) {
+        for t in stride(from: from, through: through, by: Int(100 * ms)) { tick(now: t) }
+    }
+
     /// Proposes and persists at `now`; the persisted state, or nil if nothing was proposed.
     fileprivate mutating func persistNext(now: UInt64) -> MasterState? {
         guard let next = nextProposal(now: now) else { return nil }
@@ -187,6 +193,7 @@ struct ChainManagerTests {
     @Test func aFailureDuringAProposalIsHandledByTheNextOne() {
         var m = manager(state(["n1", "n2", "n3"]))
         m.beats(["n1", "n2", "n3"], now: 100 * ms)
+        m.idle(from: 200 * ms, through: 800 * ms)
         _ = m.heartbeat(beat("n2", address: "127.0.0.1:8002"), now: 900 * ms)
         let first = m.nextProposal(now: 900 * ms)
         #expect(first?.epoch == 2)
@@ -226,6 +233,7 @@ struct ChainManagerTests {
         _ = m.heartbeat(beat("n1", seq: 50), now: 100 * ms)
         _ = m.heartbeat(beat("n2", seq: 50), now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 40), now: 100 * ms)
+        m.idle(from: 200 * ms, through: 1100 * ms)
         #expect(m.isAvailable(now: 1100 * ms))
         #expect(!m.isAvailable(now: 1100 * ms + 1))
         // A tie between n1 and n2: the later in chain order stays.
@@ -235,6 +243,7 @@ struct ChainManagerTests {
         #expect(!m.isAvailable(now: 1200 * ms))
         #expect(m.status(now: 1200 * ms).map(\.health) == [.failed, .failed, .failed])
         // The last member is never removed.
+        m.idle(from: 1300 * ms, through: 8900 * ms)
         #expect(m.nextProposal(now: 9000 * ms) == nil)
         // A standby cannot restore the chain: it only joins after a live tail.
         m.beats(["n1", "n3"], seq: 50, from: 9000 * ms, through: 9500 * ms)
@@ -273,6 +282,7 @@ struct ChainManagerTests {
 
     @Test func aSingleMemberChainNeverLosesItsMember() {
         var m = manager(state(["n1"]))
+        m.idle(from: 100 * ms, through: 59_900 * ms)
         #expect(m.nextProposal(now: 60_000 * ms) == nil)
         #expect(!m.isAvailable(now: 60_000 * ms))
         #expect(ids(m.state.configuration.members) == ["n1"])
@@ -348,11 +358,13 @@ struct ChainManagerTests {
         m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
         _ = m.heartbeat(beat("n3", seq: 100), now: 100 * ms)
         // The tail has been silent for more than half the timeout.
+        m.idle(from: 200 * ms, through: 600 * ms)
         m.beats(["n1"], seq: 100, now: 650 * ms)
         _ = m.heartbeat(beat("n3", seq: 100), now: 650 * ms)
         #expect(m.status(now: 650 * ms).map(\.health) == [.healthy, .suspect, .joining])
         #expect(m.nextProposal(now: 650 * ms) == nil)
         // The tail is back, but the standby's last heartbeat is older than the timeout.
+        m.idle(from: 700 * ms, through: 1600 * ms)
         m.beats(["n1", "n2"], seq: 100, now: 1700 * ms)
         #expect(m.status(now: 1700 * ms).last?.health == .failed)
         #expect(m.nextProposal(now: 1700 * ms) == nil)
@@ -419,6 +431,7 @@ struct ChainManagerTests {
             if t % (1000 * ms) == 0 { _ = m.heartbeat(beat("n3", seq: 100), now: t) }
         }
         // It misses one: removed, a standby.
+        m.beats(["n1", "n2"], seq: 100, from: t + 100 * ms, through: t + 1000 * ms)
         m.beats(["n1", "n2"], seq: 100, now: t + 1001 * ms)
         #expect(ids(m.persistNext(now: t + 1001 * ms)?.standbys) == ["n3"])
         // Back, but behind (it lost its tail of the log): not appended until caught up.
@@ -579,6 +592,7 @@ struct ChainManagerTests {
         _ = m.heartbeat(beat("n2", seq: 110), now: 300 * ms)
         _ = m.heartbeat(beat("n4", seq: 20), now: 300 * ms)
         try m.addNode(node("n5"), address: addressOf("n5"))
+        m.idle(from: 400 * ms, through: 700 * ms)
         let s = m.status(now: 700 * ms)
         #expect(s.map(\.id.rawValue) == ["n1", "n2", "n3", "n4", "n5"])
         #expect(s.map(\.role) == [.head, .middle, .tail, nil, nil])
@@ -589,5 +603,85 @@ struct ChainManagerTests {
         #expect(s.map(\.sinceHeartbeat) == [600 * ms, 400 * ms, nil, 400 * ms, nil])
         #expect(s.map(\.leaseRemaining) == [200 * ms, 400 * ms, 100 * ms, nil, nil])
         #expect(s[3].address == addressOf("n4"))
+    }
+}
+
+@Suite("Chain manager: the master's own pauses")
+struct ChainManagerPauseTests {
+    /// n1, n2, n3 heartbeat every 100 ms through 1 s; then the master does not run for 3 s.
+    private func pausedAfterOneSecond() -> ChainManager {
+        var m = manager(state(["n1", "n2", "n3"]))
+        m.beats(["n1", "n2", "n3"], from: 100 * ms, through: 1000 * ms)
+        return m
+    }
+
+    @Test func heartbeatsQueuedDuringAPauseAndHandledBeforeAnyTickRemoveNobody() {
+        var m = pausedAfterOneSecond()
+        // Resumed at 4 s: the heartbeats queued meanwhile arrive one by one, each followed by the
+        // proposal the master makes after every heartbeat.
+        for (i, n) in ["n1", "n2", "n3"].enumerated() {
+            let t = 4000 * ms + UInt64(i) * ms
+            #expect(m.heartbeat(beat(n), now: t).lease == .seconds(1))
+            #expect(m.nextProposal(now: t) == nil, "\(n)'s heartbeat after the pause removed a member")
+        }
+        #expect(m.status(now: 4002 * ms).map(\.health) == [.healthy, .healthy, .healthy])
+        #expect(m.state.epoch == 1)
+    }
+
+    @Test func theFirstTickAfterAPauseRemovesNobody() {
+        var m = pausedAfterOneSecond()
+        #expect(m.lastPause == nil)
+        #expect(m.nextProposal(now: 4000 * ms) == nil)
+        #expect(m.lastPause == ChainManager.Pause(resumedAt: 4000 * ms, length: 3000 * ms))
+        #expect(m.isAvailable(now: 4000 * ms))
+        m.beats(["n1", "n2", "n3"], from: 4010 * ms, through: 5010 * ms)
+        #expect(m.nextProposal(now: 5010 * ms) == nil)
+        #expect(m.state.epoch == 1)
+    }
+
+    @Test func aQueryBeforeTheFirstEventAfterAPauseSeesWhatThatEventWill() {
+        let m = pausedAfterOneSecond()
+        let s = m.status(now: 4000 * ms)
+        #expect(s.map(\.health) == [.healthy, .healthy, .healthy])
+        #expect(s.map(\.leaseRemaining) == [1000 * ms, 1000 * ms, 1000 * ms])
+        #expect(m.isAvailable(now: 4000 * ms))
+    }
+
+    @Test func aMemberThatDiedDuringThePauseIsRemovedOnceItHadATimeoutAndALeaseFromTheResume() {
+        var m = pausedAfterOneSecond()
+        _ = m.heartbeat(beat("n1"), now: 4000 * ms)
+        // Every member is held leased for one lease from the resume, like after a restart.
+        #expect(m.status(now: 4000 * ms).map(\.leaseRemaining) == [1000 * ms, 1000 * ms, 1000 * ms])
+        m.beats(["n1", "n2"], from: 4100 * ms, through: 5000 * ms)
+        #expect(m.nextProposal(now: 5000 * ms) == nil)
+        #expect(m.status(now: 5000 * ms).last?.health == .suspect)
+        #expect(ids(m.nextProposal(now: 5000 * ms + 1)?.configuration.members) == ["n1", "n2"])
+    }
+
+    @Test func gapsUpToTheThresholdAreNoPauseAndFailuresAreDetectedOnTime() {
+        var m = manager(state(["n1", "n2", "n3"]))
+        m.beats(["n1", "n2", "n3"], now: 100 * ms)
+        // The threshold is a quarter of the timeout: ticks 250 ms apart are the master running.
+        for t in stride(from: 350, through: 1100, by: 250) {
+            m.beats(["n1", "n2"], now: UInt64(t) * ms)
+            #expect(m.nextProposal(now: UInt64(t) * ms) == nil)
+        }
+        #expect(m.lastPause == nil)
+        #expect(ids(m.nextProposal(now: 1100 * ms + 1)?.configuration.members) == ["n1", "n2"])
+    }
+
+    @Test func aRemovalInFlightDuringAPauseIsPersistedAfterIt() {
+        var m = manager(state(["n1", "n2", "n3"]))
+        m.beats(["n1", "n2"], from: 100 * ms, through: 1000 * ms)
+        #expect(ids(m.nextProposal(now: 1000 * ms + 1)?.configuration.members) == ["n1", "n2"])
+        // The master stops inside the compare-and-swap, which completes after the resume. The
+        // member being removed got no lease since its removal was proposed: none to wait for.
+        m.proposalPersisted(now: 4000 * ms)
+        #expect(ids(m.state.configuration.members) == ["n1", "n2"])
+        #expect(m.lastPause?.resumedAt == 4000 * ms)
+        // The rest are not blamed for the pause.
+        #expect(m.nextProposal(now: 4001 * ms) == nil)
+        m.beats(["n1", "n2"], from: 4100 * ms, through: 5100 * ms)
+        #expect(m.nextProposal(now: 5100 * ms) == nil)
     }
 }
