@@ -28,7 +28,9 @@ import CatenaCore
 ///   So no member is removed until it had a whole timeout to be heard after the resume. Tests that
 ///   mean the master to run through a stretch of time without events say so with ``tick(now:)``;
 /// - failure detection: a member without a heartbeat for more than ``Settings/failureTimeout``
-///   (counted from its last heartbeat, or from the machine's start or last resume) has failed. Every failed
+///   (counted from its last heartbeat, or from the machine's start or last resume), or whose
+///   last heartbeat reports a failure (``Beat/failure``: its log or store stopped working while
+///   it runs on), has failed. A member reporting a failure gets no lease. Every failed
 ///   member whose lease ran out is dropped in one proposal — a failed head's successor becomes
 ///   head, a failed tail's predecessor becomes tail, a failed middle's neighbours are linked —
 ///   and becomes a standby, which may rejoin once it caught up. A failure noticed while a
@@ -40,7 +42,7 @@ import CatenaCore
 ///   never consists of members on their way out (without leases); a standby only ever joins as
 ///   the tail after a live, healthy tail, never alone. So a chain that lost every member
 ///   restarts only from a member of its last configuration;
-/// - joining: a standby that heartbeated within the failure timeout, whose log is a prefix of
+/// - joining: a standby that heartbeated within the failure timeout without reporting a failure, whose log is a prefix of
 ///   the chain's by the epoch history (its highest LSN is the chain's record at that seq, and the
 ///   current epoch's first seq is recorded) and whose highest seq is within
 ///   ``Settings/catchUpLagRecords`` of the healthy tail's is appended as the new tail, one per
@@ -104,14 +106,19 @@ public struct ChainManager: Sendable {
         public var epochStart: EpochStart?
         /// The configuration epoch the node runs (0: none yet, or not said).
         public var epoch: UInt64
+        /// The failure the node reports (its log or store stopped working, though it still runs);
+        /// nil: healthy.
+        public var failure: CatenaError?
 
         /// Creates a heartbeat.
-        public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, epoch: UInt64 = 0) {
+        public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, epoch: UInt64 = 0,
+                    failure: CatenaError? = nil) {
             self.node = node
             self.address = address
             self.highestLSN = highestLSN
             self.epochStart = epochStart
             self.epoch = epoch
+            self.failure = failure
         }
     }
 
@@ -182,6 +189,8 @@ public struct ChainManager: Sendable {
         /// Nanoseconds until the lease the master last granted it runs out (an upper bound on
         /// the node's own); nil if it holds none.
         public var leaseRemaining: UInt64?
+        /// The failure its last heartbeat reported; nil if none.
+        public var failure: CatenaError?
     }
 
     /// The settings.
@@ -205,6 +214,8 @@ public struct ChainManager: Sendable {
         var heard: UInt64?
         /// The highest LSN it reported last.
         var reported: LSN?
+        /// The failure it reported last; nil: none.
+        var failure: CatenaError?
         /// A member: the latest instant the lease it last got can run out at (an upper bound:
         /// the node counts from when it sent the heartbeat, before the master received it).
         var leaseUntil: UInt64 = 0
@@ -305,6 +316,7 @@ public struct ChainManager: Sendable {
         var t = records[i]
         t.heard = max(t.heard ?? 0, now)
         t.reported = beat.highestLSN
+        t.failure = beat.failure
         if beat.address != t.lastText {
             t.lastText = beat.address
             if Self.isConnectable(beat.address) { t.announced = beat.address }
@@ -318,7 +330,7 @@ public struct ChainManager: Sendable {
             if let need = catchingUp[beat.node]?.need, beat.highestLSN.seq >= need.seq { catchingUp[beat.node] = nil }
         }
         var granted: Duration?
-        if t.standing == .member && !t.leaving && !t.beingRemoved && catchingUp[beat.node] == nil {
+        if t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[beat.node] == nil {
             t.leaseUntil = max(t.leaseUntil, Self.plus(now, lease))
             granted = settings.lease
         }
@@ -347,7 +359,7 @@ public struct ChainManager: Sendable {
         var onlyLeavingRemain = true
         for i in members {
             let t = records[i]
-            if (t.leaving || t.silence(at: now, since: attentive(at: now)) > failureTimeout) && now >= t.leaseUntil {
+            if (t.leaving || hasFailed(t, now: now)) && now >= t.leaseUntil {
                 removed.append(i)
             } else {
                 remaining.append(i)
@@ -366,11 +378,11 @@ public struct ChainManager: Sendable {
         var joiner: Int?
         var history = state.epochHistory
         if let firstSeq { history[last].firstSeq = firstSeq }
-        if let t = members.last, !removed.contains(t), !records[t].leaving,
+        if let t = members.last, !removed.contains(t), !records[t].leaving, records[t].failure == nil,
            records[t].heard.map({ Self.since($0, now) <= failureTimeout / 2 }) == true, let tailSeq = records[t].reported?.seq {
             for j in standbys {
                 let s = records[j]
-                guard !s.leaving, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
+                guard !s.leaving, s.failure == nil, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
                       EpochHistory(history).isPrefix(reported) else { continue }
                 let seq = reported.seq
                 guard seq >= tailSeq || tailSeq - seq <= settings.catchUpLagRecords else { continue }
@@ -520,7 +532,7 @@ public struct ChainManager: Sendable {
                 standing: t.standing, health: health(t, member: member, now: now),
                 highestLSN: t.reported, lag: top.flatMap { top in t.reported.map { top > $0.seq ? top - $0.seq : 0 } },
                 sinceHeartbeat: t.heard.map { Self.since($0, now) },
-                leaseRemaining: member ? leaseRemaining(t, now: now) : nil)
+                leaseRemaining: member ? leaseRemaining(t, now: now) : nil, failure: t.failure)
         }
     }
 
@@ -607,9 +619,10 @@ public struct ChainManager: Sendable {
         reportedStart = start
     }
 
-    /// Whether the node has had no heartbeat for longer than the failure timeout at `now`.
+    /// Whether the node has failed at `now`: it reports a failure, or has had no heartbeat for
+    /// longer than the failure timeout.
     private func hasFailed(_ t: Tracked, now: UInt64) -> Bool {
-        t.silence(at: now, since: attentive(at: now)) > failureTimeout
+        t.failure != nil || t.silence(at: now, since: attentive(at: now)) > failureTimeout
     }
 
     private func health(_ t: Tracked, member: Bool, now: UInt64) -> Health {

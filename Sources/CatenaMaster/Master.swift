@@ -225,7 +225,7 @@ actor MasterCore {
     /// `epoch`: the configuration epoch the node runs, from the heartbeat frame's header.
     func heartbeat(_ beat: Heartbeat, epoch: UInt64) -> HeartbeatReply {
         let first = manager.heartbeat(ChainManager.Beat(node: beat.node, address: beat.address, highestLSN: beat.highestLSN,
-                                                        epochStart: beat.epochStart, epoch: epoch), now: now)
+                                                        epochStart: beat.epochStart, epoch: epoch, failure: beat.failure), now: now)
         notePause()
         guard advance() else { return reply(first) }
         // The state changed: answer from the new one.
@@ -315,7 +315,7 @@ actor MasterCore {
         let nodes = reports.map { r in
             ChainStatus.Node(id: r.id, address: r.address, role: r.role, highestLSN: r.highestLSN ?? .zero, lagRecords: r.lag ?? 0,
                              heartbeatAgeMilliseconds: ms(r.sinceHeartbeat), leaseMilliseconds: ms(r.leaseRemaining),
-                             health: Self.health(r.health))
+                             health: Self.health(r.health), reason: r.failure.map { "reported \($0.code): \($0.message)" })
         }
         return ChainStatus(chainID: manager.state.chainID, epoch: manager.state.epoch, available: manager.isAvailable(now: t),
                            failureTimeoutMilliseconds: UInt64(settings.failureTimeout.nanosecondsClamped / 1_000_000),

@@ -6,7 +6,8 @@ import Testing
 
 /// Seeded simulations of a chain under a ``ChainManager``: a fake clock, 1–5 members and 0–2
 /// standbys whose heartbeats are jittered and delayed, who are killed, paused, resumed and
-/// restarted (keeping their log, sometimes at a new address), whose LSNs grow at the head and
+/// restarted (keeping their log, sometimes at a new address), whose log sometimes fails while
+/// they keep heartbeating (reporting the failure until restarted), whose LSNs grow at the head and
 /// flow down the chain; an operator adding and removing nodes; a state file whose
 /// compare-and-swap takes a random time and sometimes fails; a master that sometimes restarts
 /// (its in-flight proposal persisted or not) and sometimes pauses — briefly, or for up to three
@@ -55,6 +56,7 @@ struct ChainManagerSimulationTests {
         #expect(totals.masterRestarts > 80, "\(totals)")
         #expect(totals.refusedRemovals > 80, "\(totals)")
         #expect(totals.masterPauses > 300, "\(totals)")
+        #expect(totals.reportedFailureRemovals > 300, "\(totals)")
     }
 }
 
@@ -64,6 +66,7 @@ private final class Simulation {
     struct Counters: CustomStringConvertible {
         var failureRemovals = 0, drainRemovals = 0, joins = 0, keptLastMember = 0, firstSeqsRecorded = 0
         var addressChanges = 0, failedPersists = 0, masterRestarts = 0, refusedRemovals = 0, masterPauses = 0
+        var reportedFailureRemovals = 0
 
         mutating func add(_ o: Counters) {
             failureRemovals += o.failureRemovals
@@ -76,10 +79,11 @@ private final class Simulation {
             masterRestarts += o.masterRestarts
             refusedRemovals += o.refusedRemovals
             masterPauses += o.masterPauses
+            reportedFailureRemovals += o.reportedFailureRemovals
         }
 
         var description: String {
-            "failure removals \(failureRemovals), drain removals \(drainRemovals), joins \(joins), kept last member \(keptLastMember), first seqs \(firstSeqsRecorded), address changes \(addressChanges), failed persists \(failedPersists), master restarts \(masterRestarts), refused removals \(refusedRemovals), master pauses \(masterPauses)"
+            "failure removals \(failureRemovals), drain removals \(drainRemovals), joins \(joins), kept last member \(keptLastMember), first seqs \(firstSeqsRecorded), address changes \(addressChanges), failed persists \(failedPersists), master restarts \(masterRestarts), refused removals \(refusedRemovals), master pauses \(masterPauses), removals of members reporting a failure \(reportedFailureRemovals)"
         }
     }
 
@@ -115,6 +119,11 @@ private final class Simulation {
         /// sent them no further apart than ``Simulation/steadyGap``.
         var lastSent: UInt64?
         var steadySince: UInt64 = 0
+        /// Its log failed: it takes no records, and reports the failure in its heartbeats until
+        /// it restarts.
+        var failure: CatenaError?
+        /// Since when the heartbeats the current master got from it report a failure.
+        var failureSeen: UInt64?
 
         /// When the current master last received its heartbeat, and what that reported.
         var heard: UInt64?
@@ -295,7 +304,9 @@ private final class Simulation {
     func send(_ i: Int) {
         var address = nodes[i].address
         if chance(0.03) { address = chance(0.5) ? "0.0.0.0:\(nodes[i].port)" : "127.0.0.1:0" }
-        let beat = ChainManager.Beat(node: nodes[i].id, address: address, highestLSN: nodes[i].lsn, epochStart: nodes[i].startReport.map { EpochStart(epoch: $0.epoch, firstSeq: nodes[i].lsn.seq + 1) })
+        let beat = ChainManager.Beat(node: nodes[i].id, address: address, highestLSN: nodes[i].lsn,
+                                     epochStart: nodes[i].startReport.map { EpochStart(epoch: $0.epoch, firstSeq: nodes[i].lsn.seq + 1) },
+                                     failure: nodes[i].failure)
         let at = max(now + random(0...interval / 4), nodes[i].lastDelivery)
         nodes[i].lastDelivery = at
         if nodes[i].lastSent.map({ now - $0 > steadyGap }) ?? true { nodes[i].steadySince = now }
@@ -326,11 +337,13 @@ private final class Simulation {
         let reply = manager.heartbeat(m.beat, now: now)
         nodes[i].heard = now
         nodes[i].reported = m.beat.highestLSN
+        nodes[i].failureSeen = m.beat.failure == nil ? nil : nodes[i].failureSeen ?? now
         check(reply.configuration == file.configuration && reply.history == file.epochHistory,
               "the reply to \(nodes[i].id) carries epoch \(reply.configuration.epoch) \(reply.history), not the persisted \(file.epoch) \(file.epochHistory)")
         check(reply.standing == expected, "\(nodes[i].id) was told \(reply.standing), expected \(expected)")
         if let l = reply.lease {
             check(reply.standing == .member && l == settings.lease, "\(nodes[i].id) got lease \(l) as \(reply.standing)")
+            check(m.beat.failure == nil, "\(nodes[i].id) got a lease while reporting a failure")
         }
         if nodes[i].life != .dead && nodes[i].life != .stopped {
             if reply.configuration.epoch >= nodes[i].configuration?.epoch ?? 0 {
@@ -395,6 +408,7 @@ private final class Simulation {
             check(n.life == .dead || n.leaseExpiry <= at,
                   "epoch \(new.epoch) without \(n.id) became active at \(ms(at)) while its lease runs until \(ms(n.leaseExpiry))")
             if n.inFile == .joining { counters.failureRemovals += 1 } else { counters.drainRemovals += 1 }
+            if n.failureSeen != nil { counters.reportedFailureRemovals += 1 }
         }
         counters.joins += chain.filter { !oldChain.contains($0) }.count
         if new.epochHistory.count == old.epochHistory.count, new.epochHistory.last?.firstSeq != old.epochHistory.last?.firstSeq {
@@ -444,6 +458,11 @@ private final class Simulation {
         if chance(0.03), let i = pick({ $0.life == .dead }) {
             restart(i, movingTo: chance(0.3))
         }
+        if chance(0.008), let i = pick({ $0.life == .alive && $0.failure == nil }) {
+            // Its log fails (fsync error, disk full); it keeps heartbeating, reporting it.
+            nodes[i].failure = CatenaError(.ioFailure, "injected: fsync failed")
+            log("\(nodes[i].id)'s log fails at seq \(nodes[i].lsn.seq)")
+        }
         if now < masterPausedUntil { return }
         if chance(0.006) { operatorAdds() }
         if chance(0.006) { operatorRemoves() }
@@ -482,6 +501,7 @@ private final class Simulation {
     func restart(_ i: Int, movingTo newPort: Bool) {
         if newPort { nodes[i].port += 100 }
         nodes[i].life = .alive
+        nodes[i].failure = nil
         nodes[i].nextBeat = now + random(0...interval)
         log("\(nodes[i].id) restarts at \(nodes[i].address), seq \(nodes[i].lsn.seq)")
     }
@@ -539,6 +559,7 @@ private final class Simulation {
         for i in nodes.indices {
             nodes[i].heard = nil
             nodes[i].reported = nil
+            nodes[i].failureSeen = nil
             nodes[i].drained = false
             nodes[i].adding = false
         }
@@ -549,17 +570,18 @@ private final class Simulation {
 
     /// Writes at the head, flowing down the chain; standbys catch up from the tail.
     func grow() {
-        for n in nodes where n.life == .alive && n.writes {
+        func working(_ i: Int) -> Bool { nodes[i].life == .alive && nodes[i].failure == nil }
+        for n in nodes where n.life == .alive && n.failure == nil && n.writes {
             n.lsn = LSN(epoch: n.configuration!.epoch, seq: n.lsn.seq + random(0...6))
         }
         for k in chain.indices.dropFirst() {
             let p = chain[k - 1], c = chain[k]
-            guard nodes[p].life == .alive && nodes[c].life == .alive && nodes[p].lsn.seq > nodes[c].lsn.seq else { continue }
+            guard working(p) && working(c) && nodes[p].lsn.seq > nodes[c].lsn.seq else { continue }
             nodes[c].lsn = LSN(epoch: nodes[p].lsn.epoch, seq: min(nodes[p].lsn.seq, nodes[c].lsn.seq + random(0...25)))
         }
-        guard let t = chain.last, nodes[t].life == .alive else { return }
+        guard let t = chain.last, working(t) else { return }
         let tail = nodes[t].lsn
-        for i in nodes.indices where nodes[i].life == .alive && nodes[i].standing == .joining {
+        for i in nodes.indices where working(i) && nodes[i].standing == .joining {
             // A rejoining node first truncates what the chain does not share, then copies.
             nodes[i].lsn = nodes[i].lsn.seq > tail.seq ? tail : LSN(epoch: tail.epoch, seq: min(tail.seq, nodes[i].lsn.seq + random(0...40)))
         }
@@ -609,7 +631,7 @@ private final class Simulation {
             check(n.drained || standby, "\(n.id), failed, did not become a standby")
             check(n.life == .dead || n.leaseExpiry <= now, "proposed removing \(n.id) at \(ms(now)) while its lease runs until \(ms(n.leaseExpiry))")
             // Heartbeating in time (however late the master handled its heartbeats): never removed.
-            let steady = n.life == .alive && n.lastSent != nil && n.steadySince + timeout <= now
+            let steady = n.life == .alive && n.failureSeen == nil && n.lastSent != nil && n.steadySince + timeout <= now
             check(!steady || n.drained, "removed \(n.id), alive and heartbeating at most \(ms(steadyGap)) apart since \(ms(n.steadySince))")
         }
         let oldNames = chain.map { nodes[$0].id.rawValue }
@@ -621,6 +643,8 @@ private final class Simulation {
             check(newNames.last == name, "\(name) joined, but not as the tail")
             check(!removed.contains(t) && tail.heard.map { now - $0 <= timeout / 2 } == true, "\(name) joined after tail \(tail.id), which is not healthy")
             check(nodes[j].heard.map { now - $0 <= timeout } == true, "\(name) joined without a recent heartbeat")
+            check(nodes[j].failureSeen == nil, "\(name) joined while reporting a failure")
+            check(tail.failureSeen == nil, "\(name) joined after tail \(tail.id), which reports a failure")
             if let js = nodes[j].reported?.seq, let ts = tail.reported?.seq {
                 check(js + lag >= ts, "\(name) joined at seq \(js), more than \(lag) behind tail \(tail.id) at \(ts)")
             } else {
@@ -648,7 +672,8 @@ private final class Simulation {
         let everyoneFailed = chain.allSatisfy { hasFailed($0, at: now) }
         let kept = everyoneFailed ? chain.enumerated().max { (nodes[$0.element].reported ?? .zero, $0.offset) < (nodes[$1.element].reported ?? .zero, $1.offset) }?.element : nil
         for i in chain where i != kept {
-            let last = max(nodes[i].heard ?? managerStart, masterResumed)
+            // Reporting a failure: removed once the lease it got before ran out.
+            let last = max(nodes[i].failureSeen ?? nodes[i].heard ?? managerStart, masterResumed)
             check(now <= last + bound, "\(nodes[i].id) has been silent since \(ms(last)) but is still a member at \(ms(now))")
         }
     }
@@ -656,6 +681,7 @@ private final class Simulation {
     // MARK: - Helpers
 
     func hasFailed(_ i: Int, at t: UInt64) -> Bool {
+        if nodes[i].failureSeen != nil { return true }
         let last = nodes[i].heard ?? managerStart
         return t > last && t - last > timeout
     }

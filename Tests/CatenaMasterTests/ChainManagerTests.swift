@@ -685,3 +685,70 @@ struct ChainManagerPauseTests {
         #expect(m.nextProposal(now: 5100 * ms) == nil)
     }
 }
+
+@Suite("Chain manager: members reporting a failure")
+struct ChainManagerReportedFailureTests {
+    private static let fsync = CatenaError(.ioFailure, "fsync of 00000012.log failed: EIO")
+
+    private func failing(_ id: String, seq: UInt64 = 0) -> ChainManager.Beat {
+        ChainManager.Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), failure: Self.fsync)
+    }
+
+    @Test func aMemberReportingAFailureGetsNoLeaseAndIsRemovedOnceItsLeaseRanOut() {
+        var m = manager(state(["n1", "n2", "n3"], firstSeq: 1), lease: .milliseconds(800))
+        m.beats(["n1", "n2", "n3"], seq: 10, now: 100 * ms)
+        // n2's log failed; it keeps heartbeating, and says so.
+        let r = m.heartbeat(failing("n2", seq: 10), now: 200 * ms)
+        #expect(r.standing == .member)
+        #expect(r.lease == nil)
+        let report = m.status(now: 200 * ms)[1]
+        #expect(report.health == .failed)
+        #expect(report.failure == Self.fsync)
+        #expect(report.leaseRemaining == 700 * ms, "the lease it got at 100 ms still runs")
+        #expect(m.isAvailable(now: 200 * ms), "the others serve on")
+        for t in stride(from: 300, through: 800, by: 100) {
+            m.beats(["n1", "n3"], seq: 10, now: UInt64(t) * ms)
+            _ = m.heartbeat(failing("n2", seq: 10), now: UInt64(t) * ms)
+            #expect(m.nextProposal(now: UInt64(t) * ms) == nil)
+        }
+        #expect(m.nextProposal(now: 900 * ms - 1) == nil)
+        let next = m.persistNext(now: 900 * ms)
+        #expect(ids(next?.configuration.members) == ["n1", "n3"])
+        #expect(ids(next?.standbys) == ["n2"])
+    }
+
+    @Test func aStandbyReportingAFailureNeverJoinsUntilItStopsReportingIt() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 10)
+        m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
+        _ = m.heartbeat(failing("n3", seq: 100), now: 100 * ms)
+        #expect(m.nextProposal(now: 100 * ms) == nil)
+        #expect(m.status(now: 100 * ms).last?.health == .failed)
+        #expect(m.status(now: 100 * ms).last?.failure == Self.fsync)
+        // Restarted on a repaired disk: healthy again, it joins.
+        _ = m.heartbeat(beat("n3", seq: 100), now: 200 * ms)
+        m.beats(["n1", "n2"], seq: 100, now: 200 * ms)
+        #expect(m.status(now: 200 * ms).last?.failure == nil)
+        #expect(ids(m.persistNext(now: 200 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+    }
+
+    @Test func noJoinBehindATailReportingAFailure() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 10)
+        m.beats(["n1"], seq: 100, now: 100 * ms)
+        _ = m.heartbeat(failing("n2", seq: 100), now: 100 * ms)
+        _ = m.heartbeat(beat("n3", seq: 100), now: 100 * ms)
+        #expect(m.nextProposal(now: 100 * ms) == nil)
+    }
+
+    @Test func theOnlyMemberReportingAFailureStaysAndTheChainIsUnavailable() {
+        var m = manager(state(["n1"], firstSeq: 1))
+        _ = m.heartbeat(failing("n1", seq: 10), now: 100 * ms)
+        #expect(!m.isAvailable(now: 100 * ms))
+        m.idle(from: 200 * ms, through: 3000 * ms)
+        for t in stride(from: 200, through: 3000, by: 100) { _ = m.heartbeat(failing("n1", seq: 10), now: UInt64(t) * ms) }
+        #expect(m.nextProposal(now: 3000 * ms) == nil)
+        #expect(m.heartbeat(failing("n1", seq: 10), now: 3000 * ms).lease == nil)
+        // Healthy again: leased.
+        #expect(m.heartbeat(beat("n1", seq: 10), now: 3100 * ms).lease == .seconds(1))
+        #expect(m.isAvailable(now: 3100 * ms))
+    }
+}
