@@ -15,7 +15,8 @@ import CatenaCore
 /// - persisted before announced: replies carry only ``state``, the active (persisted) state,
 ///   never the ``proposal``; at most one proposal is in flight. A proposal that changes the
 ///   configuration (members, their order or addresses) has the next epoch and a new history
-///   entry for it; one that only records a first seq or changes standbys keeps the epoch;
+///   entry for it; one that only records a first seq, changes standbys or records which members
+///   are catching up keeps the epoch;
 /// - leases: each heartbeat of a member renews its lease (``Settings/lease``), unless the member
 ///   is leaving or the proposal in flight removes it. A member is removed only by a proposal
 ///   made once the lease it last got has run out, so a paused old tail can never answer a read
@@ -35,19 +36,23 @@ import CatenaCore
 ///   head, a failed tail's predecessor becomes tail, a failed middle's neighbours are linked —
 ///   and becomes a standby, which may rejoin once it caught up. A failure noticed while a
 ///   proposal is in flight is handled by the next one;
-/// - never empty, never invented data: if every member would go, the one most worth keeping
-///   stays (a live one before a failed one, then the highest reported LSN, then the later in
-///   chain order) and, if it failed, the chain is unavailable until it is back. If only drained
-///   members would stay, the drain of the one most worth keeping is cancelled, so the chain
+/// - never empty, never invented data, never a loss of committed writes: at least one member
+///   that holds every committed write (not catching up, below) and is not leaving stays. If none
+///   would, the one most worth keeping of those holding every committed write stays (a live one
+///   before a failed one, then the highest reported LSN, then the later in chain order) — one
+///   still staying if there is one, else one of those going — and, if it failed, the chain is
+///   unavailable (``unavailableReason(now:)``) until it is back: a member still catching up never
+///   becomes all the chain has. If the one kept was drained, its drain is cancelled, so the chain
 ///   never consists of members on their way out (without leases); a standby only ever joins as
 ///   the tail after a live, healthy tail, never alone. So a chain that lost every member
-///   restarts only from a member of its last configuration;
-/// - joining: a standby that heartbeated within the failure timeout without reporting a failure, whose log is a prefix of
-///   the chain's by the epoch history (its highest LSN is the chain's record at that seq, and the
-///   current epoch's first seq is recorded) and whose highest seq is within
-///   ``Settings/catchUpLagRecords`` of the healthy tail's is appended as the new tail, one per
-///   proposal. A standby still holding writes of a replaced head that never committed truncates
-///   them before it can join;
+///   restarts only from a member of its last configuration that holds every committed write;
+/// - joining: a standby that heartbeated within the failure timeout without reporting a
+///   failure, whose log is a prefix of the chain's by the epoch history (its highest LSN is the
+///   chain's record at that seq, and the current epoch's first seq is recorded) and whose
+///   highest seq is within ``Settings/catchUpLagRecords`` of the tail's is appended as the new
+///   tail, one per proposal — only behind a tail heard within half the timeout, not reporting a
+///   failure, not leaving, and not itself catching up. A standby still holding writes of a
+///   replaced head that never committed truncates them before it can join;
 /// - operator requests: ``addNode(_:address:)`` makes a standby; ``removeNode(_:now:)`` forgets
 ///   a standby and drains a member (no more lease renewals, removed once its lease ran out, then
 ///   forgotten: its heartbeats are answered ``Standing/unknown`` and it stops). Neither is
@@ -56,11 +61,13 @@ import CatenaCore
 /// - the first seq of the current epoch is recorded from its head's report, once. It may be below
 ///   an earlier epoch's: a head continues from its own log, which can end below what a replaced
 ///   head wrote and never got committed (see ``EpochHistory``);
-/// - a joined member gets no lease (so serves no reads as tail, takes no writes as head) until it
-///   reported at least what its predecessor held once the predecessor knew it was no longer the
-///   tail: appended within ``Settings/catchUpLagRecords``, it may lack writes the old tail
-///   committed and acknowledged. Re-armed when its predecessor changes; not persisted (a
-///   restarted master forgets it, as it forgets leases).
+/// - a joined member is *catching up*: it gets no lease (so serves no reads as tail, takes no
+///   writes as head) until it reported at least what its predecessor held once the predecessor
+///   knew it was no longer the tail: appended within ``Settings/catchUpLagRecords``, it may lack
+///   writes the old tail committed and acknowledged. Re-armed when its predecessor changes. Who
+///   is catching up is persisted (``MasterState/catchingUp``), with the join and again once they
+///   caught up, so a restarted master re-arms it (the predecessor must report at the current
+///   epoch) instead of taking the joiner for a holder of everything.
 public struct ChainManager: Sendable {
     /// The failure detector's settings.
     public struct Settings: Hashable, Sendable {
@@ -298,6 +305,9 @@ public struct ChainManager: Sendable {
         for i in state.configuration.members.indices {
             records[i].leaseUntil = Self.plus(now, lease)
         }
+        // Members that may still lack committed writes: shown holding them only by what their
+        // predecessor reports from now on.
+        for id in state.catchingUp { catchingUp[id] = (state.epoch, nil) }
     }
 
     // MARK: - Events
@@ -356,20 +366,25 @@ public struct ChainManager: Sendable {
         // Removals: failed members, and drained ones, once their lease ran out.
         var removed: [Int] = []
         var remaining: [Int] = []
-        var onlyLeavingRemain = true
         for i in members {
             let t = records[i]
             if (t.leaving || hasFailed(t, now: now)) && now >= t.leaseUntil {
                 removed.append(i)
             } else {
                 remaining.append(i)
-                if !t.leaving { onlyLeavingRemain = false }
             }
         }
-        if onlyLeavingRemain, let keep = keeper(among: remaining.isEmpty ? Array(members) : remaining, now: now) {
-            // Never empty, and never only members on their way out: one stays, and stays.
-            removed.removeAll { $0 == keep }
-            records[keep].leaving = false
+        if !remaining.contains(where: { !records[$0].leaving && holdsAll($0) }) {
+            // Never empty, never only members on their way out, never only members that may lack
+            // a committed write: the holder of everything most worth keeping stays, and stays —
+            // one still in the configuration if there is one, else one of those going.
+            let remainingHolders = remaining.filter(holdsAll)
+            var candidates = remainingHolders.isEmpty ? members.filter(holdsAll) : remainingHolders
+            if candidates.isEmpty { candidates = remaining.isEmpty ? Array(members) : remaining }
+            if let keep = keeper(among: candidates, now: now) {
+                removed.removeAll { $0 == keep }
+                records[keep].leaving = false
+            }
         }
 
         // A join: the most advanced caught-up standby, after a healthy tail that stays. Caught up:
@@ -378,7 +393,7 @@ public struct ChainManager: Sendable {
         var joiner: Int?
         var history = state.epochHistory
         if let firstSeq { history[last].firstSeq = firstSeq }
-        if let t = members.last, !removed.contains(t), !records[t].leaving, records[t].failure == nil,
+        if let t = members.last, !removed.contains(t), !records[t].leaving, records[t].failure == nil, holdsAll(t),
            records[t].heard.map({ Self.since($0, now) <= failureTimeout / 2 }) == true, let tailSeq = records[t].reported?.seq {
             for j in standbys {
                 let s = records[j]
@@ -391,6 +406,7 @@ public struct ChainManager: Sendable {
         }
 
         var changes = firstSeq != nil || !removed.isEmpty || joiner != nil || !adding.isEmpty
+            || Set(catchingUp.keys) != state.catchingUp
         for i in members.lowerBound..<standbys.upperBound where !changes {
             // A standby to forget, or a new address.
             let t = records[i]
@@ -402,6 +418,7 @@ public struct ChainManager: Sendable {
         if let firstSeq { next.epochHistory[last].firstSeq = firstSeq }
         next.configuration.members = members.filter { !removed.contains($0) }.map { records[$0].next }
         if let joiner { next.configuration.members.append(records[joiner].next) }
+        next.catchingUp = Set(next.configuration.members.map(\.id).filter { catchingUp[$0] != nil || $0 == joiner.map { records[$0].id } })
         next.standbys = standbys.filter { !records[$0].leaving && $0 != joiner }.map { records[$0].next }
             + adding.map { records[slots[$0.id]!].next }
             + removed.filter { !records[$0].leaving }.map { records[$0].next }
@@ -514,6 +531,10 @@ public struct ChainManager: Sendable {
         guard others.contains(where: { !hasFailed(records[$0], now: now) }) else {
             throw CatenaError(.invalidArgument, "every other member of chain \(state.chainID) has failed: removing \(id) would leave the chain without a live member")
         }
+        guard !holdsAll(i) || others.contains(where: holdsAll) else {
+            let joiners = others.map { records[$0].id.rawValue }.joined(separator: ", ")
+            throw CatenaError(.invalidArgument, "\(id) is the only member of chain \(state.chainID) known to hold every committed write (\(joiners) \(others.count == 1 ? "is" : "are") still catching up): removing it now could lose acknowledged writes; remove it once \(joiners) caught up")
+        }
         records[i].leaving = true
     }
 
@@ -536,10 +557,23 @@ public struct ChainManager: Sendable {
         }
     }
 
-    /// Whether a member of the active configuration is alive at `now`. False: the chain is
-    /// unavailable until one of its members comes back — a standby cannot restore it.
-    public func isAvailable(now: UInt64) -> Bool {
-        records[..<state.configuration.members.count].contains { !hasFailed($0, now: now) }
+    /// Whether the chain can serve at `now`, or will once failed members are replaced: a member
+    /// known to hold every committed write (not catching up) is alive. False: it waits for such a
+    /// member to come back — no standby, and no member still catching up, can restore it.
+    public func isAvailable(now: UInt64) -> Bool { unavailableReason(now: now) == nil }
+
+    /// Why the chain cannot serve at `now` and what it waits for, or nil if it can (see
+    /// ``isAvailable(now:)``).
+    public func unavailableReason(now: UInt64) -> String? {
+        let members = state.configuration.members.indices
+        let holders = members.filter(holdsAll)
+        guard !holders.contains(where: { !hasFailed(records[$0], now: now) }) else { return nil }
+        func names(_ indices: [Int]) -> String { indices.map { records[$0].id.rawValue }.joined(separator: ", ") }
+        let joiners = members.filter { !holdsAll($0) }
+        if joiners.isEmpty {
+            return "every member has failed (\(names(holders))): the chain waits for one of them to come back; a node removed earlier holds stale data and cannot restore it"
+        }
+        return "every member known to hold all committed writes (\(names(holders))) has failed, and \(names(joiners)) may lack some (still catching up): the chain waits for \(names(holders)) to come back"
     }
 
     // MARK: - Internals
@@ -646,8 +680,12 @@ public struct ChainManager: Sendable {
     }
 
     /// Whether `id` joined and has not yet shown it holds what its predecessor held: it gets no
-    /// lease until then.
+    /// lease until then, no standby joins behind it, and it never remains the only kind of
+    /// member left.
     public func isCatchingUp(_ id: NodeID) -> Bool { catchingUp[id] != nil }
+
+    /// Whether the member at `i` in ``records`` holds every committed write: it is not catching up.
+    private func holdsAll(_ i: Int) -> Bool { catchingUp[records[i].id] == nil }
 
     /// Whether peers can connect to `address`: `HOST:PORT`, not a wildcard host, not port 0.
     static func isConnectable(_ address: String) -> Bool {

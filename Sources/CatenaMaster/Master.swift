@@ -287,6 +287,10 @@ actor MasterCore {
             ])
         } else if old.standbys != new.standbys {
             logger.info("standbys changed", metadata: ["catena_standbys": "\(new.standbys.map(\.id.rawValue))"])
+        } else if old.catchingUp != new.catchingUp {
+            logger.info("recorded which members may still lack committed writes", metadata: [
+                "catena_catching_up": "\(new.catchingUp.map(\.rawValue).sorted())",
+            ])
         }
     }
 
@@ -315,11 +319,22 @@ actor MasterCore {
         let nodes = reports.map { r in
             ChainStatus.Node(id: r.id, address: r.address, role: r.role, highestLSN: r.highestLSN ?? .zero, lagRecords: r.lag ?? 0,
                              heartbeatAgeMilliseconds: ms(r.sinceHeartbeat), leaseMilliseconds: ms(r.leaseRemaining),
-                             health: Self.health(r.health), reason: r.failure.map { "reported \($0.code): \($0.message)" })
+                             health: Self.health(r.health), reason: reason(r))
         }
-        return ChainStatus(chainID: manager.state.chainID, epoch: manager.state.epoch, available: manager.isAvailable(now: t),
+        let why = manager.unavailableReason(now: t)
+        return ChainStatus(chainID: manager.state.chainID, epoch: manager.state.epoch, available: why == nil,
                            failureTimeoutMilliseconds: UInt64(settings.failureTimeout.nanosecondsClamped / 1_000_000),
-                           leaseMilliseconds: UInt64(settings.lease.nanosecondsClamped / 1_000_000), nodes: nodes)
+                           leaseMilliseconds: UInt64(settings.lease.nanosecondsClamped / 1_000_000), nodes: nodes, reason: why)
+    }
+
+    /// What status says about a node beyond its health: the failure it reported, or that it is
+    /// catching up.
+    private func reason(_ r: ChainManager.NodeReport) -> String? {
+        if let failure = r.failure { return "reported \(failure.code): \(failure.message)" }
+        if r.role != nil && manager.isCatchingUp(r.id) {
+            return "joined and catching up: no lease until it holds what its predecessor held when it joined"
+        }
+        return nil
     }
 
     private static func health(_ h: ChainManager.Health) -> ChainStatus.Health {
@@ -339,7 +354,7 @@ actor MasterCore {
         var t = MetricsText()
         t.gauge("catena_master_epoch", "The current configuration epoch.", Double(s.epoch))
         t.gauge("catena_master_members", "Members of the chain.", Double(s.nodes.filter { $0.role != nil }.count))
-        t.gauge("catena_master_chain_available", "1 if some member of the chain is not failed.", s.available ? 1 : 0)
+        t.gauge("catena_master_chain_available", "1 if a member known to hold every committed write is not failed.", s.available ? 1 : 0)
         t.add("catena_master_member_heartbeat_age_seconds", "gauge", "Seconds since the node's last heartbeat.",
               s.nodes.compactMap { n in n.heartbeatAgeMilliseconds.map { ([("node", n.id.rawValue)], Double($0) / 1e3) } })
         t.add("catena_master_member_highest_seq", "gauge", "The highest durable seq the node reported.",

@@ -92,6 +92,27 @@ struct MasterStateFileTests {
         #expect(try file.load()?.standbys == [])
     }
 
+    @Test func membersCatchingUpRoundTripSortedAndAreLeftOutWhenThereAreNone() throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let file = MasterStateFile(directory: tmp.path)
+        var saved = state(epoch: 4, members: ["n1", "n3", "n2"])
+        saved.catchingUp = [try NodeID("n3"), try NodeID("n2")]
+        try file.save(saved)
+        #expect(try file.load() == saved)
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file.path))) as? [String: Any]
+        #expect(json?["catchingUp"] as? [String] == ["n2", "n3"])
+        try file.save(state(epoch: 5))
+        json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file.path))) as? [String: Any]
+        #expect(json?.keys.contains("catchingUp") == false)
+        #expect(try file.load()?.catchingUp == [])
+        // Only members catch up.
+        saved.catchingUp = [try NodeID("n9")]
+        #expect(throws: CatenaError(.invalidArgument, "refusing to save a malformed master state to \(file.path): n9 is catching up but not a member")) {
+            try file.save(saved)
+        }
+    }
+
     @Test func aFileWithoutStandbysLoadsWithNone() throws {
         let tmp = try TemporaryDirectory()
         defer { tmp.remove() }
@@ -102,6 +123,7 @@ struct MasterStateFileTests {
             """, to: file.path)
         let loaded = try #require(try file.load())
         #expect(loaded.standbys == [])
+        #expect(loaded.catchingUp == [])
         #expect(loaded.configuration.members == [member("n2", 7002)])
         #expect(loaded.epochHistory == [EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2)])
     }
@@ -161,6 +183,8 @@ struct MasterStateFileTests {
          "damaged master state: the standbys list b twice"),
         ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"standbys\": [{\"id\": \"b c\", \"address\": \"h:2\"}]}",
          "damaged master state: node id 'b c' must be"),
+        ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"catchingUp\": [\"b\"]}",
+         "damaged master state: b is catching up but not a member"),
         ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"standbys\": {\"id\": \"b\"}}",
          "damaged master state:"),
     ])

@@ -8,7 +8,8 @@ import Testing
 /// standbys whose heartbeats are jittered and delayed, who are killed, paused, resumed and
 /// restarted (keeping their log, sometimes at a new address), whose log sometimes fails while
 /// they keep heartbeating (reporting the failure until restarted), whose LSNs grow at the head and
-/// flow down the chain; an operator adding and removing nodes; a state file whose
+/// flow down the chain (committed once the tail has them); a tail paused just as a standby close
+/// behind it could join, and the head killed soon after; an operator adding and removing nodes; a state file whose
 /// compare-and-swap takes a random time and sometimes fails; a master that sometimes restarts
 /// (its in-flight proposal persisted or not) and sometimes pauses — briefly, or for up to three
 /// timeouts, after which the heartbeats queued meanwhile are delivered before or after its first
@@ -47,8 +48,8 @@ struct ChainManagerSimulationTests {
         guard seeds.count > 100 else { return }
         // The schedules exercise what they claim to: every kind of reconfiguration happens.
         #expect(totals.failureRemovals > 1000, "\(totals)")
-        #expect(totals.drainRemovals > 250, "\(totals)")
-        #expect(totals.joins > 1000, "\(totals)")
+        #expect(totals.drainRemovals > 180, "\(totals)")
+        #expect(totals.joins > 700, "\(totals)")
         #expect(totals.keptLastMember > 30, "\(totals)")
         #expect(totals.firstSeqsRecorded > 2000, "\(totals)")
         #expect(totals.addressChanges > 100, "\(totals)")
@@ -57,6 +58,7 @@ struct ChainManagerSimulationTests {
         #expect(totals.refusedRemovals > 80, "\(totals)")
         #expect(totals.masterPauses > 300, "\(totals)")
         #expect(totals.reportedFailureRemovals > 300, "\(totals)")
+        #expect(totals.pausedTailsWithDeadHeads > 300, "\(totals)")
     }
 }
 
@@ -66,7 +68,7 @@ private final class Simulation {
     struct Counters: CustomStringConvertible {
         var failureRemovals = 0, drainRemovals = 0, joins = 0, keptLastMember = 0, firstSeqsRecorded = 0
         var addressChanges = 0, failedPersists = 0, masterRestarts = 0, refusedRemovals = 0, masterPauses = 0
-        var reportedFailureRemovals = 0
+        var reportedFailureRemovals = 0, pausedTailsWithDeadHeads = 0
 
         mutating func add(_ o: Counters) {
             failureRemovals += o.failureRemovals
@@ -80,10 +82,11 @@ private final class Simulation {
             refusedRemovals += o.refusedRemovals
             masterPauses += o.masterPauses
             reportedFailureRemovals += o.reportedFailureRemovals
+            pausedTailsWithDeadHeads += o.pausedTailsWithDeadHeads
         }
 
         var description: String {
-            "failure removals \(failureRemovals), drain removals \(drainRemovals), joins \(joins), kept last member \(keptLastMember), first seqs \(firstSeqsRecorded), address changes \(addressChanges), failed persists \(failedPersists), master restarts \(masterRestarts), refused removals \(refusedRemovals), master pauses \(masterPauses), removals of members reporting a failure \(reportedFailureRemovals)"
+            "failure removals \(failureRemovals), drain removals \(drainRemovals), joins \(joins), kept last member \(keptLastMember), first seqs \(firstSeqsRecorded), address changes \(addressChanges), failed persists \(failedPersists), master restarts \(masterRestarts), refused removals \(refusedRemovals), master pauses \(masterPauses), removals of members reporting a failure \(reportedFailureRemovals), paused tails with dead heads \(pausedTailsWithDeadHeads)"
         }
     }
 
@@ -196,6 +199,13 @@ private final class Simulation {
     var masterResumed: UInt64 = 0
     /// After the current pause, the first tick comes before the queued heartbeats.
     var tickFirst = false
+    /// The highest seq the tail of the chain has ever held: committed, and acknowledged to clients.
+    var committed: UInt64 = 0
+    /// A node to kill, and when.
+    var scheduledKill: (at: UInt64, node: Int)?
+    /// The last step at which a member was catching up (the master keeps a failed member while
+    /// the others may lack committed writes).
+    var catchingUpUntil: UInt64 = 0
 
     var counters = Counters()
     /// The events, when tracing; the broken rules.
@@ -252,6 +262,10 @@ private final class Simulation {
 
     func run(steps: Int) {
         for _ in 0..<steps {
+            if let k = scheduledKill, now >= k.at {
+                scheduledKill = nil
+                if nodes[k.node].life != .dead && nodes[k.node].life != .stopped { kill(k.node) }
+            }
             chaos()
             advance(to: now + quantum)
             grow()
@@ -403,6 +417,8 @@ private final class Simulation {
         check(firsts.allSatisfy { $0 >= 1 }, "a first seq of 0: \(new.epochHistory)")
         file = new
         indexFile()
+        check(chain.contains { nodes[$0].lsn.seq >= committed },
+              "epoch \(new.epoch) keeps no member holding committed seq \(committed): \(chain.map { "\(nodes[$0].id) at \(nodes[$0].lsn.seq)" })")
         for x in oldChain where nodes[x].inFile != .member {
             let n = nodes[x]
             check(n.life == .dead || n.leaseExpiry <= at,
@@ -457,6 +473,16 @@ private final class Simulation {
         }
         if chance(0.03), let i = pick({ $0.life == .dead }) {
             restart(i, movingTo: chance(0.3))
+        }
+        if scheduledKill == nil, chance(0.015), chain.count >= 2, let t = chain.last, nodes[t].life == .alive,
+           nodes.contains(where: { $0.inFile == .joining && $0.life == .alive && $0.lsn.seq + lag >= nodes[t].lsn.seq }) {
+            // The tail pauses just as a standby close behind it may join (it looks healthy for
+            // another half timeout), and the head dies before the tail is back.
+            let until = now + random(timeout * 11 / 10...2 * timeout)
+            nodes[t].life = .paused(until: until)
+            scheduledKill = (now + random(timeout * 4 / 10...timeout * 9 / 10), chain[0])
+            counters.pausedTailsWithDeadHeads += 1
+            log("tail \(nodes[t].id) pauses until \(ms(until)); head \(nodes[chain[0]].id) dies at \(ms(scheduledKill!.at))")
         }
         if chance(0.008), let i = pick({ $0.life == .alive && $0.failure == nil }) {
             // Its log fails (fsync error, disk full); it keeps heartbeating, reporting it.
@@ -581,6 +607,9 @@ private final class Simulation {
         }
         guard let t = chain.last, working(t) else { return }
         let tail = nodes[t].lsn
+        // Committed: on every member (the tail acknowledges only what its predecessors sent it;
+        // a rejoined tail may hold more).
+        committed = max(committed, chain.map { nodes[$0].lsn.seq }.min()!)
         for i in nodes.indices where working(i) && nodes[i].standing == .joining {
             // A rejoining node first truncates what the chain does not share, then copies.
             nodes[i].lsn = nodes[i].lsn.seq > tail.seq ? tail : LSN(epoch: tail.epoch, seq: min(tail.seq, nodes[i].lsn.seq + random(0...40)))
@@ -667,13 +696,15 @@ private final class Simulation {
 
         // A silent member is removed within the timeout, two heartbeat intervals and two
         // persists (one may be in flight when it fails) — unless it is the one kept.
+        if chain.contains(where: { manager.isCatchingUp(nodes[$0].id) }) { catchingUpUntil = now }
         guard clean, chain.count > 1 else { return }
         let bound = timeout + 2 * interval + 2 * maxPersistDelay + quantum
         let everyoneFailed = chain.allSatisfy { hasFailed($0, at: now) }
         let kept = everyoneFailed ? chain.enumerated().max { (nodes[$0.element].reported ?? .zero, $0.offset) < (nodes[$1.element].reported ?? .zero, $1.offset) }?.element : nil
         for i in chain where i != kept {
-            // Reporting a failure: removed once the lease it got before ran out.
-            let last = max(nodes[i].failureSeen ?? nodes[i].heard ?? managerStart, masterResumed)
+            // Reporting a failure: removed once the lease it got before ran out. While a member
+            // catches up, a failed one may be kept (it may hold writes the others lack).
+            let last = max(nodes[i].failureSeen ?? nodes[i].heard ?? managerStart, masterResumed, catchingUpUntil)
             check(now <= last + bound, "\(nodes[i].id) has been silent since \(ms(last)) but is still a member at \(ms(now))")
         }
     }

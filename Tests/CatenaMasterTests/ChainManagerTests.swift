@@ -39,8 +39,10 @@ extension ChainManager {
     }
 
     /// A heartbeat from `id` running `epoch`, its log at seq `seq` of epoch 1, at `t` ms.
-    fileprivate mutating func heartbeat(_ id: String, seq: UInt64, epoch: UInt64, at t: UInt64) -> Reply {
-        heartbeat(Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epoch: epoch), now: t * ms)
+    @discardableResult
+    fileprivate mutating func heartbeat(_ id: String, seq: UInt64, epoch: UInt64, at t: UInt64, start: EpochStart? = nil) -> Reply {
+        heartbeat(Beat(node: node(id), address: addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epochStart: start, epoch: epoch),
+                  now: t * ms)
     }
 
     /// n1 and n2 at seq 100 in epoch 1, standby n3 80 records behind, at 100 ms.
@@ -409,10 +411,11 @@ struct ChainManagerTests {
         let first = m.persistNext(now: 100 * ms)
         #expect(ids(first?.configuration.members) == ["n1", "n3"])
         #expect(ids(first?.standbys) == ["n2"])
-        // The new tail has not heartbeated as a member yet, but heartbeated within half the timeout;
-        // the head says where epoch 2 starts.
-        _ = m.heartbeat(beat("n3", seq: 100), now: 150 * ms)
-        _ = m.heartbeat(beat("n1", seq: 100, start: EpochStart(epoch: 2, firstSeq: 101)), now: 150 * ms)
+        // The head says where epoch 2 starts, running it; the new tail holds what the head held
+        // then, so it is no longer catching up: the next may join behind it.
+        m.heartbeat("n1", seq: 100, epoch: 2, at: 150, start: EpochStart(epoch: 2, firstSeq: 101))
+        m.heartbeat("n3", seq: 100, epoch: 2, at: 150)
+        #expect(!m.isCatchingUp(node("n3")))
         let second = m.persistNext(now: 150 * ms)
         #expect(ids(second?.configuration.members) == ["n1", "n3", "n2"])
         #expect(second?.epoch == 3)
@@ -750,5 +753,118 @@ struct ChainManagerReportedFailureTests {
         // Healthy again: leased.
         #expect(m.heartbeat(beat("n1", seq: 10), now: 3100 * ms).lease == .seconds(1))
         #expect(m.isAvailable(now: 3100 * ms))
+    }
+}
+
+@Suite("Chain manager: members that may lack committed writes")
+struct ChainManagerCatchingUpTests {
+    /// n1 head, n2 tail at seq 100; n3, 80 behind, is appended at 400 ms while n2 has been silent
+    /// since 100 ms (paused, just under half the timeout): it is still "healthy".
+    private func n3JoinedBehindAPausedTail() -> ChainManager {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
+        m.beatsBeforeN3Joins()
+        for t in stride(from: 200, through: 400, by: 100) { m.heartbeat("n1", seq: 100, epoch: 1, at: UInt64(t)) }
+        m.heartbeat("n3", seq: 20, epoch: 0, at: 400)
+        #expect(m.status(now: 400 * ms).map(\.health) == [.healthy, .healthy, .joining])
+        #expect(ids(m.persistNext(now: 400 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+        #expect(m.isCatchingUp(node("n3")))
+        return m
+    }
+
+    @Test func theChainNeverShrinksToAJoinerStillCatchingUpWhenTheMembersHoldingEverythingFail() {
+        var m = n3JoinedBehindAPausedTail()
+        // n1 dies and n2 stays paused; n3 runs on, stuck at 40: it lacks 41...100, which n2 committed.
+        for t in stride(from: 500, through: 1500, by: 100) { m.heartbeat("n3", seq: 40, epoch: 2, at: UInt64(t)) }
+        // Both holders of every committed write failed: the most advanced of them (a tie: the
+        // later in chain order) stays; the chain is unavailable until it is back.
+        let next = m.persistNext(now: 1500 * ms)
+        #expect(ids(next?.configuration.members) == ["n2", "n3"])
+        #expect(ids(next?.standbys) == ["n1"])
+        #expect(m.isCatchingUp(node("n3")))
+        #expect(!m.isAvailable(now: 1500 * ms))
+        #expect(m.unavailableReason(now: 1500 * ms) == "every member known to hold all committed writes (n2) has failed, and n3 may lack some (still catching up): the chain waits for n2 to come back")
+        #expect(m.heartbeat("n3", seq: 40, epoch: 3, at: 1600).lease == nil)
+        for t in stride(from: 1700, through: 5000, by: 100) { m.heartbeat("n3", seq: 40, epoch: 3, at: UInt64(t)) }
+        #expect(m.nextProposal(now: 5000 * ms) == nil, "n2 is kept however long it is away")
+        // n2 resumes at epoch 3 and reports what it holds; n3 copies it and is leased.
+        _ = m.heartbeat("n2", seq: 100, epoch: 3, at: 5100)
+        #expect(m.isAvailable(now: 5100 * ms))
+        #expect(m.heartbeat("n3", seq: 100, epoch: 3, at: 5200).lease == .seconds(1))
+        #expect(!m.isCatchingUp(node("n3")))
+    }
+
+    @Test func aLiveHolderOfEverythingStaysWhenTheOtherFails() {
+        var m = n3JoinedBehindAPausedTail()
+        // n2 stays paused; n1 lives on. n3 waits for n1 instead (its predecessor once n2 is gone).
+        for t in stride(from: 500, through: 1200, by: 100) {
+            _ = m.heartbeat("n1", seq: 100, epoch: 2, at: UInt64(t))
+            _ = m.heartbeat("n3", seq: 40, epoch: 2, at: UInt64(t))
+        }
+        #expect(ids(m.persistNext(now: 1200 * ms)?.configuration.members) == ["n1", "n3"])
+        #expect(m.isAvailable(now: 1200 * ms))
+        // Now n1 dies too: it is kept, not dropped for n3.
+        for t in stride(from: 1300, through: 2300, by: 100) { _ = m.heartbeat("n3", seq: 40, epoch: 3, at: UInt64(t)) }
+        #expect(m.nextProposal(now: 2300 * ms) == nil)
+        #expect(ids(m.state.configuration.members) == ["n1", "n3"])
+        #expect(!m.isAvailable(now: 2300 * ms))
+    }
+
+    @Test func noJoinBehindATailThatIsItselfCatchingUp() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3", "n4"], firstSeq: 1), lag: 256)
+        m.beatsBeforeN3Joins()
+        _ = m.heartbeat("n4", seq: 10, epoch: 0, at: 100)
+        #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+        _ = m.heartbeat("n1", seq: 100, epoch: 1, at: 150, start: EpochStart(epoch: 2, firstSeq: 101))
+        #expect(m.persistNext(now: 150 * ms)?.epochHistory.last == EpochStart(epoch: 2, firstSeq: 101))
+        // n4 is within the lag of n3, which has not shown it holds what n2 held.
+        _ = m.heartbeat("n2", seq: 100, epoch: 1, at: 200)
+        _ = m.heartbeat("n3", seq: 60, epoch: 2, at: 200)
+        _ = m.heartbeat("n4", seq: 60, epoch: 0, at: 200)
+        #expect(m.nextProposal(now: 200 * ms) == nil)
+        // It has: n4 may join behind it.
+        _ = m.heartbeat("n2", seq: 100, epoch: 2, at: 300)
+        _ = m.heartbeat("n3", seq: 100, epoch: 2, at: 300)
+        _ = m.heartbeat("n4", seq: 100, epoch: 0, at: 300)
+        #expect(!m.isCatchingUp(node("n3")))
+        #expect(ids(m.persistNext(now: 300 * ms)?.configuration.members) == ["n1", "n2", "n3", "n4"])
+    }
+
+    @Test func whoMayLackCommittedWritesIsPersistedWithTheJoinAndClearedOnceCaughtUp() {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
+        m.beatsBeforeN3Joins()
+        let joined = m.persistNext(now: 100 * ms)
+        #expect(joined?.catchingUp == [node("n3")])
+        m.heartbeat("n2", seq: 100, epoch: 2, at: 150)
+        m.heartbeat("n3", seq: 100, epoch: 2, at: 160)
+        let cleared = m.persistNext(now: 160 * ms)
+        #expect(cleared?.catchingUp == [])
+        #expect(cleared?.epoch == 2, "recording it changes no configuration")
+    }
+
+    @Test func aRestartedMasterStillKeepsAHolderOfEverythingRatherThanAJoinerStillCatchingUp() {
+        var s = state(["n1", "n2", "n3"], epoch: 2, firstSeq: 101)
+        s.catchingUp = [node("n3")]
+        var m = manager(s, now: 10_000 * ms)
+        #expect(m.isCatchingUp(node("n3")))
+        // n1 and n2 never come back; n3 does, still at 40.
+        for t in stride(from: 10_100, through: 11_100, by: 100) { m.heartbeat("n3", seq: 40, epoch: 2, at: UInt64(t)) }
+        #expect(m.heartbeat("n3", seq: 40, epoch: 2, at: 11_100).lease == nil)
+        let next = m.persistNext(now: 11_100 * ms)
+        #expect(ids(next?.configuration.members) == ["n2", "n3"])
+        #expect(next?.catchingUp == [node("n3")])
+        #expect(!m.isAvailable(now: 11_100 * ms))
+    }
+
+    @Test func theLastMemberHoldingEverythingCannotBeDrained() throws {
+        var m = manager(state(["n1"], standbys: ["n2"], firstSeq: 1), lag: 256)
+        _ = m.heartbeat("n1", seq: 100, epoch: 1, at: 100)
+        _ = m.heartbeat("n2", seq: 20, epoch: 0, at: 100)
+        #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2"])
+        #expect(throws: CatenaError(.invalidArgument, "n1 is the only member of chain 1 known to hold every committed write (n2 is still catching up): removing it now could lose acknowledged writes; remove it once n2 caught up")) {
+            try m.removeNode(node("n1"), now: 150 * ms)
+        }
+        _ = m.heartbeat("n1", seq: 100, epoch: 2, at: 200)
+        _ = m.heartbeat("n2", seq: 100, epoch: 2, at: 250)
+        try m.removeNode(node("n1"), now: 300 * ms)
     }
 }
