@@ -200,12 +200,40 @@ public struct ChainManager: Sendable {
         public var failure: CatenaError?
     }
 
+    /// The chain runs a newer epoch than the active state: the state is stale (restored from an
+    /// old backup, or changed behind this master's back).
+    public struct Staleness: Hashable, Sendable {
+        /// The highest epoch known to be in use.
+        public var epoch: UInt64
+        /// The node that reported running it; nil: this master activated it itself, before the
+        /// state it holds now was loaded.
+        public var node: NodeID?
+
+        /// Creates a staleness.
+        public init(epoch: UInt64, node: NodeID?) {
+            self.epoch = epoch
+            self.node = node
+        }
+
+        /// The error heartbeats and operator requests get, and the chain's reason in status.
+        public func error(state: MasterState) -> CatenaError {
+            let who = node.map { "\($0) runs epoch \(epoch)" } ?? "this master had activated epoch \(epoch) before it reloaded it"
+            return CatenaError(.staleEpoch, "the master's state (epoch \(state.epoch)) is older than the chain's: \(who); it may have been restored from an old backup. The master hands out no configuration and changes nothing until it holds a state at least as new: put the latest master state in place (the master reloads it) or restart the master on it")
+        }
+    }
+
     /// The settings.
     public let settings: Settings
     /// The active state: persisted, and the only one ever announced.
     public private(set) var state: MasterState
     /// The next state, being persisted; at most one is in flight.
     public private(set) var proposal: MasterState?
+    /// Set once the chain shows it runs an epoch above the active state's (a node's heartbeat
+    /// says so, or the machine was made over a state older than one the master had activated):
+    /// from then on heartbeats and operator requests are refused with
+    /// ``CatenaError/Code/staleEpoch`` and nothing is proposed. Cleared only by a new machine
+    /// over a state at least that new.
+    public private(set) var staleness: Staleness?
 
     /// What the machine keeps about one node it knows.
     private struct Tracked: Sendable {
@@ -289,7 +317,11 @@ public struct ChainManager: Sendable {
 
     /// Creates the machine over the persisted `state`, at `now`. Every member is held leased
     /// until `now` + lease, and none has failed before `now` + failure timeout.
-    public init(state: MasterState, settings: Settings = Settings(), now: UInt64) {
+    ///
+    /// `inUse`: the highest epoch known to be in use (the previous machine's state's, or a
+    /// ``staleness`` it found, when the master reloads its state); a `state` older than that is
+    /// stale from the start.
+    public init(state: MasterState, settings: Settings = Settings(), now: UInt64, inUse: Staleness? = nil) {
         precondition(state.problem() == nil, "a malformed master state: \(state.problem()!)")
         precondition(settings.lease > .zero && settings.lease <= settings.failureTimeout,
                      "the lease (\(settings.lease)) must be positive and at most the failure timeout (\(settings.failureTimeout))")
@@ -308,11 +340,18 @@ public struct ChainManager: Sendable {
         // Members that may still lack committed writes: shown holding them only by what their
         // predecessor reports from now on.
         for id in state.catchingUp { catchingUp[id] = (state.epoch, nil) }
+        if let inUse, inUse.epoch > state.epoch { staleness = inUse }
     }
 
     // MARK: - Events
 
-    /// A node's heartbeat arrives at `now`. Members, standbys and nodes being added are
+    /// A node's heartbeat arrives at `now`.
+    ///
+    /// Refused with ``CatenaError/Code/staleEpoch`` while the active state is older than the
+    /// chain (see ``staleness``), which this heartbeat may show: it runs an epoch above the
+    /// state's. Nothing about it is recorded then.
+    ///
+    /// Otherwise, members, standbys and nodes being added are
     /// recorded (liveness, highest LSN, a new connectable address — unconnectable ones are
     /// ignored); a member is granted a lease unless it is leaving or being removed; the current
     /// head's report of the current epoch's first seq is taken for the next proposal. Standbys
@@ -320,8 +359,12 @@ public struct ChainManager: Sendable {
     /// ``Standing/unknown``, and nothing about it is kept.
     ///
     /// Call ``nextProposal(now:)`` right after: an address change or a first seq waits for it.
-    public mutating func heartbeat(_ beat: Beat, now: UInt64) -> Reply {
+    public mutating func heartbeat(_ beat: Beat, now: UInt64) throws(CatenaError) -> Reply {
         observe(now)
+        if beat.epoch > state.epoch && beat.epoch > staleness?.epoch ?? 0 {
+            staleness = Staleness(epoch: beat.epoch, node: beat.node)
+        }
+        if let staleness { throw staleness.error(state: state) }
         guard let i = slots[beat.node], records[i].standing != .unknown else { return Self.reply(state, .unknown, lease: nil) }
         var t = records[i]
         t.heard = max(t.heard ?? 0, now)
@@ -357,7 +400,7 @@ public struct ChainManager: Sendable {
     /// and at most one caught-up standby appended as the new tail.
     public mutating func nextProposal(now: UInt64) -> MasterState? {
         observe(now)
-        guard proposal == nil else { return nil }
+        guard proposal == nil, staleness == nil else { return nil }
         let members = 0..<state.configuration.members.count
         let standbys = members.upperBound..<(members.upperBound + state.standbys.count)
         let last = state.epochHistory.count - 1
@@ -481,6 +524,7 @@ public struct ChainManager: Sendable {
     /// (not `HOST:PORT`, a wildcard host, port 0), a known node at another address, a node being
     /// removed.
     public mutating func addNode(_ id: NodeID, address: String) throws(CatenaError) {
+        if let staleness { throw staleness.error(state: state) }
         guard Self.isConnectable(address) else {
             throw CatenaError(.invalidArgument, "'\(address)' is not an address peers can connect to (HOST:PORT, not a wildcard host, not port 0)")
         }
@@ -508,6 +552,7 @@ public struct ChainManager: Sendable {
     /// (``CatenaError/Code/invalidArgument``).
     public mutating func removeNode(_ id: NodeID, now: UInt64) throws(CatenaError) {
         observe(now)
+        if let staleness { throw staleness.error(state: state) }
         guard let i = slots[id], records[i].standing != .unknown else {
             throw CatenaError(.notFound, "\(id) is neither a member nor a standby of chain \(state.chainID)")
         }
@@ -565,6 +610,7 @@ public struct ChainManager: Sendable {
     /// Why the chain cannot serve at `now` and what it waits for, or nil if it can (see
     /// ``isAvailable(now:)``).
     public func unavailableReason(now: UInt64) -> String? {
+        if let staleness { return staleness.error(state: state).message }
         let members = state.configuration.members.indices
         let holders = members.filter(holdsAll)
         guard !holders.contains(where: { !hasFailed(records[$0], now: now) }) else { return nil }

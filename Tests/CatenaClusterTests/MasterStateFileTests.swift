@@ -316,3 +316,27 @@ struct MasterStateFileTests {
         }
     }
 }
+
+@Suite("Master directory lock")
+struct MasterDirectoryLockTests {
+    @Test func aSecondHolderIsRefusedUntilTheFirstReleases() throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let directory = tmp.path + "/master"
+        let first = try MasterDirectoryLock.acquire(directory)
+        #expect(first.path == directory + "/LOCK")
+        #expect(exists(first.path))
+        #expect(throws: CatenaError(.directoryLocked, "\(directory)/LOCK is locked by another process: is another catena master using the data directory \(directory)? Stop it, or give this master another data directory")) {
+            _ = try MasterDirectoryLock.acquire(directory)
+        }
+        // The per-operation lock of the state file is another file: saves still work.
+        try MasterStateFile(directory: directory).save(state(epoch: 1))
+        first.release()
+        first.release()
+        let second = try MasterDirectoryLock.acquire(directory)
+        second.release()
+        // Dropping the last reference releases it too.
+        do { _ = try MasterDirectoryLock.acquire(directory) }
+        _ = try MasterDirectoryLock.acquire(directory)
+    }
+}

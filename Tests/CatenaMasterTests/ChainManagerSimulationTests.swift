@@ -48,8 +48,8 @@ struct ChainManagerSimulationTests {
         guard seeds.count > 100 else { return }
         // The schedules exercise what they claim to: every kind of reconfiguration happens.
         #expect(totals.failureRemovals > 1000, "\(totals)")
-        #expect(totals.drainRemovals > 180, "\(totals)")
-        #expect(totals.joins > 700, "\(totals)")
+        #expect(totals.drainRemovals > 250, "\(totals)")
+        #expect(totals.joins > 1000, "\(totals)")
         #expect(totals.keptLastMember > 30, "\(totals)")
         #expect(totals.firstSeqsRecorded > 2000, "\(totals)")
         #expect(totals.addressChanges > 100, "\(totals)")
@@ -320,7 +320,7 @@ private final class Simulation {
         if chance(0.03) { address = chance(0.5) ? "0.0.0.0:\(nodes[i].port)" : "127.0.0.1:0" }
         let beat = ChainManager.Beat(node: nodes[i].id, address: address, highestLSN: nodes[i].lsn,
                                      epochStart: nodes[i].startReport.map { EpochStart(epoch: $0.epoch, firstSeq: nodes[i].lsn.seq + 1) },
-                                     failure: nodes[i].failure)
+                                     epoch: nodes[i].configuration?.epoch ?? 0, failure: nodes[i].failure)
         let at = max(now + random(0...interval / 4), nodes[i].lastDelivery)
         nodes[i].lastDelivery = at
         if nodes[i].lastSent.map({ now - $0 > steadyGap }) ?? true { nodes[i].steadySince = now }
@@ -348,7 +348,14 @@ private final class Simulation {
     func deliver(_ m: Message) {
         let i = m.node
         let expected: ChainManager.Standing = nodes[i].adding ? .joining : nodes[i].inFile
-        let reply = manager.heartbeat(m.beat, now: now)
+        let reply: ChainManager.Reply
+        do throws(CatenaError) {
+            reply = try manager.heartbeat(m.beat, now: now)
+        } catch {
+            // Nodes only ever run persisted configurations: the master is never behind them.
+            check(false, "\(nodes[i].id)'s heartbeat at epoch \(m.beat.epoch) was refused: \(error)")
+            return
+        }
         nodes[i].heard = now
         nodes[i].reported = m.beat.highestLSN
         nodes[i].failureSeen = m.beat.failure == nil ? nil : nodes[i].failureSeen ?? now
