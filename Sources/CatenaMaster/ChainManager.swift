@@ -352,8 +352,9 @@ public struct ChainManager: Sendable {
     /// state's. Nothing about it is recorded then.
     ///
     /// Otherwise, members, standbys and nodes being added are
-    /// recorded (liveness, highest LSN, a new connectable address — unconnectable ones are
-    /// ignored); a member is granted a lease unless it is leaving or being removed; the current
+    /// recorded (liveness, highest LSN, the failure it reports if any, a new connectable address
+    /// — unconnectable ones are ignored); a member is granted a
+    /// lease unless it is leaving, being removed, reporting a failure or catching up; the current
     /// head's report of the current epoch's first seq is taken for the next proposal. Standbys
     /// and nodes being added are answered ``Standing/joining``; anyone else
     /// ``Standing/unknown``, and nothing about it is kept.
@@ -522,7 +523,7 @@ public struct ChainManager: Sendable {
     ///
     /// Refused (``CatenaError/Code/invalidArgument``): an address peers cannot connect to
     /// (not `HOST:PORT`, a wildcard host, port 0), a known node at another address, a node being
-    /// removed.
+    /// removed; anything while the state is stale (``CatenaError/Code/staleEpoch``).
     public mutating func addNode(_ id: NodeID, address: String) throws(CatenaError) {
         if let staleness { throw staleness.error(state: state) }
         guard Self.isConnectable(address) else {
@@ -548,8 +549,10 @@ public struct ChainManager: Sendable {
     /// ``Standing/unknown`` and it stops. Removing a node already leaving does nothing.
     ///
     /// Refused: a node neither member nor standby (``CatenaError/Code/notFound``); the last
-    /// member not leaving, or one whose remaining members have all failed at `now`
-    /// (``CatenaError/Code/invalidArgument``).
+    /// member not leaving, one whose remaining members have all failed at `now`, or the last
+    /// member known to hold every committed write while others catch up
+    /// (``CatenaError/Code/invalidArgument``); anything while the state is stale
+    /// (``CatenaError/Code/staleEpoch``, see ``staleness``).
     public mutating func removeNode(_ id: NodeID, now: UInt64) throws(CatenaError) {
         observe(now)
         if let staleness { throw staleness.error(state: state) }
