@@ -450,7 +450,7 @@ public struct ChainManager: Sendable {
         }
 
         var changes = firstSeq != nil || !removed.isEmpty || joiner != nil || !adding.isEmpty
-            || Set(catchingUp.keys) != state.catchingUp
+            || catchingUp.count != state.catchingUp.count || catchingUp.keys.contains { !state.catchingUp.contains($0) }
         for i in members.lowerBound..<standbys.upperBound where !changes {
             // A standby to forget, or a new address.
             let t = records[i]

@@ -703,8 +703,8 @@ private final class Simulation {
 
         // A silent member is removed within the timeout, two heartbeat intervals and two
         // persists (one may be in flight when it fails) — unless it is the one kept.
-        if chain.contains(where: { manager.isCatchingUp(nodes[$0].id) }) { catchingUpUntil = now }
         guard clean, chain.count > 1 else { return }
+        if chain.contains(where: { manager.isCatchingUp(nodes[$0].id) }) { catchingUpUntil = now }
         let bound = timeout + 2 * interval + 2 * maxPersistDelay + quantum
         let everyoneFailed = chain.allSatisfy { hasFailed($0, at: now) }
         let kept = everyoneFailed ? chain.enumerated().max { (nodes[$0.element].reported ?? .zero, $0.offset) < (nodes[$1.element].reported ?? .zero, $1.offset) }?.element : nil
