@@ -628,13 +628,15 @@ public struct ChainManager: Sendable {
     // MARK: - Internals
 
     /// The answer to `node`'s heartbeat from the active state as it is now, for a heartbeat
-    /// whose ``heartbeat(_:now:)`` granted `granted` and after which a proposal was persisted:
-    /// the node's standing in the new state, and the lease only if it is still a member that
-    /// may hold one.
-    public func reply(to node: NodeID, granted: Duration?) -> Reply {
+    /// whose ``heartbeat(_:now:)`` granted `granted` and after which a proposal was persisted (or
+    /// the master reloaded its state): the node's standing in the new state, and the lease only
+    /// if it is still a member that may hold one. Refused like a heartbeat while the state is
+    /// stale (``staleness``).
+    public func reply(to node: NodeID, granted: Duration?) throws(CatenaError) -> Reply {
+        if let staleness { throw staleness.error(state: state) }
         guard let i = slots[node], records[i].standing != .unknown else { return Self.reply(state, .unknown, lease: nil) }
         let t = records[i]
-        let leased = t.standing == .member && !t.leaving && !t.beingRemoved && catchingUp[node] == nil
+        let leased = t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[node] == nil
         return Self.reply(state, t.standing, lease: leased ? granted : nil)
     }
 

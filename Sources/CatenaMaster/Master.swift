@@ -255,7 +255,7 @@ actor MasterCore {
         notePause()
         guard advance() else { return reply(first) }
         // The state changed: answer from the new one.
-        return reply(manager.reply(to: beat.node, granted: first.lease))
+        return reply(try manager.reply(to: beat.node, granted: first.lease))
     }
 
     private func reply(_ r: ChainManager.Reply) -> HeartbeatReply {

@@ -88,11 +88,11 @@ struct ChainManagerTests {
         let appended = m.persistNext(now: 10 * ms)
         #expect(ids(appended?.configuration.members) == ["n1", "n2", "n3"])
         // n3 is a member now, but joined: no lease until it holds what n2 held.
-        #expect(m.reply(to: node("n3"), granted: .seconds(1)) ==
+        #expect(try m.reply(to: node("n3"), granted: .seconds(1)) ==
                 ChainManager.Reply(configuration: appended!.configuration, history: appended!.epochHistory, standing: .member, lease: nil))
-        #expect(m.reply(to: node("n1"), granted: .seconds(1)).lease == .seconds(1))
-        #expect(m.reply(to: node("n1"), granted: nil).lease == nil, "no lease the heartbeat did not grant")
-        #expect(m.reply(to: node("n9"), granted: .seconds(1)).standing == .unknown)
+        #expect(try m.reply(to: node("n1"), granted: .seconds(1)).lease == .seconds(1))
+        #expect(try m.reply(to: node("n1"), granted: nil).lease == nil, "no lease the heartbeat did not grant")
+        #expect(try m.reply(to: node("n9"), granted: .seconds(1)).standing == .unknown)
     }
 
     @Test(arguments: [("n1", ["n2", "n3"], "n2"), ("n2", ["n1", "n3"], "n1"), ("n3", ["n1", "n2"], "n1")])

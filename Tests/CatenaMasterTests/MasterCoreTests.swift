@@ -152,8 +152,9 @@ struct MasterCoreStoreTests {
         let master = core(store)
         store.overwrite(state(["n1", "n2"], epoch: 2))
         // A new address to persist: the swap is refused, the stored state is older than what
-        // this master activated: it refuses rather than hand out epoch 2.
-        _ = try await master.heartbeat(heartbeat("n1", address: "127.0.0.1:8001"), epoch: 6)
+        // this master activated: it refuses rather than hand out epoch 2 — to this heartbeat too.
+        let error = await #expect(throws: CatenaError.self) { try await master.heartbeat(heartbeat("n1", address: "127.0.0.1:8001"), epoch: 6) }
+        #expect(error?.code == .staleEpoch)
         #expect(store.refusedSwaps == 1)
         await #expect(throws: CatenaError.self) { try await master.heartbeat(heartbeat("n2"), epoch: 6) }
         #expect(await master.state.epoch == 2)
