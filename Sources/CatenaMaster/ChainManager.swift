@@ -310,10 +310,19 @@ public struct ChainManager: Sendable {
     private var adding: [ChainMember] = []
     /// The current head's report of the current epoch's first seq, not yet recorded.
     private var reportedStart: EpochStart?
+    /// A joined member's barrier: what it must report before it holds every committed write.
+    private struct Barrier: Sendable {
+        /// Its predecessor's reports count from heartbeats sent running this epoch on (when it
+        /// knew it was no longer the tail).
+        var epoch: UInt64
+        /// The LSN its predecessor reported so; nil: not yet.
+        var need: LSN?
+    }
+
     /// Members appended as the tail that may still lack writes committed before they joined:
     /// no lease until they reported at least the LSN their predecessor reported in a heartbeat
-    /// sent at `epoch` or later (when it knew it was no longer the tail).
-    private var catchingUp: [NodeID: (epoch: UInt64, need: LSN?)] = [:]
+    /// sent at the barrier's epoch or later.
+    private var catchingUp: [NodeID: Barrier] = [:]
 
     /// Creates the machine over the persisted `state`, at `now`. Every member is held leased
     /// until `now` + lease, and none has failed before `now` + failure timeout.
@@ -339,7 +348,7 @@ public struct ChainManager: Sendable {
         }
         // Members that may still lack committed writes: shown holding them only by what their
         // predecessor reports from now on.
-        for id in state.catchingUp { catchingUp[id] = (state.epoch, nil) }
+        for id in state.catchingUp { catchingUp[id] = Barrier(epoch: state.epoch) }
         if let inUse, inUse.epoch > state.epoch { staleness = inUse }
     }
 
@@ -488,9 +497,9 @@ public struct ChainManager: Sendable {
         let before = state.configuration
         for m in next.configuration.members {
             if before.role(of: m.id) == nil {
-                catchingUp[m.id] = (next.epoch, nil)
+                catchingUp[m.id] = Barrier(epoch: next.epoch)
             } else if catchingUp[m.id] != nil, before.predecessor(of: m.id) != next.configuration.predecessor(of: m.id) {
-                catchingUp[m.id] = (next.epoch, nil)
+                catchingUp[m.id] = Barrier(epoch: next.epoch)
             }
         }
         catchingUp = catchingUp.filter { entry in next.configuration.members.contains { $0.id == entry.key } }
