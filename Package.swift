@@ -180,7 +180,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
-        .testTarget(name: "CatenaMasterTests", dependencies: ["CatenaMaster", "CatenaCluster", "CatenaCore"]),
+        .testTarget(name: "CatenaMasterTests", dependencies: ["CatenaMaster", "CatenaCluster", "CatenaCore", "CatenaWire",
+                                                             .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CatenaTestSupportTests", dependencies: ["CatenaTestSupport", "CatenaCore"]),
         .testTarget(name: "CatenaSimulationTests", dependencies: ["CatenaSimulation", "CatenaCore"]),
     ],

@@ -6,9 +6,10 @@ import Foundation
 ///
 /// A state is well formed when the cluster id has ``NodeID/isValidIdentifier(_:)`` form, the
 /// chain id is at least 1, member ids are distinct, standby ids are distinct and none is a
-/// member, and ``epochHistory`` is non-empty, strictly increasing, and ends with the
-/// configuration's epoch — every epoch the master ever activated is in it. ``MasterStateFile`` refuses to save a state that is not, and reports a stored one that is
-/// not as corruption.
+/// member, every node catching up is a member, and ``epochHistory`` is non-empty, strictly
+/// increasing, and ends with the configuration's epoch — every epoch the master ever activated
+/// is in it. ``MasterStateFile`` refuses to save a state that is not, and reports a stored one
+/// that is not as corruption.
 public struct MasterState: Hashable, Sendable {
     /// The format version of `master.json` this build writes and reads.
     public static let formatVersion = 1
@@ -21,12 +22,19 @@ public struct MasterState: Hashable, Sendable {
     /// up, or members removed after a failure that may rejoin. A standby is appended as the new
     /// tail once it has caught up; it never holds a lease and is never announced as a member.
     public var standbys: [ChainMember]
+    /// Members appended as the tail that have not yet shown they hold every write committed
+    /// before they joined (they were appended up to `catchUpLagRecords` behind): the chain is
+    /// never left with only these. Kept here so that a restarted master does not take them for
+    /// members holding everything.
+    public var catchingUp: Set<NodeID>
 
     /// Creates a state.
-    public init(configuration: ChainConfiguration, epochHistory: [EpochStart], standbys: [ChainMember] = []) {
+    public init(configuration: ChainConfiguration, epochHistory: [EpochStart], standbys: [ChainMember] = [],
+                catchingUp: Set<NodeID> = []) {
         self.configuration = configuration
         self.epochHistory = epochHistory
         self.standbys = standbys
+        self.catchingUp = catchingUp
     }
 
     /// A chain's first state: `configuration` and a history holding only its epoch.
@@ -51,6 +59,9 @@ public struct MasterState: Hashable, Sendable {
         for s in standbys {
             if members.contains(s.id) { return "standby \(s.id) is also a member" }
             if !seen.insert(s.id).inserted { return "the standbys list \(s.id) twice" }
+        }
+        if let stray = catchingUp.subtracting(members).min(by: { $0.rawValue < $1.rawValue }) {
+            return "\(stray) is catching up but not a member"
         }
         guard let last = epochHistory.last else { return "the epoch history is empty" }
         for (a, b) in zip(epochHistory, epochHistory.dropFirst()) where a.epoch >= b.epoch {
@@ -100,7 +111,8 @@ public protocol MasterStateStore: Sendable {
 /// ```
 ///
 /// `standbys` is left out when there are none, and a file without it has none (files written
-/// before standbys existed load unchanged).
+/// before standbys existed load unchanged); so is `catchingUp` (the ids of members that may lack
+/// committed writes, sorted).
 public struct MasterStateFile: MasterStateStore {
     /// The directory holding the state.
     public let directory: String
@@ -195,7 +207,8 @@ public struct MasterStateFile: MasterStateStore {
             chain: state.chainID,
             configuration: .init(epoch: state.epoch, members: state.configuration.members.map { .init(id: $0.id.rawValue, address: $0.address) }),
             history: state.epochHistory.map { .init(epoch: $0.epoch, firstSeq: $0.firstSeq) },
-            standbys: state.standbys.isEmpty ? nil : state.standbys.map { .init(id: $0.id.rawValue, address: $0.address) }
+            standbys: state.standbys.isEmpty ? nil : state.standbys.map { .init(id: $0.id.rawValue, address: $0.address) },
+            catchingUp: state.catchingUp.isEmpty ? nil : state.catchingUp.map(\.rawValue).sorted()
         )
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -239,9 +252,13 @@ public struct MasterStateFile: MasterStateStore {
             for s in stored.standbys ?? [] {
                 standbys.append(ChainMember(id: try NodeID(s.id), address: s.address))
             }
+            var catchingUp: Set<NodeID> = []
+            for id in stored.catchingUp ?? [] {
+                catchingUp.insert(try NodeID(id))
+            }
             let configuration = try ChainConfiguration(clusterID: stored.cluster, chainID: stored.chain, epoch: stored.configuration.epoch, members: members)
             state = MasterState(configuration: configuration, epochHistory: stored.history.map { EpochStart(epoch: $0.epoch, firstSeq: $0.firstSeq) },
-                                standbys: standbys)
+                                standbys: standbys, catchingUp: catchingUp)
         } catch {
             throw CatenaError(.corruption, "\(path): damaged master state: \(error.message)")
         }
@@ -296,4 +313,6 @@ private struct StoredState: Codable {
     var history: [Epoch]
     /// Absent: no standbys.
     var standbys: [Member]?
+    /// Absent: no member catching up.
+    var catchingUp: [String]?
 }

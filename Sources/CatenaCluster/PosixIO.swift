@@ -93,6 +93,21 @@ enum PosixIO {
         }
     }
 
+    /// Takes an exclusive `flock` on `path` (created if missing) without waiting: the open
+    /// descriptor holding it (closing it releases the lock), or nil if another holder has it.
+    static func tryExclusiveLock(_ path: String) throws(CatenaError) -> Int32? {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw posixError(errno, "open lock file", path) }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let err = errno
+            if err == EINTR { continue }
+            close(fd)
+            if err == EWOULDBLOCK { return nil }
+            throw posixError(err, "flock", path)
+        }
+        return fd
+    }
+
     /// Runs `body` holding an exclusive `flock` on `path` (created if missing), waiting for other
     /// holders — other processes, or other threads of this one — to let go. Returns nil without
     /// running `body` if the directory `path` would live in does not exist.

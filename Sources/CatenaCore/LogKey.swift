@@ -16,4 +16,8 @@ public enum LogKey {
     public static let peer = "catena_peer"
     /// A file path.
     public static let path = "catena_path"
+    /// How long something did not run, in milliseconds (the master's own pause).
+    public static let pauseMilliseconds = "catena_pause_ms"
+    /// The configuration epoch a node runs, as it reported it.
+    public static let nodeEpoch = "catena_node_epoch"
 }

@@ -15,31 +15,44 @@ import CatenaCore
 /// - persisted before announced: replies carry only ``state``, the active (persisted) state,
 ///   never the ``proposal``; at most one proposal is in flight. A proposal that changes the
 ///   configuration (members, their order or addresses) has the next epoch and a new history
-///   entry for it; one that only records a first seq or changes standbys keeps the epoch;
+///   entry for it; one that only records a first seq, changes standbys or records which members
+///   are catching up keeps the epoch;
 /// - leases: each heartbeat of a member renews its lease (``Settings/lease``), unless the member
 ///   is leaving or the proposal in flight removes it. A member is removed only by a proposal
 ///   made once the lease it last got has run out, so a paused old tail can never answer a read
 ///   after the configuration without it is active. A new machine holds every member leased for
 ///   one lease from its start (a restarted master does not know what it granted before);
+/// - the master's own pauses: a gap between two events (of any kind) longer than
+///   ``Settings/pauseThreshold`` is the master not running, not its members being silent. The
+///   first event after it — a heartbeat queued meanwhile as much as a tick — is a resume, handled
+///   like a restart: silence counts from it and every member is held leased for one lease from it.
+///   So no member is removed until it had a whole timeout to be heard after the resume. Tests that
+///   mean the master to run through a stretch of time without events say so with ``tick(now:)``;
 /// - failure detection: a member without a heartbeat for more than ``Settings/failureTimeout``
-///   (counted from its last heartbeat, or from the machine's start) has failed. Every failed
+///   (counted from its last heartbeat, or from the machine's start or last resume), or whose
+///   last heartbeat reports a failure (``Beat/failure``: its log or store stopped working while
+///   it runs on), has failed. A member reporting a failure gets no lease. Every failed
 ///   member whose lease ran out is dropped in one proposal — a failed head's successor becomes
 ///   head, a failed tail's predecessor becomes tail, a failed middle's neighbours are linked —
 ///   and becomes a standby, which may rejoin once it caught up. A failure noticed while a
 ///   proposal is in flight is handled by the next one;
-/// - never empty, never invented data: if every member would go, the one most worth keeping
-///   stays (a live one before a failed one, then the highest reported LSN, then the later in
-///   chain order) and, if it failed, the chain is unavailable until it is back. If only drained
-///   members would stay, the drain of the one most worth keeping is cancelled, so the chain
+/// - never empty, never invented data, never a loss of committed writes: at least one member
+///   that holds every committed write (not catching up, below) and is not leaving stays. If none
+///   would, the one most worth keeping of those holding every committed write stays (a live one
+///   before a failed one, then the highest reported LSN, then the later in chain order) — one
+///   still staying if there is one, else one of those going — and, if it failed, the chain is
+///   unavailable (``unavailableReason(now:)``) until it is back: a member still catching up never
+///   becomes all the chain has. If the one kept was drained, its drain is cancelled, so the chain
 ///   never consists of members on their way out (without leases); a standby only ever joins as
 ///   the tail after a live, healthy tail, never alone. So a chain that lost every member
-///   restarts only from a member of its last configuration;
-/// - joining: a standby that heartbeated within the failure timeout, whose log is a prefix of
-///   the chain's by the epoch history (its highest LSN is the chain's record at that seq, and the
-///   current epoch's first seq is recorded) and whose highest seq is within
-///   ``Settings/catchUpLagRecords`` of the healthy tail's is appended as the new tail, one per
-///   proposal. A standby still holding writes of a replaced head that never committed truncates
-///   them before it can join;
+///   restarts only from a member of its last configuration that holds every committed write;
+/// - joining: a standby that heartbeated within the failure timeout without reporting a
+///   failure, whose log is a prefix of the chain's by the epoch history (its highest LSN is the
+///   chain's record at that seq, and the current epoch's first seq is recorded) and whose
+///   highest seq is within ``Settings/catchUpLagRecords`` of the tail's is appended as the new
+///   tail, one per proposal — only behind a tail heard within half the timeout, not reporting a
+///   failure, not leaving, and not itself catching up. A standby still holding writes of a
+///   replaced head that never committed truncates them before it can join;
 /// - operator requests: ``addNode(_:address:)`` makes a standby; ``removeNode(_:now:)`` forgets
 ///   a standby and drains a member (no more lease renewals, removed once its lease ran out, then
 ///   forgotten: its heartbeats are answered ``Standing/unknown`` and it stops). Neither is
@@ -48,11 +61,13 @@ import CatenaCore
 /// - the first seq of the current epoch is recorded from its head's report, once. It may be below
 ///   an earlier epoch's: a head continues from its own log, which can end below what a replaced
 ///   head wrote and never got committed (see ``EpochHistory``);
-/// - a joined member gets no lease (so serves no reads as tail, takes no writes as head) until it
-///   reported at least what its predecessor held once the predecessor knew it was no longer the
-///   tail: appended within ``Settings/catchUpLagRecords``, it may lack writes the old tail
-///   committed and acknowledged. Re-armed when its predecessor changes; not persisted (a
-///   restarted master forgets it, as it forgets leases).
+/// - a joined member is *catching up*: it gets no lease (so serves no reads as tail, takes no
+///   writes as head) until it reported at least what its predecessor held once the predecessor
+///   knew it was no longer the tail: appended within ``Settings/catchUpLagRecords``, it may lack
+///   writes the old tail committed and acknowledged. Re-armed when its predecessor changes. Who
+///   is catching up is persisted (``MasterState/catchingUp``), with the join and again once they
+///   caught up, so a restarted master re-arms it (the predecessor must report at the current
+///   epoch) instead of taking the joiner for a holder of everything.
 public struct ChainManager: Sendable {
     /// The failure detector's settings.
     public struct Settings: Hashable, Sendable {
@@ -65,12 +80,22 @@ public struct ChainManager: Sendable {
         /// A standby whose highest seq is within this many records of the tail's has caught up
         /// and joins as the new tail. Default 256.
         public var catchUpLagRecords: UInt64
+        /// The longest time between two events (heartbeats, ticks, persist results, operator
+        /// requests) the machine takes as the master running. A longer gap means the master itself
+        /// did not run — stopped, suspended, starved of CPU, stuck in a slow disk write — and
+        /// heartbeats may be waiting unread: the first event after it is a *resume*, handled like
+        /// a restart (see ``ChainManager``). The master ticks every twentieth of the failure
+        /// timeout. Default: a quarter of the failure timeout.
+        public var pauseThreshold: Duration
 
-        /// Creates settings; `lease` defaults to `failureTimeout`.
-        public init(failureTimeout: Duration = .seconds(1), lease: Duration? = nil, catchUpLagRecords: UInt64 = 256) {
+        /// Creates settings; `lease` defaults to `failureTimeout`, `pauseThreshold` to a quarter
+        /// of it.
+        public init(failureTimeout: Duration = .seconds(1), lease: Duration? = nil, catchUpLagRecords: UInt64 = 256,
+                    pauseThreshold: Duration? = nil) {
             self.failureTimeout = failureTimeout
             self.lease = lease ?? failureTimeout
             self.catchUpLagRecords = catchUpLagRecords
+            self.pauseThreshold = pauseThreshold ?? failureTimeout / 4
         }
     }
 
@@ -88,14 +113,19 @@ public struct ChainManager: Sendable {
         public var epochStart: EpochStart?
         /// The configuration epoch the node runs (0: none yet, or not said).
         public var epoch: UInt64
+        /// The failure the node reports (its log or store stopped working, though it still runs);
+        /// nil: healthy.
+        public var failure: CatenaError?
 
         /// Creates a heartbeat.
-        public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, epoch: UInt64 = 0) {
+        public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, epoch: UInt64 = 0,
+                    failure: CatenaError? = nil) {
             self.node = node
             self.address = address
             self.highestLSN = highestLSN
             self.epochStart = epochStart
             self.epoch = epoch
+            self.failure = failure
         }
     }
 
@@ -166,6 +196,30 @@ public struct ChainManager: Sendable {
         /// Nanoseconds until the lease the master last granted it runs out (an upper bound on
         /// the node's own); nil if it holds none.
         public var leaseRemaining: UInt64?
+        /// The failure its last heartbeat reported; nil if none.
+        public var failure: CatenaError?
+    }
+
+    /// The chain runs a newer epoch than the active state: the state is stale (restored from an
+    /// old backup, or changed behind this master's back).
+    public struct Staleness: Hashable, Sendable {
+        /// The highest epoch known to be in use.
+        public var epoch: UInt64
+        /// The node that reported running it; nil: this master activated it itself, before the
+        /// state it holds now was loaded.
+        public var node: NodeID?
+
+        /// Creates a staleness.
+        public init(epoch: UInt64, node: NodeID?) {
+            self.epoch = epoch
+            self.node = node
+        }
+
+        /// The error heartbeats and operator requests get, and the chain's reason in status.
+        public func error(state: MasterState) -> CatenaError {
+            let who = node.map { "\($0) runs epoch \(epoch)" } ?? "this master had activated epoch \(epoch) before it reloaded it"
+            return CatenaError(.staleEpoch, "the master's state (epoch \(state.epoch)) is older than the chain's: \(who); it may have been restored from an old backup. The master hands out no configuration and changes nothing until it holds a state at least as new: put the latest master state in place (the master reloads it) or restart the master on it")
+        }
     }
 
     /// The settings.
@@ -174,6 +228,12 @@ public struct ChainManager: Sendable {
     public private(set) var state: MasterState
     /// The next state, being persisted; at most one is in flight.
     public private(set) var proposal: MasterState?
+    /// Set once the chain shows it runs an epoch above the active state's (a node's heartbeat
+    /// says so, or the machine was made over a state older than one the master had activated):
+    /// from then on heartbeats and operator requests are refused with
+    /// ``CatenaError/Code/staleEpoch`` and nothing is proposed. Cleared only by a new machine
+    /// over a state at least that new.
+    public private(set) var staleness: Staleness?
 
     /// What the machine keeps about one node it knows.
     private struct Tracked: Sendable {
@@ -189,6 +249,8 @@ public struct ChainManager: Sendable {
         var heard: UInt64?
         /// The highest LSN it reported last.
         var reported: LSN?
+        /// The failure it reported last; nil: none.
+        var failure: CatenaError?
         /// A member: the latest instant the lease it last got can run out at (an upper bound:
         /// the node counts from when it sent the heartbeat, before the master received it).
         var leaseUntil: UInt64 = 0
@@ -210,14 +272,35 @@ public struct ChainManager: Sendable {
         /// The address the next proposal gives it.
         var next: ChainMember { ChainMember(id: id, address: announced ?? address) }
 
-        /// Nanoseconds without a heartbeat at `now`, counted from `start` if none since.
-        func silence(at now: UInt64, since start: UInt64) -> UInt64 { ChainManager.since(heard ?? start, now) }
+        /// Nanoseconds without a heartbeat at `now`, counted from `start` (the machine's start or
+        /// the master's resume) if none since.
+        func silence(at now: UInt64, since start: UInt64) -> UInt64 { ChainManager.since(max(heard ?? 0, start), now) }
+    }
+
+    /// A gap in the master's own events longer than ``Settings/pauseThreshold``.
+    public struct Pause: Hashable, Sendable {
+        /// The first event after the gap.
+        public var resumedAt: UInt64
+        /// Nanoseconds since the event before it.
+        public var length: UInt64
+
+        /// Creates a pause.
+        public init(resumedAt: UInt64, length: UInt64) {
+            self.resumedAt = resumedAt
+            self.length = length
+        }
     }
 
     private let failureTimeout: UInt64
     private let lease: UInt64
-    /// When the machine started: the last heartbeat of members not heard from since.
-    private let startedAt: UInt64
+    private let pauseThreshold: UInt64
+    /// When the machine started or the master last resumed from a pause: the last heartbeat of
+    /// members not heard from since.
+    private var attentiveSince: UInt64
+    /// The latest instant of any event.
+    private var lastEvent: UInt64
+    /// The latest pause the machine noticed, if any.
+    public private(set) var lastPause: Pause?
     /// Every node the machine knows: the members in chain order, then the standbys in order,
     /// then the nodes being added, then those to forget once the proposal in flight persists.
     private var records: [Tracked] = []
@@ -227,43 +310,76 @@ public struct ChainManager: Sendable {
     private var adding: [ChainMember] = []
     /// The current head's report of the current epoch's first seq, not yet recorded.
     private var reportedStart: EpochStart?
+    /// A joined member's barrier: what it must report before it holds every committed write.
+    private struct Barrier: Sendable {
+        /// Its predecessor's reports count from heartbeats sent running this epoch on (when it
+        /// knew it was no longer the tail).
+        var epoch: UInt64
+        /// The LSN its predecessor reported so; nil: not yet.
+        var need: LSN?
+    }
+
     /// Members appended as the tail that may still lack writes committed before they joined:
     /// no lease until they reported at least the LSN their predecessor reported in a heartbeat
-    /// sent at `epoch` or later (when it knew it was no longer the tail).
-    private var catchingUp: [NodeID: (epoch: UInt64, need: LSN?)] = [:]
+    /// sent at the barrier's epoch or later.
+    private var catchingUp: [NodeID: Barrier] = [:]
 
     /// Creates the machine over the persisted `state`, at `now`. Every member is held leased
     /// until `now` + lease, and none has failed before `now` + failure timeout.
-    public init(state: MasterState, settings: Settings = Settings(), now: UInt64) {
+    ///
+    /// `inUse`: the highest epoch known to be in use (the previous machine's state's, or a
+    /// ``staleness`` it found, when the master reloads its state); a `state` older than that is
+    /// stale from the start.
+    public init(state: MasterState, settings: Settings = Settings(), now: UInt64, inUse: Staleness? = nil) {
         precondition(state.problem() == nil, "a malformed master state: \(state.problem()!)")
         precondition(settings.lease > .zero && settings.lease <= settings.failureTimeout,
                      "the lease (\(settings.lease)) must be positive and at most the failure timeout (\(settings.failureTimeout))")
         self.state = state
         self.settings = settings
+        precondition(settings.pauseThreshold > .zero, "the pause threshold (\(settings.pauseThreshold)) must be positive")
         self.failureTimeout = Self.nanoseconds(settings.failureTimeout)
         self.lease = Self.nanoseconds(settings.lease)
-        self.startedAt = now
+        self.pauseThreshold = Self.nanoseconds(settings.pauseThreshold)
+        self.attentiveSince = now
+        self.lastEvent = now
         reindex()
         for i in state.configuration.members.indices {
             records[i].leaseUntil = Self.plus(now, lease)
         }
+        // Members that may still lack committed writes: shown holding them only by what their
+        // predecessor reports from now on.
+        for id in state.catchingUp { catchingUp[id] = Barrier(epoch: state.epoch) }
+        if let inUse, inUse.epoch > state.epoch { staleness = inUse }
     }
 
     // MARK: - Events
 
-    /// A node's heartbeat arrives at `now`. Members, standbys and nodes being added are
-    /// recorded (liveness, highest LSN, a new connectable address — unconnectable ones are
-    /// ignored); a member is granted a lease unless it is leaving or being removed; the current
+    /// A node's heartbeat arrives at `now`.
+    ///
+    /// Refused with ``CatenaError/Code/staleEpoch`` while the active state is older than the
+    /// chain (see ``staleness``), which this heartbeat may show: it runs an epoch above the
+    /// state's. Nothing about it is recorded then.
+    ///
+    /// Otherwise, members, standbys and nodes being added are
+    /// recorded (liveness, highest LSN, the failure it reports if any, a new connectable address
+    /// — unconnectable ones are ignored); a member is granted a
+    /// lease unless it is leaving, being removed, reporting a failure or catching up; the current
     /// head's report of the current epoch's first seq is taken for the next proposal. Standbys
     /// and nodes being added are answered ``Standing/joining``; anyone else
     /// ``Standing/unknown``, and nothing about it is kept.
     ///
     /// Call ``nextProposal(now:)`` right after: an address change or a first seq waits for it.
-    public mutating func heartbeat(_ beat: Beat, now: UInt64) -> Reply {
+    public mutating func heartbeat(_ beat: Beat, now: UInt64) throws(CatenaError) -> Reply {
+        observe(now)
+        if beat.epoch > state.epoch && beat.epoch > staleness?.epoch ?? 0 {
+            staleness = Staleness(epoch: beat.epoch, node: beat.node)
+        }
+        if let staleness { throw staleness.error(state: state) }
         guard let i = slots[beat.node], records[i].standing != .unknown else { return Self.reply(state, .unknown, lease: nil) }
         var t = records[i]
         t.heard = max(t.heard ?? 0, now)
         t.reported = beat.highestLSN
+        t.failure = beat.failure
         if beat.address != t.lastText {
             t.lastText = beat.address
             if Self.isConnectable(beat.address) { t.announced = beat.address }
@@ -277,7 +393,7 @@ public struct ChainManager: Sendable {
             if let need = catchingUp[beat.node]?.need, beat.highestLSN.seq >= need.seq { catchingUp[beat.node] = nil }
         }
         var granted: Duration?
-        if t.standing == .member && !t.leaving && !t.beingRemoved && catchingUp[beat.node] == nil {
+        if t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[beat.node] == nil {
             t.leaseUntil = max(t.leaseUntil, Self.plus(now, lease))
             granted = settings.lease
         }
@@ -293,7 +409,8 @@ public struct ChainManager: Sendable {
     /// lease ran out (all at once: one epoch, one reconfiguration for simultaneous failures),
     /// and at most one caught-up standby appended as the new tail.
     public mutating func nextProposal(now: UInt64) -> MasterState? {
-        guard proposal == nil else { return nil }
+        observe(now)
+        guard proposal == nil, staleness == nil else { return nil }
         let members = 0..<state.configuration.members.count
         let standbys = members.upperBound..<(members.upperBound + state.standbys.count)
         let last = state.epochHistory.count - 1
@@ -302,20 +419,25 @@ public struct ChainManager: Sendable {
         // Removals: failed members, and drained ones, once their lease ran out.
         var removed: [Int] = []
         var remaining: [Int] = []
-        var onlyLeavingRemain = true
         for i in members {
             let t = records[i]
-            if (t.leaving || t.silence(at: now, since: startedAt) > failureTimeout) && now >= t.leaseUntil {
+            if (t.leaving || hasFailed(t, now: now)) && now >= t.leaseUntil {
                 removed.append(i)
             } else {
                 remaining.append(i)
-                if !t.leaving { onlyLeavingRemain = false }
             }
         }
-        if onlyLeavingRemain, let keep = keeper(among: remaining.isEmpty ? Array(members) : remaining, now: now) {
-            // Never empty, and never only members on their way out: one stays, and stays.
-            removed.removeAll { $0 == keep }
-            records[keep].leaving = false
+        if !remaining.contains(where: { !records[$0].leaving && holdsAll($0) }) {
+            // Never empty, never only members on their way out, never only members that may lack
+            // a committed write: the holder of everything most worth keeping stays, and stays —
+            // one still in the configuration if there is one, else one of those going.
+            let remainingHolders = remaining.filter(holdsAll)
+            var candidates = remainingHolders.isEmpty ? members.filter(holdsAll) : remainingHolders
+            if candidates.isEmpty { candidates = remaining.isEmpty ? Array(members) : remaining }
+            if let keep = keeper(among: candidates, now: now) {
+                removed.removeAll { $0 == keep }
+                records[keep].leaving = false
+            }
         }
 
         // A join: the most advanced caught-up standby, after a healthy tail that stays. Caught up:
@@ -324,11 +446,11 @@ public struct ChainManager: Sendable {
         var joiner: Int?
         var history = state.epochHistory
         if let firstSeq { history[last].firstSeq = firstSeq }
-        if let t = members.last, !removed.contains(t), !records[t].leaving,
-           records[t].silence(at: now, since: startedAt) <= failureTimeout / 2, let tailSeq = records[t].reported?.seq {
+        if let t = members.last, !removed.contains(t), !records[t].leaving, records[t].failure == nil, holdsAll(t),
+           records[t].heard.map({ Self.since($0, now) <= failureTimeout / 2 }) == true, let tailSeq = records[t].reported?.seq {
             for j in standbys {
                 let s = records[j]
-                guard !s.leaving, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
+                guard !s.leaving, s.failure == nil, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
                       EpochHistory(history).isPrefix(reported) else { continue }
                 let seq = reported.seq
                 guard seq >= tailSeq || tailSeq - seq <= settings.catchUpLagRecords else { continue }
@@ -337,6 +459,7 @@ public struct ChainManager: Sendable {
         }
 
         var changes = firstSeq != nil || !removed.isEmpty || joiner != nil || !adding.isEmpty
+            || catchingUp.count != state.catchingUp.count || catchingUp.keys.contains { !state.catchingUp.contains($0) }
         for i in members.lowerBound..<standbys.upperBound where !changes {
             // A standby to forget, or a new address.
             let t = records[i]
@@ -348,6 +471,7 @@ public struct ChainManager: Sendable {
         if let firstSeq { next.epochHistory[last].firstSeq = firstSeq }
         next.configuration.members = members.filter { !removed.contains($0) }.map { records[$0].next }
         if let joiner { next.configuration.members.append(records[joiner].next) }
+        next.catchingUp = Set(next.configuration.members.map(\.id).filter { catchingUp[$0] != nil || $0 == joiner.map { records[$0].id } })
         next.standbys = standbys.filter { !records[$0].leaving && $0 != joiner }.map { records[$0].next }
             + adding.map { records[slots[$0.id]!].next }
             + removed.filter { !records[$0].leaving }.map { records[$0].next }
@@ -366,15 +490,16 @@ public struct ChainManager: Sendable {
     /// active state. Nodes no longer members or standbys are forgotten.
     public mutating func proposalPersisted(now: UInt64) {
         guard let next = proposal else { preconditionFailure("proposalPersisted without a proposal in flight") }
+        observe(now)
         for t in records where t.beingRemoved {
             assert(now >= t.leaseUntil, "\(t.id) removed while its lease still runs")
         }
         let before = state.configuration
         for m in next.configuration.members {
             if before.role(of: m.id) == nil {
-                catchingUp[m.id] = (next.epoch, nil)
+                catchingUp[m.id] = Barrier(epoch: next.epoch)
             } else if catchingUp[m.id] != nil, before.predecessor(of: m.id) != next.configuration.predecessor(of: m.id) {
-                catchingUp[m.id] = (next.epoch, nil)
+                catchingUp[m.id] = Barrier(epoch: next.epoch)
             }
         }
         catchingUp = catchingUp.filter { entry in next.configuration.members.contains { $0.id == entry.key } }
@@ -394,6 +519,12 @@ public struct ChainManager: Sendable {
         reindex()
     }
 
+    /// The master's timer fired at `now`: nothing arrived, but the master is running. Only time
+    /// passes (``nextProposal(now:)``, which the master calls on every tick, does this too).
+    public mutating func tick(now: UInt64) {
+        observe(now)
+    }
+
     // MARK: - Operator requests
 
     /// An operator adds `id` at `address`: it becomes a standby with the next proposal, joins
@@ -401,8 +532,9 @@ public struct ChainManager: Sendable {
     ///
     /// Refused (``CatenaError/Code/invalidArgument``): an address peers cannot connect to
     /// (not `HOST:PORT`, a wildcard host, port 0), a known node at another address, a node being
-    /// removed.
+    /// removed; anything while the state is stale (``CatenaError/Code/staleEpoch``).
     public mutating func addNode(_ id: NodeID, address: String) throws(CatenaError) {
+        if let staleness { throw staleness.error(state: state) }
         guard Self.isConnectable(address) else {
             throw CatenaError(.invalidArgument, "'\(address)' is not an address peers can connect to (HOST:PORT, not a wildcard host, not port 0)")
         }
@@ -426,9 +558,13 @@ public struct ChainManager: Sendable {
     /// ``Standing/unknown`` and it stops. Removing a node already leaving does nothing.
     ///
     /// Refused: a node neither member nor standby (``CatenaError/Code/notFound``); the last
-    /// member not leaving, or one whose remaining members have all failed at `now`
-    /// (``CatenaError/Code/invalidArgument``).
+    /// member not leaving, one whose remaining members have all failed at `now`, or the last
+    /// member known to hold every committed write while others catch up
+    /// (``CatenaError/Code/invalidArgument``); anything while the state is stale
+    /// (``CatenaError/Code/staleEpoch``, see ``staleness``).
     public mutating func removeNode(_ id: NodeID, now: UInt64) throws(CatenaError) {
+        observe(now)
+        if let staleness { throw staleness.error(state: state) }
         guard let i = slots[id], records[i].standing != .unknown else {
             throw CatenaError(.notFound, "\(id) is neither a member nor a standby of chain \(state.chainID)")
         }
@@ -452,6 +588,10 @@ public struct ChainManager: Sendable {
         guard others.contains(where: { !hasFailed(records[$0], now: now) }) else {
             throw CatenaError(.invalidArgument, "every other member of chain \(state.chainID) has failed: removing \(id) would leave the chain without a live member")
         }
+        guard !holdsAll(i) || others.contains(where: holdsAll) else {
+            let joiners = others.map { records[$0].id.rawValue }.joined(separator: ", ")
+            throw CatenaError(.invalidArgument, "\(id) is the only member of chain \(state.chainID) known to hold every committed write (\(joiners) \(others.count == 1 ? "is" : "are") still catching up): removing it now could lose acknowledged writes; remove it once \(joiners) caught up")
+        }
         records[i].leaving = true
     }
 
@@ -470,26 +610,42 @@ public struct ChainManager: Sendable {
                 standing: t.standing, health: health(t, member: member, now: now),
                 highestLSN: t.reported, lag: top.flatMap { top in t.reported.map { top > $0.seq ? top - $0.seq : 0 } },
                 sinceHeartbeat: t.heard.map { Self.since($0, now) },
-                leaseRemaining: member && t.leaseUntil > now ? t.leaseUntil - now : nil)
+                leaseRemaining: member ? leaseRemaining(t, now: now) : nil, failure: t.failure)
         }
     }
 
-    /// Whether a member of the active configuration is alive at `now`. False: the chain is
-    /// unavailable until one of its members comes back — a standby cannot restore it.
-    public func isAvailable(now: UInt64) -> Bool {
-        records[..<state.configuration.members.count].contains { !hasFailed($0, now: now) }
+    /// Whether the chain can serve at `now`, or will once failed members are replaced: a member
+    /// known to hold every committed write (not catching up) is alive. False: it waits for such a
+    /// member to come back — no standby, and no member still catching up, can restore it.
+    public func isAvailable(now: UInt64) -> Bool { unavailableReason(now: now) == nil }
+
+    /// Why the chain cannot serve at `now` and what it waits for, or nil if it can (see
+    /// ``isAvailable(now:)``).
+    public func unavailableReason(now: UInt64) -> String? {
+        if let staleness { return staleness.error(state: state).message }
+        let members = state.configuration.members.indices
+        let holders = members.filter(holdsAll)
+        guard !holders.contains(where: { !hasFailed(records[$0], now: now) }) else { return nil }
+        func names(_ indices: [Int]) -> String { indices.map { records[$0].id.rawValue }.joined(separator: ", ") }
+        let joiners = members.filter { !holdsAll($0) }
+        if joiners.isEmpty {
+            return "every member has failed (\(names(holders))): the chain waits for one of them to come back; a node removed earlier holds stale data and cannot restore it"
+        }
+        return "every member known to hold all committed writes (\(names(holders))) has failed, and \(names(joiners)) may lack some (still catching up): the chain waits for \(names(holders)) to come back"
     }
 
     // MARK: - Internals
 
     /// The answer to `node`'s heartbeat from the active state as it is now, for a heartbeat
-    /// whose ``heartbeat(_:now:)`` granted `granted` and after which a proposal was persisted:
-    /// the node's standing in the new state, and the lease only if it is still a member that
-    /// may hold one.
-    public func reply(to node: NodeID, granted: Duration?) -> Reply {
+    /// whose ``heartbeat(_:now:)`` granted `granted` and after which a proposal was persisted (or
+    /// the master reloaded its state): the node's standing in the new state, and the lease only
+    /// if it is still a member that may hold one. Refused like a heartbeat while the state is
+    /// stale (``staleness``).
+    public func reply(to node: NodeID, granted: Duration?) throws(CatenaError) -> Reply {
+        if let staleness { throw staleness.error(state: state) }
         guard let i = slots[node], records[i].standing != .unknown else { return Self.reply(state, .unknown, lease: nil) }
         let t = records[i]
-        let leased = t.standing == .member && !t.leaving && !t.beingRemoved && catchingUp[node] == nil
+        let leased = t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[node] == nil
         return Self.reply(state, t.standing, lease: leased ? granted : nil)
     }
 
@@ -521,22 +677,53 @@ public struct ChainManager: Sendable {
         for (i, t) in rebuilt.enumerated() { slots[t.id] = i }
     }
 
+    /// Time passes to `now`. A gap since the previous event longer than the pause threshold was
+    /// the master's own pause: members are not blamed for it — their silence counts from `now`,
+    /// as after a restart — and every member not being removed is held leased for one lease from
+    /// `now`, since a removal must wait for any lease the master may have granted.
+    private mutating func observe(_ now: UInt64) {
+        if now > lastEvent && now - lastEvent > pauseThreshold {
+            lastPause = Pause(resumedAt: now, length: now - lastEvent)
+            attentiveSince = now
+            for i in state.configuration.members.indices where !records[i].beingRemoved {
+                records[i].leaseUntil = max(records[i].leaseUntil, Self.plus(now, lease))
+            }
+        }
+        lastEvent = max(lastEvent, now)
+    }
+
+    /// Nanoseconds until the lease of member `t` runs out at `now` (held for one lease from a
+    /// resume at `now`, as the next event will), nil if none.
+    private func leaseRemaining(_ t: Tracked, now: UInt64) -> UInt64? {
+        let resumed = attentive(at: now) == now && now > lastEvent && !t.beingRemoved
+        let until = resumed ? max(t.leaseUntil, Self.plus(now, lease)) : t.leaseUntil
+        return until > now ? until - now : nil
+    }
+
+    /// Since when the master has been watching at `now`: its start or last resume — or `now`, if
+    /// no event has come for longer than the pause threshold (a query between a resume and the
+    /// first event after it sees what that event will make of it).
+    private func attentive(at now: UInt64) -> UInt64 {
+        now > lastEvent && now - lastEvent > pauseThreshold ? now : attentiveSince
+    }
+
     /// Takes the current head's report of the current epoch's first seq, if it may be recorded.
     private mutating func take(_ start: EpochStart) {
         guard start.epoch == state.epoch, let first = start.firstSeq, first >= 1, state.epochHistory.last?.firstSeq == nil else { return }
         reportedStart = start
     }
 
-    /// Whether the node has had no heartbeat for longer than the failure timeout at `now`.
+    /// Whether the node has failed at `now`: it reports a failure, or has had no heartbeat for
+    /// longer than the failure timeout.
     private func hasFailed(_ t: Tracked, now: UInt64) -> Bool {
-        t.silence(at: now, since: startedAt) > failureTimeout
+        t.failure != nil || t.silence(at: now, since: attentive(at: now)) > failureTimeout
     }
 
     private func health(_ t: Tracked, member: Bool, now: UInt64) -> Health {
         if member {
             if hasFailed(t, now: now) { return .failed }
             if t.leaving { return .leaving }
-            return t.silence(at: now, since: startedAt) > failureTimeout / 2 ? .suspect : .healthy
+            return t.silence(at: now, since: attentive(at: now)) > failureTimeout / 2 ? .suspect : .healthy
         }
         if t.leaving { return .leaving }
         return t.heard != nil && !hasFailed(t, now: now) ? .joining : .failed
@@ -553,8 +740,12 @@ public struct ChainManager: Sendable {
     }
 
     /// Whether `id` joined and has not yet shown it holds what its predecessor held: it gets no
-    /// lease until then.
+    /// lease until then, no standby joins behind it, and it never remains the only kind of
+    /// member left.
     public func isCatchingUp(_ id: NodeID) -> Bool { catchingUp[id] != nil }
+
+    /// Whether the member at `i` in ``records`` holds every committed write: it is not catching up.
+    private func holdsAll(_ i: Int) -> Bool { catchingUp[records[i].id] == nil }
 
     /// Whether peers can connect to `address`: `HOST:PORT`, not a wildcard host, not port 0.
     static func isConnectable(_ address: String) -> Bool {

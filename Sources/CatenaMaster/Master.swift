@@ -10,7 +10,8 @@ public struct MasterConfiguration: Sendable {
     public var clusterID: String
     /// Where to listen; port 0 picks a free port.
     public var listen: Address
-    /// The directory holding the persisted configuration (`master.json`).
+    /// The directory holding the persisted configuration (`master.json`) and the `LOCK` the
+    /// running master holds on it.
     public var dataDirectory: String
     /// Where to serve Prometheus metrics (`GET /metrics`); nil: nowhere.
     public var metrics: Address?
@@ -50,13 +51,17 @@ public final class Master: Sendable {
     private let server: FrameServer
     private let metricsServer: MetricsServer?
     private let logger: Logger
+    /// The data directory's lock, held from ``start(_:logger:)`` until ``run()`` ends.
+    private let directoryLock: MasterDirectoryLock
 
-    private init(address: Address, core: MasterCore, server: FrameServer, metricsServer: MetricsServer?, logger: Logger) {
+    private init(address: Address, core: MasterCore, server: FrameServer, metricsServer: MetricsServer?, logger: Logger,
+                 directoryLock: MasterDirectoryLock) {
         self.address = address
         self.core = core
         self.server = server
         self.metricsServer = metricsServer
         self.logger = logger
+        self.directoryLock = directoryLock
     }
 
     /// Where metrics are served, if anywhere (the real port when configured with port 0).
@@ -64,8 +69,10 @@ public final class Master: Sendable {
         metricsServer.map { Address(host: "127.0.0.1", port: UInt16($0.port)) }
     }
 
-    /// Loads (or creates and persists) the configuration and binds the port.
+    /// Locks the data directory, loads (or creates and persists) the configuration and binds the
+    /// port. A data directory another master holds is ``CatenaError/Code/directoryLocked``.
     public static func start(_ configuration: MasterConfiguration, logger: Logger) async throws(CatenaError) -> Master {
+        let directoryLock = try MasterDirectoryLock.acquire(configuration.dataDirectory)
         let file: any MasterStateStore = configuration.stateStore ?? MasterStateFile(directory: configuration.dataDirectory)
         let state: MasterState
         if let saved = try file.load(clusterID: configuration.clusterID, chainID: configuration.initial.chainID) {
@@ -102,7 +109,8 @@ public final class Master: Sendable {
                 throw error
             }
         }
-        return Master(address: address, core: core, server: server, metricsServer: metricsServer, logger: logger)
+        return Master(address: address, core: core, server: server, metricsServer: metricsServer, logger: logger,
+                      directoryLock: directoryLock)
     }
 
     /// The current configuration.
@@ -136,6 +144,7 @@ public final class Master: Sendable {
         metrics.cancel()
         await serving.value
         await metrics.value
+        directoryLock.release()
         logger.info("master stopped")
     }
 
@@ -145,7 +154,7 @@ public final class Master: Sendable {
             do throws(CatenaError) {
                 switch frame.type {
                 case .getConfiguration:
-                    reply = configurationFrame(await core.state.configuration, replyingTo: frame)
+                    reply = configurationFrame(try await core.configurationForClients(), replyingTo: frame)
                 case .heartbeat:
                     guard connection.peer.role == .node else {
                         throw CatenaError(.protocolViolation, "only nodes heartbeat")
@@ -158,7 +167,7 @@ public final class Master: Sendable {
                     guard beat.node.rawValue == connection.peer.senderID else {
                         throw CatenaError(.protocolViolation, "\(connection.peer.senderID) sent a heartbeat for \(beat.node)")
                     }
-                    let answer = await core.heartbeat(beat, epoch: frame.epoch)
+                    let answer = try await core.heartbeat(beat, epoch: frame.epoch)
                     reply = Frame(type: .configuration, flags: .reply, chainID: answer.configuration.chainID, requestID: frame.requestID,
                                   epoch: answer.configuration.epoch, payload: answer.encoded())
                 case .addNode, .removeNode, .getStatus:
@@ -204,6 +213,10 @@ actor MasterCore {
     private let file: any MasterStateStore
     private let logger: Logger
     private let origin = ContinuousClock.now
+    /// The manager's last pause already logged.
+    private var loggedPause: ChainManager.Pause?
+    /// The manager's staleness as last logged.
+    private var loggedStaleness: ChainManager.Staleness?
 
     init(state: MasterState, settings: ChainManager.Settings, file: any MasterStateStore, logger: Logger) {
         self.settings = settings
@@ -218,15 +231,31 @@ actor MasterCore {
     /// The manager's clock: nanoseconds since this master started.
     private var now: UInt64 { UInt64((ContinuousClock.now - origin).nanosecondsClamped) }
 
+    /// The configuration for clients; refused (``CatenaError/Code/staleEpoch``) while the
+    /// master's state is older than the chain's.
+    func configurationForClients() throws(CatenaError) -> ChainConfiguration {
+        if let staleness = manager.staleness { throw staleness.error(state: manager.state) }
+        return manager.state.configuration
+    }
+
     /// A node's heartbeat: recorded, then anything it makes necessary (an epoch start, a new
     /// address) is persisted before the reply — which carries only persisted state.
     /// `epoch`: the configuration epoch the node runs, from the heartbeat frame's header.
-    func heartbeat(_ beat: Heartbeat, epoch: UInt64) -> HeartbeatReply {
-        let first = manager.heartbeat(ChainManager.Beat(node: beat.node, address: beat.address, highestLSN: beat.highestLSN,
-                                                        epochStart: beat.epochStart, epoch: epoch), now: now)
+    /// Refused with ``CatenaError/Code/staleEpoch`` while the master's state is older than the
+    /// chain's (which this heartbeat may be the first to show).
+    func heartbeat(_ beat: Heartbeat, epoch: UInt64) throws(CatenaError) -> HeartbeatReply {
+        let first: ChainManager.Reply
+        do throws(CatenaError) {
+            first = try manager.heartbeat(ChainManager.Beat(node: beat.node, address: beat.address, highestLSN: beat.highestLSN,
+                                                            epochStart: beat.epochStart, epoch: epoch, failure: beat.failure), now: now)
+        } catch {
+            noteStaleness()
+            throw error
+        }
+        notePause()
         guard advance() else { return reply(first) }
         // The state changed: answer from the new one.
-        return reply(manager.reply(to: beat.node, granted: first.lease))
+        return reply(try manager.reply(to: beat.node, granted: first.lease))
     }
 
     private func reply(_ r: ChainManager.Reply) -> HeartbeatReply {
@@ -240,15 +269,34 @@ actor MasterCore {
 
     /// Persists and activates whatever the manager proposes, one proposal after another.
     /// Returns whether the active state changed.
+    ///
+    /// A compare-and-swap refused because the stored epoch is not the active one means another
+    /// master or an operator changed the stored state: the master reloads it rather than retry
+    /// a proposal made from an older one. While its state is older than the chain's, it
+    /// proposes nothing and looks for a newer stored state on every call.
     @discardableResult
     func advance() -> Bool {
         var changed = false
+        defer {
+            notePause()
+            noteStaleness()
+        }
+        if manager.staleness != nil {
+            manager.tick(now: now)
+            return reload()
+        }
         while let proposal = manager.nextProposal(now: now) {
             let old = manager.state
             do throws(CatenaError) {
                 try file.compareAndSwap(expectedEpoch: old.epoch, new: proposal)
             } catch {
                 manager.proposalFailed()
+                if error.code == .staleEpoch {
+                    logger.warning("another master or an operator changed the stored configuration; reloading it", metadata: [
+                        "error": "\(error)", LogKey.epoch: "\(old.epoch)", LogKey.path: "\(file.location)",
+                    ])
+                    return reload() || changed
+                }
                 logger.error("could not persist the next configuration; retrying", metadata: ["error": "\(error)", LogKey.epoch: "\(proposal.epoch)"])
                 return changed
             }
@@ -257,6 +305,57 @@ actor MasterCore {
             log(old, proposal)
         }
         return changed
+    }
+
+    /// Rebuilds the manager over the stored state if it differs from the active one — as a
+    /// restarted master would: leases held for one lease, silence counted from now, barriers
+    /// re-armed from the stored state; drains and adds not yet persisted are lost (the operator
+    /// asks again). A stored state older than one this master activated, or than what the chain
+    /// runs, is stale (see ``ChainManager/staleness``). Returns whether the active state changed.
+    private func reload() -> Bool {
+        let stored: MasterState?
+        do throws(CatenaError) {
+            stored = try file.load(clusterID: manager.state.clusterID, chainID: manager.state.chainID)
+        } catch {
+            logger.error("could not reload the master state", metadata: ["error": "\(error)", LogKey.path: "\(file.location)"])
+            return false
+        }
+        guard let stored else {
+            logger.error("the master state is gone from its store; keeping the one in memory", metadata: [LogKey.path: "\(file.location)"])
+            return false
+        }
+        let inUse = manager.staleness ?? ChainManager.Staleness(epoch: manager.state.epoch, node: nil)
+        guard stored != manager.state, manager.staleness == nil || stored.epoch >= inUse.epoch else { return false }
+        let old = manager.state
+        manager = ChainManager(state: stored, settings: settings, now: now, inUse: inUse)
+        logger.notice("reloaded the stored configuration", metadata: [
+            LogKey.epoch: "\(stored.epoch)", "catena_previous_epoch": "\(old.epoch)",
+            "catena_members": "\(stored.configuration.members.map(\.id.rawValue))", LogKey.path: "\(file.location)",
+        ])
+        return true
+    }
+
+    /// Logs, once, that the master's state turned out older than the chain's, and when that ends.
+    private func noteStaleness() {
+        let staleness = manager.staleness
+        defer { loggedStaleness = staleness }
+        if let staleness, loggedStaleness == nil {
+            logger.error("\(staleness.error(state: manager.state).message)", metadata: [
+                LogKey.epoch: "\(manager.state.epoch)", LogKey.nodeEpoch: "\(staleness.epoch)",
+                LogKey.node: "\(staleness.node.map(\.rawValue) ?? "-")", LogKey.path: "\(file.location)",
+            ])
+        } else if staleness == nil, loggedStaleness != nil {
+            logger.notice("the master's state is as new as the chain's again", metadata: [LogKey.epoch: "\(manager.state.epoch)"])
+        }
+    }
+
+    /// Logs a pause of the master the manager noticed, once.
+    private func notePause() {
+        guard let pause = manager.lastPause, pause != loggedPause else { return }
+        loggedPause = pause
+        logger.warning("the master did not run for a while (stopped, suspended or starved of CPU); members' silence counts from now, and each keeps its lease for one more lease", metadata: [
+            LogKey.pauseMilliseconds: "\(pause.length / 1_000_000)",
+        ])
     }
 
     private func log(_ old: MasterState, _ new: MasterState) {
@@ -274,6 +373,10 @@ actor MasterCore {
             ])
         } else if old.standbys != new.standbys {
             logger.info("standbys changed", metadata: ["catena_standbys": "\(new.standbys.map(\.id.rawValue))"])
+        } else if old.catchingUp != new.catchingUp {
+            logger.info("recorded which members may still lack committed writes", metadata: [
+                "catena_catching_up": "\(new.catchingUp.map(\.rawValue).sorted())",
+            ])
         }
     }
 
@@ -288,6 +391,7 @@ actor MasterCore {
     /// An operator removes a node (gracefully, once its lease has run out).
     func removeNode(_ id: NodeID) throws(CatenaError) -> ChainStatus {
         try manager.removeNode(id, now: now)
+        notePause()
         advance()
         logger.notice("operator removes a node", metadata: [LogKey.node: "\(id)"])
         return status()
@@ -301,11 +405,22 @@ actor MasterCore {
         let nodes = reports.map { r in
             ChainStatus.Node(id: r.id, address: r.address, role: r.role, highestLSN: r.highestLSN ?? .zero, lagRecords: r.lag ?? 0,
                              heartbeatAgeMilliseconds: ms(r.sinceHeartbeat), leaseMilliseconds: ms(r.leaseRemaining),
-                             health: Self.health(r.health))
+                             health: Self.health(r.health), reason: reason(r))
         }
-        return ChainStatus(chainID: manager.state.chainID, epoch: manager.state.epoch, available: manager.isAvailable(now: t),
+        let why = manager.unavailableReason(now: t)
+        return ChainStatus(chainID: manager.state.chainID, epoch: manager.state.epoch, available: why == nil,
                            failureTimeoutMilliseconds: UInt64(settings.failureTimeout.nanosecondsClamped / 1_000_000),
-                           leaseMilliseconds: UInt64(settings.lease.nanosecondsClamped / 1_000_000), nodes: nodes)
+                           leaseMilliseconds: UInt64(settings.lease.nanosecondsClamped / 1_000_000), nodes: nodes, reason: why)
+    }
+
+    /// What status says about a node beyond its health: the failure it reported, or that it is
+    /// catching up.
+    private func reason(_ r: ChainManager.NodeReport) -> String? {
+        if let failure = r.failure { return "reported \(failure.code): \(failure.message)" }
+        if r.role != nil && manager.isCatchingUp(r.id) {
+            return "joined and catching up: no lease until it holds what its predecessor held when it joined"
+        }
+        return nil
     }
 
     private static func health(_ h: ChainManager.Health) -> ChainStatus.Health {
@@ -325,7 +440,7 @@ actor MasterCore {
         var t = MetricsText()
         t.gauge("catena_master_epoch", "The current configuration epoch.", Double(s.epoch))
         t.gauge("catena_master_members", "Members of the chain.", Double(s.nodes.filter { $0.role != nil }.count))
-        t.gauge("catena_master_chain_available", "1 if some member of the chain is not failed.", s.available ? 1 : 0)
+        t.gauge("catena_master_chain_available", "1 if a member known to hold every committed write is not failed.", s.available ? 1 : 0)
         t.add("catena_master_member_heartbeat_age_seconds", "gauge", "Seconds since the node's last heartbeat.",
               s.nodes.compactMap { n in n.heartbeatAgeMilliseconds.map { ([("node", n.id.rawValue)], Double($0) / 1e3) } })
         t.add("catena_master_member_highest_seq", "gauge", "The highest durable seq the node reported.",

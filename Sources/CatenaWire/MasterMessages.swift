@@ -163,10 +163,13 @@ public struct ChainStatus: Hashable, Sendable {
         public var leaseMilliseconds: UInt64?
         /// Its health.
         public var health: Health
+        /// Why it is not healthy, when the master knows more than its health says (the failure
+        /// it reported); nil: nothing more to say.
+        public var reason: String?
 
         /// Creates an entry.
         public init(id: NodeID, address: String, role: ChainRole?, highestLSN: LSN, lagRecords: UInt64,
-                    heartbeatAgeMilliseconds: UInt64?, leaseMilliseconds: UInt64?, health: Health) {
+                    heartbeatAgeMilliseconds: UInt64?, leaseMilliseconds: UInt64?, health: Health, reason: String? = nil) {
             self.id = id
             self.address = address
             self.role = role
@@ -175,6 +178,7 @@ public struct ChainStatus: Hashable, Sendable {
             self.heartbeatAgeMilliseconds = heartbeatAgeMilliseconds
             self.leaseMilliseconds = leaseMilliseconds
             self.health = health
+            self.reason = reason
         }
     }
 
@@ -182,8 +186,12 @@ public struct ChainStatus: Hashable, Sendable {
     public var chainID: ChainID
     /// The active epoch.
     public var epoch: UInt64
-    /// Whether the chain can take writes and serve reads (false: every member failed).
+    /// Whether the chain can take writes and serve reads, now or once the master has replaced
+    /// failed members (false: it waits for a member to come back, or for an operator).
     public var available: Bool
+    /// Why the chain cannot serve and what it waits for, when it cannot; nil otherwise (or from a
+    /// master older than this field).
+    public var reason: String?
     /// The failure timeout and lease the master runs with, in milliseconds.
     public var failureTimeoutMilliseconds: UInt64
     /// The lease granted per heartbeat, in milliseconds.
@@ -193,19 +201,26 @@ public struct ChainStatus: Hashable, Sendable {
 
     /// Creates a status.
     public init(chainID: ChainID, epoch: UInt64, available: Bool, failureTimeoutMilliseconds: UInt64,
-                leaseMilliseconds: UInt64, nodes: [Node]) {
+                leaseMilliseconds: UInt64, nodes: [Node], reason: String? = nil) {
         self.chainID = chainID
         self.epoch = epoch
         self.available = available
         self.failureTimeoutMilliseconds = failureTimeoutMilliseconds
         self.leaseMilliseconds = leaseMilliseconds
         self.nodes = nodes
+        self.reason = reason
     }
+
+    /// The longest reason sent, in UTF-8 bytes; a longer one is cut at a character boundary.
+    public static let maximumReasonBytes = 1024
 
     /// The payload bytes. Layout: chain (u32), epoch (u64), available (u8), timeout and lease
     /// (u64 ms each), node count (u16), then per node: id, address (u16 length + UTF-8), role
     /// (u8: 0 none, 1 single, 2 head, 3 middle, 4 tail), highest LSN (2 × u64), lag (u64),
-    /// heartbeat age and lease (u64 ms, all-ones: none), health (u8).
+    /// heartbeat age and lease (u64 ms, all-ones: none), health (u8); then the reasons: the
+    /// chain's, and one per node in the same order (u16 length + UTF-8 each, at most
+    /// ``maximumReasonBytes``; empty: none). A payload that ends after the nodes (from a master
+    /// older than the reasons) has none.
     public func encoded() -> ByteBuffer {
         var b = ByteBuffer()
         b.writeInteger(chainID, endianness: .little)
@@ -223,6 +238,10 @@ public struct ChainStatus: Hashable, Sendable {
             b.writeInteger(n.heartbeatAgeMilliseconds ?? .max, endianness: .little)
             b.writeInteger(n.leaseMilliseconds ?? .max, endianness: .little)
             b.writeInteger(n.health.rawValue)
+        }
+        b.writeShortString(String((reason ?? "").utf8Prefix(Self.maximumReasonBytes)))
+        for n in nodes.prefix(Int(UInt16.max)) {
+            b.writeShortString(String((n.reason ?? "").utf8Prefix(Self.maximumReasonBytes)))
         }
         return b
     }
@@ -257,8 +276,17 @@ public struct ChainStatus: Hashable, Sendable {
                               heartbeatAgeMilliseconds: age == .max ? nil : age, leaseMilliseconds: leaseLeft == .max ? nil : leaseLeft,
                               health: health))
         }
+        var reason: String?
+        if b.readableBytes > 0 {
+            reason = try b.readShortString(what: "chain status reason")
+            for i in nodes.indices {
+                nodes[i].reason = try b.readShortString(what: "chain status reason of \(nodes[i].id)")
+            }
+        }
+        func some(_ s: String?) -> String? { s?.isEmpty == false ? s : nil }
+        for i in nodes.indices { nodes[i].reason = some(nodes[i].reason) }
         self.init(chainID: chain, epoch: epoch, available: available != 0, failureTimeoutMilliseconds: timeout,
-                  leaseMilliseconds: lease, nodes: nodes)
+                  leaseMilliseconds: lease, nodes: nodes, reason: some(reason))
     }
 
     private static func code(_ role: ChainRole?) -> UInt8 {

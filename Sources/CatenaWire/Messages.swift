@@ -404,12 +404,18 @@ public enum ConfigurationPayload {
 }
 
 /// The payload of a ``FrameType/heartbeat`` frame: a node's id, the address it serves at, the
-/// highest LSN in its log and — from the head of an epoch before its first write there — the
-/// seq that epoch starts at.
+/// highest LSN in its log, — from the head of an epoch before its first write there — the seq
+/// that epoch starts at, and whether the node has failed.
 ///
 /// Layout: node id, address (u16 length + UTF-8 each), highest LSN (2 × u64), then the epoch
-/// start: epoch (u64) and first seq (u64), both 0 when there is none.
+/// start: epoch (u64) and first seq (u64), both 0 when there is none; then the failure: a flag
+/// (u8: 0 none, 1 failed) and, when failed, the error's code and message (u16 length + UTF-8
+/// each; the code is not empty, the message at most ``maximumFailureMessageBytes``). A payload
+/// that ends after the epoch start (a node older than the failure field) reports none.
 public struct Heartbeat: Hashable, Sendable {
+    /// The longest failure message sent, in UTF-8 bytes; a longer one is cut at a character boundary.
+    public static let maximumFailureMessageBytes = 1024
+
     /// The node.
     public var node: NodeID
     /// `host:port` where it accepts connections (its real address when it listens on port 0).
@@ -418,13 +424,19 @@ public struct Heartbeat: Hashable, Sendable {
     public var highestLSN: LSN
     /// The head of the current epoch, before it writes there: the epoch and its first seq.
     public var epochStart: EpochStart?
+    /// Why the node can no longer serve in the chain — its log or store failed (an fsync error,
+    /// the disk full in the middle of a write, a head that refuses writes) — though it still
+    /// runs; nil: healthy. The master grants a node reporting one no lease, removes it from the
+    /// chain once its lease has run out, and never appends it while it reports one.
+    public var failure: CatenaError?
 
     /// Creates a heartbeat.
-    public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil) {
+    public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, failure: CatenaError? = nil) {
         self.node = node
         self.address = address
         self.highestLSN = highestLSN
         self.epochStart = epochStart
+        self.failure = failure
     }
 
     /// The payload bytes.
@@ -435,6 +447,13 @@ public struct Heartbeat: Hashable, Sendable {
         b.writeLSN(highestLSN)
         b.writeInteger(epochStart?.firstSeq == nil ? 0 : epochStart!.epoch, endianness: .little)
         b.writeInteger(epochStart?.firstSeq ?? 0, endianness: .little)
+        if let failure {
+            b.writeInteger(UInt8(1))
+            b.writeShortString(String(failure.code.description.utf8Prefix(Int(UInt16.max))))
+            b.writeShortString(String(failure.message.utf8Prefix(Self.maximumFailureMessageBytes)))
+        } else {
+            b.writeInteger(UInt8(0))
+        }
         return b
     }
 
@@ -449,7 +468,30 @@ public struct Heartbeat: Hashable, Sendable {
             throw CatenaError(.malformed, "heartbeat epoch start is truncated")
         }
         let start = first == 0 ? nil : EpochStart(epoch: epoch, firstSeq: first)
-        self.init(node: node, address: address, highestLSN: highest, epochStart: start)
+        var failure: CatenaError?
+        if let flag = b.readInteger(as: UInt8.self) {
+            switch flag {
+            case 0:
+                break
+            case 1:
+                let code = try b.readShortString(what: "heartbeat failure code")
+                guard !code.isEmpty else { throw CatenaError(.malformed, "heartbeat failure has an empty code") }
+                failure = CatenaError(.named(code), try b.readShortString(what: "heartbeat failure message"))
+            default:
+                throw CatenaError(.malformed, "heartbeat failure flag is \(flag), not 0 or 1")
+            }
+        }
+        self.init(node: node, address: address, highestLSN: highest, epochStart: start, failure: failure)
+    }
+}
+
+extension String {
+    /// The longest prefix of this string of at most `bytes` UTF-8 bytes that ends at a character boundary.
+    func utf8Prefix(_ bytes: Int) -> Substring {
+        guard utf8.count > bytes else { return self[...] }
+        var end = utf8.index(utf8.startIndex, offsetBy: bytes)
+        while end > utf8.startIndex && end.samePosition(in: self) == nil { end = utf8.index(before: end) }
+        return self[..<end]
     }
 }
 

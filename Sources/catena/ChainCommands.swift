@@ -87,8 +87,9 @@ struct RemoveNode: AsyncParsableCommand {
 /// The status as a table.
 enum StatusTable {
     static func render(_ s: ChainStatus) -> String {
-        var out = "chain \(s.chainID)  epoch \(s.epoch)  \(s.available ? "available" : "UNAVAILABLE (every member failed)")"
+        var out = "chain \(s.chainID)  epoch \(s.epoch)  \(s.available ? "available" : "UNAVAILABLE")"
         out += "  failure timeout \(s.failureTimeoutMilliseconds) ms  lease \(s.leaseMilliseconds) ms\n"
+        if let reason = s.reason { out += "\(s.available ? "note" : "why"): \(reason)\n" }
         let header = ["NODE", "ROLE", "ADDRESS", "HIGHEST LSN", "LAG", "HEARTBEAT", "LEASE", "HEALTH"]
         let rows: [[String]] = s.nodes.map { (n: ChainStatus.Node) -> [String] in
             let role: String = n.role.map { "\($0)" } ?? "-"
@@ -101,6 +102,7 @@ enum StatusTable {
             out += zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
                 .trimmingCharacters(in: .whitespaces) + "\n"
         }
+        for n in s.nodes { if let reason = n.reason { out += "\(n.id): \(reason)\n" } }
         return out
     }
 }
@@ -118,10 +120,12 @@ struct StatusJSON: Encodable {
         var heartbeatAgeMs: UInt64?
         var leaseMs: UInt64?
         var health: String
+        var reason: String?
     }
     var chain: UInt32
     var epoch: UInt64
     var available: Bool
+    var reason: String?
     var failureTimeoutMs: UInt64
     var leaseMs: UInt64
     var nodes: [Node]
@@ -130,12 +134,14 @@ struct StatusJSON: Encodable {
         chain = s.chainID
         epoch = s.epoch
         available = s.available
+        reason = s.reason
         failureTimeoutMs = s.failureTimeoutMilliseconds
         leaseMs = s.leaseMilliseconds
         nodes = s.nodes.map {
             Node(id: $0.id.rawValue, address: $0.address, role: $0.role.map { "\($0)" }, highestLSN: "\($0.highestLSN)",
                  highestEpoch: $0.highestLSN.epoch, highestSeq: $0.highestLSN.seq, lagRecords: $0.lagRecords,
-                 heartbeatAgeMs: $0.heartbeatAgeMilliseconds, leaseMs: $0.leaseMilliseconds, health: "\($0.health)")
+                 heartbeatAgeMs: $0.heartbeatAgeMilliseconds, leaseMs: $0.leaseMilliseconds, health: "\($0.health)",
+                 reason: $0.reason)
         }
     }
 

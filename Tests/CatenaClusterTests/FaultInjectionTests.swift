@@ -83,6 +83,31 @@ struct FaultInjectionTests {
         }
     }
 
+    /// The master itself stops for three failure timeouts while the chain serves 8 clients (whose
+    /// operations fail once the leases run out) and heartbeats queue at its socket; resumed, it
+    /// must not blame the members for its own silence (DESIGN.md invariant 7).
+    @Test("SIGSTOP the master for three failure timeouts under 8 clients: no member is removed, the epoch stays",
+          .timeLimit(.minutes(1)))
+    func pausedMasterRemovesNobody() async throws {
+        try await withFaultCluster(nodes: 3, name: "pause-master") { cluster in
+            let load = try await Workload.start(cluster)
+            try await load.waitForProgress("the clients got going")
+            let before = try await cluster.waitUntil("every node is a healthy member") { $0.everyMemberIsHealthy(cluster.nodes) }
+            let paused = ContinuousClock.now
+            cluster.processes.signal("master", SIGSTOP)
+            try await Task.sleep(until: paused + cluster.failureTimeout * 3, clock: .continuous)
+            cluster.processes.signal("master", SIGCONT)
+            // Long enough for the queued heartbeats, the ticks after them, and a failure timeout
+            // from the resume: any removal the pause caused would have been made by then.
+            try await Task.sleep(for: cluster.failureTimeout * 3)
+            let after = try await cluster.waitUntil("every node is a healthy member again") { $0.everyMemberIsHealthy(cluster.nodes) }
+            #expect(after.epoch == before.epoch, "the master reconfigured after its own pause: \(describe(before)) -> \(describe(after))")
+            #expect(after.nodes.map(\.id) == before.nodes.map(\.id) && after.nodes.map(\.role) == before.nodes.map(\.role))
+            try await load.waitForProgress("writes went on after the master's pause")
+            try await cluster.verify(load)
+        }
+    }
+
     /// Pauses the member at `role` under load for three failure timeouts, then resumes it.
     private func pauseAndResume(_ role: ChainRole, clients: Int) async throws {
         try await withFaultCluster(nodes: 3, name: "pause-\(role)-\(clients)") { cluster in
@@ -306,6 +331,11 @@ extension ChainStatus {
 
     /// The first member at `role`.
     func member(at role: ChainRole) -> String? { nodes.first { $0.role == role }?.id.rawValue }
+
+    /// Whether every one of `members` is a member and healthy (their LSNs may differ: writes flow).
+    func everyMemberIsHealthy(_ members: [String]) -> Bool {
+        members.allSatisfy { m in nodes.contains { $0.id.rawValue == m && $0.role != nil && $0.health == .healthy } }
+    }
 
     /// Whether every one of `members` is a healthy member, nothing else is known, and all report
     /// the same highest LSN.

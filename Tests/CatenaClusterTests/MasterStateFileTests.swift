@@ -92,6 +92,27 @@ struct MasterStateFileTests {
         #expect(try file.load()?.standbys == [])
     }
 
+    @Test func membersCatchingUpRoundTripSortedAndAreLeftOutWhenThereAreNone() throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let file = MasterStateFile(directory: tmp.path)
+        var saved = state(epoch: 4, members: ["n1", "n3", "n2"])
+        saved.catchingUp = [try NodeID("n3"), try NodeID("n2")]
+        try file.save(saved)
+        #expect(try file.load() == saved)
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file.path))) as? [String: Any]
+        #expect(json?["catchingUp"] as? [String] == ["n2", "n3"])
+        try file.save(state(epoch: 5))
+        json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: file.path))) as? [String: Any]
+        #expect(json?.keys.contains("catchingUp") == false)
+        #expect(try file.load()?.catchingUp == [])
+        // Only members catch up.
+        saved.catchingUp = [try NodeID("n9")]
+        #expect(throws: CatenaError(.invalidArgument, "refusing to save a malformed master state to \(file.path): n9 is catching up but not a member")) {
+            try file.save(saved)
+        }
+    }
+
     @Test func aFileWithoutStandbysLoadsWithNone() throws {
         let tmp = try TemporaryDirectory()
         defer { tmp.remove() }
@@ -102,6 +123,7 @@ struct MasterStateFileTests {
             """, to: file.path)
         let loaded = try #require(try file.load())
         #expect(loaded.standbys == [])
+        #expect(loaded.catchingUp == [])
         #expect(loaded.configuration.members == [member("n2", 7002)])
         #expect(loaded.epochHistory == [EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2)])
     }
@@ -161,6 +183,8 @@ struct MasterStateFileTests {
          "damaged master state: the standbys list b twice"),
         ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"standbys\": [{\"id\": \"b c\", \"address\": \"h:2\"}]}",
          "damaged master state: node id 'b c' must be"),
+        ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"catchingUp\": [\"b\"]}",
+         "damaged master state: b is catching up but not a member"),
         ("{\"format\": 1, \"cluster\": \"local\", \"chain\": 1, \"configuration\": {\"epoch\": 1, \"members\": [{\"id\": \"a\", \"address\": \"h:1\"}]}, \"history\": [{\"epoch\": 1}], \"standbys\": {\"id\": \"b\"}}",
          "damaged master state:"),
     ])
@@ -290,5 +314,29 @@ struct MasterStateFileTests {
             #expect(results.values.compactMap { $0 }.allSatisfy { $0 == .staleEpoch })
             #expect(try file.load()?.configuration.members.map(\.id.rawValue) == winners)
         }
+    }
+}
+
+@Suite("Master directory lock")
+struct MasterDirectoryLockTests {
+    @Test func aSecondHolderIsRefusedUntilTheFirstReleases() throws {
+        let tmp = try TemporaryDirectory()
+        defer { tmp.remove() }
+        let directory = tmp.path + "/master"
+        let first = try MasterDirectoryLock.acquire(directory)
+        #expect(first.path == directory + "/LOCK")
+        #expect(exists(first.path))
+        #expect(throws: CatenaError(.directoryLocked, "\(directory)/LOCK is locked by another process: is another catena master using the data directory \(directory)? Stop it, or give this master another data directory")) {
+            _ = try MasterDirectoryLock.acquire(directory)
+        }
+        // The per-operation lock of the state file is another file: saves still work.
+        try MasterStateFile(directory: directory).save(state(epoch: 1))
+        first.release()
+        first.release()
+        let second = try MasterDirectoryLock.acquire(directory)
+        second.release()
+        // Dropping the last reference releases it too.
+        do { _ = try MasterDirectoryLock.acquire(directory) }
+        _ = try MasterDirectoryLock.acquire(directory)
     }
 }

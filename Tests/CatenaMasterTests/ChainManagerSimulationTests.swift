@@ -6,11 +6,15 @@ import Testing
 
 /// Seeded simulations of a chain under a ``ChainManager``: a fake clock, 1–5 members and 0–2
 /// standbys whose heartbeats are jittered and delayed, who are killed, paused, resumed and
-/// restarted (keeping their log, sometimes at a new address), whose LSNs grow at the head and
-/// flow down the chain; an operator adding and removing nodes; a state file whose
+/// restarted (keeping their log, sometimes at a new address), whose log sometimes fails while
+/// they keep heartbeating (reporting the failure until restarted), whose LSNs grow at the head and
+/// flow down the chain (committed once the tail has them); a tail paused just as a standby close
+/// behind it could join, and the head killed soon after; an operator adding and removing nodes; a state file whose
 /// compare-and-swap takes a random time and sometimes fails; a master that sometimes restarts
-/// (its in-flight proposal persisted or not). After every step the rules the manager promises
-/// are checked; a violation stops the schedule and is reported with its seed and trace.
+/// (its in-flight proposal persisted or not) and sometimes pauses — briefly, or for up to three
+/// timeouts, after which the heartbeats queued meanwhile are delivered before or after its first
+/// tick. After every step the rules the manager promises are checked; a violation stops the
+/// schedule and is reported with its seed and trace.
 /// `CATENA_SIM_SEED=n` replays one seed.
 @Suite("Chain manager simulation")
 struct ChainManagerSimulationTests {
@@ -52,6 +56,9 @@ struct ChainManagerSimulationTests {
         #expect(totals.failedPersists > 500, "\(totals)")
         #expect(totals.masterRestarts > 80, "\(totals)")
         #expect(totals.refusedRemovals > 80, "\(totals)")
+        #expect(totals.masterPauses > 300, "\(totals)")
+        #expect(totals.reportedFailureRemovals > 300, "\(totals)")
+        #expect(totals.pausedTailsWithDeadHeads > 300, "\(totals)")
     }
 }
 
@@ -60,7 +67,8 @@ struct ChainManagerSimulationTests {
 private final class Simulation {
     struct Counters: CustomStringConvertible {
         var failureRemovals = 0, drainRemovals = 0, joins = 0, keptLastMember = 0, firstSeqsRecorded = 0
-        var addressChanges = 0, failedPersists = 0, masterRestarts = 0, refusedRemovals = 0
+        var addressChanges = 0, failedPersists = 0, masterRestarts = 0, refusedRemovals = 0, masterPauses = 0
+        var reportedFailureRemovals = 0, pausedTailsWithDeadHeads = 0
 
         mutating func add(_ o: Counters) {
             failureRemovals += o.failureRemovals
@@ -72,10 +80,13 @@ private final class Simulation {
             failedPersists += o.failedPersists
             masterRestarts += o.masterRestarts
             refusedRemovals += o.refusedRemovals
+            masterPauses += o.masterPauses
+            reportedFailureRemovals += o.reportedFailureRemovals
+            pausedTailsWithDeadHeads += o.pausedTailsWithDeadHeads
         }
 
         var description: String {
-            "failure removals \(failureRemovals), drain removals \(drainRemovals), joins \(joins), kept last member \(keptLastMember), first seqs \(firstSeqsRecorded), address changes \(addressChanges), failed persists \(failedPersists), master restarts \(masterRestarts), refused removals \(refusedRemovals)"
+            "failure removals \(failureRemovals), drain removals \(drainRemovals), joins \(joins), kept last member \(keptLastMember), first seqs \(firstSeqsRecorded), address changes \(addressChanges), failed persists \(failedPersists), master restarts \(masterRestarts), refused removals \(refusedRemovals), master pauses \(masterPauses), removals of members reporting a failure \(reportedFailureRemovals), paused tails with dead heads \(pausedTailsWithDeadHeads)"
         }
     }
 
@@ -107,6 +118,15 @@ private final class Simulation {
         var startReport: EpochStart?
         /// When its lease runs out, counted the node's way: send time + lease.
         var leaseExpiry: UInt64 = 0
+        /// When it last sent a heartbeat (nil: not since it last died), and since when it has
+        /// sent them no further apart than ``Simulation/steadyGap``.
+        var lastSent: UInt64?
+        var steadySince: UInt64 = 0
+        /// Its log failed: it takes no records, and reports the failure in its heartbeats until
+        /// it restarts.
+        var failure: CatenaError?
+        /// Since when the heartbeats the current master got from it report a failure.
+        var failureSeen: UInt64?
 
         /// When the current master last received its heartbeat, and what that reported.
         var heard: UInt64?
@@ -150,6 +170,10 @@ private final class Simulation {
     let timeout: UInt64 = 1_000_000_000
     let interval: UInt64 = 100_000_000
     let quantum: UInt64 = 50_000_000
+    /// The largest gap between two heartbeats of a live node (a flaky one's; plus at most a
+    /// quarter interval of delivery jitter, and a master pause below the threshold of at most
+    /// 0.12 timeouts, it stays below the timeout).
+    var steadyGap: UInt64 { timeout * 8 / 10 }
     let lease: UInt64
     let lag: UInt64
     let settings: ChainManager.Settings
@@ -169,6 +193,19 @@ private final class Simulation {
     var nextTick: UInt64
     var nodes: [Node] = []
     var messages: [Message] = []
+    /// The master handles nothing (heartbeats, ticks, persist results) before this: it is paused.
+    var masterPausedUntil: UInt64 = 0
+    /// When the master last resumed from a pause longer than the threshold.
+    var masterResumed: UInt64 = 0
+    /// After the current pause, the first tick comes before the queued heartbeats.
+    var tickFirst = false
+    /// The highest seq the tail of the chain has ever held: committed, and acknowledged to clients.
+    var committed: UInt64 = 0
+    /// A node to kill, and when.
+    var scheduledKill: (at: UInt64, node: Int)?
+    /// The last step at which a member was catching up (the master keeps a failed member while
+    /// the others may lack committed writes).
+    var catchingUpUntil: UInt64 = 0
 
     var counters = Counters()
     /// The events, when tracing; the broken rules.
@@ -225,6 +262,10 @@ private final class Simulation {
 
     func run(steps: Int) {
         for _ in 0..<steps {
+            if let k = scheduledKill, now >= k.at {
+                scheduledKill = nil
+                if nodes[k.node].life != .dead && nodes[k.node].life != .stopped { kill(k.node) }
+            }
             chaos()
             advance(to: now + quantum)
             grow()
@@ -233,14 +274,20 @@ private final class Simulation {
         }
     }
 
+    /// When the master handles an event due at `at`: after its pause, if it is paused then
+    /// (at the resume, or just after it when the first tick goes first).
+    func masterTime(_ at: UInt64) -> UInt64 {
+        at < masterPausedUntil ? masterPausedUntil + (tickFirst ? 1 : 0) : at
+    }
+
     /// Handles every event up to `end`, earliest first.
     func advance(to end: UInt64) {
         while violations.isEmpty {
             // Events: 0 persist completes, 1 message delivered, 2 node sends, 3 node resumes, 4 master tick.
             var at = UInt64.max, kind = -1, index = 0
-            if let f = inFlight, f.completesAt < at { at = f.completesAt; kind = 0 }
-            for i in messages.indices where messages[i].at < at {
-                at = messages[i].at; kind = 1; index = i
+            if let f = inFlight, masterTime(f.completesAt) < at { at = masterTime(f.completesAt); kind = 0 }
+            for i in messages.indices where masterTime(messages[i].at) < at {
+                at = masterTime(messages[i].at); kind = 1; index = i
             }
             for i in nodes.indices {
                 switch nodes[i].life {
@@ -271,9 +318,13 @@ private final class Simulation {
     func send(_ i: Int) {
         var address = nodes[i].address
         if chance(0.03) { address = chance(0.5) ? "0.0.0.0:\(nodes[i].port)" : "127.0.0.1:0" }
-        let beat = ChainManager.Beat(node: nodes[i].id, address: address, highestLSN: nodes[i].lsn, epochStart: nodes[i].startReport.map { EpochStart(epoch: $0.epoch, firstSeq: nodes[i].lsn.seq + 1) })
+        let beat = ChainManager.Beat(node: nodes[i].id, address: address, highestLSN: nodes[i].lsn,
+                                     epochStart: nodes[i].startReport.map { EpochStart(epoch: $0.epoch, firstSeq: nodes[i].lsn.seq + 1) },
+                                     epoch: nodes[i].configuration?.epoch ?? 0, failure: nodes[i].failure)
         let at = max(now + random(0...interval / 4), nodes[i].lastDelivery)
         nodes[i].lastDelivery = at
+        if nodes[i].lastSent.map({ now - $0 > steadyGap }) ?? true { nodes[i].steadySince = now }
+        nodes[i].lastSent = now
         messages.append(Message(at: at, sentAt: now, node: i, beat: beat))
         // Flaky nodes sometimes leave gaps of up to 0.8 timeouts (plus delivery jitter: still within it).
         let gap = nodes[i].flaky && chance(0.3) ? random(timeout / 2...timeout * 8 / 10) : random(interval * 6 / 10...interval * 14 / 10)
@@ -297,14 +348,23 @@ private final class Simulation {
     func deliver(_ m: Message) {
         let i = m.node
         let expected: ChainManager.Standing = nodes[i].adding ? .joining : nodes[i].inFile
-        let reply = manager.heartbeat(m.beat, now: now)
+        let reply: ChainManager.Reply
+        do throws(CatenaError) {
+            reply = try manager.heartbeat(m.beat, now: now)
+        } catch {
+            // Nodes only ever run persisted configurations: the master is never behind them.
+            check(false, "\(nodes[i].id)'s heartbeat at epoch \(m.beat.epoch) was refused: \(error)")
+            return
+        }
         nodes[i].heard = now
         nodes[i].reported = m.beat.highestLSN
+        nodes[i].failureSeen = m.beat.failure == nil ? nil : nodes[i].failureSeen ?? now
         check(reply.configuration == file.configuration && reply.history == file.epochHistory,
               "the reply to \(nodes[i].id) carries epoch \(reply.configuration.epoch) \(reply.history), not the persisted \(file.epoch) \(file.epochHistory)")
         check(reply.standing == expected, "\(nodes[i].id) was told \(reply.standing), expected \(expected)")
         if let l = reply.lease {
             check(reply.standing == .member && l == settings.lease, "\(nodes[i].id) got lease \(l) as \(reply.standing)")
+            check(m.beat.failure == nil, "\(nodes[i].id) got a lease while reporting a failure")
         }
         if nodes[i].life != .dead && nodes[i].life != .stopped {
             if reply.configuration.epoch >= nodes[i].configuration?.epoch ?? 0 {
@@ -364,11 +424,14 @@ private final class Simulation {
         check(firsts.allSatisfy { $0 >= 1 }, "a first seq of 0: \(new.epochHistory)")
         file = new
         indexFile()
+        check(chain.contains { nodes[$0].lsn.seq >= committed },
+              "epoch \(new.epoch) keeps no member holding committed seq \(committed): \(chain.map { "\(nodes[$0].id) at \(nodes[$0].lsn.seq)" })")
         for x in oldChain where nodes[x].inFile != .member {
             let n = nodes[x]
             check(n.life == .dead || n.leaseExpiry <= at,
                   "epoch \(new.epoch) without \(n.id) became active at \(ms(at)) while its lease runs until \(ms(n.leaseExpiry))")
             if n.inFile == .joining { counters.failureRemovals += 1 } else { counters.drainRemovals += 1 }
+            if n.failureSeen != nil { counters.reportedFailureRemovals += 1 }
         }
         counters.joins += chain.filter { !oldChain.contains($0) }.count
         if new.epochHistory.count == old.epochHistory.count, new.epochHistory.last?.firstSeq != old.epochHistory.last?.firstSeq {
@@ -418,14 +481,49 @@ private final class Simulation {
         if chance(0.03), let i = pick({ $0.life == .dead }) {
             restart(i, movingTo: chance(0.3))
         }
+        if scheduledKill == nil, chance(0.015), chain.count >= 2, let t = chain.last, nodes[t].life == .alive,
+           nodes.contains(where: { $0.inFile == .joining && $0.life == .alive && $0.lsn.seq + lag >= nodes[t].lsn.seq }) {
+            // The tail pauses just as a standby close behind it may join (it looks healthy for
+            // another half timeout), and the head dies before the tail is back.
+            let until = now + random(timeout * 11 / 10...2 * timeout)
+            nodes[t].life = .paused(until: until)
+            scheduledKill = (now + random(timeout * 4 / 10...timeout * 9 / 10), chain[0])
+            counters.pausedTailsWithDeadHeads += 1
+            log("tail \(nodes[t].id) pauses until \(ms(until)); head \(nodes[chain[0]].id) dies at \(ms(scheduledKill!.at))")
+        }
+        if chance(0.008), let i = pick({ $0.life == .alive && $0.failure == nil }) {
+            // Its log fails (fsync error, disk full); it keeps heartbeating, reporting it.
+            nodes[i].failure = CatenaError(.ioFailure, "injected: fsync failed")
+            log("\(nodes[i].id)'s log fails at seq \(nodes[i].lsn.seq)")
+        }
+        if now < masterPausedUntil { return }
         if chance(0.006) { operatorAdds() }
         if chance(0.006) { operatorRemoves() }
         if !clean && chance(0.002) { restartMaster() }
+        if chance(0.005) { pauseMaster() }
+    }
+
+    /// The master stops handling anything for a while: below the pause threshold (a quarter
+    /// timeout) briefly enough that a live member's heartbeats still reach it within the timeout,
+    /// or for up to three timeouts. Heartbeats queue meanwhile; after the resume they are handled
+    /// before the first tick or after it.
+    func pauseMaster() {
+        let long = chance(0.7)
+        let length = long ? random(timeout * 3 / 10...3 * timeout) : random(interval / 4...timeout * 12 / 100)
+        masterPausedUntil = now + length
+        tickFirst = chance(0.5)
+        nextTick = masterPausedUntil + (tickFirst ? 0 : random(1...interval))
+        if long {
+            masterResumed = masterPausedUntil
+            counters.masterPauses += 1
+        }
+        log("master pauses until \(ms(masterPausedUntil)), its first tick \(tickFirst ? "before" : "after") the queued heartbeats")
     }
 
     func kill(_ i: Int) {
         nodes[i].life = .dead
         nodes[i].leaseExpiry = 0
+        nodes[i].lastSent = nil
         nodes[i].configuration = nil
         nodes[i].history = []
         nodes[i].standing = nil
@@ -436,6 +534,7 @@ private final class Simulation {
     func restart(_ i: Int, movingTo newPort: Bool) {
         if newPort { nodes[i].port += 100 }
         nodes[i].life = .alive
+        nodes[i].failure = nil
         nodes[i].nextBeat = now + random(0...interval)
         log("\(nodes[i].id) restarts at \(nodes[i].address), seq \(nodes[i].lsn.seq)")
     }
@@ -487,11 +586,13 @@ private final class Simulation {
             activate(f.state, at: f.madeAt)
         }
         inFlight = nil
+        masterPausedUntil = 0
         manager = ChainManager(state: file, settings: settings, now: now)
         managerStart = now
         for i in nodes.indices {
             nodes[i].heard = nil
             nodes[i].reported = nil
+            nodes[i].failureSeen = nil
             nodes[i].drained = false
             nodes[i].adding = false
         }
@@ -502,17 +603,21 @@ private final class Simulation {
 
     /// Writes at the head, flowing down the chain; standbys catch up from the tail.
     func grow() {
-        for n in nodes where n.life == .alive && n.writes {
+        func working(_ i: Int) -> Bool { nodes[i].life == .alive && nodes[i].failure == nil }
+        for n in nodes where n.life == .alive && n.failure == nil && n.writes {
             n.lsn = LSN(epoch: n.configuration!.epoch, seq: n.lsn.seq + random(0...6))
         }
         for k in chain.indices.dropFirst() {
             let p = chain[k - 1], c = chain[k]
-            guard nodes[p].life == .alive && nodes[c].life == .alive && nodes[p].lsn.seq > nodes[c].lsn.seq else { continue }
+            guard working(p) && working(c) && nodes[p].lsn.seq > nodes[c].lsn.seq else { continue }
             nodes[c].lsn = LSN(epoch: nodes[p].lsn.epoch, seq: min(nodes[p].lsn.seq, nodes[c].lsn.seq + random(0...25)))
         }
-        guard let t = chain.last, nodes[t].life == .alive else { return }
+        guard let t = chain.last, working(t) else { return }
         let tail = nodes[t].lsn
-        for i in nodes.indices where nodes[i].life == .alive && nodes[i].standing == .joining {
+        // Committed: on every member (the tail acknowledges only what its predecessors sent it;
+        // a rejoined tail may hold more).
+        committed = max(committed, chain.map { nodes[$0].lsn.seq }.min()!)
+        for i in nodes.indices where working(i) && nodes[i].standing == .joining {
             // A rejoining node first truncates what the chain does not share, then copies.
             nodes[i].lsn = nodes[i].lsn.seq > tail.seq ? tail : LSN(epoch: tail.epoch, seq: min(tail.seq, nodes[i].lsn.seq + random(0...40)))
         }
@@ -561,6 +666,9 @@ private final class Simulation {
             check(failed || !standby, "\(n.id), drained, became a standby")
             check(n.drained || standby, "\(n.id), failed, did not become a standby")
             check(n.life == .dead || n.leaseExpiry <= now, "proposed removing \(n.id) at \(ms(now)) while its lease runs until \(ms(n.leaseExpiry))")
+            // Heartbeating in time (however late the master handled its heartbeats): never removed.
+            let steady = n.life == .alive && n.failureSeen == nil && n.lastSent != nil && n.steadySince + timeout <= now
+            check(!steady || n.drained, "removed \(n.id), alive and heartbeating at most \(ms(steadyGap)) apart since \(ms(n.steadySince))")
         }
         let oldNames = chain.map { nodes[$0].id.rawValue }
         let joined = newNames.filter { !oldNames.contains($0) }
@@ -571,6 +679,8 @@ private final class Simulation {
             check(newNames.last == name, "\(name) joined, but not as the tail")
             check(!removed.contains(t) && tail.heard.map { now - $0 <= timeout / 2 } == true, "\(name) joined after tail \(tail.id), which is not healthy")
             check(nodes[j].heard.map { now - $0 <= timeout } == true, "\(name) joined without a recent heartbeat")
+            check(nodes[j].failureSeen == nil, "\(name) joined while reporting a failure")
+            check(tail.failureSeen == nil, "\(name) joined after tail \(tail.id), which reports a failure")
             if let js = nodes[j].reported?.seq, let ts = tail.reported?.seq {
                 check(js + lag >= ts, "\(name) joined at seq \(js), more than \(lag) behind tail \(tail.id) at \(ts)")
             } else {
@@ -594,11 +704,14 @@ private final class Simulation {
         // A silent member is removed within the timeout, two heartbeat intervals and two
         // persists (one may be in flight when it fails) — unless it is the one kept.
         guard clean, chain.count > 1 else { return }
+        if chain.contains(where: { manager.isCatchingUp(nodes[$0].id) }) { catchingUpUntil = now }
         let bound = timeout + 2 * interval + 2 * maxPersistDelay + quantum
         let everyoneFailed = chain.allSatisfy { hasFailed($0, at: now) }
         let kept = everyoneFailed ? chain.enumerated().max { (nodes[$0.element].reported ?? .zero, $0.offset) < (nodes[$1.element].reported ?? .zero, $1.offset) }?.element : nil
         for i in chain where i != kept {
-            let last = nodes[i].heard ?? managerStart
+            // Reporting a failure: removed once the lease it got before ran out. While a member
+            // catches up, a failed one may be kept (it may hold writes the others lack).
+            let last = max(nodes[i].failureSeen ?? nodes[i].heard ?? managerStart, masterResumed, catchingUpUntil)
             check(now <= last + bound, "\(nodes[i].id) has been silent since \(ms(last)) but is still a member at \(ms(now))")
         }
     }
@@ -606,6 +719,7 @@ private final class Simulation {
     // MARK: - Helpers
 
     func hasFailed(_ i: Int, at t: UInt64) -> Bool {
+        if nodes[i].failureSeen != nil { return true }
         let last = nodes[i].heard ?? managerStart
         return t > last && t - last > timeout
     }

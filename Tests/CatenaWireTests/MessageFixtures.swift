@@ -189,7 +189,25 @@ enum MessageFixtures {
         Heartbeat(node: node("N.1_x-Y"), address: "[fe80::1%eth0]:7000", highestLSN: LSN(epoch: .max, seq: .max)),
         Heartbeat(node: node("head"), address: "127.0.0.1:7001", highestLSN: LSN(epoch: 4, seq: 1200),
                   epochStart: EpochStart(epoch: 5, firstSeq: 1201)),
+        Heartbeat(node: node("n2"), address: "127.0.0.1:7002", highestLSN: LSN(epoch: 4, seq: 1180),
+                  failure: CatenaError(.ioFailure, "fsync of /data/n2/segments/00000012.log failed: EIO; the store refuses writes until reopened")),
+        Heartbeat(node: node("head"), address: "127.0.0.1:7001", highestLSN: LSN(epoch: 4, seq: 1200),
+                  epochStart: EpochStart(epoch: 5, firstSeq: 1201), failure: CatenaError(.diskFull, "")),
+        // A code this build does not know (a newer node's) is carried as it is; messages may be any UTF-8.
+        Heartbeat(node: node("n3"), address: "h:1", highestLSN: .zero, failure: CatenaError(.named("raidDegraded"), "café ✓")),
     ]
+
+    /// The length of `heartbeat`'s payload in layout 1, before the failure field: a node older
+    /// than it sends only that much.
+    static func heartbeatLayout1Length(_ heartbeat: Heartbeat) -> Int {
+        2 + heartbeat.node.rawValue.utf8.count + 2 + heartbeat.address.utf8.count + 16 + 16
+    }
+
+    /// The length of `status`'s payload in layout 1, before the reasons.
+    static func chainStatusLayout1Length(_ status: ChainStatus) -> Int {
+        status.encoded().readableBytes - 2 - (status.reason?.utf8.count ?? 0)
+            - status.nodes.reduce(0) { $0 + 2 + ($1.reason?.utf8.count ?? 0) }
+    }
 
     static let heartbeatReplies: [HeartbeatReply] = configurations.flatMap { c in [
         HeartbeatReply(configuration: c, standing: .member, lease: .milliseconds(1000),
@@ -217,6 +235,15 @@ enum MessageFixtures {
             .init(id: node("n5"), address: "h:1", role: .single, highestLSN: .zero, lagRecords: 0,
                   heartbeatAgeMilliseconds: 5, leaseMilliseconds: nil, health: .leaving),
         ]),
+        ChainStatus(chainID: 3, epoch: 12, available: false, failureTimeoutMilliseconds: 500, leaseMilliseconds: 500, nodes: [
+            .init(id: node("n1"), address: "127.0.0.1:7001", role: .head, highestLSN: LSN(epoch: 11, seq: 70), lagRecords: 30,
+                  heartbeatAgeMilliseconds: 20, leaseMilliseconds: nil, health: .failed,
+                  reason: "reported ioFailure: fsync of 00000012.log failed: EIO"),
+            .init(id: node("n2"), address: "127.0.0.1:7002", role: .tail, highestLSN: LSN(epoch: 11, seq: 100), lagRecords: 0,
+                  heartbeatAgeMilliseconds: 9000, leaseMilliseconds: nil, health: .failed),
+        ], reason: "every member holding all committed writes has failed (n2); waiting for n2 — café"),
+        ChainStatus(chainID: 4, epoch: 1, available: false, failureTimeoutMilliseconds: 1000, leaseMilliseconds: 1000, nodes: [],
+                    reason: "the master's state is older than the chain's"),
     ]
 
     // MARK: Records
@@ -314,13 +341,13 @@ enum MessageFixtures {
         PayloadCodec("configuration", .configuration, configurations, codes: [.malformed, .invalidArgument],
                      encode: { ConfigurationPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ConfigurationPayload.decode(b) }),
         PayloadCodec("heartbeat", .heartbeat, heartbeats, codes: [.malformed, .invalidArgument],
-                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try Heartbeat(decoding: b) }),
+                     olderLayouts: { [heartbeatLayout1Length($0)] }, encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try Heartbeat(decoding: b) }),
         PayloadCodec("heartbeatReply", .configuration, heartbeatReplies, codes: [.malformed, .invalidArgument],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try HeartbeatReply(decoding: b) }),
         PayloadCodec("nodeRequest", .addNode, nodeRequests, codes: [.malformed, .invalidArgument],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try NodeRequest(decoding: b) }),
         PayloadCodec("chainStatus", .chainStatus, statuses, codes: [.malformed, .invalidArgument],
-                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ChainStatus(decoding: b) }),
+                     olderLayouts: { [chainStatusLayout1Length($0)] }, encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ChainStatus(decoding: b) }),
     ]
 }
 
@@ -333,16 +360,22 @@ struct PayloadCodec: Sendable, CustomTestStringConvertible {
     let samples: [ByteBuffer]
     /// Every code the decoder may refuse bytes with.
     let codes: Set<CatenaError.Code>
+    /// Per sample, the lengths of its prefixes that are whole payloads of an older layout (one
+    /// written before fields were appended): those decode, every other strict prefix is malformed.
+    let olderLayouts: [Set<Int>]
     /// Decodes `payload` and encodes the value again.
     let canonical: @Sendable (ByteBuffer) throws(CatenaError) -> ByteBuffer
 
+    /// `olderLayouts(value)`: the lengths of the value's encoding in each older layout.
     init<Value: Sendable>(_ name: String, _ frameType: FrameType, _ values: [Value], codes: Set<CatenaError.Code>,
+                          olderLayouts: (Value) -> Set<Int> = { _ in [] },
                           encode: @escaping @Sendable (Value) -> ByteBuffer,
                           decode: @escaping @Sendable (ByteBuffer) throws(CatenaError) -> Value) {
         self.name = name
         self.frameType = frameType
         self.samples = values.map(encode)
         self.codes = codes
+        self.olderLayouts = values.map(olderLayouts)
         self.canonical = { (payload) throws(CatenaError) in encode(try decode(payload)) }
     }
 

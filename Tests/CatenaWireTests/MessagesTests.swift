@@ -18,15 +18,19 @@ struct MessagesTests {
         }
     }
 
-    @Test("Every strict prefix of every sample is refused with malformed", arguments: MessageFixtures.codecs)
+    @Test("Every strict prefix of every sample is refused with malformed, but for whole payloads of an older layout",
+          arguments: MessageFixtures.codecs)
     func everyStrictPrefixIsMalformed(_ codec: PayloadCodec) {
         var checked = 0
         var wrong: [String] = []
         for (i, sample) in codec.samples.enumerated() {
             for n in 0..<sample.readableBytes {
                 checked += 1
+                let older = codec.olderLayouts[i].contains(n)
                 let code = F.code { try codec.canonical(sample.getSlice(at: sample.readerIndex, length: n)!) }
-                if code != .malformed { wrong.append("sample \(i), \(n) of \(sample.readableBytes) bytes: \(code.map(String.init(describing:)) ?? "accepted")") }
+                if older ? code != nil : code != .malformed {
+                    wrong.append("sample \(i), \(n) of \(sample.readableBytes) bytes\(older ? " (an older layout)" : ""): \(code.map(String.init(describing:)) ?? "accepted")")
+                }
             }
         }
         #expect(checked == codec.samples.reduce(0) { $0 + $1.readableBytes })
@@ -557,8 +561,47 @@ struct MessagesTests {
             + F.le(UInt16(heartbeat.address.utf8.count)) + Array(heartbeat.address.utf8)
             + F.le(heartbeat.highestLSN.epoch) + F.le(heartbeat.highestLSN.seq)
             + F.le(heartbeat.epochStart?.epoch ?? 0) + F.le(heartbeat.epochStart?.firstSeq ?? 0)
-        #expect(F.bytes(payload) == expected)
+        var failure: [UInt8] = [0]
+        if let f = heartbeat.failure {
+            failure = [1] + F.le(UInt16(f.code.description.utf8.count)) + Array(f.code.description.utf8)
+                + F.le(UInt16(f.message.utf8.count)) + Array(f.message.utf8)
+        }
+        #expect(F.bytes(payload) == expected + failure)
         #expect(try Heartbeat(decoding: payload) == heartbeat)
+        #expect(try Heartbeat(decoding: payload).failure?.code == heartbeat.failure?.code)
+    }
+
+    @Test("A heartbeat of a node older than the failure field reports none; a newer master's reader takes it unchanged")
+    func heartbeatWithoutFailureField() throws {
+        for heartbeat in F.heartbeats {
+            let layout1 = ByteBuffer(bytes: F.bytes(heartbeat.encoded()).prefix(F.heartbeatLayout1Length(heartbeat)))
+            var expected = heartbeat
+            expected.failure = nil
+            #expect(try Heartbeat(decoding: layout1) == expected)
+        }
+    }
+
+    @Test("A heartbeat's failure with a flag other than 0 or 1, or an empty code, is malformed")
+    func heartbeatFailureRefusals() {
+        let healthy = F.heartbeats[0]
+        let fixed = F.bytes(healthy.encoded()).prefix(F.heartbeatLayout1Length(healthy))
+        for trailer in [[2], [0xFF], [1] + F.le(UInt16(0)) + F.le(UInt16(0)), [1] + F.le(UInt16(3)) + Array("abc".utf8)] as [[UInt8]] {
+            #expect(F.code { try Heartbeat(decoding: ByteBuffer(bytes: Array(fixed) + trailer)) } == .malformed, "\(trailer)")
+        }
+        #expect(F.code { try Heartbeat(decoding: ByteBuffer(bytes: Array(fixed) + [1] + F.le(UInt16(1)) + [0xC3] + F.le(UInt16(0)))) } == .malformed,
+                "a code that is not UTF-8")
+    }
+
+    @Test("A failure message longer than the limit is cut at a character boundary")
+    func heartbeatLongFailureMessage() throws {
+        let message = String(repeating: "é", count: Heartbeat.maximumFailureMessageBytes) // 2 bytes each
+        let beat = Heartbeat(node: F.node("n1"), address: "h:1", highestLSN: .zero, failure: CatenaError(.ioFailure, message + "x"))
+        let decoded = try Heartbeat(decoding: beat.encoded())
+        #expect(decoded.failure == CatenaError(.ioFailure, String(repeating: "é", count: Heartbeat.maximumFailureMessageBytes / 2)))
+        let odd = String(repeating: "a", count: 1) + message
+        let cut = try Heartbeat(decoding: Heartbeat(node: F.node("n1"), address: "h:1", highestLSN: .zero,
+                                                    failure: CatenaError(.ioFailure, odd)).encoded())
+        #expect(cut.failure?.message.utf8.count == Heartbeat.maximumFailureMessageBytes - 1, "not inside the last é")
     }
 
     @Test("A heartbeat with bytes after it decodes to the same heartbeat")
@@ -607,7 +650,8 @@ struct MessagesTests {
     @Test("A chain status with an unknown role or health is malformed")
     func chainStatusRefusals() throws {
         let status = F.statuses[1]
-        var bytes = F.bytes(status.encoded())
+        // Layout 1 (no reasons): the last node's health is the last byte.
+        var bytes = Array(F.bytes(status.encoded()).prefix(F.chainStatusLayout1Length(status)))
         bytes[bytes.count - 1] = 0
         #expect(F.code { try ChainStatus(decoding: ByteBuffer(bytes: bytes)) } == .malformed)
         bytes[bytes.count - 1] = ChainStatus.Health.leaving.rawValue
@@ -615,6 +659,26 @@ struct MessagesTests {
         let roleAt = bytes.count - 1 - 8 - 8 - 8 - 16 - 1
         bytes[roleAt] = 5
         #expect(F.code { try ChainStatus(decoding: ByteBuffer(bytes: bytes)) } == .malformed)
+    }
+
+    @Test("A chain status carries the chain's reason and each node's after the nodes; one from an older master has none")
+    func chainStatusReasons() throws {
+        let status = F.statuses[2]
+        let bytes = F.bytes(status.encoded())
+        let old = F.chainStatusLayout1Length(status)
+        let reasons = [status.reason!, status.nodes[0].reason!, ""].flatMap { F.le(UInt16($0.utf8.count)) + Array($0.utf8) }
+        #expect(Array(bytes[old...]) == reasons)
+        let decoded = try ChainStatus(decoding: status.encoded())
+        #expect(decoded.reason == status.reason)
+        #expect(decoded.nodes.map(\.reason) == [status.nodes[0].reason, nil])
+        var older = status
+        older.reason = nil
+        for i in older.nodes.indices { older.nodes[i].reason = nil }
+        #expect(try ChainStatus(decoding: ByteBuffer(bytes: bytes.prefix(old))) == older)
+        // Reasons past the limit are cut.
+        var long = status
+        long.reason = String(repeating: "x", count: ChainStatus.maximumReasonBytes + 10)
+        #expect(try ChainStatus(decoding: long.encoded()).reason?.utf8.count == ChainStatus.maximumReasonBytes)
     }
 }
 
