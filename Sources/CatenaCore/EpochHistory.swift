@@ -109,3 +109,23 @@ public struct EpochHistory: Hashable, Sendable {
         return .check(firstSeq(of: chain)! - 1)
     }
 }
+
+/// What a node has seen of its chain — the highest configuration and the epoch history — as it
+/// persists it, so that after a restart it still refuses a master whose state went back
+/// (restored from an old backup): an older configuration, the same epoch with other members, or
+/// a history that forgets where an epoch started.
+public struct SeenChain: Hashable, Sendable {
+    /// The highest configuration seen.
+    public var configuration: ChainConfiguration
+    /// The epoch history, with every first seq known.
+    public var history: EpochHistory
+
+    /// Creates a record of what was seen.
+    public init(configuration: ChainConfiguration, history: EpochHistory) {
+        self.configuration = configuration
+        self.history = history
+    }
+
+    /// How many epochs' first seqs the history knows.
+    public var knownStarts: Int { history.entries.count { $0.firstSeq != nil } }
+}

@@ -203,9 +203,10 @@ public struct NodeStateMachine: Sendable {
         case wakeThrottled
         /// The view changed.
         case publish(View)
-        /// *Slow*: persist that this node has seen this configuration; then
-        /// ``configurationPersisted(epoch:)``.
-        case persistConfiguration(ChainConfiguration)
+        /// *Slow*: persist what this node has seen (a newer configuration is adopted only once
+        /// persisted; a history that learned a first seq is persisted after); then
+        /// ``configurationPersisted(epoch:logEnd:now:)``.
+        case persistSeen(SeenChain)
         /// *Slow*: truncate the log after the last record it shares with the chain by this
         /// history (``EpochHistory/lastShared(myLastSeq:epochAt:)``), never at or below
         /// `keeping` (records known to be on every replica); then ``truncated(end:removed:)``.
@@ -274,8 +275,11 @@ public struct NodeStateMachine: Sendable {
     private var readTarget: LSN?
     /// A reply whose configuration waits to be persisted before it is adopted.
     private var unpersisted: (reply: Reply, sentAt: UInt64)?
-    /// The configuration being persisted, if any (newer than ``highestSeen``).
+    /// The configuration being persisted, if any (newer than ``highestSeen``, or the same with a
+    /// history that knows more).
     private var persisting: ChainConfiguration?
+    /// How many first seqs the persisted history knows.
+    private var persistedStarts = 0
     /// The log's end and recent request ids, known at start-up (used by the first member build).
     private var loaded: (end: LSN, requests: [ReplicaStateMachine.Commit])?
     /// The master has known this node (a member or standby): if it forgets it, the node stops.
@@ -290,21 +294,27 @@ public struct NodeStateMachine: Sendable {
     private var lastNow: UInt64 = 0
 
     /// Creates the machine at start-up, over a log that ends at `logEnd` (all of it durable)
-    /// whose last records carry `recentRequests` (in LSN order), having persisted `highestSeen`.
+    /// whose last records carry `recentRequests` (in LSN order), having persisted `seen`.
     public init(me: NodeID, settings: Settings = Settings(), logEnd: LSN, recentRequests: [ReplicaStateMachine.Commit],
-                highestSeen: ChainConfiguration?) {
+                seen: SeenChain?) {
         self.me = me
         self.settings = settings
         self.loaded = (logEnd, recentRequests)
-        self.highestSeen = highestSeen
+        self.highestSeen = seen?.configuration
+        self.history = seen?.history ?? EpochHistory([])
+        self.persistedStarts = seen?.knownStarts ?? 0
     }
 
     // MARK: - Queries
 
     /// The epoch start the head of the current epoch must report before its first write there
     /// (nil: none to report).
+    ///
+    /// Reported only once the whole log is durable: the records it continues from must survive a
+    /// crash, or the epoch would start above the log's end.
     public var epochStartToReport: EpochStart? {
-        guard let replica, replica.role?.takesWrites == true, history.firstSeq(of: replica.configuration.epoch) == nil else { return nil }
+        guard let replica, replica.role?.takesWrites == true, failure == nil, replica.durable == replica.lastAccepted,
+              history.firstSeq(of: replica.configuration.epoch) == nil else { return nil }
         return EpochStart(epoch: replica.configuration.epoch, firstSeq: replica.lastAccepted.seq + 1)
     }
 
@@ -317,6 +327,12 @@ public struct NodeStateMachine: Sendable {
 
     /// The epoch of the configuration the node runs (0: none yet).
     public var epoch: UInt64 { configuration?.epoch ?? 0 }
+
+    /// The epoch a heartbeat names: the one the node runs, or — until it runs one, after a
+    /// restart — the highest it has persisted as seen. A master whose state is older than that
+    /// finds out at once that it was restored from an old backup, before it could hand out or
+    /// build on an older configuration.
+    public var heartbeatEpoch: UInt64 { max(epoch, highestSeen?.epoch ?? 0) }
 
     /// What to tell the predecessor `node` first when it connects — the last LSN here, the last
     /// acknowledged, the epoch — or nil if it is not this node's predecessor (it is refused).
@@ -343,17 +359,30 @@ public struct NodeStateMachine: Sendable {
         }
         known = true
         saidUnknown = false
-        if let seen = persisting ?? highestSeen, let refusal = refusal(of: reply.configuration, seen: seen) {
+        if let seen = persisting ?? highestSeen, let refusal = refusal(of: reply.configuration, seen: seen) ?? refusal(of: reply.history) {
             counters.staleConfigurationsRefused += 1
             return [.note(Note(.error, refusal))]
         }
         if highestSeen.map({ reply.configuration.epoch > $0.epoch }) ?? true {
             unpersisted = (reply, sentAt)
             guard persisting == nil else { return [] }
-            persisting = reply.configuration
-            return [.persistConfiguration(reply.configuration)]
+            return persist(reply.configuration, reply.history)
         }
-        return apply(reply, sentAt: sentAt, logEnd: logEnd, now: now)
+        return apply(reply, sentAt: sentAt, logEnd: logEnd, now: now) + persistHistoryIfItGrew()
+    }
+
+    private mutating func persist(_ configuration: ChainConfiguration, _ history: EpochHistory) -> [Action] {
+        persisting = configuration
+        let seen = SeenChain(configuration: configuration, history: history)
+        persistedStarts = max(persistedStarts, seen.knownStarts)
+        return [.persistSeen(seen)]
+    }
+
+    /// A history that learned where an epoch starts is persisted too (after it is adopted: a
+    /// node that loses it in a crash relearns it from the master).
+    private mutating func persistHistoryIfItGrew() -> [Action] {
+        guard persisting == nil, let seen = highestSeen, history.entries.count { $0.firstSeq != nil } > persistedStarts else { return [] }
+        return persist(seen, history)
     }
 
     /// The configuration of `epoch` is persisted as seen: adopt the reply that waited for it (or
@@ -362,13 +391,12 @@ public struct NodeStateMachine: Sendable {
         guard let done = persisting, done.epoch == epoch else { return [] }
         persisting = nil
         highestSeen = done
-        guard let waiting = unpersisted else { return [] }
+        guard let waiting = unpersisted else { return persistHistoryIfItGrew() }
         if waiting.reply.configuration.epoch > done.epoch {
-            persisting = waiting.reply.configuration
-            return [.persistConfiguration(waiting.reply.configuration)]
+            return persist(waiting.reply.configuration, waiting.reply.history)
         }
         unpersisted = nil
-        return apply(waiting.reply, sentAt: waiting.sentAt, logEnd: logEnd, now: now)
+        return apply(waiting.reply, sentAt: waiting.sentAt, logEnd: logEnd, now: now) + persistHistoryIfItGrew()
     }
 
     /// Time passed (the heartbeat loop calls this every interval).
@@ -386,6 +414,17 @@ public struct NodeStateMachine: Sendable {
         }
         if configuration.epoch == seen.epoch && configuration.members != seen.members {
             return "refusing the master's configuration of epoch \(configuration.epoch): this node has seen epoch \(seen.epoch) with other members (\(seen.members.map(\.id.rawValue)) vs \(configuration.members.map(\.id.rawValue)))"
+        }
+        return nil
+    }
+
+    /// A history that forgets or moves where an epoch started, as this node knows it: the
+    /// master's state went back (restored from a backup taken before that start was recorded).
+    /// Adopting it would make members truncate committed writes.
+    private func refusal(of other: EpochHistory) -> String? {
+        for known in history.entries {
+            guard let first = known.firstSeq, other.firstSeq(of: known.epoch) != first else { continue }
+            return "refusing the master's epoch history: it says epoch \(known.epoch) starts at \(other.firstSeq(of: known.epoch).map { "\($0)" } ?? "an unknown seq"), this node knows it starts at \(first) (a master state restored from an old backup?)"
         }
         return nil
     }
@@ -454,8 +493,20 @@ public struct NodeStateMachine: Sendable {
                 }
             }
         }
+        actions += checkEpochStart()
         actions.append(.publish(publishedView()))
         return actions
+    }
+
+    /// A head whose log ends below where the history says its epoch starts lost records it had
+    /// reported (made durable, then lost to a failed fsync or a disk that lied): writing would
+    /// give seqs below the epoch's start this epoch's LSNs, which the history attributes to an
+    /// earlier epoch — members would truncate them, acknowledged. It stops instead (its
+    /// heartbeats say so, the master replaces it, and it rejoins after a restart).
+    private mutating func checkEpochStart() -> [Action] {
+        guard let replica, replica.role?.takesWrites == true, failure == nil,
+              let first = history.firstSeq(of: replica.configuration.epoch), replica.lastAccepted.seq + 1 < first else { return [] }
+        return logFailed(CatenaError(.corruption, "\(me)'s log ends at \(replica.lastAccepted), below where its epoch \(replica.configuration.epoch) starts (\(first)): it lost records it had reported durable"))
     }
 
     // MARK: - Roles
@@ -594,7 +645,7 @@ public struct NodeStateMachine: Sendable {
     /// `recentRequests`.
     public mutating func logLoaded(end: LSN, recentRequests: [ReplicaStateMachine.Commit]) -> [Action] {
         guard case .rebuilding = state else { return [] }
-        return rebuild(afterLoading: (end, recentRequests)) + [.publish(publishedView())]
+        return rebuild(afterLoading: (end, recentRequests)) + checkEpochStart() + [.publish(publishedView())]
     }
 
     /// The catch-up stopped with `error`: the tail cannot continue this log (discard it and

@@ -299,6 +299,9 @@ public struct ChainManager: Sendable {
     private var attentiveSince: UInt64
     /// The latest instant of any event.
     private var lastEvent: UInt64
+    /// A machine over a state loaded from the store grants no lease before this instant (see
+    /// ``init(state:settings:now:inUse:loaded:)``).
+    private let leasesFrom: UInt64
     /// The latest pause the machine noticed, if any.
     public private(set) var lastPause: Pause?
     /// Every node the machine knows: the members in chain order, then the standbys in order,
@@ -330,7 +333,13 @@ public struct ChainManager: Sendable {
     /// `inUse`: the highest epoch known to be in use (the previous machine's state's, or a
     /// ``staleness`` it found, when the master reloads its state); a `state` older than that is
     /// stale from the start.
-    public init(state: MasterState, settings: Settings = Settings(), now: UInt64, inUse: Staleness? = nil) {
+    ///
+    /// `loaded`: the state was read from the store (a restart or a reload), not created. Such a
+    /// machine grants no lease for one failure timeout: every live member heartbeats within it,
+    /// and one running a newer epoch shows the state is stale (restored from an old backup)
+    /// before any member could serve with a lease from it. Members keep serving on the leases
+    /// the previous master granted meanwhile, so a quick restart costs nothing.
+    public init(state: MasterState, settings: Settings = Settings(), now: UInt64, inUse: Staleness? = nil, loaded: Bool = false) {
         precondition(state.problem() == nil, "a malformed master state: \(state.problem()!)")
         precondition(settings.lease > .zero && settings.lease <= settings.failureTimeout,
                      "the lease (\(settings.lease)) must be positive and at most the failure timeout (\(settings.failureTimeout))")
@@ -342,6 +351,7 @@ public struct ChainManager: Sendable {
         self.pauseThreshold = Self.nanoseconds(settings.pauseThreshold)
         self.attentiveSince = now
         self.lastEvent = now
+        self.leasesFrom = loaded ? Self.plus(now, Self.nanoseconds(settings.failureTimeout)) : now
         reindex()
         for i in state.configuration.members.indices {
             records[i].leaseUntil = Self.plus(now, lease)
@@ -393,7 +403,7 @@ public struct ChainManager: Sendable {
             if let need = catchingUp[beat.node]?.need, beat.highestLSN.seq >= need.seq { catchingUp[beat.node] = nil }
         }
         var granted: Duration?
-        if t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[beat.node] == nil {
+        if t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[beat.node] == nil && now >= leasesFrom {
             t.leaseUntil = max(t.leaseUntil, Self.plus(now, lease))
             granted = settings.lease
         }

@@ -75,8 +75,10 @@ public final class Master: Sendable {
         let directoryLock = try MasterDirectoryLock.acquire(configuration.dataDirectory)
         let file: any MasterStateStore = configuration.stateStore ?? MasterStateFile(directory: configuration.dataDirectory)
         let state: MasterState
+        let loaded: Bool
         if let saved = try file.load(clusterID: configuration.clusterID, chainID: configuration.initial.chainID) {
             state = saved
+            loaded = true
             if saved.configuration.members.map(\.id) != configuration.initial.members.map(\.id) {
                 logger.notice("the saved configuration overrides the topology file", metadata: [
                     "catena_saved_members": "\(saved.configuration.members.map(\.id.rawValue))",
@@ -85,6 +87,7 @@ public final class Master: Sendable {
             }
         } else {
             state = MasterState(initial: configuration.initial)
+            loaded = false
             try file.compareAndSwap(expectedEpoch: nil, new: state)
             logger.info("saved the initial configuration", metadata: [LogKey.epoch: "\(state.epoch)", LogKey.path: "\(file.location)"])
         }
@@ -99,7 +102,7 @@ public final class Master: Sendable {
         }
         let settings = ChainManager.Settings(failureTimeout: configuration.heartbeat.timeout, lease: lease,
                                              catchUpLagRecords: configuration.catchUpLagRecords)
-        let core = MasterCore(state: state, settings: settings, file: file, logger: logger)
+        let core = MasterCore(state: state, loaded: loaded, settings: settings, file: file, logger: logger)
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
             do {
@@ -218,11 +221,12 @@ actor MasterCore {
     /// The manager's staleness as last logged.
     private var loggedStaleness: ChainManager.Staleness?
 
-    init(state: MasterState, settings: ChainManager.Settings, file: any MasterStateStore, logger: Logger) {
+    /// `loaded`: the state was read from the store (see ``ChainManager/init(state:settings:now:inUse:loaded:)``).
+    init(state: MasterState, loaded: Bool, settings: ChainManager.Settings, file: any MasterStateStore, logger: Logger) {
         self.settings = settings
         self.file = file
         self.logger = logger
-        self.manager = ChainManager(state: state, settings: settings, now: 0)
+        self.manager = ChainManager(state: state, settings: settings, now: 0, loaded: loaded)
     }
 
     /// The active (persisted) state.
@@ -327,7 +331,7 @@ actor MasterCore {
         let inUse = manager.staleness ?? ChainManager.Staleness(epoch: manager.state.epoch, node: nil)
         guard stored != manager.state, manager.staleness == nil || stored.epoch >= inUse.epoch else { return false }
         let old = manager.state
-        manager = ChainManager(state: stored, settings: settings, now: now, inUse: inUse)
+        manager = ChainManager(state: stored, settings: settings, now: now, inUse: inUse, loaded: true)
         logger.notice("reloaded the stored configuration", metadata: [
             LogKey.epoch: "\(stored.epoch)", "catena_previous_epoch": "\(old.epoch)",
             "catena_members": "\(stored.configuration.members.map(\.id.rawValue))", LogKey.path: "\(file.location)",

@@ -64,9 +64,9 @@ public final class Node: Sendable {
         }
         let address = configuration.advertise ?? Address(host: configuration.listen.host, port: UInt16(server.port))
         let (tickets, ticketSink) = AsyncStream<(AppendTicket, LSN)>.makeStream()
-        let highestSeen: ChainConfiguration?
+        let seen: SeenChain?
         do {
-            highestSeen = try store.loadSeenConfiguration()
+            seen = try store.loadSeen()
         } catch {
             server.close()
             await store.close()
@@ -81,7 +81,7 @@ public final class Node: Sendable {
             links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
                                 limits: configuration.connectionLimits, catchUpCompression: configuration.catchUpCompression,
                                 catchUpBytesPerSecond: configuration.catchUpBytesPerSecond),
-            recentRequests: recent, highestSeen: highestSeen,
+            recentRequests: recent, seen: seen,
             onStop: { stopRequested.set() })
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
@@ -228,11 +228,12 @@ public final class Node: Sendable {
                 }
                 let content = await replica.heartbeatContent
                 let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN,
-                                     epochStart: content.epochStart)
+                                     epochStart: content.epochStart, failure: content.failure)
                 let chainID = replica.view.snapshot.configuration?.chainID ?? 0
                 let sent = clock.nanoseconds
-                // The frame's epoch: the configuration this node runs (the master waits for a
-                // joined tail's predecessor to run the configuration that made it a middle).
+                // The frame's epoch: the configuration this node runs, or the highest it has seen
+                // (the master waits for a joined tail's predecessor to run the configuration that
+                // made it a middle, and finds out from it that its own state is older).
                 let frame = try await connection!.request(Frame(type: .heartbeat, chainID: chainID, epoch: content.epoch,
                                                                 payload: beat.encoded()),
                                                           timeout: max(.seconds(2), configuration.heartbeatInterval * 5))
@@ -259,7 +260,14 @@ public final class Node: Sendable {
                 connection = nil
                 masterIndex += 1
                 if Task.isCancelled { break }
-                if !complained || error.code != .unavailable {
+                if error.code == .staleEpoch {
+                    // The master's state is older than the chain's: adopt nothing from it; the
+                    // lease runs out and this node stops serving until a current master answers.
+                    if !complained {
+                        logger.error("the master's state is older than this chain's; adopting nothing from it", metadata: ["error": "\(error)"])
+                    }
+                    complained = true
+                } else if !complained || error.code != .unavailable {
                     logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
                     complained = true
                 }

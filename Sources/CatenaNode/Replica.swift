@@ -94,7 +94,7 @@ actor Replica {
 
     init(me: NodeID, store: Store, settings: NodeStateMachine.Settings, clock: any NodeClock, logger: Logger,
          durableTickets: AsyncStream<(AppendTicket, LSN)>.Continuation, links: LinkSettings,
-         recentRequests: [ReplicaStateMachine.Commit], highestSeen: ChainConfiguration?,
+         recentRequests: [ReplicaStateMachine.Commit], seen: SeenChain?,
          onStop: @escaping @Sendable () -> Void) {
         self.me = me
         self.store = store
@@ -104,7 +104,7 @@ actor Replica {
         self.links = links
         self.onStop = onStop
         self.machine = NodeStateMachine(me: me, settings: settings, logEnd: store.lastEnqueuedLSN,
-                                        recentRequests: recentRequests, highestSeen: highestSeen)
+                                        recentRequests: recentRequests, seen: seen)
     }
 
     var configuration: ChainConfiguration? { machine.configuration }
@@ -130,7 +130,7 @@ actor Replica {
     /// What the next heartbeat says besides the durable LSN: the epoch start the head must
     /// report, the failure that stopped this node, the epoch it runs.
     var heartbeatContent: (epochStart: EpochStart?, failure: CatenaError?, epoch: UInt64) {
-        (machine.epochStartToReport, machine.failure, machine.epoch)
+        (machine.epochStartToReport, machine.failure, machine.heartbeatEpoch)
     }
 
     /// A client write at the head: waits for room under the uncommitted-bytes bound, then
@@ -318,7 +318,7 @@ actor Replica {
                 logger.warning("the master does not know this node; add it with `catena chain add-node \(me) --address ADDRESS`")
             case .note(let note):
                 logger.log(level: Self.level(note.level), "\(note.message)", metadata: [LogKey.epoch: "\(machine.epoch)"])
-            case .persistConfiguration, .truncateToShared, .discardLog, .loadLog, .stopCatchUp:
+            case .persistSeen, .truncateToShared, .discardLog, .loadLog, .stopCatchUp:
                 slowQueue.append(action)
             }
         }
@@ -339,9 +339,9 @@ actor Replica {
     private func performSlow(_ action: NodeStateMachine.Action) async {
         do throws(CatenaError) {
             switch action {
-            case .persistConfiguration(let configuration):
-                try await store.persistSeenConfiguration(configuration)
-                handle(machine.configurationPersisted(epoch: configuration.epoch, logEnd: store.lastEnqueuedLSN, now: clock.nanoseconds))
+            case .persistSeen(let seen):
+                try await store.persistSeen(seen)
+                handle(machine.configurationPersisted(epoch: seen.configuration.epoch, logEnd: store.lastEnqueuedLSN, now: clock.nanoseconds))
             case .truncateToShared(let history, let keeping):
                 let (end, removed) = try await truncateToShared(history, keeping: keeping)
                 handle(machine.truncated(end: end, removed: removed))

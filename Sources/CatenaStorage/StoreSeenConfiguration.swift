@@ -1,19 +1,21 @@
 import CatenaCore
 
-/// The highest chain configuration the node has seen, persisted in the data directory (`CHAIN`)
-/// so that after a restart it still refuses older configurations — a master restored from an
-/// old `master.json` must not take the chain back to members it has left.
+/// What the node has seen of its chain (``SeenChain``: the highest configuration and the epoch
+/// history), persisted in the data directory (`CHAIN`) so that after a restart it still refuses
+/// a master whose state went back — one restored from an old `master.json` must not take the
+/// chain back to members it has left, nor make members truncate by a history that forgot where
+/// an epoch started.
 ///
 /// Layout, little-endian: magic `CCHN`, version (u16 = 1), reserved (u16), chain id (u32),
 /// epoch (u64), cluster id, member count (u32), per member id and address (each u16 length +
-/// UTF-8), XXH3-64 of everything before. Replaced atomically (temp, fsync, rename, directory
-/// fsync).
+/// UTF-8), history count (u32), per entry epoch (u64) and first seq (u64, 0: unknown), XXH3-64
+/// of everything before. Replaced atomically (temp, fsync, rename, directory fsync).
 extension Store {
     static let seenConfigurationMagic: UInt32 = 0x4E48_4343  // "CCHN"
 
-    /// The configuration persisted by ``persistSeenConfiguration(_:)``, or nil if none was.
-    /// Throws ``CatenaError/Code/corruption`` if the file is damaged.
-    public func loadSeenConfiguration() throws(CatenaError) -> ChainConfiguration? {
+    /// What ``persistSeen(_:)`` persisted, or nil if nothing was. Throws
+    /// ``CatenaError/Code/corruption`` if the file is damaged.
+    public func loadSeen() throws(CatenaError) -> SeenChain? {
         let path = dir.path + "/CHAIN"
         guard fs.fileExists(path) else { return nil }
         let file = try fs.open(path, mode: .read)
@@ -23,9 +25,9 @@ extension Store {
         return try Store.decodeSeenConfiguration(try file.read(at: 0, count: Int(size)), path: path)
     }
 
-    /// Persists `configuration` as the highest seen (durable when this returns).
-    public func persistSeenConfiguration(_ configuration: ChainConfiguration) async throws(CatenaError) {
-        let bytes = Store.encodeSeenConfiguration(configuration)
+    /// Persists what the node has seen (durable when this returns).
+    public func persistSeen(_ seen: SeenChain) async throws(CatenaError) {
+        let bytes = Store.encodeSeenConfiguration(seen)
         try await runBlocking(on: readerPool) { [self] () throws(CatenaError) in
             try stateFileLock.withLock { _ throws(CatenaError) in
                 try Store.writeAtomically(fs: fs, dir: dir, path: dir.path + "/CHAIN", bytes: bytes)
@@ -33,7 +35,8 @@ extension Store {
         }
     }
 
-    static func encodeSeenConfiguration(_ c: ChainConfiguration) -> [UInt8] {
+    static func encodeSeenConfiguration(_ seen: SeenChain) -> [UInt8] {
+        let c = seen.configuration
         var w = ByteWriter(capacity: 64)
         func string(_ s: String) {
             let utf8 = Array(s.utf8.prefix(Int(UInt16.max)))
@@ -48,11 +51,16 @@ extension Store {
             string(m.id.rawValue)
             string(m.address)
         }
+        w.u32(UInt32(seen.history.entries.count))
+        for e in seen.history.entries {
+            w.u64(e.epoch)
+            w.u64(e.firstSeq ?? 0)
+        }
         w.u64(XXH3.hash(w.bytes))
         return w.bytes
     }
 
-    static func decodeSeenConfiguration(_ bytes: [UInt8], path: String) throws(CatenaError) -> ChainConfiguration {
+    static func decodeSeenConfiguration(_ bytes: [UInt8], path: String) throws(CatenaError) -> SeenChain {
         guard bytes.count >= 8 + 4 + 8 + 2 + 4 + 8 else { throw CatenaError(.corruption, "\(path): \(bytes.count) bytes is too short") }
         let stored = bytes.withUnsafeBytes { $0.le(bytes.count - 8, as: UInt64.self) }
         guard XXH3.hash(bytes[0..<(bytes.count - 8)]) == stored else { throw CatenaError(.corruption, "\(path): checksum mismatch") }
@@ -81,6 +89,14 @@ extension Store {
             let address = try string()
             members.append(ChainMember(id: try NodeID(id), address: address))
         }
-        return try ChainConfiguration(clusterID: clusterID, chainID: chainID, epoch: epoch, members: members)
+        guard r.remaining >= 4 else { throw CatenaError(.corruption, "\(path): truncated") }
+        let entries = Int(r.u32())
+        guard entries <= r.remaining / 16 else { throw CatenaError(.corruption, "\(path): claims \(entries) epochs") }
+        let history = (0..<entries).map { _ in
+            let epoch = r.u64(), first = r.u64()
+            return EpochStart(epoch: epoch, firstSeq: first == 0 ? nil : first)
+        }
+        return SeenChain(configuration: try ChainConfiguration(clusterID: clusterID, chainID: chainID, epoch: epoch, members: members),
+                         history: EpochHistory(history))
     }
 }

@@ -62,7 +62,9 @@ struct Simulate: AsyncParsableCommand {
                     failed.append((seed, result.violations[0]))
                     print("seed \(seed) FAILED: \(result.violations.joined(separator: "\n  "))")
                     if trace {
-                        let traced = ClusterSimulation(seed: seed, settings: settings, tracing: true).run()
+                        var full = settings
+                        full.traceLimit = .max
+                        let traced = ClusterSimulation(seed: seed, settings: full, tracing: true).run()
                         print(traced.trace.joined(separator: "\n"))
                     }
                     if stop {

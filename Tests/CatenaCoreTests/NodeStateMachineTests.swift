@@ -26,9 +26,9 @@ private struct Transcript {
     var now: UInt64 = 0
     var logEnd: LSN
 
-    init(_ me: String, logEnd: LSN = .zero, recent: [ReplicaStateMachine.Commit] = [], seen: ChainConfiguration? = nil,
+    init(_ me: String, logEnd: LSN = .zero, recent: [ReplicaStateMachine.Commit] = [], seen: SeenChain? = nil,
          settings: NodeStateMachine.Settings = .init()) {
-        m = NodeStateMachine(me: node(me), settings: settings, logEnd: logEnd, recentRequests: recent, highestSeen: seen)
+        m = NodeStateMachine(me: node(me), settings: settings, logEnd: logEnd, recentRequests: recent, seen: seen)
         self.logEnd = logEnd
     }
 
@@ -37,9 +37,13 @@ private struct Transcript {
                         lease: Duration? = .seconds(1), history h: EpochHistory) -> [Action] {
         let r = NodeStateMachine.Reply(configuration: c, standing: standing, lease: lease, history: h)
         var actions = m.heartbeatReplied(r, sentAt: now, logEnd: logEnd, now: now)
-        if case .persistConfiguration(let p)? = actions.first {
-            #expect(actions.count == 1, "nothing happens before the configuration is persisted: \(actions)")
-            actions = m.configurationPersisted(epoch: p.epoch, logEnd: logEnd, now: now)
+        if case .persistSeen(let p)? = actions.first, actions.count == 1 {
+            actions = m.configurationPersisted(epoch: p.configuration.epoch, logEnd: logEnd, now: now)
+        }
+        if case .persistSeen(let p)? = actions.last {
+            // A history that learned a first seq is persisted after it is adopted.
+            _ = m.configurationPersisted(epoch: p.configuration.epoch, logEnd: logEnd, now: now)
+            actions.removeLast()
         }
         return actions
     }
@@ -70,7 +74,7 @@ struct NodeStateMachineTests {
         var t = Transcript("a")
         let r = NodeStateMachine.Reply(configuration: chain(["a", "b"], epoch: 1), standing: .member, lease: .seconds(1), history: history((1, 1)))
         let first = t.m.heartbeatReplied(r, sentAt: 0, logEnd: .zero, now: 0)
-        #expect(first == [.persistConfiguration(chain(["a", "b"], epoch: 1))])
+        #expect(first == [.persistSeen(SeenChain(configuration: chain(["a", "b"], epoch: 1), history: history((1, 1))))])
         #expect(t.m.state == .unconfigured && t.m.configuration == nil)
         // A renewal while the persist runs changes nothing; the persist adopts the latest reply.
         #expect(t.m.heartbeatReplied(r, sentAt: 10, logEnd: .zero, now: 10).isEmpty)
@@ -82,7 +86,7 @@ struct NodeStateMachineTests {
     }
 
     @Test func anOlderConfigurationOrTheSameEpochWithOtherMembersIsRefused() {
-        var t = Transcript("b", seen: chain(["a", "b"], epoch: 5))
+        var t = Transcript("b", seen: SeenChain(configuration: chain(["a", "b"], epoch: 5), history: history((5, 1))))
         let old = t.m.heartbeatReplied(.init(configuration: chain(["a", "b", "c"], epoch: 4), standing: .member, lease: .seconds(1), history: history((4, 1))),
                                        sentAt: 0, logEnd: .zero, now: 0)
         #expect(old.count == 1 && notes(old).first?.contains("has seen epoch 5") == true)
@@ -93,8 +97,29 @@ struct NodeStateMachineTests {
         // The configuration it has seen is taken without another persist.
         let same = t.m.heartbeatReplied(.init(configuration: chain(["a", "b"], epoch: 5), standing: .member, lease: .seconds(1), history: history((5, 1))),
                                         sentAt: 0, logEnd: .zero, now: 0)
-        #expect(!has(same) { if case .persistConfiguration = $0 { true } else { false } })
+        #expect(!has(same) { if case .persistSeen = $0 { true } else { false } })
         #expect(t.m.state == .member)
+    }
+
+    @Test func aHistoryThatForgetsWhereAnEpochStartedIsRefusedAlsoAfterARestart() {
+        // Running: it learned that epoch 2 starts at 7 (persisted after adopting it).
+        var t = Transcript("b")
+        _ = t.reply(chain(["a", "b"], epoch: 2), history: history((1, 1), (2, nil)))
+        let learned = NodeStateMachine.Reply(configuration: chain(["a", "b"], epoch: 2), standing: .member, lease: .seconds(1),
+                                             history: history((1, 1), (2, 7)))
+        let adopted = t.m.heartbeatReplied(learned, sentAt: 0, logEnd: .zero, now: 0)
+        #expect(adopted.last == .persistSeen(SeenChain(configuration: chain(["a", "b"], epoch: 2), history: history((1, 1), (2, 7)))))
+        // A master restored from a backup taken before that start was recorded, now at a newer
+        // epoch: adopting its history would make members truncate committed writes.
+        let forked = NodeStateMachine.Reply(configuration: chain(["a", "b"], epoch: 3), standing: .member, lease: .seconds(1),
+                                            history: history((1, 1), (2, nil), (3, 1)))
+        let refused = t.m.heartbeatReplied(forked, sentAt: 0, logEnd: .zero, now: 0)
+        #expect(notes(refused).first?.contains("epoch 2 starts at an unknown seq, this node knows it starts at 7") == true)
+        #expect(t.m.epoch == 2)
+        // After a restart the persisted history says the same.
+        var r = Transcript("b", seen: SeenChain(configuration: chain(["a", "b"], epoch: 2), history: history((1, 1), (2, 7))))
+        #expect(notes(r.m.heartbeatReplied(forked, sentAt: 0, logEnd: .zero, now: 0)).count == 1)
+        #expect(r.m.configuration == nil && r.m.heartbeatEpoch == 2, "it names the epoch it has seen to the master")
     }
 
     // MARK: The head's gates
@@ -116,6 +141,25 @@ struct NodeStateMachineTests {
         // Past its lease (0 + 950 ms): no write.
         t.now = 951_000_000
         #expect(refusal(t.write(request(2))) == .unavailable)
+    }
+
+    @Test func aHeadReportsItsEpochStartOnlyOverADurableLogAndStopsIfItsLogEndsBelowIt() throws {
+        var t = Transcript("a", logEnd: lsn(1, 5))
+        _ = t.reply(chain(["a", "b"], epoch: 1), history: history((1, 1)))
+        _ = t.m.successorReported(lsn(1, 5), epoch: 1, from: node("b"))
+        #expect(appended(t.write(request(1))).count == 1)
+        // Made head of epoch 2 with seq 6 not yet durable: no start reported until it is.
+        _ = t.reply(chain(["a"], epoch: 2), history: history((1, 1), (2, nil)))
+        #expect(t.m.epochStartToReport == nil)
+        _ = t.m.durable(through: lsn(1, 6))
+        #expect(t.m.epochStartToReport == EpochStart(epoch: 2, firstSeq: 7))
+        // Restarted over a log that lost seq 6 (a failed fsync's page cache, distrusted at open),
+        // while the master recorded epoch 2 starting at 7: it must not write seq 6 in epoch 2.
+        var r = Transcript("a", logEnd: lsn(1, 5))
+        let stopped = r.reply(chain(["a"], epoch: 2), history: history((1, 1), (2, 7)))
+        #expect(r.m.failure?.code == .corruption)
+        #expect(try #require(published(stopped)).failure != nil)
+        #expect(refusal(r.write(request(2))) == .unavailable)
     }
 
     @Test func aSuccessorAheadOfThisLogStopsTheHead() {

@@ -17,8 +17,8 @@ private func state(_ ids: [String], epoch: UInt64 = 1, standbys: [String] = [], 
         standbys: standbys.map(member))
 }
 
-private func beat(_ id: String, seq: UInt64 = 0, address: String? = nil, start: EpochStart? = nil) -> ChainManager.Beat {
-    ChainManager.Beat(node: node(id), address: address ?? addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epochStart: start)
+private func beat(_ id: String, seq: UInt64 = 0, address: String? = nil, start: EpochStart? = nil, epoch: UInt64 = 0) -> ChainManager.Beat {
+    ChainManager.Beat(node: node(id), address: address ?? addressOf(id), highestLSN: LSN(epoch: 1, seq: seq), epochStart: start, epoch: epoch)
 }
 
 private func ids(_ members: [ChainMember]?) -> [String]? { members?.map(\.id.rawValue) }
@@ -139,6 +139,21 @@ struct ChainManagerTests {
         try m.beats(["n1"], from: 5100 * ms, through: 6000 * ms)
         #expect(m.nextProposal(now: 6000 * ms) == nil)
         #expect(ids(m.nextProposal(now: 6000 * ms + 1)?.configuration.members) == ["n1"])
+    }
+
+    @Test func aMasterOverALoadedStateGrantsNoLeaseForOneTimeoutSoAStaleStateIsFoundFirst() throws {
+        // Restarted on master.json (epoch 3): for one failure timeout it grants no lease — the
+        // members serve on what the previous master granted — and a node running a newer epoch
+        // (the file was restored from an old backup) shows it stale before anyone serves from it.
+        var m = ChainManager(state: state(["n1", "n2"], epoch: 3), settings: .init(failureTimeout: .seconds(1)), now: 0, loaded: true)
+        #expect(try m.heartbeat(beat("n1", epoch: 3), now: 100 * ms).lease == nil)
+        #expect(throws: CatenaError.self) { try m.heartbeat(beat("n2", epoch: 5), now: 200 * ms) }
+        var fresh = ChainManager(state: state(["n1", "n2"], epoch: 3), settings: .init(failureTimeout: .seconds(1)), now: 0, loaded: true)
+        #expect(try fresh.heartbeat(beat("n1", epoch: 3), now: 999 * ms).lease == nil)
+        #expect(try fresh.heartbeat(beat("n1", epoch: 3), now: 1000 * ms).lease != nil)
+        // A master that created its state (first start) grants at once.
+        var created = ChainManager(state: state(["n1", "n2"], epoch: 1), settings: .init(failureTimeout: .seconds(1)), now: 0)
+        #expect(try created.heartbeat(beat("n1", epoch: 1), now: 1 * ms).lease != nil)
     }
 
     @Test func aDrainedMemberIsRemovedOnlyOnceItsLeaseRanOutThenForgotten() throws {
