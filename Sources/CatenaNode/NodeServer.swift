@@ -68,6 +68,8 @@ extension Node {
                 try await write(reply(.pong, ByteBuffer()), outbound)
             case .write:
                 let request = try WritePayload.decode(frame.payload)
+                // Before an LSN: a record the chain cannot forward would stall replication.
+                try WriteLimits.checkFitsFrames(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
                 let lsn = try await replica.write(request).get()
                 try await write(reply(.writeResult, LSNPayload.encode(lsn)), outbound)
             case .head:

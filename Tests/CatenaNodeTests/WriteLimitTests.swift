@@ -49,5 +49,128 @@ extension InProcessChainTests {
                 }
             }
         }
+    
+        @Test("the largest record the head accepts commits on every replica, and a joining node copies it, LZ4 and raw; one byte more is refused",
+              .timeLimit(.minutes(1)))
+        func largestAcceptedRecordTravels() async throws {
+            try await withCluster(nodes: 2) { cluster in
+                let limit = cluster.head.configuration.connectionLimits.maxFrameSize
+                let largest = WriteLimits.maxRecordLength(maxFrameSize: limit)
+                let connection = try await cluster.rawConnection(to: cluster.head)
+                defer { connection.close() }
+                func put(_ name: String, recordLength: Int, seed: UInt64) throws -> WriteRequest {
+                    let key = try Key(name)
+                    // A 16 MiB value of random bytes (LZ4 cannot shrink it) and a may-skip field.
+                    let value = pseudoRandomBytes(16 << 20, seed: seed)
+                    let field = recordLength - RecordHeader.overhead - key.bytes.count - 8 - value.count
+                    let ext = RecordExtension(tag: 0x7F10, mustUnderstand: false, value: pseudoRandomBytes(field, seed: seed + 1))
+                    let request = WriteRequest(requestID: RequestID(high: seed, low: 7), type: .put, key: key, value: value, extensions: [ext])
+                    #expect(WriteLimits.recordLength(of: request) == recordLength)
+                    return request
+                }
+                let fits = try put("limits/largest", recordLength: largest, seed: 11)
+                let reply = try await connection.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(fits)), timeout: .seconds(30))
+                let lsn = try LSNPayload.decode(reply.payload)
+                for node in cluster.nodes {
+                    #expect(try node.localStore.head(fits.key)?.lsn == lsn, "\(node.configuration.id)")
+                }
+                let over = try put("limits/over", recordLength: largest + 1, seed: 13)
+                await #expect {
+                    try await connection.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(over)), timeout: .seconds(30))
+                } throws: { code(of: $0) == .valueTooLarge }
+
+                // A joiner copies it: one record larger than the 4 MiB chunk size travels alone,
+                // raw and as an LZ4 frame of stored (incompressible) blocks.
+                #expect(largest > CatchUpRequest.defaultChunkBytes)
+                let tail = cluster.tail.localStore
+                for compress in [true, false] {
+                    var sc = StoreConfiguration(directory: cluster.directory + "/joiner-\(compress)", clusterID: InProcessCluster.clusterID,
+                                                nodeID: "joiner")
+                    sc.durability = .none
+                    let store = try await Store.open(sc, logger: testLogger)
+                    var configuration = CatchUpReceiver.Configuration(source: cluster.tail.address, clusterID: InProcessCluster.clusterID,
+                                                                      chainID: try #require(cluster.tail.chainConfiguration?.chainID))
+                    configuration.compress = compress
+                    let progress = try await CatchUpReceiver(configuration: configuration, store: store, logger: testLogger)
+                        .run(until: { $0.isCaughtUp })
+                    #expect(progress.lastLSN == tail.highestLSN)
+                    #expect(progress.chunksRefused == 0)
+                    #expect(progress.retries == 0, "\(progress.lastError.map { "\($0)" } ?? "")")
+                    #expect(try store.head(fits.key)?.lsn == lsn)
+                    if compress { #expect(progress.wireBytes > progress.recordBytesInstalled, "incompressible: LZ4 adds its fields") }
+                    try await expectIdentical(tail, store)
+                    await store.close()
+                }
+            }
+        }
+
+        @Test("metadata through the client: 8 KiB is stored and read back, more is refused with invalidArgument; the client checks before sending",
+              .timeLimit(.minutes(1)))
+        func metadataThroughTheClient() async throws {
+            try await withCluster(nodes: 2) { cluster in
+                let client = cluster.client
+                let exactly = ["owner": String(repeating: "o", count: 4091), "tier": String(repeating: "é", count: 2046)]
+                #expect(exactly.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count } == WriteLimits.maxUserMetadataBytes)
+                let receipt = try await client.put("meta/ok", Array("v".utf8), metadata: exactly)
+                #expect(try await client.head("meta/ok").userMetadata == exactly)
+                #expect(try await client.get("meta/ok").info.lsn == receipt.lsn)
+                var over = exactly
+                over["x"] = ""
+                await #expect { try await client.put("meta/over", Array("v".utf8), metadata: over) } throws: { code(of: $0) == .invalidArgument }
+                // Also on a chunked put (the metadata travels in the manifest).
+                await #expect { try await client.put("meta/over-chunked", pseudoRandomBytes(3 << 20, seed: 3), metadata: over) } throws: {
+                    code(of: $0) == .invalidArgument
+                }
+                await #expect { try await client.head("meta/over") } throws: { code(of: $0) == .notFound }
+                await #expect { try await client.head("meta/over-chunked") } throws: { code(of: $0) == .notFound }
+
+                // A client whose frame limit is smaller than the nodes' refuses, by itself, a write
+                // the head would take: the check runs before anything is sent.
+                var small = CatenaClient.Configuration()
+                small.clusterID = InProcessCluster.clusterID
+                small.connectionLimits.maxFrameSize = 1 << 20
+                small.chunkSize = 4 << 20
+                let strict = try await CatenaClient(masters: [cluster.master.address.description], configuration: small, logger: testLogger)
+                do {
+                    try await strict.put("meta/big", pseudoRandomBytes(2 << 20, seed: 4))
+                    Issue.record("a 2 MiB record passed a 1 MiB frame limit")
+                } catch let error as CatenaError {
+                    #expect(error.code == .valueTooLarge)
+                    #expect(error.message.contains("\(1 << 20)-byte frame limit"), "\(error)")
+                }
+                await strict.close()
+                _ = try await client.put("meta/big", pseudoRandomBytes(2 << 20, seed: 4))
+            }
+        }
+
+        @Test("raw writes with metadata that is not UTF-8, malformed or over 8 KiB get invalidArgument; the connection goes on",
+              .timeLimit(.minutes(1)))
+        func metadataInRawFrames() async throws {
+            try await withCluster(nodes: 2) { cluster in
+                let connection = try await cluster.rawConnection(to: cluster.head)
+                defer { connection.close() }
+                func entry(_ name: [UInt8], _ value: [UInt8]) -> RecordExtension {
+                    RecordExtension(tag: RecordExtension.userMetadataTag, mustUnderstand: false,
+                                    value: [UInt8(name.count & 0xFF), UInt8(name.count >> 8)] + name + value)
+                }
+                let bad: [[RecordExtension]] = [
+                    [entry([0xFF, 0xFE], Array("v".utf8))],
+                    [entry(Array("n".utf8), [0xC0, 0x80])],  // an overlong encoding of NUL
+                    [RecordExtension(tag: RecordExtension.userMetadataTag, mustUnderstand: false, value: [9, 0, 1])],
+                    [entry(Array("a".utf8), Array(repeating: UInt8(ascii: "v"), count: 5000)),
+                     entry(Array("b".utf8), Array(repeating: UInt8(ascii: "v"), count: 3191))],  // 8193 bytes
+                ]
+                for (i, extensions) in bad.enumerated() {
+                    let request = WriteRequest(requestID: RequestID(high: 9, low: UInt64(i + 1)), type: .put, key: try Key("meta/raw/\(i)"),
+                                               value: [1], extensions: extensions)
+                    await #expect("case \(i)") {
+                        try await connection.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(request)), timeout: .seconds(10))
+                    } throws: { code(of: $0) == .invalidArgument }
+                }
+                let pong = try await connection.request(Frame(type: .ping), timeout: .seconds(10))
+                #expect(pong.type == .pong)
+                #expect(try cluster.head.localStore.list(prefix: Array("meta/raw/".utf8)).objects.isEmpty)
+            }
+        }
     }
 }
