@@ -19,10 +19,11 @@ public struct ConnectionLimits: Hashable, Sendable {
 
     // Server side: what one listener (one process) holds for its peers.
 
-    /// Client connections a server holds at once (role client, and connections still saying
-    /// hello). A client beyond it is answered `busy` and closed; established connections are
-    /// unaffected. Default 1,024; keep it below the process's file-descriptor limit (`ulimit -n`)
-    /// less what the store needs.
+    /// Client connections (role client) a server holds at once. A client beyond it is answered
+    /// `busy` after its hello and closed; established connections are unaffected. Connections of
+    /// any role, those still saying hello included, beyond this and ``reservedPeerConnections``
+    /// together are answered `busy` at once. Default 1,024; keep the sum below the process's
+    /// file-descriptor limit (`ulimit -n`) less what the store needs.
     public var maxConnections: Int = 1024
     /// Further connections for peers (role node or master) only, so that replication and
     /// heartbeats get through while clients fill ``maxConnections``. Default 64.
@@ -86,7 +87,7 @@ public struct ConnectionLimits: Hashable, Sendable {
     }
 }
 
-/// Calls the deprecated ``ConnectionLimits/acceptedFrameChannel(_:)`` from a deprecated context,
+/// Calls the deprecated ``ConnectionLimits/acceptedFrameChannel(_:admission:)`` from a deprecated context,
 /// which keeps the one deliberate use of a deprecated NIO API from warning at every call site.
 private protocol AcceptedFrameChannel {
     func acceptedFrameChannelWithoutWarning(_ channel: any Channel, admission: ConnectionAdmission) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>>
