@@ -37,7 +37,7 @@ final class RawClient {
         }
         guard connected == 0 else {
             let e = errno
-            Glibc.close(fd)
+            closeSocket(fd)
             throw HarnessError(description: "connect to port \(port): errno \(e)")
         }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
@@ -48,7 +48,7 @@ final class RawClient {
     /// Closes the socket (idempotent).
     func close() {
         if fd >= 0 {
-            Glibc.close(fd)
+            closeSocket(fd)
             fd = -1
         }
     }
@@ -127,4 +127,9 @@ final class RawClient {
         return try await pump(until: { $0.frames.contains { $0.requestID == id && $0.type == .pong } || $0.closed }, timeout: timeout)
             && frames.contains { $0.requestID == id && $0.type == .pong }
     }
+}
+
+/// `close(2)`, out of reach of ``RawClient/close()``'s name.
+private func closeSocket(_ fd: Int32) {
+    close(fd)
 }
