@@ -236,8 +236,10 @@ public final class CatenaClient: Sendable {
         return type + sorted.map { RecordExtension.userMetadata(name: $0.key, value: $0.value) }
     }
 
-    /// Sends a write to the head, retrying with the same request id.
+    /// Sends a write to the head, retrying with the same request id. A write the head would
+    /// refuse for its size or its metadata (``WriteLimits``) is refused here, before sending.
     private func write(_ request: WriteRequest) async throws(CatenaError) -> LSN {
+        try WriteLimits.check(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
         let payload = WritePayload.encode(request)
         return try await withRetries(.head) { (connection, chain, timeout) async throws(CatenaError) -> LSN in
             let reply = try await connection.request(Frame(type: .write, chainID: chain.chainID, epoch: chain.epoch, payload: payload),

@@ -12,7 +12,9 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
 
         /// A key is empty, longer than 1024 bytes, not UTF-8, or contains NUL.
         public static let invalidKey = Code("invalidKey")
-        /// A value is larger than the configured per-record limit.
+        /// A value is larger than the configured per-record limit, or a write as a whole (key,
+        /// extensions and value) is larger than the frames that carry it down the chain allow
+        /// (see `WriteLimits` in CatenaWire). The message names the sizes and the limit.
         public static let valueTooLarge = Code("valueTooLarge")
         /// Bytes claim to be a record (or file) but are not well formed.
         public static let malformed = Code("malformed")

@@ -85,7 +85,9 @@ public struct CatchUpReceiver: Sendable {
         /// ``CatchUpRequest/chunkBytesRange``). Default 4 MiB.
         public var maxChunkBytes = CatchUpRequest.defaultChunkBytes
         /// The largest single record accepted (it travels alone when above ``maxChunkBytes``).
-        /// Default: the store's ``StoreConfiguration/maxValueSize`` plus 1 MiB for key and fields.
+        /// Default: the largest record a head accepts with these ``limits``
+        /// (``WriteLimits/maxRecordLength(maxFrameSize:)``), and at least the store's
+        /// ``StoreConfiguration/maxValueSize`` plus 1 MiB for key and fields.
         public var maxRecordBytes: Int?
         /// Bytes of records the receiver has enqueued in its store but not yet seen durable before
         /// it waits: several chunks share one group commit (fsync). Default 16 MiB.
@@ -211,7 +213,8 @@ public struct CatchUpReceiver: Sendable {
     }
 
     private var maxUncompressedLength: Int {
-        max(configuration.maxChunkBytes, configuration.maxRecordBytes ?? store.configuration.maxValueSize + (1 << 20))
+        max(configuration.maxChunkBytes, configuration.maxRecordBytes
+            ?? max(store.configuration.maxValueSize + (1 << 20), WriteLimits.maxRecordLength(maxFrameSize: configuration.limits.maxFrameSize)))
     }
 
     /// One request: installs its chunks until its last frame. Every chunk it enqueued is durable

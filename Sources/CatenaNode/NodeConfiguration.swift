@@ -26,9 +26,14 @@ public struct NodeConfiguration: Sendable {
     /// The largest batch of records in one replication frame.
     public var maxReplicationBatchBytes: Int = 1 << 20
     /// Requests one client connection may have in progress; further requests wait unread
-    /// (TCP backpressure).
+    /// (TCP backpressure). Their bytes are bounded too, by ``connectionLimits``.
     public var maxRequestsPerConnection: Int = 128
-    /// Frame size and handshake limits.
+    /// Frame size and handshake limits, and what the node's listener holds for its peers: at
+    /// most 1,024 client connections (plus 64 for nodes), client connections idle for 5 minutes
+    /// closed, 64 MiB of requests in progress per client connection and 256 MiB per node (see
+    /// ``ConnectionLimits``). The frame limit also bounds writes: the head refuses a write whose
+    /// record the chain's frames could not carry (`WriteLimits`); every node of a chain should
+    /// use the same frame limit.
     public var connectionLimits = ConnectionLimits()
     /// The largest piece of an object's bytes in one reply frame.
     public var readPieceSize: Int = 1 << 20

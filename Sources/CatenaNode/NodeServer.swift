@@ -18,9 +18,11 @@ extension Node {
     // MARK: - Clients
 
     /// Reads requests and answers each in its own child task, so many writes of one client are
-    /// in flight at once; at most ``NodeConfiguration/maxRequestsPerConnection`` — beyond that
-    /// the connection is not read (TCP backpressure). A malformed request gets an error reply and
-    /// the connection goes on (its frame was intact); an unknown frame type ends the connection.
+    /// in flight at once; at most ``NodeConfiguration/maxRequestsPerConnection``, and at most the
+    /// bytes the connection's request budget admits (``ConnectionLimits``) — beyond either the
+    /// connection is not read (TCP backpressure). A request's bytes count until it is answered.
+    /// A malformed request gets an error reply and the connection goes on (its frame was intact);
+    /// an unknown frame type ends the connection.
     private func serveClient(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
         let limit = configuration.maxRequestsPerConnection
         let outcome: Result<Void, CatenaError> = await withTaskGroup(of: Void.self) { group in
@@ -28,13 +30,14 @@ extension Node {
             while true {
                 let frame: Frame
                 do throws(CatenaError) {
-                    guard let next = try await reader.next() else { break }
+                    guard let next = try await reader.nextHeld() else { break }
                     frame = next
                 } catch {
                     group.cancelAll()
                     return .failure(error)
                 }
                 guard FrameType.clientRequests.contains(frame.type) || frame.type == .ping else {
+                    connection.release(frame)
                     group.cancelAll()
                     return .failure(CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not a request this node takes from a \(connection.peer.role)"))
                 }
@@ -43,7 +46,10 @@ extension Node {
                     running -= 1
                 }
                 running += 1
-                group.addTask { await self.answer(frame, on: connection.outbound) }
+                group.addTask {
+                    await self.answer(frame, on: connection.outbound)
+                    connection.release(frame)
+                }
             }
             await group.waitForAll()
             return .success(())
@@ -68,6 +74,8 @@ extension Node {
                 try await write(reply(.pong, ByteBuffer()), outbound)
             case .write:
                 let request = try WritePayload.decode(frame.payload)
+                // Before an LSN: a record the chain cannot forward would stall replication.
+                try WriteLimits.checkFitsFrames(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
                 let lsn = try await replica.write(request).get()
                 try await write(reply(.writeResult, LSNPayload.encode(lsn)), outbound)
             case .head:

@@ -97,13 +97,25 @@ struct StoreIndex: Sendable {
     }
 
 
-    /// Live keys (not tombstones) with `prefix`, in byte order, strictly after `after`, at most `limit`.
+    /// Where one bounded walk of the index for a listing ended.
+    enum ListStep: Equatable {
+        /// The walk reached the end of the listing: `more` says whether a live key follows the
+        /// last one returned (there were more than `limit`).
+        case done(keys: [Key], more: Bool)
+        /// The walk took its `maxEntries` entries: the listing goes on strictly after `resumeAfter`
+        /// (the last key walked, live or not).
+        case paused(keys: [Key], resumeAfter: Key)
+    }
+
+    /// Live keys (not tombstones) with `prefix`, in byte order, strictly after `after`: at most
+    /// `limit` (0: only find out whether there is one), walking at most `maxEntries` index
+    /// entries (keys of both arrays, live or not).
     ///
     /// Walks the sorted array and the (sorted on demand) batch of recently added keys side by
     /// side. The batch is merged into the array only when it has grown past an eighth of it, so
     /// listing while keys are being added costs O(log n + batch + page) and merging stays
     /// amortized O(1) per added key.
-    mutating func list(prefix: [UInt8], after: Key?, limit: Int) -> (keys: [Key], more: Bool) {
+    mutating func list(prefix: [UInt8], after: Key?, limit: Int, maxEntries: Int = .max) -> ListStep {
         if unsortedKeys.count > max(4096, sortedKeys.count / 8) {
             mergeRecentKeys()
         } else if !recentSorted {
@@ -114,7 +126,12 @@ struct StoreIndex: Sendable {
         var j = StoreIndex.lowerBound(unsortedKeys, prefix: prefix, after: after)
         var result: [Key] = []
         var last: Key?
+        var walked = 0
         while i < sortedKeys.count || j < unsortedKeys.count {
+            if walked == max(1, maxEntries), let last {
+                return .paused(keys: result, resumeAfter: last)
+            }
+            walked += 1
             let key: Key
             let fromSorted = j == unsortedKeys.count || (i < sortedKeys.count && sortedKeys[i] < unsortedKeys[j])
             if fromSorted {
@@ -131,11 +148,11 @@ struct StoreIndex: Sendable {
             if key == last { continue }
             last = key
             if let v = objects[key], v.type != .delete {
-                if result.count == limit { return (result, true) }
+                if result.count == limit { return .done(keys: result, more: true) }
                 result.append(key)
             }
         }
-        return (result, false)
+        return .done(keys: result, more: false)
     }
 
     /// Merges the recently added keys into the sorted array, dropping keys that left the index.

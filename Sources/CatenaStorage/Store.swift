@@ -184,8 +184,8 @@ public final class Store: Sendable {
         try NodeIdentity.validate(id: configuration.clusterID, what: "cluster id")
         try NodeIdentity.validate(id: configuration.nodeID, what: "node id")
         guard configuration.segmentSize >= 4096, configuration.maxValueSize >= 1, configuration.readThreads >= 1,
-              configuration.groupCommitMaxBytes >= 1 else {
-            throw CatenaError(.invalidArgument, "segment size must be >= 4096 bytes; value size, read threads and group commit size >= 1")
+              configuration.groupCommitMaxBytes >= 1, configuration.listStepEntries >= 1 else {
+            throw CatenaError(.invalidArgument, "segment size must be >= 4096 bytes; value size, read threads, group commit size and list step >= 1")
         }
         let opener = NIOThreadPool(numberOfThreads: 1)
         opener.start()

@@ -36,6 +36,9 @@ public struct StoreConfiguration: Sendable {
     /// Chunks of an upload that got no manifest for this long (by record timestamps) are
     /// garbage-collected by compaction. Default one hour.
     public var abandonedUploadTimeout: Duration = .seconds(3600)
+    /// The most index entries (keys, live or deleted) one step of a listing walks while it holds
+    /// the store's lock; between steps appends go on. Default 1,024 (well under a millisecond).
+    public var listStepEntries: Int = 1024
     /// The file system. Default ``PosixFileSystem``.
     public var fileSystem: any FileSystem = PosixFileSystem()
     /// Wall-clock time in nanoseconds since 1970, for upload garbage collection.

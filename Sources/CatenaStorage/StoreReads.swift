@@ -87,15 +87,37 @@ extension Store {
     }
 
     /// Live keys starting with `prefix`, in byte order, strictly after `after`; at most `limit`.
+    ///
+    /// The index is walked in steps of at most ``StoreConfiguration/listStepEntries`` entries,
+    /// each under the store's lock, which is released between steps: a long listing (a large
+    /// page, a prefix full of deleted keys) never holds appends up for more than one step. So a
+    /// page is not one snapshot: each object in it is the newest durable version of its key when
+    /// its step ran, and every key live throughout the call is listed, in byte order; a key
+    /// created or deleted while the call runs may or may not be — as between two pages.
     public func list(prefix: [UInt8] = [], after: Key? = nil, limit: Int = 1000) throws(CatenaError) -> ListPage {
         guard limit >= 1 else { throw CatenaError(.invalidArgument, "list limit must be at least 1") }
-        return try state.withLock { (s) throws(CatenaError) -> ListPage in
-            if let d = s.damage.first(where: { $0.lost != nil }) {
-                throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
+        let stepEntries = configuration.listStepEntries
+        var objects: [ObjectInfo] = []
+        var cursor = after
+        while true {
+            let remaining = limit - objects.count
+            let (infos, step) = try state.withLock { (s) throws(CatenaError) -> ([ObjectInfo], StoreIndex.ListStep) in
+                if let d = s.damage.first(where: { $0.lost != nil }) {
+                    throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
+                }
+                let step = s.index.list(prefix: prefix, after: cursor, limit: remaining, maxEntries: stepEntries)
+                let keys: [Key] = switch step {
+                case .done(let keys, _), .paused(let keys, _): keys
+                }
+                return (keys.map { Store.info($0, s.index.objects[$0]!) }, step)
             }
-            let (keys, more) = s.index.list(prefix: prefix, after: after, limit: limit)
-            let infos = keys.map { Store.info($0, s.index.objects[$0]!) }
-            return ListPage(objects: infos, nextCursor: more ? keys.last : nil)
+            objects += infos
+            switch step {
+            case .done(_, let more):
+                return ListPage(objects: objects, nextCursor: more ? objects.last?.key : nil)
+            case .paused(_, let resumeAfter):
+                cursor = resumeAfter
+            }
         }
     }
 

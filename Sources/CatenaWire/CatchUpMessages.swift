@@ -110,6 +110,15 @@ public enum CatchUpCodec: UInt8, Hashable, Sendable, CaseIterable {
 /// source's durable end when the reply ended, its ``firstLSN`` the last record the reply carried
 /// (the request's `after` if none), so the receiver learns how far behind it is.
 public struct CatchUpChunk: Hashable, Sendable {
+    /// The bytes of a chunk's payload before its data: two LSNs, count, length, codec, data length.
+    public static let headerSize = 45
+
+    /// The most payload bytes a chunk of `recordBytes` bytes of records takes: raw, or as one LZ4
+    /// frame of incompressible data (blocks stored as they are, plus the frame's fields).
+    public static func maxPayloadSize(recordBytes: Int) -> Int {
+        headerSize + max(recordBytes, LZ4ChunkFrame.maxFrameSize(contentLength: recordBytes))
+    }
+
     /// The first record's LSN (in the empty last chunk: the last LSN the reply carried).
     public var firstLSN: LSN
     /// The last record's LSN (in the empty last chunk: the source's durable end).
@@ -169,7 +178,7 @@ public struct CatchUpChunk: Hashable, Sendable {
     /// The payload bytes.
     public func encoded() -> ByteBuffer {
         var b = ByteBuffer()
-        b.reserveCapacity(45 + data.readableBytes)
+        b.reserveCapacity(Self.headerSize + data.readableBytes)
         b.writeLSN(firstLSN)
         b.writeLSN(lastLSN)
         b.writeInteger(UInt32(clamping: recordCount), endianness: .little)

@@ -21,6 +21,15 @@ enum LZ4ChunkFrame {
     /// FLG: version 01, independent blocks, block checksums, content checksum.
     static let flags: UInt8 = 0b0111_0100
 
+    /// The most bytes ``compress(_:into:)`` writes for `contentLength` bytes of input: the frame
+    /// header (7), per block its size and checksum (8), the end mark and content checksum (8),
+    /// and the content itself — a block that does not compress is stored as it is, so LZ4 never
+    /// expands the content, only adds these fields.
+    static func maxFrameSize(contentLength: Int) -> Int {
+        let blocks = (contentLength + blockSize - 1) / blockSize
+        return 7 + 8 * blocks + contentLength + 8
+    }
+
     /// Appends one LZ4 frame of `input` to `out`.
     static func compress(_ input: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
         let blocks = (input.count + blockSize - 1) / blockSize

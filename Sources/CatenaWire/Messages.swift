@@ -84,9 +84,11 @@ public enum WritePayload {
     }
 
     /// Parses a write payload. Unknown record types and must-understand fields are refused
-    /// with their own codes; a content type, metadata name or metadata value that an
-    /// ``ObjectInfoPayload`` could not carry (over 65535 bytes as the store reads it) with
-    /// `invalidArgument`.
+    /// with their own codes; a content type or user metadata that breaks
+    /// ``WriteLimits/checkFields(_:)`` (not UTF-8, metadata over 8 KiB, a content type an
+    /// ``ObjectInfoPayload`` could not carry) with `invalidArgument`. Whether the write fits the
+    /// chain's frames is the head's check (``WriteLimits/checkFitsFrames(_:maxFrameSize:)``),
+    /// since it depends on the frame limit.
     public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> WriteRequest {
         var b = payload
         guard let type = b.readInteger(as: UInt8.self) else { throw CatenaError(.malformed, "write is truncated") }
@@ -104,27 +106,9 @@ public enum WritePayload {
         if let unknown = extensions.first(where: { $0.mustUnderstand && !RecordExtension.knownTags.contains($0.tag) }) {
             throw CatenaError(.unknownMustUnderstandField, "write carries must-understand field \(unknown.tag), which this build does not know")
         }
-        try checkDescribable(extensions)
+        try WriteLimits.checkFields(extensions)
         let value = try b.readLengthPrefixed(what: "write value")
         return WriteRequest(requestID: id, type: recordType, key: key, value: value, contentChecksum: checksum, extensions: extensions)
-    }
-
-    /// Refuses content types and metadata that a later head, get or list reply could not encode
-    /// (its strings have u16 lengths). They are measured as the store reads them back: with
-    /// invalid UTF-8 replaced, which can triple their length.
-    private static func checkDescribable(_ extensions: [RecordExtension]) throws(CatenaError) {
-        let limit = Int(UInt16.max)
-        for ext in extensions where ext.tag == RecordExtension.contentTypeTag {
-            let length = String(decoding: ext.value, as: UTF8.self).utf8.count
-            guard length <= limit else {
-                throw CatenaError(.invalidArgument, "the content type is \(length) bytes; the limit is \(limit)")
-            }
-        }
-        for (name, value) in RecordExtension.userMetadata(in: extensions) {
-            guard name.utf8.count <= limit, value.utf8.count <= limit else {
-                throw CatenaError(.invalidArgument, "metadata '\(name.prefix(64))' has a \(name.utf8.count)-byte name and a \(value.utf8.count)-byte value; the limit is \(limit) bytes each")
-            }
-        }
     }
 }
 
@@ -331,6 +315,9 @@ public enum ListPagePayload {
 /// The payload of a ``FrameType/replicate`` frame: count (u32), then each record as u32 length
 /// + its encoded bytes, unchanged from the head.
 public enum ReplicatePayload {
+    /// The payload bytes `count` records take beyond their own: the count and each one's length.
+    public static func overhead(records count: Int) -> Int { 4 + 4 * count }
+
     /// The payload bytes for `records`.
     public static func encode<Records: Collection<EncodedRecord>>(_ records: Records) -> ByteBuffer {
         var b = ByteBuffer()
