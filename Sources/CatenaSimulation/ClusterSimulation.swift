@@ -434,9 +434,31 @@ public final class ClusterSimulation {
         case diskOK(Int)
     }
 
+    /// After the master restarts on an old state, the nodes that ran newer epochs must reach it
+    /// within a failure timeout — the assumption under which it finds its state stale (see
+    /// docs/ARCHITECTURE.md, the fault model): the nemesis leaves them and the master alone
+    /// until then.
+    var guarded: [Int] = []
+    var guardUntil: UInt64 = 0
+    var guarding: Bool { now < guardUntil }
+
+    /// Whether the master may (re)start on its file now: the file is at least as new as every
+    /// epoch a node has seen, or every node that saw a newer one can reach the master — then
+    /// the nemesis leaves them and the master alone for three timeouts.
+    func restartingOnAnOldStateIsSafe() -> Bool {
+        let informed = nodes.indices.filter { !nodes[$0].removed && (nodes[$0].disk.seen?.configuration.epoch ?? 0) > master.file.epoch }
+        guard !informed.isEmpty else { return true }
+        guard informed.allSatisfy({ nodes[$0].life == .alive && !blocked(.node($0), .master) && !blocked(.master, .node($0)) }) else {
+            return false
+        }
+        guarded = informed
+        guardUntil = now + 3 * settings.failureTimeout
+        return true
+    }
+
     private func nemesis() {
         guard phase == .chaos else { return }
-        let live = nodes.indices.filter { nodes[$0].life.isUp && !nodes[$0].removed }
+        let live = nodes.indices.filter { nodes[$0].life.isUp && !nodes[$0].removed && !(guarding && guarded.contains($0)) }
         switch random(0..<21) {
         case 0, 1, 2:
             if let i = live.randomElement(using: &rng), live.count > 1 || chance(0.3) {
@@ -453,13 +475,13 @@ public final class ClusterSimulation {
                 schedule(.endFault(.resumeNode(i)), after: d)
             }
         case 6:
-            if master.life.isUp {
+            if master.life.isUp, !guarding {
                 stats.masterKills += 1
                 master.kill()
                 schedule(.endFault(.restartMaster), after: random(50_000_000...2_000_000_000))
             }
         case 7:
-            if master.life.isUp {
+            if master.life.isUp, !guarding {
                 stats.masterPauses += 1
                 let d = random(300_000_000...3_000_000_000)
                 master.life = .paused(until: now + d)
@@ -468,6 +490,7 @@ public final class ClusterSimulation {
             }
         case 8, 9, 10, 11:
             let p = Partition.random(id: stats.partitions + 1, nodes: nodes.indices.filter { !nodes[$0].removed }, clients: clients.count, using: &rng)
+            if guarding, guarded.contains(where: { p.blocks(.node($0), .master) || p.blocks(.master, .node($0)) }) { break }
             partitions.append(p)
             stats.partitions += 1
             log("partition \(p)")
@@ -520,14 +543,16 @@ public final class ClusterSimulation {
         case 17:
             // An operator restores the master's state from an old backup: under the running
             // master, or restarting it on that file.
-            if master.life.isUp, master.snapshots.count > 1, chance(0.5) {
+            if master.life == .alive, master.snapshots.count > 1, chance(0.5) {
                 let old = master.snapshots[random(0..<(master.snapshots.count - 1))]
                 guard old.epoch < master.file.epoch else { break }
+                // Restarting the master on it needs a node that ran a newer epoch to reach the
+                // master within a timeout; otherwise the file is swapped under the running master.
                 restoredOldState = true
                 stats.staleRestores += 1
                 log("operator restores the master state of epoch \(old.epoch) (the file had \(master.file.epoch))")
                 master.file = old
-                if chance(0.5) {
+                if chance(0.5), restartingOnAnOldStateIsSafe() {
                     master.kill()
                     master.file = old
                     master.restart()
@@ -559,7 +584,12 @@ public final class ClusterSimulation {
                 log("master resumes")
             }
         case .restartMaster:
-            if master.life == .dead { master.restart() }
+            guard master.life == .dead else { break }
+            if restartingOnAnOldStateIsSafe() {
+                master.restart()
+            } else {
+                schedule(.endFault(.restartMaster), after: 100_000_000)
+            }
         case .heal(let id):
             partitions.removeAll { $0.id == id }
             log("partition \(id) healed")
