@@ -85,8 +85,10 @@ private final class ReconfiguringCluster: @unchecked Sendable {
         var configuration = NodeConfiguration(id: id, clusterID: Self.clusterID, listen: Address(host: "127.0.0.1", port: 0),
                                               masters: [master.address], dataDirectory: directory + "/\(id)")
         configuration.heartbeatInterval = Self.heartbeatInterval
-        // Small segments, so compaction has sealed segments to work on.
+        // Small segments, so compaction has sealed segments to work on, and no request-id
+        // window, so it drops what the watermark allows (the records are seconds old).
         configuration.store.segmentSize = 64 << 10
+        configuration.store.requestWindow = .zero
         let node = try await Node.start(configuration, logger: testLogger)
         let task = Task { await node.run() }
         lock.withLock { running[id] = (node, task) }

@@ -16,11 +16,14 @@ private func history(seed: UInt64, count: Int, keys: Int) -> [EncodedRecord] {
 
 
 
+/// These tests are about what compaction drops by the watermark; their records carry head
+/// timestamps of a few nanoseconds, so they turn the request-id window off (`requestWindow =
+/// .zero`). RequestWindowTests covers the window.
 @Suite("Compaction")
 struct CompactionTests {
     @Test(arguments: [1, 2, 3] as [UInt64])
     func keepsExactlyTheLiveData(seed: UInt64) async throws {
-        let f = Fixture(configure: { $0.segmentSize = 8192 })
+        let f = Fixture(configure: { $0.segmentSize = 8192; $0.requestWindow = .zero })
         let store = try await f.open()
         let records = history(seed: seed, count: 600, keys: 40)
         for chunk in stride(from: 0, to: records.count, by: 25) {
@@ -45,7 +48,7 @@ struct CompactionTests {
     }
 
     @Test func keepsEverythingAboveTheWatermarkSoTruncationStaysCorrect() async throws {
-        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero })
         let store = try await f.open()
         var seq: UInt64 = 0
         func next() -> UInt64 { seq += 1; return seq }
@@ -67,7 +70,7 @@ struct CompactionTests {
     }
 
     @Test func tombstonesAreDroppedOnlyWithEveryOlderVersion() async throws {
-        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero })
         let store = try await f.open()
         var seq: UInt64 = 0
         func next() -> UInt64 { seq += 1; return seq }
@@ -90,7 +93,7 @@ struct CompactionTests {
     /// Hold the compaction at its output's fsync: appends and reads complete meanwhile.
     @Test func readsAndAppendsContinueDuringCompaction() async throws {
         let gated = GatedFileSystem(wrapping: CrashSimulatingFileSystem())
-        let f = Fixture(configure: { $0.segmentSize = 8192; $0.fileSystem = gated })
+        let f = Fixture(configure: { $0.segmentSize = 8192; $0.requestWindow = .zero; $0.fileSystem = gated })
         let store = try await f.open()
         let records = history(seed: 9, count: 400, keys: 30)
         for start in stride(from: 0, to: 300, by: 10) { try await store.append(Array(records[start..<(start + 10)])) }
@@ -113,7 +116,7 @@ struct CompactionTests {
     @Test func crashSafeAtEveryStep() async throws {
         let records = history(seed: 4, count: 300, keys: 25)
         func prepared() async throws -> (Fixture, Store) {
-            let f = Fixture(configure: { $0.segmentSize = 8192 })
+            let f = Fixture(configure: { $0.segmentSize = 8192; $0.requestWindow = .zero })
             let store = try await f.open()
             for start in stride(from: 0, to: records.count, by: 10) { try await store.append(Array(records[start..<(start + 10)])) }
             try await store.setCommitWatermark(LSN(epoch: 1, seq: 300))
@@ -145,6 +148,7 @@ struct CompactionTests {
         let clock = ManualClock(nanoseconds: 1_000_000_000_000)
         let f = Fixture(configure: {
             $0.segmentSize = 4096
+            $0.requestWindow = .zero
             $0.abandonedUploadTimeout = .seconds(60)
             $0.now = { clock.now }
         })
