@@ -1,4 +1,5 @@
 import CatenaCore
+import Synchronization
 
 extension Store {
     /// Rewrites sealed segments without records nobody can need any more, and returns what it did.
@@ -19,10 +20,46 @@ extension Store {
     /// timestamps relative to the log's last record) is kept, so a retry still finds its
     /// original write (``recentRequests(window:)``); a tombstone goes only once its older
     /// versions are outside the window too, and a kept manifest keeps its chunks.
+    ///
+    /// Cancelling the calling task stops the compaction after the group of segments it is
+    /// rewriting (each group is replaced atomically); the report then covers the groups done.
     @discardableResult
     public func compact() async throws(CatenaError) -> CompactionReport {
-        try await runBlocking(on: maintenancePool) { [self] () throws(CatenaError) -> CompactionReport in
-            try maintenanceLock.withLock { _ throws(CatenaError) in try performCompaction() }
+        let stop = CompactionStop()
+        let result = await withTaskCancellationHandler {
+            await Result.catching { () async throws(CatenaError) -> CompactionReport in
+                try await runBlocking(on: maintenancePool) { [self] () throws(CatenaError) -> CompactionReport in
+                    try maintenanceLock.withLock { _ throws(CatenaError) in try performCompaction(stop: stop) }
+                }
+            }
+        } onCancel: {
+            stop.request()
+        }
+        return try result.get()
+    }
+
+    /// What compaction could give back now, from a running estimate kept in memory: cheap
+    /// enough to ask every second, for a scheduler that compacts by garbage ratio.
+    ///
+    /// A version counts as garbage once a newer version of its key is durable, a tombstone
+    /// from the start; it is *collectable* in a sealed segment other than the log's last whose
+    /// records are all at or below the commit watermark and outside the request-id window
+    /// (by the segment's newest head timestamp). It overestimates a little (a tombstone whose
+    /// older versions survive elsewhere; a version superseded by a record above the watermark)
+    /// and does not count chunks of abandoned uploads; ``compact()`` decides exactly.
+    public var garbage: GarbageReport {
+        state.withLock { s in
+            let window = s.requestWindow(width: configuration.requestWindow.nanoseconds)
+            var report = GarbageReport()
+            for (i, seg) in s.segments.enumerated() where seg.sealed {
+                let bytes = min(seg.size, s.index.garbageBytes[seg.id] ?? 0)
+                report.sealedBytes += seg.size
+                report.garbageBytes += bytes
+                if i < s.segments.count - 1 && seg.lastLSN <= s.persistent.commitWatermark && !window.contains(seg.maxTimestamp) {
+                    report.collectableBytes += bytes
+                }
+            }
+            return report
         }
     }
 
@@ -34,7 +71,7 @@ extension Store {
         var hasDead: Bool { live.contains(false) }
     }
 
-    func performCompaction() throws(CatenaError) -> CompactionReport {
+    func performCompaction(stop: CompactionStop = CompactionStop()) throws(CatenaError) -> CompactionReport {
         var report = CompactionReport()
         let sealed: [SegmentState] = try state.withLock { (s) throws(CatenaError) -> [SegmentState] in
             if case .closed = s.lifecycle { throw CatenaError(.closed, "store is closed") }
@@ -104,6 +141,15 @@ extension Store {
         }.filter { $0.contains(where: \.hasDead) }
 
         for group in groups {
+            // Between groups: a cancelled caller or a closing store ends the compaction here.
+            let closing: Bool = state.withLock { s in
+                if case .closed = s.lifecycle { return true }
+                return false
+            }
+            if stop.requested || closing {
+                logger.info("compaction stopped early", metadata: ["segments_rewritten": "\(report.segmentsRewritten)"])
+                break
+            }
             if let done = try rewrite(group) {
                 report.segmentsRewritten += group.count
                 report.recordsDropped += done.dropped
@@ -112,7 +158,11 @@ extension Store {
             }
         }
         if report.segmentsRewritten > 0 {
-            state.withLock { $0.metrics.compactions += 1 }
+            state.withLock { s in
+                s.metrics.compactions += 1
+                s.metrics.compactionRecordsDropped += report.recordsDropped
+                s.metrics.compactionBytesReclaimed += Int(report.bytesBefore - min(report.bytesBefore, report.bytesAfter))
+            }
             logger.info("compacted", metadata: [
                 "segments": "\(report.segmentsRewritten)", "records_dropped": "\(report.recordsDropped)",
                 "bytes_before": "\(report.bytesBefore)", "bytes_after": "\(report.bytesAfter)",
@@ -236,6 +286,7 @@ extension Store {
             for (e, old) in zip(newEntries, oldLocations) {
                 s.index.relocate(e, from: old)
             }
+            s.index.recountGarbage(replacing: oldIDs, with: newEntries)
             s.segments.replaceSubrange(start..<(start + oldIDs.count), with: newSegment.map { [$0] } ?? [])
             return true
         }
@@ -262,6 +313,15 @@ extension Store {
         }
         return (droppedEntries.count, newSegment?.size ?? 0)
     }
+}
+
+/// Asks a running compaction to stop after the group it is rewriting.
+final class CompactionStop: Sendable {
+    private let flag = Atomic<Bool>(false)
+    /// Whether a stop was asked for.
+    var requested: Bool { flag.load(ordering: .relaxed) }
+    /// Asks for a stop.
+    func request() { flag.store(true, ordering: .relaxed) }
 }
 
 extension StoreIndex {

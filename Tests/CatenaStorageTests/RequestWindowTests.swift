@@ -242,4 +242,68 @@ struct RequestWindowTests {
         #expect(recent.suffix(3).allSatisfy { $0.lsn.epoch == 2 })
         await store.close()
     }
+
+    /// The garbage estimate: superseded versions and tombstones per sealed segment, kept through
+    /// reopen and truncation (both rebuild the index) and recounted by compaction; collectable
+    /// only at or below the watermark and outside the window.
+    @Test func theGarbageEstimateFollowsTheLog() async throws {
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .seconds(10) })
+        let store = try await f.open()
+        let log = LogWriter(store)
+        var rng = SplitMix64(seed: 7)
+        for i in 0..<150 {
+            if Int.random(in: 0..<6, using: &rng) == 0 {
+                try await log.delete("k\(Int.random(in: 0..<12, using: &rng))", time: Double(i) * 0.2)
+            } else {
+                try await log.put("k\(Int.random(in: 0..<12, using: &rng))", [UInt8](repeating: 1, count: Int.random(in: 50...300, using: &rng)),
+                                  time: Double(i) * 0.2)
+            }
+        }
+
+        /// Superseded versions and tombstones in sealed segments, from the records themselves.
+        func expectedGarbage(_ s: Store) async throws -> UInt64 {
+            let all = try await s.records(after: .zero).collect()
+            var newest: [String: LSN] = [:]
+            for r in all { newest[r.key.string] = r.lsn }
+            var bytes: UInt64 = 0
+            for segment in s.sealedSegments {
+                for r in try await s.records(inSegment: segment.id).collect() where r.type == .delete || newest[r.key.string] != r.lsn {
+                    bytes += UInt64(r.count)
+                }
+            }
+            return bytes
+        }
+        let garbage = store.garbage
+        #expect(garbage.garbageBytes == (try await expectedGarbage(store)))
+        #expect(garbage.garbageBytes > 0 && garbage.sealedBytes >= garbage.garbageBytes)
+        #expect(garbage.collectableBytes == 0, "nothing is collectable below a zero watermark")
+
+        try await store.setCommitWatermark(store.highestLSN)
+        let collectable = store.garbage.collectableBytes
+        #expect(collectable > 0, "segments older than 10 s before the last record hold collectable garbage")
+        #expect(collectable < store.garbage.garbageBytes, "the segments inside the window do not count")
+
+        await store.close()
+        let reopened = try await f.open()
+        #expect(reopened.garbage == garbage.withCollectable(collectable), "start-up rebuilds the same estimate")
+
+        let report = try await reopened.compact()
+        #expect(report.recordsDropped > 0)
+        let after = reopened.garbage
+        #expect(after.garbageBytes == (try await expectedGarbage(reopened)), "compaction recounts its outputs")
+        #expect(after.collectableBytes < collectable / 4, "what was collectable is gone: \(after)")
+
+        let cut = try await reopened.truncate(after: reopened.highestLSN)
+        #expect(cut == 0)
+        #expect(reopened.garbage == after, "a truncation rebuilds the same estimate")
+        await reopened.close()
+    }
+}
+
+extension GarbageReport {
+    fileprivate func withCollectable(_ bytes: UInt64) -> GarbageReport {
+        var r = self
+        r.collectableBytes = bytes
+        return r
+    }
 }
