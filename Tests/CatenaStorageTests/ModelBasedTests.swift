@@ -226,7 +226,8 @@ private final class ModelRun {
             case 38..<49: try await watermarkStep()
             case 49..<58: try await compactStep()
             case 58..<63: try await compactWhileAppendingStep()
-            case 63..<70: try await truncateStep()
+            case 63..<69: try await truncateStep()
+            case 69..<70: try await discardStep()
             case 70..<79: try await readStep()
             case 79..<82: try await reopenStep()
             case 82..<85: try await crashAfterAcknowledgedStep()
@@ -364,8 +365,8 @@ private final class ModelRun {
         try require(removed == model.log.count - Int(cut), "truncate removed \(removed) records, expected \(model.log.count - Int(cut))")
         model.log.removeLast(model.log.count - Int(cut))
         model.epoch += 1
-        // Cutting below the watermark is refused.
-        if model.watermark.seq >= 1 {
+        // Cutting below the watermark is refused (but for discarding the whole log, see discardStep).
+        if model.watermark.seq >= 2 {
             do {
                 try await store.truncate(after: lsnAt(model.watermark.seq - 1))
                 throw failure("truncate below the watermark \(model.watermark) was accepted")
@@ -374,6 +375,42 @@ private final class ModelRun {
             } catch {
                 try require(isCode(error, .belowCommitWatermark), "truncating below the watermark: \(error)")
             }
+        }
+    }
+
+    /// `truncate(after: .zero)` discards the whole log at any watermark (a node about to copy
+    /// everything from the tail) and resets the watermark; half the time the power is cut
+    /// during it: then either nothing was removed and the watermark is the old one, or the
+    /// watermark is zero and a prefix of the log is left.
+    func discardStep() async throws {
+        let cutPower = Bool.random(using: &rng)
+        let cutAfter = Int.random(in: 0...10, using: &rng)
+        begin("truncate(after: .zero) of \(model.highest), watermark \(model.watermark)" + (cutPower ? ", power cut after \(cutAfter) ops" : ""))
+        let all = model.log
+        let old = model.watermark
+        let present = try await must("records(after: .zero)") { try await store.records(after: .zero).collect().count }
+        model.epoch += 1
+        func discard() async throws {
+            let removed = try await must("truncate(after: .zero)") { try await store.truncate(after: .zero) }
+            try require(removed == present || cutPower, "discarding the log removed \(removed) records; it held \(present)")
+            try require(store.compactedThrough == .zero, "compactedThrough is \(store.compactedThrough) after discarding the whole log")
+            model.log = []
+            model.watermark = .zero
+        }
+        guard cutPower else {
+            try await discard()
+            return
+        }
+        fs.failAfter(operations: cutAfter)
+        let removed = try? await store.truncate(after: .zero)
+        op += removed.map { " (finished: removed \($0))" } ?? " (failed)"
+        try await powerLossAndReopen(enqueued: all, atLeast: 0, watermarks: [old, .zero])
+        try require(model.watermark == .zero || model.log.count == all.count,
+                    "after a power cut the watermark is still \(model.watermark) but only \(model.log.count) of \(all.count) records are left")
+        if store.compactedThrough > store.commitWatermark {
+            // Cut between emptying the log and resetting compactedThrough: discarding again finishes.
+            op += ", discard again"
+            try await discard()
         }
     }
 
