@@ -16,4 +16,8 @@ public enum LogKey {
     public static let peer = "catena_peer"
     /// A file path.
     public static let path = "catena_path"
+    /// Bytes compaction could give back now (the store's garbage estimate).
+    public static let collectableBytes = "catena_collectable_bytes"
+    /// Bytes of the log's sealed segments.
+    public static let sealedBytes = "catena_sealed_bytes"
 }

@@ -140,6 +140,10 @@ public final class Node: Sendable {
         let pump = Task { await self.pumpDurability() }
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
         let metrics = Task { await self.metricsServer?.run() }
+        let compaction = CompactionScheduler(store: store, settings: configuration.compaction, logger: logger) { [replica] in
+            await replica.currentMetrics.acknowledged
+        }
+        let compacting = Task { await compaction.run() }
         while !Task.isCancelled, !stopRequested.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(50)) }
         logger.info("shutting down: draining writes")
         await replica.drain(timeout: .seconds(2))
@@ -153,6 +157,8 @@ public final class Node: Sendable {
         await metrics.value
         await replica.finishDurabilityFeedback()
         await pump.value
+        compacting.cancel()
+        await compacting.value
         await store.close()
         logger.info("stopped")
     }
