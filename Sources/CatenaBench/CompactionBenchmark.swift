@@ -96,6 +96,8 @@ public struct CompactionBenchmark: Sendable {
         public var after: Phase
         /// The lowest put rate over any 250 ms interval that lies within the compaction, per second.
         public var slowestIntervalDuring: Double?
+        /// The put rate of every 250 ms interval that lies within the compaction, in order, per second.
+        public var intervalsDuring: [Double]
         /// What the compaction did.
         public var compaction: CompactionReport
         /// The store's garbage estimate when the compaction started.
@@ -131,6 +133,7 @@ public struct CompactionBenchmark: Sendable {
                          + (readDuringRatio.map { String(format: "; reads during/before %.2f", $0) } ?? ""))
             if let slow = slowestIntervalDuring {
                 lines.append(String(format: "slowest 250 ms during the compaction: %.0f puts/s (%.2f of before)", slow, slow / max(1e-9, before.putsPerSecond)))
+                lines.append("puts/s per 250 ms during the compaction: " + intervalsDuring.map { String(format: "%.0f", $0) }.joined(separator: " "))
             }
             let mib = { (b: UInt64) in String(format: "%.1f MiB", Double(b) / 1_048_576) }
             lines.append("compaction: \(compaction.segmentsRewritten) segments rewritten, \(compaction.recordsDropped) records dropped, "
@@ -194,6 +197,10 @@ public struct CompactionBenchmark: Sendable {
             }
         }
 
+        // Let the fill's write-back finish, so that it does not land in the phase before.
+        let dir = c.directory
+        try await onOwnThread { () throws(CatenaError) in ScratchSpace.settle(dir) }
+
         // The steady load, until stopped.
         let load = Load()
         let clock = ContinuousClock()
@@ -250,14 +257,16 @@ public struct CompactionBenchmark: Sendable {
         let after = Phase(elapsed: finish.at - end.at, puts: finish.puts - end.puts, gets: finish.gets - end.gets,
                           putLatency: LatencySummary(nanoseconds: latencies[2]))
         var slowest: Double?
+        var intervals: [Double] = []
         for (a, b) in zip(timeline, timeline.dropFirst()) where a.at >= base && b.at <= mid && b.at > a.at {
             let rate = Double(b.puts - a.puts) / (Double(b.at - a.at) / 1e9)
             slowest = min(slowest ?? rate, rate)
+            intervals.append(rate)
         }
         return Report(
             valueSize: c.valueSize, keySpace: c.keySpace, fillBytes: c.fillBytes, writers: c.writers, readers: c.readers,
             segmentSize: c.segmentSize, requestWindow: c.requestWindow, before: before, during: during, after: after,
-            slowestIntervalDuring: slowest, compaction: compaction, garbageBefore: garbageBefore,
+            slowestIntervalDuring: slowest, intervalsDuring: intervals, compaction: compaction, garbageBefore: garbageBefore,
             logBytesBefore: logBefore, logBytesAfter: logAfter)
     }
 

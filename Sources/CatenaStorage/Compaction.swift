@@ -300,13 +300,19 @@ extension Store {
             logger.warning("compaction group skipped: the log changed while it was planned")
             return nil
         }
-        // Remove the replaced files, oldest first, so a crash never leaves a newer version
-        // without an older one it superseded having been removed first.
+        // Remove the replaced files. The new segment's header names every one of them, so
+        // start-up removes whichever a crash leaves: one directory fsync at the end will do
+        // (a fsync per file, each waiting for the unlink of 64 MiB, stalled appends for up to
+        // 0.36 s in `catena bench-compaction`). Without a new segment (nothing in the group
+        // was live) nothing names them: they go oldest first, each removal durable before the
+        // next, so a crash never leaves a newer version without an older one it superseded
+        // having been removed first.
         for id in oldIDs {
             try fs.remove(dir.segment(id))
             try fs.remove(dir.hint(id))
-            try fs.syncDirectory(dir.path)
+            if newSegment == nil { try fs.syncDirectory(dir.path) }
         }
+        if newSegment != nil { try fs.syncDirectory(dir.path) }
         // The old handles are not closed here: readers may still hold them (they close when released).
         if let newSegment {
             writeHint(segment: newSegment.id, size: newSegment.size, entries: newEntries)
