@@ -20,7 +20,7 @@ struct BenchCompaction: AsyncParsableCommand {
     )
 
     @Option(help: "Bytes per value (suffixes B, K/KiB, M/MiB; 1 B ... 16 MiB).") var valueSize: String = "4KiB"
-    @Option(help: "Distinct keys (their newest versions are the live data).") var keys: Int = 16_384
+    @Option(help: "Distinct keys (their newest versions are the live data).") var keys: Int = 131_072
     @Option(help: "MiB of values written before the measured phases.") var fillMib: Int = 1024
     @Option(help: "Concurrent writer tasks.") var writers: Int = 32
     @Option(help: "Concurrent reader tasks.") var readers: Int = 4
