@@ -7,7 +7,8 @@ import Synchronization
 /// documented default; ``NodeConfiguration/compaction`` holds them.
 public struct CompactionSettings: Hashable, Sendable {
     /// How often the scheduler looks: it reads the replica's acknowledged LSN and the store's
-    /// garbage estimate (both in memory). Default 1 s.
+    /// garbage estimate (both in memory). Default 1 s; it looks at least as often as
+    /// ``watermarkInterval``.
     public var interval: Duration = .seconds(1)
     /// The least time between two raises of the commit watermark; each one fsyncs the STATE
     /// file (temp file, fsync, rename, directory fsync). Default 5 s: compaction and a
@@ -32,6 +33,26 @@ public struct CompactionSettings: Hashable, Sendable {
         if watermarkInterval < .zero { return "the watermark interval cannot be negative" }
         if let r = garbageRatio, !(r > 0 && r <= 1) { return "the garbage ratio must be above 0 and at most 1, not \(r)" }
         return nil
+    }
+}
+
+extension CompactionPolicy {
+    /// What a node may take as on every replica, from its replica's acknowledged LSN and the
+    /// configuration epoch it runs (read before and after the acknowledged LSN): the
+    /// acknowledged LSN if it was acknowledged in that configuration, else zero.
+    ///
+    /// Why the epoch: in the configuration it runs, a head acknowledges what its successors
+    /// acknowledged, a middle what it holds and its successors acknowledged, a tail what it
+    /// holds — committed, so on every replica, whose logs match below it (a predecessor checks
+    /// its successor's position by epoch). But a replica machine built as tail starts at its
+    /// whole log, and a node appended while its log ran ahead of its predecessor's holds records
+    /// of an older epoch that the chain may never commit; it must truncate them later, which a
+    /// watermark above them would refuse. (Found by the process fault-injection test of a head
+    /// killed ahead of its chain, with the watermark raised every 30 ms.) After a
+    /// reconfiguration the watermark therefore waits for the first acknowledgement in the new
+    /// epoch.
+    public static func stableLSN(acknowledged: LSN, epochBefore: UInt64, epochAfter: UInt64) -> LSN {
+        acknowledged.epoch == epochBefore && epochBefore == epochAfter ? acknowledged : .zero
     }
 }
 
@@ -167,7 +188,7 @@ public final class CompactionScheduler: Sendable {
     /// Ticks every ``CompactionSettings/interval`` until cancelled, then raises the watermark
     /// a last time.
     public func run() async {
-        let interval = max(settings.interval, .milliseconds(10))
+        let interval = max(min(settings.interval, settings.watermarkInterval), .milliseconds(10))
         while !Task.isCancelled {
             await tick(now: ContinuousClock.now - started)
             try? await Task.sleep(for: interval)

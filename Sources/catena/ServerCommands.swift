@@ -96,6 +96,8 @@ struct NodeCommand: AsyncParsableCommand {
     var compactionGarbageRatio: Double = 0.5
     @Option(name: .long, help: "How many seconds a write's request id stays recognisable for retries: compaction keeps every record this recent (by head timestamps). Keep it at least twice the clients' request timeout (15 s by default).")
     var requestWindowSeconds: Int = 60
+    @Option(name: .long, help: "The least milliseconds between two raises of the commit watermark (each fsyncs the STATE file).")
+    var watermarkIntervalMs: Int = 5000
     @OptionGroup var logging: LogOptions
 
     /// `--catch-up-compression`.
@@ -109,6 +111,7 @@ struct NodeCommand: AsyncParsableCommand {
             throw ValidationError("--compaction-garbage-ratio must be 0 (never compact) or above 0 and at most 1, not \(compactionGarbageRatio)")
         }
         guard requestWindowSeconds >= 1 else { throw ValidationError("--request-window-seconds must be at least 1, not \(requestWindowSeconds)") }
+        guard watermarkIntervalMs >= 10 else { throw ValidationError("--watermark-interval-ms must be at least 10, not \(watermarkIntervalMs)") }
         guard topology != nil || (listen != nil && master != nil && dataDir != nil && cluster != nil) else {
             throw ValidationError("give --topology, or all of --cluster, --listen, --master and --data-dir")
         }
@@ -147,6 +150,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.catchUpBytesPerSecond = catchUpRate == 0 ? nil : catchUpRate * 1_000_000
         configuration.compaction.garbageRatio = compactionGarbageRatio == 0 ? nil : compactionGarbageRatio
         configuration.store.requestWindow = .seconds(requestWindowSeconds)
+        configuration.compaction.watermarkInterval = .milliseconds(watermarkIntervalMs)
         let node = try await Node.start(configuration, logger: logger)
         await runUntilSignalled(logger: logger) {
             await node.run { chain in
