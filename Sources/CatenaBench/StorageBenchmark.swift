@@ -305,6 +305,9 @@ final class Appender: Sendable {
     /// The content checksum of `value`: computed once, as a client would before sending.
     let contentChecksum: UInt64
     let encoding: StorageBenchmark.Encoding
+    /// The head timestamp each record gets (nil: 0). `catena bench-compaction` uses the wall
+    /// clock, so the request-id window moves as it would on a node.
+    let timestamp: (@Sendable () -> UInt64)?
     /// The last seq handed out.
     private let lastSeq = Mutex<UInt64>(0)
     private let reorder = Mutex<ReorderBuffer>(ReorderBuffer())
@@ -317,15 +320,17 @@ final class Appender: Sendable {
         var ready: [UInt64: (record: Result<EncodedRecord, CatenaError>, waiter: Waiter)] = [:]
     }
 
-    init(store: Store, value: [UInt8], encoding: StorageBenchmark.Encoding) {
+    init(store: Store, value: [UInt8], encoding: StorageBenchmark.Encoding, timestamp: (@Sendable () -> UInt64)? = nil) {
         self.store = store
         self.value = value
         self.contentChecksum = XXH3.hash(value)
         self.encoding = encoding
+        self.timestamp = timestamp
     }
 
     private func record(_ key: Key, seq: UInt64) throws(CatenaError) -> EncodedRecord {
-        try Record(type: .put, key: key, lsn: LSN(epoch: 1, seq: seq), contentChecksum: contentChecksum, value: value).encoded()
+        try Record(type: .put, key: key, lsn: LSN(epoch: 1, seq: seq), timestamp: timestamp?() ?? 0, contentChecksum: contentChecksum,
+                   value: value).encoded()
     }
 
     /// Appends one record for `key`; returns its ticket once it is enqueued.

@@ -20,4 +20,8 @@ public enum LogKey {
     public static let pauseMilliseconds = "catena_pause_ms"
     /// The configuration epoch a node runs, as it reported it.
     public static let nodeEpoch = "catena_node_epoch"
+    /// Bytes compaction could give back now (the store's garbage estimate).
+    public static let collectableBytes = "catena_collectable_bytes"
+    /// Bytes of the log's sealed segments.
+    public static let sealedBytes = "catena_sealed_bytes"
 }

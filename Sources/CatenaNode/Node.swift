@@ -157,6 +157,12 @@ public final class Node: Sendable {
         let pump = Task { await self.pumpDurability() }
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
         let metrics = Task { await self.metricsServer?.run() }
+        let compaction = CompactionScheduler(store: store, settings: configuration.compaction, logger: logger) { [replica] in
+            let epoch = replica.view.snapshot.epoch
+            let acknowledged = await replica.currentMetrics.acknowledged
+            return CompactionPolicy.stableLSN(acknowledged: acknowledged, epochBefore: epoch, epochAfter: replica.view.snapshot.epoch)
+        }
+        let compacting = Task { await compaction.run() }
         while !Task.isCancelled, !stopRequested.isSet { try? await Task.sleep(for: .milliseconds(50)) }
         logger.info("shutting down: draining writes")
         await replica.drain(timeout: .seconds(2))
@@ -170,6 +176,8 @@ public final class Node: Sendable {
         await metrics.value
         await replica.finishDurabilityFeedback()
         await pump.value
+        compacting.cancel()
+        await compacting.value
         await store.close()
         logger.info("stopped")
     }

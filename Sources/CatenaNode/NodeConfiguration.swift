@@ -44,6 +44,9 @@ public struct NodeConfiguration: Sendable {
     /// chain's writes would never catch up. The copy competes with the chain's own writes on the
     /// tail's and the joiner's disks and CPUs.
     public var catchUpBytesPerSecond: Int? = 300_000_000
+    /// When the node raises its store's commit watermark and compacts (``CompactionScheduler``).
+    /// The request-id window compaction keeps is ``StoreConfiguration/requestWindow`` in ``store``.
+    public var compaction = CompactionSettings()
 
     /// The clock leases are counted on (monotonic). Tests pass one they advance by hand.
     public var clock: any NodeClock = SystemNodeClock()

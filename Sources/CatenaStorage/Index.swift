@@ -36,6 +36,14 @@ struct PendingUpload: Sendable {
 struct StoreIndex: Sendable {
     var objects: [Key: ObjectVersion] = [:]
     var uploads: [UploadID: PendingUpload] = [:]
+    /// Per segment id, the bytes of its records that are garbage sooner or later: versions a
+    /// newer version of their key superseded (a superseded manifest's chunks included) and
+    /// tombstones (which go once every older version of their key has). Maintained as records
+    /// are applied, so start-up and truncation, which rebuild the index, rebuild it too; a
+    /// compaction recomputes it for the segment it writes. Whether compaction may drop those
+    /// bytes *now* (the watermark and the request-id window) is ``Store/garbage``'s business.
+    /// Not counted: chunks of abandoned uploads (only compaction notices them).
+    private(set) var garbageBytes: [UInt64: UInt64] = [:]
     private var sortedKeys: [Key] = []
     private var unsortedKeys: [Key] = []
     /// Whether `unsortedKeys` is currently sorted.
@@ -77,9 +85,44 @@ struct StoreIndex: Sendable {
     }
 
     private mutating func put(_ key: Key, _ version: ObjectVersion) {
-        if objects.updateValue(version, forKey: key) == nil {
+        if let old = objects.updateValue(version, forKey: key) {
+            // A tombstone was counted when it was applied.
+            if old.type != .delete {
+                addGarbage(old.location)
+                for chunk in old.chunks { addGarbage(chunk) }
+            }
+        } else {
             unsortedKeys.append(key)
             recentSorted = false
+        }
+        if version.type == .delete { addGarbage(version.location) }
+    }
+
+    private mutating func addGarbage(_ location: Location) {
+        garbageBytes[location.segment, default: 0] += UInt64(location.length)
+    }
+
+    /// Forgets the garbage of segments that no longer exist and counts that of a compaction's
+    /// output, from its records as the index now sees them (`entries` are all in one segment).
+    mutating func recountGarbage(replacing removed: [UInt64], with entries: [EntrySummary]) {
+        for id in removed { garbageBytes[id] = nil }
+        guard let segment = entries.first?.location.segment else { return }
+        var bytes: UInt64 = 0
+        for e in entries where isGarbage(e) { bytes += UInt64(e.location.length) }
+        garbageBytes[segment] = bytes
+    }
+
+    /// Whether the record `e` describes is no longer what the index serves or waits for.
+    private func isGarbage(_ e: EntrySummary) -> Bool {
+        switch e.header.type {
+        case .delete:
+            return true
+        case .chunk:
+            guard let address = e.chunkAddress else { return false }
+            if let v = objects[e.key], v.upload == address.upload, v.chunks.contains(e.location) { return false }
+            return uploads[address.upload]?.chunks[address.index] != e.location
+        default:
+            return objects[e.key]?.location != e.location
         }
     }
 

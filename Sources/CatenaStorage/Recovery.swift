@@ -156,6 +156,7 @@ struct Recovery {
                     logger.error("corruption: refusing to serve damaged records, keeping the valid ones", metadata: ["damage": "\(d)"])
                     result.damage.append(d)
                     if let header = d.header, let key = d.key {
+                        state.maxTimestamp = max(state.maxTimestamp, header.timestamp)
                         // Only the body is damaged: refuse exactly that key while this is its newest version.
                         if header.lsn.seq > previous.seq {
                             result.index.applyDamaged(EntrySummary(header: header, key: key, extensions: [], location: Location(segment: id, offset: d.offset, length: UInt32(d.length)), damaged: true))
@@ -181,6 +182,8 @@ struct Recovery {
                 previous = e.lsn
                 state.lastLSN = e.lsn
                 state.recordCount += 1
+                state.maxTimestamp = max(state.maxTimestamp, e.header.timestamp)
+                state.lastTimestamp = e.header.timestamp
             }
             if isLast && !sealed { result.activeEntries = activeEntries }
             result.segments.append(state)

@@ -54,6 +54,10 @@ public struct StoreMetrics: Hashable, Sendable {
     public var segmentsSealed: Int = 0
     /// Compaction rounds that replaced segments.
     public var compactions: Int = 0
+    /// Records compactions dropped.
+    public var compactionRecordsDropped: Int = 0
+    /// Bytes of segments compactions gave back (before minus after).
+    public var compactionBytesReclaimed: Int = 0
     /// Bytes of torn tail dropped at open.
     public var tornBytesDropped: Int = 0
 }
@@ -67,4 +71,31 @@ public struct CompactionReport: Hashable, Sendable {
     /// Bytes before and after, over the rewritten segments.
     public var bytesBefore: UInt64 = 0
     public var bytesAfter: UInt64 = 0
+}
+
+/// How much of the log compaction could give back, from the store's running estimate (no I/O).
+/// See ``Store/garbage``.
+public struct GarbageReport: Hashable, Sendable {
+    /// Bytes of the sealed segments.
+    public var sealedBytes: UInt64 = 0
+    /// Bytes of superseded versions and tombstones in sealed segments, whether or not
+    /// compaction may drop them yet.
+    public var garbageBytes: UInt64 = 0
+    /// The part of ``garbageBytes`` in segments compaction may rewrite now and whose records
+    /// it may drop: sealed, not the log's last, every record at or below the commit watermark
+    /// and outside the request-id window.
+    public var collectableBytes: UInt64 = 0
+
+    /// Creates a report.
+    public init(sealedBytes: UInt64 = 0, garbageBytes: UInt64 = 0, collectableBytes: UInt64 = 0) {
+        self.sealedBytes = sealedBytes
+        self.garbageBytes = garbageBytes
+        self.collectableBytes = collectableBytes
+    }
+
+    /// ``collectableBytes`` over ``sealedBytes`` (0 without sealed segments): the share of the
+    /// sealed log that a compaction now would give back, about.
+    public var collectableRatio: Double {
+        sealedBytes == 0 ? 0 : Double(collectableBytes) / Double(sealedBytes)
+    }
 }

@@ -90,6 +90,11 @@ public final class Store: Sendable {
         var sealed: Bool
         /// Where the writer appends next (ahead of `size`, which only counts durable bytes).
         var writtenSize: UInt64
+        /// The newest head timestamp of its records (damaged ones with an intact header too):
+        /// a segment whose newest record is outside the request-id window has none inside it.
+        var maxTimestamp: UInt64 = 0
+        /// The head timestamp of its last record (the log's last record anchors the window).
+        var lastTimestamp: UInt64 = 0
 
         var info: SegmentInfo {
             SegmentInfo(id: id, firstLSN: header.firstLSN, lastLSN: lastLSN, recordCount: recordCount, byteSize: size, sealed: sealed)
@@ -138,6 +143,12 @@ public final class Store: Sendable {
         }
 
         var queueIsEmpty: Bool { queue.isEmpty }
+
+        /// The request-id window of `width` nanoseconds, anchored at the log's last durable
+        /// record (see ``RequestWindow``).
+        func requestWindow(width: UInt64) -> RequestWindow {
+            RequestWindow(anchor: segments.last(where: { $0.recordCount > 0 })?.lastTimestamp ?? 0, width: width)
+        }
 
         /// Queues `op` for the writer; true if the caller must start the writer thread.
         mutating func enqueueOp(_ op: WriterOp) -> Bool {

@@ -39,6 +39,13 @@ public struct StoreConfiguration: Sendable {
     /// The most index entries (keys, live or deleted) one step of a listing walks while it holds
     /// the store's lock; between steps appends go on. Default 1,024 (well under a millisecond).
     public var listStepEntries: Int = 1024
+    /// How long a write's request id stays recognisable for exactly-once retries, by head
+    /// timestamps: compaction keeps every record whose timestamp is less than this much older
+    /// than the log's last record's, and ``Store/recentRequests(window:)`` finds them all.
+    /// Default 60 s: four times the client's 15 s request timeout (a retry comes within it),
+    /// with room for clock skew between successive heads. Zero: no window (compaction drops
+    /// whatever the watermark allows).
+    public var requestWindow: Duration = .seconds(60)
     /// The file system. Default ``PosixFileSystem``.
     public var fileSystem: any FileSystem = PosixFileSystem()
     /// Wall-clock time in nanoseconds since 1970, for upload garbage collection.

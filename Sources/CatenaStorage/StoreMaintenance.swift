@@ -60,7 +60,13 @@ extension Store {
     /// Removes every record whose seq is after `lsn`'s (records an old head wrote that the chain
     /// never committed); `lsn` should be the LSN of the last record to keep. Deletes later
     /// segments newest first and rewrites the one it cuts (crash-safe), then rebuilds the index.
-    /// Refused at or below the commit watermark's seq. Returns how many records were removed.
+    /// Refused below the commit watermark's seq — except `.zero`: discarding the whole log (a
+    /// node that copies everything anew from the tail) is allowed at any watermark; the
+    /// watermark is then reset to zero and persisted *before* any record is removed, so a
+    /// crash part-way never leaves a shortened log claiming a watermark beyond its end, and
+    /// ``compactedThrough`` is reset once the log is empty (after a crash in between it stays,
+    /// which only claims less history than the log has; discarding again resets it).
+    /// Returns how many records were removed.
     ///
     /// The call resets the enqueue tail to `lsn` and queues the truncation in one step: appends
     /// enqueued after the call continue from `lsn` and survive it; appends enqueued before it
@@ -73,14 +79,26 @@ extension Store {
         let removed = NIOLockedValueBox(0)
         let schedule: Bool = try state.withLock { (s) throws(CatenaError) -> Bool in
             try Store.checkWritable(s)
-            guard lsn.seq >= s.persistent.commitWatermark.seq else {
+            let discardAll = lsn.seq == 0
+            guard discardAll || lsn.seq >= s.persistent.commitWatermark.seq else {
                 throw CatenaError(.belowCommitWatermark, "cannot truncate after seq \(lsn.seq): the commit watermark is \(s.persistent.commitWatermark)")
             }
             if lsn.seq < s.tail.seq { s.tail = lsn }
             s.pendingTruncations.append(lsn.seq)
             return s.enqueueOp(.task { [self] in
                 do throws(CatenaError) {
-                    let n = try maintenanceLock.withLock { _ throws(CatenaError) in try performTruncate(after: lsn) }
+                    let n = try maintenanceLock.withLock { _ throws(CatenaError) in
+                        if discardAll && state.withLock({ $0.persistent.commitWatermark }) != .zero {
+                            // The watermark belongs to the log being discarded: reset it first.
+                            try persistState { $0.commitWatermark = .zero }
+                        }
+                        let removed = try performTruncate(after: lsn)
+                        if discardAll && state.withLock({ $0.persistent.compactedThrough }) != .zero {
+                            // Nothing is left whose history could be missing.
+                            try persistState { $0.compactedThrough = .zero }
+                        }
+                        return removed
+                    }
                     removed.withLockedValue { $0 = n }
                     done.complete(.success(()))
                 } catch {

@@ -309,6 +309,8 @@ extension Store {
                             let summary = r.summary(at: Location(segment: b.segment, offset: offset, length: UInt32(r.count)))
                             s.index.apply(summary)
                             if !s.segments[si].sealed { s.activeEntries.append(summary) }
+                            s.segments[si].maxTimestamp = max(s.segments[si].maxTimestamp, r.header.timestamp)
+                            s.segments[si].lastTimestamp = r.header.timestamp
                             offset += UInt64(r.count)
                         }
                         s.metrics.appendedRecords += p.records.count

@@ -361,6 +361,13 @@ public final class CrashSimulatingFileSystem: FileSystem, Sendable {
     /// How many file handles are open (not closed, not killed by a crash); for leak checks.
     public var openFileCount: Int { state.withLock { $0.handles.count } }
 
+    /// How many bytes reads returned so far from files opened under a path ending with
+    /// `suffix` (e.g. `".seg"`, `".hint"`): what a test needs to show that an operation reads
+    /// no values. Counted since the file system was made, across crashes.
+    public func bytesRead(fromPathsEndingWith suffix: String) -> Int {
+        state.withLock { s in s.bytesReadByPath.reduce(0) { $0 + ($1.key.hasSuffix(suffix) ? $1.value : 0) } }
+    }
+
     // MARK: - Inspection and corruption
 
     /// Overwrites bytes of the file currently named `path` (or, failing that, durably named) at
@@ -568,6 +575,8 @@ private struct State {
     var directorySyncCount = 0
     var writeCount = 0
     var mutatingOperationCount = 0
+    /// Bytes returned by reads, per path a file was opened under.
+    var bytesReadByPath: [String: Int] = [:]
 
     func checkPower(_ operation: String, _ path: String) throws(CatenaError) {
         if poweredOff { throw CatenaError(.ioFailure, "\(operation) \(path): simulated power loss") }
@@ -654,6 +663,7 @@ private final class SimulatedFile: StorageFile {
             bytes.withUnsafeBytes { raw in
                 buffer.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: n)
             }
+            s.bytesReadByPath[path, default: 0] += n
             return n
         }
     }

@@ -17,7 +17,8 @@ struct Catena: AsyncParsableCommand {
         commandName: "catena",
         abstract: "Catena, a chain-replication object store.",
         subcommands: [Up.self, MasterCommand.self, NodeCommand.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self,
-                      BenchStorage.self, BenchChain.self, BenchCatchUp.self, BenchFailover.self, BenchJoin.self, Simulate.self, Version.self]
+                      BenchStorage.self, BenchChain.self, BenchCatchUp.self, BenchFailover.self, BenchJoin.self, BenchCompaction.self,
+                      Simulate.self, Version.self]
     )
 
     /// Like the default, but a failure in `run()` is one line on stderr and exit status 1.

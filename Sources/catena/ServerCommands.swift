@@ -92,6 +92,12 @@ struct NodeCommand: AsyncParsableCommand {
     var catchUpCompression: CatchUpCompressionOption = .lz4
     @Option(name: .long, help: "The most MB/s this node copies from the tail when it (re)joins, for its first minute of copying (then full speed, so it catches up); 0: no bound.")
     var catchUpRate: Int = 300
+    @Option(name: .long, help: "Compact when the garbage compaction could drop reaches this share of the sealed log (above 0, at most 1); 0: never compact.")
+    var compactionGarbageRatio: Double = 0.5
+    @Option(name: .long, help: "How many seconds a write's request id stays recognisable for retries: compaction keeps every record this recent (by head timestamps). Keep it at least twice the clients' request timeout (15 s by default).")
+    var requestWindowSeconds: Int = 60
+    @Option(name: .long, help: "The least milliseconds between two raises of the commit watermark (each fsyncs the STATE file).")
+    var watermarkIntervalMs: Int = 5000
     @OptionGroup var logging: LogOptions
 
     /// `--catch-up-compression`.
@@ -101,6 +107,11 @@ struct NodeCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard catchUpRate >= 0 else { throw ValidationError("--catch-up-rate must be 0 (no bound) or a positive number of MB/s") }
+        guard compactionGarbageRatio >= 0 && compactionGarbageRatio <= 1 else {
+            throw ValidationError("--compaction-garbage-ratio must be 0 (never compact) or above 0 and at most 1, not \(compactionGarbageRatio)")
+        }
+        guard requestWindowSeconds >= 1 else { throw ValidationError("--request-window-seconds must be at least 1, not \(requestWindowSeconds)") }
+        guard watermarkIntervalMs >= 10 else { throw ValidationError("--watermark-interval-ms must be at least 10, not \(watermarkIntervalMs)") }
         guard topology != nil || (listen != nil && master != nil && dataDir != nil && cluster != nil) else {
             throw ValidationError("give --topology, or all of --cluster, --listen, --master and --data-dir")
         }
@@ -137,6 +148,9 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.store.durability = durability == "always" ? .always : durability == "none" ? .none : .batch
         configuration.catchUpCompression = catchUpCompression == .lz4
         configuration.catchUpBytesPerSecond = catchUpRate == 0 ? nil : catchUpRate * 1_000_000
+        configuration.compaction.garbageRatio = compactionGarbageRatio == 0 ? nil : compactionGarbageRatio
+        configuration.store.requestWindow = .seconds(requestWindowSeconds)
+        configuration.compaction.watermarkInterval = .milliseconds(watermarkIntervalMs)
         let node = try await Node.start(configuration, logger: logger)
         await runUntilSignalled(logger: logger) {
             await node.run { chain in

@@ -290,8 +290,10 @@ func withFaultCluster(nodes: Int, name: String, timeoutMilliseconds timeout: Int
         logLevel = "info"
     }
     defer { try? logFile?.close() }
+    // Nodes raise their commit watermark every 30 ms (5 s by default), so every failure here
+    // also checks that no node ever has to truncate below it.
     let processes = try await startCluster(try directory.writeTopology(nodes: nodes, timeoutMilliseconds: timeout),
-                                           logLevel: logLevel, stderr: logFile)
+                                           logLevel: logLevel, stderr: logFile, nodeArguments: ["--watermark-interval-ms", "30"])
     let cluster: FaultCluster
     do {
         cluster = try FaultCluster(directory: directory, processes: processes, nodes: (1...nodes).map { "n\($0)" },

@@ -318,9 +318,11 @@ final class Phase: Sendable {
 }
 
 /// A cluster of `catena` processes from the topology at `path`, logging at `logLevel` to
-/// `stderr` (default: warnings only, discarded).
-func startCluster(_ path: String, logLevel: String = "warning", stderr: FileHandle? = nil) async throws -> LocalCluster {
-    try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: path, logLevel: logLevel, stderr: stderr)
+/// `stderr` (default: warnings only, discarded); every node also gets `nodeArguments`.
+func startCluster(_ path: String, logLevel: String = "warning", stderr: FileHandle? = nil,
+                  nodeArguments: [String] = []) async throws -> LocalCluster {
+    try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: path, logLevel: logLevel, nodeArguments: nodeArguments,
+                                 stderr: stderr)
 }
 
 func clientConfiguration() -> CatenaClient.Configuration {

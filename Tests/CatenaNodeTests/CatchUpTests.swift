@@ -564,6 +564,9 @@ final class CatchUpFixture: Sendable {
         do {
             var c = StoreConfiguration(directory: directory + "/source", clusterID: clusterID, nodeID: "source")
             c.segmentSize = segmentSize
+            // The records here carry head timestamp 0: with a request-id window, compaction
+            // (which some tests run on the source) would keep them all.
+            c.requestWindow = .zero
             return CatchUpFixture(directory: directory, source: try await Store.open(c, logger: testLogger))
         } catch {
             try? FileManager.default.removeItem(atPath: directory)

@@ -16,11 +16,14 @@ private func history(seed: UInt64, count: Int, keys: Int) -> [EncodedRecord] {
 
 
 
+/// These tests are about what compaction drops by the watermark; their records carry head
+/// timestamps of a few nanoseconds, so they turn the request-id window off (`requestWindow =
+/// .zero`). RequestWindowTests covers the window.
 @Suite("Compaction")
 struct CompactionTests {
     @Test(arguments: [1, 2, 3] as [UInt64])
     func keepsExactlyTheLiveData(seed: UInt64) async throws {
-        let f = Fixture(configure: { $0.segmentSize = 8192 })
+        let f = Fixture(configure: { $0.segmentSize = 8192; $0.requestWindow = .zero })
         let store = try await f.open()
         let records = history(seed: seed, count: 600, keys: 40)
         for chunk in stride(from: 0, to: records.count, by: 25) {
@@ -45,7 +48,7 @@ struct CompactionTests {
     }
 
     @Test func keepsEverythingAboveTheWatermarkSoTruncationStaysCorrect() async throws {
-        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero })
         let store = try await f.open()
         var seq: UInt64 = 0
         func next() -> UInt64 { seq += 1; return seq }
@@ -67,7 +70,7 @@ struct CompactionTests {
     }
 
     @Test func tombstonesAreDroppedOnlyWithEveryOlderVersion() async throws {
-        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero })
         let store = try await f.open()
         var seq: UInt64 = 0
         func next() -> UInt64 { seq += 1; return seq }
@@ -90,7 +93,7 @@ struct CompactionTests {
     /// Hold the compaction at its output's fsync: appends and reads complete meanwhile.
     @Test func readsAndAppendsContinueDuringCompaction() async throws {
         let gated = GatedFileSystem(wrapping: CrashSimulatingFileSystem())
-        let f = Fixture(configure: { $0.segmentSize = 8192; $0.fileSystem = gated })
+        let f = Fixture(configure: { $0.segmentSize = 8192; $0.requestWindow = .zero; $0.fileSystem = gated })
         let store = try await f.open()
         let records = history(seed: 9, count: 400, keys: 30)
         for start in stride(from: 0, to: 300, by: 10) { try await store.append(Array(records[start..<(start + 10)])) }
@@ -109,11 +112,48 @@ struct CompactionTests {
         await store.close()
     }
 
+    /// Cancelling a compaction stops it after the group it is rewriting (so a node shuts down
+    /// without waiting for a long compaction); the store stays whole, and the next compaction
+    /// does the rest.
+    @Test func cancellingStopsAfterTheCurrentGroup() async throws {
+        let gated = GatedFileSystem(wrapping: CrashSimulatingFileSystem())
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero; $0.fileSystem = gated })
+        let store = try await f.open()
+        // Keys written once (live) between overwrites of one key: every segment has dead records
+        // and about half its bytes live, so a group (at most a segment's worth of live bytes)
+        // holds only a few segments.
+        var records: [EncodedRecord] = []
+        for i in 1...160 {
+            let k = i % 2 == 0 ? "hot" : "cold\(i)"
+            records.append(put(k, [UInt8](repeating: UInt8(i % 251), count: 300), seq: UInt64(i)))
+        }
+        for r in records { try await store.append([r]) }
+        try await store.setCommitWatermark(store.highestLSN)
+        let sealed = store.sealedSegments.count
+        try #require(sealed >= 8)
+
+        let gate = gated.holdNextSync(matching: ".seg.tmp")
+        defer { gate.open() }
+        let compaction = Task { try await store.compact() }
+        #expect(await gate.waitUntilReached(timeout: .seconds(5)), "compaction never reached its first output's fsync")
+        compaction.cancel()
+        gate.open()
+        let first = try await compaction.value
+        #expect(first.segmentsRewritten > 0, "the group in progress completes")
+        #expect(first.segmentsRewritten < sealed - 1, "later groups were not started (\(first.segmentsRewritten) of \(sealed) rewritten)")
+        #expect(try await contents(store) == model(records))
+
+        let rest = try await store.compact()
+        #expect(rest.segmentsRewritten > 0)
+        #expect(try await contents(store) == model(records))
+        await store.close()
+    }
+
     /// Cut the power at every step of a compaction: reopening always yields exactly the live data.
     @Test func crashSafeAtEveryStep() async throws {
         let records = history(seed: 4, count: 300, keys: 25)
         func prepared() async throws -> (Fixture, Store) {
-            let f = Fixture(configure: { $0.segmentSize = 8192 })
+            let f = Fixture(configure: { $0.segmentSize = 8192; $0.requestWindow = .zero })
             let store = try await f.open()
             for start in stride(from: 0, to: records.count, by: 10) { try await store.append(Array(records[start..<(start + 10)])) }
             try await store.setCommitWatermark(LSN(epoch: 1, seq: 300))
@@ -145,6 +185,7 @@ struct CompactionTests {
         let clock = ManualClock(nanoseconds: 1_000_000_000_000)
         let f = Fixture(configure: {
             $0.segmentSize = 4096
+            $0.requestWindow = .zero
             $0.abandonedUploadTimeout = .seconds(60)
             $0.now = { clock.now }
         })

@@ -6,7 +6,9 @@ import Testing
 /// Model-based randomized testing of the store: for many seeds, a random sequence of appends,
 /// watermark raises, compactions, truncations, reads, clean reopens and power cuts (at a random
 /// file operation of an append, compaction, truncation or watermark write), checked after every
-/// step against a plain list of records. Every failure names the seed, the step and the operation;
+/// step against a plain list of records — including, with a random request-id window (none for
+/// a third of the seeds; records' head timestamps are their seqs in ns), that compaction keeps
+/// every record inside it and that `recentRequests(window:)` returns exactly those records. Every failure names the seed, the step and the operation;
 /// `modelReplaySeeds` re-runs chosen seeds with the trace printed (timing — group commit, where a
 /// power cut lands — can make a replay take a different path after the first crash).
 @Suite("Model-based")
@@ -27,7 +29,7 @@ struct ModelBasedTests {
     /// `highestLSN` falls below the commit watermark and, after a reopen, the enqueue tail goes
     /// back too: the store accepts a *different* record at an already committed seq.
     @Test func compactingTheLogsLastRecordsDoesNotMoveItsEndBack() async throws {
-        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero })
         let store = try await f.open()
         let big = [UInt8](repeating: 1, count: 1000)
         try await store.append([put("a", big, seq: 1), put("b", big, seq: 2), put("c", big, seq: 3)])
@@ -97,8 +99,18 @@ private struct Model {
     private(set) var keyNames: [String] = []
     var watermark: LSN = .zero
     var epoch: UInt64 = 1
+    /// The request-id window in ns (head timestamps are seqs in ns here); 0: none.
+    var window: UInt64 = 0
+    /// The latest anchor (log-end timestamp) any compaction may have planned with: records
+    /// inside the window of it were kept by every compaction.
+    var compactionAnchor: UInt64 = 0
 
     var highest: LSN { log.last?.lsn ?? .zero }
+
+    /// Whether a record with head timestamp `timestamp` is inside the window anchored at `anchor`.
+    func inWindow(_ timestamp: UInt64, anchor: UInt64) -> Bool {
+        window > 0 && (anchor > timestamp ? anchor - timestamp : 0) < window
+    }
 
     /// Per key, its newest record (put or delete).
     var newest: [String: EncodedRecord] {
@@ -112,14 +124,15 @@ private struct Model {
         newest.compactMapValues { $0.type == .delete ? nil : Array($0.value) }
     }
 
-    /// Per record, whether compaction may have dropped it: at or below the watermark, and a
-    /// tombstone or superseded by a newer version at or below the watermark.
+    /// Per record, whether compaction may have dropped it: at or below the watermark, outside
+    /// the request-id window of the latest compaction anchor, and a tombstone or superseded by
+    /// a newer version at or below the watermark.
     var mayBeCompacted: [Bool] {
         var out = [Bool](repeating: false, count: log.count)
         var seenAtWatermark = Set<String>()
         for i in log.indices.reversed() where log[i].lsn.seq <= watermark.seq {
             let k = keyNames[i]
-            out[i] = log[i].type == .delete || seenAtWatermark.contains(k)
+            out[i] = (log[i].type == .delete || seenAtWatermark.contains(k)) && !inWindow(log[i].header.timestamp, anchor: compactionAnchor)
             seenAtWatermark.insert(k)
         }
         return out
@@ -147,15 +160,18 @@ private final class ModelRun {
         let segmentSize = Int.random(in: 4...16, using: &rng) << 10
         let durability: Durability = rng.next() % 4 == 0 ? .always : .batch
         keys = Array(keyPool.shuffled(using: &rng).prefix(Int.random(in: 3...12, using: &rng)))
+        let window: UInt64 = rng.next() % 3 == 0 ? 0 : UInt64.random(in: 1...40, using: &rng)
         let fs = CrashSimulatingFileSystem()
         self.fs = fs
         fixture = Fixture(fs: fs) { c in
             c.segmentSize = segmentSize
             c.durability = durability
             c.readThreads = 1
+            c.requestWindow = .nanoseconds(window)
         }
         self.rng = rng
-        trace.append("config: segmentSize \(segmentSize), durability \(durability), keys \(keys)")
+        model.window = window
+        trace.append("config: segmentSize \(segmentSize), durability \(durability), keys \(keys), request window \(window) ns")
     }
 
     static func run(seed: UInt64, verbose: Bool = false) async {
@@ -210,7 +226,8 @@ private final class ModelRun {
             case 38..<49: try await watermarkStep()
             case 49..<58: try await compactStep()
             case 58..<63: try await compactWhileAppendingStep()
-            case 63..<70: try await truncateStep()
+            case 63..<69: try await truncateStep()
+            case 69..<70: try await discardStep()
             case 70..<79: try await readStep()
             case 79..<82: try await reopenStep()
             case 82..<85: try await crashAfterAcknowledgedStep()
@@ -231,11 +248,13 @@ private final class ModelRun {
         return (1...count).map { i in
             let seq = last + UInt64(i)
             let k = keys[Int.random(in: 0..<keys.count, using: &rng)]
-            if Int.random(in: 0..<4, using: &rng) == 0 { return del(k, seq: seq, epoch: model.epoch) }
+            // Unique per record (the epoch grows at every truncation); some records carry none.
+            let id = Int.random(in: 0..<8, using: &rng) == 0 ? RequestID.none : RequestID(high: model.epoch, low: seq)
+            if Int.random(in: 0..<4, using: &rng) == 0 { return del(k, seq: seq, epoch: model.epoch, requestID: id) }
             let length = Int.random(in: 0...120, using: &rng)
             let base = UInt8(truncatingIfNeeded: rng.next())
             let value = (0..<length).map { UInt8(truncatingIfNeeded: Int(base) &+ $0 &* 31 &+ Int(seq)) }
-            return put(k, value, seq: seq, epoch: model.epoch)
+            return put(k, value, seq: seq, epoch: model.epoch, requestID: id)
         }
     }
 
@@ -300,8 +319,14 @@ private final class ModelRun {
         }
     }
 
+    /// Before a compaction may plan: it anchors the window at the log's last record.
+    func noteCompaction() {
+        model.compactionAnchor = max(model.compactionAnchor, model.log.last?.header.timestamp ?? 0)
+    }
+
     func compactStep() async throws {
         begin("compact (watermark \(model.watermark))")
+        noteCompaction()
         let report = try await must("compact") { try await store.compact() }
         op += " -> rewrote \(report.segmentsRewritten), dropped \(report.recordsDropped)"
         trace[trace.count - 1] += " -> rewrote \(report.segmentsRewritten), dropped \(report.recordsDropped)"
@@ -310,6 +335,8 @@ private final class ModelRun {
     func compactWhileAppendingStep() async throws {
         let batch = makeBatch(after: model.highest.seq)
         begin("compact while appending [\(describe(batch))]")
+        // The batch may be durable before the compaction plans.
+        model.compactionAnchor = max(model.compactionAnchor, batch.last!.header.timestamp)
         let s: Store = store
         async let report = s.compact()
         let ticket = try await must("enqueue") { try store.enqueue(batch) }
@@ -338,8 +365,8 @@ private final class ModelRun {
         try require(removed == model.log.count - Int(cut), "truncate removed \(removed) records, expected \(model.log.count - Int(cut))")
         model.log.removeLast(model.log.count - Int(cut))
         model.epoch += 1
-        // Cutting below the watermark is refused.
-        if model.watermark.seq >= 1 {
+        // Cutting below the watermark is refused (but for discarding the whole log, see discardStep).
+        if model.watermark.seq >= 2 {
             do {
                 try await store.truncate(after: lsnAt(model.watermark.seq - 1))
                 throw failure("truncate below the watermark \(model.watermark) was accepted")
@@ -348,6 +375,42 @@ private final class ModelRun {
             } catch {
                 try require(isCode(error, .belowCommitWatermark), "truncating below the watermark: \(error)")
             }
+        }
+    }
+
+    /// `truncate(after: .zero)` discards the whole log at any watermark (a node about to copy
+    /// everything from the tail) and resets the watermark; half the time the power is cut
+    /// during it: then either nothing was removed and the watermark is the old one, or the
+    /// watermark is zero and a prefix of the log is left.
+    func discardStep() async throws {
+        let cutPower = Bool.random(using: &rng)
+        let cutAfter = Int.random(in: 0...10, using: &rng)
+        begin("truncate(after: .zero) of \(model.highest), watermark \(model.watermark)" + (cutPower ? ", power cut after \(cutAfter) ops" : ""))
+        let all = model.log
+        let old = model.watermark
+        let present = try await must("records(after: .zero)") { try await store.records(after: .zero).collect().count }
+        model.epoch += 1
+        func discard() async throws {
+            let removed = try await must("truncate(after: .zero)") { try await store.truncate(after: .zero) }
+            try require(removed == present || cutPower, "discarding the log removed \(removed) records; it held \(present)")
+            try require(store.compactedThrough == .zero, "compactedThrough is \(store.compactedThrough) after discarding the whole log")
+            model.log = []
+            model.watermark = .zero
+        }
+        guard cutPower else {
+            try await discard()
+            return
+        }
+        fs.failAfter(operations: cutAfter)
+        let removed = try? await store.truncate(after: .zero)
+        op += removed.map { " (finished: removed \($0))" } ?? " (failed)"
+        try await powerLossAndReopen(enqueued: all, atLeast: 0, watermarks: [old, .zero])
+        try require(model.watermark == .zero || model.log.count == all.count,
+                    "after a power cut the watermark is still \(model.watermark) but only \(model.log.count) of \(all.count) records are left")
+        if store.compactedThrough > store.commitWatermark {
+            // Cut between emptying the log and resetting compactedThrough: discarding again finishes.
+            op += ", discard again"
+            try await discard()
         }
     }
 
@@ -417,6 +480,7 @@ private final class ModelRun {
     func powerCutDuringCompactionStep() async throws {
         let cutAfter = Int.random(in: 0...20, using: &rng)
         begin("power cut after \(cutAfter) ops during compaction (watermark \(model.watermark))")
+        noteCompaction()
         fs.failAfter(operations: cutAfter)
         let report = try? await store.compact()
         op += report.map { " (finished: rewrote \($0.segmentsRewritten), dropped \($0.recordsDropped))" } ?? " (failed)"
@@ -521,6 +585,41 @@ private final class ModelRun {
         try require(s.pendingAppendBytes == 0, "pendingAppendBytes is \(s.pendingAppendBytes) with nothing in flight")
 
         try await checkStream(from: .zero)
+        try await checkRecentRequests()
+    }
+
+    /// `recentRequests(window:)` gives, in log order, the records with a request id whose head
+    /// timestamp is inside the window anchored at the log's last surviving record: all of them
+    /// that compaction may not have dropped, and exactly all of them when no compaction
+    /// planned with a later anchor (a truncation since can move the anchor back).
+    func checkRecentRequests() async throws {
+        let s: Store = store
+        let width = Duration.nanoseconds(Int64(model.window))
+        let found = try await must("recentRequests") { try await s.recentRequests(window: width) }
+        let surviving = try await must("records(after: .zero)") { try await s.records(after: .zero).collect() }
+        let anchor = surviving.last?.header.timestamp ?? 0
+        let mayBeCompacted = model.mayBeCompacted
+        var expected: [(RecentRequest, mustBeThere: Bool)] = []
+        for (i, r) in model.log.enumerated() where r.header.requestID != .none && model.inWindow(r.header.timestamp, anchor: anchor) {
+            expected.append((RecentRequest(requestID: r.header.requestID, lsn: r.lsn, timestamp: r.header.timestamp), !mayBeCompacted[i]))
+        }
+        func show(_ list: [RecentRequest]) -> String { list.map { "\($0.lsn)" }.joined(separator: " ") }
+        let exact = model.compactionAnchor <= anchor
+        let description = "recentRequests(window: \(model.window) ns) anchored at \(anchor) gave [\(show(found))]; the model has [\(show(expected.map(\.0)))] (compaction anchor \(model.compactionAnchor))"
+        if exact {
+            try require(found == expected.map(\.0), description)
+            return
+        }
+        // A subsequence of the expected records that holds every one compaction could not drop.
+        var j = 0
+        for (request, mustBeThere) in expected {
+            if j < found.count && found[j] == request {
+                j += 1
+            } else {
+                try require(!mustBeThere, description + "; \(request.lsn) is missing")
+            }
+        }
+        try require(j == found.count, description + "; \(found.count - j) unexpected")
     }
 
     /// `records(after:)` from `start` (nil: a random LSN not below `compactedThrough`).

@@ -195,6 +195,7 @@ struct RegressionTests {
         let clock = ManualClock(nanoseconds: 1_000_000_000_000)
         let (f, gated) = gatedFixture(configure: {
             $0.segmentSize = 4096
+            $0.requestWindow = .zero
             $0.abandonedUploadTimeout = .seconds(60)
             $0.now = { clock.now }
         })
@@ -245,7 +246,7 @@ struct RegressionTests {
     /// tear its header (with this history); 1 and 2 keep it and tear or keep the record.
     @Test(arguments: [nil, 1, 2, 3, 18, 20, 21] as [UInt64?])
     func powerCutDuringARollAfterCompactionLeavesAnOpenableStore(seed: UInt64?) async throws {
-        let (f, gated) = gatedFixture(configure: { $0.segmentSize = 4096 })
+        let (f, gated) = gatedFixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero })
         let store = try await f.open()
         var records = (1...40).map { put("k\($0 % 4)", value($0, count: 300), seq: UInt64($0)) }
         for start in stride(from: 0, to: 40, by: 2) { try await store.append(Array(records[start..<(start + 2)])) }
@@ -301,7 +302,7 @@ struct RegressionTests {
     /// F. A tombstone goes once every older record of its key goes in the same rewrite, even
     /// when that rewrite does not start at the log's first segment (here a clean one).
     @Test func tombstoneIsDroppedAfterACleanFirstSegment() async throws {
-        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero })
         let store = try await f.open()
         var seq: UInt64 = 0
         var records: [EncodedRecord] = []
@@ -346,7 +347,7 @@ struct RegressionTests {
     /// sealed segment (the active one is never compacted) and keeps every newest version.
     @Test(arguments: [(1, 20), (2, 60), (3, 120), (4, 200)] as [(UInt64, Int)])
     func compactionRemovesExactlyTheSupersededRecords(seed: UInt64, keys: Int) async throws {
-        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let f = Fixture(configure: { $0.segmentSize = 4096; $0.requestWindow = .zero })
         let store = try await f.open()
         var rng = SplitMix64(seed: seed)
         let records = (1...300).map { i -> EncodedRecord in

@@ -31,14 +31,17 @@ struct Fixture {
 
 func key(_ s: String) -> Key { try! Key(s) }
 
-func put(_ k: String, _ value: [UInt8], seq: UInt64, epoch: UInt64 = 1, contentType: String? = nil) -> EncodedRecord {
-    var r = Record(type: .put, key: key(k), lsn: LSN(epoch: epoch, seq: seq), timestamp: seq, value: value)
+/// A put record; its head timestamp is `timestamp`, or `seq` nanoseconds if nil.
+func put(_ k: String, _ value: [UInt8], seq: UInt64, epoch: UInt64 = 1, contentType: String? = nil,
+         requestID: RequestID = .none, timestamp: UInt64? = nil) -> EncodedRecord {
+    var r = Record(type: .put, key: key(k), lsn: LSN(epoch: epoch, seq: seq), timestamp: timestamp ?? seq, requestID: requestID, value: value)
     r.contentType = contentType
     return try! r.encoded()
 }
 
-func del(_ k: String, seq: UInt64, epoch: UInt64 = 1) -> EncodedRecord {
-    try! Record(type: .delete, key: key(k), lsn: LSN(epoch: epoch, seq: seq), timestamp: seq).encoded()
+/// A delete record; its head timestamp is `timestamp`, or `seq` nanoseconds if nil.
+func del(_ k: String, seq: UInt64, epoch: UInt64 = 1, requestID: RequestID = .none, timestamp: UInt64? = nil) -> EncodedRecord {
+    try! Record(type: .delete, key: key(k), lsn: LSN(epoch: epoch, seq: seq), timestamp: timestamp ?? seq, requestID: requestID).encoded()
 }
 
 func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -105,4 +105,55 @@ struct TruncationTests {
             await reopened.close()
         }
     }
+
+    /// Discarding the whole log (a node about to copy everything from the tail, after the
+    /// tail's compaction dropped history it lacks) is allowed at any watermark, which a running
+    /// node now persists: the watermark goes back to zero with the log. Cut the power after
+    /// every file operation: the store reopens either untouched, watermark and all, or with the
+    /// watermark at zero and a gap-free prefix, and discarding again finishes the job.
+    @Test func discardingTheWholeLogResetsTheWatermarkCrashSafely() async throws {
+        let records = history(count: 120)
+        let watermark = LSN(epoch: 1, seq: 100)
+        func prepared() async throws -> (Fixture, Store) {
+            let f = Fixture(configure: { $0.segmentSize = 4096 })
+            let store = try await f.open()
+            try await appendInBatches(store, records)
+            try await store.setCommitWatermark(watermark)
+            return (f, store)
+        }
+        let (f0, s0) = try await prepared()
+        let start = f0.fs.mutatingOperationCount
+        #expect(try await s0.truncate(after: .zero) == 120)
+        let steps = f0.fs.mutatingOperationCount - start
+        #expect(s0.commitWatermark == .zero && s0.highestLSN == .zero && s0.lastEnqueuedLSN == .zero)
+        // A full copy follows: from seq 1 again.
+        try await s0.append([put("copied", bytes("v"), seq: 1, epoch: 3)])
+        await s0.close()
+        let again = try await f0.open()
+        #expect(again.commitWatermark == .zero)
+        #expect(try await again.records(after: .zero).collect().map(\.lsn) == [LSN(epoch: 3, seq: 1)])
+        await again.close()
+        #expect(steps > 5)
+
+        var rng = SplitMix64(seed: 12)
+        for k in 0..<steps {
+            let (f, store) = try await prepared()
+            f.fs.failAfter(operations: k)
+            _ = try? await store.truncate(after: .zero)
+            await store.close()
+            f.fs.crash(tornWrites: true, using: &rng)
+            let reopened = try await f.open()
+            let seqs = try await reopened.records(after: .zero).collect().map(\.lsn.seq)
+            #expect(seqs == (0..<seqs.count).map { UInt64($0 + 1) }, "cut after \(k) of \(steps): gap-free prefix")
+            if reopened.commitWatermark == watermark {
+                #expect(seqs.count == 120, "cut after \(k) of \(steps): records removed while the watermark stayed")
+            } else {
+                #expect(reopened.commitWatermark == .zero, "cut after \(k) of \(steps)")
+            }
+            #expect(reopened.highestLSN.seq == UInt64(seqs.count), "the log's end is its last record, not a stale watermark")
+            try await reopened.truncate(after: .zero)
+            #expect(try await reopened.records(after: .zero).collect().isEmpty)
+            await reopened.close()
+        }
+    }
 }
