@@ -213,8 +213,8 @@ public struct NodeStateMachine: Sendable {
         case truncateToShared(EpochHistory, keeping: LSN)
         /// *Slow*: truncate the whole log; then ``truncated(end:removed:)``.
         case discardLog
-        /// *Slow*: read the log's end and the request ids of its last records; then
-        /// ``logLoaded(end:recentRequests:)``.
+        /// *Slow*: read the log's end and the request ids of its records within the request
+        /// window; then ``logLoaded(end:recentRequests:)``.
         case loadLog
         /// Start copying from `from` (the tail) after `after` ns, following it until stopped;
         /// a failure is reported with ``catchUpFailed(_:)``.
@@ -281,7 +281,7 @@ public struct NodeStateMachine: Sendable {
     /// How many first seqs the persisted history knows.
     private var persistedStarts = 0
     /// The log's end and recent request ids, known at start-up (used by the first member build).
-    private var loaded: (end: LSN, requests: [ReplicaStateMachine.Commit])?
+    private var loaded: (end: LSN, requests: [ReplicaStateMachine.RememberedRequest])?
     /// The master has known this node (a member or standby): if it forgets it, the node stops.
     private var known = false
     /// Told it is unknown and said so (once).
@@ -295,7 +295,7 @@ public struct NodeStateMachine: Sendable {
 
     /// Creates the machine at start-up, over a log that ends at `logEnd` (all of it durable)
     /// whose last records carry `recentRequests` (in LSN order), having persisted `seen`.
-    public init(me: NodeID, settings: Settings = Settings(), logEnd: LSN, recentRequests: [ReplicaStateMachine.Commit],
+    public init(me: NodeID, settings: Settings = Settings(), logEnd: LSN, recentRequests: [ReplicaStateMachine.RememberedRequest],
                 seen: SeenChain?) {
         self.me = me
         self.settings = settings
@@ -513,7 +513,7 @@ public struct NodeStateMachine: Sendable {
 
     /// Builds a fresh replica machine over a log that ends at `loaded.end`, if its records are a
     /// prefix of the chain's by the history; else truncates first.
-    private mutating func rebuild(afterLoading loaded: (end: LSN, requests: [ReplicaStateMachine.Commit])) -> [Action] {
+    private mutating func rebuild(afterLoading loaded: (end: LSN, requests: [ReplicaStateMachine.RememberedRequest])) -> [Action] {
         self.loaded = nil
         guard let configuration else { return [] }
         guard configuration.role(of: me) != nil else {
@@ -643,7 +643,7 @@ public struct NodeStateMachine: Sendable {
 
     /// The slow read of the log ended: it ends at `end`, and its last records carry
     /// `recentRequests`.
-    public mutating func logLoaded(end: LSN, recentRequests: [ReplicaStateMachine.Commit]) -> [Action] {
+    public mutating func logLoaded(end: LSN, recentRequests: [ReplicaStateMachine.RememberedRequest]) -> [Action] {
         guard case .rebuilding = state else { return [] }
         return rebuild(afterLoading: (end, recentRequests)) + checkEpochStart() + [.publish(publishedView())]
     }

@@ -49,11 +49,36 @@ public struct WriteRequest: Hashable, Sendable {
 public struct ReplicaStateMachine: Sendable {
     /// Bounds.
     public struct Limits: Hashable, Sendable {
-        /// Committed request ids remembered for exactly-once retries.
+        /// How long a committed write's request id is remembered for exactly-once retries, in
+        /// nanoseconds of head timestamps before the newest record's: the store's request-id
+        /// window (``RememberedRequest``), so a retry within it gets the original result
+        /// whatever happened in between. Default 60 s.
+        public var requestWindow: UInt64 = 60_000_000_000
+        /// Committed request ids always remembered, whatever their age.
         public var rememberedRequests: Int = 100_000
+        /// The most request ids remembered, window or not: a memory bound (about 100 bytes
+        /// each). Beyond it the oldest committed ones are forgotten early, and counted.
+        public var maxRememberedRequests: Int = 4_000_000
 
         /// The defaults above.
         public init() {}
+    }
+
+    /// A write in the local log, for exactly-once retries: its request id, LSN and head timestamp.
+    public struct RememberedRequest: Hashable, Sendable {
+        /// The client's request.
+        public var requestID: RequestID
+        /// Where it is in the log.
+        public var lsn: LSN
+        /// The head's timestamp of the write (ns since 1970).
+        public var timestamp: UInt64
+
+        /// Creates an entry.
+        public init(requestID: RequestID, lsn: LSN, timestamp: UInt64 = 0) {
+            self.requestID = requestID
+            self.lsn = lsn
+            self.timestamp = timestamp
+        }
     }
 
     /// A write that committed: every replica holds it.
@@ -129,17 +154,21 @@ public struct ReplicaStateMachine: Sendable {
     /// head still answers retries exactly once). Bounded: committed ids beyond
     /// ``Limits/rememberedRequests`` are forgotten, oldest first.
     private var requests: [RequestID: LSN] = [:]
-    private var requestOrder = Deque<Commit>()
+    private var requestOrder = Deque<RememberedRequest>()
+    /// The newest head timestamp in the local log: the request window ends here.
+    private var newestTimestamp: UInt64 = 0
+    /// Request ids forgotten inside the window because of ``Limits/maxRememberedRequests``.
+    public private(set) var requestsForgottenEarly = 0
 
     /// Creates the machine for `me` in `configuration`, whose local log ends at `lastLSN`
     /// (all of it durable, and already truncated to what the chain shares: a rejoining node
     /// truncates first and then builds a fresh machine).
     ///
-    /// `recentRequests` are the request ids of the last records of the log, in LSN order, so a
-    /// restarted node still answers retries exactly once: a head treats those not yet known to
-    /// be committed as pending (answered when the acknowledgement arrives). A node without a
-    /// successor (tail or single) holds everything in its durable log committed.
-    public init(me: NodeID, configuration: ChainConfiguration, lastLSN: LSN, recentRequests: [Commit] = [],
+    /// `recentRequests` are the request ids of the log's records within the request window, in
+    /// LSN order, so a restarted node still answers retries exactly once: a head treats those
+    /// not yet known to be committed as pending (answered when the acknowledgement arrives). A
+    /// node without a successor (tail or single) holds everything in its durable log committed.
+    public init(me: NodeID, configuration: ChainConfiguration, lastLSN: LSN, recentRequests: [RememberedRequest] = [],
                 limits: Limits = Limits()) {
         self.me = me
         self.configuration = configuration
@@ -150,7 +179,7 @@ public struct ReplicaStateMachine: Sendable {
         self.acknowledged = configuration.role(of: me) != nil && configuration.successor(of: me) == nil ? lastLSN : .zero
         self.epochStarts = lastLSN == .zero ? [] : [(lastLSN.epoch, lastLSN.seq)]
         for r in recentRequests where r.requestID != .none && r.lsn.seq <= lastLSN.seq {
-            remember(r.requestID, r.lsn)
+            remember(r.requestID, r.lsn, timestamp: r.timestamp)
         }
         if role?.takesWrites == true { takeOverPending() }
     }
@@ -343,7 +372,7 @@ public struct ReplicaStateMachine: Sendable {
         if epochStarts.last?.epoch != r.lsn.epoch { epochStarts.append((r.lsn.epoch, r.lsn.seq)) }
         lastAccepted = r.lsn
         undurable.append(r)
-        if r.header.requestID != .none { remember(r.header.requestID, r.lsn) }
+        if r.header.requestID != .none { remember(r.header.requestID, r.lsn, timestamp: r.header.timestamp) }
     }
 
     /// A node that becomes head takes the uncommitted writes of its log as pending.
@@ -384,16 +413,22 @@ public struct ReplicaStateMachine: Sendable {
         return actions
     }
 
-    private mutating func remember(_ id: RequestID, _ lsn: LSN) {
+    private mutating func remember(_ id: RequestID, _ lsn: LSN, timestamp: UInt64) {
         requests[id] = lsn
-        requestOrder.append(Commit(requestID: id, lsn: lsn))
+        requestOrder.append(RememberedRequest(requestID: id, lsn: lsn, timestamp: timestamp))
+        newestTimestamp = max(newestTimestamp, timestamp)
         forgetCommittedRequests()
     }
 
-    /// Forgets the oldest request ids beyond the limit, but only committed ones (ids are kept
-    /// in LSN order, so the oldest are committed first): O(1) amortized.
+    /// Forgets the oldest request ids, committed ones only, once they are older than the request
+    /// window and more than ``Limits/rememberedRequests`` are kept — or, past
+    /// ``Limits/maxRememberedRequests``, whatever their age (counted). Ids are kept in LSN order,
+    /// so the oldest are committed first: O(1) amortized.
     private mutating func forgetCommittedRequests() {
         while requestOrder.count > limits.rememberedRequests, let old = requestOrder.first, old.lsn.seq <= acknowledged.seq {
+            let expired = newestTimestamp >= limits.requestWindow && old.timestamp < newestTimestamp - limits.requestWindow
+            guard expired || requestOrder.count > limits.maxRememberedRequests else { break }
+            if !expired { requestsForgottenEarly += 1 }
             requestOrder.removeFirst()
             if requests[old.requestID] == old.lsn { requests[old.requestID] = nil }
         }

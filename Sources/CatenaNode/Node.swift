@@ -51,7 +51,7 @@ public final class Node: Sendable {
         var logger = logger
         logger[metadataKey: LogKey.node] = "\(configuration.id)"
         let store = try await Store.open(configuration.store, logger: logger)
-        let recent = await Replica.recentRequests(in: store, limit: ReplicaStateMachine.Limits().rememberedRequests, logger: logger)
+        let recent = await Replica.recentRequests(in: store, logger: logger)
         let server: FrameServer
         do {
             server = try await FrameServer.bind(
@@ -74,6 +74,7 @@ public final class Node: Sendable {
         }
         var settings = NodeStateMachine.Settings()
         settings.maxUncommittedBytes = configuration.maxUncommittedBytes
+        settings.limits.requestWindow = UInt64(max(0, configuration.store.requestWindow.nanosecondsClamped))
         let stopRequested = StopSignal()
         let replica = Replica(
             me: configuration.id, store: store, settings: settings, clock: configuration.clock, logger: logger,

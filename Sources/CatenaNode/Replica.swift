@@ -94,7 +94,7 @@ actor Replica {
 
     init(me: NodeID, store: Store, settings: NodeStateMachine.Settings, clock: any NodeClock, logger: Logger,
          durableTickets: AsyncStream<(AppendTicket, LSN)>.Continuation, links: LinkSettings,
-         recentRequests: [ReplicaStateMachine.Commit], seen: SeenChain?,
+         recentRequests: [ReplicaStateMachine.RememberedRequest], seen: SeenChain?,
          onStop: @escaping @Sendable () -> Void) {
         self.me = me
         self.store = store
@@ -349,7 +349,7 @@ actor Replica {
                 let removed = try await store.truncate(after: .zero)
                 handle(machine.truncated(end: store.lastEnqueuedLSN, removed: removed))
             case .loadLog:
-                let recent = await Replica.recentRequests(in: store, limit: machine.settings.limits.rememberedRequests, logger: logger)
+                let recent = await Replica.recentRequests(in: store, logger: logger)
                 handle(machine.logLoaded(end: store.lastEnqueuedLSN, recentRequests: recent))
             case .stopCatchUp:
                 await stopCatchUp()
@@ -435,36 +435,23 @@ actor Replica {
         return r.lsn
     }
 
-    /// The request ids of the last records of `store`'s log (at most `limit` records, read from
-    /// at most the last 256 MiB of segments), in LSN order: what a restarted or rejoined node
-    /// needs to answer retries exactly once.
+    /// The request ids of `store`'s records within its request window (read from record headers
+    /// only), in LSN order: what a restarted or rejoined node needs to answer retries exactly
+    /// once, whatever was written since (large uploads) and whatever compaction did.
     ///
-    /// Damage in that stretch (reported by the store, never served) ends the scan early with a
-    /// warning: the node still starts, and retries of writes past the damage are not recognised.
-    static func recentRequests(in store: Store, limit: Int, logger: Logger) async -> [ReplicaStateMachine.Commit] {
-        let last = store.lastEnqueuedLSN
-        guard last != .zero else { return [] }
-        var start = LSN(epoch: 0, seq: last.seq > UInt64(limit) ? last.seq - UInt64(limit) : 0)
-        var bytes: UInt64 = 0
-        for segment in store.segments.reversed() {
-            bytes += segment.byteSize
-            if bytes > 256 << 20 {
-                start = LSN(epoch: 0, seq: max(start.seq, segment.lastLSN.seq))
-                break
-            }
-        }
-        start = LSN(epoch: 0, seq: max(start.seq, store.compactedThrough.seq))
-        var out: [ReplicaStateMachine.Commit] = []
+    /// If the log cannot be read (damage in that stretch, reported by the store and never
+    /// served), the node still starts, with a warning: retries of those writes are not
+    /// recognised.
+    static func recentRequests(in store: Store, logger: Logger) async -> [ReplicaStateMachine.RememberedRequest] {
         do throws(CatenaError) {
-            var records = try store.records(after: start).makeAsyncIterator()
-            while let r = try await records.nextRecord() {
-                if r.header.requestID != .none { out.append(.init(requestID: r.header.requestID, lsn: r.lsn)) }
+            return try await store.recentRequests(window: store.configuration.requestWindow).map {
+                ReplicaStateMachine.RememberedRequest(requestID: $0.requestID, lsn: $0.lsn, timestamp: $0.timestamp)
             }
         } catch {
-            logger.warning("could not read the request ids of the whole log tail; retries of later writes are not recognised",
-                           metadata: ["error": "\(error)", "catena_requests_read": "\(out.count)"])
+            logger.warning("could not read the request ids of the request window; retries of those writes are not recognised",
+                           metadata: ["error": "\(error)"])
+            return []
         }
-        return out
     }
 
     // MARK: - Links

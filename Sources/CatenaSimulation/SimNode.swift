@@ -17,6 +17,15 @@ struct SimDisk {
     var syncFailedAt: Int?
 
     var end: LSN { records.last?.lsn ?? .zero }
+
+    /// The request ids of every record (the simulation never compacts, and its runs are
+    /// shorter than the request window): what `Store.recentRequests(window:)` returns.
+    var recentRequests: [ReplicaStateMachine.RememberedRequest] {
+        records.compactMap { r in
+            r.header.requestID == .none ? nil
+                : ReplicaStateMachine.RememberedRequest(requestID: r.header.requestID, lsn: r.lsn, timestamp: r.header.timestamp)
+        }
+    }
     var durableEnd: LSN { durable == 0 ? .zero : records[durable - 1].lsn }
 
     /// The newest durable version of `key`: its value, or nil if absent (never written, or deleted).
@@ -111,10 +120,7 @@ final class SimNode {
 
     /// Starts the process over what its disk holds.
     func start() {
-        let recent = disk.records.suffix(1000).compactMap { r in
-            r.header.requestID == .none ? nil : ReplicaStateMachine.Commit(requestID: r.header.requestID, lsn: r.lsn)
-        }
-        machine = NodeStateMachine(me: id, settings: sim.nodeSettings, logEnd: disk.end, recentRequests: recent, seen: disk.seen)
+        machine = NodeStateMachine(me: id, settings: sim.nodeSettings, logEnd: disk.end, recentRequests: disk.recentRequests, seen: disk.seen)
         view = NodeStateMachine.View()
         sim.schedule(.nodeBeat(index, inc: inc), after: sim.random(0...sim.settings.heartbeatInterval))
     }
@@ -341,10 +347,7 @@ final class SimNode {
             sim.stats.discards += 1
             perform(machine.truncated(end: disk.end, removed: removed))
         case .loadLog:
-            let recent = disk.records.suffix(1000).compactMap { r in
-                r.header.requestID == .none ? nil : ReplicaStateMachine.Commit(requestID: r.header.requestID, lsn: r.lsn)
-            }
-            perform(machine.logLoaded(end: disk.end, recentRequests: Array(recent)))
+            perform(machine.logLoaded(end: disk.end, recentRequests: disk.recentRequests))
         case .stopCatchUp:
             break
         default:

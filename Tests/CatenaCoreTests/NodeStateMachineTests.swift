@@ -26,7 +26,7 @@ private struct Transcript {
     var now: UInt64 = 0
     var logEnd: LSN
 
-    init(_ me: String, logEnd: LSN = .zero, recent: [ReplicaStateMachine.Commit] = [], seen: SeenChain? = nil,
+    init(_ me: String, logEnd: LSN = .zero, recent: [ReplicaStateMachine.RememberedRequest] = [], seen: SeenChain? = nil,
          settings: NodeStateMachine.Settings = .init()) {
         m = NodeStateMachine(me: node(me), settings: settings, logEnd: logEnd, recentRequests: recent, seen: seen)
         self.logEnd = logEnd

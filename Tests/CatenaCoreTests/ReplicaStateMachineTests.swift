@@ -24,6 +24,9 @@ private func acks(_ actions: [ReplicaStateMachine.Action]) -> [LSN] {
 private func refusals(_ actions: [ReplicaStateMachine.Action]) -> [CatenaError.Code] {
     actions.compactMap { if case .refuse(_, let e) = $0 { return e.code } else { return nil } }
 }
+private func remembered(_ commits: [ReplicaStateMachine.Commit]) -> [ReplicaStateMachine.RememberedRequest] {
+    commits.map { .init(requestID: $0.requestID, lsn: $0.lsn) }
+}
 /// Writes at `head`, makes it durable there, and returns what the head forwards: records go to
 /// the successor only once durable locally.
 private func writeDurably(_ head: inout ReplicaStateMachine, _ r: WriteRequest, now: UInt64) -> [EncodedRecord] {
@@ -59,7 +62,7 @@ struct ReplicaStateMachineTests {
             .init(requestID: RequestID(high: 1, low: 2), lsn: LSN(epoch: 1, seq: 12)),
         ]
         var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: LSN(epoch: 1, seq: 12),
-                                       recentRequests: recent)
+                                       recentRequests: remembered(recent))
         // Not known to be committed yet: a retry appends nothing and waits.
         #expect(head.write(request(1), now: 5).isEmpty)
         #expect(head.lastAccepted == LSN(epoch: 1, seq: 12))
@@ -72,9 +75,9 @@ struct ReplicaStateMachineTests {
 
     @Test func aRestartedTailHoldsItsDurableLogCommitted() {
         let recent: [ReplicaStateMachine.Commit] = [.init(requestID: RequestID(high: 1, low: 1), lsn: LSN(epoch: 1, seq: 4))]
-        let tail = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"]), lastLSN: LSN(epoch: 1, seq: 4), recentRequests: recent)
+        let tail = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"]), lastLSN: LSN(epoch: 1, seq: 4), recentRequests: remembered(recent))
         #expect(tail.acknowledged == LSN(epoch: 1, seq: 4))
-        var single = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: LSN(epoch: 1, seq: 4), recentRequests: recent)
+        var single = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: LSN(epoch: 1, seq: 4), recentRequests: remembered(recent))
         #expect(single.acknowledged == LSN(epoch: 1, seq: 4))
         #expect(commits(single.write(request(1), now: 1)) == recent)
     }
@@ -253,14 +256,34 @@ struct ReplicaStateMachineTests {
     @Test func rememberingRequestsStaysCheapWithManyPending() {
         var limits = ReplicaStateMachine.Limits()
         limits.rememberedRequests = 100
+        limits.requestWindow = 1_000
         var single = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero, limits: limits)
         for i in 1...3000 as ClosedRange<UInt64> { _ = single.write(request(i), now: i) }
         // All pending (nothing durable yet): none may be forgotten, so retries are still answered.
         #expect(single.write(request(1), now: 9).isEmpty)
         #expect(commits(single.durable(through: single.lastAccepted)).count == 3000)
-        // Committed ones beyond the limit are forgotten oldest first: a very old id is new again.
-        _ = single.write(request(5000), now: 10)
-        #expect(appended(single.write(request(1), now: 11)).count == 1)
+        // Committed ones older than the window (1,000 ns of head time) are forgotten, oldest
+        // first, keeping at least the last 100: a very old id is new again, a recent one is not.
+        _ = single.write(request(5000), now: 3001)
+        #expect(appended(single.write(request(1), now: 3002)).count == 1)
+        #expect(commits(single.write(request(2500), now: 3003)).map(\.lsn.seq) == [2500])
+        #expect(single.requestsForgottenEarly == 0)
+    }
+
+    @Test func idsWithinTheWindowAreKeptHoweverManyAndAHardCapCountsWhatItDrops() {
+        var limits = ReplicaStateMachine.Limits()
+        limits.rememberedRequests = 10
+        limits.maxRememberedRequests = 500
+        var single = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero, limits: limits)
+        for i in 1...400 as ClosedRange<UInt64> { _ = single.write(request(i), now: i) }
+        _ = single.durable(through: single.lastAccepted)
+        // All 400 within the 60 s window: every retry is answered with its original LSN.
+        #expect(commits(single.write(request(1), now: 401)).map(\.lsn.seq) == [1])
+        for i in 401...700 as ClosedRange<UInt64> { _ = single.write(request(i), now: i) }
+        _ = single.durable(through: single.lastAccepted)
+        // Past the hard cap the oldest go early, and are counted.
+        #expect(single.requestsForgottenEarly == 200)
+        #expect(appended(single.write(request(1), now: 701)).count == 1)
     }
 
     /// A seeded simulation of a 3-node chain: per-link FIFO delivery in random interleavings,

@@ -9,11 +9,9 @@ import Testing
 extension InProcessChainTests.Restarts {
     /// A small write, then more than 100,000 records, then a restart of the chain: a retry of
     /// the small write must get its original LSN (it is well inside the 60 s request-id window).
-    /// Today the node rebuilds its request table from its log's last 100,000 records or 256 MiB
-    /// (`Replica.recentRequests(in:limit:logger:)`), so the retry is applied a second time — the
-    /// same happens after a 300 MiB upload. The store already keeps and finds the window
-    /// (`Store.recentRequests(window:)`, RequestWindowTests); this test turns into a plain
-    /// check once the replica builds its machine from it (then remove `withKnownIssue`).
+    /// It failed while the node rebuilt its request table from its log's last 100,000 records or
+    /// 256 MiB — the retry was applied a second time (as after a 300 MiB upload); the node now
+    /// reads the store's request-id window (`Store.recentRequests(window:)`).
     @Test("a retry after a restart is recognised whatever was written since (the request-id window)", .timeLimit(.minutes(3)))
     func retryAfterRestartBehindManyRecords() async throws {
         let setup = try await TwoNodeSetup.start()
@@ -76,9 +74,7 @@ extension InProcessChainTests.Restarts {
         tailTask = Task { [tail] in await tail.run() }
         try await Self.waitConverged(master, [head, tail])
         let retried = try await send(request, among: [head, tail])
-        withKnownIssue("the replica rebuilds its request table from the last 100,000 records / 256 MiB, not from the request-id window") {
-            #expect(retried == first, "the retry was applied a second time, at \(retried)")
-        }
+        #expect(retried == first, "the retry was applied a second time, at \(retried)")
         headTask.cancel(); await headTask.value
         tailTask.cancel(); await tailTask.value
         await setup.stopMaster()
