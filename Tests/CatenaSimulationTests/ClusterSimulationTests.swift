@@ -42,7 +42,8 @@ struct ClusterSimulationTests {
         #expect(totals.syncFailures > runs / 10 && totals.diskFulls > runs / 10, "\(totals)")
         #expect(totals.added > runs / 10 && totals.removed > runs / 20, "\(totals)")
         #expect(totals.reconfigurations > runs * 2, "\(totals)")
-        #expect(totals.truncations > runs / 5 && totals.catchUpRecords > runs * 10, "\(totals)")
+        #expect(totals.truncations > runs / 10 && totals.discards > runs / 50 && totals.catchUpRecords > runs * 10, "\(totals)")
+        #expect(totals.staleRestores > runs / 20, "\(totals)")
         #expect(totals.writesAcknowledged > runs * 20 && totals.readsAnswered > runs * 10, "\(totals)")
     }
 
