@@ -23,7 +23,7 @@ struct Simulate: AsyncParsableCommand {
     @Option(help: "Runs in parallel (default: the number of CPUs).") var jobs: Int = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Simulated milliseconds of faults per run.") var chaosMs: UInt64 = 6000
     @Flag(help: "Print the trace of every failing seed.") var trace = false
-    @Flag(help: "Stop at the first failing seed.") var stop = false
+    @Flag(help: "Stop at the first failing seed (the runs in flight finish, so the lowest failing seed is exact).") var stop = false
 
     func validate() throws {
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
@@ -48,8 +48,9 @@ struct Simulate: AsyncParsableCommand {
         await withTaskGroup(of: (UInt64, SimulationResult).self) { group in
             var next = from
             let end = from + seeds
+            var stopping = false
             func launch() {
-                guard next < end else { return }
+                guard next < end, !stopping else { return }
                 let seed = next
                 next += 1
                 group.addTask { (seed, ClusterSimulation(seed: seed, settings: settings).run()) }
@@ -67,10 +68,9 @@ struct Simulate: AsyncParsableCommand {
                         let traced = ClusterSimulation(seed: seed, settings: full, tracing: true).run()
                         print(traced.trace.joined(separator: "\n"))
                     }
-                    if stop {
-                        group.cancelAll()
-                        break
-                    }
+                    // Seeds run in order: the runs in flight (lower seeds among them) finish, so
+                    // the lowest failing seed is exact.
+                    if stop { stopping = true }
                 }
                 if interactive && (done % 100 == 0 || done == seeds) {
                     progress.write(Data("\r\(done)/\(seeds) seeds, \(failed.count) failed".utf8))
@@ -82,8 +82,9 @@ struct Simulate: AsyncParsableCommand {
         let seconds = Double((ContinuousClock.now - started).nanosecondsClamped) / 1e9
         print("\(done) seeds from \(from) in \(String(format: "%.1f", seconds)) s (\(String(format: "%.0f", Double(done) / max(seconds, 0.001))) seeds/s), \(failed.count) failed")
         print(totals)
-        if !failed.isEmpty {
-            print("failing seeds: \(failed.map { String($0.0) }.joined(separator: " "))")
+        if let first = failed.map(\.0).min() {
+            print("failing seeds: \(failed.map(\.0).sorted().map(String.init).joined(separator: " "))")
+            print("first failing seed: \(first) (the \(first - from + 1)th seed run)")
             throw ExitCode(1)
         }
     }
