@@ -344,6 +344,24 @@ public struct NodeStateMachine: Sendable {
     /// The last LSN accepted here: what a new successor must hold before it answers reads.
     public var lastAccepted: LSN? { replica?.lastAccepted }
 
+    /// What this node may take as on every replica — the commit watermark it gives its store,
+    /// below which compaction may drop records and truncation never cuts: the replica's
+    /// acknowledged LSN if it was acknowledged in the configuration the node runs, else zero.
+    ///
+    /// Why the epoch: in the configuration it runs, a head acknowledges what its successors
+    /// acknowledged, a middle what it holds and its successors acknowledged, a tail what it
+    /// holds — committed, so on every replica, whose logs match below it. But a replica machine
+    /// built as tail starts at its whole log, and a node appended while its log ran ahead of its
+    /// predecessor's holds records of an older epoch that the chain may never commit; it must
+    /// truncate them later, which a watermark above them would refuse. (Found by the process
+    /// fault-injection test of a head killed ahead of its chain, with the watermark raised every
+    /// 30 ms.) After a reconfiguration the watermark waits for the first acknowledgement in the
+    /// new epoch.
+    public var commitWatermark: LSN {
+        guard let replica, failure == nil, replica.acknowledged.epoch == replica.configuration.epoch else { return .zero }
+        return replica.acknowledged
+    }
+
     // MARK: - The master
 
     /// The master answered a heartbeat sent at `sentAt` (node clock); `now` is the node clock,

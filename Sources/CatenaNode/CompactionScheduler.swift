@@ -37,23 +37,6 @@ public struct CompactionSettings: Hashable, Sendable {
 }
 
 extension CompactionPolicy {
-    /// What a node may take as on every replica, from its replica's acknowledged LSN and the
-    /// configuration epoch it runs (read before and after the acknowledged LSN): the
-    /// acknowledged LSN if it was acknowledged in that configuration, else zero.
-    ///
-    /// Why the epoch: in the configuration it runs, a head acknowledges what its successors
-    /// acknowledged, a middle what it holds and its successors acknowledged, a tail what it
-    /// holds — committed, so on every replica, whose logs match below it (a predecessor checks
-    /// its successor's position by epoch). But a replica machine built as tail starts at its
-    /// whole log, and a node appended while its log ran ahead of its predecessor's holds records
-    /// of an older epoch that the chain may never commit; it must truncate them later, which a
-    /// watermark above them would refuse. (Found by the process fault-injection test of a head
-    /// killed ahead of its chain, with the watermark raised every 30 ms.) After a
-    /// reconfiguration the watermark therefore waits for the first acknowledgement in the new
-    /// epoch.
-    public static func stableLSN(acknowledged: LSN, epochBefore: UInt64, epochAfter: UInt64) -> LSN {
-        acknowledged.epoch == epochBefore && epochBefore == epochAfter ? acknowledged : .zero
-    }
 }
 
 /// The compaction scheduler's decisions as a pure machine: an observation in, actions out.

@@ -159,9 +159,7 @@ public final class Node: Sendable {
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
         let metrics = Task { await self.metricsServer?.run() }
         let compaction = CompactionScheduler(store: store, settings: configuration.compaction, logger: logger) { [replica] in
-            let epoch = replica.view.snapshot.epoch
-            let acknowledged = await replica.currentMetrics.acknowledged
-            return CompactionPolicy.stableLSN(acknowledged: acknowledged, epochBefore: epoch, epochAfter: replica.view.snapshot.epoch)
+            await replica.commitWatermark
         }
         let compacting = Task { await compaction.run() }
         while !Task.isCancelled, !stopRequested.isSet { try? await Task.sleep(for: .milliseconds(50)) }

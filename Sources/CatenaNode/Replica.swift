@@ -190,6 +190,9 @@ actor Replica {
     /// The last LSN accepted here: what a new successor must hold before it answers reads.
     var lastAccepted: LSN { machine.lastAccepted ?? store.lastEnqueuedLSN }
 
+    /// What this node may take as on every replica (``NodeStateMachine/commitWatermark``).
+    var commitWatermark: LSN { machine.commitWatermark }
+
     /// The predecessor `node` connected: acknowledgements go to it from now on. Returns what to
     /// tell it first: the last LSN here and the last acknowledged.
     func attachUpstream(_ node: NodeID, acks: AckSender) -> (position: LSN, acknowledged: LSN, epoch: UInt64)? {

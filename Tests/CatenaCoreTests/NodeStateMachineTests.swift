@@ -309,6 +309,22 @@ struct NodeStateMachineTests {
         #expect(t.m.state == .joining(.truncating) && t.m.replica == nil)
     }
 
+    /// Only an acknowledgement made in the configuration the node runs counts as on every
+    /// replica: a machine built as tail starts at its whole log, which may end in an older
+    /// epoch's records the chain never committed.
+    @Test func theCommitWatermarkIsAnAcknowledgementOfTheCurrentEpoch() throws {
+        var t = Transcript("b", logEnd: lsn(4, 43))
+        _ = t.reply(chain(["a", "b"], epoch: 6), history: history((4, 40), (6, 44)))
+        #expect(t.m.replica?.acknowledged == lsn(4, 43), "a tail holds its durable log committed")
+        #expect(t.m.commitWatermark == .zero, "but records of epoch 4 may be an old head's, to truncate")
+        _ = t.m.replicate([try Record(type: .put, chainID: 1, key: Key("x"), lsn: lsn(6, 44), value: [1]).encoded()],
+                          epoch: 6, from: node("a"))
+        _ = t.m.durable(through: lsn(6, 44))
+        #expect(t.m.commitWatermark == lsn(6, 44))
+        _ = t.m.logFailed(CatenaError(.ioFailure, "x"))
+        #expect(t.m.commitWatermark == .zero)
+    }
+
     // MARK: The master
 
     @Test func aNodeTheMasterForgotStopsAndOneItNeverKnewWaitsToBeAdded() {

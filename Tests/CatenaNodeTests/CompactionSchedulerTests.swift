@@ -65,18 +65,6 @@ struct CompactionPolicyTests {
         #expect(p.tick(observation(2, acknowledged: 0, durable: 9, watermark: 0, sealed: 400, collectable: 200)) == [.compact])
     }
 
-    /// Only an acknowledgement made in the configuration the replica runs counts as on every
-    /// replica: a machine built as tail starts at its whole log, which may end in an older
-    /// epoch's records the chain never committed.
-    @Test func onlyAnAcknowledgementOfTheCurrentEpochIsStable() {
-        #expect(CompactionPolicy.stableLSN(acknowledged: LSN(epoch: 6, seq: 40), epochBefore: 6, epochAfter: 6) == LSN(epoch: 6, seq: 40))
-        #expect(CompactionPolicy.stableLSN(acknowledged: LSN(epoch: 4, seq: 43), epochBefore: 6, epochAfter: 6) == .zero,
-                "a tail appended with records of epoch 4 acknowledges its whole log")
-        #expect(CompactionPolicy.stableLSN(acknowledged: LSN(epoch: 6, seq: 40), epochBefore: 6, epochAfter: 7) == .zero,
-                "reconfigured while it was read")
-        #expect(CompactionPolicy.stableLSN(acknowledged: .zero, epochBefore: 0, epochAfter: 0) == .zero)
-    }
-
     @Test func withoutARatioItNeverCompacts() {
         var settings = Self.settings
         settings.garbageRatio = nil
