@@ -245,6 +245,9 @@ public struct NodeStateMachine: Sendable {
         public var recordsTruncated = 0
         /// Configurations refused as older than one already seen.
         public var staleConfigurationsRefused = 0
+        /// Request ids forgotten inside the request window by replica machines since dropped
+        /// (the current one's are ``ReplicaStateMachine/requestsForgottenEarly``).
+        public var requestsForgottenEarlyBefore = 0
     }
 
     /// This node.
@@ -565,6 +568,7 @@ public struct NodeStateMachine: Sendable {
         var actions = replica!.reconfigure(new).map(Action.replica)
         countRefusals(actions)
         if leaving {
+            counters.requestsForgottenEarlyBefore += replica!.requestsForgottenEarly
             replica = nil
             if case .member = state { state = .unconfigured }
             successorPositionKnown = false
@@ -583,6 +587,7 @@ public struct NodeStateMachine: Sendable {
     /// Gives up the role: pending writes are answered `error` (their clients retry at the new
     /// head, which knows whether they committed), links close.
     private mutating func leaveRole(_ error: CatenaError) -> [Action] {
+        counters.requestsForgottenEarlyBefore += replica?.requestsForgottenEarly ?? 0
         replica = nil
         successorPositionKnown = false
         readTarget = nil

@@ -106,7 +106,7 @@ public final class Master: Sendable {
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
             do {
-                metricsServer = try await MetricsServer.bind(metrics, logger: logger) { await core.renderMetrics() }
+                metricsServer = try await MetricsServer.bind(metrics, logger: logger) { await core.renderMetrics(server: server.metrics) }
             } catch {
                 server.close()
                 throw error
@@ -437,9 +437,10 @@ actor MasterCore {
         }
     }
 
-    /// The master's metrics in Prometheus text format: the epoch, and per node the time since
-    /// its last heartbeat, its highest LSN, its lag behind the most advanced member and health.
-    func renderMetrics() -> String {
+    /// The master's metrics in Prometheus text format: the epoch, whether its state is stale, its
+    /// pauses, per node the time since its last heartbeat, its highest LSN, its lag behind the
+    /// most advanced member and health; and what its listener holds (`server`).
+    func renderMetrics(server: FrameServerMetrics) -> String {
         let s = status()
         var t = MetricsText()
         t.gauge("catena_master_epoch", "The current configuration epoch.", Double(s.epoch))
@@ -453,6 +454,13 @@ actor MasterCore {
               s.nodes.map { ([("node", $0.id.rawValue)], Double($0.lagRecords)) })
         t.add("catena_master_member_healthy", "gauge", "1 if the node heartbeats on time and is a member.",
               s.nodes.map { ([("node", $0.id.rawValue)], $0.health == .healthy ? 1 : 0) })
+        t.gauge("catena_master_state_stale", "1 if the master's state is older than the chain's (restored from an old backup?): it acts on nothing.",
+                manager.staleness == nil ? 0 : 1)
+        t.gauge("catena_master_last_pause_seconds", "How long the master's own last pause lasted (0: none noticed).",
+                Double(manager.lastPause?.length ?? 0) / 1e9)
+        t.gauge("catena_server_connections", "Connections open now (handshaking, clients and peers).", Double(server.openConnections))
+        t.counter("catena_server_connections_refused_total", "Connections refused busy at the connection cap.", server.refusedConnections)
+        t.counter("catena_server_idle_closed_total", "Client connections closed by the idle timeout.", server.idleClosedConnections)
         return t.text
     }
 }

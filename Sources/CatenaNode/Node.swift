@@ -26,11 +26,14 @@ public final class Node: Sendable {
     private let tickets: AsyncStream<(AppendTicket, LSN)>
     /// Set when the master removed this node: ``run(onReady:)`` returns as if cancelled.
     private let stopRequested: StopSignal
+    /// Raises the store's commit watermark and compacts by garbage ratio.
+    private let compaction: CompactionScheduler
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
-                 metricsServer: MetricsServer?, tickets: AsyncStream<(AppendTicket, LSN)>, stopRequested: StopSignal,
-                 logger: Logger) {
+                 metricsServer: MetricsServer?, compaction: CompactionScheduler, tickets: AsyncStream<(AppendTicket, LSN)>,
+                 stopRequested: StopSignal, logger: Logger) {
         self.stopRequested = stopRequested
+        self.compaction = compaction
         self.configuration = configuration
         self.address = address
         self.store = store
@@ -84,11 +87,15 @@ public final class Node: Sendable {
                                 catchUpBytesPerSecond: configuration.catchUpBytesPerSecond),
             recentRequests: recent, seen: seen,
             onStop: { stopRequested.set() })
+        let compaction = CompactionScheduler(store: store, settings: configuration.compaction, logger: logger) { [replica] in
+            await replica.commitWatermark
+        }
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
             do {
                 metricsServer = try await MetricsServer.bind(metrics, logger: logger) {
-                    await Node.renderMetrics(id: configuration.id, replica: replica, store: store, clock: configuration.clock)
+                    await Node.renderMetrics(id: configuration.id, replica: replica, store: store, server: server,
+                                             compaction: compaction, clock: configuration.clock)
                 }
             } catch {
                 server.close()
@@ -97,11 +104,12 @@ public final class Node: Sendable {
             }
         }
         return Node(configuration: configuration, address: address, store: store, replica: replica, server: server,
-                    metricsServer: metricsServer, tickets: tickets, stopRequested: stopRequested, logger: logger)
+                    metricsServer: metricsServer, compaction: compaction, tickets: tickets, stopRequested: stopRequested, logger: logger)
     }
 
     /// The node's metrics in Prometheus text format (what `GET /metrics` returns).
-    static func renderMetrics(id: NodeID, replica: Replica, store: Store, clock: any NodeClock) async -> String {
+    static func renderMetrics(id: NodeID, replica: Replica, store: Store, server: FrameServer, compaction: CompactionScheduler,
+                              clock: any NodeClock) async -> String {
         let m = await replica.currentMetrics
         let snapshot = replica.view.snapshot
         let view = snapshot.node
@@ -139,6 +147,30 @@ public final class Node: Sendable {
         t.counter("catena_store_fsyncs_total", "fsyncs of segments and directories.", s.syncs)
         t.counter("catena_store_segments_sealed_total", "Segments sealed.", s.segmentsSealed)
         t.gauge("catena_store_damage_reports", "Damaged stretches found in the log (never served).", Double(store.damage.count))
+        t.counter("catena_node_stale_configurations_refused_total",
+                  "Master configurations refused as older than one this node has seen (a master state restored from an old backup?).",
+                  m.staleConfigurationsRefused)
+        t.counter("catena_node_request_ids_forgotten_early_total",
+                  "Request ids forgotten inside the request window because of the memory cap (their retries are not recognised).",
+                  m.requestsForgottenEarly)
+        let c = compaction.metrics
+        t.gauge("catena_store_commit_watermark_seq", "Seq of the persisted commit watermark (on every replica; compaction may drop below it).",
+                Double(store.commitWatermark.seq))
+        t.gauge("catena_store_sealed_bytes", "Bytes of sealed segments.", Double(c.lastGarbage.sealedBytes))
+        t.gauge("catena_store_garbage_bytes", "Bytes of superseded versions and tombstones in sealed segments.", Double(c.lastGarbage.garbageBytes))
+        t.gauge("catena_store_collectable_bytes", "Garbage bytes compaction may give back now.", Double(c.lastGarbage.collectableBytes))
+        t.counter("catena_store_compactions_total", "Compactions run by the scheduler.", c.compactions)
+        t.counter("catena_store_compaction_failures_total", "Compactions that failed.", c.compactionFailures)
+        t.counter("catena_store_compaction_reclaimed_bytes_total", "Bytes compactions gave back.", Int(clamping: c.bytesReclaimed))
+        t.counter("catena_store_watermark_raises_total", "Commit watermark raises persisted.", c.watermarkRaises)
+        let n = server.metrics
+        t.gauge("catena_server_connections", "Connections open now (handshaking, clients and peers).", Double(n.openConnections))
+        t.gauge("catena_server_client_connections", "Established client connections now.", Double(n.clientConnections))
+        t.counter("catena_server_connections_refused_total", "Connections refused busy at the connection cap.", n.refusedConnections)
+        t.counter("catena_server_idle_closed_total", "Client connections closed by the idle timeout.", n.idleClosedConnections)
+        t.gauge("catena_server_request_bytes_in_progress", "Bytes of requests admitted and not yet answered.", Double(n.admission.bytesInProgress))
+        t.gauge("catena_server_request_bytes_in_progress_peak", "The most request bytes in progress so far.", Double(n.admission.peakBytesInProgress))
+        t.gauge("catena_server_connections_waiting", "Connections not read until request bytes are released.", Double(n.admission.waitingConnections))
         return t.text
     }
 
@@ -158,10 +190,7 @@ public final class Node: Sendable {
         let pump = Task { await self.pumpDurability() }
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
         let metrics = Task { await self.metricsServer?.run() }
-        let compaction = CompactionScheduler(store: store, settings: configuration.compaction, logger: logger) { [replica] in
-            await replica.commitWatermark
-        }
-        let compacting = Task { await compaction.run() }
+        let compacting = Task { await self.compaction.run() }
         while !Task.isCancelled, !stopRequested.isSet { try? await Task.sleep(for: .milliseconds(50)) }
         logger.info("shutting down: draining writes")
         await replica.drain(timeout: .seconds(2))

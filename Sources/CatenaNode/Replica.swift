@@ -58,6 +58,10 @@ public struct ReplicaMetrics: Hashable, Sendable {
     public var acknowledged = LSN.zero
     /// Records removed by truncations.
     public var recordsTruncated = 0
+    /// Master configurations refused as older than one this node has seen.
+    public var staleConfigurationsRefused = 0
+    /// Request ids forgotten inside the request window because of the memory cap.
+    public var requestsForgottenEarly = 0
 }
 
 /// The one interpreter of this node's ``NodeStateMachine``: it feeds the machine events (client
@@ -240,6 +244,8 @@ actor Replica {
         m.peakUncommittedBytes = c.peakUncommittedBytes
         m.writesThrottled = c.writesThrottled
         m.recordsTruncated = c.recordsTruncated
+        m.staleConfigurationsRefused = c.staleConfigurationsRefused
+        m.requestsForgottenEarly = c.requestsForgottenEarlyBefore + (machine.replica?.requestsForgottenEarly ?? 0)
         m.uncommittedBytes = machine.replica?.uncommittedBytes ?? 0
         m.inFlightBytes = machine.replica?.inFlightBytes ?? 0
         m.lastAccepted = machine.replica?.lastAccepted ?? .zero

@@ -74,6 +74,13 @@ extension InProcessChainTests {
             #expect(nodeText.contains("\ncatena_node_writes_committed_total 2\n"))
             #expect(nodeText.contains("catena_node_info{node=\"n1\",role=\"single\"} 1"))
             #expect(nodeText.contains("\ncatena_store_durable_seq "))
+            // What the listener holds (the metrics request itself is on another server).
+            #expect(nodeText.contains("\ncatena_server_client_connections 1\n"))
+            #expect(nodeText.contains("\ncatena_server_connections_refused_total 0\n"))
+            #expect(nodeText.contains("\ncatena_node_stale_configurations_refused_total 0\n"))
+            #expect(nodeText.contains("\ncatena_node_request_ids_forgotten_early_total 0\n"))
+            #expect(nodeText.contains("\ncatena_store_commit_watermark_seq "))
+            #expect(nodeText.contains("# TYPE catena_store_compactions_total counter"))
             #expect(try httpGet(port: nodePort, path: "/other").hasPrefix("HTTP/1.1 404"))
 
             let masterPort = Int(try #require(master.metricsAddress).port)
@@ -82,6 +89,8 @@ extension InProcessChainTests {
             #expect(masterText.contains("\ncatena_master_members 1\n"))
             #expect(masterText.contains("catena_master_member_lag_records{node=\"n1\"} 0"))
             #expect(masterText.contains("catena_master_member_heartbeat_age_seconds{node=\"n1\"} "))
+            #expect(masterText.contains("\ncatena_master_state_stale 0\n"))
+            #expect(masterText.contains("\ncatena_server_connections_refused_total 0\n"))
             await client.close()
             nodeTask.cancel()
             await nodeTask.value
