@@ -504,9 +504,10 @@ public struct NodeStateMachine: Sendable {
                 // before the pause became durable after; or a member that got the last writes of
                 // a head that died before its predecessor did, once the next head's epoch start is
                 // recorded below them. It must not serve them nor keep them from its predecessor.
+                let committed = commitWatermark
                 actions += leaveRole(CatenaError(.redirect, "\(me) is no longer the head; retry with the same request id at the new head, which knows whether it committed"))
                 state = .rebuilding
-                actions.append(.truncateToShared(history, keeping: replica.acknowledged))
+                actions.append(.truncateToShared(history, keeping: committed))
             } else if new.epoch > replica.configuration.epoch {
                 actions += reconfigure(new, leaving: !isMember)
                 if !isMember && reply.standing == .joining {
