@@ -605,8 +605,12 @@ public final class ClusterSimulation {
         log("healing")
         partitions = []
         if restoredOldState, let newest = master.snapshots.last, newest != master.file {
-            // The operator notices and puts the latest state back: the master reloads it.
-            log("operator puts the master state of epoch \(newest.epoch) back")
+            // The operator notices (the nodes log that they refuse the master's configuration or
+            // history) and puts the latest state back, restarting the master on it: a master
+            // that finds its state stale reloads it by itself, but one whose state has the
+            // chain's epoch and an older history cannot tell.
+            log("operator puts the master state of epoch \(newest.epoch) back and restarts the master")
+            if master.life.isUp { master.kill() }
             master.file = newest
         }
         if master.life == .dead { master.restart() }
