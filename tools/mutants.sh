@@ -25,7 +25,7 @@ for patch in "${patches[@]}"; do
     name=$(basename "$patch" .patch)
     git -C "$work" checkout -q -- .
     git -C "$work" apply "$root/$patch"
-    (cd "$work" && swift build -c release --product catena >/dev/null)
+    (cd "$work" && swift build -c release --product catena >/dev/null 2>&1)
     start=$(date +%s)
     out=$("$work/.build/release/catena" simulate --seeds "$max" --from 0 --stop 2>/dev/null || true)
     seconds=$(( $(date +%s) - start ))
