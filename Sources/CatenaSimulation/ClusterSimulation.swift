@@ -120,6 +120,9 @@ public final class ClusterSimulation {
     var nodeSettings = NodeStateMachine.Settings()
     /// An operator put an old master state in place (heartbeats may then be refused).
     var restoredOldState = false
+    /// The newest master state the file held before an operator put an older one in place: what
+    /// the operator puts back when healing.
+    var latestGenuine: MasterState?
 
     enum Phase { case chaos, healing, final, done }
 
@@ -551,6 +554,7 @@ public final class ClusterSimulation {
                 restoredOldState = true
                 stats.staleRestores += 1
                 log("operator restores the master state of epoch \(old.epoch) (the file had \(master.file.epoch))")
+                if latestGenuine.map({ master.file.epoch >= $0.epoch }) ?? true { latestGenuine = master.file }
                 master.file = old
                 if chance(0.5), restartingOnAnOldStateIsSafe() {
                     master.kill()
@@ -604,7 +608,8 @@ public final class ClusterSimulation {
         phase = .healing
         log("healing")
         partitions = []
-        if restoredOldState, let newest = master.snapshots.last, newest != master.file {
+        if restoredOldState, let newest = [latestGenuine, master.snapshots.last].compactMap({ $0 }).max(by: { $0.epoch < $1.epoch }),
+           newest != master.file {
             // The operator notices (the nodes log that they refuse the master's configuration or
             // history) and puts the latest state back, restarting the master on it: a master
             // that finds its state stale reloads it by itself, but one whose state has the
