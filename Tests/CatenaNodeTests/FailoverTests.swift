@@ -92,8 +92,9 @@ extension InProcessChainTests {
     struct FailoverTests {
         /// A cluster of `nodes` nodes and a master with the failure timeout `timeout`, nodes
         /// heartbeating every 50 ms with small segments and a busy compaction scheduler, a client
-        /// that retries for 20 s.
-        static func options(nodes: Int = 3, timeout: Duration = .seconds(1)) -> TestCluster.Options {
+        /// that retries for 20 s. `manualClock`: the nodes count their leases on the cluster's
+        /// manual clock.
+        static func options(nodes: Int = 3, timeout: Duration = .seconds(1), manualClock: Bool = false) -> TestCluster.Options {
             var options = TestCluster.Options(nodes: nodes) { _, configuration in
                 // Small segments, so compaction has sealed segments to work on, and no request-id
                 // window, so it drops what the watermark allows (the records are seconds old).
@@ -108,6 +109,7 @@ extension InProcessChainTests {
             options.failureTimeout = timeout
             options.client.attemptTimeout = .milliseconds(500)
             options.client.requestTimeout = .seconds(20)
+            options.manualClock = manualClock
             return options
         }
 
@@ -221,22 +223,34 @@ extension InProcessChainTests {
 
         @Test("While the master is down the chain serves until the leases run out; a restarted master keeps the configuration")
         func masterRestart() async throws {
-            try await withTestCluster(Self.options(timeout: .seconds(2))) { cluster in
+            try await withTestCluster(Self.options(timeout: .seconds(2), manualClock: true)) { cluster in
                 _ = try await cluster.client.put("before", [1])
                 let before = await cluster.master.configuration
                 try await cluster.stopMaster()
-                // Within the lease (2 s from the last heartbeat), the chain still takes writes.
+                // Within the lease (2 s from the last heartbeat, on the nodes' clock, which stands
+                // still), the chain still takes writes.
                 _ = try await cluster.client.put("during", [2])
-                try await Task.sleep(for: .milliseconds(2500))
-                let head = try #require(cluster.node(before.head!.id))
-                let raw = try await cluster.rawConnection(to: head)
-                defer { raw.close() }
+                // The leases run out: at once, the head refuses writes and the tail refuses reads.
+                cluster.advanceClocks(by: cluster.failureTimeout + .milliseconds(500))
+                let head = try await cluster.rawConnection(to: try #require(cluster.node(before.head!.id)))
+                defer { head.close() }
                 let request = WriteRequest(requestID: .random(), type: .put, key: try Key("late"), value: [3])
                 do {
-                    _ = try await raw.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(request)), timeout: .seconds(2))
+                    _ = try await head.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(request)), timeout: .seconds(2))
                     Issue.record("a head whose lease ran out took a write")
                 } catch {
                     #expect(code(of: error) == .unavailable, "\(error)")
+                    #expect("\(error)".contains("lease"), "\(error)")
+                }
+                let tail = try await cluster.rawConnection(to: try #require(cluster.node(before.tail!.id)))
+                defer { tail.close() }
+                do {
+                    _ = try await tail.request(Frame(type: .get, chainID: 1, epoch: before.epoch, payload: KeyPayload.encode(try Key("during"))),
+                                               timeout: .seconds(2))
+                    Issue.record("a tail whose lease ran out answered a read")
+                } catch {
+                    #expect(code(of: error) == .unavailable, "\(error)")
+                    #expect("\(error)".contains("lease"), "\(error)")
                 }
                 try await cluster.restartMaster()
                 try await cluster.waitFor("writes resume") { (try? await cluster.client.put("after", [4])) != nil }
