@@ -6,6 +6,7 @@ import CatenaMaster
 import CatenaNetwork
 import CatenaNode
 import CatenaStorage
+import CatenaTestSupport
 import CatenaWire
 import Foundation
 import Synchronization
@@ -322,6 +323,53 @@ extension InProcessChainTests {
                 #expect(copy.compactedThrough.seq > 0, "n3's log is the thinned copy")
                 #expect(try copy.list().objects == (try tail.list().objects))
                 for i in 395..<400 { #expect(try await cluster.client.get("k\(i % 5)").bytes == pseudoRandomBytes(3000, seed: UInt64(i))) }
+            }
+        }
+
+        /// A node whose disk fails (an fsync error) stops taking part — its log is failed — but runs
+        /// on and heartbeats, reporting the failure: the master must not keep it for its heartbeats.
+        @Test("A fail-stopped node that keeps heartbeating is replaced: writes go on through the new chain, and status says why",
+              .timeLimit(.minutes(2)))
+        func aFailStoppedNodeIsReplaced() async throws {
+            let disk = CrashSimulatingFileSystem()
+            var options = Self.options()
+            let node = options.node
+            options.node = { index, configuration in
+                node(index, &configuration)
+                if index == 1 { configuration.store.fileSystem = disk }  // the middle
+            }
+            try await withTestCluster(options) { cluster in
+                let (n1, n2, n3) = (try NodeID("n1"), try NodeID("n2"), try NodeID("n3"))
+                let load = try await Workload.start(cluster, count: 4)
+                try await load.waitForProgress("the clients got going")
+                let before = await cluster.master.configuration
+                #expect(before.members.map(\.id) == [n1, n2, n3])
+
+                // The middle's next fsync fails; a put makes it sync.
+                disk.failNextSync()
+                let put = Task { try await cluster.client.put("through-the-failure", [7]) }
+                try await cluster.waitFor("the master removed the failed \(n2)", timeout: cluster.failureTimeout * 5) {
+                    await cluster.master.configuration.role(of: n2) == nil
+                }
+                let removed = await cluster.master.configuration
+                #expect(removed.members.map(\.id) == [n1, n3])
+                #expect(removed.epoch > before.epoch)
+                #expect(!cluster.hasStopped(n2), "the failed node runs on (and heartbeats)")
+
+                // Writes go on through n1 -> n3.
+                let receipt = try await put.value
+                #expect(try await cluster.client.get("through-the-failure").info.lsn == receipt.lsn)
+                try await load.waitForProgress("writes went on without \(n2)")
+                let later = try await cluster.client.put("after-the-removal", [8])
+                #expect(try await cluster.client.get("after-the-removal").info.lsn == later.lsn)
+
+                // The master says it failed, and why.
+                let status = try await cluster.waitForStatus("\(n2) is reported failed") { $0.node(n2)?.health == .failed }
+                let entry = try #require(status.node(n2))
+                #expect(entry.role == nil)
+                #expect(entry.reason?.contains("simulated I/O error") == true, "reason: \(entry.reason ?? "none")")
+
+                try await cluster.verify(load, members: [n1, n3], standbys: [n2])
             }
         }
     }
