@@ -29,11 +29,13 @@ import Glibc
 ///   process dies.
 ///
 /// Shared: ``start(_:)`` returns once every node registered with the master and the chain took a
-/// write; ``client``, ``admin``; ``waitFor(_:timeout:_:)`` and ``waitForStatus(_:timeout:_:)``;
-/// per-node inspection (``log(of:)``, ``contents(of:)-4n0b2``, ``status()``); the
-/// ``Workload`` and ``verify(_:members:standbys:)``. ``stop()`` stops every task or process it
-/// started (nodes first, the master last; processes by PID) and removes the directory; use
-/// ``withTestCluster(_:_:)``, which stops the cluster however the test body ends.
+/// write; ``client``, ``admin``; ``startNode(_:configure:)``, ``stopNode(_:)``;
+/// ``waitFor(_:timeout:_:)`` and ``waitForStatus(_:timeout:_:)``; per-node inspection (`log(of:)`,
+/// `contents(of:)`, ``openStore(of:)``, ``status()``); the ``Workload`` and
+/// ``verify(_:members:standbys:sourceLocation:)``. ``stop()`` stops every task or process it
+/// started (nodes first, the master last; processes by PID) and removes the directory;
+/// ``shutDown()`` stops them and keeps the data. Use ``withTestCluster(_:_:)``, which stops the
+/// cluster however the test body ends.
 ///
 /// Members that make sense for one backend only say so; called on the other, a throwing one
 /// throws ``HarnessError`` and a property stops the test process (a bug in the test).
@@ -48,6 +50,7 @@ public final class TestCluster: Sendable {
         /// As `catena` child processes (`LocalCluster`).
         case processes
 
+        /// `in-process` or `processes`.
         public var description: String { self == .inProcess ? "in-process" : "processes" }
     }
 
@@ -57,8 +60,8 @@ public final class TestCluster: Sendable {
         public var backend: Backend
         /// How many nodes: `n1 … nN`.
         public var nodes: Int
-        /// The initial chain, head first; nil: `n1 … nN`. (The master's saved state, if the
-        /// ``directory`` holds one, wins.)
+        /// The initial chain, head first (it overrides ``nodes``); nil: `n1 … nN`. The master's
+        /// saved state, if ``directory`` holds one, wins.
         public var chainOrder: [NodeID]?
         /// Whether ``TestCluster/start(_:)`` starts the nodes and waits until the chain takes a
         /// write; if false only the master starts (the chain's members at port 0) and the test
@@ -327,6 +330,7 @@ public final class TestCluster: Sendable {
             self.checksum = checksum
         }
 
+        /// `4.17 key-3 9f03a1…`: LSN, key, checksum in hex.
         public var description: String { "\(lsn) \(key) \(String(checksum, radix: 16))" }
     }
 
@@ -499,10 +503,8 @@ extension TestCluster {
 
     /// SIGKILLs node `id`'s process and waits until it is gone (5 s at most). Processes only.
     public func kill(_ id: NodeID) async throws {
-        let processes = try { () throws -> LocalCluster in
-            guard case .processes(let r) = runtime else { throw HarnessError(description: "kill needs the processes backend") }
-            return r.processes
-        }()
+        guard case .processes(let r) = runtime else { throw HarnessError(description: "kill needs the processes backend") }
+        let processes = r.processes
         processes.signal(id.rawValue, SIGKILL)
         guard await processes.waitForExit(id.rawValue, timeout: .seconds(5)) != nil else {
             throw HarnessError(description: "\(id) did not die")
