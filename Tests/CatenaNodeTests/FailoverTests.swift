@@ -333,10 +333,14 @@ extension InProcessChainTests {
         func aFailStoppedNodeIsReplaced() async throws {
             let disk = CrashSimulatingFileSystem()
             var options = Self.options()
-            let node = options.node
             options.node = { index, configuration in
-                node(index, &configuration)
-                if index == 1 { configuration.store.fileSystem = disk }  // the middle
+                guard index == 1 else { return }
+                // The middle's disk, whose next fsync fails when the test says. Nothing but its log
+                // syncs meanwhile — no compaction scheduler's watermark (a failure there is retried,
+                // not fatal), no small segments sealed — so the fsync that fails is the log's.
+                configuration.store.fileSystem = disk
+                configuration.compaction.interval = .seconds(3600)
+                configuration.compaction.watermarkInterval = .seconds(3600)
             }
             try await withTestCluster(options) { cluster in
                 let (n1, n2, n3) = (try NodeID("n1"), try NodeID("n2"), try NodeID("n3"))
