@@ -92,8 +92,15 @@ final class InProcessRuntime: Sendable {
         return configuration
     }
 
+    /// Starts node `id` (again), unless it runs; a run that ended by itself is forgotten first.
     func startNode(_ id: NodeID, configure: (inout NodeConfiguration) -> Void = { _ in }) async throws -> Node {
-        guard state.withLock({ $0.nodes[id] == nil }) else { throw HarnessError(description: "\(id) runs already") }
+        let previous = try state.withLock { s throws(HarnessError) -> Running? in
+            guard let running = s.nodes[id] else { return nil }
+            guard running.ended.isSet else { throw HarnessError(description: "\(id) runs already") }
+            s.nodes[id] = nil
+            return running
+        }
+        await previous?.task.value
         var configuration = nodeConfiguration(id)
         configure(&configuration)
         let node = try await Node.start(configuration, logger: testLogger)

@@ -222,7 +222,7 @@ public final class TestCluster: Sendable {
     }
 
     /// Stops every node and the master as ``stop()`` does, but keeps the directory and the
-    /// client: the stores can be opened then (``openStore(of:)``), or everything restarted.
+    /// client: the stores can be opened then (``openStore(of:)``).
     public func shutDown() async {
         await runtime.stopAll()
     }
@@ -251,6 +251,7 @@ public final class TestCluster: Sendable {
         case .inProcess(let r):
             await r.stopNode(id)
         case .processes(let r):
+            guard r.processes.isRunning(id.rawValue) else { return }
             r.processes.signal(id.rawValue, SIGCONT)
             r.processes.signal(id.rawValue, SIGTERM)
             _ = await r.processes.waitForExit(id.rawValue, timeout: .seconds(10))
