@@ -127,6 +127,16 @@ let package = Package(
             name: "CatenaTestSupport",
             dependencies: ["CatenaCore", "CatenaStorage"]
         ),
+        // The cluster harness of the tests (`TestCluster`): a master and nodes in this process or
+        // as `catena` processes, a recorded client workload and the checks on what it saw.
+        .target(
+            name: "CatenaClusterTestSupport",
+            dependencies: [
+                "CatenaCore", "CatenaStorage", "CatenaWire", "CatenaNetwork", "CatenaNode", "CatenaMaster", "CatenaClient",
+                "CatenaCluster", "CatenaTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The deterministic whole-cluster simulation: the real ChainManager and NodeStateMachines
         // over a simulated network, disks, clients and a nemesis (`catena simulate`, and CI).
         .target(
@@ -168,12 +178,13 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport", "CatenaClient", "CatenaStorage", "CatenaWire"]),
+        .testTarget(name: "CatenaClusterTests", dependencies: ["CatenaCluster", "CatenaCore", "CatenaTestSupport", "CatenaClient", "CatenaStorage", "CatenaWire",
+                                                          "CatenaClusterTestSupport"]),
         .testTarget(
             name: "CatenaNodeTests",
             dependencies: [
                 "CatenaNode", "CatenaMaster", "CatenaClient", "CatenaNetwork", "CatenaWire", "CatenaCore", "CatenaStorage",
-                "CatenaCluster", "CatenaTestSupport",
+                "CatenaCluster", "CatenaTestSupport", "CatenaClusterTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

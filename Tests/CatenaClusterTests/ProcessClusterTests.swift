@@ -1,5 +1,6 @@
 import CatenaClient
 import CatenaCluster
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaStorage
 import Foundation
@@ -10,301 +11,313 @@ import Testing
 import Glibc
 #endif
 
-/// Real `catena` processes on 127.0.0.1 with ephemeral ports: `catena up`, the CLI, and a
-/// 256 MiB object streamed through a 3-node chain under a memory bound. Serialized (the processes
-/// share the machine's two cores), every process stopped by its PID, short time limits.
-@Suite("Process clusters", .serialized)
-struct ProcessClusterTests {
-    @Test(.timeLimit(.minutes(3)))
-    func bigObjectStreamsThroughTheChainWithBoundedMemory() async throws {
-        let dir = try ScratchDirectory()
-        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
-        defer { Task { await cluster.stop() } }
-        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
-        // 256 MiB, generated piece by piece: neither this process nor any node holds it whole.
-        let size = 256 << 20
-        let receipt = try await client.put("big/object", streaming: GeneratedBytes(seed: 42, size: size, piece: 1 << 20),
-                                           contentType: "application/octet-stream")
-        #expect(receipt.size == UInt64(size))
-        let stream = try await client.getStreaming("big/object")
-        #expect(stream.info.size == UInt64(size))
-        var expected = GeneratedBytes(seed: 42, size: size, piece: 1 << 20).makeAsyncIterator()
-        var pending: ArraySlice<UInt8> = []
-        var received = 0
-        var identical = true
-        for try await chunk in stream {
-            var rest = chunk[...]
-            while !rest.isEmpty {
-                if pending.isEmpty { pending = (try await expected.next() ?? [])[...] }
-                let n = min(pending.count, rest.count)
-                if n == 0 { identical = false; break }
-                if !sameBytes(pending.prefix(n), rest.prefix(n)) { identical = false }
-                pending = pending.dropFirst(n)
-                rest = rest.dropFirst(n)
-                received += n
+/// Every suite that runs `catena` processes nests in this one, so that no two process clusters
+/// run at once (`.serialized` applies to nested suites too): the processes share the machine's
+/// two cores, and some tests bound memory or time.
+@Suite("Processes", .serialized)
+enum ProcessClusterSuites {}
+
+extension ProcessClusterSuites {
+    /// Real `catena` processes on 127.0.0.1 with ephemeral ports: `catena up`, the CLI, and a
+    /// 256 MiB object streamed through a 3-node chain under a memory bound. Every process stopped
+    /// by its PID, short time limits.
+    @Suite("Process clusters")
+    struct ProcessClusterTests {
+        /// `nodes` `catena` processes (heartbeats every 50 ms, a 1 s failure timeout) and a client
+        /// whose requests may take 30 s.
+        static func options(nodes: Int = 3) -> TestCluster.Options {
+            var options = TestCluster.Options(.processes, nodes: nodes)
+            options.client.requestTimeout = .seconds(30)
+            return options
+        }
+
+        @Test(.timeLimit(.minutes(3)))
+        func bigObjectStreamsThroughTheChainWithBoundedMemory() async throws {
+            try await withTestCluster(Self.options()) { cluster in
+                let client = cluster.client
+                // 256 MiB, generated piece by piece: neither this process nor any node holds it whole.
+                let size = 256 << 20
+                let receipt = try await client.put("big/object", streaming: GeneratedBytes(seed: 42, size: size, piece: 1 << 20),
+                                                   contentType: "application/octet-stream")
+                #expect(receipt.size == UInt64(size))
+                let stream = try await client.getStreaming("big/object")
+                #expect(stream.info.size == UInt64(size))
+                var expected = GeneratedBytes(seed: 42, size: size, piece: 1 << 20).makeAsyncIterator()
+                var pending: ArraySlice<UInt8> = []
+                var received = 0
+                var identical = true
+                for try await chunk in stream {
+                    var rest = chunk[...]
+                    while !rest.isEmpty {
+                        if pending.isEmpty { pending = (try await expected.next() ?? [])[...] }
+                        let n = min(pending.count, rest.count)
+                        if n == 0 { identical = false; break }
+                        if !sameBytes(pending.prefix(n), rest.prefix(n)) { identical = false }
+                        pending = pending.dropFirst(n)
+                        rest = rest.dropFirst(n)
+                        received += n
+                    }
+                }
+                #expect(received == size)
+                #expect(identical)
+                // Every node stayed below 128 MiB at its peak.
+                let processes = cluster.processes
+                for node in processes.children where node.name != "master" {
+                    let peak = try #require(processes.peakResidentBytes(node.name))
+                    #expect(peak < 128 << 20, "\(node.name) peaked at \(peak >> 20) MiB")
+                }
+                await client.close()
+                await cluster.shutDown()
+                for child in processes.children { #expect(!processes.isRunning(child.name)) }
             }
         }
-        #expect(received == size)
-        #expect(identical)
-        // Every node stayed below 128 MiB at its peak.
-        for node in cluster.children where node.name != "master" {
-            let peak = try #require(cluster.peakResidentBytes(node.name))
-            #expect(peak < 128 << 20, "\(node.name) peaked at \(peak >> 20) MiB")
-        }
-        await client.close()
-        await cluster.stop()
-        for child in cluster.children { #expect(!cluster.isRunning(child.name)) }
-    }
 
-    @Test(.timeLimit(.minutes(2)))
-    func concurrentWritersLeaveIdenticalReplicasOnDisk() async throws {
-        let dir = try ScratchDirectory()
-        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
-        defer { Task { await cluster.stop() } }
-        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
-        // 8 writers, 100 writes each, over 12 shared keys; every 7th write a delete.
-        let acknowledged = try await withThrowingTaskGroup(of: [(key: String, lsn: LSN, value: [UInt8]?)].self) { group in
-            for w in 0..<8 {
-                group.addTask {
-                    var done: [(key: String, lsn: LSN, value: [UInt8]?)] = []
-                    for i in 0..<100 {
-                        let key = "k\((w * 31 + i * 7) % 12)"
-                        if i % 7 == 6 {
-                            done.append((key, try await client.delete(key), nil))
+        @Test(.timeLimit(.minutes(2)))
+        func concurrentWritersLeaveIdenticalReplicasOnDisk() async throws {
+            try await withTestCluster(Self.options()) { cluster in
+                let client = cluster.client
+                // 8 writers, 100 writes each, over 12 shared keys; every 7th write a delete.
+                let acknowledged = try await withThrowingTaskGroup(of: [(key: String, lsn: LSN, value: [UInt8]?)].self) { group in
+                    for w in 0..<8 {
+                        group.addTask {
+                            var done: [(key: String, lsn: LSN, value: [UInt8]?)] = []
+                            for i in 0..<100 {
+                                let key = "k\((w * 31 + i * 7) % 12)"
+                                if i % 7 == 6 {
+                                    done.append((key, try await client.delete(key), nil))
+                                } else {
+                                    let value = Array("w\(w)-i\(i)".utf8)
+                                    done.append((key, try await client.put(key, value).lsn, value))
+                                }
+                            }
+                            return done
+                        }
+                    }
+                    return try await group.reduce(into: []) { $0 += $1 }
+                }
+                // The latest acknowledged write of each key, by LSN.
+                var latest: [String: (lsn: LSN, value: [UInt8]?)] = [:]
+                for a in acknowledged where latest[a.key].map({ $0.lsn < a.lsn }) ?? true { latest[a.key] = (a.lsn, a.value) }
+                await cluster.shutDown()
+                // Every replica's data directory, opened after the processes stopped.
+                var replicas: [[String: ObjectInfo]] = []
+                for n in cluster.nodeIDs {
+                    let store = try await cluster.openStore(of: n)
+                    let objects = try objectsByKey(store)
+                    for (key, last) in latest {
+                        if let value = last.value {
+                            let info = try #require(objects[key], "\(n) lacks \(key)")
+                            #expect(info.lsn == last.lsn, "\(n) \(key)")
+                            #expect(try await store.get(try Key(key))?.bytes() == value, "\(n) \(key)")
                         } else {
-                            let value = Array("w\(w)-i\(i)".utf8)
-                            done.append((key, try await client.put(key, value).lsn, value))
+                            #expect(objects[key] == nil, "\(n) still has deleted \(key)")
                         }
                     }
-                    return done
+                    replicas.append(objects)
+                    await store.close()
                 }
-            }
-            return try await group.reduce(into: []) { $0 += $1 }
-        }
-        // The latest acknowledged write of each key, by LSN.
-        var latest: [String: (lsn: LSN, value: [UInt8]?)] = [:]
-        for a in acknowledged where latest[a.key].map({ $0.lsn < a.lsn }) ?? true { latest[a.key] = (a.lsn, a.value) }
-        await client.close()
-        await cluster.stop()
-        // Every replica's data directory, opened after the processes stopped.
-        var replicas: [[String: ObjectInfo]] = []
-        for n in ["n1", "n2", "n3"] {
-            let store = try await dir.openStore(of: n)
-            let objects = try objectsByKey(store)
-            for (key, last) in latest {
-                if let value = last.value {
-                    let info = try #require(objects[key], "\(n) lacks \(key)")
-                    #expect(info.lsn == last.lsn, "\(n) \(key)")
-                    #expect(try await store.get(try Key(key))?.bytes() == value, "\(n) \(key)")
-                } else {
-                    #expect(objects[key] == nil, "\(n) still has deleted \(key)")
-                }
-            }
-            replicas.append(objects)
-            await store.close()
-        }
-        #expect(replicas[0].count == latest.values.filter { $0.value != nil }.count)
-        for r in replicas.dropFirst() {
-            #expect(r.keys.sorted() == replicas[0].keys.sorted())
-            for (key, info) in r {
-                let first = try #require(replicas[0][key])
-                #expect(info.lsn == first.lsn && info.size == first.size && info.contentChecksum == first.contentChecksum, "\(key)")
-            }
-        }
-    }
-
-    @Test(.timeLimit(.minutes(2)), arguments: ["n1", "n2", "n3"])
-    func aKilledNodeRestartedOnItsDataResumesAndReplicasAgree(victim: String) async throws {
-        let dir = try ScratchDirectory()
-        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
-        defer { Task { await cluster.stop() } }
-        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
-        // Writers run throughout; the victim is killed (no drain) mid-stream and restarted on
-        // its data directory (on a new port: the master moves the chain to a new epoch).
-        let phase = Phase()
-        let writers = Task {
-            try await withThrowingTaskGroup(of: [(String, LSN, [UInt8], Int)].self) { group in
-                for w in 0..<4 {
-                    group.addTask {
-                        var done: [(String, LSN, [UInt8], Int)] = []
-                        var i = 0
-                        while phase.value < 2 {
-                            let key = "r\((w + i) % 10)"
-                            let value = Array("w\(w)-i\(i)".utf8) + [UInt8](repeating: UInt8(i & 0xFF), count: 2000)
-                            let started = phase.value
-                            done.append((key, try await client.put(key, value).lsn, value, started))
-                            i += 1
-                        }
-                        return done
+                #expect(replicas[0].count == latest.values.filter { $0.value != nil }.count)
+                for r in replicas.dropFirst() {
+                    #expect(r.keys.sorted() == replicas[0].keys.sorted())
+                    for (key, info) in r {
+                        let first = try #require(replicas[0][key])
+                        #expect(info.lsn == first.lsn && info.size == first.size && info.contentChecksum == first.contentChecksum, "\(key)")
                     }
                 }
-                return try await group.reduce(into: []) { $0 += $1 }
             }
         }
-        try await Task.sleep(for: .milliseconds(300))
-        cluster.signal(victim, SIGKILL)
-        #expect(await cluster.waitForExit(victim, timeout: .seconds(5)) != nil)
-        try await Task.sleep(for: .milliseconds(100))
-        try await cluster.restart(victim)
-        phase.set(1)
-        try await Task.sleep(for: .milliseconds(500))
-        phase.set(2)
-        let acknowledged = try await writers.value.map { ($0.0, $0.1, $0.2) }
-        // Writes went through before the kill and after the restart.
-        #expect(try await writers.value.contains { $0.3 == 1 })
-        #expect(acknowledged.count > 40)
-        // LSNs are never reused: every acknowledged write has its own.
-        #expect(Set(acknowledged.map { $0.1 }).count == acknowledged.count)
-        var latest: [String: (lsn: LSN, value: [UInt8])] = [:]
-        for (key, lsn, value) in acknowledged where latest[key].map({ $0.lsn < lsn }) ?? true { latest[key] = (lsn, value) }
-        for (key, last) in latest {
-            let object = try await client.get(key)
-            #expect(object.info.lsn == last.lsn, "\(key)")
-            #expect(object.bytes == last.value, "\(key)")
+
+        @Test(.timeLimit(.minutes(2)), arguments: ["n1", "n2", "n3"])
+        func aKilledNodeRestartedOnItsDataResumesAndReplicasAgree(victim: String) async throws {
+            try await withTestCluster(Self.options()) { cluster in
+                let client = cluster.client
+                let victim = try NodeID(victim)
+                // Writers run throughout; the victim is killed (no drain) mid-stream and restarted on
+                // its data directory (on a new port: the master moves the chain to a new epoch).
+                let phase = Phase()
+                let writers = Task {
+                    try await withThrowingTaskGroup(of: [(String, LSN, [UInt8], Int)].self) { group in
+                        for w in 0..<4 {
+                            group.addTask {
+                                var done: [(String, LSN, [UInt8], Int)] = []
+                                var i = 0
+                                while phase.value < 2 {
+                                    let key = "r\((w + i) % 10)"
+                                    let value = Array("w\(w)-i\(i)".utf8) + [UInt8](repeating: UInt8(i & 0xFF), count: 2000)
+                                    let started = phase.value
+                                    done.append((key, try await client.put(key, value).lsn, value, started))
+                                    i += 1
+                                }
+                                return done
+                            }
+                        }
+                        return try await group.reduce(into: []) { $0 += $1 }
+                    }
+                }
+                try await Task.sleep(for: .milliseconds(300))
+                cluster.signal(victim, SIGKILL)
+                #expect(await cluster.waitForExit(victim, timeout: .seconds(5)) != nil)
+                try await Task.sleep(for: .milliseconds(100))
+                try await cluster.startNode(victim)
+                phase.set(1)
+                try await Task.sleep(for: .milliseconds(500))
+                phase.set(2)
+                let acknowledged = try await writers.value.map { ($0.0, $0.1, $0.2) }
+                // Writes went through before the kill and after the restart.
+                #expect(try await writers.value.contains { $0.3 == 1 })
+                #expect(acknowledged.count > 40)
+                // LSNs are never reused: every acknowledged write has its own.
+                #expect(Set(acknowledged.map { $0.1 }).count == acknowledged.count)
+                var latest: [String: (lsn: LSN, value: [UInt8])] = [:]
+                for (key, lsn, value) in acknowledged where latest[key].map({ $0.lsn < lsn }) ?? true { latest[key] = (lsn, value) }
+                for (key, last) in latest {
+                    let object = try await client.get(key)
+                    #expect(object.info.lsn == last.lsn, "\(key)")
+                    #expect(object.bytes == last.value, "\(key)")
+                }
+                await cluster.shutDown()
+                var replicas: [[String: ObjectInfo]] = []
+                for n in cluster.nodeIDs {
+                    let store = try await cluster.openStore(of: n)
+                    let objects = try objectsByKey(store)
+                    replicas.append(objects)
+                    #expect(store.highestLSN.seq >= UInt64(acknowledged.count), "\(n) ends at \(store.highestLSN)")
+                    await store.close()
+                }
+                for r in replicas {
+                    #expect(r.count == latest.count)
+                    for (key, last) in latest { #expect(r[key]?.lsn == last.lsn, "\(key)") }
+                }
+            }
         }
-        await client.close()
-        await cluster.stop()
-        var replicas: [[String: ObjectInfo]] = []
-        for n in ["n1", "n2", "n3"] {
-            let store = try await dir.openStore(of: n)
-            let objects = try objectsByKey(store)
-            replicas.append(objects)
-            #expect(store.highestLSN.seq >= UInt64(acknowledged.count), "\(n) ends at \(store.highestLSN)")
-            await store.close()
+
+        @Test(.timeLimit(.minutes(2)))
+        func cliCommandsAgainstAThreeNodeChain() async throws {
+            try await withTestCluster(Self.options()) { cluster in
+                let master = ["--master", cluster.masterAddress.description]
+                let input = cluster.directory + "/input.txt"
+                try Data("hello, chain\n".utf8).write(to: URL(fileURLWithPath: input))
+
+                #expect(try run(["put", "docs/hello", input, "--content-type", "text/plain"] + master).status == 0)
+                let get = try run(["get", "docs/hello"] + master)
+                #expect(get.status == 0)
+                #expect(get.stdout == "hello, chain\n")
+                let stdinPut = try run(["put", "docs/stdin", "-"] + master, stdin: Data("from stdin".utf8))
+                #expect(stdinPut.status == 0)
+                let output = cluster.directory + "/out.bin"
+                #expect(try run(["get", "docs/stdin", "-o", output] + master).status == 0)
+                #expect(try Data(contentsOf: URL(fileURLWithPath: output)) == Data("from stdin".utf8))
+                #expect(try run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
+                let stat = try run(["stat", "docs/hello"] + master)
+                #expect(stat.status == 0)
+                #expect(stat.stdout.contains("size: 13"))
+                #expect(stat.stdout.contains("content-type: text/plain"))
+                #expect(try run(["rm", "docs/hello"] + master).status == 0)
+                let missing = try run(["get", "docs/hello"] + master)
+                #expect(missing.status == 1)
+                #expect(missing.stderr == "not found: docs/hello\n")
+                let missingStat = try run(["stat", "nothing"] + master)
+                #expect(missingStat.status == 1)
+                #expect(missingStat.stderr == "not found: nothing\n")
+                // Bad input: one line, non-zero.
+                let badKey = try run(["put", "", input] + master)
+                #expect(badKey.status != 0)
+                #expect(badKey.stderr.split(separator: "\n").count == 1)
+                let noMaster = try run(["get", "x", "--master", "127.0.0.1:1", "--timeout", "1"])
+                #expect(noMaster.status == 1)
+                #expect(noMaster.stderr.split(separator: "\n").count == 1)
+            }
         }
-        for r in replicas {
-            #expect(r.count == latest.count)
-            for (key, last) in latest { #expect(r[key]?.lsn == last.lsn, "\(key)") }
+
+        @Test(.timeLimit(.minutes(2)))
+        func upStartsTheClusterAndStopsItOnSigterm() async throws {
+            let dir = try TemporaryDirectory()
+            defer { dir.remove() }
+            let topology = try TestCluster.writeTopology(in: dir.path, nodes: 3)
+            let up = try UpProcess(executable: try catenaExecutable(), topology: topology, directory: dir.path)
+            defer { up.kill() }
+            let master = try await up.waitForMaster()
+            try await up.waitForLine(prefix: "ready:")
+            let children = up.childPIDs()
+            #expect(children.count == 4)
+            let client = try await CatenaClient(masters: [master], configuration: clientConfiguration())
+            try await client.put("up/key", Array("value".utf8))
+            #expect(try await client.get("up/key").bytes == Array("value".utf8))
+            await client.close()
+            up.signal(SIGTERM)
+            let status = try await up.waitForExit(timeout: .seconds(20))
+            #expect(status == 0)
+            for pid in children { #expect(!processExists(pid), "child \(pid) still runs") }
         }
-    }
 
-    @Test(.timeLimit(.minutes(2)))
-    func cliCommandsAgainstAThreeNodeChain() async throws {
-        let dir = try ScratchDirectory()
-        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
-        defer { Task { await cluster.stop() } }
-        let master = ["--master", cluster.masterAddress.description]
-        let input = dir.path + "/input.txt"
-        try Data("hello, chain\n".utf8).write(to: URL(fileURLWithPath: input))
-
-        #expect(try run(["put", "docs/hello", input, "--content-type", "text/plain"] + master).status == 0)
-        let get = try run(["get", "docs/hello"] + master)
-        #expect(get.status == 0)
-        #expect(get.stdout == "hello, chain\n")
-        let stdinPut = try run(["put", "docs/stdin", "-"] + master, stdin: Data("from stdin".utf8))
-        #expect(stdinPut.status == 0)
-        let output = dir.path + "/out.bin"
-        #expect(try run(["get", "docs/stdin", "-o", output] + master).status == 0)
-        #expect(try Data(contentsOf: URL(fileURLWithPath: output)) == Data("from stdin".utf8))
-        #expect(try run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
-        let stat = try run(["stat", "docs/hello"] + master)
-        #expect(stat.status == 0)
-        #expect(stat.stdout.contains("size: 13"))
-        #expect(stat.stdout.contains("content-type: text/plain"))
-        #expect(try run(["rm", "docs/hello"] + master).status == 0)
-        let missing = try run(["get", "docs/hello"] + master)
-        #expect(missing.status == 1)
-        #expect(missing.stderr == "not found: docs/hello\n")
-        let missingStat = try run(["stat", "nothing"] + master)
-        #expect(missingStat.status == 1)
-        #expect(missingStat.stderr == "not found: nothing\n")
-        // Bad input: one line, non-zero.
-        let badKey = try run(["put", "", input] + master)
-        #expect(badKey.status != 0)
-        #expect(badKey.stderr.split(separator: "\n").count == 1)
-        let noMaster = try run(["get", "x", "--master", "127.0.0.1:1", "--timeout", "1"])
-        #expect(noMaster.status == 1)
-        #expect(noMaster.stderr.split(separator: "\n").count == 1)
-        await cluster.stop()
-    }
-
-    @Test(.timeLimit(.minutes(2)))
-    func upStartsTheClusterAndStopsItOnSigterm() async throws {
-        let dir = try ScratchDirectory()
-        let topology = try dir.writeTopology(nodes: 3)
-        let up = try UpProcess(executable: try catenaExecutable(), topology: topology, directory: dir.path)
-        defer { up.kill() }
-        let master = try await up.waitForMaster()
-        try await up.waitForLine(prefix: "ready:")
-        let children = up.childPIDs()
-        #expect(children.count == 4)
-        let client = try await CatenaClient(masters: [master], configuration: clientConfiguration())
-        try await client.put("up/key", Array("value".utf8))
-        #expect(try await client.get("up/key").bytes == Array("value".utf8))
-        await client.close()
-        up.signal(SIGTERM)
-        let status = try await up.waitForExit(timeout: .seconds(20))
-        #expect(status == 0)
-        for pid in children { #expect(!processExists(pid), "child \(pid) still runs") }
-    }
-
-    @Test(.timeLimit(.minutes(2)))
-    func childrenExitWhenUpIsKilled() async throws {
-        let dir = try ScratchDirectory()
-        let up = try UpProcess(executable: try catenaExecutable(), topology: try dir.writeTopology(nodes: 2), directory: dir.path)
-        defer { up.kill() }
-        try await up.waitForLine(prefix: "ready:")
-        let children = up.childPIDs()
-        #expect(children.count == 3)
-        up.signal(SIGKILL)
-        _ = try await up.waitForExit(timeout: .seconds(5))
-        let deadline = ContinuousClock.now + .seconds(10)
-        while children.contains(where: processExists), ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(50))
+        @Test(.timeLimit(.minutes(2)))
+        func childrenExitWhenUpIsKilled() async throws {
+            let dir = try TemporaryDirectory()
+            defer { dir.remove() }
+            let up = try UpProcess(executable: try catenaExecutable(), topology: try TestCluster.writeTopology(in: dir.path, nodes: 2),
+                                   directory: dir.path)
+            defer { up.kill() }
+            try await up.waitForLine(prefix: "ready:")
+            let children = up.childPIDs()
+            #expect(children.count == 3)
+            up.signal(SIGKILL)
+            _ = try await up.waitForExit(timeout: .seconds(5))
+            let deadline = ContinuousClock.now + .seconds(10)
+            while children.contains(where: processExists), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            for pid in children {
+                #expect(!processExists(pid), "orphan \(pid) still runs")
+                if processExists(pid) { Glibc.kill(pid, SIGKILL) }
+            }
         }
-        for pid in children {
-            #expect(!processExists(pid), "orphan \(pid) still runs")
-            if processExists(pid) { Glibc.kill(pid, SIGKILL) }
+
+        @Test(.timeLimit(.minutes(2)))
+        func headStopsOnSigtermWhileAWriteWaitsForADeadTail() async throws {
+            var options = Self.options()
+            options.client.requestTimeout = .seconds(20)
+            try await withTestCluster(options) { cluster in
+                let client = cluster.client
+                let (n1, n3) = (try NodeID("n1"), try NodeID("n3"))
+                try await client.put("before", [1])
+                cluster.signal(n3, SIGKILL)
+                #expect(await cluster.waitForExit(n3, timeout: .seconds(5)) != nil)
+                // This write reaches the head but cannot commit before the master replaces the tail.
+                let stuck = Task { try await client.put("stuck", [2]) }
+                try await Task.sleep(for: .milliseconds(300))
+                let start = ContinuousClock.now
+                cluster.signal(n1, SIGTERM)
+                let status = await cluster.waitForExit(n1, timeout: .seconds(15))
+                #expect(status == 0, "the head did not stop cleanly: \(String(describing: status))")
+                #expect(ContinuousClock.now - start < .seconds(10))
+                stuck.cancel()
+            }
         }
-    }
 
-    @Test(.timeLimit(.minutes(2)))
-    func headStopsOnSigtermWhileAWriteWaitsForADeadTail() async throws {
-        let dir = try ScratchDirectory()
-        let cluster = try await startCluster(try dir.writeTopology(nodes: 3))
-        defer { Task { await cluster.stop() } }
-        var configuration = clientConfiguration()
-        configuration.requestTimeout = .seconds(20)
-        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration)
-        try await client.put("before", [1])
-        cluster.signal("n3", SIGKILL)
-        #expect(await cluster.waitForExit("n3", timeout: .seconds(5)) != nil)
-        // This write reaches the head but can never commit (no failover until the next milestone).
-        let stuck = Task { try await client.put("stuck", [2]) }
-        try await Task.sleep(for: .milliseconds(300))
-        let start = ContinuousClock.now
-        cluster.signal("n1", SIGTERM)
-        let status = await cluster.waitForExit("n1", timeout: .seconds(15))
-        #expect(status == 0, "the head did not stop cleanly: \(String(describing: status))")
-        #expect(ContinuousClock.now - start < .seconds(10))
-        stuck.cancel()
-        await client.close()
-        await cluster.stop()
-    }
-
-    @Test(.timeLimit(.minutes(2)))
-    func savedConfigurationOverridesTheTopology() async throws {
-        let dir = try ScratchDirectory()
-        let first = try dir.writeTopology(nodes: 2, name: "first.yaml")
-        let cluster = try await startCluster(first)
-        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
-        try await client.put("k", [1, 2, 3])
-        let before = try #require(client.chainConfiguration)
-        await client.close()
-        await cluster.stop()
-        // The same data directories, but a topology that lists the nodes the other way round:
-        // the saved configuration (n1 head, n2 tail) wins and the data is still there.
-        let second = try dir.writeTopology(order: ["n2", "n1"], name: "second.yaml")
-        let again = try await startCluster(second)
-        defer { Task { await again.stop() } }
-        let client2 = try await CatenaClient(masters: [again.masterAddress.description], configuration: clientConfiguration())
-        let after = try #require(client2.chainConfiguration)
-        #expect(after.members.map(\.id.rawValue) == ["n1", "n2"])
-        #expect(after.members.map(\.id) == before.members.map(\.id))
-        #expect(after.epoch > before.epoch)  // the nodes' new ports were registered
-        #expect(try await client2.get("k").bytes == [1, 2, 3])
-        await client2.close()
-        await again.stop()
+        @Test(.timeLimit(.minutes(2)))
+        func savedConfigurationOverridesTheTopology() async throws {
+            let dir = try TemporaryDirectory()
+            defer { dir.remove() }
+            var first = Self.options(nodes: 2)
+            first.directory = dir.path
+            let before = try await withTestCluster(first) { cluster in
+                try await cluster.client.put("k", [1, 2, 3])
+                return try #require(cluster.client.chainConfiguration)
+            }
+            // The same data directories, but a topology that lists the nodes the other way round:
+            // the saved configuration (n1 head, n2 tail) wins and the data is still there.
+            var second = first
+            second.chainOrder = [try NodeID("n2"), try NodeID("n1")]
+            try await withTestCluster(second) { cluster in
+                let client2 = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
+                let after = try #require(client2.chainConfiguration)
+                #expect(after.members.map(\.id.rawValue) == ["n1", "n2"])
+                #expect(after.members.map(\.id) == before.members.map(\.id))
+                #expect(after.epoch > before.epoch)  // the nodes' new ports were registered
+                #expect(try await client2.get("k").bytes == [1, 2, 3])
+                await client2.close()
+            }
+        }
     }
 }
 
@@ -317,35 +330,15 @@ final class Phase: Sendable {
     func set(_ v: Int) { state.withLock { $0 = v } }
 }
 
-/// A cluster of `catena` processes from the topology at `path`, logging at `logLevel` to
-/// `stderr` (default: warnings only, discarded); every node also gets `nodeArguments`.
-func startCluster(_ path: String, logLevel: String = "warning", stderr: FileHandle? = nil,
-                  nodeArguments: [String] = []) async throws -> LocalCluster {
-    try await LocalCluster.start(executable: try catenaExecutable(), topologyPath: path, logLevel: logLevel, nodeArguments: nodeArguments,
-                                 stderr: stderr)
-}
-
 func clientConfiguration() -> CatenaClient.Configuration {
     var c = CatenaClient.Configuration()
     c.requestTimeout = .seconds(30)
     return c
 }
 
-/// Every object of a (small) store by key: one listing page of up to 1,000.
+/// Every object of a store by its key's string.
 func objectsByKey(_ store: Store) throws -> [String: ObjectInfo] {
-    var objects: [String: ObjectInfo] = [:]
-    for info in try store.list(limit: 1000).objects { objects[info.key.string] = info }
-    return objects
-}
-
-/// The `catena` executable next to the test bundle (built by `swift build --build-tests`).
-func catenaExecutable() throws -> String {
-    let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    let candidates = [bundle.appendingPathComponent("catena").path, bundle.deletingLastPathComponent().appendingPathComponent("catena").path]
-    guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        throw CatenaError(.notFound, "no catena executable near \(bundle.path); run `swift build --build-tests` first")
-    }
-    return path
+    Dictionary(uniqueKeysWithValues: try TestCluster.contents(of: store).map { ($0.key.string, $0.value) })
 }
 
 func processExists(_ pid: Int32) -> Bool {
@@ -354,54 +347,6 @@ func processExists(_ pid: Int32) -> Bool {
     guard let close = stat.lastIndex(of: ")") else { return false }
     let state = stat[stat.index(close, offsetBy: 2)]
     return state != "Z" && state != "X"
-}
-
-/// A temporary directory removed when the value is dropped.
-final class ScratchDirectory {
-    /// The cluster id of the topologies written here.
-    static let clusterID = "proc-test"
-    let path: String
-
-    init() throws {
-        var template = Array((FileManager.default.temporaryDirectory.path + "/catena-proc-XXXXXX").utf8CString)
-        guard let p = mkdtemp(&template) else { throw CatenaError(.ioFailure, "mkdtemp failed") }
-        path = String(cString: p)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-
-    /// Node `id`'s store, opened from its data directory here (after its process stopped).
-    func openStore(of id: String) async throws -> Store {
-        try await Store.open(StoreConfiguration(directory: path + "/" + id, clusterID: ScratchDirectory.clusterID, nodeID: id))
-    }
-
-    /// A topology of `nodes` nodes, everything on 127.0.0.1 port 0, data under this directory;
-    /// heartbeats every 50 ms, a member failed after `timeoutMilliseconds` without one.
-    func writeTopology(nodes: Int, timeoutMilliseconds: Int = 1000, name: String = "topology.yaml") throws -> String {
-        try writeTopology(order: (1...nodes).map { "n\($0)" }, timeoutMilliseconds: timeoutMilliseconds, name: name)
-    }
-
-    /// A topology listing the nodes `order` (chain order), on port 0.
-    func writeTopology(order: [String], timeoutMilliseconds: Int = 1000, name: String = "topology.yaml") throws -> String {
-        var yaml = """
-            version: 1
-            cluster: \(ScratchDirectory.clusterID)
-            master:
-              listen: 127.0.0.1:0
-              data: \(path)/master
-            heartbeat:
-              interval_ms: 50
-              timeout_ms: \(timeoutMilliseconds)
-            nodes:
-
-            """
-        for id in order {
-            yaml += "  - id: \(id)\n    listen: 127.0.0.1:0\n    data: \(path)/\(id)\n"
-        }
-        let file = path + "/" + name
-        try Data(yaml.utf8).write(to: URL(fileURLWithPath: file))
-        return file
-    }
 }
 
 struct CommandResult {

@@ -1,4 +1,5 @@
 import CatenaClient
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNetwork
 import CatenaNode
@@ -20,11 +21,11 @@ extension InProcessChainTests {
               .timeLimit(.minutes(1)))
         func rawSocketAbuse() async throws {
             let helloDeadline = Duration.seconds(1)
-            try await withCluster(configure: { _, configuration in
+            try await withTestCluster(.init(node: { _, configuration in
                 configuration.connectionLimits.handshakeTimeout = helloDeadline
-            }) { cluster in
+            })) { cluster in
                 let client = cluster.client
-                let hello = Frame(type: .hello, payload: Hello(role: .client, clusterID: InProcessCluster.clusterID, senderID: "abuser").encoded())
+                let hello = Frame(type: .hello, payload: Hello(role: .client, clusterID: TestCluster.clusterID, senderID: "abuser").encoded())
                 let helloBytes = bytes(of: hello)
                 let epoch = await cluster.epoch
 
@@ -155,7 +156,7 @@ extension InProcessChainTests {
 
         @Test("peers of another cluster are refused: a client gets wrongCluster, a node cannot join", .timeLimit(.minutes(1)))
         func otherCluster() async throws {
-            try await withCluster { cluster in
+            try await withTestCluster { cluster in
                 let masterAddress = cluster.master.address
                 var configuration = CatenaClient.Configuration()
                 configuration.clusterID = "other-cluster"
@@ -177,12 +178,12 @@ extension InProcessChainTests {
                 var rogueConfiguration = NodeConfiguration(
                     id: try NodeID("n3"), clusterID: "other-cluster", listen: Address(host: "127.0.0.1", port: 0),
                     masters: [masterAddress], dataDirectory: cluster.directory + "/rogue")
-                rogueConfiguration.heartbeatInterval = InProcessCluster.heartbeatInterval
+                rogueConfiguration.heartbeatInterval = cluster.options.heartbeatInterval
                 let rogue = try await Node.start(rogueConfiguration, logger: testLogger)
                 let configured = Atomic<Bool>(false)
                 let rogueTask = Task { await rogue.run(onReady: { _ in configured.store(true, ordering: .relaxed) }) }
                 defer { rogueTask.cancel() }
-                try await Task.sleep(for: InProcessCluster.heartbeatInterval * 15)
+                try await Task.sleep(for: cluster.options.heartbeatInterval * 15)
                 rogueTask.cancel()
                 await rogueTask.value
                 #expect(configured.load(ordering: .relaxed) == false)

@@ -1,4 +1,5 @@
 import CatenaClient
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNode
 import CatenaStorage
@@ -21,10 +22,10 @@ extension InProcessChainTests {
             let writes = 160  // 40 MiB
             let writers = 32
             let slow = GatedFileSystem(wrapping: PosixFileSystem(), syncDelay: .milliseconds(10))
-            try await withCluster(configure: { i, configuration in
+            try await withTestCluster(.init(node: { i, configuration in
                 if i == 0 { configuration.maxUncommittedBytes = bound }
                 if i == 1 { configuration.store.fileSystem = slow }
-            }) { cluster in
+            })) { cluster in
                 let client = cluster.client
                 let receipts: [Int: WriteReceipt] = try await withThrowingTaskGroup(of: [(Int, WriteReceipt)].self) { group in
                     for w in 0..<writers {
@@ -53,7 +54,7 @@ extension InProcessChainTests {
                 #expect(head.inFlightBytes == 0)
 
                 // Every write committed, on every replica, with its content.
-                let contents = try cluster.nodes.map { try cluster.replicaContents($0) }
+                let contents = try cluster.nodes.map { try cluster.contents(of: $0) }
                 for other in contents.dropFirst() { #expect(other == contents[0]) }
                 #expect(contents[0].count == writes)
                 for (i, receipt) in receipts {

@@ -1,3 +1,4 @@
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNetwork
 import CatenaNode
@@ -312,16 +313,16 @@ extension InProcessChainTests {
 
         @Test("a node answers catch-up requests: a receiver copies a running chain's tail", .timeLimit(.minutes(1)))
         func copiesFromANode() async throws {
-            try await withCluster(nodes: 2) { cluster in
+            try await withTestCluster(.init(nodes: 2)) { cluster in
                 for i in 0..<60 {
                     _ = try await cluster.client.put("catch-up/\(i)", pseudoRandomBytes(1000 + 97 * i, seed: UInt64(i)))
                 }
                 try await cluster.client.delete("catch-up/7")
                 let tail = cluster.tail.localStore
-                var sc = StoreConfiguration(directory: cluster.directory + "/joiner", clusterID: InProcessCluster.clusterID, nodeID: "joiner")
+                var sc = StoreConfiguration(directory: cluster.directory + "/joiner", clusterID: TestCluster.clusterID, nodeID: "joiner")
                 sc.durability = .none
                 let store = try await Store.open(sc, logger: testLogger)
-                let configuration = CatchUpReceiver.Configuration(source: cluster.tail.address, clusterID: InProcessCluster.clusterID,
+                let configuration = CatchUpReceiver.Configuration(source: cluster.tail.address, clusterID: TestCluster.clusterID,
                                                                   chainID: try #require(cluster.tail.chainConfiguration?.chainID))
                 let progress = try await CatchUpReceiver(configuration: configuration, store: store, logger: testLogger)
                     .run(until: { $0.isCaughtUp })

@@ -1,4 +1,5 @@
 import CatenaClient
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNetwork
 import CatenaNode
@@ -20,7 +21,7 @@ extension InProcessChainTests {
     struct Replication {
         @Test("put, get, head, list and delete round trips; reads off the tail are redirected", .timeLimit(.minutes(1)))
         func roundTrips() async throws {
-            try await withCluster { cluster in
+            try await withTestCluster { cluster in
                 let client = cluster.client
                 #expect(cluster.nodes.map(\.role) == [.head, .middle, .tail])
 
@@ -126,7 +127,7 @@ extension InProcessChainTests {
                 #expect(try ObjectInfoPayload.decode(reply.payload).lsn == second.lsn)
 
                 // Every replica holds the same objects.
-                let contents = try cluster.nodes.map { try cluster.replicaContents($0) }
+                let contents = try cluster.nodes.map { try cluster.contents(of: $0) }
                 #expect(contents[0].count == 5)
                 for other in contents.dropFirst() { #expect(other == contents[0]) }
             }
@@ -135,7 +136,7 @@ extension InProcessChainTests {
         @Test("concurrent writers on overlapping keys: replicas agree and each key holds its last acknowledged write",
               .timeLimit(.minutes(1)))
         func concurrentWriters() async throws {
-            try await withCluster { cluster in
+            try await withTestCluster { cluster in
                 let client = cluster.client
                 let writers = 8, opsPerWriter = 200, keyCount = 20
                 // Each writer reports (key, LSN, value or nil for a delete) of its acknowledged
@@ -200,7 +201,7 @@ extension InProcessChainTests {
                 for ack in acks where last[ack.key].map({ $0.lsn < ack.lsn }) ?? true { last[ack.key] = ack }
 
                 // Every replica holds identical data.
-                let contents = try cluster.nodes.map { try cluster.replicaContents($0) }
+                let contents = try cluster.nodes.map { try cluster.contents(of: $0) }
                 for (i, other) in contents.enumerated().dropFirst() {
                     #expect(Set(other.keys) == Set(contents[0].keys), "replica \(i + 1) has other keys")
                     for (key, info) in contents[0] {
@@ -235,7 +236,7 @@ extension InProcessChainTests {
 
         @Test("a sequential client always reads its latest acknowledged write", .timeLimit(.minutes(1)))
         func readYourWrites() async throws {
-            try await withCluster { cluster in
+            try await withTestCluster { cluster in
                 let client = cluster.client
                 var generator = SplitMix64(seed: 7)
                 var latest: [String: WriteReceipt] = [:]
@@ -254,7 +255,7 @@ extension InProcessChainTests {
 
         @Test("the same write sent twice commits once and returns the same LSN", .timeLimit(.minutes(1)))
         func exactlyOnce() async throws {
-            try await withCluster { cluster in
+            try await withTestCluster { cluster in
                 let epoch = await cluster.epoch
                 let connection = try await cluster.rawConnection(to: cluster.head)
                 defer { connection.close() }
@@ -304,7 +305,7 @@ extension InProcessChainTests {
 
         @Test("a streamed 32 MiB object comes back byte-identical, on every replica at the same LSN", .timeLimit(.minutes(1)))
         func largeObject() async throws {
-            try await withCluster { cluster in
+            try await withTestCluster { cluster in
                 let client = cluster.client
                 let size = (32 << 20) + 12_345
                 let content = pseudoRandomBytes(size, seed: 99)
@@ -370,7 +371,7 @@ extension InProcessChainTests {
     struct AbandonedReads {
         @Test("a get stream dropped half-way does not stall the client's connection to the tail", .timeLimit(.minutes(1)))
         func abandonedStreamDoesNotStallTheConnection() async throws {
-            try await withCluster { cluster in
+            try await withTestCluster { cluster in
                 var configuration = CatenaClient.Configuration()
                 configuration.requestTimeout = .seconds(30)
                 let client = cluster.client

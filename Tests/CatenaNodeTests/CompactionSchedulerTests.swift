@@ -1,3 +1,4 @@
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNetwork
 import CatenaNode
@@ -201,14 +202,14 @@ extension InProcessChainTests {
     struct RunningCompaction {
         @Test(.timeLimit(.minutes(2)))
         func everyReplicaCompactsByItself() async throws {
-            try await withCluster(nodes: 3, configure: { _, c in
+            try await withTestCluster(.init(nodes: 3, node: { _, c in
                 c.store.segmentSize = 64 << 10
                 c.store.requestWindow = .seconds(1)
                 c.compaction.interval = .milliseconds(20)
                 c.compaction.watermarkInterval = .milliseconds(50)
                 c.compaction.garbageRatio = 0.3
                 c.compaction.minimumGarbageBytes = 64 << 10
-            }) { cluster in
+            })) { cluster in
                 // Overwrites of a few keys: most of the log becomes garbage.
                 for i in 0..<200 { _ = try await cluster.client.put("hot/\(i % 10)", pseudoRandomBytes(4096, seed: UInt64(i))) }
                 // Move the log's end a window further, so those records leave the request-id window.
@@ -235,9 +236,9 @@ extension InProcessChainTests {
                     let last = (0..<i).last { $0 % 10 == k }!
                     #expect(try await cluster.client.get("hot/\(k)").bytes == pseudoRandomBytes(4096, seed: UInt64(last)))
                 }
-                let tail = try cluster.replicaContents(cluster.tail)
+                let tail = try cluster.contents(of: cluster.tail)
                 for node in cluster.nodes.dropLast() {
-                    #expect(try cluster.replicaContents(node) == tail, "\(node.configuration.id) agrees with the tail")
+                    #expect(try cluster.contents(of: node) == tail, "\(node.configuration.id) agrees with the tail")
                 }
             }
         }

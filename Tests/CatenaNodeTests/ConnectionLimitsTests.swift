@@ -1,4 +1,5 @@
 import CatenaClient
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNetwork
 import CatenaNode
@@ -162,7 +163,7 @@ final class TestFrameServer: Sendable {
     var port: Int { server.port }
 
     static func start(limits: ConnectionLimits) async throws -> TestFrameServer {
-        let server = try await FrameServer.bind(host: "127.0.0.1", port: 0, clusterID: InProcessCluster.clusterID, localID: "server",
+        let server = try await FrameServer.bind(host: "127.0.0.1", port: 0, clusterID: TestCluster.clusterID, localID: "server",
                                                 acceptedRoles: [.client, .node], limits: limits, logger: testLogger)
         let box = Mutex<TestFrameServer?>(nil)
         let task = Task {
@@ -392,10 +393,10 @@ extension InProcessChainTests {
     struct NodeLimits {
         @Test("a node past its connection cap answers busy; its clients and its chain go on", .timeLimit(.minutes(1)))
         func connectionCap() async throws {
-            try await withCluster(configure: { _, configuration in
+            try await withTestCluster(.init(node: { _, configuration in
                 configuration.connectionLimits.maxConnections = 4
                 configuration.connectionLimits.reservedPeerConnections = 2
-            }) { cluster in
+            })) { cluster in
                 _ = try await cluster.client.put("cap/before", Array("x".utf8))
                 let port = Int(cluster.head.address.port)
                 var raw: [RawClient] = []
@@ -438,9 +439,9 @@ extension InProcessChainTests {
               .timeLimit(.minutes(1)))
         func idleTimeout() async throws {
             let idle = Duration.seconds(1)
-            try await withCluster(configure: { _, configuration in
+            try await withTestCluster(.init(node: { _, configuration in
                 configuration.connectionLimits.idleTimeout = idle
-            }) { cluster in
+            })) { cluster in
                 _ = try await cluster.client.put("idle/before", Array("x".utf8))
                 _ = try await cluster.client.get("idle/before")
                 let raw = try RawClient(port: Int(cluster.head.address.port))
@@ -463,7 +464,7 @@ extension InProcessChainTests {
             let gated = GatedFileSystem(wrapping: PosixFileSystem())
             let perConnection = 4 << 20
             let perNode = 6 << 20
-            try await withCluster(nodes: 2, configure: { i, configuration in
+            try await withTestCluster(.init(nodes: 2, node: { i, configuration in
                 guard i == 0 else { return }
                 configuration.store.fileSystem = gated
                 // One write enqueued at a time: every other write in progress waits in the head's
@@ -471,7 +472,7 @@ extension InProcessChainTests {
                 configuration.maxUncommittedBytes = 1
                 configuration.connectionLimits.maxRequestBytesPerConnection = perConnection
                 configuration.connectionLimits.maxRequestBytesInProgress = perNode
-            }) { cluster in
+            })) { cluster in
                 _ = try await cluster.client.put("budget/bystander", Array("readable".utf8))
                 let gate = gated.holdNextSync(matching: ".seg")
                 defer { gate.open() }

@@ -1,4 +1,5 @@
 import CatenaClient
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaMaster
 import CatenaNode

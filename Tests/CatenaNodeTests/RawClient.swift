@@ -1,3 +1,4 @@
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaWire
 import NIOCore
@@ -116,7 +117,7 @@ final class RawClient {
     }
 
     /// Says hello as `role` and waits for the answer (a welcome, or an error and the close).
-    func hello(role: PeerRole = .client, clusterID: String = InProcessCluster.clusterID, name: String = "raw") async throws {
+    func hello(role: PeerRole = .client, clusterID: String = TestCluster.clusterID, name: String = "raw") async throws {
         queue(Frame(type: .hello, payload: Hello(role: role, clusterID: clusterID, senderID: name).encoded()))
         try await pump(until: { !$0.frames.isEmpty || $0.closed })
     }

@@ -1,3 +1,4 @@
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNetwork
 import CatenaNode

@@ -1,4 +1,5 @@
 import CatenaClient
+import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNetwork
 import CatenaNode
@@ -24,7 +25,7 @@ extension InProcessChainTests {
         @Test("a write whose replicate frame would exceed the frame limit is refused at the head before it gets an LSN; the chain goes on",
               .timeLimit(.minutes(1)))
         func unforwardableWriteIsRefused() async throws {
-            try await withCluster(nodes: 2) { cluster in
+            try await withTestCluster(.init(nodes: 2)) { cluster in
                 let limit = cluster.head.configuration.connectionLimits.maxFrameSize
                 let connection = try await cluster.rawConnection(to: cluster.head)
                 defer { connection.close() }
@@ -53,7 +54,7 @@ extension InProcessChainTests {
         @Test("the largest record the head accepts commits on every replica, and a joining node copies it, LZ4 and raw; one byte more is refused",
               .timeLimit(.minutes(1)))
         func largestAcceptedRecordTravels() async throws {
-            try await withCluster(nodes: 2) { cluster in
+            try await withTestCluster(.init(nodes: 2)) { cluster in
                 let limit = cluster.head.configuration.connectionLimits.maxFrameSize
                 let largest = WriteLimits.maxRecordLength(maxFrameSize: limit)
                 let connection = try await cluster.rawConnection(to: cluster.head)
@@ -84,11 +85,11 @@ extension InProcessChainTests {
                 #expect(largest > CatchUpRequest.defaultChunkBytes)
                 let tail = cluster.tail.localStore
                 for compress in [true, false] {
-                    var sc = StoreConfiguration(directory: cluster.directory + "/joiner-\(compress)", clusterID: InProcessCluster.clusterID,
+                    var sc = StoreConfiguration(directory: cluster.directory + "/joiner-\(compress)", clusterID: TestCluster.clusterID,
                                                 nodeID: "joiner")
                     sc.durability = .none
                     let store = try await Store.open(sc, logger: testLogger)
-                    var configuration = CatchUpReceiver.Configuration(source: cluster.tail.address, clusterID: InProcessCluster.clusterID,
+                    var configuration = CatchUpReceiver.Configuration(source: cluster.tail.address, clusterID: TestCluster.clusterID,
                                                                       chainID: try #require(cluster.tail.chainConfiguration?.chainID))
                     configuration.compress = compress
                     let progress = try await CatchUpReceiver(configuration: configuration, store: store, logger: testLogger)
@@ -107,7 +108,7 @@ extension InProcessChainTests {
         @Test("metadata through the client: 8 KiB is stored and read back, more is refused with invalidArgument; the client checks before sending",
               .timeLimit(.minutes(1)))
         func metadataThroughTheClient() async throws {
-            try await withCluster(nodes: 2) { cluster in
+            try await withTestCluster(.init(nodes: 2)) { cluster in
                 let client = cluster.client
                 let exactly = ["owner": String(repeating: "o", count: 4091), "tier": String(repeating: "é", count: 2046)]
                 #expect(exactly.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count } == WriteLimits.maxUserMetadataBytes)
@@ -127,7 +128,7 @@ extension InProcessChainTests {
                 // A client whose frame limit is smaller than the nodes' refuses, by itself, a write
                 // the head would take: the check runs before anything is sent.
                 var small = CatenaClient.Configuration()
-                small.clusterID = InProcessCluster.clusterID
+                small.clusterID = TestCluster.clusterID
                 small.connectionLimits.maxFrameSize = 1 << 20
                 small.chunkSize = 4 << 20
                 let strict = try await CatenaClient(masters: [cluster.master.address.description], configuration: small, logger: testLogger)
@@ -146,7 +147,7 @@ extension InProcessChainTests {
         @Test("raw writes with metadata that is not UTF-8, malformed or over 8 KiB get invalidArgument; the connection goes on",
               .timeLimit(.minutes(1)))
         func metadataInRawFrames() async throws {
-            try await withCluster(nodes: 2) { cluster in
+            try await withTestCluster(.init(nodes: 2)) { cluster in
                 let connection = try await cluster.rawConnection(to: cluster.head)
                 defer { connection.close() }
                 func entry(_ name: [UInt8], _ value: [UInt8]) -> RecordExtension {
