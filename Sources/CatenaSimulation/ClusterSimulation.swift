@@ -608,8 +608,7 @@ public final class ClusterSimulation {
         phase = .healing
         log("healing")
         partitions = []
-        if restoredOldState, let newest = [latestGenuine, master.snapshots.last].compactMap({ $0 }).max(by: { $0.epoch < $1.epoch }),
-           newest != master.file {
+        if restoredOldState, let newest = stateToPutBack(), newest != master.file {
             // The operator notices (the nodes log that they refuse the master's configuration or
             // history) and puts the latest state back, restarting the master on it: a master
             // that finds its state stale reloads it by itself, but one whose state has the
@@ -634,6 +633,20 @@ public final class ClusterSimulation {
     }
 
     var settleDeadline: UInt64 = 0
+
+    /// What an operator puts back after restoring an old master state: the newest of the state
+    /// from before the restore and the newest the master wrote since, and between two of the
+    /// same epoch the one a node has adopted — the one the chain runs (a state no node adopted
+    /// is worth nothing, and putting it back over one they run would fork the chain).
+    func stateToPutBack() -> MasterState? {
+        let candidates = [latestGenuine, master.snapshots.last].compactMap { $0 }
+        func rank(_ c: MasterState) -> (UInt64, Int, Int) {
+            let adopted = nodes.contains { $0.disk.seen?.configuration == c.configuration }
+            return (c.epoch, adopted ? 1 : 0, c.epochHistory.count { $0.firstSeq != nil })
+        }
+        // Ties go to the later one (the newest the master wrote).
+        return candidates.reduce(nil) { best, c in best.map { rank($0) > rank(c) ? $0 : c } ?? c }
+    }
     /// The run ended without settling (allowed only after an old master state was restored).
     var unsettled = false
 
