@@ -806,7 +806,10 @@ public struct NodeStateMachine: Sendable {
         if actions.contains(where: { if case .replica(.refuse) = $0 { true } else { false } }) {
             successorPositionKnown = false
             if lsn.seq > last.seq {
-                return [.note(Note(.error, "the successor \(sender) holds records this log lacks (\(lsn) > \(last)); taking no writes (the log lost data it had made durable, or the successor diverged)"))] + actions
+                // This log lost records it had made durable (and forwarded): it must not hand out
+                // their LSNs again, nor keep the chain waiting. It stops, says so in its
+                // heartbeats, is replaced, and rejoins after a restart (truncating and copying).
+                return actions + logFailed(CatenaError(.corruption, "the successor \(sender) holds records this log lacks (\(lsn) > \(last)): the log lost data it had made durable"))
             }
             return actions
         }

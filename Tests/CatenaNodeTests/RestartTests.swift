@@ -66,7 +66,7 @@ extension InProcessChainTests {
             }
         }
 
-        @Test("a restarted head whose log lacks a record its successor holds takes no writes instead of reusing the LSN", .timeLimit(.minutes(2)))
+        @Test("a restarted head whose log lacks a record its successor holds never reuses the LSN: it stops, is replaced, and writes go on", .timeLimit(.minutes(2)))
         func headRestartReusesLSN() async throws {
             try await withTestCluster(Self.masterOnly) { cluster in
                 let (dir, n1, n2) = (cluster.directory, try NodeID("n1"), try NodeID("n2"))
@@ -99,11 +99,20 @@ extension InProcessChainTests {
                 try await cluster.startNode(n1, configure: atHeadPort)
                 try await cluster.waitForConvergence()
 
-                // The restarted head's log ends before a record its successor holds: it must take no
-                // write at all rather than hand out that LSN again.
-                await #expect(throws: CatenaError.self) { try await client.put("k", Array("new".utf8)) }
-                #expect(String(decoding: try await client.get("k").bytes, as: UTF8.self) == "old")
+                // The restarted head's log ends before a record its successor holds: it must not hand
+                // out that LSN again. It stops (its heartbeats say why), the master replaces it, and
+                // the write lands after what the successor held.
                 #expect(try tail.localStore.head(try Key("k"))?.lsn == old.lsn)
+                var slow = CatenaClient.Configuration()
+                slow.clusterID = TestCluster.clusterID
+                slow.requestTimeout = .seconds(20)
+                let patient = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: slow, logger: testLogger)
+                let new = try await patient.put("k", Array("new".utf8))
+                #expect(new.lsn.seq > old.lsn.seq, "the LSN \(old.lsn) was handed out again: \(new.lsn)")
+                #expect(String(decoding: try await patient.get("k").bytes, as: UTF8.self) == "new")
+                let status = try await cluster.status()
+                #expect(status.nodes.first { $0.id == n1 }?.role == nil, "the head that lost data was replaced")
+                await patient.close()
                 await client.close()
             }
         }
