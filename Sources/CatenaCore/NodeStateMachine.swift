@@ -313,10 +313,15 @@ public struct NodeStateMachine: Sendable {
     /// The epoch start the head of the current epoch must report before its first write there
     /// (nil: none to report).
     ///
-    /// Reported only once the whole log is durable: the records it continues from must survive a
-    /// crash, or the epoch would start above the log's end.
+    /// Reported only once the whole log is durable — the records it continues from must survive
+    /// a crash, or the epoch would start above the log's end — and once the successor has
+    /// reported its position: a head whose log lost records its successor holds (a data
+    /// directory restored from an old backup) would otherwise record a start below them, and
+    /// every member would truncate those committed records by the history. (Found by the
+    /// simulation, restoring a head's data from an old backup.)
     public var epochStartToReport: EpochStart? {
         guard let replica, replica.role?.takesWrites == true, failure == nil, replica.durable == replica.lastAccepted,
+              successorPositionKnown || replica.configuration.successor(of: me) == nil,
               history.firstSeq(of: replica.configuration.epoch) == nil else { return nil }
         return EpochStart(epoch: replica.configuration.epoch, firstSeq: replica.lastAccepted.seq + 1)
     }

@@ -754,8 +754,13 @@ public struct ChainManager: Sendable {
     /// member left.
     public func isCatchingUp(_ id: NodeID) -> Bool { catchingUp[id] != nil }
 
-    /// Whether the member at `i` in ``records`` holds every committed write: it is not catching up.
-    private func holdsAll(_ i: Int) -> Bool { catchingUp[records[i].id] == nil }
+    /// Whether the member at `i` in ``records`` holds every committed write: it is not catching
+    /// up, and it has not reported that its log lost records it had made durable (a
+    /// `corruption` failure: a disk that lied, a data directory restored from an old backup). A
+    /// node stopped by an I/O error or a full disk still holds what it made durable.
+    private func holdsAll(_ i: Int) -> Bool {
+        catchingUp[records[i].id] == nil && records[i].failure?.code != .corruption
+    }
 
     /// Whether peers can connect to `address`: `HOST:PORT`, not a wildcard host, not port 0.
     static func isConnectable(_ address: String) -> Bool {

@@ -51,6 +51,7 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     public var syncFailures = 0
     public var diskFulls = 0
     public var staleRestores = 0
+    public var nodeRestores = 0
     public var added = 0
     public var removed = 0
     public var reconfigurations = 0
@@ -66,14 +67,14 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
 
     public mutating func add(_ o: SimulationStats) {
         runs += o.runs; kills += o.kills; pauses += o.pauses; masterKills += o.masterKills; masterPauses += o.masterPauses
-        partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; staleRestores += o.staleRestores; added += o.added
+        partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; staleRestores += o.staleRestores; nodeRestores += o.nodeRestores; added += o.added
         removed += o.removed; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
         catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
         readsAnswered += o.readsAnswered; events += o.events
     }
 
     public var description: String {
-        "runs \(runs), events \(events), kills \(kills), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged), writes unknown \(writesUnknown), reads \(readsAnswered)"
+        "runs \(runs), events \(events), kills \(kills), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged), writes unknown \(writesUnknown), reads \(readsAnswered)"
     }
 }
 
@@ -442,6 +443,9 @@ public final class ClusterSimulation {
     /// docs/ARCHITECTURE.md, the fault model): the nemesis leaves them and the master alone
     /// until then.
     var guarded: [Int] = []
+    /// A node whose connection to the guarded ones must stay up too (a head restored from an
+    /// old backup learns it lost records from its successor).
+    var guardedPeer: Int?
     var guardUntil: UInt64 = 0
     var guarding: Bool { now < guardUntil }
 
@@ -451,18 +455,24 @@ public final class ClusterSimulation {
     func restartingOnAnOldStateIsSafe() -> Bool {
         let informed = nodes.indices.filter { !nodes[$0].removed && (nodes[$0].disk.seen?.configuration.epoch ?? 0) > master.file.epoch }
         guard !informed.isEmpty else { return true }
-        guard informed.allSatisfy({ nodes[$0].life == .alive && !blocked(.node($0), .master) && !blocked(.master, .node($0)) }) else {
+        guard !guarding, informed.allSatisfy({ nodes[$0].life == .alive && !blocked(.node($0), .master) && !blocked(.master, .node($0)) }) else {
             return false
         }
         guarded = informed
+        guardedPeer = nil
         guardUntil = now + 3 * settings.failureTimeout
         return true
     }
 
     private func nemesis() {
         guard phase == .chaos else { return }
+        if let h = guardedPeer, guarding, master.manager.state.configuration.members.contains(where: { $0.id == nodes[h].id }) {
+            // The head restored from an old backup is still a member: its successor must stay
+            // until the master has replaced it.
+            guardUntil = max(guardUntil, now + settings.failureTimeout)
+        }
         let live = nodes.indices.filter { nodes[$0].life.isUp && !nodes[$0].removed && !(guarding && guarded.contains($0)) }
-        switch random(0..<21) {
+        switch random(0..<22) {
         case 0, 1, 2:
             if let i = live.randomElement(using: &rng), live.count > 1 || chance(0.3) {
                 stats.kills += 1
@@ -472,7 +482,9 @@ public final class ClusterSimulation {
         case 3, 4, 5:
             if let i = live.randomElement(using: &rng) {
                 stats.pauses += 1
-                let d = chance(0.5) ? random(200_000_000...900_000_000) : random(1_100_000_000...3_000_000_000)
+                var d = chance(0.5) ? random(200_000_000...900_000_000) : random(1_100_000_000...3_000_000_000)
+                // A pause while paused lasts until the later end (the events it holds wait for it).
+                if case .paused(let until) = nodes[i].life { d = max(d, until - now) }
                 nodes[i].life = .paused(until: now + d)
                 log("\(nodes[i].id) paused for \(d / 1_000_000) ms")
                 schedule(.endFault(.resumeNode(i)), after: d)
@@ -486,14 +498,18 @@ public final class ClusterSimulation {
         case 7:
             if master.life.isUp, !guarding {
                 stats.masterPauses += 1
-                let d = random(300_000_000...3_000_000_000)
+                var d = random(300_000_000...3_000_000_000)
+                if case .paused(let until) = master.life { d = max(d, until - now) }
                 master.life = .paused(until: now + d)
                 log("master paused for \(d / 1_000_000) ms")
                 schedule(.endFault(.resumeMaster), after: d)
             }
         case 8, 9, 10, 11:
             let p = Partition.random(id: stats.partitions + 1, nodes: nodes.indices.filter { !nodes[$0].removed }, clients: clients.count, using: &rng)
-            if guarding, guarded.contains(where: { p.blocks(.node($0), .master) || p.blocks(.master, .node($0)) }) { break }
+            if guarding, guarded.contains(where: { g in
+                p.blocks(.node(g), .master) || p.blocks(.master, .node(g))
+                    || guardedPeer.map { p.blocks(.node(g), .node($0)) || p.blocks(.node($0), .node(g)) } ?? false
+            }) { break }
             partitions.append(p)
             stats.partitions += 1
             log("partition \(p)")
@@ -516,7 +532,7 @@ public final class ClusterSimulation {
             }
         case 14:
             // An operator adds a node.
-            if nodes.filter({ !$0.removed }).count < 6, master.life == .alive {
+            if nodes.filter({ !$0.removed }).count < 6, master.life == .alive, !guarding {
                 let n = SimNode(sim: self, index: nodes.count)
                 nodes.append(n)
                 n.start()
@@ -532,7 +548,7 @@ public final class ClusterSimulation {
         case 15:
             // An operator removes (drains) a node.
             let candidates = nodes.indices.filter { !nodes[$0].removed && !nodes[$0].removing }
-            if candidates.count > 2, master.life == .alive, let i = candidates.randomElement(using: &rng) {
+            if candidates.count > 2, master.life == .alive, !guarding, let i = candidates.randomElement(using: &rng) {
                 do {
                     try master.manager.removeNode(nodes[i].id, now: master.clock)
                     nodes[i].removing = true
@@ -543,6 +559,37 @@ public final class ClusterSimulation {
                     log("operator could not remove \(nodes[i].id): \(error)")
                 }
             }
+        case 18:
+            // An operator restores the head's data directory from an old backup (or its disk
+            // lost writes it had acknowledged as durable): it restarts with a log that lacks the
+            // last records it had forwarded. Survivable only while its successor holds them, so
+            // that successor and the master are left alone for three timeouts.
+            let config = master.manager.state.configuration
+            guard !guarding, master.life == .alive, config.members.count >= 2,
+                  let h = index(of: config.members[0]), let s = index(of: config.members[1]),
+                  nodes[h].life == .alive, nodes[s].life == .alive, !nodes[h].removed, !nodes[s].removed, !nodes[s].removing,
+                  nodes[s].machine.failure == nil, nodes[s].machine.state == .member, !nodes[s].diskFull, !nodes[s].failNextSync,
+                  !blocked(.node(h), .node(s)), !blocked(.node(s), .node(h)),
+                  !blocked(.node(s), .master), !blocked(.master, .node(s)),
+                  nodes[s].disk.durable > 0, nodes[h].disk.durable >= nodes[s].disk.durable,
+                  nodes[h].disk.records.prefix(nodes[s].disk.durable) == nodes[s].disk.records.prefix(nodes[s].disk.durable),
+                  // Every acknowledged write is on the successor too (a head that ran alone
+                  // may hold some that nowhere else does: losing those is losing every copy).
+                  nodes[h].machine.configuration?.successor(of: nodes[h].id)?.id == nodes[s].id,
+                  acknowledged.allSatisfy({ Int($0.lsn.seq) <= nodes[s].disk.durable })
+            else { break }
+            let keep = random(0..<nodes[s].disk.durable)
+            stats.nodeRestores += 1
+            log("operator restores \(nodes[h].id)'s data from an old backup: \(keep) of \(nodes[h].disk.records.count) records")
+            nodes[h].kill()
+            nodes[h].disk.records.removeLast(nodes[h].disk.records.count - keep)
+            nodes[h].disk.durable = keep
+            nodes[h].disk.ghostFrom = nil
+            nodes[h].disk.syncFailedAt = nil
+            guarded = [s]
+            guardedPeer = h
+            guardUntil = now + 3 * settings.failureTimeout
+            nodes[h].restart()
         case 17:
             // An operator restores the master's state from an old backup: under the running
             // master, or restarting it on that file.
@@ -675,6 +722,7 @@ public final class ClusterSimulation {
         switch phase {
         case .healing:
             reAdd()
+            restartFailed()
             if settled() {
                 phase = .final
                 log("settled at epoch \(master.manager.state.epoch); final round")
@@ -704,6 +752,17 @@ public final class ClusterSimulation {
             }
         default:
             break
+        }
+    }
+
+    /// The operator restarts nodes that stopped on a failed log (at most once a second each): a
+    /// restart re-reads the log, and the node rejoins once the master has replaced it.
+    private func restartFailed() {
+        for n in nodes where !n.removed && n.life == .alive && n.machine.failure != nil && now >= n.restartableAt {
+            log("operator restarts \(n.id), stopped on its failed log")
+            n.kill()
+            n.restart()
+            n.restartableAt = now + 1_000_000_000
         }
     }
 

@@ -60,6 +60,8 @@ final class SimNode {
     var disk = SimDisk()
     var failNextSync = false
     var diskFull = false
+    /// When healing, the operator restarts a failed node at most once a second.
+    var restartableAt: UInt64 = 0
 
     // The process: lost when it dies.
     var machine: NodeStateMachine!

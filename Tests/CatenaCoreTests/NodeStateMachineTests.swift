@@ -127,16 +127,18 @@ struct NodeStateMachineTests {
     @Test func aHeadWritesOnlyWithItsSuccessorsPositionItsEpochStartAndALease() {
         var t = Transcript("a", logEnd: lsn(1, 5))
         _ = t.reply(chain(["a", "b"], epoch: 2), history: history((1, 1), (2, nil)))
+        // Its successor has not reported its position: no write, and no epoch start reported
+        // yet (its log might lack records the successor holds).
+        #expect(t.m.epochStartToReport == nil)
+        #expect(refusal(t.write(request(1))) == .unavailable)
+        let reported = t.m.successorReported(lsn(1, 3), epoch: 2, from: node("b"))
+        #expect(reported.first == .clearSuccessorQueue)
+        #expect(has(reported) { $0 == .replica(.resend(after: lsn(1, 3), through: lsn(1, 5), to: member("b"))) })
         // Its epoch start is unknown: it reports one, takes no write.
         #expect(t.m.epochStartToReport == EpochStart(epoch: 2, firstSeq: 6))
         #expect(refusal(t.write(request(1))) == .unavailable)
         _ = t.reply(chain(["a", "b"], epoch: 2), history: history((1, 1), (2, 6)))
         #expect(t.m.epochStartToReport == nil)
-        // Its successor has not reported its position.
-        #expect(refusal(t.write(request(1))) == .unavailable)
-        let reported = t.m.successorReported(lsn(1, 3), epoch: 2, from: node("b"))
-        #expect(reported.first == .clearSuccessorQueue)
-        #expect(has(reported) { $0 == .replica(.resend(after: lsn(1, 3), through: lsn(1, 5), to: member("b"))) })
         #expect(appended(t.write(request(1))).map(\.lsn) == [lsn(2, 6)])
         // Past its lease (0 + 950 ms): no write.
         t.now = 951_000_000
