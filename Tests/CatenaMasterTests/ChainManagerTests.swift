@@ -735,6 +735,25 @@ struct ChainManagerReportedFailureTests {
         #expect(ids(next?.standbys) == ["n2"])
     }
 
+    @Test func aMemberWhoseLogLostRecordsIsNotKeptAsTheHolderOfEverything() throws {
+        // n1's log lost records it had made durable (its data restored from an old backup): it
+        // heartbeats, reporting a corruption failure, with a higher LSN than n2, which then falls
+        // silent. When both must go, the one kept is n2 — it holds every committed write — and
+        // not n1, whatever it reports; an I/O failure (the log intact) would keep n1.
+        func run(_ failure: CatenaError) throws -> [String]? {
+            var m = manager(state(["n1", "n2"], firstSeq: 1))
+            try m.beats(["n2"], seq: 10, now: 100 * ms)
+            for t in stride(from: 100, through: 2500, by: 100) {
+                _ = try m.heartbeat(ChainManager.Beat(node: node("n1"), address: addressOf("n1"), highestLSN: LSN(epoch: 1, seq: 12),
+                                                      failure: failure), now: UInt64(t) * ms)
+                m.tick(now: UInt64(t) * ms)
+            }
+            return ids(m.persistNext(now: 2500 * ms)?.configuration.members)
+        }
+        #expect(try run(CatenaError(.corruption, "the successor holds records this log lacks")) == ["n2"])
+        #expect(try run(CatenaError(.ioFailure, "fsync failed")) == ["n1"])
+    }
+
     @Test func aStandbyReportingAFailureNeverJoinsUntilItStopsReportingIt() throws {
         var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 10)
         try m.beats(["n1", "n2"], seq: 100, now: 100 * ms)
