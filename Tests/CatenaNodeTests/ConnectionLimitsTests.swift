@@ -253,6 +253,9 @@ extension InProcessChainTests {
                 try await fourth.hello(name: "c3")
                 try await fourth.pump(until: \.closed)
                 #expect(fourth.errorCodes == [.busy] && fourth.closed, "\(fourth.frames)")
+                // The refused connection's slot is free once the server has closed its side (the client may
+                // see the close first).
+                #expect(await waitUntil { server.server.metrics.openConnections == 3 })
 
                 // A node still gets in (the reserve); a second one finds every slot taken, before its hello.
                 let peer = try RawClient(port: server.port)

@@ -81,9 +81,12 @@ extension InProcessChainTests.Restarts {
                                         value: [UInt8](repeating: 3, count: largestRecord - RecordHeader.overhead - key.bytes.count - 8 - value.count))
             let large = WriteRequest(requestID: RequestID(high: 1, low: 2), type: .put, key: key, value: value, extensions: [field])
             #expect(WriteLimits.recordLength(of: large) == largestRecord)
+            // The small one first, and the large one only once the fake holds it: sent together, the large
+            // one could be read first, and the small one would then wait behind it for the connection's
+            // byte budget, which the unacknowledged large one holds for good.
             let writes = Task {
                 async let a = try? client.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(small)), timeout: .seconds(30))
-                try await Task.sleep(for: .milliseconds(50))
+                while seen.withLock({ $0.seqs.isEmpty }) { try await Task.sleep(for: .milliseconds(5)) }
                 async let b = try? client.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(large)), timeout: .seconds(30))
                 _ = await (a, b)
             }
