@@ -34,7 +34,12 @@ extension InProcessChainTests.Restarts {
                 var largestFrame = 0
                 var resentBoth: Bool { resent.count >= 2 }
             }
-            let seen = Mutex(Seen())
+            // Shared by the fake's task and the writers' (a class: a local Mutex cannot be captured by two tasks).
+            final class Shared: Sendable {
+                let state = Mutex(Seen())
+                func withLock<R: Sendable>(_ body: (inout Seen) -> R) -> R { state.withLock { body(&$0) } }
+            }
+            let seen = Shared()
             let fake = try await FrameServer.bind(host: "127.0.0.1", port: 0, clusterID: TestCluster.clusterID, localID: "n2",
                                                   acceptedRoles: [.node], logger: testLogger)
             let fakeTask = Task {
