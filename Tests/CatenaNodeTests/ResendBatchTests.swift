@@ -88,11 +88,25 @@ extension InProcessChainTests.Restarts {
             #expect(WriteLimits.recordLength(of: large) == largestRecord)
             // The small one first, and the large one only once the fake holds it: sent together, the large
             // one could be read first, and the small one would then wait behind it for the connection's
-            // byte budget, which the unacknowledged large one holds for good.
+            // byte budget, which the unacknowledged large one holds for good. The head refuses writes
+            // (unavailable) until its epoch start is recorded, so each is retried, with its request id,
+            // until it is taken (then it waits for an acknowledgement that never comes).
+            @Sendable func taken(_ request: WriteRequest) async {
+                while !Task.isCancelled {
+                    do throws(CatenaError) {
+                        _ = try await client.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(request)), timeout: .seconds(30))
+                        return
+                    } catch where error.code == .unavailable && !client.isClosed {
+                        try? await Task.sleep(for: .milliseconds(20))
+                    } catch {
+                        return
+                    }
+                }
+            }
             let writes = Task {
-                async let a = try? client.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(small)), timeout: .seconds(30))
+                async let a: Void = taken(small)
                 while seen.withLock({ $0.seqs.isEmpty }) { try await Task.sleep(for: .milliseconds(5)) }
-                async let b = try? client.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(large)), timeout: .seconds(30))
+                async let b: Void = taken(large)
                 _ = await (a, b)
             }
             // The fake gets both records, resent from the log, in frames within the limit.
