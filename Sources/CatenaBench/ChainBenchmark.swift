@@ -44,6 +44,10 @@ public struct ChainBenchmark: Sendable {
         public var valueSize: Int
         /// Latencies.
         public var latency: LatencySummary
+        /// CPU time of every process (the clients and the cluster's) during the measurement.
+        public var cpu: CPUAccount
+        /// CPU microseconds per operation, all processes together.
+        public var cpuMicrosecondsPerOperation: Double { cpu.total.total * 1e6 / Double(operations) }
         /// Operations per second.
         public var opsPerSecond: Double { Double(operations) / seconds }
         /// Value megabytes (10^6) per second.
@@ -79,16 +83,16 @@ public struct ChainBenchmark: Sendable {
         var results: [SizeResult] = []
         for size in configuration.sizes {
             let count = size >= 64 << 10 ? max(configuration.clients, configuration.largeVolume / size) : configuration.smallCount
-            let put1 = try await withCluster(nodes: 1, name: "single-\(size)") { (client, _) async throws(CatenaError) in
-                try await measure("1-node put \(sizeName(size))", count: count, size: size, clients: client) { (c, i, value) async throws(CatenaError) in
+            let put1 = try await withCluster(nodes: 1, name: "single-\(size)") { (client, cluster) async throws(CatenaError) in
+                try await measure("1-node put \(sizeName(size))", count: count, size: size, clients: client, cluster: cluster) { (c, i, value) async throws(CatenaError) in
                     try await c.put("bench/\(i)", value)
                 }
             }
-            let (put3, get3) = try await withCluster(nodes: 3, name: "chain-\(size)") { (client, _) async throws(CatenaError) in
-                let put = try await measure("3-node put \(sizeName(size))", count: count, size: size, clients: client) { (c, i, value) async throws(CatenaError) in
+            let (put3, get3) = try await withCluster(nodes: 3, name: "chain-\(size)") { (client, cluster) async throws(CatenaError) in
+                let put = try await measure("3-node put \(sizeName(size))", count: count, size: size, clients: client, cluster: cluster) { (c, i, value) async throws(CatenaError) in
                     try await c.put("bench/\(i)", value)
                 }
-                let get = try await measure("3-node get \(sizeName(size))", count: count, size: size, clients: client) { (c, i, _) async throws(CatenaError) in
+                let get = try await measure("3-node get \(sizeName(size))", count: count, size: size, clients: client, cluster: cluster) { (c, i, _) async throws(CatenaError) in
                     let object = try await c.get("bench/\(i)")
                     guard object.bytes.count == size else {
                         throw CatenaError(.corruption, "bench/\(i) came back with \(object.bytes.count) bytes, not \(size)")
@@ -119,7 +123,7 @@ public struct ChainBenchmark: Sendable {
     }
 
     /// Runs `count` operations, spread over the clients (each runs its share one at a time).
-    private func measure(_ label: String, count: Int, size: Int, clients: [CatenaClient],
+    private func measure(_ label: String, count: Int, size: Int, clients: [CatenaClient], cluster: LocalCluster,
                          _ operation: @escaping @Sendable (CatenaClient, Int, [UInt8]) async throws(CatenaError) -> Void) async throws(CatenaError) -> Measurement {
         var rng = SplitMix64(seed: UInt64(size))
         var value = [UInt8](repeating: 0, count: size)
@@ -127,6 +131,8 @@ public struct ChainBenchmark: Sendable {
             for i in stride(from: 0, to: size - 7, by: 8) { raw.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self) }
         }
         let template = value
+        let processes = cluster.children.map { (name: $0.name, pid: $0.pid) }
+        let cpuBefore = CPUAccount.Reading(processes: processes)
         let start = ContinuousClock.now
         let perClient: [Result<[Int64], CatenaError>] = await withTaskGroup(of: Result<[Int64], CatenaError>.self) { group in
             for (k, client) in clients.enumerated() {
@@ -154,10 +160,77 @@ public struct ChainBenchmark: Sendable {
             return all
         }
         let seconds = Double((ContinuousClock.now - start).nanosecondsClamped) / 1e9
+        let cpu = CPUAccount(from: cpuBefore, to: CPUAccount.Reading(processes: processes))
         var latencies: [Int64] = []
         for r in perClient { latencies += try r.get() }
-        let m = Measurement(operations: latencies.count, seconds: seconds, valueSize: size, latency: LatencySummary(nanoseconds: latencies))
-        configuration.progress("\(label): \(m.operations) ops in \(fixed(seconds, 2)) s = \(fixed(m.opsPerSecond, 0)) ops/s, \(fixed(m.megabytesPerSecond, 1)) MB/s, p50 \(millis(m.latency.p50)) ms, p99 \(millis(m.latency.p99)) ms")
+        let m = Measurement(operations: latencies.count, seconds: seconds, valueSize: size, latency: LatencySummary(nanoseconds: latencies), cpu: cpu)
+        configuration.progress("\(label): \(m.operations) ops in \(fixed(seconds, 2)) s = \(fixed(m.opsPerSecond, 0)) ops/s, \(fixed(m.megabytesPerSecond, 1)) MB/s, p50 \(millis(m.latency.p50)) ms, p99 \(millis(m.latency.p99)) ms, CPU \(fixed(m.cpuMicrosecondsPerOperation, 0)) µs/op")
         return m
+    }
+}
+
+/// What `catena bench-chain --json` writes: every measurement with its throughput, latencies
+/// and the CPU time of each process per operation.
+public struct ChainBenchmarkReport: Codable, Sendable {
+    /// One measurement.
+    public struct Run: Codable, Sendable {
+        public var label: String
+        public var operations: Int
+        public var seconds: Double
+        public var opsPerSecond: Double
+        public var megabytesPerSecond: Double
+        public var latencyNanoseconds: LatencySummary
+        /// All processes together, user + system.
+        public var cpuMicrosecondsPerOperation: Double
+        /// Each process, user and system apart, microseconds per operation.
+        public var cpuPerOperation: [ProcessShare]
+
+        init(_ label: String, _ m: ChainBenchmark.Measurement) {
+            self.label = label
+            operations = m.operations
+            seconds = m.seconds
+            opsPerSecond = m.opsPerSecond
+            megabytesPerSecond = m.megabytesPerSecond
+            latencyNanoseconds = m.latency
+            cpuMicrosecondsPerOperation = m.cpuMicrosecondsPerOperation
+            let n = Double(max(1, m.operations))
+            cpuPerOperation = m.cpu.shares.map {
+                ProcessShare(process: $0.process, userMicroseconds: $0.cpu.user * 1e6 / n, systemMicroseconds: $0.cpu.system * 1e6 / n)
+            }
+        }
+    }
+
+    /// One process's CPU per operation.
+    public struct ProcessShare: Codable, Sendable {
+        public var process: String
+        public var userMicroseconds: Double
+        public var systemMicroseconds: Double
+    }
+
+    /// One value size.
+    public struct Size: Codable, Sendable {
+        public var valueSize: Int
+        public var efficiency: Double
+        public var goal: Double
+        public var goalMet: Bool
+        public var put1: Run
+        public var put3: Run
+        public var get3: Run
+    }
+
+    public var clients: Int
+    public var cores: Int
+    public var sizes: [Size]
+
+    /// The report of `results`.
+    public init(_ results: [ChainBenchmark.SizeResult], clients: Int, cores: Int) {
+        self.clients = clients
+        self.cores = cores
+        sizes = results.map { r in
+            let name = sizeName(r.valueSize)
+            return Size(valueSize: r.valueSize, efficiency: r.efficiency, goal: r.goal, goalMet: r.efficiency >= r.goal,
+                        put1: Run("1-node put \(name)", r.put1), put3: Run("3-node put \(name)", r.put3),
+                        get3: Run("3-node get \(name)", r.get3))
+        }
     }
 }

@@ -1,5 +1,5 @@
 /// Percentiles of a set of latencies, in nanoseconds (nearest-rank on the sorted samples).
-public struct LatencySummary: Hashable, Sendable {
+public struct LatencySummary: Hashable, Sendable, Codable {
     /// Samples summarized.
     public var count: Int
     /// Median.

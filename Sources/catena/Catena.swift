@@ -72,6 +72,7 @@ struct BenchChain: AsyncParsableCommand {
     @Option(name: .long, help: "MiB of values per measurement for values of 64 KiB and more.") var largeVolumeMib: Int = 1024
     @Option(name: .long, help: "Where the clusters keep their data (default: a temporary directory).") var dir: String?
     @Option(name: .long, help: "The nodes' durability: batch (default), always or none.") var durability: String = "batch"
+    @Option(name: .long, help: "Also write the results, CPU per operation of every process included, as JSON to this file.") var json: String?
 
     func validate() throws {
         guard clients >= 1, count >= 1, largeVolumeMib >= 1 else { throw ValidationError("counts must be positive") }
@@ -106,6 +107,23 @@ struct BenchChain: AsyncParsableCommand {
                         String(format: "%12.2f", r.efficiency),
                         String(format: "   >= %.1f %@", r.goal, r.efficiency >= r.goal ? "met" : "MISSED")]
             print(line.joined(separator: " "))
+        }
+        print("")
+        print("CPU per operation, µs (user+system), of every process: the benchmark's clients, the master, each node")
+        for r in results {
+            for (label, m) in [("1-node put", r.put1), ("3-node put", r.put3), ("3-node get", r.get3)] {
+                let n = Double(max(1, m.operations))
+                let shares = m.cpu.shares.map { share in
+                    "\(share.process) \(String(format: "%.0f", share.cpu.total * 1e6 / n)) (\(String(format: "%.0f", share.cpu.user * 1e6 / n))+\(String(format: "%.0f", share.cpu.system * 1e6 / n)))"
+                }
+                print("\(sizeName(r.valueSize).padding(toLength: 8, withPad: " ", startingAt: 0)) \(label): total \(String(format: "%.0f", m.cpuMicrosecondsPerOperation)); " + shares.joined(separator: ", "))
+            }
+        }
+        if let json {
+            let report = ChainBenchmarkReport(results, clients: clients, cores: ProcessInfo.processInfo.activeProcessorCount)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
         }
     }
 }
