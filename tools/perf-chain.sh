@@ -3,6 +3,7 @@
 # process of a 3-node `catena bench-chain` run: the benchmark's clients, the master, each node.
 #
 #   tools/perf-chain.sh [COUNT] [SIZE]      default: 40000 puts of 4KiB
+#   CATENA=path/to/catena tools/perf-chain.sh   another build
 #
 # Needs perf (Debian: linux-perf) and root (tracepoints). It starts the release-built
 # `catena bench-chain --sizes SIZE --count COUNT`, attaches `perf stat` to every process once the
@@ -14,7 +15,7 @@ count=${1:-40000}
 size=${2:-4KiB}
 out=$(mktemp -d "${TMPDIR:-/tmp}/catena-perf.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$out"' EXIT
-.build/release/catena bench-chain --sizes "$size" --count "$count" > "$out/bench.txt" 2>&1 &
+"${CATENA:-.build/release/catena}" bench-chain --sizes "$size" --count "$count" > "$out/bench.txt" 2>&1 &
 bench=$!
 # The 3-node cluster: its topology is under chain-*/ of the benchmark's directory.
 pids=()

@@ -237,11 +237,20 @@ extension Store {
             s.syncerScheduled = true
             return true
         }
-        if schedule { syncerPool.submit { [self] _ in syncLoop() } }
+        guard schedule else { return }
+        if bytes < Store.pipelineMinBytes {
+            // A small batch: nothing is written while it syncs (see `drain`), so the writer syncs
+            // it itself, sparing the hand-over to the syncer thread and back (two thread switches
+            // per batch, most of a small write's cost in the store).
+            syncLoop()
+        } else {
+            syncerPool.submit { [self] _ in syncLoop() }
+        }
     }
 
     /// The syncer loop: fsyncs everything written so far (one fsync per file for any number of
-    /// batches), then indexes and acknowledges in order.
+    /// batches), then indexes and acknowledges in order. Runs on the syncer thread, or on the
+    /// writer thread for a small batch (`writeBatch`); never on both at once (`syncerScheduled`).
     private func syncLoop() {
         let sync = configuration.durability != .none
         let oneCallPerSync = configuration.durability == .always
