@@ -58,20 +58,15 @@ public final class RequestConnection: Sendable {
                 connection.fail(error)
                 once.take()?.resume(returning: .failure(error))
             }
-            let sweeper = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(50))
-                    connection.expire(now: .now)
-                }
-            }
-            // If the connection already failed, `fail` found no tasks to cancel: cancel them here.
+            RequestSweeper.shared.register(connection)
+            // If the connection already failed, `fail` found no task to cancel: cancel it here.
             let failed = connection.state.withLock { s in
-                s.tasks = [task, sweeper]
+                s.tasks = [task]
                 return s.failure != nil
             }
             if failed {
                 task.cancel()
-                sweeper.cancel()
+                RequestSweeper.shared.unregister(connection)
             }
         }
         try ready.get()
@@ -157,7 +152,7 @@ public final class RequestConnection: Sendable {
     }
 
     /// Fails requests whose deadline passed.
-    private func expire(now: ContinuousClock.Instant) {
+    fileprivate func expire(now: ContinuousClock.Instant) {
         let expired: [Waiter] = state.withLock { s in
             let ids = s.waiters.compactMap { id, w in w.deadline <= now ? id : nil }
             return ids.compactMap { s.waiters.removeValue(forKey: $0) }
@@ -178,6 +173,60 @@ public final class RequestConnection: Sendable {
         }
         for w in waiters { w.stream.fail(error) }
         for t in tasks { t.cancel() }
+        RequestSweeper.shared.unregister(self)
+    }
+}
+
+/// Fails the overdue requests of every open ``RequestConnection`` of the process, from one task
+/// that wakes every 50 ms while any connection is open. (A task per connection woke 20 times a
+/// second each: 1,280 thread wake-ups a second for a benchmark's 64 connections, about a third
+/// of a context switch per request.)
+final class RequestSweeper: Sendable {
+    static let shared = RequestSweeper(interval: .milliseconds(50))
+
+    private let interval: Duration
+    private let state = Mutex(State())
+
+    private struct State: ~Copyable {
+        var connections: [ObjectIdentifier: RequestConnection] = [:]
+        var running = false
+    }
+
+    init(interval: Duration) {
+        self.interval = interval
+    }
+
+    /// Sweeps `connection` until it is unregistered (``RequestConnection`` does so when it fails
+    /// or is closed).
+    func register(_ connection: RequestConnection) {
+        let start = state.withLock { s in
+            s.connections[ObjectIdentifier(connection)] = connection
+            if s.running { return false }
+            s.running = true
+            return true
+        }
+        if start { Task.detached { await self.run() } }
+    }
+
+    func unregister(_ connection: RequestConnection) {
+        _ = state.withLock { $0.connections.removeValue(forKey: ObjectIdentifier(connection)) }
+    }
+
+    /// Ends once no connection is registered (and starts again with the next one).
+    private func run() async {
+        while true {
+            try? await Task.sleep(for: interval)
+            let open: [RequestConnection]? = state.withLock { s in
+                if s.connections.isEmpty {
+                    s.running = false
+                    return nil
+                }
+                return Array(s.connections.values)
+            }
+            guard let open else { return }
+            let now = ContinuousClock.now
+            for connection in open { connection.expire(now: now) }
+        }
     }
 }
 
