@@ -36,6 +36,8 @@ public struct ChainBenchmark: Sendable {
 
     /// One measurement.
     public struct Measurement: Sendable {
+        /// What was measured: "3-node put 4 KiB".
+        public var label: String
         /// Operations completed.
         public var operations: Int
         /// Wall time, seconds.
@@ -47,11 +49,24 @@ public struct ChainBenchmark: Sendable {
         /// CPU time of every process (the clients and the cluster's) during the measurement.
         public var cpu: CPUAccount
         /// CPU microseconds per operation, all processes together.
-        public var cpuMicrosecondsPerOperation: Double { cpu.total.total * 1e6 / Double(operations) }
+        public var cpuMicrosecondsPerOperation: Double { cpu.total.total * 1e6 / Double(max(1, operations)) }
+        /// Each process's CPU microseconds per operation, user and system apart.
+        public var cpuPerOperation: [ProcessShare] {
+            let n = Double(max(1, operations))
+            return cpu.shares.map { ProcessShare(process: $0.process, userMicroseconds: $0.cpu.user * 1e6 / n, systemMicroseconds: $0.cpu.system * 1e6 / n) }
+        }
         /// Operations per second.
         public var opsPerSecond: Double { Double(operations) / seconds }
         /// Value megabytes (10^6) per second.
         public var megabytesPerSecond: Double { Double(operations * valueSize) / seconds / 1e6 }
+    }
+
+    /// One process's CPU per operation, microseconds.
+    public struct ProcessShare: Codable, Sendable {
+        /// "client" (the benchmark's clients), "master", "n1", ...
+        public var process: String
+        public var userMicroseconds: Double
+        public var systemMicroseconds: Double
     }
 
     /// The results for one value size.
@@ -163,7 +178,7 @@ public struct ChainBenchmark: Sendable {
         let cpu = CPUAccount(from: cpuBefore, to: CPUAccount.Reading(processes: processes))
         var latencies: [Int64] = []
         for r in perClient { latencies += try r.get() }
-        let m = Measurement(operations: latencies.count, seconds: seconds, valueSize: size, latency: LatencySummary(nanoseconds: latencies), cpu: cpu)
+        let m = Measurement(label: label, operations: latencies.count, seconds: seconds, valueSize: size, latency: LatencySummary(nanoseconds: latencies), cpu: cpu)
         configuration.progress("\(label): \(m.operations) ops in \(fixed(seconds, 2)) s = \(fixed(m.opsPerSecond, 0)) ops/s, \(fixed(m.megabytesPerSecond, 1)) MB/s, p50 \(millis(m.latency.p50)) ms, p99 \(millis(m.latency.p99)) ms, CPU \(fixed(m.cpuMicrosecondsPerOperation, 0)) µs/op")
         return m
     }
@@ -183,28 +198,18 @@ public struct ChainBenchmarkReport: Codable, Sendable {
         /// All processes together, user + system.
         public var cpuMicrosecondsPerOperation: Double
         /// Each process, user and system apart, microseconds per operation.
-        public var cpuPerOperation: [ProcessShare]
+        public var cpuPerOperation: [ChainBenchmark.ProcessShare]
 
-        init(_ label: String, _ m: ChainBenchmark.Measurement) {
-            self.label = label
+        init(_ m: ChainBenchmark.Measurement) {
+            label = m.label
             operations = m.operations
             seconds = m.seconds
             opsPerSecond = m.opsPerSecond
             megabytesPerSecond = m.megabytesPerSecond
             latencyNanoseconds = m.latency
             cpuMicrosecondsPerOperation = m.cpuMicrosecondsPerOperation
-            let n = Double(max(1, m.operations))
-            cpuPerOperation = m.cpu.shares.map {
-                ProcessShare(process: $0.process, userMicroseconds: $0.cpu.user * 1e6 / n, systemMicroseconds: $0.cpu.system * 1e6 / n)
-            }
+            cpuPerOperation = m.cpuPerOperation
         }
-    }
-
-    /// One process's CPU per operation.
-    public struct ProcessShare: Codable, Sendable {
-        public var process: String
-        public var userMicroseconds: Double
-        public var systemMicroseconds: Double
     }
 
     /// One value size.
@@ -227,10 +232,8 @@ public struct ChainBenchmarkReport: Codable, Sendable {
         self.clients = clients
         self.cores = cores
         sizes = results.map { r in
-            let name = sizeName(r.valueSize)
-            return Size(valueSize: r.valueSize, efficiency: r.efficiency, goal: r.goal, goalMet: r.efficiency >= r.goal,
-                        put1: Run("1-node put \(name)", r.put1), put3: Run("3-node put \(name)", r.put3),
-                        get3: Run("3-node get \(name)", r.get3))
+            Size(valueSize: r.valueSize, efficiency: r.efficiency, goal: r.goal, goalMet: r.efficiency >= r.goal,
+                 put1: Run(r.put1), put3: Run(r.put3), get3: Run(r.get3))
         }
     }
 }

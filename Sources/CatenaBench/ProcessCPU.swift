@@ -3,7 +3,7 @@ import Glibc
 #endif
 
 /// CPU time a process has used, user and system apart, in seconds.
-public struct CPUTime: Hashable, Sendable, Codable {
+public struct CPUTime: Hashable, Sendable {
     /// Seconds in user mode.
     public var user: Double
     /// Seconds in the kernel on the process's behalf (system calls, page faults, ...).
@@ -57,9 +57,9 @@ public struct CPUTime: Hashable, Sendable, Codable {
 
 /// The CPU time of each process of a benchmark run over one measurement: the benchmark's own
 /// process (the clients) and every process of its cluster.
-public struct CPUAccount: Hashable, Sendable, Codable {
+public struct CPUAccount: Hashable, Sendable {
     /// One process's share.
-    public struct Share: Hashable, Sendable, Codable {
+    public struct Share: Hashable, Sendable {
         /// "client", "master", "n1", ...
         public var process: String
         /// CPU time used during the measurement.

@@ -110,14 +110,12 @@ struct BenchChain: AsyncParsableCommand {
         }
         print("")
         print("CPU per operation, µs (user+system), of every process: the benchmark's clients, the master, each node")
-        for r in results {
-            for (label, m) in [("1-node put", r.put1), ("3-node put", r.put3), ("3-node get", r.get3)] {
-                let n = Double(max(1, m.operations))
-                let shares = m.cpu.shares.map { share in
-                    "\(share.process) \(String(format: "%.0f", share.cpu.total * 1e6 / n)) (\(String(format: "%.0f", share.cpu.user * 1e6 / n))+\(String(format: "%.0f", share.cpu.system * 1e6 / n)))"
-                }
-                print("\(sizeName(r.valueSize).padding(toLength: 8, withPad: " ", startingAt: 0)) \(label): total \(String(format: "%.0f", m.cpuMicrosecondsPerOperation)); " + shares.joined(separator: ", "))
+        for m in results.flatMap({ [$0.put1, $0.put3, $0.get3] }) {
+            let shares = m.cpuPerOperation.map { share in
+                "\(share.process) " + String(format: "%.0f (%.0f+%.0f)", share.userMicroseconds + share.systemMicroseconds,
+                                              share.userMicroseconds, share.systemMicroseconds)
             }
+            print("\(m.label): total \(String(format: "%.0f", m.cpuMicrosecondsPerOperation)); " + shares.joined(separator: ", "))
         }
         if let json {
             let report = ChainBenchmarkReport(results, clients: clients, cores: ProcessInfo.processInfo.activeProcessorCount)
