@@ -139,7 +139,7 @@ extension Store {
         while true {
             // While a sync is in flight, write a new batch only once it is worth a syscall of its
             // own (pipelining large values); small records wait and share the next fsync.
-            if state.withLock({ $0.queuedBytes }) < Store.pipelineMinBytes {
+            if Store.writerWaitsForSync(queuedBytes: state.withLock { $0.queuedBytes }) {
                 unsyncedBatches.waitForZero()
             }
             enum Work { case appends([PendingAppend], Int), task(@Sendable () -> Void) }
@@ -187,6 +187,12 @@ extension Store {
     /// Queued bytes from which the writer writes while a sync is still in flight.
     static let pipelineMinBytes = 1 << 20
 
+    /// Whether the writer, with `queuedBytes` waiting, waits for the sync in flight before it
+    /// writes again (see `drain`).
+    private static func writerWaitsForSync(queuedBytes: Int) -> Bool {
+        queuedBytes < pipelineMinBytes
+    }
+
     /// Blocks the writer until the syncer has acknowledged (or failed) every written batch.
     private func waitUntilSynced() {
         unsyncedBatches.waitForZero()
@@ -227,30 +233,34 @@ extension Store {
             return
         }
         unsyncedBatches.add(1)
-        let schedule: Bool = state.withLock { s in
+        enum Sync { case running, here, onSyncer }
+        let sync: Sync = state.withLock { s in
             if let i = s.segments.lastIndex(where: { $0.id == active.id }) {
                 s.segments[i].writtenSize = active.offset + UInt64(bytes)
             }
             s.writtenLSN = batch[batch.count - 1].records.last!.lsn
             s.written.append(WrittenBatch(appends: batch, bytes: bytes, file: active.file, segment: active.id, offset: active.offset, createdSegment: created))
-            if s.syncerScheduled { return false }
+            if s.syncerScheduled { return .running }
             s.syncerScheduled = true
-            return true
+            return Store.writerWaitsForSync(queuedBytes: s.queuedBytes) ? .here : .onSyncer
         }
-        guard schedule else { return }
-        if bytes < Store.pipelineMinBytes {
-            // A small batch: nothing is written while it syncs (see `drain`), so the writer syncs
-            // it itself, sparing the hand-over to the syncer thread and back (two thread switches
-            // per batch, most of a small write's cost in the store).
+        switch sync {
+        case .running:
+            break
+        case .here:
+            // The writer would only wait for this sync (see `drain`): it syncs the batch itself,
+            // sparing the hand-over to the syncer thread and back (two thread switches per
+            // batch, most of a small write's cost in the store).
             syncLoop()
-        } else {
+        case .onSyncer:
             syncerPool.submit { [self] _ in syncLoop() }
         }
     }
 
     /// The syncer loop: fsyncs everything written so far (one fsync per file for any number of
     /// batches), then indexes and acknowledges in order. Runs on the syncer thread, or on the
-    /// writer thread for a small batch (`writeBatch`); never on both at once (`syncerScheduled`).
+    /// writer thread when it would only wait for it (`writeBatch`); never on both at once
+    /// (`syncerScheduled`).
     private func syncLoop() {
         let sync = configuration.durability != .none
         let oneCallPerSync = configuration.durability == .always
