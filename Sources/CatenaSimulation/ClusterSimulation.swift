@@ -784,7 +784,11 @@ public final class ClusterSimulation {
         let ns = nodes.map { n in
             "\(n.id)[\(n.life)\(n.removed ? " removed" : "") \(n.machine.state) e\(n.machine.epoch) log \(n.disk.records.last?.lsn ?? .zero) durable \(n.disk.durable)]"
         }
-        return "master epoch \(c.epoch) members \(c.configuration.members.map(\.id.rawValue)) standbys \(c.standbys.map(\.id.rawValue)) \(master.life); \(ns.joined(separator: " "))"
+        // What the master makes of each node: why a standby is not appended, a member not leased.
+        let seen = master.manager.status(now: now).map { r in
+            "\(r.id): \(r.health) reported \(r.highestLSN.map { "\($0)" } ?? "nothing")\(r.failure.map { " failure \($0.code)" } ?? "")\(master.manager.isCatchingUp(r.id) ? " catching up" : "")"
+        }
+        return "master epoch \(c.epoch) members \(c.configuration.members.map(\.id.rawValue)) standbys \(c.standbys.map(\.id.rawValue)) \(master.life); \(ns.joined(separator: " ")); master sees \(seen.joined(separator: ", "))"
     }
 
     // MARK: - Final checks
