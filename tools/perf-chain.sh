@@ -38,7 +38,7 @@ until grep -q "^3-node put" "$out/bench.txt"; do sleep 0.05; done
 pkill -INT -f "perf stat -x, -e" || true
 wait $bench || true
 sleep 0.5
-grep "^3-node put" "$out/bench.txt"
+grep "^3-node put.* ops in " "$out/bench.txt"
 printf '%-8s %9s %9s %9s' process cpu_us ctxsw syscalls
 printf ' %s' write writev sendmsg read readv recvmsg pwrite pwritev fsync fdsync futex epoll_w epoll_c eventfd nanosleep; echo
 for f in "$out"/*.csv; do
