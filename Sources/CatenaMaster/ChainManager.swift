@@ -64,7 +64,8 @@ import CatenaCore
 /// - a joined member is *catching up*: it gets no lease (so serves no reads as tail, takes no
 ///   writes as head) until it reported at least what its predecessor held once the predecessor
 ///   knew it was no longer the tail: appended within ``Settings/catchUpLagRecords``, it may lack
-///   writes the old tail committed and acknowledged. Re-armed when its predecessor changes. Who
+///   writes the old tail committed and acknowledged. Re-armed when its predecessor changes; a
+///   predecessor reporting a `corruption` failure (its log lost durable records) sets nothing. Who
 ///   is catching up is persisted (``MasterState/catchingUp``), with the join and again once they
 ///   caught up, so a restarted master re-arms it (the predecessor must report at the current
 ///   epoch) instead of taking the joiner for a holder of everything.
@@ -396,7 +397,9 @@ public struct ChainManager: Sendable {
         }
         if i == 0, let start = beat.epochStart { take(start) }
         if t.standing == .member {
-            for (joiner, barrier) in catchingUp where barrier.need == nil && beat.epoch >= barrier.epoch
+            // A predecessor whose log lost records it had made durable (restored from an old
+            // backup) reports less than it held: that bounds nothing its successor needs.
+            for (joiner, barrier) in catchingUp where barrier.need == nil && beat.epoch >= barrier.epoch && beat.failure?.code != .corruption
                 && state.configuration.predecessor(of: joiner)?.id == beat.node {
                 catchingUp[joiner]?.need = beat.highestLSN
             }

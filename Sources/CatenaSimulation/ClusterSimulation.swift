@@ -563,12 +563,17 @@ public final class ClusterSimulation {
             // An operator restores the head's data directory from an old backup (or its disk
             // lost writes it had acknowledged as durable): it restarts with a log that lacks the
             // last records it had forwarded. Survivable only while its successor holds them, so
-            // that successor and the master are left alone for three timeouts.
+            // that successor and the master are left alone for three timeouts — and only once
+            // the master knows the successor holds every committed write: a successor still
+            // catching up may lack records the head committed as the tail, and nothing tells the
+            // master whether those the head lost were among them (the chain stays unavailable;
+            // docs/ARCHITECTURE.md, the fault model).
             let config = master.manager.state.configuration
             guard !guarding, master.life == .alive, config.members.count >= 2,
                   let h = index(of: config.members[0]), let s = index(of: config.members[1]),
                   nodes[h].life == .alive, nodes[s].life == .alive, !nodes[h].removed, !nodes[s].removed, !nodes[s].removing,
                   nodes[s].machine.failure == nil, nodes[s].machine.state == .member, !nodes[s].diskFull, !nodes[s].failNextSync,
+                  !master.manager.isCatchingUp(nodes[s].id),
                   !blocked(.node(h), .node(s)), !blocked(.node(s), .node(h)),
                   !blocked(.node(s), .master), !blocked(.master, .node(s)),
                   nodes[s].disk.durable > 0, nodes[h].disk.durable >= nodes[s].disk.durable,

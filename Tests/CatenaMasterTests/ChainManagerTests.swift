@@ -889,6 +889,30 @@ struct ChainManagerCatchingUpTests {
         #expect(!m.isAvailable(now: 11_100 * ms))
     }
 
+    @Test func aPredecessorThatLostDataSetsNoBarrier() throws {
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 256)
+        try m.beatsBeforeN3Joins()
+        #expect(ids(m.persistNext(now: 100 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+        // n2 (which committed 1...100 as the tail) is restored from an old backup before it
+        // reports at epoch 2: its log ends at 10, and n3, at 40, shows it lost data. What it
+        // reports now bounds nothing n3 needs.
+        let lost = ChainManager.Beat(node: node("n2"), address: addressOf("n2"), highestLSN: LSN(epoch: 1, seq: 10), epoch: 2,
+                                     failure: CatenaError(.corruption, "the successor n3 holds records this log lacks (1.40 > 1.10)"))
+        _ = try m.heartbeat(lost, now: 200 * ms)
+        #expect(try m.heartbeat("n3", seq: 40, epoch: 2, at: 250).lease == nil)
+        #expect(m.isCatchingUp(node("n3")))
+        // n1, its predecessor once n2 is removed, still holds everything: n3 copies it and is leased.
+        for t in stride(from: 300, through: 1300, by: 100) {
+            _ = try m.heartbeat("n1", seq: 100, epoch: 2, at: UInt64(t))
+            _ = try m.heartbeat("n3", seq: 40, epoch: 2, at: UInt64(t))
+            _ = try m.heartbeat(lost, now: UInt64(t) * ms)
+        }
+        #expect(ids(m.persistNext(now: 1300 * ms)?.configuration.members) == ["n1", "n3"])
+        _ = try m.heartbeat("n1", seq: 100, epoch: 3, at: 1400)
+        #expect(try m.heartbeat("n3", seq: 90, epoch: 3, at: 1450).lease == nil)
+        #expect(try m.heartbeat("n3", seq: 100, epoch: 3, at: 1500).lease == .seconds(1))
+    }
+
     @Test func theLastMemberHoldingEverythingCannotBeDrained() throws {
         var m = manager(state(["n1"], standbys: ["n2"], firstSeq: 1), lag: 256)
         _ = try m.heartbeat("n1", seq: 100, epoch: 1, at: 100)
