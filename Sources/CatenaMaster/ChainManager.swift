@@ -49,7 +49,8 @@ import CatenaCore
 /// - joining: a standby that heartbeated within the failure timeout without reporting a
 ///   failure, whose log is a prefix of the chain's by the epoch history (its highest LSN is the
 ///   chain's record at that seq, and the current epoch's first seq is recorded) and whose
-///   highest seq is within ``Settings/catchUpLagRecords`` of the tail's is appended as the new
+///   highest seq is at most the tail's and within ``Settings/catchUpLagRecords`` of it (a member
+///   never has a successor holding more than it, unless its own log lost records) is appended as the new
 ///   tail, one per proposal — only behind a tail heard within half the timeout, not reporting a
 ///   failure, not leaving, and not itself catching up. A standby still holding writes of a
 ///   replaced head that never committed truncates them before it can join;
@@ -455,7 +456,7 @@ public struct ChainManager: Sendable {
 
         // A join: the most advanced caught-up standby, after a healthy tail that stays. Caught up:
         // its log is a prefix of the chain's (a replaced head's writes that never committed are
-        // truncated first) and within `catchUpLagRecords` of the tail's.
+        // truncated first), at most the tail's, and within `catchUpLagRecords` of it.
         var joiner: Int?
         var history = state.epochHistory
         if let firstSeq { history[last].firstSeq = firstSeq }
@@ -466,7 +467,10 @@ public struct ChainManager: Sendable {
                 guard !s.leaving, s.failure == nil, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
                       EpochHistory(history).isPrefix(reported) else { continue }
                 let seq = reported.seq
-                guard seq >= tailSeq || tailSeq - seq <= settings.catchUpLagRecords else { continue }
+                // Never ahead of the tail: a member whose successor holds more than it can only
+                // have lost records (so it stops); a standby's extra records are still on their
+                // way down the chain, or truncated once the history shows they never committed.
+                guard seq <= tailSeq && tailSeq - seq <= settings.catchUpLagRecords else { continue }
                 if joiner == nil || seq > records[joiner!].reported!.seq { joiner = j }
             }
         }

@@ -418,6 +418,19 @@ struct ChainManagerTests {
         #expect(ids(m.persistNext(now: 1500 * ms)?.configuration.members) == ["n2", "n3", "n1"])
     }
 
+    @Test func aStandbyAheadOfTheTailJoinsOnlyOnceTheTailHoldsAsMuch() throws {
+        // n3 left the chain holding 41...45, which the head also holds and is still forwarding:
+        // behind a tail at 40 it would hold records its predecessor lacks — which a member reads
+        // as its own log having lost them.
+        var m = manager(state(["n1", "n2"], standbys: ["n3"], firstSeq: 1), lag: 10)
+        _ = try m.heartbeat(beat("n1", seq: 45), now: 100 * ms)
+        _ = try m.heartbeat(beat("n2", seq: 40), now: 100 * ms)
+        _ = try m.heartbeat(beat("n3", seq: 45), now: 100 * ms)
+        #expect(m.nextProposal(now: 100 * ms) == nil)
+        _ = try m.heartbeat(beat("n2", seq: 45), now: 150 * ms)
+        #expect(ids(m.persistNext(now: 150 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+    }
+
     @Test func severalCaughtUpStandbysJoinOnePerProposalMostAdvancedFirst() throws {
         var m = manager(state(["n1"], standbys: ["n2", "n3"], firstSeq: 1), lag: 10)
         _ = try m.heartbeat(beat("n1", seq: 100), now: 100 * ms)
