@@ -563,8 +563,8 @@ public final class ClusterSimulation {
             // An operator restores the head's data directory from an old backup (or its disk
             // lost writes it had acknowledged as durable): it restarts with a log that lacks the
             // last records it had forwarded. Survivable only while its successor holds them, so
-            // that successor and the master are left alone for three timeouts — and only once
-            // the master knows the successor holds every committed write: a successor still
+            // that successor and the master are left alone for three timeouts — and only while
+            // the master hears the successor and knows it holds every committed write: a successor still
             // catching up may lack records the head committed as the tail, and nothing tells the
             // master whether those the head lost were among them (the chain stays unavailable;
             // docs/ARCHITECTURE.md, the fault model).
@@ -574,6 +574,9 @@ public final class ClusterSimulation {
                   nodes[h].life == .alive, nodes[s].life == .alive, !nodes[h].removed, !nodes[s].removed, !nodes[s].removing,
                   nodes[s].machine.failure == nil, nodes[s].machine.state == .member, !nodes[s].diskFull, !nodes[s].failNextSync,
                   !master.manager.isCatchingUp(nodes[s].id),
+                  // ... and one the master hears from now (not a member about to be removed as
+                  // failed, which would leave the restored head alone with its loss).
+                  master.manager.status(now: master.clock).first(where: { $0.id == nodes[s].id })?.health == .healthy,
                   !blocked(.node(h), .node(s)), !blocked(.node(s), .node(h)),
                   !blocked(.node(s), .master), !blocked(.master, .node(s)),
                   nodes[s].disk.durable > 0, nodes[h].disk.durable >= nodes[s].disk.durable,
