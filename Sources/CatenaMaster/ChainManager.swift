@@ -251,12 +251,8 @@ public struct ChainManager: Sendable {
         var heard: UInt64?
         /// The highest LSN it reported last.
         var reported: LSN?
-        /// The failure it reported last, or the one the master found (``lost``); nil: none.
+        /// The failure it reported last; nil: none.
         var failure: CatenaError?
-        /// A member whose log shrank below what it reported of the chain's records (restored
-        /// from an old backup, a disk that lost durable writes) before it noticed itself: a
-        /// `corruption` failure the master holds against it while it stays a member.
-        var lost: CatenaError?
         /// A member: the latest instant the lease it last got can run out at (an upper bound:
         /// the node counts from when it sent the heartbeat, before the master received it).
         var leaseUntil: UInt64 = 0
@@ -378,9 +374,7 @@ public struct ChainManager: Sendable {
     ///
     /// Otherwise, members, standbys and nodes being added are
     /// recorded (liveness, highest LSN, the failure it reports if any, a new connectable address
-    /// — unconnectable ones are ignored). A member reporting a highest LSN below one it reported
-    /// before, which the history says may be the chain's, lost durable records: the master holds
-    /// a `corruption` failure against it while it stays a member. A member is granted a
+    /// — unconnectable ones are ignored); a member is granted a
     /// lease unless it is leaving, being removed, reporting a failure or catching up; the current
     /// head's report of the current epoch's first seq is taken for the next proposal. Standbys
     /// and nodes being added are answered ``Standing/joining``; anyone else
@@ -396,24 +390,13 @@ public struct ChainManager: Sendable {
         guard let i = slots[beat.node], records[i].standing != .unknown else { return Self.reply(state, .unknown, lease: nil) }
         var t = records[i]
         t.heard = max(t.heard ?? 0, now)
-        if t.standing != .member {
-            t.lost = nil
-        } else if t.lost == nil, beat.failure == nil, let before = t.reported, beat.highestLSN.seq < before.seq,
-                  EpochHistory(state.epochHistory).holds(before) {
-            // A member's durable log never shrinks, except to truncate what the history says the
-            // chain never wrote: this one lost records that may be committed. Like a node that
-            // reports it itself: no lease, not a holder of everything, replaced.
-            t.lost = CatenaError(.corruption, "\(beat.node) reported \(beat.highestLSN) after \(before): its log lost records it had made durable")
-        }
         t.reported = beat.highestLSN
-        t.failure = beat.failure ?? t.lost
+        t.failure = beat.failure
         if beat.address != t.lastText {
             t.lastText = beat.address
             if Self.isConnectable(beat.address) { t.announced = beat.address }
         }
-        // Not from a member the master holds a failure against (a node reporting one sends no
-        // start): a start over a log that lost records would make the others truncate them.
-        if i == 0, t.failure == nil, let start = beat.epochStart { take(start) }
+        if i == 0, let start = beat.epochStart { take(start) }
         if t.standing == .member {
             // A predecessor whose log lost records it had made durable (restored from an old
             // backup) reports less than it held: that bounds nothing its successor needs.

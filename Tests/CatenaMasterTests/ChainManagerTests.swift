@@ -926,40 +926,6 @@ struct ChainManagerCatchingUpTests {
         #expect(try m.heartbeat("n3", seq: 100, epoch: 3, at: 1500).lease == .seconds(1))
     }
 
-    @Test func aMemberWhoseLogShrankBelowWhatItReportedIsTakenForOneThatLostData() throws {
-        var s = state(["n1", "n2"], epoch: 2)
-        s.epochHistory = [EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2)]
-        var m = manager(s)
-        try m.beats(["n1", "n2"], seq: 56, now: 100 * ms)
-        // n2 stops reaching the master; n1 comes back from an old backup (its log ends at 26)
-        // before its successor's position could show it the loss.
-        let shrunk = try m.heartbeat("n1", seq: 26, epoch: 2, at: 200)
-        #expect(shrunk.lease == nil)
-        #expect(m.status(now: 200 * ms).first?.failure?.code == .corruption)
-        // Nor does an epoch start over that log count: n2 would truncate 27...56 by it.
-        _ = try m.heartbeat("n1", seq: 26, epoch: 2, at: 250, start: EpochStart(epoch: 2, firstSeq: 27))
-        #expect(m.nextProposal(now: 250 * ms) == nil)
-        for t in stride(from: 300, through: 1300, by: 100) { _ = try m.heartbeat("n1", seq: 26, epoch: 2, at: UInt64(t)) }
-        // n2, silent, holds everything n1 lost: it is kept; n1 goes. Unavailable until n2 is back.
-        let next = m.persistNext(now: 1300 * ms)
-        #expect(ids(next?.configuration.members) == ["n2"])
-        #expect(!m.isAvailable(now: 1300 * ms))
-        #expect(try m.heartbeat("n2", seq: 56, epoch: 3, at: 1400).lease == .seconds(1))
-    }
-
-    @Test func aMemberThatTruncatedWritesTheChainNeverCommittedIsNotTakenForOneThatLostData() throws {
-        // Epoch 2 started at 41: n2's records 41...45 of epoch 1 were a replaced head's.
-        var s = state(["n2", "n3"], epoch: 2, firstSeq: 1)
-        s.epochHistory = [EpochStart(epoch: 1, firstSeq: 1), EpochStart(epoch: 2, firstSeq: 41)]
-        var m = manager(s)
-        _ = try m.heartbeat(ChainManager.Beat(node: node("n2"), address: addressOf("n2"), highestLSN: LSN(epoch: 2, seq: 50), epoch: 2), now: 100 * ms)
-        _ = try m.heartbeat(ChainManager.Beat(node: node("n3"), address: addressOf("n3"), highestLSN: LSN(epoch: 1, seq: 45), epoch: 2), now: 100 * ms)
-        // n3 truncates them and reports its shared prefix.
-        let r = try m.heartbeat(ChainManager.Beat(node: node("n3"), address: addressOf("n3"), highestLSN: LSN(epoch: 1, seq: 40), epoch: 2), now: 200 * ms)
-        #expect(r.lease == .seconds(1))
-        #expect(m.status(now: 200 * ms).last?.failure == nil)
-    }
-
     @Test func theLastMemberHoldingEverythingCannotBeDrained() throws {
         var m = manager(state(["n1"], standbys: ["n2"], firstSeq: 1), lag: 256)
         _ = try m.heartbeat("n1", seq: 100, epoch: 1, at: 100)
