@@ -186,6 +186,7 @@ let package = Package(
                 "CatenaNode", "CatenaMaster", "CatenaClient", "CatenaNetwork", "CatenaWire", "CatenaCore", "CatenaStorage",
                 "CatenaCluster", "CatenaTestSupport", "CatenaClusterTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]

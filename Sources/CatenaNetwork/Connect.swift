@@ -17,11 +17,12 @@ public enum FrameConnector {
     /// be in the same cluster and answer with a version both sides speak — and runs `body` with
     /// the established connection; closes it when `body` returns. Errors: `unavailable` (cannot
     /// connect, or the peer closed), `wrongCluster`, `protocolVersionUnsupported`, the error
-    /// frame the peer sent, or what `body` throws.
+    /// frame the peer sent, or what `body` throws. `body` may write through the outbound writer
+    /// (waits while the socket is full) or the ``FrameOutlet`` (never waits; coalesces).
     public static func withConnection<R: Sendable>(
         to address: Address, hello: Hello, limits: ConnectionLimits = ConnectionLimits(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        _ body: (Welcome, inout FrameReader, NIOAsyncChannelOutboundWriter<Frame>) async throws(CatenaError) -> R
+        _ body: (Welcome, inout FrameReader, NIOAsyncChannelOutboundWriter<Frame>, FrameOutlet) async throws(CatenaError) -> R
     ) async throws(CatenaError) -> R {
         let channel: NIOAsyncChannel<Frame, Frame>
         do {
@@ -57,7 +58,7 @@ public enum FrameConnector {
                         throw CatenaError(.unavailable, "\(address) closed the connection during the handshake")
                     }
                     let welcome = try check(reply, hello: hello, address: address)
-                    return try await body(welcome, &reader, outbound)
+                    return try await body(welcome, &reader, outbound, FrameOutlet(raw))
                 }
             }
         } catch {

@@ -111,6 +111,9 @@ public struct ServerConnection: Sendable {
     /// Frames to the peer. Safe to use from several tasks at once; writes wait while the
     /// socket is not writable (backpressure).
     public let outbound: NIOAsyncChannelOutboundWriter<Frame>
+    /// Frames to the peer without waiting, coalesced (see ``FrameOutlet``): for replies and
+    /// acknowledgements whose number the handler bounds.
+    public let outlet: FrameOutlet
     let admission: ConnectionAdmission?
 
     /// The handler is done with `frame`, read with ``FrameReader/nextHeld()``: its bytes no longer
@@ -365,7 +368,7 @@ public final class FrameServer: Sendable {
                     }
                     log[metadataKey: LogKey.peer] = "\(peer.role) \(peer.senderID) \(remote)"
                     let established = ServerConnection(peer: peer, version: version, remoteAddress: remote, outbound: outbound,
-                                                       admission: admission)
+                                                       outlet: FrameOutlet(channel), admission: admission)
                     do throws(CatenaError) {
                         try await handler(established, &reader)
                     } catch {

@@ -15,6 +15,7 @@ public final class RequestConnection: Sendable {
 
     private struct State: ~Copyable {
         var outbound: NIOAsyncChannelOutboundWriter<Frame>?
+        var outlet: FrameOutlet?
         var welcome: Welcome?
         var nextID: UInt64 = 1
         var waiters: [UInt64: Waiter] = [:]
@@ -41,9 +42,10 @@ public final class RequestConnection: Sendable {
             let once = TakeOnce(continuation)
             let task = Task {
                 let outcome = await Result.catching { () async throws(CatenaError) -> Void in
-                    try await FrameConnector.withConnection(to: address, hello: hello, limits: limits, group: group) { (welcome, reader, outbound) async throws(CatenaError) -> Void in
+                    try await FrameConnector.withConnection(to: address, hello: hello, limits: limits, group: group) { (welcome, reader, outbound, outlet) async throws(CatenaError) -> Void in
                         connection.state.withLock {
                             $0.outbound = outbound
+                            $0.outlet = outlet
                             $0.welcome = welcome
                         }
                         once.take()?.resume(returning: .success(()))
@@ -96,17 +98,28 @@ public final class RequestConnection: Sendable {
     public func stream(_ frame: Frame, timeout: Duration, window: Int = 16) async throws(CatenaError) -> ReplyStream {
         let stream = ReplyStream(window: window)
         var frame = frame
-        let outbound: NIOAsyncChannelOutboundWriter<Frame> = try state.withLock { (s) throws(CatenaError) in
+        let small = frame.payload.readableBytes <= Self.smallFrame
+        let outbound: NIOAsyncChannelOutboundWriter<Frame>? = try state.withLock { (s) throws(CatenaError) in
             if let failure = s.failure { throw failure }
-            guard let outbound = s.outbound else { throw CatenaError(.unavailable, "connection to \(address) is not established") }
+            guard let outbound = s.outbound, let outlet = s.outlet else {
+                throw CatenaError(.unavailable, "connection to \(address) is not established")
+            }
             frame.requestID = s.nextID
             s.nextID += 1
             s.waiters[frame.requestID] = Waiter(stream: stream, timeout: timeout, deadline: .now + timeout)
-            return outbound
+            guard small else { return outbound }
+            // Under the lock, so requests leave in the order of their ids.
+            outlet.send(frame)
+            return nil
         }
-        await send(frame, on: outbound)
+        if let outbound { await send(frame, on: outbound) }
         return stream
     }
+
+    /// Requests up to this payload go out through the connection's ``FrameOutlet`` (no task
+    /// hop; those sent together share a flush); larger ones through the outbound writer, which
+    /// waits while the socket is full, so a large upload is not buffered whole.
+    static let smallFrame = 64 << 10
 
     /// Closes the connection; open requests fail with `closed`.
     public func close() {
@@ -167,6 +180,7 @@ public final class RequestConnection: Sendable {
             let w = Array(s.waiters.values)
             s.waiters = [:]
             s.outbound = nil
+            s.outlet = nil
             let t = s.tasks
             s.tasks = []
             return (w, t)

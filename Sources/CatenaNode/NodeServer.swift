@@ -3,6 +3,7 @@ import CatenaNetwork
 import CatenaStorage
 import CatenaWire
 import NIOCore
+import Synchronization
 
 /// The node's side of its connections: client requests, and replication from the predecessor.
 extension Node {
@@ -17,16 +18,19 @@ extension Node {
 
     // MARK: - Clients
 
-    /// Reads requests and answers each in its own child task, so many writes of one client are
-    /// in flight at once; at most ``NodeConfiguration/maxRequestsPerConnection``, and at most the
-    /// bytes the connection's request budget admits (``ConnectionLimits``) — beyond either the
-    /// connection is not read (TCP backpressure). A request's bytes count until it is answered.
-    /// A malformed request gets an error reply and the connection goes on (its frame was intact);
-    /// an unknown frame type ends the connection.
+    /// Reads requests and answers them concurrently, so many writes of one client are in flight
+    /// at once: at most ``NodeConfiguration/maxRequestsPerConnection``, and at most the bytes the
+    /// connection's request budget admits (``ConnectionLimits``) — beyond either the connection
+    /// is not read (TCP backpressure). A request's bytes count until it is answered. A malformed
+    /// request gets an error reply and the connection goes on (its frame was intact); an unknown
+    /// frame type ends the connection.
+    ///
+    /// Writes — the hot path — take no task of their own: the replica answers each through the
+    /// connection's outlet once it commits, coalescing the replies of a batch into one flush.
+    /// Reads and everything else run in a child task each.
     private func serveClient(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
-        let limit = configuration.maxRequestsPerConnection
-        let outcome: Result<Void, CatenaError> = await withTaskGroup(of: Void.self) { group in
-            var running = 0
+        let slots = RequestSlots(limit: configuration.maxRequestsPerConnection)
+        let outcome: Result<Void, CatenaError> = await withDiscardingTaskGroup { group in
             while true {
                 let frame: Frame
                 do throws(CatenaError) {
@@ -41,20 +45,45 @@ extension Node {
                     group.cancelAll()
                     return .failure(CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not a request this node takes from a \(connection.peer.role)"))
                 }
-                if running >= limit {
-                    await group.next()
-                    running -= 1
+                await slots.take()
+                if frame.type == .write, let request = try? checkedWrite(frame) {
+                    let replica = self.replica
+                    await replica.submit(request) { result in
+                        let reply: Frame
+                        switch result {
+                        case .success(let lsn):
+                            reply = Frame(type: .writeResult, flags: .reply, chainID: frame.chainID, requestID: frame.requestID,
+                                          epoch: replica.view.snapshot.epoch, payload: LSNPayload.encode(lsn))
+                        case .failure(let error):
+                            reply = Frame.error(error, replyingTo: frame.requestID, chainID: frame.chainID, epoch: replica.view.snapshot.epoch)
+                        }
+                        connection.outlet.send(reply)
+                        connection.release(frame)
+                        slots.give()
+                    }
+                    continue
                 }
-                running += 1
                 group.addTask {
                     await self.answer(frame, on: connection.outbound)
                     connection.release(frame)
+                    slots.give()
                 }
             }
-            await group.waitForAll()
+            await slots.drain()
             return .success(())
         }
         try outcome.get()
+    }
+
+    /// The write `frame` carries, if it is well formed, for this chain, and fits the chain's
+    /// frames; otherwise nil (``answer(_:on:)`` then answers it with the error).
+    private func checkedWrite(_ frame: Frame) throws(CatenaError) -> WriteRequest {
+        if frame.chainID != 0, let chain = replica.view.snapshot.configuration?.chainID, frame.chainID != chain {
+            throw CatenaError(.invalidArgument, "this node serves chain \(chain), not chain \(frame.chainID)")
+        }
+        let request = try WritePayload.decode(frame.payload)
+        try WriteLimits.checkFitsFrames(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
+        return request
     }
 
     private func answer(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
@@ -184,5 +213,75 @@ extension Node {
             }
         }
         try outcome.get()
+    }
+}
+
+/// The requests one client connection may have in progress: ``take()`` waits while all are
+/// taken; ``drain()`` waits until every one was given back (the connection's last replies).
+final class RequestSlots: Sendable {
+    private let limit: Int
+    private let state = Mutex(State())
+
+    private struct State: ~Copyable {
+        var taken = 0
+        var waiter: CheckedContinuation<Void, Never>?
+        /// Waiting for all (``drain()``) rather than for one.
+        var waitsForAll = false
+    }
+
+    init(limit: Int) {
+        self.limit = max(limit, 1)
+    }
+
+    /// Takes a slot, waiting for one if all are taken. One caller at a time.
+    func take() async {
+        let taken: Bool = state.withLock { s in
+            guard s.taken < limit else { return false }
+            s.taken += 1
+            return true
+        }
+        if taken { return }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now: Bool = state.withLock { s in
+                guard s.taken >= limit else {
+                    s.taken += 1
+                    return true
+                }
+                s.waiter = c
+                s.waitsForAll = false
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// Gives a slot back.
+    func give() {
+        let waiter: CheckedContinuation<Void, Never>? = state.withLock { s in
+            s.taken -= 1
+            guard let w = s.waiter else { return nil }
+            if s.waitsForAll {
+                guard s.taken == 0 else { return nil }
+            } else {
+                // The waiting taker gets this slot.
+                s.taken += 1
+            }
+            s.waiter = nil
+            return w
+        }
+        waiter?.resume()
+    }
+
+    /// Waits until every slot was given back. One caller, after its last ``take()``.
+    func drain() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now: Bool = state.withLock { s in
+                guard s.taken > 0 else { return true }
+                s.waiter = c
+                s.waitsForAll = true
+                return false
+            }
+            if now { c.resume() }
+        }
     }
 }

@@ -86,8 +86,12 @@ actor Replica {
     private let onStop: @Sendable () -> Void
 
     private var machine: NodeStateMachine
-    private var waiters: [RequestID: [CheckedContinuation<Result<LSN, CatenaError>, Never>]] = [:]
+    /// What to do with each write's outcome once it commits or is refused.
+    private var waiters: [RequestID: [@Sendable (Result<LSN, CatenaError>) -> Void]] = [:]
     private var throttled: [CheckedContinuation<Void, Never>] = []
+    /// Writes ``submit(_:reply:)`` took while the head held too much uncommitted: taken again,
+    /// in order, once woken.
+    private var throttledSubmits: [(WriteRequest, @Sendable (Result<LSN, CatenaError>) -> Void)] = []
     private var link: ReplicationLink?
     private var upstream: (node: NodeID, acks: AckSender)?
     /// The catch-up from the tail, while one runs.
@@ -155,9 +159,29 @@ actor Replica {
                 return .success(commits[0].lsn)
             }
             return await withCheckedContinuation { continuation in
-                waiters[request.requestID, default: []].append(continuation)
+                waiters[request.requestID, default: []].append { continuation.resume(returning: $0) }
                 handle(actions)
             }
+        }
+    }
+
+    /// A client write at the head, without waiting: `reply` gets the outcome once the write
+    /// committed or was refused (called on this actor: it must only hand the reply on). A write
+    /// that must wait for room under the uncommitted-bytes bound is taken again once there is.
+    func submit(_ request: WriteRequest, reply: @escaping @Sendable (Result<LSN, CatenaError>) -> Void) {
+        let store = self.store
+        let actions = machine.write(request, now: clock.nanoseconds, wallClock: wallClockNanoseconds()) { (r) throws(CatenaError) in
+            try store.check(r)
+        }
+        if actions == [.throttled] {
+            throttledSubmits.append((request, reply))
+        } else if actions.count == 1, case .replica(.refuse(_, let error)) = actions[0] {
+            reply(.failure(error))
+        } else if actions.count == 1, case .replica(.committed(let commits)) = actions[0] {
+            reply(.success(commits[0].lsn))
+        } else {
+            waiters[request.requestID, default: []].append(reply)
+            handle(actions)
         }
     }
 
@@ -260,6 +284,8 @@ actor Replica {
     @discardableResult
     private func handle(_ actions: [NodeStateMachine.Action]) -> CatenaError? {
         var replicationError: CatenaError?
+        var resubmit: [(WriteRequest, @Sendable (Result<LSN, CatenaError>) -> Void)] = []
+        defer { for (request, reply) in resubmit { submit(request, reply: reply) } }
         var pending = Deque(actions)
         while let action = pending.popFirst() {
             logger.trace("action", metadata: ["action": "\(action)"])
@@ -287,12 +313,12 @@ actor Replica {
                 case .committed(let commits):
                     for c in commits {
                         if let list = waiters.removeValue(forKey: c.requestID) {
-                            for w in list { w.resume(returning: .success(c.lsn)) }
+                            for w in list { w(.success(c.lsn)) }
                         }
                     }
                 case .refuse(let id?, let error):
                     if let list = waiters.removeValue(forKey: id) {
-                        for w in list { w.resume(returning: .failure(error)) }
+                        for w in list { w(.failure(error)) }
                     }
                 case .refuse(nil, let error):
                     if replicationError == nil { replicationError = error }
@@ -310,13 +336,16 @@ actor Replica {
             case .answerAll(let error):
                 let all = waiters
                 waiters = [:]
-                for list in all.values { for w in list { w.resume(returning: .failure(error)) } }
+                for list in all.values { for w in list { w(.failure(error)) } }
             case .throttled:
                 break
             case .wakeThrottled:
                 let waiting = throttled
                 throttled = []
                 for w in waiting { w.resume() }
+                // Taken again once this batch's actions are done: their appends come first.
+                resubmit.append(contentsOf: throttledSubmits)
+                throttledSubmits = []
             case .publish(let v):
                 view.update { $0.node = v }
             case .startCatchUp(let from, let fullCopy, let after):

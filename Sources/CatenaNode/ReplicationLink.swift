@@ -133,7 +133,7 @@ final class ReplicationLink: Sendable {
             }
             let hello = Hello(role: .node, clusterID: clusterID, senderID: me.rawValue)
             do throws(CatenaError) {
-                try await FrameConnector.withConnection(to: address, hello: hello, limits: limits) { (_, reader, outbound) async throws(CatenaError) -> Void in
+                try await FrameConnector.withConnection(to: address, hello: hello, limits: limits) { (_, reader, outbound, _) async throws(CatenaError) -> Void in
                     guard let first = try await reader.next() else {
                         throw CatenaError(.unavailable, "\(target.id) closed the replication connection")
                     }

@@ -1,0 +1,48 @@
+import CatenaWire
+import NIOCore
+import Synchronization
+
+/// Writes frames to a connection from any thread, without waiting: frames handed over before
+/// the connection's event loop gets to them go out together, with one flush — one system call
+/// for a burst of small frames instead of one each, and no task between the caller and the
+/// event loop.
+///
+/// No backpressure: for frames whose number and size the caller bounds by other means — a
+/// node's replies to the requests a connection admitted, a client's small requests (each waits
+/// for its reply). Frames sent after the connection closed are dropped (the reading side sees
+/// the close).
+public final class FrameOutlet: Sendable {
+    private let channel: any Channel
+    private let pending = Mutex(Pending())
+
+    private struct Pending: ~Copyable {
+        var frames: [Frame] = []
+        var scheduled = false
+    }
+
+    /// An outlet over `channel`, whose pipeline encodes ``Frame``s.
+    public init(_ channel: any Channel) {
+        self.channel = channel
+    }
+
+    /// Queues `frame`; it is written and flushed on the event loop's next turn, with whatever
+    /// else was queued by then, in the order queued.
+    public func send(_ frame: Frame) {
+        let schedule = pending.withLock { p in
+            p.frames.append(frame)
+            defer { p.scheduled = true }
+            return !p.scheduled
+        }
+        if schedule { channel.eventLoop.execute { self.drain() } }
+    }
+
+    private func drain() {
+        var frames: [Frame] = []
+        pending.withLock { p in
+            p.scheduled = false
+            swap(&frames, &p.frames)
+        }
+        for frame in frames { channel.write(frame, promise: nil) }
+        channel.flush()
+    }
+}
