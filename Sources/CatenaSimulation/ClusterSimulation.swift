@@ -569,7 +569,11 @@ public final class ClusterSimulation {
             // master whether those the head lost were among them (the chain stays unavailable;
             // docs/ARCHITECTURE.md, the fault model).
             let config = master.manager.state.configuration
-            guard !guarding, master.life == .alive, config.members.count >= 2,
+            // The configuration must be the chain's latest: under a master state restored from an
+            // old backup, "its successor" may be no replica of the chain the nodes really run.
+            let latest = nodes.allSatisfy { ($0.disk.seen?.configuration.epoch ?? 0) <= config.epoch }
+                && latestGenuine.map { config.epoch >= $0.epoch } ?? true
+            guard !guarding, master.life == .alive, master.manager.staleness == nil, latest, config.members.count >= 2,
                   let h = index(of: config.members[0]), let s = index(of: config.members[1]),
                   nodes[h].life == .alive, nodes[s].life == .alive, !nodes[h].removed, !nodes[s].removed, !nodes[s].removing,
                   nodes[s].machine.failure == nil, nodes[s].machine.state == .member, !nodes[s].diskFull, !nodes[s].failNextSync,
