@@ -26,8 +26,8 @@ extension Node {
     /// frame type ends the connection.
     ///
     /// Writes — the hot path — take no task of their own: the replica answers each through the
-    /// connection's outlet once it commits, coalescing the replies of a batch into one flush.
-    /// Reads and everything else run in a child task each.
+    /// connection's outlet once it commits (or at once if it is refused), coalescing the replies
+    /// of a batch into one flush. Reads and everything else run in a child task each.
     private func serveClient(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
         let slots = RequestSlots(limit: configuration.maxRequestsPerConnection)
         let outcome: Result<Void, CatenaError> = await withDiscardingTaskGroup { group in
@@ -46,20 +46,24 @@ extension Node {
                     return .failure(CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not a request this node takes from a \(connection.peer.role)"))
                 }
                 await slots.take()
-                if frame.type == .write, let request = try? checkedWrite(frame) {
-                    let replica = self.replica
-                    await replica.submit(request) { result in
-                        let reply: Frame
+                if frame.type == .write {
+                    let view = replica.view
+                    @Sendable func answer(_ result: Result<LSN, CatenaError>) {
+                        let epoch = view.snapshot.epoch
                         switch result {
                         case .success(let lsn):
-                            reply = Frame(type: .writeResult, flags: .reply, chainID: frame.chainID, requestID: frame.requestID,
-                                          epoch: replica.view.snapshot.epoch, payload: LSNPayload.encode(lsn))
+                            connection.outlet.send(Frame(type: .writeResult, flags: .reply, chainID: frame.chainID, requestID: frame.requestID,
+                                                         epoch: epoch, payload: LSNPayload.encode(lsn)))
                         case .failure(let error):
-                            reply = Frame.error(error, replyingTo: frame.requestID, chainID: frame.chainID, epoch: replica.view.snapshot.epoch)
+                            connection.outlet.send(Frame.error(error, replyingTo: frame.requestID, chainID: frame.chainID, epoch: epoch))
                         }
-                        connection.outlet.send(reply)
                         connection.release(frame)
                         slots.give()
+                    }
+                    do throws(CatenaError) {
+                        await replica.submit(try checkedWrite(frame), reply: answer)
+                    } catch {
+                        answer(.failure(error))
                     }
                     continue
                 }
@@ -75,15 +79,21 @@ extension Node {
         try outcome.get()
     }
 
-    /// The write `frame` carries, if it is well formed, for this chain, and fits the chain's
-    /// frames; otherwise nil (``answer(_:on:)`` then answers it with the error).
+    /// The write `frame` carries, if it is for this chain, well formed, and fits the chain's frames.
     private func checkedWrite(_ frame: Frame) throws(CatenaError) -> WriteRequest {
+        try checkChain(frame)
+        let request = try WritePayload.decode(frame.payload)
+        // Before an LSN: a record the chain cannot forward would stall replication.
+        try WriteLimits.checkFitsFrames(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
+        return request
+    }
+
+    /// Frames name their chain (0: unspecified, e.g. a ping): a request for another chain is
+    /// refused rather than applied to this one.
+    private func checkChain(_ frame: Frame) throws(CatenaError) {
         if frame.chainID != 0, let chain = replica.view.snapshot.configuration?.chainID, frame.chainID != chain {
             throw CatenaError(.invalidArgument, "this node serves chain \(chain), not chain \(frame.chainID)")
         }
-        let request = try WritePayload.decode(frame.payload)
-        try WriteLimits.checkFitsFrames(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
-        return request
     }
 
     private func answer(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
@@ -93,20 +103,10 @@ extension Node {
                   epoch: epoch, payload: payload)
         }
         do throws(CatenaError) {
-            // Frames name their chain (0: unspecified, e.g. a ping): a request for another chain
-            // is refused rather than applied to this one.
-            if frame.chainID != 0, let chain = replica.view.snapshot.configuration?.chainID, frame.chainID != chain {
-                throw CatenaError(.invalidArgument, "this node serves chain \(chain), not chain \(frame.chainID)")
-            }
+            try checkChain(frame)
             switch frame.type {
             case .ping:
                 try await write(reply(.pong, ByteBuffer()), outbound)
-            case .write:
-                let request = try WritePayload.decode(frame.payload)
-                // Before an LSN: a record the chain cannot forward would stall replication.
-                try WriteLimits.checkFitsFrames(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
-                let lsn = try await replica.write(request).get()
-                try await write(reply(.writeResult, LSNPayload.encode(lsn)), outbound)
             case .head:
                 try checkReads()
                 let key = try KeyPayload.decode(frame.payload)

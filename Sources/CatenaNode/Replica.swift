@@ -88,7 +88,6 @@ actor Replica {
     private var machine: NodeStateMachine
     /// What to do with each write's outcome once it commits or is refused.
     private var waiters: [RequestID: [@Sendable (Result<LSN, CatenaError>) -> Void]] = [:]
-    private var throttled: [CheckedContinuation<Void, Never>] = []
     /// Writes ``submit(_:reply:)`` took while the head held too much uncommitted: taken again,
     /// in order, once woken.
     private var throttledSubmits: [(WriteRequest, @Sendable (Result<LSN, CatenaError>) -> Void)] = []
@@ -139,30 +138,6 @@ actor Replica {
     /// report, the failure that stopped this node, the epoch it runs.
     var heartbeatContent: (epochStart: EpochStart?, failure: CatenaError?, epoch: UInt64) {
         (machine.epochStartToReport, machine.failure, machine.heartbeatEpoch)
-    }
-
-    /// A client write at the head: waits for room under the uncommitted-bytes bound, then
-    /// returns once the write committed (or was refused).
-    func write(_ request: WriteRequest) async -> Result<LSN, CatenaError> {
-        let store = self.store
-        while true {
-            let actions = machine.write(request, now: clock.nanoseconds, wallClock: wallClockNanoseconds()) { (r) throws(CatenaError) in
-                try store.check(r)
-            }
-            if actions == [.throttled] {
-                await withCheckedContinuation { throttled.append($0) }
-                continue
-            }
-            if actions.count == 1, case .replica(.refuse(_, let error)) = actions[0] { return .failure(error) }
-            if actions.count == 1, case .replica(.committed(let commits)) = actions[0] {
-                // A retry of a write that already committed: its original result, not a new commit.
-                return .success(commits[0].lsn)
-            }
-            return await withCheckedContinuation { continuation in
-                waiters[request.requestID, default: []].append { continuation.resume(returning: $0) }
-                handle(actions)
-            }
-        }
     }
 
     /// A client write at the head, without waiting: `reply` gets the outcome once the write
@@ -340,9 +315,6 @@ actor Replica {
             case .throttled:
                 break
             case .wakeThrottled:
-                let waiting = throttled
-                throttled = []
-                for w in waiting { w.resume() }
                 // Taken again once this batch's actions are done: their appends come first.
                 resubmit.append(contentsOf: throttledSubmits)
                 throttledSubmits = []
