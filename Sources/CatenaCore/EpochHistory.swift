@@ -43,9 +43,15 @@ public struct EpochHistory: Hashable, Sendable {
     /// Whether a log ending at `last` may be a prefix of the chain's: it is empty, or the history
     /// does not know which epoch wrote seq `last.seq`, or it says `last.epoch` did. False means
     /// the log holds records the chain never committed (an old head's), to truncate.
+    ///
+    /// A record of an epoch whose first seq this history has not learned says the history is
+    /// older than the record (a head writes only once its start is recorded): a heartbeat reply
+    /// the master sent before that can arrive after the epoch's first writes. Unless a later
+    /// epoch known to have started at or below it rules it out, the history cannot tell.
     public func holds(_ last: LSN) -> Bool {
         guard last != .zero, let chain = epoch(atSeq: last.seq) else { return true }
-        return chain == last.epoch
+        if chain == last.epoch { return true }
+        return chain < last.epoch && firstSeq(of: last.epoch) == nil
     }
 
     /// Whether a log ending at `last` is provably a prefix of the chain's — the stricter twin of

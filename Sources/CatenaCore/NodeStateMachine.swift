@@ -326,6 +326,21 @@ public struct NodeStateMachine: Sendable {
         return EpochStart(epoch: replica.configuration.epoch, firstSeq: replica.lastAccepted.seq + 1)
     }
 
+    /// The LSN a heartbeat reports, given the local log's durable end and its last record.
+    ///
+    /// A member of the configuration it runs reports what is durable: the master counts that as
+    /// held (who holds every committed write, a joiner's barrier). A node that is no member of
+    /// it reports its whole log, durable or not: records it took as a member just before it
+    /// learned it had left may become durable after, and the master appends a standby only if
+    /// its log is at most the tail's — a standby appended behind a tail lacking them would show
+    /// a successor holding more than its predecessor, which the predecessor takes for its own
+    /// log having lost records (seed 351899). It takes no more replication, so its log grows
+    /// only by copies from the tail.
+    public func positionToReport(durable: LSN, logEnd: LSN) -> LSN {
+        guard let configuration, configuration.role(of: me) == nil, failure == nil else { return durable }
+        return logEnd
+    }
+
     /// Why the node stopped taking writes and replication, if it did: heartbeats say so, so the
     /// master replaces it.
     public var failure: CatenaError? {

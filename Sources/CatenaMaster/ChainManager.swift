@@ -107,7 +107,9 @@ public struct ChainManager: Sendable {
         public var node: NodeID
         /// `host:port` where it accepts connections.
         public var address: String
-        /// The highest durable LSN in its log.
+        /// The highest LSN in its log: the highest durable one from a member of the
+        /// configuration it runs, the last one, durable or not, from a node that is no member
+        /// of it (``NodeStateMachine/positionToReport(durable:logEnd:)``).
         public var highestLSN: LSN
         /// Sent by the head of the current epoch before its first write there: the epoch and
         /// the seq it will write first (its log's last seq + 1). It writes once the history it
@@ -251,6 +253,8 @@ public struct ChainManager: Sendable {
         var heard: UInt64?
         /// The highest LSN it reported last.
         var reported: LSN?
+        /// The epoch its last heartbeat ran (see ``Beat/epoch``).
+        var reportedEpoch: UInt64 = 0
         /// The failure it reported last; nil: none.
         var failure: CatenaError?
         /// A member: the latest instant the lease it last got can run out at (an upper bound:
@@ -391,6 +395,7 @@ public struct ChainManager: Sendable {
         var t = records[i]
         t.heard = max(t.heard ?? 0, now)
         t.reported = beat.highestLSN
+        t.reportedEpoch = beat.epoch
         t.failure = beat.failure
         if beat.address != t.lastText {
             t.lastText = beat.address
@@ -404,7 +409,11 @@ public struct ChainManager: Sendable {
                 && state.configuration.predecessor(of: joiner)?.id == beat.node {
                 catchingUp[joiner]?.need = beat.highestLSN
             }
-            if let need = catchingUp[beat.node]?.need, beat.highestLSN.seq >= need.seq { catchingUp[beat.node] = nil }
+            // Only a report made running the configuration it joined in counts: one made before
+            // it learned it was appended is of its whole log, durable or not.
+            if let barrier = catchingUp[beat.node], let need = barrier.need, beat.epoch >= barrier.epoch, beat.highestLSN.seq >= need.seq {
+                catchingUp[beat.node] = nil
+            }
         }
         var granted: Duration?
         if t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[beat.node] == nil && now >= leasesFrom {
@@ -464,7 +473,13 @@ public struct ChainManager: Sendable {
            records[t].heard.map({ Self.since($0, now) <= failureTimeout / 2 }) == true, let tailSeq = records[t].reported?.seq {
             for j in standbys {
                 let s = records[j]
+                // Its report counts once it runs the active state, in which it is no member (a
+                // node that is not one reports its whole log, and takes no more replication), or
+                // if it never ran a configuration: one sent still running a configuration in which
+                // it was a member says only what was durable, and more may follow (records it had
+                // taken from its predecessor before it learned it had left).
                 guard !s.leaving, s.failure == nil, let heard = s.heard, Self.since(heard, now) <= failureTimeout, let reported = s.reported,
+                      s.reportedEpoch == 0 || s.reportedEpoch >= state.epoch,
                       EpochHistory(history).isPrefix(reported) else { continue }
                 let seq = reported.seq
                 // Never ahead of the tail: a member whose successor holds more than it can only

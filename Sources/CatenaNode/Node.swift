@@ -263,7 +263,7 @@ public final class Node: Sendable {
                     connection = try await RequestConnection.connect(to: master, hello: hello, limits: configuration.connectionLimits)
                 }
                 let content = await replica.heartbeatContent
-                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: store.highestLSN,
+                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: content.position,
                                      epochStart: content.epochStart, failure: content.failure)
                 let chainID = replica.view.snapshot.configuration?.chainID ?? 0
                 let sent = clock.nanoseconds

@@ -134,10 +134,12 @@ actor Replica {
         }
     }
 
-    /// What the next heartbeat says besides the durable LSN: the epoch start the head must
-    /// report, the failure that stopped this node, the epoch it runs.
-    var heartbeatContent: (epochStart: EpochStart?, failure: CatenaError?, epoch: UInt64) {
-        (machine.epochStartToReport, machine.failure, machine.heartbeatEpoch)
+    /// What the next heartbeat says: the position of the log (durable, or all of it from a node
+    /// that is no member; read here, with the rest, in one step of the machine), the epoch start
+    /// the head must report, the failure that stopped this node, the epoch it runs.
+    var heartbeatContent: (position: LSN, epochStart: EpochStart?, failure: CatenaError?, epoch: UInt64) {
+        (machine.positionToReport(durable: store.highestLSN, logEnd: store.lastEnqueuedLSN),
+         machine.epochStartToReport, machine.failure, machine.heartbeatEpoch)
     }
 
     /// A client write at the head, without waiting: `reply` gets the outcome once the write

@@ -381,7 +381,7 @@ final class SimNode {
 
     private func sendBeat() {
         guard life.isUp else { return }
-        let beat = ChainManager.Beat(node: id, address: member.address, highestLSN: disk.durableEnd,
+        let beat = ChainManager.Beat(node: id, address: member.address, highestLSN: machine.positionToReport(durable: disk.durableEnd, logEnd: disk.end),
                                      epochStart: machine.epochStartToReport, epoch: machine.heartbeatEpoch, failure: machine.failure)
         beatInFlight = sim.now
         sim.send(.heartbeat(beat, sentAt: sim.now), from: process, to: .master)

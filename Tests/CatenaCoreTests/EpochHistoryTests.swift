@@ -59,6 +59,13 @@ struct EpochHistoryTests {
         #expect(h.holds(LSN(epoch: 2, seq: 60)))
         #expect(h.holds(LSN(epoch: 1, seq: 1)))
         #expect(EpochHistory([EpochStart(epoch: 1)]).holds(LSN(epoch: 1, seq: 5)), "nothing known: nothing to cut")
+        // A record of an epoch whose start this history has not learned: it cannot tell (a reply
+        // sent before the master recorded the start can arrive after the epoch's first writes).
+        #expect(h.holds(LSN(epoch: 3, seq: 55)))
+        #expect(h.holds(LSN(epoch: 4, seq: 60)), "an epoch the history has not heard of yet")
+        #expect(!h.holds(LSN(epoch: 2, seq: 50)), "below where its own epoch started: lost records")
+        #expect(!EpochHistory(h.entries + [EpochStart(epoch: 4, firstSeq: 54)]).holds(LSN(epoch: 3, seq: 55)),
+                "a later epoch started at or below it: the chain's record there is that epoch's")
         // The strict twin: provably the chain's, which needs the current epoch's start.
         #expect(h.isPrefix(.zero))
         #expect(!h.isPrefix(LSN(epoch: 1, seq: 52)), "epoch 3 may start below 52")

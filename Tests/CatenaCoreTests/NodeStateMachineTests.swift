@@ -301,6 +301,26 @@ struct NodeStateMachineTests {
         #expect(t.m.state == .member && t.m.replica?.role == .tail && t.m.replica?.lastAccepted == lsn(2, 8))
     }
 
+    /// Seed 568611: a middle member took its head's first writes of epoch 11 (the head had
+    /// learned where the epoch starts; this node had not yet), then a heartbeat reply the master
+    /// sent before it recorded that start arrived. That history cannot tell whether the records are the chain's: they are
+    /// kept, and a later history decides.
+    @Test func aMemberKeepsRecordsOfAnEpochWhoseStartItsHistoryDoesNotKnowYet() throws {
+        var t = Transcript("b", logEnd: lsn(7, 29))
+        let before = history((7, 29), (10, 30), (11, nil))
+        _ = t.reply(chain(["a", "b", "c"], epoch: 11), history: before)
+        _ = t.m.replicate(try (30...32).map { try Record(type: .put, chainID: 1, key: Key("x"), lsn: lsn(11, $0), value: [1]).encoded() },
+                          epoch: 11, from: node("a"))
+        let late = t.reply(chain(["a", "b", "c"], epoch: 11), history: before)
+        #expect(!has(late) { if case .truncateToShared = $0 { true } else { false } })
+        #expect(t.m.state == .member && t.m.replica?.lastAccepted == lsn(11, 32))
+        // A restart over that log with only the old history builds over it too.
+        var r = Transcript("b", logEnd: lsn(11, 32), seen: SeenChain(configuration: chain(["a", "b", "c"], epoch: 11),
+                                                                       history: history((7, 29), (10, 30), (11, nil))))
+        let restarted = r.reply(chain(["a", "b", "c"], epoch: 11), history: history((7, 29), (10, 30), (11, nil)))
+        #expect(!has(restarted) { if case .truncateToShared = $0 { true } else { false } })
+    }
+
     @Test func aHeadRemovedFromTheChainGivesUpItsPendingWritesAndRejoins() {
         var t = Transcript("a", logEnd: lsn(1, 3))
         _ = t.reply(chain(["a", "b"], epoch: 1), history: history((1, 1)))
@@ -331,6 +351,26 @@ struct NodeStateMachineTests {
     }
 
     // MARK: The master
+
+    /// A member's heartbeat says what is durable; once the node runs a configuration it is no
+    /// member of, its whole log: records it took just before it learned it had left may become
+    /// durable after (seed 351899), and the master must not append it behind a tail lacking them.
+    @Test func aMemberReportsItsDurableLogAndANodeThatLeftItsWholeLog() throws {
+        var t = Transcript("b")
+        _ = t.reply(chain(["a", "b"], epoch: 1), history: history((1, 1)))
+        _ = t.m.replicate(try (1...3).map { try Record(type: .put, chainID: 1, key: Key("x"), lsn: lsn(1, $0), value: [1]).encoded() },
+                          epoch: 1, from: node("a"))
+        #expect(t.m.positionToReport(durable: .zero, logEnd: lsn(1, 3)) == .zero)
+        _ = t.reply(chain(["a"], epoch: 2), .joining, lease: nil, history: history((1, 1), (2, nil)))
+        #expect(t.m.replica == nil && t.m.heartbeatEpoch == 2)
+        #expect(t.m.positionToReport(durable: .zero, logEnd: lsn(1, 3)) == lsn(1, 3))
+        // Appended again: a member, it reports what is durable.
+        _ = t.reply(chain(["a", "b"], epoch: 3), history: history((1, 1), (2, 4), (3, nil)))
+        #expect(t.m.positionToReport(durable: lsn(1, 2), logEnd: lsn(1, 3)) == lsn(1, 2))
+        // Before it runs any configuration (a fresh or restarted node, which takes no replication
+        // yet), what is durable.
+        #expect(Transcript("c").m.positionToReport(durable: .zero, logEnd: lsn(1, 3)) == .zero)
+    }
 
     @Test func aNodeTheMasterForgotStopsAndOneItNeverKnewWaitsToBeAdded() {
         var t = Transcript("z")

@@ -322,7 +322,10 @@ struct ChainManagerTests {
         #expect(try m.heartbeat(beat("n3", seq: 95), now: 160 * ms).standing == .joining)
         m.proposalPersisted(now: 170 * ms)
         _ = try m.heartbeat(ChainManager.Beat(node: node("n2"), address: addressOf("n2"), highestLSN: LSN(epoch: 1, seq: 100), epoch: 2), now: 175 * ms)
-        let r = try m.heartbeat(beat("n3", seq: 100), now: 180 * ms)
+        // A report sent before it ran the configuration that appended it (of its whole log,
+        // durable or not) clears nothing.
+        #expect(try m.heartbeat(beat("n3", seq: 100, epoch: 1), now: 180 * ms).lease == nil)
+        let r = try m.heartbeat(beat("n3", seq: 100, epoch: 2), now: 190 * ms)
         #expect(r.standing == .member)
         #expect(r.lease == .seconds(1))
         #expect(r.configuration.role(of: node("n3")) == .tail)
@@ -429,6 +432,23 @@ struct ChainManagerTests {
         #expect(m.nextProposal(now: 100 * ms) == nil)
         _ = try m.heartbeat(beat("n2", seq: 45), now: 150 * ms)
         #expect(ids(m.persistNext(now: 150 * ms)?.configuration.members) == ["n1", "n2", "n3"])
+    }
+
+    /// Seed 351899: n2, paused as a member, took its predecessor's last records when it resumed,
+    /// after the chain had gone on without it; its heartbeat, still running epoch 1, said only
+    /// what was durable (nothing). Behind a tail lacking those records it would have shown a
+    /// successor holding more than its predecessor.
+    @Test func aStandbysReportCountsForAJoinOnlyOnceItRunsTheStateInWhichItIsOne() throws {
+        var m = manager(state(["n1", "n4"], epoch: 2, standbys: ["n2"], firstSeq: 104), lag: 10)
+        _ = try m.heartbeat("n1", seq: 103, epoch: 2, at: 100)
+        _ = try m.heartbeat("n4", seq: 100, epoch: 2, at: 100)
+        _ = try m.heartbeat("n2", seq: 100, epoch: 1, at: 100)
+        #expect(m.nextProposal(now: 100 * ms) == nil, "a member of epoch 1 may still be taking records")
+        // Running epoch 2 it reports its whole log: ahead of the tail, it waits.
+        _ = try m.heartbeat("n2", seq: 103, epoch: 2, at: 150)
+        #expect(m.nextProposal(now: 150 * ms) == nil)
+        _ = try m.heartbeat("n4", seq: 103, epoch: 2, at: 200)
+        #expect(ids(m.persistNext(now: 200 * ms)?.configuration.members) == ["n1", "n4", "n2"])
     }
 
     @Test func severalCaughtUpStandbysJoinOnePerProposalMostAdvancedFirst() throws {
