@@ -44,6 +44,8 @@ public struct SimulationResult: Sendable {
 public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     public var runs = 0
     public var kills = 0
+    /// Kills of a new head before its first group commit (a targeted fault; counted in `kills` too).
+    public var newHeadKills = 0
     public var pauses = 0
     public var masterKills = 0
     public var masterPauses = 0
@@ -66,7 +68,7 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     public init() {}
 
     public mutating func add(_ o: SimulationStats) {
-        runs += o.runs; kills += o.kills; pauses += o.pauses; masterKills += o.masterKills; masterPauses += o.masterPauses
+        runs += o.runs; kills += o.kills; newHeadKills += o.newHeadKills; pauses += o.pauses; masterKills += o.masterKills; masterPauses += o.masterPauses
         partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; staleRestores += o.staleRestores; nodeRestores += o.nodeRestores; added += o.added
         removed += o.removed; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
         catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
@@ -74,7 +76,7 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        "runs \(runs), events \(events), kills \(kills), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged), writes unknown \(writesUnknown), reads \(readsAnswered)"
+        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged), writes unknown \(writesUnknown), reads \(readsAnswered)"
     }
 }
 
@@ -101,6 +103,10 @@ public final class ClusterSimulation {
     let settings: SimulationSettings
     let tracing: Bool
     var rng: SplitMix64
+    /// The targeted faults' own generator: they act on rare moments (see
+    /// ``newHeadOverAnUndurableLog(_:)``), and drawing from ``rng`` only there keeps every seed
+    /// they leave alone the run it was.
+    var targetedRNG: SplitMix64
 
     var now: UInt64 = 0
     var queue = EventQueue<Event>()
@@ -132,6 +138,7 @@ public final class ClusterSimulation {
         self.settings = settings
         self.tracing = tracing
         self.rng = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ 0x632B_E59B_D9B4_E019)
+        self.targetedRNG = SplitMix64(seed: seed &* 0xD1B5_4A32_D192_ED03 &+ 0x8CB9_2BA7_2F3D_8DD7)
         nodeSettings.maxUncommittedBytes = 64 << 10
         setUp()
     }
@@ -436,6 +443,27 @@ public final class ClusterSimulation {
         case restartMaster
         case heal(Int)
         case diskOK(Int)
+        /// The targeted crash of a new head (``newHeadOverAnUndurableLog(_:)``), if it still runs
+        /// the same incarnation.
+        case crashNewHead(Int, inc: Int)
+    }
+
+    /// A node became the head of an epoch whose first seq is not recorded yet, over a log whose
+    /// last records are not yet durable (its own writes as the head of the epoch before, or its
+    /// old predecessor's records). The random faults almost never hit the millisecond until its
+    /// group commit, which is where one rule lives: a head reports where its epoch starts only
+    /// over a durable log — one that reported first and then lost those records in a crash would
+    /// stand below its own epoch's start (mutant 8). So the group commit is held back (a slow
+    /// fsync, past a heartbeat or more), and mostly the node is killed within it (losing
+    /// everything not durable) and restarted before the master would replace it.
+    func newHeadOverAnUndurableLog(_ i: Int) {
+        guard phase == .chaos, !(guarding && guarded.contains(i)) else { return }
+        let hold = UInt64.random(in: 120_000_000...400_000_000, using: &targetedRNG)
+        nodes[i].disk.syncHeldUntil = now + hold
+        log("\(nodes[i].id): a new head's group commit is held back for \(hold / 1_000_000) ms")
+        if Double.random(in: 0..<1, using: &targetedRNG) < 0.75 {
+            schedule(.endFault(.crashNewHead(i, inc: nodes[i].inc)), after: UInt64.random(in: 100_000_000...(hold - 1_000_000), using: &targetedRNG))
+        }
     }
 
     /// After the master restarts on an old state, the nodes that ran newer epochs must reach it
@@ -596,6 +624,7 @@ public final class ClusterSimulation {
             nodes[h].kill()
             nodes[h].disk.records.removeLast(nodes[h].disk.records.count - keep)
             nodes[h].disk.durable = keep
+            nodes[h].disk.lostDurable = true
             nodes[h].disk.ghostFrom = nil
             nodes[h].disk.syncFailedAt = nil
             guarded = [s]
@@ -658,6 +687,12 @@ public final class ClusterSimulation {
             log("partition \(id) healed")
         case .diskOK(let i):
             nodes[i].diskFull = false
+        case .crashNewHead(let i, let inc):
+            guard nodes[i].inc == inc, nodes[i].life == .alive, !nodes[i].removed else { break }
+            stats.kills += 1
+            stats.newHeadKills += 1
+            nodes[i].kill(keepingUndurable: 0)
+            schedule(.endFault(.restartNode(i)), after: UInt64.random(in: 20_000_000...300_000_000, using: &targetedRNG))
         }
     }
 

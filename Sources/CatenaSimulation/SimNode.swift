@@ -15,6 +15,11 @@ struct SimDisk {
     var ghostFrom: Int?
     /// What the store records when an fsync fails (`SYNCFAILED`): the last durable record then.
     var syncFailedAt: Int?
+    /// A group commit ends no earlier than this (a targeted fault holds it back).
+    var syncHeldUntil: UInt64 = 0
+    /// Records once durable here were lost (an operator restored an old backup): only then may
+    /// the node rightly take its log for corrupt.
+    var lostDurable = false
 
     var end: LSN { records.last?.lsn ?? .zero }
 
@@ -60,6 +65,9 @@ final class SimNode {
     var disk = SimDisk()
     var failNextSync = false
     var diskFull = false
+    /// The last epoch in which this node was offered to the targeted crash of a new head.
+    var targetedEpoch: UInt64 = 0
+    private var saidFalseCorruption = false
     /// When healing, the operator restarts a failed node at most once a second.
     var restartableAt: UInt64 = 0
 
@@ -127,9 +135,11 @@ final class SimNode {
         sim.schedule(.nodeBeat(index, inc: inc), after: sim.random(0...sim.settings.heartbeatInterval))
     }
 
-    /// The process dies: everything not synced may be lost (a prefix of it survives).
-    func kill() {
-        var keep = disk.durable + Int(sim.random(0...UInt64(disk.records.count - disk.durable)))
+    /// The process dies: everything not synced may be lost (a prefix of it survives: random, or
+    /// `keepingUndurable` records of it).
+    func kill(keepingUndurable: Int? = nil) {
+        var keep = disk.durable + (keepingUndurable.map { min($0, disk.records.count - disk.durable) }
+            ?? Int(sim.random(0...UInt64(disk.records.count - disk.durable))))
         if let ghosts = disk.ghostFrom, keep > ghosts {
             // A crash takes the page cache with it (modelled for every kill: the worst case).
             keep = ghosts
@@ -139,6 +149,7 @@ final class SimNode {
         disk.records.removeLast(disk.records.count - keep)
         disk.durable = keep
         disk.syncScheduled = false
+        disk.syncHeldUntil = 0
         inc += 1
         life = .dead
         if let link, let c = link.conn { sim.breakConnection(c) }
@@ -248,6 +259,15 @@ final class SimNode {
                 startSlow()
             }
         }
+        if let failure = machine.failure, failure.code == .corruption, !disk.lostDurable, !saidFalseCorruption {
+            saidFalseCorruption = true
+            sim.violation("\(id) took its log for one that lost records, though it never lost a durable record: \(failure)")
+        }
+        if life == .alive, let replica = machine.replica, replica.role?.takesWrites == true, targetedEpoch != replica.configuration.epoch,
+           machine.history.firstSeq(of: replica.configuration.epoch) == nil, disk.durable < disk.records.count {
+            targetedEpoch = replica.configuration.epoch
+            sim.newHeadOverAnUndurableLog(index)
+        }
         return replicationError
     }
 
@@ -275,6 +295,10 @@ final class SimNode {
 
     /// A group commit ended: what was written when it began is durable (or the fsync failed).
     func synced() {
+        if sim.now < disk.syncHeldUntil {
+            sim.schedule(.nodeSync(index, inc: inc), after: disk.syncHeldUntil - sim.now)
+            return
+        }
         disk.syncScheduled = false
         if failNextSync {
             failNextSync = false

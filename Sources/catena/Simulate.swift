@@ -22,7 +22,7 @@ struct Simulate: AsyncParsableCommand {
     @Option(help: "The first seed.") var from: UInt64 = 0
     @Option(help: "Runs in parallel (default: the number of CPUs).") var jobs: Int = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Simulated milliseconds of faults per run.") var chaosMs: UInt64 = 6000
-    @Flag(help: "Print the trace of every failing seed.") var trace = false
+    @Flag(help: "Print the trace of every failing seed (of the one seed, failing or not, with --seeds 1).") var trace = false
     @Flag(help: "Stop at the first failing seed (the runs in flight finish, so the lowest failing seed is exact).") var stop = false
 
     func validate() throws {
@@ -62,16 +62,16 @@ struct Simulate: AsyncParsableCommand {
                 if !result.violations.isEmpty {
                     failed.append((seed, result.violations[0]))
                     print("seed \(seed) FAILED: \(result.violations.joined(separator: "\n  "))")
-                    if trace {
-                        var full = settings
-                        full.traceLimit = .max
-                        let traced = ClusterSimulation(seed: seed, settings: full, tracing: true).run()
-                        print(traced.trace.joined(separator: "\n"))
-                    }
-                    // Seeds run in order: the runs in flight (lower seeds among them) finish, so
-                    // the lowest failing seed is exact.
-                    if stop { stopping = true }
                 }
+                if trace && (!result.violations.isEmpty || seeds == 1) {
+                    var full = settings
+                    full.traceLimit = .max
+                    let traced = ClusterSimulation(seed: seed, settings: full, tracing: true).run()
+                    print(traced.trace.joined(separator: "\n"))
+                }
+                // Seeds run in order: the runs in flight (lower seeds among them) finish, so the
+                // lowest failing seed is exact.
+                if !result.violations.isEmpty && stop { stopping = true }
                 if interactive && (done % 100 == 0 || done == seeds) {
                     progress.write(Data("\r\(done)/\(seeds) seeds, \(failed.count) failed".utf8))
                 }

@@ -47,6 +47,15 @@ struct ClusterSimulationTests {
         #expect(totals.writesAcknowledged > runs * 20 && totals.readsAnswered > runs * 10, "\(totals)")
     }
 
+    /// The targeted fault the random ones almost never hit: a new head's group commit held back
+    /// and the head killed within it (seed 143 has one; mutant 8 fails there).
+    @Test func aNewHeadIsKilledBeforeItsFirstGroupCommit() {
+        let r = ClusterSimulation(seed: 143, tracing: true).run()
+        #expect(r.violations.isEmpty, "\(r.violations)")
+        #expect(r.stats.newHeadKills == 1, "\(r.stats)")
+        #expect(r.trace.contains { $0.contains("a new head's group commit is held back") })
+    }
+
     @Test func theSameSeedReplaysTheSameRun() {
         let a = ClusterSimulation(seed: 42, tracing: true).run()
         let b = ClusterSimulation(seed: 42, tracing: true).run()
