@@ -407,7 +407,9 @@ public struct Heartbeat: Hashable, Sendable {
     public var node: NodeID
     /// `host:port` where it accepts connections (its real address when it listens on port 0).
     public var address: String
-    /// The highest durable LSN in its log: the master's measure of lag and of catch-up.
+    /// The position of its log, the master's measure of lag and of catch-up: the highest
+    /// durable LSN from a member of the configuration it runs; from a node that is no member of
+    /// it, the last LSN, durable or not (see `NodeStateMachine.positionToReport`).
     public var highestLSN: LSN
     /// The head of the current epoch, before it writes there: the epoch and its first seq.
     public var epochStart: EpochStart?
