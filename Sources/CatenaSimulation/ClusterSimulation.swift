@@ -728,15 +728,28 @@ public final class ClusterSimulation {
 
     var settleDeadline: UInt64 = 0
 
-    /// What an operator puts back after restoring an old master state: the newest of the state
-    /// from before the restore and the newest the master wrote since, and between two of the
-    /// same epoch the one a node has adopted — the one the chain runs (a state no node adopted
-    /// is worth nothing, and putting it back over one they run would fork the chain).
+    /// What an operator puts back after restoring an old master state: of the state from
+    /// before the restore and the newest the master wrote since, the one the chain runs — that
+    /// descends from the newest configuration a node adopted — and of two such the newer (or the
+    /// one that knows more epoch starts). A state the chain does not run is worth nothing, and
+    /// putting it back would fork the chain (seed 347513: the master, cut off from every node,
+    /// moved on to epoch 5, which no node ever heard of; restarted on the state of epoch 1, it
+    /// made its own epoch 2, in which a node acknowledged writes; epoch 5 put back dropped them —
+    /// the fault model's "a state the chain does not run").
     func stateToPutBack() -> MasterState? {
         let candidates = [latestGenuine, master.snapshots.last].compactMap { $0 }
-        func rank(_ c: MasterState) -> (UInt64, Int, Int) {
-            let adopted = nodes.contains { $0.disk.seen?.configuration == c.configuration }
-            return (c.epoch, adopted ? 1 : 0, c.epochHistory.count { $0.firstSeq != nil })
+        let adopted = nodes.compactMap { $0.disk.seen?.configuration }.max { $0.epoch < $1.epoch }
+        func runs(_ c: MasterState) -> Bool {
+            guard let adopted else { return false }
+            var state: MasterState? = c
+            while let s = state, s.epoch >= adopted.epoch {
+                if s.configuration == adopted { return true }
+                state = master.parents[s]
+            }
+            return false
+        }
+        func rank(_ c: MasterState) -> (Int, UInt64, Int) {
+            (runs(c) ? 1 : 0, c.epoch, c.epochHistory.count { $0.firstSeq != nil })
         }
         // Ties go to the later one (the newest the master wrote).
         return candidates.reduce(nil) { best, c in best.map { rank($0) > rank(c) ? $0 : c } ?? c }

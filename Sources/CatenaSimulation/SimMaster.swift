@@ -19,6 +19,8 @@ final class SimMaster {
     let settings: ChainManager.Settings
     /// Every state the file ever held, oldest first: what an operator could restore from a backup.
     var snapshots: [MasterState] = []
+    /// The state each written one was proposed from (its lineage, across restored old states).
+    var parents: [MasterState: MasterState] = [:]
 
     init(sim: ClusterSimulation, state: MasterState) {
         self.sim = sim
@@ -114,6 +116,7 @@ final class SimMaster {
         if p.epoch < file.epoch {
             sim.violation("the master's state file went back from epoch \(file.epoch) to \(p.epoch)")
         }
+        if parents[p] == nil { parents[p] = manager.state }
         file = p
         snapshots.append(p)
     }
