@@ -691,7 +691,7 @@ public final class ClusterSimulation {
             guard nodes[i].inc == inc, nodes[i].life == .alive, !nodes[i].removed else { break }
             stats.kills += 1
             stats.newHeadKills += 1
-            nodes[i].kill(keepingUndurable: 0)
+            nodes[i].kill(losingAllUnsynced: true)
             schedule(.endFault(.restartNode(i)), after: UInt64.random(in: 20_000_000...300_000_000, using: &targetedRNG))
         }
     }

@@ -135,11 +135,10 @@ final class SimNode {
         sim.schedule(.nodeBeat(index, inc: inc), after: sim.random(0...sim.settings.heartbeatInterval))
     }
 
-    /// The process dies: everything not synced may be lost (a prefix of it survives: random, or
-    /// `keepingUndurable` records of it).
-    func kill(keepingUndurable: Int? = nil) {
-        var keep = disk.durable + (keepingUndurable.map { min($0, disk.records.count - disk.durable) }
-            ?? Int(sim.random(0...UInt64(disk.records.count - disk.durable))))
+    /// The process dies: everything not synced may be lost (a random prefix of it survives, or
+    /// none of it if `losingAllUnsynced`).
+    func kill(losingAllUnsynced: Bool = false) {
+        var keep = disk.durable + (losingAllUnsynced ? 0 : Int(sim.random(0...UInt64(disk.records.count - disk.durable))))
         if let ghosts = disk.ghostFrom, keep > ghosts {
             // A crash takes the page cache with it (modelled for every kill: the worst case).
             keep = ghosts
