@@ -23,14 +23,13 @@ public final class Node: Sendable {
     private let server: FrameServer
     private let metricsServer: MetricsServer?
     private let logger: Logger
-    private let tickets: AsyncStream<(AppendTicket, LSN)>
     /// Set when the master removed this node: ``run(onReady:)`` returns as if cancelled.
     private let stopRequested: StopSignal
     /// Raises the store's commit watermark and compacts by garbage ratio.
     private let compaction: CompactionScheduler
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
-                 metricsServer: MetricsServer?, compaction: CompactionScheduler, tickets: AsyncStream<(AppendTicket, LSN)>,
+                 metricsServer: MetricsServer?, compaction: CompactionScheduler,
                  stopRequested: StopSignal, logger: Logger) {
         self.stopRequested = stopRequested
         self.compaction = compaction
@@ -40,7 +39,6 @@ public final class Node: Sendable {
         self.replica = replica
         self.server = server
         self.metricsServer = metricsServer
-        self.tickets = tickets
         self.logger = logger
     }
 
@@ -66,7 +64,6 @@ public final class Node: Sendable {
             throw error
         }
         let address = configuration.advertise ?? Address(host: configuration.listen.host, port: UInt16(server.port))
-        let (tickets, ticketSink) = AsyncStream<(AppendTicket, LSN)>.makeStream()
         let seen: SeenChain?
         do {
             seen = try store.loadSeen()
@@ -81,14 +78,13 @@ public final class Node: Sendable {
         let stopRequested = StopSignal()
         let replica = Replica(
             me: configuration.id, store: store, settings: settings, clock: configuration.clock, logger: logger,
-            durableTickets: ticketSink,
             links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
                                 limits: configuration.connectionLimits, catchUpCompression: configuration.catchUpCompression,
                                 catchUpBytesPerSecond: configuration.catchUpBytesPerSecond),
             recentRequests: recent, seen: seen,
             onStop: { stopRequested.set() })
         let compaction = CompactionScheduler(store: store, settings: configuration.compaction, logger: logger) { [replica] in
-            await replica.commitWatermark
+            replica.commitWatermark
         }
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
@@ -104,13 +100,13 @@ public final class Node: Sendable {
             }
         }
         return Node(configuration: configuration, address: address, store: store, replica: replica, server: server,
-                    metricsServer: metricsServer, compaction: compaction, tickets: tickets, stopRequested: stopRequested, logger: logger)
+                    metricsServer: metricsServer, compaction: compaction, stopRequested: stopRequested, logger: logger)
     }
 
     /// The node's metrics in Prometheus text format (what `GET /metrics` returns).
     static func renderMetrics(id: NodeID, replica: Replica, store: Store, server: FrameServer, compaction: CompactionScheduler,
                               clock: any NodeClock) async -> String {
-        let m = await replica.currentMetrics
+        let m = replica.currentMetrics
         let snapshot = replica.view.snapshot
         let view = snapshot.node
         let s = store.metrics
@@ -187,7 +183,6 @@ public final class Node: Sendable {
         let serving = Task { await self.server.run { (connection, reader) async throws(CatenaError) in
             try await self.serve(connection, &reader)
         } }
-        let pump = Task { await self.pumpDurability() }
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
         let metrics = Task { await self.metricsServer?.run() }
         let compacting = Task { await self.compaction.run() }
@@ -202,8 +197,6 @@ public final class Node: Sendable {
         await serving.value
         await heartbeat.value
         await metrics.value
-        await replica.finishDurabilityFeedback()
-        await pump.value
         compacting.cancel()
         await compacting.value
         await store.close()
@@ -222,22 +215,7 @@ public final class Node: Sendable {
 
     /// Current replication metrics.
     public var metrics: ReplicaMetrics {
-        get async { await replica.currentMetrics }
-    }
-
-    // MARK: - Durability
-
-    /// Feeds durability back to the replica in log order, one ticket after another.
-    private func pumpDurability() async {
-        for await (ticket, lsn) in tickets {
-            do {
-                try await ticket.durable()
-            } catch {
-                await replica.logFailed(error)
-                continue
-            }
-            await replica.durable(through: lsn)
-        }
+        get async { replica.currentMetrics }
     }
 
     // MARK: - Master
@@ -262,7 +240,7 @@ public final class Node: Sendable {
                     let master = configuration.masters[masterIndex % configuration.masters.count]
                     connection = try await RequestConnection.connect(to: master, hello: hello, limits: configuration.connectionLimits)
                 }
-                let content = await replica.heartbeatContent
+                let content = replica.heartbeatContent
                 let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: content.position,
                                      epochStart: content.epochStart, failure: content.failure)
                 let chainID = replica.view.snapshot.configuration?.chainID ?? 0
@@ -277,18 +255,18 @@ public final class Node: Sendable {
                     throw CatenaError(.protocolViolation, "the master answered a heartbeat with \(frame.type)")
                 }
                 let reply = try HeartbeatReply(decoding: frame.payload)
-                await replica.heartbeatReplied(NodeStateMachine.Reply(reply), sentAt: sent)
+                replica.heartbeatReplied(NodeStateMachine.Reply(reply), sentAt: sent)
                 complained = false
                 if reply.standing != .unknown {
                     // A new configuration is persisted before it is adopted: let that finish, then
                     // a new head reports where its epoch starts at once (it takes no writes until
                     // the master has recorded it).
                     await replica.settle(timeout: configuration.heartbeatInterval)
-                    if let configuration = await replica.configuration, !ready {
+                    if let configuration = replica.configuration, !ready {
                         ready = true
                         onReady(configuration)
                     }
-                    if let next = await replica.heartbeatContent.epochStart, next != content.epochStart { again = true }
+                    if let next = replica.heartbeatContent.epochStart, next != content.epochStart { again = true }
                 }
                 if stopRequested.isSet { break }
             } catch {

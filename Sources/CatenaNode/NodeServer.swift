@@ -61,7 +61,7 @@ extension Node {
                         slots.give()
                     }
                     do throws(CatenaError) {
-                        await replica.submit(try checkedWrite(frame), reply: answer)
+                        replica.submit(try checkedWrite(frame), reply: answer)
                     } catch {
                         answer(.failure(error))
                     }
@@ -183,12 +183,12 @@ extension Node {
     private func serveReplication(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
         let sender = try NodeID(connection.peer.senderID)
         let acks = AckSender()
-        guard let start = await replica.attachUpstream(sender, acks: acks) else {
+        guard let start = replica.attachUpstream(sender, acks: acks) else {
             let epoch = replica.view.snapshot.epoch
             throw CatenaError(.redirect, "\(sender) is not \(configuration.id)'s predecessor at epoch \(epoch)")
         }
         let chainID = replica.view.snapshot.configuration?.chainID ?? 0
-        defer { Task { await replica.detachUpstream(acks) } }
+        defer { replica.detachUpstream(acks) }
         do {
             try await connection.outbound.write(Frame(type: .position, chainID: chainID, epoch: start.epoch, payload: LSNPayload.encode(start.position)))
         } catch {
@@ -201,14 +201,14 @@ extension Node {
             return await Result.catching { () async throws(CatenaError) in
                 while let frame = try await reader.next() {
                     if frame.type == .readTarget {
-                        await replica.readTarget(try LSNPayload.decode(frame.payload), from: sender)
+                        replica.readTarget(try LSNPayload.decode(frame.payload), from: sender)
                         continue
                     }
                     guard frame.type == .replicate else {
                         throw CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not replication")
                     }
                     let records = try ReplicatePayload.decode(frame.payload)
-                    if let error = await replica.replicate(records, epoch: frame.epoch, from: sender) { throw error }
+                    if let error = replica.replicate(records, epoch: frame.epoch, from: sender) { throw error }
                 }
             }
         }

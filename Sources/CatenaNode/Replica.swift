@@ -6,7 +6,7 @@ import DequeModule
 import Logging
 import Synchronization
 
-/// What the connection handlers read without an actor hop: the machine's published view, and
+/// What the connection handlers read without taking the replica's lock: the machine's published view, and
 /// how a catch-up is going. Updated by the ``Replica``.
 final class ReplicaView: Sendable {
     struct Snapshot: Sendable {
@@ -68,97 +68,139 @@ public struct ReplicaMetrics: Hashable, Sendable {
 /// writes, replicated records, durability, acknowledgements, heartbeat replies, the results of
 /// slow work) and performs every action it returns — appending to the local store, forwarding
 /// over the successor link, acknowledging upstream, answering clients, truncating, loading the
-/// log, catching up. Every rule is the machine's; this actor does I/O only.
+/// log, catching up. Every rule is the machine's; this class does I/O only.
 ///
-/// Fast actions run at once, in order — an append is enqueued in the store before the actor
-/// handles anything else, so the log's order is the machine's. Slow actions (persisting the
-/// configuration, truncating, reading the log, stopping a catch-up) run one after another on
-/// one task, and feed their results back to the machine as events.
-actor Replica {
+/// Not an actor: each event is handled under one lock, on the thread that brings it — the
+/// connection's reader for writes and replicated records, the store's writer (or syncer) thread
+/// for durability — so the hot path hands no batch to another task or executor. Fast actions
+/// run under the lock, in order: an append is enqueued in the store, a forward queued on the
+/// link, an acknowledgement queued for the predecessor before the next event is taken, so the
+/// log's order and the links' order are the machine's. Nothing done under the lock blocks or
+/// calls back into the replica. Slow actions (persisting the configuration, truncating, reading
+/// the log, stopping a catch-up) run one after another on one task, and feed their results back
+/// to the machine as events.
+final class Replica: Sendable {
     let me: NodeID
     let store: Store
     let view = ReplicaView()
     private let logger: Logger
     private let clock: any NodeClock
-    private let durableTickets: AsyncStream<(AppendTicket, LSN)>.Continuation
     private let links: LinkSettings
     /// Called when the master forgot this node: the node stops.
     private let onStop: @Sendable () -> Void
+    private let core: Mutex<Core>
 
-    private var machine: NodeStateMachine
-    /// What to do with each write's outcome once it commits or is refused.
-    private var waiters: [RequestID: [@Sendable (Result<LSN, CatenaError>) -> Void]] = [:]
-    /// Writes ``submit(_:reply:)`` took while the head held too much uncommitted: taken again,
-    /// in order, once woken.
-    private var throttledSubmits: [(WriteRequest, @Sendable (Result<LSN, CatenaError>) -> Void)] = []
-    private var link: ReplicationLink?
-    private var upstream: (node: NodeID, acks: AckSender)?
-    /// The catch-up from the tail, while one runs.
-    private var catchUp: Task<Void, Never>?
-    /// Slow actions, performed one after another by `slowRunner`.
-    private var slowQueue = Deque<NodeStateMachine.Action>()
-    private var slowRunner: Task<Void, Never>?
+    private struct Core: ~Copyable {
+        var machine: NodeStateMachine
+        /// What to do with each write's outcome once it commits or is refused.
+        var waiters: [RequestID: [@Sendable (Result<LSN, CatenaError>) -> Void]] = [:]
+        /// Writes ``submit(_:reply:)`` took while the head held too much uncommitted: taken
+        /// again, in order, once woken.
+        var throttledSubmits: [(WriteRequest, @Sendable (Result<LSN, CatenaError>) -> Void)] = []
+        var link: ReplicationLink?
+        var upstream: (node: NodeID, acks: AckSender)?
+        /// The catch-up from the tail, while one runs.
+        var catchUp: Task<Void, Never>?
+        /// Slow actions, performed one after another by `slowRunner`.
+        var slowQueue = Deque<NodeStateMachine.Action>()
+        var slowRunner: Task<Void, Never>?
+        /// Appends not yet reported durable, in log order, with the last LSN of each.
+        var appends = Deque<(ticket: AppendTicket, last: LSN)>()
+        /// An append completed while the lock was held (so its callback could not be kept):
+        /// ``ticketsCompleted()`` runs once the lock is released.
+        var completedUnheard = false
 
-    init(me: NodeID, store: Store, settings: NodeStateMachine.Settings, clock: any NodeClock, logger: Logger,
-         durableTickets: AsyncStream<(AppendTicket, LSN)>.Continuation, links: LinkSettings,
+        init(machine: NodeStateMachine) {
+            self.machine = machine
+        }
+    }
+
+    init(me: NodeID, store: Store, settings: NodeStateMachine.Settings, clock: any NodeClock, logger: Logger, links: LinkSettings,
          recentRequests: [ReplicaStateMachine.RememberedRequest], seen: SeenChain?,
          onStop: @escaping @Sendable () -> Void) {
         self.me = me
         self.store = store
         self.clock = clock
         self.logger = logger
-        self.durableTickets = durableTickets
         self.links = links
         self.onStop = onStop
-        self.machine = NodeStateMachine(me: me, settings: settings, logEnd: store.lastEnqueuedLSN,
-                                        recentRequests: recentRequests, seen: seen)
+        self.core = Mutex(Core(machine: NodeStateMachine(me: me, settings: settings, logEnd: store.lastEnqueuedLSN,
+                                                          recentRequests: recentRequests, seen: seen)))
     }
 
-    var configuration: ChainConfiguration? { machine.configuration }
+    /// Runs `body` under the lock, then reports appends that completed meanwhile.
+    private func withCore<R: Sendable>(_ body: (inout Core) -> R) -> R {
+        let (result, completed) = core.withLock { c in
+            let result = body(&c)
+            defer { c.completedUnheard = false }
+            return (result, c.completedUnheard)
+        }
+        if completed { ticketsCompleted() }
+        return result
+    }
+
+    var configuration: ChainConfiguration? { core.withLock { $0.machine.configuration } }
 
     // MARK: - Events
 
     /// The master answered the heartbeat sent at `sentAt` (node clock).
     func heartbeatReplied(_ reply: NodeStateMachine.Reply, sentAt: UInt64) {
         let now = clock.nanoseconds
-        handle(machine.tick(now: now))
-        handle(machine.heartbeatReplied(reply, sentAt: sentAt, logEnd: store.lastEnqueuedLSN, now: now))
+        withCore { c in
+            handle(c.machine.tick(now: now), &c)
+            handle(c.machine.heartbeatReplied(reply, sentAt: sentAt, logEnd: store.lastEnqueuedLSN, now: now), &c)
+        }
     }
 
     /// Waits (at most `timeout`) until the slow actions queued so far are done.
     func settle(timeout: Duration) async {
-        guard slowRunner != nil else { return }
         let deadline = ContinuousClock.now + timeout
-        while slowRunner != nil, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(1))
+        while core.withLock({ $0.slowRunner != nil }), ContinuousClock.now < deadline {
+            await Self.pause(.milliseconds(1))
         }
+    }
+
+    /// Sleeps for `duration`, also in a cancelled task (shutdown drains in one), whose own
+    /// sleep would return at once and make a wait loop spin on a thread the work it waits for
+    /// needs: the sleep runs in a task of its own, which does not inherit the cancellation.
+    private static func pause(_ duration: Duration) async {
+        await Task { try? await Task.sleep(for: duration) }.value
     }
 
     /// What the next heartbeat says: the position of the log (durable, or all of it from a node
     /// that is no member; read here, with the rest, in one step of the machine), the epoch start
     /// the head must report, the failure that stopped this node, the epoch it runs.
     var heartbeatContent: (position: LSN, epochStart: EpochStart?, failure: CatenaError?, epoch: UInt64) {
-        (machine.positionToReport(durable: store.highestLSN, logEnd: store.lastEnqueuedLSN),
-         machine.epochStartToReport, machine.failure, machine.heartbeatEpoch)
+        core.withLock { c in
+            (c.machine.positionToReport(durable: store.highestLSN, logEnd: store.lastEnqueuedLSN),
+             c.machine.epochStartToReport, c.machine.failure, c.machine.heartbeatEpoch)
+        }
     }
 
     /// A client write at the head, without waiting: `reply` gets the outcome once the write
-    /// committed or was refused (called on this actor: it must only hand the reply on). A write
-    /// that must wait for room under the uncommitted-bytes bound is taken again once there is.
+    /// committed or was refused (called under the replica's lock: it must only hand the reply
+    /// on). A write that must wait for room under the uncommitted-bytes bound is taken again once
+    /// there is.
     func submit(_ request: WriteRequest, reply: @escaping @Sendable (Result<LSN, CatenaError>) -> Void) {
+        let now = clock.nanoseconds, wallClock = wallClockNanoseconds()
+        withCore { c in submit(request, reply: reply, now: now, wallClock: wallClock, &c) }
+    }
+
+    private func submit(_ request: WriteRequest, reply: @escaping @Sendable (Result<LSN, CatenaError>) -> Void,
+                        now: UInt64, wallClock: UInt64, _ c: inout Core) {
         let store = self.store
-        let actions = machine.write(request, now: clock.nanoseconds, wallClock: wallClockNanoseconds()) { (r) throws(CatenaError) in
+        let actions = c.machine.write(request, now: now, wallClock: wallClock) { (r) throws(CatenaError) in
             try store.check(r)
         }
         if actions == [.throttled] {
-            throttledSubmits.append((request, reply))
+            c.throttledSubmits.append((request, reply))
         } else if actions.count == 1, case .replica(.refuse(_, let error)) = actions[0] {
             reply(.failure(error))
         } else if actions.count == 1, case .replica(.committed(let commits)) = actions[0] {
             reply(.success(commits[0].lsn))
         } else {
-            waiters[request.requestID, default: []].append(reply)
-            handle(actions)
+            c.waiters[request.requestID, default: []].append(reply)
+            handle(actions, &c)
         }
     }
 
@@ -166,103 +208,125 @@ actor Replica {
     /// closes and the predecessor resends after the position we report).
     func replicate(_ records: [EncodedRecord], epoch: UInt64, from sender: NodeID) -> CatenaError? {
         let store = self.store
-        return handle(machine.replicate(records, epoch: epoch, from: sender) { (r) throws(CatenaError) in try store.check(r) })
+        return withCore { c in
+            handle(c.machine.replicate(records, epoch: epoch, from: sender) { (r) throws(CatenaError) in try store.check(r) }, &c)
+        }
     }
 
-    /// The local log made everything through `lsn` durable.
-    func durable(through lsn: LSN) {
-        handle(machine.durable(through: lsn))
+    /// Appends completed: reports them to the machine in log order — durable through the last
+    /// of a run of successes, or the log's failure — as far as they have completed. Runs on the
+    /// thread that completed them (the store's writer or syncer), or after the lock if an append
+    /// completed while it was held.
+    private func ticketsCompleted() {
+        withCore { c in
+            var durable: LSN?
+            while let first = c.appends.first, let result = first.ticket.result {
+                c.appends.removeFirst()
+                switch result {
+                case .success:
+                    durable = first.last
+                case .failure(let error):
+                    if let lsn = durable { handle(c.machine.durable(through: lsn), &c) }
+                    durable = nil
+                    handle(c.machine.logFailed(error), &c)
+                }
+            }
+            if let lsn = durable { handle(c.machine.durable(through: lsn), &c) }
+        }
     }
 
     /// The predecessor `sender` held everything through `lsn` when the link started.
     func readTarget(_ lsn: LSN, from sender: NodeID) {
-        handle(machine.readTarget(lsn, from: sender))
+        withCore { c in _ = handle(c.machine.readTarget(lsn, from: sender), &c) }
     }
 
     /// The successor `sender` acknowledged everything through `lsn`.
     func acknowledged(through lsn: LSN, epoch: UInt64, from sender: NodeID) -> CatenaError? {
-        handle(machine.acknowledged(through: lsn, epoch: epoch, from: sender))
+        withCore { c in handle(c.machine.acknowledged(through: lsn, epoch: epoch, from: sender), &c) }
     }
 
     /// A (re)connected successor reports its last LSN on `reporter`'s new connection.
     func successorReported(_ lsn: LSN, epoch: UInt64, from sender: NodeID, link reporter: ReplicationLink) -> CatenaError? {
-        guard let link, link === reporter else {
-            return CatenaError(.protocolViolation, "\(sender) is not \(me)'s successor")
+        withCore { c in
+            guard let link = c.link, link === reporter else {
+                return CatenaError(.protocolViolation, "\(sender) is not \(me)'s successor")
+            }
+            return handle(c.machine.successorReported(lsn, epoch: epoch, from: sender), &c)
         }
-        return handle(machine.successorReported(lsn, epoch: epoch, from: sender))
     }
 
     /// The last LSN accepted here: what a new successor must hold before it answers reads.
-    var lastAccepted: LSN { machine.lastAccepted ?? store.lastEnqueuedLSN }
+    var lastAccepted: LSN { core.withLock { $0.machine.lastAccepted } ?? store.lastEnqueuedLSN }
 
     /// What this node may take as on every replica (``NodeStateMachine/commitWatermark``).
-    var commitWatermark: LSN { machine.commitWatermark }
+    var commitWatermark: LSN { core.withLock { $0.machine.commitWatermark } }
 
     /// The predecessor `node` connected: acknowledgements go to it from now on. Returns what to
     /// tell it first: the last LSN here and the last acknowledged.
     func attachUpstream(_ node: NodeID, acks: AckSender) -> (position: LSN, acknowledged: LSN, epoch: UInt64)? {
-        guard let start = machine.upstreamStart(for: node) else { return nil }
-        upstream?.acks.close()
-        upstream = (node, acks)
-        return start
+        core.withLock { c in
+            guard let start = c.machine.upstreamStart(for: node) else { return nil }
+            c.upstream?.acks.close()
+            c.upstream = (node, acks)
+            return start
+        }
     }
 
     /// The predecessor's connection ended.
     func detachUpstream(_ acks: AckSender) {
-        if let upstream, upstream.acks === acks { self.upstream = nil }
+        core.withLock { c in
+            if let upstream = c.upstream, upstream.acks === acks { c.upstream = nil }
+        }
         acks.close()
     }
 
     /// The local log failed: stop (see ``NodeStateMachine/logFailed(_:)``).
     func logFailed(_ error: CatenaError) {
-        handle(machine.logFailed(error))
+        withCore { c in _ = handle(c.machine.logFailed(error), &c) }
     }
 
     /// Stops taking new writes and waits (up to `timeout`) until the writes taken have committed,
     /// then answers whatever is left and closes the links.
     func drain(timeout: Duration) async {
-        handle(machine.drain())
+        withCore { c in _ = handle(c.machine.drain(), &c) }
         let deadline = ContinuousClock.now + timeout
-        while !waiters.isEmpty, ContinuousClock.now < deadline, machine.failure == nil {
-            try? await Task.sleep(for: .milliseconds(10))
+        while core.withLock({ !$0.waiters.isEmpty && $0.machine.failure == nil }), ContinuousClock.now < deadline {
+            await Self.pause(.milliseconds(10))
         }
-        handle(machine.drainEnded())
+        withCore { c in _ = handle(c.machine.drainEnded(), &c) }
         await settle(timeout: .seconds(5))
         await stopCatchUp()
     }
 
-    /// Ends the stream of append tickets (shutdown, after the drain).
-    func finishDurabilityFeedback() {
-        durableTickets.finish()
-    }
-
     var currentMetrics: ReplicaMetrics {
-        let c = machine.counters
-        var m = ReplicaMetrics()
-        m.writesCommitted = c.writesCommitted
-        m.writesRefused = c.writesRefused
-        m.recordsReplicated = c.recordsReplicated
-        m.peakUncommittedBytes = c.peakUncommittedBytes
-        m.writesThrottled = c.writesThrottled
-        m.recordsTruncated = c.recordsTruncated
-        m.staleConfigurationsRefused = c.staleConfigurationsRefused
-        m.requestsForgottenEarly = c.requestsForgottenEarlyBefore + (machine.replica?.requestsForgottenEarly ?? 0)
-        m.uncommittedBytes = machine.replica?.uncommittedBytes ?? 0
-        m.inFlightBytes = machine.replica?.inFlightBytes ?? 0
-        m.lastAccepted = machine.replica?.lastAccepted ?? .zero
-        m.acknowledged = machine.replica?.acknowledged ?? .zero
-        return m
+        core.withLock { c in
+            let machine = c.machine
+            let counters = machine.counters
+            var m = ReplicaMetrics()
+            m.writesCommitted = counters.writesCommitted
+            m.writesRefused = counters.writesRefused
+            m.recordsReplicated = counters.recordsReplicated
+            m.peakUncommittedBytes = counters.peakUncommittedBytes
+            m.writesThrottled = counters.writesThrottled
+            m.recordsTruncated = counters.recordsTruncated
+            m.staleConfigurationsRefused = counters.staleConfigurationsRefused
+            m.requestsForgottenEarly = counters.requestsForgottenEarlyBefore + (machine.replica?.requestsForgottenEarly ?? 0)
+            m.uncommittedBytes = machine.replica?.uncommittedBytes ?? 0
+            m.inFlightBytes = machine.replica?.inFlightBytes ?? 0
+            m.lastAccepted = machine.replica?.lastAccepted ?? .zero
+            m.acknowledged = machine.replica?.acknowledged ?? .zero
+            return m
+        }
     }
 
     // MARK: - The interpreter
 
-    /// Performs `actions` in order: fast ones now, slow ones queued for the slow runner. Returns
-    /// the first refusal of a replication message.
+    /// Performs `actions` in order, under the lock: fast ones now, slow ones queued for the slow
+    /// runner. Returns the first refusal of a replication message.
     @discardableResult
-    private func handle(_ actions: [NodeStateMachine.Action]) -> CatenaError? {
+    private func handle(_ actions: [NodeStateMachine.Action], _ c: inout Core) -> CatenaError? {
         var replicationError: CatenaError?
         var resubmit: [(WriteRequest, @Sendable (Result<LSN, CatenaError>) -> Void)] = []
-        defer { for (request, reply) in resubmit { submit(request, reply: reply) } }
         var pending = Deque(actions)
         while let action = pending.popFirst() {
             logger.trace("action", metadata: ["action": "\(action)"])
@@ -272,79 +336,87 @@ actor Replica {
                 case .append(let records):
                     do {
                         let ticket = try store.enqueue(records)
-                        durableTickets.yield((ticket, records.last!.lsn))
+                        c.appends.append((ticket, records.last!.lsn))
+                        if !ticket.onCompletion({ [self] in ticketsCompleted() }) { c.completedUnheard = true }
                     } catch {
                         // What follows the append in this batch must not happen (a forward of a
                         // record the log lost): the machine's fail-stop actions replace it.
-                        pending = Deque(machine.logFailed(error))
+                        pending = Deque(c.machine.logFailed(error))
                         if replicationError == nil { replicationError = error }
                     }
                 case .forward(let records, let to):
-                    linkTo(to).send(records)
+                    linkTo(to, &c).send(records)
                 case .resend(let after, let through, let to):
-                    linkTo(to).resend(after: after, through: through)
+                    linkTo(to, &c).resend(after: after, through: through)
                 case .acknowledge(let through, let to):
-                    if let upstream, upstream.node == to.id {
-                        upstream.acks.send(through, epoch: machine.epoch)
+                    if let upstream = c.upstream, upstream.node == to.id {
+                        upstream.acks.send(through, epoch: c.machine.epoch)
                     }
                 case .committed(let commits):
-                    for c in commits {
-                        if let list = waiters.removeValue(forKey: c.requestID) {
-                            for w in list { w(.success(c.lsn)) }
+                    for commit in commits {
+                        if let list = c.waiters.removeValue(forKey: commit.requestID) {
+                            for w in list { w(.success(commit.lsn)) }
                         }
                     }
                 case .refuse(let id?, let error):
-                    if let list = waiters.removeValue(forKey: id) {
+                    if let list = c.waiters.removeValue(forKey: id) {
                         for w in list { w(.failure(error)) }
                     }
                 case .refuse(nil, let error):
                     if replicationError == nil { replicationError = error }
                 }
             case .connectSuccessor(let member):
-                _ = linkTo(member)
+                _ = linkTo(member, &c)
             case .disconnectSuccessor:
-                link?.close()
-                link = nil
+                c.link?.close()
+                c.link = nil
             case .clearSuccessorQueue:
-                link?.clearQueue()
+                c.link?.clearQueue()
             case .disconnectPredecessor:
-                upstream?.acks.close()
-                upstream = nil
+                c.upstream?.acks.close()
+                c.upstream = nil
             case .answerAll(let error):
-                let all = waiters
-                waiters = [:]
+                let all = c.waiters
+                c.waiters = [:]
                 for list in all.values { for w in list { w(.failure(error)) } }
             case .throttled:
                 break
             case .wakeThrottled:
                 // Taken again once this batch's actions are done: their appends come first.
-                resubmit.append(contentsOf: throttledSubmits)
-                throttledSubmits = []
+                resubmit.append(contentsOf: c.throttledSubmits)
+                c.throttledSubmits = []
             case .publish(let v):
                 view.update { $0.node = v }
             case .startCatchUp(let from, let fullCopy, let after):
-                startCatchUp(from: from, fullCopy: fullCopy, after: after)
+                startCatchUp(from: from, fullCopy: fullCopy, after: after, &c)
             case .stop:
                 onStop()
             case .awaitAdding:
                 logger.warning("the master does not know this node; add it with `catena chain add-node \(me) --address ADDRESS`")
             case .note(let note):
-                logger.log(level: Self.level(note.level), "\(note.message)", metadata: [LogKey.epoch: "\(machine.epoch)"])
+                logger.log(level: Self.level(note.level), "\(note.message)", metadata: [LogKey.epoch: "\(c.machine.epoch)"])
             case .persistSeen, .truncateToShared, .discardLog, .loadLog, .stopCatchUp:
-                slowQueue.append(action)
+                c.slowQueue.append(action)
             }
         }
-        if !slowQueue.isEmpty && slowRunner == nil {
-            slowRunner = Task { await self.runSlow() }
+        if !c.slowQueue.isEmpty && c.slowRunner == nil {
+            c.slowRunner = Task { await self.runSlow() }
+        }
+        if !resubmit.isEmpty {
+            let now = clock.nanoseconds, wallClock = wallClockNanoseconds()
+            for (request, reply) in resubmit { submit(request, reply: reply, now: now, wallClock: wallClock, &c) }
         }
         return replicationError
     }
 
     private func runSlow() async {
-        while let action = slowQueue.popFirst() {
+        while let action = core.withLock({ c in
+            let next = c.slowQueue.popFirst()
+            if next == nil { c.slowRunner = nil }
+            return next
+        }) {
             await performSlow(action)
         }
-        slowRunner = nil
     }
 
     /// Performs one slow action and feeds its result back to the machine.
@@ -353,29 +425,33 @@ actor Replica {
             switch action {
             case .persistSeen(let seen):
                 try await store.persistSeen(seen)
-                handle(machine.configurationPersisted(epoch: seen.configuration.epoch, logEnd: store.lastEnqueuedLSN, now: clock.nanoseconds))
+                let now = clock.nanoseconds
+                withCore { c in _ = handle(c.machine.configurationPersisted(epoch: seen.configuration.epoch, logEnd: store.lastEnqueuedLSN, now: now), &c) }
             case .truncateToShared(let history, let keeping):
                 let (end, removed) = try await truncateToShared(history, keeping: keeping)
-                handle(machine.truncated(end: end, removed: removed))
+                withCore { c in _ = handle(c.machine.truncated(end: end, removed: removed), &c) }
             case .discardLog:
                 let removed = try await store.truncate(after: .zero)
-                handle(machine.truncated(end: store.lastEnqueuedLSN, removed: removed))
+                withCore { c in _ = handle(c.machine.truncated(end: store.lastEnqueuedLSN, removed: removed), &c) }
             case .loadLog:
                 let recent = await Replica.recentRequests(in: store, logger: logger)
-                handle(machine.logLoaded(end: store.lastEnqueuedLSN, recentRequests: recent))
+                withCore { c in _ = handle(c.machine.logLoaded(end: store.lastEnqueuedLSN, recentRequests: recent), &c) }
             case .stopCatchUp:
                 await stopCatchUp()
             default:
                 assertionFailure("\(action) is not a slow action")
             }
         } catch {
-            handle(machine.logFailed(error))
+            withCore { c in _ = handle(c.machine.logFailed(error), &c) }
         }
     }
 
     private func stopCatchUp() async {
-        guard let task = catchUp else { return }
-        catchUp = nil
+        let task: Task<Void, Never>? = core.withLock { c in
+            defer { c.catchUp = nil }
+            return c.catchUp
+        }
+        guard let task else { return }
         task.cancel()
         await task.value
     }
@@ -384,10 +460,10 @@ actor Replica {
 
     /// Starts copying from `tail` (after `delay` ns, and after any previous catch-up stopped);
     /// it follows the tail until stopped. A failure goes to the machine.
-    private func startCatchUp(from tail: ChainMember, fullCopy: Bool, after delay: UInt64) {
-        let previous = catchUp
+    private func startCatchUp(from tail: ChainMember, fullCopy: Bool, after delay: UInt64, _ c: inout Core) {
+        let previous = c.catchUp
         previous?.cancel()
-        catchUp = Task { [self] in
+        c.catchUp = Task { [self] in
             await previous?.value
             if delay > 0 { try? await Task.sleep(for: .nanoseconds(Int64(clamping: delay))) }
             guard !Task.isCancelled else { return }
@@ -401,14 +477,14 @@ actor Replica {
     }
 
     private func catchUpFailed(_ error: CatenaError) {
-        handle(machine.catchUpFailed(error))
+        withCore { c in _ = handle(c.machine.catchUpFailed(error), &c) }
     }
 
     /// Copies what the local log lacks from `tail` (LZ4 chunks, verified before they are
     /// installed) and follows it until cancelled.
     private func copy(from tail: ChainMember, fullCopy: Bool) async throws(CatenaError) {
         var settings = CatchUpReceiver.Configuration(source: try Address(parsing: tail.address), clusterID: links.clusterID,
-                                                     chainID: machine.configuration?.chainID ?? 0)
+                                                     chainID: configuration?.chainID ?? 0)
         settings.name = me.rawValue
         settings.compress = links.catchUpCompression
         settings.maxBytesPerSecond = links.catchUpBytesPerSecond
@@ -469,12 +545,12 @@ actor Replica {
     // MARK: - Links
 
     /// The link to `member`, replacing a link to another node or address.
-    private func linkTo(_ member: ChainMember) -> ReplicationLink {
-        if let link, link.target == member { return link }
-        link?.close()
+    private func linkTo(_ member: ChainMember, _ c: inout Core) -> ReplicationLink {
+        if let link = c.link, link.target == member { return link }
+        c.link?.close()
         let new = ReplicationLink(target: member, me: me, clusterID: links.clusterID, store: store, view: view,
                                   maxBatchBytes: links.maxBatchBytes, limits: links.limits, logger: logger)
-        link = new
+        c.link = new
         new.start(replica: self)
         return new
     }

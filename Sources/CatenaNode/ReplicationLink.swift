@@ -142,13 +142,13 @@ final class ReplicationLink: Sendable {
                         throw CatenaError(.protocolViolation, "\(target.id) opened replication with \(first.type), not position")
                     }
                     let position = try LSNPayload.decode(first.payload)
-                    if let error = await replica.successorReported(position, epoch: first.epoch, from: target.id, link: self) {
+                    if let error = replica.successorReported(position, epoch: first.epoch, from: target.id, link: self) {
                         throw error
                     }
                     logger.debug("replication connected", metadata: [LogKey.lsn: "\(position)"])
                     let snapshot = view.snapshot
                     let readTarget = Frame(type: .readTarget, chainID: snapshot.configuration?.chainID ?? 0, epoch: snapshot.epoch,
-                                       payload: LSNPayload.encode(await replica.lastAccepted))
+                                       payload: LSNPayload.encode(replica.lastAccepted))
                     do {
                         try await outbound.write(readTarget)
                     } catch {
@@ -160,10 +160,10 @@ final class ReplicationLink: Sendable {
                             switch frame.type {
                             case .acknowledge:
                                 let lsn = try LSNPayload.decode(frame.payload)
-                                if let error = await replica.acknowledged(through: lsn, epoch: frame.epoch, from: target.id) { throw error }
+                                if let error = replica.acknowledged(through: lsn, epoch: frame.epoch, from: target.id) { throw error }
                             case .position:
                                 let lsn = try LSNPayload.decode(frame.payload)
-                                if let error = await replica.successorReported(lsn, epoch: frame.epoch, from: target.id, link: self) { throw error }
+                                if let error = replica.successorReported(lsn, epoch: frame.epoch, from: target.id, link: self) { throw error }
                             case .error:
                                 throw try ErrorPayload.decode(frame.payload)
                             default:

@@ -8,11 +8,11 @@ import Synchronization
 /// order synchronously and wait for many appends at once.
 public final class AppendTicket: Sendable {
     private enum State {
-        case pending([CheckedContinuation<Void, any Error>])
+        case pending([CheckedContinuation<Void, any Error>], [@Sendable () -> Void])
         case done(Result<Void, CatenaError>)
     }
 
-    private let state = Mutex<State>(.pending([]))
+    private let state = Mutex<State>(.pending([], []))
 
     init() {}
 
@@ -22,9 +22,9 @@ public final class AppendTicket: Sendable {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 let ready: Result<Void, CatenaError>? = state.withLock { s in
                     switch s {
-                    case .pending(var waiters):
+                    case .pending(var waiters, let callbacks):
                         waiters.append(continuation)
-                        s = .pending(waiters)
+                        s = .pending(waiters, callbacks)
                         return nil
                     case .done(let result):
                         return result
@@ -47,12 +47,26 @@ public final class AppendTicket: Sendable {
         }
     }
 
-    func complete(_ result: Result<Void, CatenaError>) {
-        let waiters: [CheckedContinuation<Void, any Error>] = state.withLock { s in
-            guard case .pending(let waiters) = s else { return [] }
-            s = .done(result)
-            return waiters
+    /// Calls `callback` once the ticket completes (read ``result`` then), on the thread that
+    /// completes it — the store's writer or syncer thread, so it must only hand the news on.
+    /// Returns false, keeping nothing, if the ticket has completed already. Callbacks run before
+    /// ``durable()`` returns to anyone.
+    public func onCompletion(_ callback: @escaping @Sendable () -> Void) -> Bool {
+        state.withLock { s in
+            guard case .pending(let waiters, var callbacks) = s else { return false }
+            callbacks.append(callback)
+            s = .pending(waiters, callbacks)
+            return true
         }
+    }
+
+    func complete(_ result: Result<Void, CatenaError>) {
+        let (waiters, callbacks): ([CheckedContinuation<Void, any Error>], [@Sendable () -> Void]) = state.withLock { s in
+            guard case .pending(let waiters, let callbacks) = s else { return ([], []) }
+            s = .done(result)
+            return (waiters, callbacks)
+        }
+        for c in callbacks { c() }
         for w in waiters { w.resume(with: result.mapError { $0 as any Error }) }
     }
 }

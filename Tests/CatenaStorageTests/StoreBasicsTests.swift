@@ -1,6 +1,7 @@
 import CatenaCore
 import CatenaStorage
 import CatenaTestSupport
+import Synchronization
 import Testing
 
 @Suite("Store basics")
@@ -28,6 +29,27 @@ struct StoreBasicsTests {
         #expect(try await reopened.value("b") == nil)
         #expect(reopened.highestLSN == LSN(epoch: 1, seq: 4))
         await reopened.close()
+    }
+
+    @Test func anAppendTicketCallsBackOnceWhenItCompletesAndRefusesACallbackAfterwards() async throws {
+        let store = try await Fixture().open()
+        let calls = Mutex<[String]>([])
+        let first = try store.enqueue([put("a", bytes("one"), seq: 1)])
+        let second = try store.enqueue([put("b", bytes("two"), seq: 2)])
+        for (name, ticket) in [("first", first), ("second", second)] {
+            // Either the callback is kept (and runs once the ticket has its result), or the
+            // ticket had completed already.
+            let kept = ticket.onCompletion {
+                calls.withLock { $0.append("\(name) \(ticket.result.map { (try? $0.get()) != nil } ?? false)") }
+            }
+            if !kept { calls.withLock { $0.append("\(name) true") } }
+        }
+        try await second.durable()
+        try await first.durable()
+        #expect(calls.withLock { $0 }.sorted() == ["first true", "second true"])
+        #expect(first.onCompletion { Issue.record("a completed ticket kept a callback") } == false)
+        #expect(calls.withLock { $0 }.count == 2)
+        await store.close()
     }
 
     @Test func keysAreByteStrings() async throws {
