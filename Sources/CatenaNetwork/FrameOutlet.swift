@@ -17,6 +17,8 @@ public final class FrameOutlet: Sendable {
 
     private struct Pending: ~Copyable {
         var frames: [Frame] = []
+        /// ``sendReplacing(_:)``'s frame, not yet written.
+        var latest: Frame?
         var scheduled = false
     }
 
@@ -36,13 +38,29 @@ public final class FrameOutlet: Sendable {
         if schedule { channel.eventLoop.execute { self.drain() } }
     }
 
+    /// Queues `frame` in the outlet's one replaceable slot: a frame queued there before and not
+    /// yet written is dropped for it. For messages of which only the latest matters (an
+    /// acknowledgement through an LSN covers every earlier one): a burst of them between two
+    /// turns of the event loop goes out as one frame. Written after the turn's other frames.
+    public func sendReplacing(_ frame: Frame) {
+        let schedule = pending.withLock { p in
+            p.latest = frame
+            defer { p.scheduled = true }
+            return !p.scheduled
+        }
+        if schedule { channel.eventLoop.execute { self.drain() } }
+    }
+
     private func drain() {
         var frames: [Frame] = []
-        pending.withLock { p in
+        let latest: Frame? = pending.withLock { p in
             p.scheduled = false
             swap(&frames, &p.frames)
+            defer { p.latest = nil }
+            return p.latest
         }
         for frame in frames { channel.write(frame, promise: nil) }
+        if let latest { channel.write(latest, promise: nil) }
         channel.flush()
     }
 }

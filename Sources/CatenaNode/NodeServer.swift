@@ -182,34 +182,27 @@ extension Node {
     /// resends from the position we report then.
     private func serveReplication(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
         let sender = try NodeID(connection.peer.senderID)
-        let acks = AckSender()
+        let chainID = replica.view.snapshot.configuration?.chainID ?? 0
+        let acks = AckSender(outlet: connection.outlet, chainID: chainID)
         guard let start = replica.attachUpstream(sender, acks: acks) else {
             let epoch = replica.view.snapshot.epoch
             throw CatenaError(.redirect, "\(sender) is not \(configuration.id)'s predecessor at epoch \(epoch)")
         }
-        let chainID = replica.view.snapshot.configuration?.chainID ?? 0
         defer { replica.detachUpstream(acks) }
-        do {
-            try await connection.outbound.write(Frame(type: .position, chainID: chainID, epoch: start.epoch, payload: LSNPayload.encode(start.position)))
-        } catch {
-            throw CatenaError(.unavailable, "connection lost: \(error)")
-        }
+        // The position goes first, through the outlet the acknowledgements take after it.
+        connection.outlet.send(Frame(type: .position, chainID: chainID, epoch: start.epoch, payload: LSNPayload.encode(start.position)))
         if start.acknowledged != .zero { acks.send(start.acknowledged, epoch: start.epoch) }
-        let outcome: Result<Void, CatenaError> = await withTaskGroup(of: Void.self) { group in
-            group.addTask { await acks.run(connection.outbound, chainID: chainID) }
-            defer { acks.close() }
-            return await Result.catching { () async throws(CatenaError) in
-                while let frame = try await reader.next() {
-                    if frame.type == .readTarget {
-                        replica.readTarget(try LSNPayload.decode(frame.payload), from: sender)
-                        continue
-                    }
-                    guard frame.type == .replicate else {
-                        throw CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not replication")
-                    }
-                    let records = try ReplicatePayload.decode(frame.payload)
-                    if let error = replica.replicate(records, epoch: frame.epoch, from: sender) { throw error }
+        let outcome: Result<Void, CatenaError> = await Result.catching { () async throws(CatenaError) in
+            while let frame = try await reader.next() {
+                if frame.type == .readTarget {
+                    replica.readTarget(try LSNPayload.decode(frame.payload), from: sender)
+                    continue
                 }
+                guard frame.type == .replicate else {
+                    throw CatenaError(.unknownFrameType, "frame type \(frame.type.rawValue) is not replication")
+                }
+                let records = try ReplicatePayload.decode(frame.payload)
+                if let error = replica.replicate(records, epoch: frame.epoch, from: sender) { throw error }
             }
         }
         try outcome.get()

@@ -295,68 +295,38 @@ final class ReplicationLink: Sendable {
     }
 }
 
-/// Sends acknowledgements to the predecessor over its connection, coalescing: only the latest
-/// acknowledgement matters, so a burst becomes one frame.
+/// Sends acknowledgements to the predecessor over its connection's outlet, from whatever thread
+/// the replica runs on, without a task of its own: only the latest acknowledgement matters, so
+/// those that arrive before the connection's event loop gets to them go out as one frame
+/// (``FrameOutlet/sendReplacing(_:)``).
 final class AckSender: Sendable {
+    private let outlet: FrameOutlet
+    private let chainID: ChainID
     private let state = Mutex(State())
 
     private struct State: ~Copyable {
-        var pending: (lsn: LSN, epoch: UInt64)?
-        var waiter: CheckedContinuation<Void, Never>?
+        var last: LSN?
         var closed = false
     }
 
-    init() {}
+    init(outlet: FrameOutlet, chainID: ChainID) {
+        self.outlet = outlet
+        self.chainID = chainID
+    }
 
-    /// Queues an acknowledgement of everything through `lsn`.
+    /// Sends an acknowledgement of everything through `lsn` (none below one already sent).
     func send(_ lsn: LSN, epoch: UInt64) {
-        let waiter: CheckedContinuation<Void, Never>? = state.withLock { s in
-            guard !s.closed else { return nil }
-            if let p = s.pending, p.lsn.seq > lsn.seq { return nil }
-            s.pending = (lsn, epoch)
-            defer { s.waiter = nil }
-            return s.waiter
+        let send: Bool = state.withLock { s in
+            guard !s.closed else { return false }
+            if let last = s.last, last.seq > lsn.seq { return false }
+            s.last = lsn
+            return true
         }
-        waiter?.resume()
+        if send { outlet.sendReplacing(Frame(type: .acknowledge, chainID: chainID, epoch: epoch, payload: LSNPayload.encode(lsn))) }
     }
 
-    /// Stops the sender; ``run(_:chainID:)`` returns.
+    /// Stops the sender: later acknowledgements are dropped.
     func close() {
-        let waiter: CheckedContinuation<Void, Never>? = state.withLock { s in
-            s.closed = true
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume()
-    }
-
-    /// Writes acknowledgements to `outbound` until closed or the connection fails.
-    func run(_ outbound: NIOAsyncChannelOutboundWriter<Frame>, chainID: ChainID) async {
-        while true {
-            let next: (lsn: LSN, epoch: UInt64)?? = state.withLock { s in
-                if s.closed { return .some(nil) }
-                defer { s.pending = nil }
-                return s.pending.map { .some($0) } ?? nil
-            }
-            switch next {
-            case .some(.none):
-                return
-            case .some(.some(let ack)):
-                do {
-                    try await outbound.write(Frame(type: .acknowledge, chainID: chainID, epoch: ack.epoch, payload: LSNPayload.encode(ack.lsn)))
-                } catch {
-                    return
-                }
-            case .none:
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    let ready = state.withLock { s in
-                        if s.closed || s.pending != nil { return true }
-                        s.waiter = c
-                        return false
-                    }
-                    if ready { c.resume() }
-                }
-            }
-        }
+        state.withLock { $0.closed = true }
     }
 }

@@ -1,4 +1,5 @@
 @testable import CatenaNode
+import CatenaCore
 import CatenaNetwork
 import CatenaWire
 import NIOCore
@@ -30,6 +31,54 @@ struct HotPathTests {
         channel.embeddedEventLoop.run()
         #expect(try channel.readOutbound(as: Frame.self)?.requestID == 6)
         #expect(flushes.count == 2)
+        _ = try channel.finish()
+    }
+
+    @Test("an outlet's replaceable slot keeps only the latest frame until the event loop runs, written after the turn's other frames")
+    func outletReplaces() throws {
+        let channel = EmbeddedChannel()
+        let flushes = FlushCounter()
+        try channel.pipeline.syncOperations.addHandler(flushes)
+        let outlet = FrameOutlet(channel)
+        outlet.sendReplacing(frame(10))
+        outlet.send(frame(1))
+        outlet.sendReplacing(frame(11))
+        outlet.send(frame(2))
+        channel.embeddedEventLoop.run()
+        var ids: [UInt64] = []
+        while let f = try channel.readOutbound(as: Frame.self) { ids.append(f.requestID) }
+        #expect(ids == [1, 2, 11])
+        #expect(flushes.count == 1)
+        // The slot is empty once written: the next turn writes only what came since.
+        outlet.sendReplacing(frame(12))
+        channel.embeddedEventLoop.run()
+        ids = []
+        while let f = try channel.readOutbound(as: Frame.self) { ids.append(f.requestID) }
+        #expect(ids == [12])
+        channel.embeddedEventLoop.run()
+        #expect(try channel.readOutbound(as: Frame.self) == nil)
+        _ = try channel.finish()
+    }
+
+    @Test("acknowledgements: none below one already sent, none after close, the latest of a burst in one frame")
+    func ackSender() throws {
+        let channel = EmbeddedChannel()
+        let acks = AckSender(outlet: FrameOutlet(channel), chainID: 1)
+        acks.send(LSN(epoch: 1, seq: 5), epoch: 1)
+        acks.send(LSN(epoch: 1, seq: 3), epoch: 1)
+        acks.send(LSN(epoch: 1, seq: 7), epoch: 1)
+        channel.embeddedEventLoop.run()
+        var sent: [LSN] = []
+        while let f = try channel.readOutbound(as: Frame.self) {
+            #expect(f.type == .acknowledge)
+            sent.append(try LSNPayload.decode(f.payload))
+        }
+        #expect(sent == [LSN(epoch: 1, seq: 7)])
+        acks.send(LSN(epoch: 1, seq: 6), epoch: 1)
+        acks.close()
+        acks.send(LSN(epoch: 1, seq: 9), epoch: 1)
+        channel.embeddedEventLoop.run()
+        #expect(try channel.readOutbound(as: Frame.self) == nil)
         _ = try channel.finish()
     }
 
