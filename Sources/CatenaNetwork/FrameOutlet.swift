@@ -30,12 +30,7 @@ public final class FrameOutlet: Sendable {
     /// Queues `frame`; it is written and flushed on the event loop's next turn, with whatever
     /// else was queued by then, in the order queued.
     public func send(_ frame: Frame) {
-        let schedule = pending.withLock { p in
-            p.frames.append(frame)
-            defer { p.scheduled = true }
-            return !p.scheduled
-        }
-        if schedule { channel.eventLoop.execute { self.drain() } }
+        queue { $0.frames.append(frame) }
     }
 
     /// Queues `frame` in the outlet's one replaceable slot: a frame queued there before and not
@@ -43,8 +38,13 @@ public final class FrameOutlet: Sendable {
     /// acknowledgement through an LSN covers every earlier one): a burst of them between two
     /// turns of the event loop goes out as one frame. Written after the turn's other frames.
     public func sendReplacing(_ frame: Frame) {
+        queue { $0.latest = frame }
+    }
+
+    /// Adds to what is pending and, unless a drain is scheduled already, schedules one.
+    private func queue(_ add: (inout Pending) -> Void) {
         let schedule = pending.withLock { p in
-            p.latest = frame
+            add(&p)
             defer { p.scheduled = true }
             return !p.scheduled
         }

@@ -13,12 +13,17 @@ struct HotPathTests {
         Frame(type: .writeResult, flags: .reply, chainID: 1, requestID: id, epoch: 1, payload: ByteBuffer(bytes: [UInt8(id)]))
     }
 
-    @Test("an outlet writes what was queued before the event loop ran in order, with one flush")
-    func outletCoalesces() throws {
+    /// An outlet over an embedded channel that counts its flushes.
+    private func outletOnEmbeddedChannel() throws -> (EmbeddedChannel, FlushCounter, FrameOutlet) {
         let channel = EmbeddedChannel()
         let flushes = FlushCounter()
         try channel.pipeline.syncOperations.addHandler(flushes)
-        let outlet = FrameOutlet(channel)
+        return (channel, flushes, FrameOutlet(channel))
+    }
+
+    @Test("an outlet writes what was queued before the event loop ran in order, with one flush")
+    func outletCoalesces() throws {
+        let (channel, flushes, outlet) = try outletOnEmbeddedChannel()
         for id in 1...5 { outlet.send(frame(UInt64(id))) }
         #expect(try channel.readOutbound(as: Frame.self) == nil, "nothing before the event loop runs")
         channel.embeddedEventLoop.run()
@@ -36,10 +41,7 @@ struct HotPathTests {
 
     @Test("an outlet's replaceable slot keeps only the latest frame until the event loop runs, written after the turn's other frames")
     func outletReplaces() throws {
-        let channel = EmbeddedChannel()
-        let flushes = FlushCounter()
-        try channel.pipeline.syncOperations.addHandler(flushes)
-        let outlet = FrameOutlet(channel)
+        let (channel, flushes, outlet) = try outletOnEmbeddedChannel()
         outlet.sendReplacing(frame(10))
         outlet.send(frame(1))
         outlet.sendReplacing(frame(11))
