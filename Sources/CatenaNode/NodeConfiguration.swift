@@ -16,8 +16,13 @@ public struct NodeConfiguration: Sendable {
     public var metrics: Address?
     /// The master(s); the node tries them in turn.
     public var masters: [Address]
-    /// The local store (data directory, durability, limits).
+    /// The local store (data directory, durability, limits). A node's store waits
+    /// ``defaultGroupCommitDelay`` for more appends before it writes a batch of two or more.
     public var store: StoreConfiguration
+    /// The node's default ``StoreConfiguration/groupCommitDelay``: 200 µs. In a chain every put
+    /// waits for an fsync at each node in turn, so with a fixed number of puts in flight few
+    /// share each fsync; waiting a little gathers more (docs/PERFORMANCE.md, "Small writes").
+    public static let defaultGroupCommitDelay = Duration.microseconds(200)
     /// How often the node heartbeats the master (and so learns configuration changes).
     public var heartbeatInterval: Duration = .milliseconds(100)
     /// Bytes of writes the head holds uncommitted (in its log, in flight down the chain, not yet
@@ -59,5 +64,6 @@ public struct NodeConfiguration: Sendable {
         self.advertise = advertise
         self.masters = masters
         self.store = StoreConfiguration(directory: dataDirectory, clusterID: clusterID, nodeID: id.rawValue)
+        self.store.groupCommitDelay = Self.defaultGroupCommitDelay
     }
 }

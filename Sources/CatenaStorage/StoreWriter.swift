@@ -134,6 +134,7 @@ extension Store {
     /// the syncer thread fsyncs batch N, so the device never idles while the CPU copies.
     private func drain() {
         let delayNanos = configuration.groupCommitDelay.nanoseconds
+        let delayMinAppends = configuration.groupCommitDelayMinAppends
         let maxBytes = configuration.groupCommitMaxBytes
         let oneCallPerSync = configuration.durability == .always
         while true {
@@ -174,7 +175,7 @@ extension Store {
                 waitUntilSynced()
                 t()
             case .appends(var batch, var bytes):
-                if delayNanos > 0 && !oneCallPerSync && bytes < maxBytes {
+                if delayNanos > 0 && !oneCallPerSync && bytes < maxBytes && batch.count >= delayMinAppends {
                     var ts = timespec(tv_sec: Int(delayNanos / 1_000_000_000), tv_nsec: Int(delayNanos % 1_000_000_000))
                     nanosleep(&ts, nil)
                     state.withLock { s in take(&s, into: &batch, bytes: &bytes) }

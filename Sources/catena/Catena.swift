@@ -72,10 +72,14 @@ struct BenchChain: AsyncParsableCommand {
     @Option(name: .long, help: "MiB of values per measurement for values of 64 KiB and more.") var largeVolumeMib: Int = 1024
     @Option(name: .long, help: "Where the clusters keep their data (default: a temporary directory).") var dir: String?
     @Option(name: .long, help: "The nodes' durability: batch (default), always or none.") var durability: String = "batch"
+    @Option(name: .long, help: "The nodes' --group-commit-delay-us (default: the node's default).") var groupCommitDelayUs: Int?
     @Option(name: .long, help: "Also write the results, CPU per operation of every process included, as JSON to this file.") var json: String?
 
     func validate() throws {
         guard clients >= 1, count >= 1, largeVolumeMib >= 1 else { throw ValidationError("counts must be positive") }
+        if let g = groupCommitDelayUs, !(0...10_000).contains(g) {
+            throw ValidationError("--group-commit-delay-us must be 0 ... 10000, not \(g)")
+        }
         _ = try parsedSizes()
     }
 
@@ -94,6 +98,7 @@ struct BenchChain: AsyncParsableCommand {
         configuration.sizes = try parsedSizes()
         configuration.smallCount = count
         configuration.nodeArguments = ["--durability", durability]
+        if let groupCommitDelayUs { configuration.nodeArguments += ["--group-commit-delay-us", "\(groupCommitDelayUs)"] }
         configuration.largeVolume = largeVolumeMib << 20
         configuration.progress = { writeStandardError($0) }
         defer { if dir == nil { try? FileManager.default.removeItem(atPath: base) } }

@@ -87,6 +87,8 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The data directory.") var dataDir: String?
     @Option(name: .long, help: "The cluster id (with no topology).") var cluster: String?
     @Option(name: .long, help: "batch (group commit, default), always (fsync per write) or none (unsafe).") var durability: String = "batch"
+    @Option(name: .long, help: "With batch durability: how many microseconds the log writer waits for more writes to join a batch of two or more before writing and fsyncing it (0 ... 10000; 0: never waits; default 200).")
+    var groupCommitDelayUs: Int?
     @Option(name: .long, help: "Serve Prometheus metrics here (default: the topology's metrics address).") var metrics: String?
     @Option(name: .long, help: "How this node asks the tail for catch-up chunks when it (re)joins: lz4 (default) or none.")
     var catchUpCompression: CatchUpCompressionOption = .lz4
@@ -116,6 +118,9 @@ struct NodeCommand: AsyncParsableCommand {
             throw ValidationError("give --topology, or all of --cluster, --listen, --master and --data-dir")
         }
         guard ["batch", "always", "none"].contains(durability) else { throw ValidationError("--durability: batch, always or none") }
+        if let g = groupCommitDelayUs, !(0...10_000).contains(g) {
+            throw ValidationError("--group-commit-delay-us must be 0 ... 10000, not \(g)")
+        }
     }
 
     func run() async throws {
@@ -146,6 +151,7 @@ struct NodeCommand: AsyncParsableCommand {
         if let topology { configuration.heartbeatInterval = topology.heartbeat.interval }
         configuration.metrics = try address(metrics, spec?.metrics, "metrics")
         configuration.store.durability = durability == "always" ? .always : durability == "none" ? .none : .batch
+        if let groupCommitDelayUs { configuration.store.groupCommitDelay = .microseconds(groupCommitDelayUs) }
         configuration.catchUpCompression = catchUpCompression == .lz4
         configuration.catchUpBytesPerSecond = catchUpRate == 0 ? nil : catchUpRate * 1_000_000
         configuration.compaction.garbageRatio = compactionGarbageRatio == 0 ? nil : compactionGarbageRatio

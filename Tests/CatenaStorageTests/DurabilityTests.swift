@@ -283,6 +283,37 @@ struct DurabilityTests {
         }
     }
 
+    @Test func aLoneAppendNeverWaitsForTheGroupCommitDelayButQueuedAppendsDo() async throws {
+        let fs = CrashSimulatingFileSystem()
+        // A delay far longer than the bound below: were the lone append held, the check fails.
+        let fixture = Fixture(fs: fs) { c in
+            c.groupCommitDelay = .seconds(20)
+            c.groupCommitDelayMinAppends = 2
+        }
+        let store = try await fixture.open()
+        let clock = ContinuousClock()
+        let start = clock.now
+        try await store.append([put("k1", bytes("v1"), seq: 1)])
+        #expect(clock.now - start < .seconds(10))
+        await store.close()
+        fs.crash()
+        let reopened = try await fixture.open()
+        #expect(reopened.highestLSN.seq == 1)
+        await reopened.close()
+
+        // Appends queued together wait for the delay, then share one batch.
+        let waits = Fixture(fs: CrashSimulatingFileSystem()) { c in
+            c.groupCommitDelay = .milliseconds(200)
+            c.groupCommitDelayMinAppends = 1
+        }
+        let delayed = try await waits.open()
+        let before = clock.now
+        let tickets = try (1...4 as ClosedRange<UInt64>).map { seq in try delayed.enqueue([put("d\(seq)", bytes("v"), seq: seq)]) }
+        for t in tickets { try await t.durable() }
+        #expect(clock.now - before >= .milliseconds(200))
+        await delayed.close()
+    }
+
     // MARK: - 3. Disk full
 
     @Test func diskFullFailsTheAppendAndEverythingQueuedBehindItAndTheStoreKeepsServing() async throws {
@@ -291,6 +322,7 @@ struct DurabilityTests {
         // right after the first are queued behind it when its write fails.
         let fixture = Fixture(fs: fs) { c in
             c.groupCommitDelay = .milliseconds(30)
+            c.groupCommitDelayMinAppends = 1
             c.groupCommitMaxBytes = 150
         }
         let store = try await fixture.open()
