@@ -77,9 +77,7 @@ struct BenchChain: AsyncParsableCommand {
 
     func validate() throws {
         guard clients >= 1, count >= 1, largeVolumeMib >= 1 else { throw ValidationError("counts must be positive") }
-        if let g = groupCommitDelayUs, !(0...10_000).contains(g) {
-            throw ValidationError("--group-commit-delay-us must be 0 ... 10000, not \(g)")
-        }
+        try NodeCommand.validateGroupCommitDelay(groupCommitDelayUs)
         _ = try parsedSizes()
     }
 

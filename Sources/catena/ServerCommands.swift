@@ -118,8 +118,13 @@ struct NodeCommand: AsyncParsableCommand {
             throw ValidationError("give --topology, or all of --cluster, --listen, --master and --data-dir")
         }
         guard ["batch", "always", "none"].contains(durability) else { throw ValidationError("--durability: batch, always or none") }
-        if let g = groupCommitDelayUs, !(0...10_000).contains(g) {
-            throw ValidationError("--group-commit-delay-us must be 0 ... 10000, not \(g)")
+        try Self.validateGroupCommitDelay(groupCommitDelayUs)
+    }
+
+    /// Checks a `--group-commit-delay-us` for a node (also `bench-chain`'s, passed on to its nodes).
+    static func validateGroupCommitDelay(_ microseconds: Int?) throws {
+        if let us = microseconds, !(0...10_000).contains(us) {
+            throw ValidationError("--group-commit-delay-us must be 0 ... 10000, not \(us)")
         }
     }
 
