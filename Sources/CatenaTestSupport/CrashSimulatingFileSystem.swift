@@ -272,18 +272,23 @@ public final class CrashSimulatingFileSystem: FileSystem, Sendable {
                 inode.openHandles = 0
                 let before = inode.current
                 let synced = inode.durable.count
-                let appendedOnly = inode.extendsDurable
+                let torn = inode.tornWriteRange
                 inode.current = inode.durable
                 inode.dirtyFrom = nil
-                if tornWrites && appendedOnly {
-                    let kept = Int.random(in: 0...(before.count - synced), using: &rng)
-                    inode.current.append(contentsOf: before[synced..<(synced + kept)])
+                if tornWrites, let (from, to) = torn {
+                    // The first `kept` bytes written since the last sync reached the disk, the
+                    // last few of them garbled; the rest of the file is what was synced.
+                    let kept = Int.random(in: 0...(to - from), using: &rng)
+                    var image = Array(inode.durable[0..<from])
+                    image.append(contentsOf: before[from..<(from + kept)])
+                    if image.count < synced { image.append(contentsOf: inode.durable[image.count...]) }
                     if kept > 0 && Bool.random(using: &rng) {
                         let garbage = Int.random(in: 1...min(16, kept), using: &rng)
-                        for i in (inode.current.count - garbage)..<inode.current.count {
-                            inode.current[i] = UInt8.random(in: 0...255, using: &rng)
+                        for i in (from + kept - garbage)..<(from + kept) {
+                            image[i] = UInt8.random(in: 0...255, using: &rng)
                         }
                     }
+                    inode.current = image
                 }
                 inode.durable = inode.current
                 s.inodes[id] = inode
@@ -480,30 +485,46 @@ private struct Inode {
     var currentLinks = 0
     var durableLinks = 0
     var openHandles = 0
-    /// The lowest offset at which `current` may differ from `durable` (nil: they are equal).
-    /// Keeping the two arrays apart and syncing only the dirty part keeps a sync O(bytes
-    /// written since the last sync) and every write in place, however large the file.
+    /// The lowest offset at which `current` may differ from `durable` (nil: they are equal),
+    /// and the end of what was written since (while the length is unchanged, only
+    /// `dirtyFrom..<dirtyTo` differs). Keeping the two arrays apart and syncing only the dirty
+    /// part keeps a sync O(bytes written since the last sync) and every write in place, however
+    /// large the file — also for writes over a zero-filled stretch.
     var dirtyFrom: Int?
+    var dirtyTo = 0
 
     /// A writeback error: the unsynced bytes are no longer dirty but never reached the disk,
     /// which holds zeros there (reads still see the bytes until a crash).
     mutating func loseDirtyPages() {
         guard let dirty = dirtyFrom else { return }
-        let keep = min(dirty, durable.count)
-        durable.removeSubrange(keep..<durable.count)
-        durable.append(contentsOf: repeatElement(0, count: max(0, current.count - keep)))
+        if current.count == durable.count {
+            let upper = min(dirtyTo, durable.count)
+            if dirty < upper { durable.replaceSubrange(dirty..<upper, with: [UInt8](repeating: 0, count: upper - dirty)) }
+        } else {
+            let keep = min(dirty, durable.count)
+            durable.removeSubrange(keep..<durable.count)
+            durable.append(contentsOf: [UInt8](repeating: 0, count: max(0, current.count - keep)))
+        }
         dirtyFrom = nil
     }
 
-    mutating func markDirty(from offset: Int) {
+    mutating func markDirty(from offset: Int, to end: Int) {
+        dirtyTo = dirtyFrom == nil ? end : max(dirtyTo, end)
         dirtyFrom = min(dirtyFrom ?? offset, offset)
+    }
+
+    /// Where a crash may leave a torn write: what was written since the last sync, when the
+    /// file did not shrink since then; nil otherwise.
+    var tornWriteRange: (from: Int, to: Int)? {
+        guard let dirty = dirtyFrom, current.count >= durable.count, dirty <= durable.count else { return nil }
+        return (dirty, max(dirty, min(dirtyTo, current.count)))
     }
 
     mutating func write(_ chunks: [[UInt8]], at start: Int, total: Int) {
         guard total > 0 else { return }
-        markDirty(from: min(start, current.count))
+        markDirty(from: min(start, current.count), to: start + total)
         if current.count < start + total {
-            current.append(contentsOf: repeatElement(0, count: start + total - current.count))
+            current.append(contentsOf: [UInt8](repeating: 0, count: start + total - current.count))
         }
         var position = start
         for chunk in chunks {
@@ -513,28 +534,26 @@ private struct Inode {
     }
 
     mutating func truncate(to size: Int) {
-        markDirty(from: min(size, current.count))
+        markDirty(from: min(size, current.count), to: max(size, current.count))
         if size < current.count {
             current.removeLast(current.count - size)
         } else {
-            current.append(contentsOf: repeatElement(0, count: size - current.count))
+            current.append(contentsOf: [UInt8](repeating: 0, count: size - current.count))
         }
     }
 
     /// Makes `durable` equal to `current`, copying only what changed since the last sync.
     mutating func sync() {
         guard let dirty = dirtyFrom else { return }
-        let keep = min(dirty, durable.count, current.count)
-        durable.removeSubrange(keep..<durable.count)
-        durable.append(contentsOf: current[keep...])
+        if current.count == durable.count {
+            let upper = min(dirtyTo, current.count)
+            if dirty < upper { durable.replaceSubrange(dirty..<upper, with: current[dirty..<upper]) }
+        } else {
+            let keep = min(dirty, durable.count, current.count)
+            durable.removeSubrange(keep..<durable.count)
+            durable.append(contentsOf: current[keep...])
+        }
         dirtyFrom = nil
-    }
-
-    /// Whether `current` is `durable` plus more bytes (an append not yet synced).
-    var extendsDurable: Bool {
-        guard current.count > durable.count else { return false }
-        if let dirty = dirtyFrom, dirty >= durable.count { return true }
-        return current.starts(with: durable)
     }
 }
 

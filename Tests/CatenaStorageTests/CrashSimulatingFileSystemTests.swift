@@ -197,16 +197,65 @@ import Testing
         #expect(try run(seed: 1) != run(seed: 2))
     }
 
-    @Test func tornWritesDoNotApplyToOverwrites() throws {
-        for seed in UInt64(0)..<50 {
+    @Test func tornOverwritesKeepAPrefixOfTheNewBytesAndTheOldBytesAfterIt() throws {
+        // A log written over a zero-filled stretch, as the store's writer does: the file's length
+        // does not change, and a crash keeps some first part of the unsynced bytes.
+        var keptMost = 0
+        var keptLittle = 0
+        for seed in UInt64(0)..<60 {
             let fs = try makeFileSystem()
-            try createFile(fs, "/d/f", [1, 2, 3, 4], syncData: true, syncDirectory: "/d")
+            try createFile(fs, "/d/f", [UInt8](repeating: 0, count: 8192), syncData: true, syncDirectory: "/d")
             let file = try fs.open("/d/f", mode: .readWrite)
-            try file.write([9, 9, 9, 9, 9, 9], at: 2)  // changes synced bytes, then extends
+            try file.write([UInt8](repeating: 5, count: 100), at: 0)
+            try file.sync()
+            try file.write([UInt8](repeating: 7, count: 1000), at: 100)
             var rng = SplitMix64(seed: seed)
             fs.crash(tornWrites: true, using: &rng)
-            #expect(fs.contents(of: "/d/f") == [1, 2, 3, 4])
+
+            let after = try #require(fs.contents(of: "/d/f"))
+            #expect(after.count == 8192, "seed \(seed)")
+            #expect(after[0..<100].allSatisfy { $0 == 5 }, "synced bytes damaged, seed \(seed)")
+            #expect(after[1100...].allSatisfy { $0 == 0 }, "seed \(seed)")
+            // New bytes, then at most 16 garbled ones, then the old zeros.
+            let region = after[100..<1100]
+            let new = region.prefix { $0 == 7 }.count
+            if let lastNonZero = region.dropFirst(new).lastIndex(where: { $0 != 0 }) {
+                #expect(lastNonZero - (100 + new) < 16, "seed \(seed): bytes after the torn write's end")
+            }
+            if new >= 900 { keptMost += 1 }
+            if new < 100 { keptLittle += 1 }
         }
+        #expect(keptMost > 0 && keptLittle > 0, "most kept \(keptMost), little kept \(keptLittle)")
+    }
+
+    @Test func aSyncOfAnOverwriteMakesExactlyItDurable() throws {
+        let fs = try makeFileSystem()
+        try createFile(fs, "/d/f", [UInt8](repeating: 0, count: 64), syncData: true, syncDirectory: "/d")
+        let file = try fs.open("/d/f", mode: .readWrite)
+        try file.write([1, 2], at: 10)
+        try file.write([3], at: 40)
+        try file.write([4], at: 5)
+        try file.sync()
+        var expected = [UInt8](repeating: 0, count: 64)
+        expected[5] = 4
+        expected[10] = 1
+        expected[11] = 2
+        expected[40] = 3
+        #expect(fs.durableContents(of: "/d/f") == expected)
+        try file.write([9], at: 60)  // not synced
+        fs.crash()
+        #expect(fs.contents(of: "/d/f") == expected)
+
+        // A writeback error over an overwrite leaves zeros exactly there.
+        let again = try fs.open("/d/f", mode: .readWrite)
+        try again.write([8, 8], at: 20)
+        fs.failNextSync(losingDirtyPages: true)
+        #expect(throws: CatenaError.self) { try again.sync() }
+        try again.write([6], at: 30)
+        try again.sync()
+        expected[30] = 6
+        fs.crash()
+        #expect(fs.contents(of: "/d/f") == expected)
     }
 
     @Test func handlesFromBeforeTheCrashAreDead() throws {
