@@ -53,7 +53,8 @@ public protocol StorageFile: AnyObject, Sendable {
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(CatenaError) -> Int
     /// Writes all of `chunks`, back to back, starting at `offset`.
     func write(_ chunks: [[UInt8]], at offset: UInt64) throws(CatenaError)
-    /// Makes everything written so far durable (fsync).
+    /// Makes everything written so far, and the file's length, durable (`fdatasync`: file
+    /// timestamps may stay behind).
     func sync() throws(CatenaError)
     /// Cuts or extends the file to `size` bytes.
     func truncate(to size: UInt64) throws(CatenaError)
@@ -92,7 +93,8 @@ extension StorageFile {
 }
 
 
-/// The real file system: POSIX calls with `O_CLOEXEC`, `pread`, `pwritev`, `fsync`, `flock`.
+/// The real file system: POSIX calls with `O_CLOEXEC`, `pread`, `pwritev`, `fdatasync` (`fsync`
+/// for directories), `flock`.
 public struct PosixFileSystem: FileSystem {
     /// Creates the file system.
     public init() {}
@@ -241,7 +243,8 @@ final class PosixFile: StorageFile, Sendable {
     }
 
     func sync() throws(CatenaError) {
-        guard fsync(fd) == 0 else { throw posixError(errno, "fsync", path) }
+        // The data and what reading it back needs (length, block map); not the timestamps.
+        guard fdatasync(fd) == 0 else { throw posixError(errno, "fdatasync", path) }
     }
 
     func truncate(to size: UInt64) throws(CatenaError) {

@@ -1,6 +1,12 @@
 import CatenaCore
 import Logging
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// What start-up (or a rebuild after truncation) found on disk.
 struct Recovered {
     var segments: [Store.SegmentState] = []
@@ -123,16 +129,25 @@ struct Recovery {
                 }
                 // Everything after the last valid record of the last segment is a torn write
                 // (a crash mid-append can leave several damaged stretches there): cut it all.
+                // The writer zero-fills the active segment ahead of its records (see
+                // `StoreConfiguration.zeroFillAhead`): an all-zero end is that, not a torn write.
                 if isLast, found.contains(where: { if case .damage(let d) = $0 { return d.offset >= lastGood } else { return false } }) {
                     let dropped = entry.size - lastGood
                     found.removeAll { if case .damage(let d) = $0 { return d.offset >= lastGood } else { return false } }
+                    let zeroFilled = try Recovery.isZero(entry.file, from: lastGood, to: entry.size)
                     try entry.file.truncate(to: lastGood)
                     try entry.file.sync()
                     size = lastGood
-                    result.tornBytesDropped += Int(dropped)
-                    logger.warning("truncated torn write at the end of the log", metadata: [
-                        "file": "\(entry.file.path)", "offset": "\(lastGood)", "bytes_dropped": "\(dropped)",
-                    ])
+                    if zeroFilled {
+                        logger.info("dropped the zero-filled end of the active segment", metadata: [
+                            "file": "\(entry.file.path)", "offset": "\(lastGood)", "bytes": "\(dropped)",
+                        ])
+                    } else {
+                        result.tornBytesDropped += Int(dropped)
+                        logger.warning("truncated torn write at the end of the log", metadata: [
+                            "file": "\(entry.file.path)", "offset": "\(lastGood)", "bytes_dropped": "\(dropped)",
+                        ])
+                    }
                 }
                 let clean = !found.contains { if case .damage = $0 { return true } else { return false } }
                 if sealed && clean {
@@ -195,6 +210,21 @@ struct Recovery {
         // records at the very end (a tombstone at the watermark, say), and a seq is never reused.
         result.highest = max(previous, result.persistent.commitWatermark)
         return result
+    }
+
+    /// Whether bytes `[from, to)` of `file` are all zero.
+    static func isZero(_ file: any StorageFile, from: UInt64, to: UInt64) throws(CatenaError) -> Bool {
+        var at = from
+        while at < to {
+            let chunk = try file.read(at: at, count: Int(min(UInt64(1 << 20), to - at)))
+            guard !chunk.isEmpty else { return true }
+            let zero = chunk.withUnsafeBytes { raw in
+                raw[0] == 0 && (raw.count == 1 || memcmp(raw.baseAddress!, raw.baseAddress! + 1, raw.count - 1) == 0)
+            }
+            guard zero else { return false }
+            at += UInt64(chunk.count)
+        }
+        return true
     }
 
     private func loadHint(id: UInt64, size: UInt64) -> [EntrySummary]? {

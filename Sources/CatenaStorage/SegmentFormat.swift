@@ -1,5 +1,11 @@
 import CatenaCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The header at the start of every segment file.
 ///
 /// Layout (little-endian): magic `CSEG` (u32), format version (u16), count `n` of replaced
@@ -198,13 +204,20 @@ struct SegmentScanner {
         while at + 4 <= end {
             let chunk = try bytes(at: at, count: Int(min(UInt64(SegmentScanner.windowSize / 2), end - at)))
             if chunk.count < 4 { return nil }
-            var i = 0
-            while i + 4 <= chunk.count {
-                if chunk[i] == magic[0] && chunk[i + 1] == magic[1] && chunk[i + 2] == magic[2] && chunk[i + 3] == magic[3] {
-                    return at + UInt64(i)
+            // memchr for the first byte: a stretch of zeros (the writer's zero-filled end) or
+            // other damage is passed over at memory speed.
+            let found: Int? = chunk.withUnsafeBytes { raw in
+                let base = raw.baseAddress!
+                var i = 0
+                while i + 4 <= raw.count {
+                    guard let p = memchr(base + i, Int32(magic[0]), raw.count - 3 - i) else { return nil }
+                    i = base.distance(to: UnsafeRawPointer(p))
+                    if raw[i + 1] == magic[1] && raw[i + 2] == magic[2] && raw[i + 3] == magic[3] { return i }
+                    i += 1
                 }
-                i += 1
+                return nil
             }
+            if let found { return at + UInt64(found) }
             at += UInt64(chunk.count - 3)
         }
         return nil

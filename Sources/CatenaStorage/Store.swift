@@ -35,6 +35,8 @@ public final class Store: Sendable {
     let unsyncedBatches = InFlightCounter()
     /// Performs blocking reads.
     let readerPool: NIOThreadPool
+    /// ``StoreConfiguration/zeroFillAhead`` zero bytes, written after small batches.
+    let zeroFill: [UInt8]
     let directoryLock: any FileLock
     let state: Mutex<State>
     /// Serializes writes of the STATE file.
@@ -90,6 +92,8 @@ public final class Store: Sendable {
         var sealed: Bool
         /// Where the writer appends next (ahead of `size`, which only counts durable bytes).
         var writtenSize: UInt64
+        /// The file's length when the writer has zero-filled it beyond `writtenSize`, else 0.
+        var zeroedEnd: UInt64 = 0
         /// The newest head timestamp of its records (damaged ones with an intact header too):
         /// a segment whose newest record is outside the request-id window has none inside it.
         var maxTimestamp: UInt64 = 0
@@ -227,6 +231,7 @@ public final class Store: Sendable {
         self.fs = configuration.fileSystem
         self.dir = DataDirectory(path: configuration.directory)
         self.logger = logger
+        self.zeroFill = [UInt8](repeating: 0, count: max(0, configuration.zeroFillAhead))
 
         if !fs.fileExists(dir.path) {
             try fs.createDirectory(dir.path)
@@ -329,7 +334,10 @@ public final class Store: Sendable {
         }
         if alreadyClosed { return }
         let drained = AppendTicket()
-        submit(.task { drained.complete(.success(())) })
+        submit(.task { [self] in
+            cutZeroFilledEndAtClose()
+            drained.complete(.success(()))
+        })
         try? await drained.durable()
         state.withLock { s in s.lifecycle = .closed }
         try? await maintenancePool.shutdownGracefully()

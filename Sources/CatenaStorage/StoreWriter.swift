@@ -212,18 +212,34 @@ extension Store {
         let firstLSN = batch[0].records[0].lsn
 
         // Roll the active segment when the batch does not fit (a batch is never split).
-        let active: (file: any StorageFile, id: UInt64, offset: UInt64)
+        let active: (file: any StorageFile, id: UInt64, offset: UInt64, zeroedEnd: UInt64)
         do {
             active = try prepareActiveSegment(forBytes: bytes, firstLSN: firstLSN, created: &created)
         } catch {
             failAppends(batch, error: error, poison: false)
             return
         }
+        let end = active.offset + UInt64(bytes)
+        var zeros = zeroFill(after: end, batchBytes: bytes, zeroedEnd: active.zeroedEnd)
         do {
-            try active.file.write(chunks, at: active.offset)
+            if let z = zeros {
+                do {
+                    try active.file.write(chunks + [z], at: active.offset)
+                } catch where error.code == .diskFull {
+                    // The zeros are an optimisation: a batch that fits without them is written.
+                    zeros = nil
+                    try active.file.truncate(to: active.offset)
+                    try active.file.write(chunks, at: active.offset)
+                }
+            } else {
+                try active.file.write(chunks, at: active.offset)
+            }
         } catch {
             // Undo the partial write so nothing of it is ever read back, then fail this batch and
             // everything queued behind it (their LSNs follow this batch's).
+            state.withLock { s in
+                if let i = s.segments.lastIndex(where: { $0.id == active.id }) { s.segments[i].zeroedEnd = 0 }
+            }
             do {
                 try active.file.truncate(to: active.offset)
                 if created { try dropEmptySegment(active.id) }
@@ -237,7 +253,8 @@ extension Store {
         enum Sync { case running, here, onSyncer }
         let sync: Sync = state.withLock { s in
             if let i = s.segments.lastIndex(where: { $0.id == active.id }) {
-                s.segments[i].writtenSize = active.offset + UInt64(bytes)
+                s.segments[i].writtenSize = end
+                if let zeros { s.segments[i].zeroedEnd = end + UInt64(zeros.count) }
             }
             s.writtenLSN = batch[batch.count - 1].records.last!.lsn
             s.written.append(WrittenBatch(appends: batch, bytes: bytes, file: active.file, segment: active.id, offset: active.offset, createdSegment: created))
@@ -354,14 +371,54 @@ extension Store {
         unsyncedBatches.add(-n)
     }
 
+    /// The zeros to write after a batch of `batchBytes` that ends at `end`, in a segment whose
+    /// file is zero-filled up to `zeroedEnd` (see ``StoreConfiguration/zeroFillAhead``): nil
+    /// for a large batch, within the zero-filled stretch, or at the segment's size limit.
+    private func zeroFill(after end: UInt64, batchBytes: Int, zeroedEnd: UInt64) -> [UInt8]? {
+        let limit = UInt64(configuration.segmentSize)
+        guard !zeroFill.isEmpty, batchBytes < zeroFill.count / 4, end > zeroedEnd, end < limit else { return nil }
+        let n = Int(min(UInt64(zeroFill.count), limit - end))
+        return n == zeroFill.count ? zeroFill : Array(zeroFill.prefix(n))
+    }
+
+    /// Cuts the active segment's zero-filled end back to its records (see
+    /// ``StoreConfiguration/zeroFillAhead``). Runs on the writer thread with nothing unsynced.
+    private func cutZeroFilledEnd() throws(CatenaError) {
+        let active: SegmentState? = state.withLock { s in
+            guard let last = s.segments.last, !last.sealed, last.zeroedEnd > last.writtenSize else { return nil }
+            return last
+        }
+        guard let active else { return }
+        try active.file.truncate(to: active.writtenSize)
+        do {
+            try active.file.sync()
+        } catch {
+            state.withLock { s in s.lifecycle = .failed(error) }
+            logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(error)"])
+            throw error
+        }
+        state.withLock { s in
+            if let i = s.segments.lastIndex(where: { $0.id == active.id }) { s.segments[i].zeroedEnd = 0 }
+        }
+    }
+
+    /// ``cutZeroFilledEnd()`` at close, where a failure only costs the next start-up a scan.
+    func cutZeroFilledEndAtClose() {
+        do {
+            try cutZeroFilledEnd()
+        } catch {
+            logger.warning("could not cut the zero-filled end of the active segment; the next start-up drops it", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// The active segment to write `bytes` into, sealing and creating segments as needed.
-    private func prepareActiveSegment(forBytes bytes: Int, firstLSN: LSN, created: inout Bool) throws(CatenaError) -> (file: any StorageFile, id: UInt64, offset: UInt64) {
+    private func prepareActiveSegment(forBytes bytes: Int, firstLSN: LSN, created: inout Bool) throws(CatenaError) -> (file: any StorageFile, id: UInt64, offset: UInt64, zeroedEnd: UInt64) {
         let current: SegmentState? = state.withLock { s in
             guard let last = s.segments.last, !last.sealed else { return nil }
             return last
         }
         if let current, current.writtenSize == UInt64(current.header.size) || current.writtenSize + UInt64(bytes) <= UInt64(configuration.segmentSize) {
-            return (current.file, current.id, current.writtenSize)
+            return (current.file, current.id, current.writtenSize, current.zeroedEnd)
         }
         if current != nil {
             // Sealing writes the hint from the indexed entries: let the syncer finish first.
@@ -387,11 +444,13 @@ extension Store {
         let segment = SegmentState(id: id, file: file, header: header, size: start, lastLSN: .zero, recordCount: 0, sealed: false, writtenSize: start)
         state.withLock { s in s.segments.append(segment) }
         logger.debug("segment created", metadata: ["segment": "\(id)", LogKey.lsn: "\(firstLSN)"])
-        return (file, id, start)
+        return (file, id, start, 0)
     }
 
     /// Seals the active segment: it is never appended to again; its hint file is written.
     private func seal() throws(CatenaError) {
+        // Only the last segment may end in zeros (start-up drops them there, and nowhere else).
+        try cutZeroFilledEnd()
         let (segment, entries): (SegmentState, [EntrySummary]) = state.withLock { s in
             let i = s.segments.count - 1
             s.segments[i].sealed = true

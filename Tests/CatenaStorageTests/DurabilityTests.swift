@@ -314,6 +314,129 @@ struct DurabilityTests {
         await delayed.close()
     }
 
+    // MARK: - Zero-filled segment ends
+
+    /// The lengths of the segment files in the fixture's directory, in id order.
+    private static func segmentLengths(_ fs: CrashSimulatingFileSystem) throws -> [Int] {
+        try fs.contentsOfDirectory("/data/n1").filter { $0.hasSuffix(".seg") }.sorted().map { name in
+            try #require(fs.contents(of: "/data/n1/" + name)).count
+        }
+    }
+
+    @Test func smallAppendsGoOverAZeroFilledEndThatSealingClosingAndStartUpCutBack() async throws {
+        let fs = CrashSimulatingFileSystem()
+        let fixture = Fixture(fs: fs) { c in
+            c.segmentSize = 16 << 10
+            c.zeroFillAhead = 4 << 10
+        }
+        let store = try await fixture.open()
+        let value = [UInt8](repeating: 1, count: 200)
+        try await store.append([put("k1", value, seq: 1)])
+        let first = try #require(store.segments.last)
+        // The first small batch writes its record and 4 KiB of zeros after it; the next lands
+        // inside that stretch, so the file's length stays.
+        #expect(try Self.segmentLengths(fs) == [Int(first.byteSize) + (4 << 10)])
+        try await store.append([put("k2", value, seq: 2)])
+        #expect(try Self.segmentLengths(fs) == [Int(first.byteSize) + (4 << 10)])
+        #expect(try #require(store.segments.last).byteSize > first.byteSize)
+        for seq in 3...200 as ClosedRange<UInt64> {
+            try await store.append([put("k\(seq)", value, seq: seq)])
+        }
+        // Every sealed segment was cut back to its records; only the active one ends in zeros.
+        let infos = store.segments
+        let lengths = try Self.segmentLengths(fs)
+        #expect(infos.filter(\.sealed).count >= 2)
+        #expect(lengths.count == infos.count)
+        #expect(Array(lengths.dropLast()) == infos.dropLast().map { Int($0.byteSize) })
+        #expect(lengths.last! > Int(infos.last!.byteSize))
+
+        // A power cut: start-up drops the zeros as what they are (nothing torn), keeps every record.
+        fs.crash()
+        await store.close()
+        let reopened = try await fixture.open()
+        #expect(reopened.damage.isEmpty)
+        #expect(reopened.metrics.tornBytesDropped == 0)
+        #expect(reopened.highestLSN.seq == 200)
+        #expect(try Self.segmentLengths(fs) == reopened.segments.map { Int($0.byteSize) })
+        #expect(try await reopened.value("k1") == value)
+        #expect(try await reopened.value("k200") == value)
+
+        // A clean close cuts the active segment back too.
+        try await reopened.append([put("k201", value, seq: 201)])
+        #expect(try Self.segmentLengths(fs).last! > Int(reopened.segments.last!.byteSize))
+        let before = reopened.segments.map { Int($0.byteSize) }
+        await reopened.close()
+        #expect(try Self.segmentLengths(fs) == before)
+        fs.crash()
+        let third = try await fixture.open()
+        #expect(third.highestLSN.seq == 201)
+        #expect(third.metrics.tornBytesDropped == 0)
+        await third.close()
+
+        // Turned off, nothing is written beyond the records.
+        let plain = Fixture(fs: CrashSimulatingFileSystem(), directory: "/data/n1") { $0.zeroFillAhead = 0 }
+        let off = try await plain.open()
+        try await off.append([put("k1", value, seq: 1)])
+        #expect(try Self.segmentLengths(plain.fs) == off.segments.map { Int($0.byteSize) })
+        await off.close()
+    }
+
+    @Test func aBatchThatFitsWithoutItsZerosIsWrittenWhenTheDiskIsFull() async throws {
+        let fs = CrashSimulatingFileSystem()
+        let fixture = Fixture(fs: fs) { $0.zeroFillAhead = 4 << 10 }
+        let store = try await fixture.open()
+        let value = [UInt8](repeating: 2, count: 900)
+        // k1 zero-fills 4 KiB; k2...k5 land inside that stretch; k6 passes its end.
+        for seq in 1...5 as ClosedRange<UInt64> {
+            try await store.append([put("k\(seq)", value, seq: seq)])
+        }
+        #expect(try Self.segmentLengths(fs).first! > Int(store.segments[0].byteSize))
+        // The write with the zeros fails for lack of space; the batch alone is written.
+        fs.failNextWrites(.diskFull)
+        try await store.append([put("k6", value, seq: 6)])
+        #expect(try Self.segmentLengths(fs) == store.segments.map { Int($0.byteSize) })
+        // Space again: the next small batch zero-fills once more.
+        try await store.append([put("k7", value, seq: 7)])
+        #expect(try Self.segmentLengths(fs) == store.segments.map { Int($0.byteSize) + (4 << 10) })
+        // Inside the zero-filled stretch there is nothing to leave out: a full disk fails the append.
+        fs.failNextWrites(.diskFull)
+        await #expect { try await store.append([put("k8", value, seq: 8)]) } throws: { ($0 as? CatenaError)?.code == .diskFull }
+        try await store.append([put("k8", value, seq: 8)])
+        await store.close()
+        fs.crash()
+        let reopened = try await fixture.open()
+        #expect(reopened.highestLSN.seq == 8)
+        #expect(try await reopened.value("k6") == value)
+        #expect(try await reopened.value("k8") == value)
+        await reopened.close()
+    }
+
+    @Test func garbageInTheZeroFilledEndIsATornWrite() async throws {
+        let fs = CrashSimulatingFileSystem()
+        let fixture = Fixture(fs: fs) { $0.zeroFillAhead = 4 << 10 }
+        let store = try await fixture.open()
+        for seq in 1...3 as ClosedRange<UInt64> {
+            try await store.append([put("k\(seq)", bytes("v\(seq)"), seq: seq)])
+        }
+        let end = try #require(store.segments.last).byteSize
+        let length = try #require(try Self.segmentLengths(fs).last)
+        #expect(length > Int(end) + 16)
+        // Half a record's worth of bytes after the last record, as a crash mid-write leaves.
+        let path = "/data/n1/" + (try fs.contentsOfDirectory("/data/n1").filter { $0.hasSuffix(".seg") }.sorted().last!)
+        let file = try fs.open(path, mode: .readWrite)
+        try file.write([0x43, 0x52, 0x45, 0x43, 7, 7, 7], at: end)
+        try file.sync()
+        file.close()
+        fs.crash()
+        await store.close()
+        let reopened = try await fixture.open()
+        #expect(reopened.damage.isEmpty)
+        #expect(reopened.metrics.tornBytesDropped == length - Int(end))
+        #expect(reopened.highestLSN.seq == 3)
+        #expect(try Self.segmentLengths(fs) == [Int(end)])
+        await reopened.close()
+    }
+
     // MARK: - 3. Disk full
 
     @Test func diskFullFailsTheAppendAndEverythingQueuedBehindItAndTheStoreKeepsServing() async throws {
