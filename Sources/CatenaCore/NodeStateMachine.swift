@@ -422,7 +422,7 @@ public struct NodeStateMachine: Sendable {
     /// A history that learned where an epoch starts is persisted too (after it is adopted: a
     /// node that loses it in a crash relearns it from the master).
     private mutating func persistHistoryIfItGrew() -> [Action] {
-        guard persisting == nil, let seen = highestSeen, history.entries.count { $0.firstSeq != nil } > persistedStarts else { return [] }
+        guard persisting == nil, let seen = highestSeen, history.entries.count(where: { $0.firstSeq != nil }) > persistedStarts else { return [] }
         return persist(seen, history)
     }
 
