@@ -27,7 +27,7 @@ public struct StoreConfiguration: Sendable {
     public var maxValueSize: Int = 16 << 20
     /// How long the group-commit writer waits for more appends before writing a batch that is
     /// smaller than ``groupCommitMaxBytes`` and holds at least ``groupCommitDelayMinAppends``
-    /// appends. Default 0: appends that arrive while the previous batch is being synced form the
+    /// and fewer than ``groupCommitDelayMaxAppends`` appends. Default 0: appends that arrive while the previous batch is being synced form the
     /// next batch. A short wait (a few hundred microseconds) makes batches larger under a steady
     /// stream of small appends — fewer fsyncs, and fewer thread hand-overs, per append — at the
     /// cost of that much latency per batch; a node sets it (`catena node --group-commit-delay-us`).
@@ -36,6 +36,10 @@ public struct StoreConfiguration: Sendable {
     /// ``groupCommitDelay`` for more: a lone append (no concurrency to gather) is written at once.
     /// Default 2.
     public var groupCommitDelayMinAppends: Int = 2
+    /// The most appends a batch may already hold for the writer to wait ``groupCommitDelay``:
+    /// one that gathered this many while the previous batch was synced shares its sync widely
+    /// enough, and is written at once. Default 8.
+    public var groupCommitDelayMaxAppends: Int = 8
     /// The most bytes one group commit writes before it syncs. Default 16 MiB.
     public var groupCommitMaxBytes: Int = 16 << 20
     /// How far the writer zero-fills the active segment ahead of its records, when a batch is

@@ -135,6 +135,7 @@ extension Store {
     private func drain() {
         let delayNanos = configuration.groupCommitDelay.nanoseconds
         let delayMinAppends = configuration.groupCommitDelayMinAppends
+        let delayMaxAppends = configuration.groupCommitDelayMaxAppends
         let maxBytes = configuration.groupCommitMaxBytes
         let oneCallPerSync = configuration.durability == .always
         while true {
@@ -175,7 +176,7 @@ extension Store {
                 waitUntilSynced()
                 t()
             case .appends(var batch, var bytes):
-                if delayNanos > 0 && !oneCallPerSync && bytes < maxBytes && batch.count >= delayMinAppends {
+                if delayNanos > 0 && !oneCallPerSync && bytes < maxBytes && batch.count >= delayMinAppends && batch.count < delayMaxAppends {
                     var ts = timespec(tv_sec: Int(delayNanos / 1_000_000_000), tv_nsec: Int(delayNanos % 1_000_000_000))
                     nanosleep(&ts, nil)
                     state.withLock { s in take(&s, into: &batch, bytes: &bytes) }

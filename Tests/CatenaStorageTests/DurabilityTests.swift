@@ -283,7 +283,7 @@ struct DurabilityTests {
         }
     }
 
-    @Test func aLoneAppendNeverWaitsForTheGroupCommitDelayButQueuedAppendsDo() async throws {
+    @Test func aLoneAppendAndAFullBatchNeverWaitForTheGroupCommitDelayButOthersDo() async throws {
         let fs = CrashSimulatingFileSystem()
         // A delay far longer than the bound below: were the lone append held, the check fails.
         let fixture = Fixture(fs: fs) { c in
@@ -312,6 +312,19 @@ struct DurabilityTests {
         for t in tickets { try await t.durable() }
         #expect(clock.now - before >= .milliseconds(200))
         await delayed.close()
+
+        // A batch that already holds `groupCommitDelayMaxAppends` appends is written at once.
+        let full = Fixture(fs: CrashSimulatingFileSystem()) { c in
+            c.groupCommitDelay = .seconds(20)
+            c.groupCommitDelayMinAppends = 1
+            c.groupCommitDelayMaxAppends = 1
+        }
+        let undelayed = try await full.open()
+        let start2 = clock.now
+        let more = try (1...4 as ClosedRange<UInt64>).map { seq in try undelayed.enqueue([put("f\(seq)", bytes("v"), seq: seq)]) }
+        for t in more { try await t.durable() }
+        #expect(clock.now - start2 < .seconds(10))
+        await undelayed.close()
     }
 
     // MARK: - Zero-filled segment ends
