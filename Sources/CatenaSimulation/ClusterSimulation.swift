@@ -609,6 +609,10 @@ public final class ClusterSimulation {
                   // ... and one the master hears from now (not a member about to be removed as
                   // failed, which would leave the restored head alone with its loss).
                   master.manager.status(now: master.clock).first(where: { $0.id == nodes[s].id })?.health == .healthy,
+                  // ... and whom no proposal in flight removes: one made while it was silent
+                  // (before it restarted) still persists after it is heard again, and left the
+                  // restored head alone (seeds 1378997, 1408582, 1423610, 1498601).
+                  master.manager.proposal.map({ $0.configuration.members.contains { $0.id == nodes[s].id } }) ?? true,
                   !blocked(.node(h), .node(s)), !blocked(.node(s), .node(h)),
                   !blocked(.node(s), .master), !blocked(.master, .node(s)),
                   nodes[s].disk.durable > 0, nodes[h].disk.durable >= nodes[s].disk.durable,
