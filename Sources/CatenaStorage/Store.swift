@@ -36,7 +36,7 @@ public final class Store: Sendable {
     /// Performs blocking reads.
     let readerPool: NIOThreadPool
     /// ``StoreConfiguration/zeroFillAhead`` zero bytes, written after small batches.
-    let zeroFill: [UInt8]
+    let zeroBlock: [UInt8]
     let directoryLock: any FileLock
     let state: Mutex<State>
     /// Serializes writes of the STATE file.
@@ -231,7 +231,7 @@ public final class Store: Sendable {
         self.fs = configuration.fileSystem
         self.dir = DataDirectory(path: configuration.directory)
         self.logger = logger
-        self.zeroFill = [UInt8](repeating: 0, count: max(0, configuration.zeroFillAhead))
+        self.zeroBlock = [UInt8](repeating: 0, count: max(0, configuration.zeroFillAhead))
 
         if !fs.fileExists(dir.path) {
             try fs.createDirectory(dir.path)

@@ -27,10 +27,11 @@ public struct StoreConfiguration: Sendable {
     public var maxValueSize: Int = 16 << 20
     /// How long the group-commit writer waits for more appends before writing a batch that is
     /// smaller than ``groupCommitMaxBytes`` and holds at least ``groupCommitDelayMinAppends``
-    /// and fewer than ``groupCommitDelayMaxAppends`` appends. Default 0: appends that arrive while the previous batch is being synced form the
-    /// next batch. A short wait (a few hundred microseconds) makes batches larger under a steady
-    /// stream of small appends — fewer fsyncs, and fewer thread hand-overs, per append — at the
-    /// cost of that much latency per batch; a node sets it (`catena node --group-commit-delay-us`).
+    /// and fewer than ``groupCommitDelayMaxAppends`` appends. Default 0: appends that arrive
+    /// while the previous batch is being synced form the next batch. A short wait (a few hundred
+    /// microseconds) makes batches larger under a steady stream of small appends — fewer fsyncs,
+    /// and fewer thread hand-overs, per append — at the cost of that much latency per batch; a
+    /// node sets it (`catena node --group-commit-delay-us`).
     public var groupCommitDelay: Duration = .zero
     /// The fewest appends a batch must already hold for the writer to wait
     /// ``groupCommitDelay`` for more: a lone append (no concurrency to gather) is written at once.

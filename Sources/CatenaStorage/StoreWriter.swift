@@ -223,16 +223,12 @@ extension Store {
         let end = active.offset + UInt64(bytes)
         var zeros = zeroFill(after: end, batchBytes: bytes, zeroedEnd: active.zeroedEnd)
         do {
-            if let z = zeros {
-                do {
-                    try active.file.write(chunks + [z], at: active.offset)
-                } catch where error.code == .diskFull {
-                    // The zeros are an optimisation: a batch that fits without them is written.
-                    zeros = nil
-                    try active.file.truncate(to: active.offset)
-                    try active.file.write(chunks, at: active.offset)
-                }
-            } else {
+            do {
+                try active.file.write(zeros.map { chunks + [$0] } ?? chunks, at: active.offset)
+            } catch where error.code == .diskFull && zeros != nil {
+                // The zeros are an optimisation: a batch that fits without them is written.
+                zeros = nil
+                try active.file.truncate(to: active.offset)
                 try active.file.write(chunks, at: active.offset)
             }
         } catch {
@@ -377,9 +373,9 @@ extension Store {
     /// for a large batch, within the zero-filled stretch, or at the segment's size limit.
     private func zeroFill(after end: UInt64, batchBytes: Int, zeroedEnd: UInt64) -> [UInt8]? {
         let limit = UInt64(configuration.segmentSize)
-        guard !zeroFill.isEmpty, batchBytes < zeroFill.count / 4, end > zeroedEnd, end < limit else { return nil }
-        let n = Int(min(UInt64(zeroFill.count), limit - end))
-        return n == zeroFill.count ? zeroFill : Array(zeroFill.prefix(n))
+        guard !zeroBlock.isEmpty, batchBytes < zeroBlock.count / 4, end > zeroedEnd, end < limit else { return nil }
+        let n = Int(min(UInt64(zeroBlock.count), limit - end))
+        return n == zeroBlock.count ? zeroBlock : Array(zeroBlock.prefix(n))
     }
 
     /// Cuts the active segment's zero-filled end back to its records (see
