@@ -14,8 +14,12 @@ public struct ChainBenchmark: Sendable {
         public var executable: String
         /// Where clusters keep their data (a fresh subdirectory per cluster, removed afterwards).
         public var directory: String
-        /// Concurrent clients, each with its own connections.
+        /// Concurrent clients (each runs one operation at a time).
         public var clients: Int = 32
+        /// Client library instances the clients share, each with its own connections (nil: one
+        /// per client). Callers sharing an instance share its connection to each node, where
+        /// requests queued in one turn of the event loop leave in one write.
+        public var connections: Int?
         /// Value sizes.
         public var sizes: [Int] = [4 << 10, 1 << 20]
         /// Puts per measurement for small values …
@@ -130,9 +134,11 @@ public struct ChainBenchmark: Sendable {
                                     nodeArguments: configuration.nodeArguments) { (cluster) async throws(CatenaError) -> R in
             var clientConfiguration = CatenaClient.Configuration()
             clientConfiguration.requestTimeout = .seconds(60)
-            let clients = try await BenchCluster.clients(configuration.clients, of: cluster, configuration: clientConfiguration)
+            let instances = try await BenchCluster.clients(min(configuration.connections ?? configuration.clients, configuration.clients),
+                                                           of: cluster, configuration: clientConfiguration)
+            let clients = (0..<configuration.clients).map { instances[$0 % instances.count] }
             let outcome = await Result.catching { () async throws(CatenaError) -> R in try await body(clients, cluster) }
-            for c in clients { await c.close() }
+            for c in instances { await c.close() }
             return try outcome.get()
         }
     }

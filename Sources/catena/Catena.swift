@@ -67,6 +67,7 @@ struct BenchChain: AsyncParsableCommand {
     )
 
     @Option(name: .long, help: "Concurrent clients.") var clients: Int = 32
+    @Option(name: .long, help: "Client library instances the clients share, each with its own connection to each node (default: one per client).") var connections: Int?
     @Option(name: .long, help: "Comma-separated value sizes (e.g. 4KiB,1MiB).") var sizes: String = "4KiB,1MiB"
     @Option(name: .long, help: "Puts per measurement for values below 64 KiB.") var count: Int = 40_000
     @Option(name: .long, help: "MiB of values per measurement for values of 64 KiB and more.") var largeVolumeMib: Int = 1024
@@ -76,7 +77,7 @@ struct BenchChain: AsyncParsableCommand {
     @Option(name: .long, help: "Also write the results, CPU per operation of every process included, as JSON to this file.") var json: String?
 
     func validate() throws {
-        guard clients >= 1, count >= 1, largeVolumeMib >= 1 else { throw ValidationError("counts must be positive") }
+        guard clients >= 1, count >= 1, largeVolumeMib >= 1, (connections ?? 1) >= 1 else { throw ValidationError("counts must be positive") }
         try NodeCommand.validateGroupCommitDelay(groupCommitDelayUs)
         _ = try parsedSizes()
     }
@@ -93,6 +94,7 @@ struct BenchChain: AsyncParsableCommand {
         let base = dir ?? (FileManager.default.temporaryDirectory.path + "/catena-bench-chain-\(getpid())")
         var configuration = ChainBenchmark.Configuration(executable: executable, directory: base)
         configuration.clients = clients
+        configuration.connections = connections
         configuration.sizes = try parsedSizes()
         configuration.smallCount = count
         configuration.nodeArguments = ["--durability", durability]
@@ -100,7 +102,8 @@ struct BenchChain: AsyncParsableCommand {
         configuration.largeVolume = largeVolumeMib << 20
         configuration.progress = { writeStandardError($0) }
         defer { if dir == nil { try? FileManager.default.removeItem(atPath: base) } }
-        print("catena bench-chain: \(clients) clients, loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        let sharing = connections.map { ", sharing \(min($0, clients)) client instance\($0 == 1 ? "" : "s")" } ?? ""
+        print("catena bench-chain: \(clients) clients\(sharing), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         let results = try await ChainBenchmark(configuration).run()
         print("size      1-node put/s   3-node put/s   3-node MB/s   tail get/s   efficiency   goal")
         for r in results {
