@@ -13,6 +13,9 @@ extension SocketAddress {
 
 /// Opens client-side connections: TCP connect, hello, and a checked welcome.
 public enum FrameConnector {
+    /// The event loops connections use unless told otherwise: NIO's shared group.
+    public static var defaultGroup: any EventLoopGroup { MultiThreadedEventLoopGroup.singleton }
+
     /// Connects to `address`, introduces itself with `hello`, checks the welcome — the peer must
     /// be in the same cluster and answer with a version both sides speak — and runs `body` with
     /// the established connection; closes it when `body` returns. Errors: `unavailable` (cannot

@@ -262,12 +262,23 @@ public final class FrameServer: Sendable {
     /// Accepts connections until the task is cancelled or ``close()`` is called; runs `handler`
     /// for every established connection. When `handler` throws a ``CatenaError`` the peer gets
     /// it as an error frame before the connection closes.
-    public func run(handler: @escaping @Sendable (ServerConnection, inout FrameReader) async throws(CatenaError) -> Void) async {
+    ///
+    /// `onEventLoops`: each connection's handler runs on the connection's event loop
+    /// (``EventLoopTaskExecutor``), so a frame reaches it without a thread hand-over; the
+    /// handler must then never block (child tasks inherit the preference).
+    public func run(onEventLoops: Bool = false,
+                    handler: @escaping @Sendable (ServerConnection, inout FrameReader) async throws(CatenaError) -> Void) async {
         await withDiscardingTaskGroup { group in
             do {
                 try await channel.executeThenClose { inbound in
                     for try await connection in inbound {
-                        group.addTask { await self.serve(connection, handler: handler) }
+                        if onEventLoops {
+                            group.addTask(executorPreference: EventLoopTaskExecutor(connection.channel.eventLoop)) {
+                                await self.serve(connection, handler: handler)
+                            }
+                        } else {
+                            group.addTask { await self.serve(connection, handler: handler) }
+                        }
                     }
                 }
             } catch {

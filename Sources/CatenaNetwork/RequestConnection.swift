@@ -38,11 +38,14 @@ public final class RequestConnection: Sendable {
     public static func connect(to address: Address, hello: Hello, limits: ConnectionLimits = ConnectionLimits(),
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws(CatenaError) -> RequestConnection {
         let connection = RequestConnection(address: address)
+        // The read loop runs on the connection's event loop: a reply reaches it without a thread
+        // hand-over (only the caller waiting for it is woken).
+        let loop = group.next()
         let ready: Result<Void, CatenaError> = await withCheckedContinuation { continuation in
             let once = TakeOnce(continuation)
-            let task = Task {
+            let task = Task(executorPreference: EventLoopTaskExecutor(loop)) {
                 let outcome = await Result.catching { () async throws(CatenaError) -> Void in
-                    try await FrameConnector.withConnection(to: address, hello: hello, limits: limits, group: group) { (welcome, reader, outbound, outlet) async throws(CatenaError) -> Void in
+                    try await FrameConnector.withConnection(to: address, hello: hello, limits: limits, group: loop) { (welcome, reader, outbound, outlet) async throws(CatenaError) -> Void in
                         connection.state.withLock {
                             $0.outbound = outbound
                             $0.outlet = outlet

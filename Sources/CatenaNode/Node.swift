@@ -180,7 +180,9 @@ public final class Node: Sendable {
     public func run(onReady: @escaping @Sendable (ChainConfiguration) -> Void = { _ in }) async {
         logger.info("listening", metadata: [LogKey.address: "\(address)"])
         // Not child tasks: cancelling `run` must not cancel them before the drain below.
-        let serving = Task { await self.server.run { (connection, reader) async throws(CatenaError) in
+        // Each connection's frames are handled on its event loop: writes and replication are
+        // handed to the replica without blocking (reads run in tasks of their own elsewhere).
+        let serving = Task { await self.server.run(onEventLoops: true) { (connection, reader) async throws(CatenaError) in
             try await self.serve(connection, &reader)
         } }
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }

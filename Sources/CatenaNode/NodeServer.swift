@@ -67,7 +67,8 @@ extension Node {
                     }
                     continue
                 }
-                group.addTask {
+                // Off the connection's event loop: a read may wait for the disk.
+                group.addTask(executorPreference: globalConcurrentExecutor) {
                     await self.answer(frame, on: connection.outbound)
                     connection.release(frame)
                     slots.give()

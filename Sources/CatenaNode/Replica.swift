@@ -400,7 +400,9 @@ final class Replica: Sendable {
             }
         }
         if !c.slowQueue.isEmpty && c.slowRunner == nil {
-            c.slowRunner = Task { await self.runSlow() }
+            // Never on a connection's event loop (whose handler may have got here): the slow
+            // actions wait for the disk.
+            c.slowRunner = Task(executorPreference: globalConcurrentExecutor) { await self.runSlow() }
         }
         if !resubmit.isEmpty {
             let now = clock.nanoseconds, wallClock = wallClockNanoseconds()
@@ -463,7 +465,7 @@ final class Replica: Sendable {
     private func startCatchUp(from tail: ChainMember, fullCopy: Bool, after delay: UInt64, _ c: inout Core) {
         let previous = c.catchUp
         previous?.cancel()
-        c.catchUp = Task { [self] in
+        c.catchUp = Task(executorPreference: globalConcurrentExecutor) { [self] in
             await previous?.value
             if delay > 0 { try? await Task.sleep(for: .nanoseconds(Int64(clamping: delay))) }
             guard !Task.isCancelled else { return }

@@ -55,9 +55,12 @@ final class ReplicationLink: Sendable {
         self.logger = log
     }
 
-    /// Starts connecting; `replica` receives positions and acknowledgements.
+    /// Starts connecting; `replica` receives positions and acknowledgements. The link's tasks
+    /// run on its connection's event loop, so an acknowledgement reaches the replica, and a
+    /// queued batch the socket, without a thread hand-over.
     func start(replica: Replica) {
-        let task = Task { await self.run(replica: replica) }
+        let loop = FrameConnector.defaultGroup.next()
+        let task = Task(executorPreference: EventLoopTaskExecutor(loop)) { await self.run(replica: replica, on: loop) }
         let closed = state.withLock { s in
             s.task = task
             return s.closed
@@ -124,7 +127,7 @@ final class ReplicationLink: Sendable {
 
     // MARK: - Connection
 
-    private func run(replica: Replica) async {
+    private func run(replica: Replica, on loop: any EventLoop) async {
         var backoff = Duration.milliseconds(20)
         while !Task.isCancelled && !isClosed {
             guard let address = try? Address(parsing: target.address) else {
@@ -133,7 +136,7 @@ final class ReplicationLink: Sendable {
             }
             let hello = Hello(role: .node, clusterID: clusterID, senderID: me.rawValue)
             do throws(CatenaError) {
-                try await FrameConnector.withConnection(to: address, hello: hello, limits: limits) { (_, reader, outbound, _) async throws(CatenaError) -> Void in
+                try await FrameConnector.withConnection(to: address, hello: hello, limits: limits, group: loop) { (_, reader, outbound, _) async throws(CatenaError) -> Void in
                     guard let first = try await reader.next() else {
                         throw CatenaError(.unavailable, "\(target.id) closed the replication connection")
                     }
