@@ -27,7 +27,8 @@ extension Node {
     ///
     /// Writes — the hot path — take no task of their own: the replica answers each through the
     /// connection's outlet once it commits (or at once if it is refused), coalescing the replies
-    /// of a batch into one flush. Reads and everything else run in a child task each.
+    /// of a batch into one flush. Reads and everything else run in a child task each (off the event
+    /// loop); small replies (pings, heads, objects up to 64 KiB) leave through the outlet too.
     private func serveClient(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
         let slots = RequestSlots(limit: configuration.maxRequestsPerConnection)
         let outcome: Result<Void, CatenaError> = await withDiscardingTaskGroup { group in
@@ -69,7 +70,7 @@ extension Node {
                 }
                 // Off the connection's event loop: a read may wait for the disk.
                 group.addTask(executorPreference: globalConcurrentExecutor) {
-                    await self.answer(frame, on: connection.outbound)
+                    await self.answer(frame, on: connection)
                     connection.release(frame)
                     slots.give()
                 }
@@ -97,7 +98,13 @@ extension Node {
         }
     }
 
-    private func answer(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
+    /// Objects up to this size are read whole and sent in one flush through the connection's
+    /// outlet (their frames — info, bytes, end — in one write), not frame by frame through the
+    /// outbound writer, which waits for each.
+    static let smallObjectReply = 64 << 10
+
+    private func answer(_ frame: Frame, on connection: ServerConnection) async {
+        let outbound = connection.outbound
         let epoch = replica.view.snapshot.epoch
         func reply(_ type: FrameType, _ payload: ByteBuffer, more: Bool = false) -> Frame {
             Frame(type: type, flags: more ? [.reply, .more] : .reply, chainID: frame.chainID, requestID: frame.requestID,
@@ -107,14 +114,14 @@ extension Node {
             try checkChain(frame)
             switch frame.type {
             case .ping:
-                try await write(reply(.pong, ByteBuffer()), outbound)
+                connection.outlet.send(reply(.pong, ByteBuffer()))
             case .head:
                 try checkReads()
                 let key = try KeyPayload.decode(frame.payload)
                 let found = try store.head(key)
                 try checkLease()
                 guard let info = found else { throw CatenaError(.notFound, "not found: \(key)") }
-                try await write(reply(.objectInfo, ObjectInfoPayload.encode(info)), outbound)
+                connection.outlet.send(reply(.objectInfo, ObjectInfoPayload.encode(info)))
             case .list:
                 try checkReads()
                 let request = try ListRequest(decoding: frame.payload)
@@ -128,6 +135,14 @@ extension Node {
                 let found = try store.get(key)
                 try checkLease()
                 guard let object = found else { throw CatenaError(.notFound, "not found: \(key)") }
+                if object.info.size <= Self.smallObjectReply {
+                    // Read and verified whole (content checksum included) before any frame goes.
+                    let bytes = try await object.bytes()
+                    connection.outlet.send(reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true))
+                    if !bytes.isEmpty { connection.outlet.send(reply(.objectData, ByteBuffer(bytes: bytes), more: true)) }
+                    connection.outlet.send(reply(.objectData, ByteBuffer()))
+                    return
+                }
                 try await write(reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true), outbound)
                 // Pieces go out as they are read and verified; the last frame (no `more`) is sent
                 // only after the whole content matched its checksum, so a reader never takes a
