@@ -157,9 +157,11 @@ let package = Package(
                 "CatenaNode",
                 "CatenaClient",
                 "CatenaWire",
+                "CatenaNetwork",
                 "CatenaSimulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
 

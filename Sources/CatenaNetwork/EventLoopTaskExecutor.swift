@@ -25,3 +25,18 @@ public final class EventLoopTaskExecutor: TaskExecutor, Sendable {
         }
     }
 }
+
+extension EventLoopTaskExecutor {
+    /// How many event loops (network threads) a `catena` process runs, or nil for NIO's default
+    /// (one per core): `CATENA_EVENT_LOOPS` if set to a positive number; else, for a server (a
+    /// node or the master), half the cores, at least one. A node's event loops share the cores
+    /// with its store's writer and syncer threads and, on a small machine, with the other
+    /// processes of the chain: with a loop per core, more frames arrive while the loop of their
+    /// connection sleeps, and each costs a wake-up. Clients (the CLI, the benchmarks' client
+    /// side) keep NIO's default, as applications do: one loop reading many large replies is
+    /// slower than two.
+    public static func loopCount(environment: [String: String], cores: Int, server: Bool) -> Int? {
+        if let text = environment["CATENA_EVENT_LOOPS"], let n = Int(text), n >= 1 { return n }
+        return server ? max(1, cores / 2) : nil
+    }
+}

@@ -19,10 +19,10 @@ public struct NodeConfiguration: Sendable {
     /// The local store (data directory, durability, limits). A node's store waits
     /// ``defaultGroupCommitDelay`` for more appends before it writes a batch of two or more.
     public var store: StoreConfiguration
-    /// The node's default ``StoreConfiguration/groupCommitDelay``: 200 µs. In a chain every put
+    /// The node's default ``StoreConfiguration/groupCommitDelay``: 400 µs. In a chain every put
     /// waits for an fsync at each node in turn, so with a fixed number of puts in flight few
     /// share each fsync; waiting a little gathers more (docs/PERFORMANCE.md, "Small writes").
-    public static let defaultGroupCommitDelay = Duration.microseconds(200)
+    public static let defaultGroupCommitDelay = Duration.microseconds(400)
     /// How often the node heartbeats the master (and so learns configuration changes).
     public var heartbeatInterval: Duration = .milliseconds(100)
     /// Bytes of writes the head holds uncommitted (in its log, in flight down the chain, not yet

@@ -1,8 +1,10 @@
 import ArgumentParser
 import CatenaBench
 import CatenaCore
+import CatenaNetwork
 import CatenaStorage
 import Foundation
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -25,6 +27,11 @@ struct Catena: AsyncParsableCommand {
     static func main() async {
         do {
             var command = try parseAsRoot()
+            // Before anything uses NIO's shared event loops.
+            if let loops = EventLoopTaskExecutor.loopCount(environment: ProcessInfo.processInfo.environment, cores: System.coreCount,
+                                                           server: command is NodeCommand || command is MasterCommand) {
+                NIOSingletons.groupLoopCountSuggestion = loops
+            }
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {

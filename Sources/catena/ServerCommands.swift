@@ -87,7 +87,7 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The data directory.") var dataDir: String?
     @Option(name: .long, help: "The cluster id (with no topology).") var cluster: String?
     @Option(name: .long, help: "batch (group commit, default), always (fsync per write) or none (unsafe).") var durability: String = "batch"
-    @Option(name: .long, help: "With batch durability: how many microseconds the log writer waits for more writes to join a batch of two to seven before writing and syncing it (0 ... 10000; 0: never waits; default 200).")
+    @Option(name: .long, help: "With batch durability: how many microseconds the log writer waits for more writes to join a batch of two to seven before writing and syncing it (0 ... 10000; 0: never waits; default 400).")
     var groupCommitDelayUs: Int?
     @Option(name: .long, help: "Serve Prometheus metrics here (default: the topology's metrics address).") var metrics: String?
     @Option(name: .long, help: "How this node asks the tail for catch-up chunks when it (re)joins: lz4 (default) or none.")

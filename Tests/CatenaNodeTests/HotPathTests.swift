@@ -4,6 +4,7 @@ import CatenaNetwork
 import CatenaWire
 import NIOCore
 import NIOEmbedded
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -106,6 +107,45 @@ struct HotPathTests {
         slots.give()
         await drain.value
         #expect(drained.withLock { $0 })
+    }
+
+    @Test("a task preferring an event loop's executor runs on that loop, across suspensions, and so do its child tasks")
+    func eventLoopTaskExecutor() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let loop = group.next()
+        let other = group.next()
+        #expect(loop !== other)
+        let onLoop = await Task(executorPreference: EventLoopTaskExecutor(loop)) { () async -> [Bool] in
+            var seen = [loop.inEventLoop]
+            // Resumed by the other loop: the continuation brings the task back to its own.
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in other.execute { c.resume() } }
+            seen.append(loop.inEventLoop)
+            let child = await withTaskGroup(of: Bool.self) { g in
+                g.addTask { loop.inEventLoop }
+                return await g.next()!
+            }
+            seen.append(child)
+            let elsewhere = await withTaskGroup(of: Bool.self) { g in
+                g.addTask(executorPreference: globalConcurrentExecutor) { loop.inEventLoop || other.inEventLoop }
+                return await g.next()!
+            }
+            seen.append(!elsewhere)
+            return seen
+        }.value
+        #expect(onLoop == [true, true, true, true])
+        try await group.shutdownGracefully()
+    }
+
+    @Test("a node or master runs half as many event loops as cores, at least one; a client NIO's default; CATENA_EVENT_LOOPS rules both")
+    func eventLoopCount() {
+        #expect(EventLoopTaskExecutor.loopCount(environment: [:], cores: 2, server: true) == 1)
+        #expect(EventLoopTaskExecutor.loopCount(environment: [:], cores: 1, server: true) == 1)
+        #expect(EventLoopTaskExecutor.loopCount(environment: [:], cores: 16, server: true) == 8)
+        #expect(EventLoopTaskExecutor.loopCount(environment: [:], cores: 16, server: false) == nil)
+        #expect(EventLoopTaskExecutor.loopCount(environment: ["CATENA_EVENT_LOOPS": "3"], cores: 2, server: true) == 3)
+        #expect(EventLoopTaskExecutor.loopCount(environment: ["CATENA_EVENT_LOOPS": "3"], cores: 2, server: false) == 3)
+        #expect(EventLoopTaskExecutor.loopCount(environment: ["CATENA_EVENT_LOOPS": "0"], cores: 4, server: true) == 2)
+        #expect(EventLoopTaskExecutor.loopCount(environment: ["CATENA_EVENT_LOOPS": "many"], cores: 4, server: false) == nil)
     }
 }
 
