@@ -28,7 +28,7 @@ extension Node {
     /// Writes — the hot path — take no task of their own: the replica answers each through the
     /// connection's outlet once it commits (or at once if it is refused), coalescing the replies
     /// of a batch into one flush. Reads and everything else run in a child task each (off the event
-    /// loop); small replies (pings, heads, objects up to 64 KiB) leave through the outlet too.
+    /// loop); a small object's reply frames go to the outbound writer together (one flush).
     private func serveClient(_ connection: ServerConnection, _ reader: inout FrameReader) async throws(CatenaError) {
         let slots = RequestSlots(limit: configuration.maxRequestsPerConnection)
         let outcome: Result<Void, CatenaError> = await withDiscardingTaskGroup { group in
@@ -70,7 +70,7 @@ extension Node {
                 }
                 // Off the connection's event loop: a read may wait for the disk.
                 group.addTask(executorPreference: globalConcurrentExecutor) {
-                    await self.answer(frame, on: connection)
+                    await self.answer(frame, on: connection.outbound)
                     connection.release(frame)
                     slots.give()
                 }
@@ -98,13 +98,13 @@ extension Node {
         }
     }
 
-    /// Objects up to this size are read whole and sent in one flush through the connection's
-    /// outlet (their frames — info, bytes, end — in one write), not frame by frame through the
-    /// outbound writer, which waits for each.
+    /// Objects up to this size are read whole and their frames — info, bytes, end — handed to
+    /// the outbound writer together: one hop to the event loop and one flush, not three. The
+    /// writer still waits while the socket is full, so a client that does not read its replies
+    /// holds at most its request slots' worth of them.
     static let smallObjectReply = 64 << 10
 
-    private func answer(_ frame: Frame, on connection: ServerConnection) async {
-        let outbound = connection.outbound
+    private func answer(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
         let epoch = replica.view.snapshot.epoch
         func reply(_ type: FrameType, _ payload: ByteBuffer, more: Bool = false) -> Frame {
             Frame(type: type, flags: more ? [.reply, .more] : .reply, chainID: frame.chainID, requestID: frame.requestID,
@@ -114,14 +114,14 @@ extension Node {
             try checkChain(frame)
             switch frame.type {
             case .ping:
-                connection.outlet.send(reply(.pong, ByteBuffer()))
+                try await write(reply(.pong, ByteBuffer()), outbound)
             case .head:
                 try checkReads()
                 let key = try KeyPayload.decode(frame.payload)
                 let found = try store.head(key)
                 try checkLease()
                 guard let info = found else { throw CatenaError(.notFound, "not found: \(key)") }
-                connection.outlet.send(reply(.objectInfo, ObjectInfoPayload.encode(info)))
+                try await write(reply(.objectInfo, ObjectInfoPayload.encode(info)), outbound)
             case .list:
                 try checkReads()
                 let request = try ListRequest(decoding: frame.payload)
@@ -138,9 +138,14 @@ extension Node {
                 if object.info.size <= Self.smallObjectReply {
                     // Read and verified whole (content checksum included) before any frame goes.
                     let bytes = try await object.bytes()
-                    connection.outlet.send(reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true))
-                    if !bytes.isEmpty { connection.outlet.send(reply(.objectData, ByteBuffer(bytes: bytes), more: true)) }
-                    connection.outlet.send(reply(.objectData, ByteBuffer()))
+                    var frames = [reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true)]
+                    if !bytes.isEmpty { frames.append(reply(.objectData, ByteBuffer(bytes: bytes), more: true)) }
+                    frames.append(reply(.objectData, ByteBuffer()))
+                    do {
+                        try await outbound.write(contentsOf: frames)
+                    } catch {
+                        throw CatenaError(.unavailable, "connection lost: \(error)")
+                    }
                     return
                 }
                 try await write(reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true), outbound)

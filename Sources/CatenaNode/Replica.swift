@@ -400,8 +400,9 @@ final class Replica: Sendable {
             }
         }
         if !c.slowQueue.isEmpty && c.slowRunner == nil {
-            // Never on a connection's event loop (whose handler may have got here): the slow
-            // actions wait for the disk.
+            // On the global executor, said explicitly (an unstructured task does not inherit a
+            // connection task's event-loop preference, but this must never run there: the slow
+            // actions wait for the disk).
             c.slowRunner = Task(executorPreference: globalConcurrentExecutor) { await self.runSlow() }
         }
         if !resubmit.isEmpty {

@@ -109,7 +109,7 @@ struct BenchChain: AsyncParsableCommand {
         configuration.largeVolume = largeVolumeMib << 20
         configuration.progress = { writeStandardError($0) }
         defer { if dir == nil { try? FileManager.default.removeItem(atPath: base) } }
-        let sharing = connections.map { ", sharing \(min($0, clients)) client instance\($0 == 1 ? "" : "s")" } ?? ""
+        let sharing = connections.map { min($0, clients) }.map { ", sharing \($0) client instance\($0 == 1 ? "" : "s")" } ?? ""
         print("catena bench-chain: \(clients) clients\(sharing), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         let results = try await ChainBenchmark(configuration).run()
         print("size      1-node put/s   3-node put/s   3-node MB/s   tail get/s   efficiency   goal")
