@@ -24,7 +24,7 @@ public enum FrameConnector {
     /// (waits while the socket is full) or the ``FrameOutlet`` (never waits; coalesces).
     public static func withConnection<R: Sendable>(
         to address: Address, hello: Hello, limits: ConnectionLimits = ConnectionLimits(),
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        group: any EventLoopGroup = FrameConnector.defaultGroup,
         _ body: (Welcome, inout FrameReader, NIOAsyncChannelOutboundWriter<Frame>, FrameOutlet) async throws(CatenaError) -> R
     ) async throws(CatenaError) -> R {
         let channel: NIOAsyncChannel<Frame, Frame>

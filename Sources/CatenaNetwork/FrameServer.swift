@@ -272,13 +272,8 @@ public final class FrameServer: Sendable {
             do {
                 try await channel.executeThenClose { inbound in
                     for try await connection in inbound {
-                        if onEventLoops {
-                            group.addTask(executorPreference: EventLoopTaskExecutor(connection.channel.eventLoop)) {
-                                await self.serve(connection, handler: handler)
-                            }
-                        } else {
-                            group.addTask { await self.serve(connection, handler: handler) }
-                        }
+                        let loop: EventLoopTaskExecutor? = onEventLoops ? EventLoopTaskExecutor(connection.channel.eventLoop) : nil
+                        group.addTask(executorPreference: loop) { await self.serve(connection, handler: handler) }
                     }
                 }
             } catch {

@@ -36,7 +36,7 @@ public final class RequestConnection: Sendable {
 
     /// Connects and completes the handshake (see ``FrameConnector/withConnection(to:hello:limits:group:_:)``).
     public static func connect(to address: Address, hello: Hello, limits: ConnectionLimits = ConnectionLimits(),
-                               group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws(CatenaError) -> RequestConnection {
+                               group: any EventLoopGroup = FrameConnector.defaultGroup) async throws(CatenaError) -> RequestConnection {
         let connection = RequestConnection(address: address)
         // The read loop runs on the connection's event loop: a reply reaches it without a thread
         // hand-over (only the caller waiting for it is woken).

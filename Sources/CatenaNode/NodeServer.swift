@@ -141,11 +141,7 @@ extension Node {
                     var frames = [reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true)]
                     if !bytes.isEmpty { frames.append(reply(.objectData, ByteBuffer(bytes: bytes), more: true)) }
                     frames.append(reply(.objectData, ByteBuffer()))
-                    do {
-                        try await outbound.write(contentsOf: frames)
-                    } catch {
-                        throw CatenaError(.unavailable, "connection lost: \(error)")
-                    }
+                    try await write(frames, outbound)
                     return
                 }
                 try await write(reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true), outbound)
@@ -189,8 +185,13 @@ extension Node {
     }
 
     private func write(_ frame: Frame, _ outbound: NIOAsyncChannelOutboundWriter<Frame>) async throws(CatenaError) {
+        try await write(CollectionOfOne(frame), outbound)
+    }
+
+    /// Writes `frames` with one hop to the event loop and one flush.
+    private func write(_ frames: some Sequence<Frame>, _ outbound: NIOAsyncChannelOutboundWriter<Frame>) async throws(CatenaError) {
         do {
-            try await outbound.write(frame)
+            try await outbound.write(contentsOf: frames)
         } catch {
             throw CatenaError(.unavailable, "connection lost: \(error)")
         }

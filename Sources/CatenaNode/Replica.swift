@@ -400,10 +400,7 @@ final class Replica: Sendable {
             }
         }
         if !c.slowQueue.isEmpty && c.slowRunner == nil {
-            // On the global executor, said explicitly (an unstructured task does not inherit a
-            // connection task's event-loop preference, but this must never run there: the slow
-            // actions wait for the disk).
-            c.slowRunner = Task(executorPreference: globalConcurrentExecutor) { await self.runSlow() }
+            c.slowRunner = Task { await self.runSlow() }
         }
         if !resubmit.isEmpty {
             let now = clock.nanoseconds, wallClock = wallClockNanoseconds()
@@ -466,7 +463,7 @@ final class Replica: Sendable {
     private func startCatchUp(from tail: ChainMember, fullCopy: Bool, after delay: UInt64, _ c: inout Core) {
         let previous = c.catchUp
         previous?.cancel()
-        c.catchUp = Task(executorPreference: globalConcurrentExecutor) { [self] in
+        c.catchUp = Task { [self] in
             await previous?.value
             if delay > 0 { try? await Task.sleep(for: .nanoseconds(Int64(clamping: delay))) }
             guard !Task.isCancelled else { return }
