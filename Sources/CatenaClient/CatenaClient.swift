@@ -337,6 +337,10 @@ public final class CatenaClient: Sendable {
                 }
                 return try await body(connection, chain, timeout)
             } catch {
+                // A cancelled caller gets no more attempts (its sleeps would return at once).
+                if Task.isCancelled, error.code != .cancelled {
+                    throw CatenaError(.cancelled, "the calling task was cancelled; last error: \(error)")
+                }
                 guard Self.retryable(error.code), ContinuousClock.now < deadline else {
                     if error.code == .timeout, let lastError, lastError.code != .timeout {
                         throw CatenaError(.timeout, "\(error.message) (before that: \(lastError))")
@@ -375,7 +379,7 @@ public final class CatenaClient: Sendable {
         do {
             return try await refreshConfiguration(deadline: min(deadline, .now + .milliseconds(500)))
         } catch {
-            if error.code == .wrongCluster || error.code == .protocolVersionUnsupported { throw error }
+            if error.code == .wrongCluster || error.code == .protocolVersionUnsupported || error.code == .cancelled { throw error }
             return cached
         }
     }
@@ -385,6 +389,7 @@ public final class CatenaClient: Sendable {
         var lastError = CatenaError(.unavailable, "no master answered")
         var round = 0
         while ContinuousClock.now < deadline {
+            if Task.isCancelled { throw CatenaError(.cancelled, "the calling task was cancelled; last error: \(lastError)") }
             for master in masters {
                 do {
                     let connection = try await pool.connection(to: master, clusterID: configuration.clusterID ?? "")

@@ -76,6 +76,9 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let unavailable = Code("unavailable")
         /// The operation did not finish before its deadline; a write may or may not have applied.
         public static let timeout = Code("timeout")
+        /// The calling task was cancelled before the operation finished; a write may or may not
+        /// have applied. Not retried.
+        public static let cancelled = Code("cancelled")
 
         /// The code with this name, as carried in error frames. Names this build does not know
         /// are kept as they are, so they can be logged and passed on.

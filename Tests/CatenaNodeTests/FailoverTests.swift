@@ -122,6 +122,7 @@ extension InProcessChainTests {
                 let stop = Flag()
                 let acknowledgements = Counter()
                 let load = Task { await writers(cluster.client, count: 4, progress: acknowledgements, until: { stop.isSet }) }
+                defer { stop.set() }  // the writers stop however the test ends
                 try await Task.sleep(for: .milliseconds(200))
                 let before = await cluster.master.configuration.epoch
                 await cluster.stopNode(id)
@@ -259,6 +260,30 @@ extension InProcessChainTests {
                 #expect(after.members.map(\.id) == before.members.map(\.id), "the configuration survived the restart")
                 #expect(after.epoch >= before.epoch)
                 #expect(try await cluster.client.get("during").bytes == [2])
+            }
+        }
+
+        @Test("A cancelled call to a chain that does not answer ends at once with cancelled, not at its deadline", .timeLimit(.minutes(1)))
+        func cancelledCallEndsPromptly() async throws {
+            try await withTestCluster(Self.options()) { cluster in
+                var configuration = CatenaClient.Configuration()
+                configuration.clusterID = TestCluster.clusterID
+                configuration.requestTimeout = .seconds(60)
+                let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger)
+                _ = try await client.put("before", [1])
+                try await cluster.stopMaster()
+                for id in cluster.nodeIDs { await cluster.stopNode(id) }
+                let put = Task { try await client.put("never", [2]) }
+                try await Task.sleep(for: .milliseconds(300))  // it retries: nothing answers
+                let cancelled = ContinuousClock.now
+                put.cancel()
+                let outcome = await put.result
+                #expect(ContinuousClock.now - cancelled < .seconds(5), "a cancelled call ran on towards its 60 s deadline")
+                switch outcome {
+                case .success: Issue.record("a put succeeded with no chain to take it")
+                case .failure(let error): #expect(code(of: error) == .cancelled, "\(error)")
+                }
+                await client.close()
             }
         }
 
