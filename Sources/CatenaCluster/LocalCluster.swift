@@ -124,14 +124,30 @@ public final class LocalCluster: @unchecked Sendable {
         return p.isRunning ? nil : p.terminationStatus
     }
 
+    /// Waits up to `timeout` for `list` to exit (less if the task is cancelled), then SIGKILLs
+    /// the ones still running and waits until they are reaped.
     private func waitForExit(_ list: [Process], timeout: Duration) async {
         let deadline = ContinuousClock.now + timeout
         while list.contains(where: \.isRunning), ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
+            do {
+                try await Task.sleep(for: .milliseconds(20))
+            } catch {
+                break  // cancelled: no more grace
+            }
         }
         for p in list where p.isRunning {
             kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+            await reaped(p)
+        }
+    }
+
+    /// Waits until the SIGKILLed `process` has been reaped (10 s at most), also in a cancelled
+    /// task, without blocking a thread (`waitUntilExit` would hold one of the cooperative pool's,
+    /// the only one on a one-core machine, and a cancelled task's `Task.sleep` returns at once).
+    private func reaped(_ process: Process) async {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while process.isRunning, ContinuousClock.now < deadline {
+            await Task { try? await Task.sleep(for: .milliseconds(5)) }.value
         }
     }
 
@@ -144,7 +160,7 @@ public final class LocalCluster: @unchecked Sendable {
         guard let args else { throw CatenaError(.notFound, "no child called \(name)") }
         if let old, old.isRunning {
             kill(old.processIdentifier, SIGKILL)
-            old.waitUntilExit()
+            await reaped(old)
         }
         lock.withLock { started.removeAll { $0.name == name } }
         return try await spawn(name: name, arguments: args, stderr: errors, timeout: timeout)
@@ -203,10 +219,17 @@ public final class LocalCluster: @unchecked Sendable {
                 lock.withLock { started.append(child) }
                 return child
             case .some(.none):
-                process.waitUntilExit()
-                throw CatenaError(.unavailable, "\(name) exited with status \(process.terminationStatus) before it was ready")
+                await reaped(process)
+                let status = process.isRunning ? "its stdout closed" : "it exited with status \(process.terminationStatus)"
+                throw CatenaError(.unavailable, "\(name) was not ready: \(status)")
             case .none:
-                try? await Task.sleep(for: .milliseconds(10))
+                do {
+                    try await Task.sleep(for: .milliseconds(10))
+                } catch {
+                    kill(process.processIdentifier, SIGKILL)
+                    await reaped(process)
+                    throw CatenaError(.cancelled, "cancelled while \(name) was starting")
+                }
             }
         }
         throw CatenaError(.timeout, "\(name) was not ready within \(timeout)")

@@ -25,6 +25,23 @@ public struct HarnessError: Error, CustomStringConvertible {
     }
 }
 
+/// Runs `body`, which blocks (a socket read, a child process's exit), on a thread of its own and
+/// returns what it returns. Called directly from a test's task it would hold one of Swift's
+/// cooperative threads meanwhile, and the servers the test talks to run on those threads too: on a
+/// one-core machine the pool has a single thread, and the test would wait for a server that cannot run.
+public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+/// ``onOwnThread(_:)`` for a `body` that does not throw.
+public func offThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(returning: body()) }
+    }
+}
+
 /// `count` deterministic pseudo-random bytes from `seed` (SplitMix64).
 public func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
     var generator = SplitMix64(seed: seed)

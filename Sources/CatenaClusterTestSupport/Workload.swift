@@ -54,7 +54,7 @@ public final class Workload: Sendable {
     }
 
     /// Connects `count` clients to `cluster` (attempts time out after 1 s, operations after 4 s)
-    /// and starts them.
+    /// and starts them. They run until ``stop()``, or until the cluster stops.
     public static func start(_ cluster: TestCluster, count: Int = 8) async throws -> Workload {
         var configuration = CatenaClient.Configuration()
         configuration.clusterID = TestCluster.clusterID
@@ -73,6 +73,7 @@ public final class Workload: Sendable {
             }
         }
         load.state.withLock { $0.task = task }
+        cluster.adopt(load)
         return load
     }
 
@@ -191,7 +192,7 @@ extension TestCluster {
         let finals = try await load.readEveryKey(self)
         let history = load.recorder.history
         print("workload (\(backend)): \(load.summary(history)); settled at epoch \(settled.epoch), \(settled.summary)")
-        expectLinearizable(history, sourceLocation: sourceLocation)
+        await expectLinearizable(history, sourceLocation: sourceLocation)
         let acknowledged = load.acknowledged
         #expect(Set(acknowledged.map(\.lsn)).count == acknowledged.count, "an LSN was acknowledged twice", sourceLocation: sourceLocation)
         for key in Workload.keys {
@@ -262,11 +263,14 @@ extension TestCluster {
 }
 
 /// Records a failure naming the first key whose history is not linearizable, with that history.
-public func expectLinearizable(_ history: [RegisterOperation], sourceLocation: SourceLocation = #_sourceLocation) {
+/// The search runs on a thread of its own: it can take seconds, and the cluster's tasks share the
+/// cooperative pool (one thread on a one-core machine).
+public func expectLinearizable(_ history: [RegisterOperation], sourceLocation: SourceLocation = #_sourceLocation) async {
     func historyOf(_ key: String) -> String {
         history.filter { $0.key == Array(key.utf8) }.sorted { $0.invoke < $1.invoke }.map(\.description).joined(separator: "\n")
     }
-    switch LinearizabilityChecker.check(history) {
+    let verdict = await offThread { LinearizabilityChecker.check(history) }
+    switch verdict {
     case .linearizable:
         break
     case .notLinearizable(let key, let explanation):

@@ -146,6 +146,7 @@ extension ProcessClusterSuites {
                                     let value = Array("w\(w)-i\(i)".utf8) + [UInt8](repeating: UInt8(i & 0xFF), count: 2000)
                                     let started = phase.value
                                     done.append((key, try await client.put(key, value).lsn, value, started))
+                                    phase.acknowledge(in: started)
                                     i += 1
                                 }
                                 return done
@@ -154,18 +155,19 @@ extension ProcessClusterSuites {
                         return try await group.reduce(into: []) { $0 += $1 }
                     }
                 }
-                try await Task.sleep(for: .milliseconds(300))
+                defer { phase.set(2) }  // the writers stop however this test ends
+                try await cluster.waitFor("20 writes before the kill") { phase.acknowledged(in: 0) >= 20 }
                 cluster.signal(victim, SIGKILL)
                 #expect(await cluster.waitForExit(victim, timeout: .seconds(5)) != nil)
                 try await Task.sleep(for: .milliseconds(100))
                 try await cluster.startNode(victim)
                 phase.set(1)
-                try await Task.sleep(for: .milliseconds(500))
+                try await cluster.waitFor("20 writes after the restart") { phase.acknowledged(in: 1) >= 20 }
                 phase.set(2)
                 let acknowledged = try await writers.value.map { ($0.0, $0.1, $0.2) }
                 // Writes went through before the kill and after the restart.
                 #expect(try await writers.value.contains { $0.3 == 1 })
-                #expect(acknowledged.count > 40)
+                #expect(acknowledged.count >= 40)
                 // LSNs are never reused: every acknowledged write has its own.
                 #expect(Set(acknowledged.map { $0.1 }).count == acknowledged.count)
                 var latest: [String: (lsn: LSN, value: [UInt8])] = [:]
@@ -198,32 +200,32 @@ extension ProcessClusterSuites {
                 let input = cluster.directory + "/input.txt"
                 try Data("hello, chain\n".utf8).write(to: URL(fileURLWithPath: input))
 
-                #expect(try run(["put", "docs/hello", input, "--content-type", "text/plain"] + master).status == 0)
-                let get = try run(["get", "docs/hello"] + master)
+                #expect(try await run(["put", "docs/hello", input, "--content-type", "text/plain"] + master).status == 0)
+                let get = try await run(["get", "docs/hello"] + master)
                 #expect(get.status == 0)
                 #expect(get.stdout == "hello, chain\n")
-                let stdinPut = try run(["put", "docs/stdin", "-"] + master, stdin: Data("from stdin".utf8))
+                let stdinPut = try await run(["put", "docs/stdin", "-"] + master, stdin: Data("from stdin".utf8))
                 #expect(stdinPut.status == 0)
                 let output = cluster.directory + "/out.bin"
-                #expect(try run(["get", "docs/stdin", "-o", output] + master).status == 0)
+                #expect(try await run(["get", "docs/stdin", "-o", output] + master).status == 0)
                 #expect(try Data(contentsOf: URL(fileURLWithPath: output)) == Data("from stdin".utf8))
-                #expect(try run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
-                let stat = try run(["stat", "docs/hello"] + master)
+                #expect(try await run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
+                let stat = try await run(["stat", "docs/hello"] + master)
                 #expect(stat.status == 0)
                 #expect(stat.stdout.contains("size: 13"))
                 #expect(stat.stdout.contains("content-type: text/plain"))
-                #expect(try run(["rm", "docs/hello"] + master).status == 0)
-                let missing = try run(["get", "docs/hello"] + master)
+                #expect(try await run(["rm", "docs/hello"] + master).status == 0)
+                let missing = try await run(["get", "docs/hello"] + master)
                 #expect(missing.status == 1)
                 #expect(missing.stderr == "not found: docs/hello\n")
-                let missingStat = try run(["stat", "nothing"] + master)
+                let missingStat = try await run(["stat", "nothing"] + master)
                 #expect(missingStat.status == 1)
                 #expect(missingStat.stderr == "not found: nothing\n")
                 // Bad input: one line, non-zero.
-                let badKey = try run(["put", "", input] + master)
+                let badKey = try await run(["put", "", input] + master)
                 #expect(badKey.status != 0)
                 #expect(badKey.stderr.split(separator: "\n").count == 1)
-                let noMaster = try run(["get", "x", "--master", "127.0.0.1:1", "--timeout", "1"])
+                let noMaster = try await run(["get", "x", "--master", "127.0.0.1:1", "--timeout", "1"])
                 #expect(noMaster.status == 1)
                 #expect(noMaster.stderr.split(separator: "\n").count == 1)
             }
@@ -324,10 +326,16 @@ extension ProcessClusterSuites {
 // MARK: - Helpers
 
 /// A phase number shared between a test and its writer tasks.
+/// A test's phase, and how many operations were acknowledged in each (for tests that wait for
+/// progress rather than sleep a fixed time, which a slow machine may not fill).
 final class Phase: Sendable {
-    private let state = Mutex(0)
-    var value: Int { state.withLock { $0 } }
-    func set(_ v: Int) { state.withLock { $0 = v } }
+    private let state = Mutex((value: 0, acknowledged: [Int: Int]()))
+    var value: Int { state.withLock { $0.value } }
+    func set(_ v: Int) { state.withLock { $0.value = v } }
+    /// Counts one acknowledged operation started in `phase`.
+    func acknowledge(in phase: Int) { state.withLock { $0.acknowledged[phase, default: 0] += 1 } }
+    /// How many operations started in `phase` were acknowledged.
+    func acknowledged(in phase: Int) -> Int { state.withLock { $0.acknowledged[phase] ?? 0 } }
 }
 
 func clientConfiguration() -> CatenaClient.Configuration {
@@ -355,8 +363,10 @@ struct CommandResult {
     var stderr: String
 }
 
-/// Runs the `catena` CLI to completion (30 s at most).
-func run(_ arguments: [String], stdin: Data? = nil) throws -> CommandResult {
+/// Runs the `catena` CLI to completion (killed after 30 s). The waits block, so they run on
+/// threads of their own (``onOwnThread(_:)``), stdout and stderr read side by side so that a
+/// child filling one pipe cannot stall on it.
+func run(_ arguments: [String], stdin: Data? = nil) async throws -> CommandResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try catenaExecutable())
     process.arguments = arguments
@@ -371,12 +381,14 @@ func run(_ arguments: [String], stdin: Data? = nil) throws -> CommandResult {
     }
     let timer = DispatchWorkItem { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
     DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: timer)
-    let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
-    let stderrData = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    timer.cancel()
-    return CommandResult(status: process.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
-                         stderr: String(decoding: stderrData, as: UTF8.self))
+    defer { timer.cancel() }
+    let stdoutHandle = out.fileHandleForReading, stderrHandle = err.fileHandleForReading
+    async let stdoutData = onOwnThread { stdoutHandle.readDataToEndOfFile() }
+    async let stderrData = onOwnThread { stderrHandle.readDataToEndOfFile() }
+    let (stdoutBytes, stderrBytes) = try await (stdoutData, stderrData)
+    while process.isRunning { try await Task.sleep(for: .milliseconds(5)) }
+    return CommandResult(status: process.terminationStatus, stdout: String(decoding: stdoutBytes, as: UTF8.self),
+                         stderr: String(decoding: stderrBytes, as: UTF8.self))
 }
 
 /// `catena up` as a child process, its stdout read line by line.

@@ -10,8 +10,13 @@ import Testing
 import Glibc
 #endif
 
-/// `GET path` on 127.0.0.1:`port`, the whole response as text (the server closes after it).
-func httpGet(port: Int, path: String) throws -> String {
+/// `GET path` on 127.0.0.1:`port`, the whole response as text (the server closes after it). The
+/// socket calls block, so they run on a thread of their own, not on the pool the server runs on.
+func httpGet(port: Int, path: String) async throws -> String {
+    try await onOwnThread { try blockingHTTPGet(port: port, path: path) }
+}
+
+private func blockingHTTPGet(port: Int, path: String) throws -> String {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw CatenaError(.ioFailure, "socket") }
     defer { close(fd) }
@@ -69,7 +74,7 @@ extension InProcessChainTests {
             try await client.put("m/2", [4, 5, 6])
 
             let nodePort = Int(try #require(node.metricsAddress).port)
-            let nodeText = try httpGet(port: nodePort, path: "/metrics")
+            let nodeText = try await httpGet(port: nodePort, path: "/metrics")
             #expect(nodeText.hasPrefix("HTTP/1.1 200"))
             #expect(nodeText.contains("# TYPE catena_node_writes_committed_total counter"))
             #expect(nodeText.contains("\ncatena_node_writes_committed_total 2\n"))
@@ -82,10 +87,10 @@ extension InProcessChainTests {
             #expect(nodeText.contains("\ncatena_node_request_ids_forgotten_early_total 0\n"))
             #expect(nodeText.contains("\ncatena_store_commit_watermark_seq "))
             #expect(nodeText.contains("# TYPE catena_store_compactions_total counter"))
-            #expect(try httpGet(port: nodePort, path: "/other").hasPrefix("HTTP/1.1 404"))
+            #expect(try await httpGet(port: nodePort, path: "/other").hasPrefix("HTTP/1.1 404"))
 
             let masterPort = Int(try #require(master.metricsAddress).port)
-            let masterText = try httpGet(port: masterPort, path: "/metrics")
+            let masterText = try await httpGet(port: masterPort, path: "/metrics")
             #expect(masterText.hasPrefix("HTTP/1.1 200"))
             #expect(masterText.contains("\ncatena_master_members 1\n"))
             #expect(masterText.contains("catena_master_member_lag_records{node=\"n1\"} 0"))
