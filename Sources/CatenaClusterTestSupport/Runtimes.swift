@@ -5,6 +5,7 @@ import CatenaNode
 import CatenaTestSupport
 import Foundation
 import Synchronization
+import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -65,7 +66,7 @@ final class InProcessRuntime: Sendable {
     func stopMaster() async {
         guard let task = state.withLock({ s -> Task<Void, Never>? in defer { s.masterTask = nil }; return s.masterTask }) else { return }
         task.cancel()
-        await task.value
+        await waitForEnd(of: task, "the master")
     }
 
     func restartMaster() async throws {
@@ -117,7 +118,7 @@ final class InProcessRuntime: Sendable {
     func stopNode(_ id: NodeID) async {
         guard let running = state.withLock({ $0.nodes.removeValue(forKey: id) }) else { return }
         running.task.cancel()
-        await running.task.value
+        await waitForEnd(of: running.task, "node \(id)")
     }
 
     /// The node if it is started and its run has not ended.
@@ -143,14 +144,47 @@ final class InProcessRuntime: Sendable {
 
     /// Cancels every node's run and waits for them (each drains), then the master's.
     func stopAll() async {
-        let nodes = state.withLock { s -> [Running] in defer { s.nodes = [:] }; return Array(s.nodes.values) }
-        for running in nodes { running.task.cancel() }
-        for running in nodes { await running.task.value }
+        let nodes = state.withLock { s -> [(NodeID, Running)] in defer { s.nodes = [:] }; return Array(s.nodes) }
+        for (_, running) in nodes { running.task.cancel() }
+        for (id, running) in nodes { await waitForEnd(of: running.task, "node \(id)") }
         await stopMaster()
     }
 
     private static func milliseconds(_ d: Duration) -> Int {
         Int(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000)
+    }
+}
+
+/// Waits until `task` ends, or `limit` passed: a node or master whose run does not end when
+/// cancelled is recorded as a test failure naming `what` (and left behind), rather than holding
+/// the test process forever where no time limit reaches it (stops run in tasks of their own).
+func waitForEnd(of task: Task<Void, Never>, _ what: String, limit: Duration = .seconds(30)) async {
+    let ended: Bool = await withCheckedContinuation { continuation in
+        let first = ResumeOnce(continuation)
+        first.timer = Task {
+            try? await Task.sleep(for: limit)
+            first.resume(false)
+        }
+        Task {
+            await task.value
+            first.resume(true)
+        }
+    }
+    if !ended { Issue.record("\(what) did not stop within \(limit) of being cancelled") }
+}
+
+/// A continuation resumed by the first of two callers; the timer is cancelled when the other wins.
+private final class ResumeOnce: Sendable {
+    private let state: Mutex<(continuation: CheckedContinuation<Bool, Never>?, timer: Task<Void, Never>?)>
+    init(_ continuation: CheckedContinuation<Bool, Never>) { state = Mutex((continuation, nil)) }
+    var timer: Task<Void, Never>? {
+        get { state.withLock { $0.timer } }
+        set { state.withLock { $0.timer = newValue } }
+    }
+    func resume(_ value: Bool) {
+        let (continuation, timer) = state.withLock { s in defer { s.continuation = nil }; return (s.continuation, s.timer) }
+        continuation?.resume(returning: value)
+        if continuation != nil && value { timer?.cancel() }
     }
 }
 

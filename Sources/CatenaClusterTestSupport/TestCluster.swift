@@ -120,6 +120,9 @@ public final class TestCluster: Sendable {
     let runtime: Runtime
     private let ownsDirectory: Bool
     private let ended = Mutex(false)
+    /// Workloads started on this cluster, stopped by ``stop()`` if the test has not stopped them
+    /// (a test that fails before its `verify` would otherwise leave their clients running).
+    private let workloads = Mutex<[Workload]>([])
 
     /// The backend's machinery.
     enum Runtime: Sendable {
@@ -216,6 +219,7 @@ public final class TestCluster: Sendable {
     /// client and removes the directory (unless the caller gave it). Safe to call twice.
     public func stop() async {
         guard !ended.withLock({ (e: inout Bool) -> Bool in defer { e = true }; return e }) else { return }
+        for load in workloads.withLock({ $0 }) { await load.stop() }
         await client.close()
         await runtime.stopAll()
         if ownsDirectory { try? FileManager.default.removeItem(atPath: directory) }
@@ -225,6 +229,11 @@ public final class TestCluster: Sendable {
     /// client: the stores can be opened then (``openStore(of:)``).
     public func shutDown() async {
         await runtime.stopAll()
+    }
+
+    /// Registers `load` to be stopped with the cluster.
+    func adopt(_ load: Workload) {
+        workloads.withLock { $0.append(load) }
     }
 
     // MARK: - Nodes

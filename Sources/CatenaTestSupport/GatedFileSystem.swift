@@ -179,7 +179,7 @@ extension GatedFileSystem {
             let deadline = ContinuousClock.now + timeout
             while !isReached {
                 if ContinuousClock.now >= deadline { return false }
-                try? await Task.sleep(for: .milliseconds(1))
+                do { try await Task.sleep(for: .milliseconds(1)) } catch { return isReached }  // cancelled: no spinning
             }
             return true
         }

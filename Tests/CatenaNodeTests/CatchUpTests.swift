@@ -58,11 +58,13 @@ extension InProcessChainTests {
                 let copy = Task {
                     try await receiver.run(until: { progress in target.withLock { $0 }.map { progress.lastLSN == $0 } ?? false })
                 }
-                // Writes keep flowing while the receiver copies and then follows.
+                // Writes keep flowing while the receiver copies and then follows: each round once the
+                // receiver holds the last (a fixed pause would let a slow machine copy them all at once).
                 var last = LSN.zero
                 for round in 0..<30 {
                     last = try await appendHistory(to: f.source, count: 20, seed: 100 + UInt64(round), epochs: [round < 15 ? 1 : 2])
-                    try await Task.sleep(for: .milliseconds(10))
+                    let end = last
+                    _ = try await eventually { store.highestLSN == end ? true : nil }
                 }
                 target.withLock { $0 = last }
                 let progress = try await copy.value
@@ -289,7 +291,8 @@ extension InProcessChainTests {
                 let cancelled = ContinuousClock.now
                 copy.cancel()
                 let progress = try await copy.value
-                #expect(ContinuousClock.now - cancelled < .milliseconds(500))
+                // Well within the 30 s the source holds its chunk (a loaded one-core machine may be slow).
+                #expect(ContinuousClock.now - cancelled < .seconds(5))
                 #expect(progress.lastLSN == secondEnd)
                 #expect(store.highestLSN == secondEnd)
 
@@ -305,7 +308,7 @@ extension InProcessChainTests {
                 let start = ContinuousClock.now
                 retrying.cancel()
                 let idle = try await retrying.value
-                #expect(ContinuousClock.now - start < .milliseconds(500))
+                #expect(ContinuousClock.now - start < .seconds(5))
                 #expect(idle.lastError?.code == .unavailable)
                 #expect(idle.recordsInstalled == 0)
             }

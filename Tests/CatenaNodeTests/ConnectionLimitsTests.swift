@@ -226,7 +226,7 @@ func waitUntil(timeout: Duration = .seconds(10), _ condition: () async throws ->
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
+        do { try await Task.sleep(for: .milliseconds(5)) } catch { break }  // cancelled: no spinning
     }
     return try await condition()
 }
@@ -279,6 +279,9 @@ extension InProcessChainTests {
                 try await next.hello(name: "c4")
                 #expect(next.welcomed, "\(next.frames)")
                 #expect(try await next.ping(id: 20))
+            } catch {
+                await server.stop()  // a test that throws stops its server too
+                throw error
             }
             await server.stop()
         }
@@ -314,6 +317,9 @@ extension InProcessChainTests {
                 #expect(!peer.closed)
                 #expect(try await peer.ping(id: 1), "an idle peer is not closed")
                 #expect(server.server.metrics.idleClosedConnections == 1)
+            } catch {
+                await server.stop()  // a test that throws stops its server too
+                throw error
             }
             await server.stop()
         }
@@ -383,6 +389,9 @@ extension InProcessChainTests {
                 }
                 #expect(await waitUntil { server.server.metrics.admission.bytesInProgress == 0 })
                 #expect(server.server.metrics.admission.peakBytesInProgress <= serverBound)
+            } catch {
+                await server.stop()  // a test that throws stops its server too
+                throw error
             }
             await server.stop()
         }

@@ -67,6 +67,7 @@ extension InProcessChainTests.Restarts {
                     }
                 }
             }
+            defer { fake.close(); fakeTask.cancel() }  // also when the test throws before its end
             let reg = try await RequestConnection.connect(to: master.address, hello: Hello(role: .node, clusterID: TestCluster.clusterID, senderID: "n2"))
             _ = try await reg.request(Frame(type: .heartbeat, payload: Heartbeat(node: n2, address: "127.0.0.1:\(fake.port)", highestLSN: .zero).encoded()),
                                       timeout: .seconds(2))
@@ -109,6 +110,7 @@ extension InProcessChainTests.Restarts {
                 async let b: Void = taken(large)
                 _ = await (a, b)
             }
+            defer { writes.cancel() }
             // The fake gets both records, resent from the log, in frames within the limit.
             let deadline = ContinuousClock.now + .seconds(20)
             while ContinuousClock.now < deadline {

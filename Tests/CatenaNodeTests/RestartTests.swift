@@ -54,7 +54,7 @@ extension InProcessChainTests {
                 let client = try await RequestConnection.connect(to: node.address, hello: Hello(role: .client, clusterID: TestCluster.clusterID, senderID: "t"))
                 let request = WriteRequest(requestID: RequestID(high: 1, low: 1), type: .put, key: try Key("k"), value: [1, 2, 3])
                 let writeTask = Task { try? await client.request(Frame(type: .write, chainID: 1, payload: WritePayload.encode(request)), timeout: .seconds(20)) }
-                let deadline = ContinuousClock.now + .seconds(3)
+                let deadline = ContinuousClock.now + .seconds(10)
                 while connections.withLock({ $0 }) <= before && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
                 let after = connections.withLock { $0 }
                 #expect(after > before, "the head never reconnected to its successor; the write cannot commit")

@@ -41,7 +41,7 @@ private func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool
     let deadline = ContinuousClock.now + timeout
     while !condition() {
         if ContinuousClock.now >= deadline { return false }
-        try? await Task.sleep(for: .milliseconds(1))
+        do { try await Task.sleep(for: .milliseconds(1)) } catch { return condition() }  // cancelled: no spinning
     }
     return true
 }
