@@ -80,7 +80,7 @@ public struct ConnectionLimits: Hashable, Sendable {
                                      allowance: requestBytesAllowance)
     }
 
-    private func addFrameHandlers(_ channel: any Channel) throws {
+    func addFrameHandlers(_ channel: any Channel) throws {
         try channel.pipeline.syncOperations.addHandler(
             ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize, firstFrameLimit: handshakeFrameLimit)))
         try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))

@@ -8,19 +8,22 @@ import Synchronization
 /// by the frame's request id. Replies may be one frame or a stream (frames flagged `more`, then
 /// a last one). Each request has a deadline; when the connection fails every open request fails
 /// with `unavailable` and later requests fail at once (the owner reconnects).
+///
+/// Replies are handed to their requests by a channel handler (``ReplyDispatcher``) on the
+/// connection's event loop, as they are decoded: no task and no async sequence sit between the
+/// socket and the caller waiting for the reply.
 public final class RequestConnection: Sendable {
     /// The peer.
     public let address: Address
     private let state = Mutex(State())
 
     private struct State: ~Copyable {
-        var outbound: NIOAsyncChannelOutboundWriter<Frame>?
+        var channel: (any Channel)?
         var outlet: FrameOutlet?
         var welcome: Welcome?
         var nextID: UInt64 = 1
         var waiters: [UInt64: Waiter] = [:]
         var failure: CatenaError?
-        var tasks: [Task<Void, Never>] = []
     }
 
     /// A request's reply stream; `deadline` moves on with every reply frame (an idle timeout).
@@ -34,48 +37,70 @@ public final class RequestConnection: Sendable {
         self.address = address
     }
 
-    /// Connects and completes the handshake (see ``FrameConnector/withConnection(to:hello:limits:group:_:)``).
+    /// Connects and completes the handshake: the peer must be in `hello`'s cluster and answer
+    /// with a version both sides speak. Errors: `unavailable` (cannot connect, or the peer
+    /// closed), `wrongCluster`, `protocolVersionUnsupported`, or the error frame the peer sent.
     public static func connect(to address: Address, hello: Hello, limits: ConnectionLimits = ConnectionLimits(),
                                group: any EventLoopGroup = FrameConnector.defaultGroup) async throws(CatenaError) -> RequestConnection {
         let connection = RequestConnection(address: address)
-        // The read loop runs on the connection's event loop: a reply reaches it without a thread
-        // hand-over (only the caller waiting for it is woken).
-        let loop = group.next()
-        let ready: Result<Void, CatenaError> = await withCheckedContinuation { continuation in
-            let once = TakeOnce(continuation)
-            let task = Task(executorPreference: EventLoopTaskExecutor(loop)) {
-                let outcome = await Result.catching { () async throws(CatenaError) -> Void in
-                    try await FrameConnector.withConnection(to: address, hello: hello, limits: limits, group: loop) { (welcome, reader, outbound, outlet) async throws(CatenaError) -> Void in
-                        connection.state.withLock {
-                            $0.outbound = outbound
-                            $0.outlet = outlet
-                            $0.welcome = welcome
-                        }
-                        once.take()?.resume(returning: .success(()))
-                        await connection.readLoop(&reader)
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.nanoseconds(limits.handshakeTimeout.nanosecondsClamped))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try limits.addFrameHandlers(channel)
+                        try channel.pipeline.syncOperations.addHandler(ReplyDispatcher(connection))
                     }
                 }
-                let error: CatenaError
-                switch outcome {
-                case .success: error = CatenaError(.unavailable, "connection to \(address) closed")
-                case .failure(let e): error = e
-                }
-                connection.fail(error)
-                once.take()?.resume(returning: .failure(error))
-            }
-            RequestSweeper.shared.register(connection)
-            // If the connection already failed, `fail` found no task to cancel: cancel it here.
-            let failed = connection.state.withLock { s in
-                s.tasks = [task]
-                return s.failure != nil
-            }
-            if failed {
-                task.cancel()
-                RequestSweeper.shared.unregister(connection)
-            }
+                .connect(host: address.host, port: Int(address.port)).get()
+        } catch {
+            throw CatenaError(.unavailable, "cannot connect to \(address): \(error)")
         }
-        try ready.get()
+        let welcome: Welcome
+        do throws(CatenaError) {
+            welcome = try await handshake(channel, hello: hello, address: address, timeout: limits.handshakeTimeout)
+        } catch {
+            channel.close(promise: nil)
+            throw error
+        }
+        let closed: Bool = connection.state.withLock { s in
+            s.channel = channel
+            s.outlet = FrameOutlet(channel)
+            s.welcome = welcome
+            return s.failure != nil
+        }
+        if closed {
+            channel.close(promise: nil)
+            throw connection.state.withLock { $0.failure! }
+        }
+        RequestSweeper.shared.register(connection)
+        channel.closeFuture.whenComplete { _ in connection.fail(CatenaError(.unavailable, "connection to \(address) closed")) }
         return connection
+    }
+
+    /// Sends the hello and waits for the peer's first frame, its welcome (closing the channel
+    /// after `timeout`). A frame the peer sent before the hello arrived (a server at its
+    /// connection cap answers `busy` at once) is that first frame too.
+    private static func handshake(_ channel: any Channel, hello: Hello, address: Address, timeout: Duration) async throws(CatenaError) -> Welcome {
+        let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanosecondsClamped)) { channel.close(promise: nil) }
+        defer { timer.cancel() }
+        let frame: Frame
+        do {
+            guard let reply = try await channel.pipeline.handler(type: ReplyDispatcher.self).map(\.handshakeReply).get() else {
+                throw CatenaError(.unavailable, "connection to \(address) has no reply handler")
+            }
+            // A failed write needs no handling here: the channel closes, and the reply fails
+            // unless the peer's first frame (say, `busy`) came before.
+            channel.writeAndFlush(Frame(type: .hello, payload: hello.encoded()), promise: nil)
+            frame = try await reply.get()
+        } catch let error as CatenaError {
+            throw error.code == .unavailable ? CatenaError(.unavailable, "\(address): \(error.message)") : error
+        } catch {
+            throw CatenaError(.unavailable, "connection to \(address) failed during the handshake: \(error)")
+        }
+        return try FrameConnector.check(frame, hello: hello, address: address)
     }
 
     /// The peer's welcome: its cluster id and id, the negotiated version.
@@ -102,26 +127,33 @@ public final class RequestConnection: Sendable {
         let stream = ReplyStream(window: window)
         var frame = frame
         let small = frame.payload.readableBytes <= Self.smallFrame
-        let outbound: NIOAsyncChannelOutboundWriter<Frame>? = try state.withLock { (s) throws(CatenaError) in
+        let channel: (any Channel)? = try state.withLock { (s) throws(CatenaError) in
             if let failure = s.failure { throw failure }
-            guard let outbound = s.outbound, let outlet = s.outlet else {
+            guard let channel = s.channel, let outlet = s.outlet else {
                 throw CatenaError(.unavailable, "connection to \(address) is not established")
             }
             frame.requestID = s.nextID
             s.nextID += 1
             s.waiters[frame.requestID] = Waiter(stream: stream, timeout: timeout, deadline: .now + timeout)
-            guard small else { return outbound }
+            guard small else { return channel }
             // Under the lock, so requests leave in the order of their ids.
             outlet.send(frame)
             return nil
         }
-        if let outbound { await send(frame, on: outbound) }
+        if let channel {
+            // Waits until the frame is written: a large upload is not buffered whole.
+            do {
+                try await channel.writeAndFlush(frame).get()
+            } catch {
+                fail(CatenaError(.unavailable, "cannot send to \(address): \(error)"))
+            }
+        }
         return stream
     }
 
     /// Requests up to this payload go out through the connection's ``FrameOutlet`` (no task
-    /// hop; those sent together share a flush); larger ones through the outbound writer, which
-    /// waits while the socket is full, so a large upload is not buffered whole.
+    /// hop; those sent together share a flush); larger ones are written and flushed alone, and
+    /// the sender waits until they are written, so a large upload is not buffered whole.
     static let smallFrame = 64 << 10
 
     /// Closes the connection; open requests fail with `closed`.
@@ -129,42 +161,25 @@ public final class RequestConnection: Sendable {
         fail(CatenaError(.closed, "connection to \(address) was closed"))
     }
 
-    private func send(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
-        do {
-            try await outbound.write(frame)
-        } catch {
-            fail(CatenaError(.unavailable, "cannot send to \(address): \(error)"))
+    /// Hands a reply frame to its request (on the event loop). Returns false when that request's
+    /// buffer is now full: the dispatcher stops reading until `whenSpace` runs.
+    fileprivate func deliver(_ frame: Frame, whenSpace: @escaping @Sendable () -> Void) -> Bool {
+        let final = !frame.flags.contains(.more) || frame.type == .error
+        let waiter: Waiter? = state.withLock { s in
+            final ? s.waiters.removeValue(forKey: frame.requestID) : s.waiters[frame.requestID]
         }
-    }
-
-    private func readLoop(_ reader: inout FrameReader) async {
-        while true {
-            let frame: Frame?
-            do {
-                frame = try await reader.next()
-            } catch {
-                fail(error.code == .unavailable ? error : CatenaError(.unavailable, "\(address) sent a bad frame: \(error)"))
-                return
+        guard let waiter else {
+            // A connection-level error (request id 0) ends the connection.
+            if frame.type == .error && frame.requestID == 0 {
+                fail((try? ErrorPayload.decode(frame.payload)) ?? CatenaError(.unavailable, "\(address) closed the connection"))
             }
-            guard let frame else { return }
-            let final = !frame.flags.contains(.more) || frame.type == .error
-            let waiter: Waiter? = state.withLock { s in
-                final ? s.waiters.removeValue(forKey: frame.requestID) : s.waiters[frame.requestID]
-            }
-            switch waiter {
-            case .some(let w):
-                await w.stream.push(frame, final: final)
-                if !final {
-                    state.withLock { s in s.waiters[frame.requestID]?.deadline = .now + w.timeout }
-                }
-            case nil:
-                // A connection-level error (request id 0) ends the connection.
-                if frame.type == .error && frame.requestID == 0 {
-                    fail((try? ErrorPayload.decode(frame.payload)) ?? CatenaError(.unavailable, "\(address) closed the connection"))
-                    return
-                }
-            }
+            return true
         }
+        let room = waiter.stream.offer(frame, final: final, whenSpace: whenSpace)
+        if !final {
+            state.withLock { s in s.waiters[frame.requestID]?.deadline = .now + waiter.timeout }
+        }
+        return room
     }
 
     /// Fails requests whose deadline passed.
@@ -177,20 +192,111 @@ public final class RequestConnection: Sendable {
         for w in expired { w.stream.fail(error) }
     }
 
-    private func fail(_ error: CatenaError) {
-        let (waiters, tasks): ([Waiter], [Task<Void, Never>]) = state.withLock { s in
+    fileprivate func fail(_ error: CatenaError) {
+        let (waiters, channel): ([Waiter], (any Channel)?) = state.withLock { s in
             if s.failure == nil { s.failure = error }
             let w = Array(s.waiters.values)
             s.waiters = [:]
-            s.outbound = nil
             s.outlet = nil
-            let t = s.tasks
-            s.tasks = []
-            return (w, t)
+            defer { s.channel = nil }
+            return (w, s.channel)
         }
         for w in waiters { w.stream.fail(error) }
-        for t in tasks { t.cancel() }
+        channel?.close(promise: nil)
         RequestSweeper.shared.unregister(self)
+    }
+}
+
+/// The last handler of a ``RequestConnection``'s pipeline: the first frame is the handshake's
+/// reply; every later one goes to its request's ``ReplyStream`` as it is decoded. While a
+/// stream's buffer is full it stops reading the socket (TCP backpressure), and reads again once
+/// the consumer made room. A decoding error or the end of the connection fails it.
+final class ReplyDispatcher: ChannelDuplexHandler {
+    typealias InboundIn = Frame
+    typealias OutboundIn = Frame
+    typealias OutboundOut = Frame
+
+    private let connection: RequestConnection
+    /// The first frame's promise, until it came.
+    private var handshake: EventLoopPromise<Frame>?
+    /// The first frame (set when the handler is added).
+    private(set) var handshakeReply: EventLoopFuture<Frame>?
+    private var context: ChannelHandlerContext?
+    /// A stream is full: reads wait.
+    private var paused = false
+    /// A read was asked for while paused.
+    private var readPending = false
+    /// Resumes reading, from any thread (set while the handler is in the pipeline).
+    private var whenSpace: (@Sendable () -> Void)?
+
+    init(_ connection: RequestConnection) {
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let loop = context.eventLoop
+        let first = loop.makePromise(of: Frame.self)
+        handshake = first
+        handshakeReply = first.futureResult
+        let handler = NIOLoopBound(self, eventLoop: loop)
+        whenSpace = { loop.execute { handler.value.resume() } }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        whenSpace = nil  // (it holds this handler)
+        handshake?.fail(CatenaError(.unavailable, "connection to \(connection.address) closed"))
+        handshake = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        if let handshake {
+            self.handshake = nil
+            handshake.succeed(frame)
+            return
+        }
+        if let whenSpace, !connection.deliver(frame, whenSpace: whenSpace) {
+            paused = true
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if paused {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func resume() {
+        guard paused else { return }
+        paused = false
+        if readPending, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let error = CatenaError(.unavailable, "connection to \(connection.address) closed")
+        handshake?.fail(error)
+        handshake = nil
+        connection.fail(error)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let address = connection.address
+        // The handshake fails with the decoder's own error; an established connection fails its
+        // requests with `unavailable`.
+        handshake?.fail(error)
+        handshake = nil
+        let failure = (error as? CatenaError).map { e in e.code == .unavailable ? e : CatenaError(.unavailable, "\(address) sent a bad frame: \(e)") }
+            ?? CatenaError(.unavailable, "connection to \(address) failed: \(error)")
+        connection.fail(failure)
+        context.close(promise: nil)
     }
 }
 
@@ -260,7 +366,8 @@ public final class ReplyStream: Sendable {
         var finished = false
         var failure: CatenaError?
         var consumer: CheckedContinuation<Void, Never>?
-        var producer: CheckedContinuation<Void, Never>?
+        /// Resumes the connection's reads (set while the buffer is full).
+        var producer: (@Sendable () -> Void)?
     }
 
     init(window: Int) {
@@ -270,7 +377,7 @@ public final class ReplyStream: Sendable {
     /// The next reply frame; nil after the last. An error frame is thrown as its error.
     public func next() async throws(CatenaError) -> Frame? {
         while true {
-            enum Step { case frame(Frame, CheckedContinuation<Void, Never>?), done, failed(CatenaError), wait }
+            enum Step { case frame(Frame, (@Sendable () -> Void)?), done, failed(CatenaError), wait }
             let step: Step = state.withLock { s in
                 if s.head < s.frames.count {
                     let f = s.frames[s.head]
@@ -288,7 +395,7 @@ public final class ReplyStream: Sendable {
             }
             switch step {
             case .frame(let f, let producer):
-                producer?.resume()
+                producer?()
                 if f.type == .error { throw try ErrorPayload.decode(f.payload) }
                 return f
             case .done:
@@ -313,67 +420,45 @@ public final class ReplyStream: Sendable {
         }
     }
 
-    /// Adds a frame; waits while the buffer is full.
-    func push(_ frame: Frame, final: Bool) async {
+    /// Adds a frame (the connection's event loop calls this). Returns false when the buffer is
+    /// full now: the connection stops reading until `whenSpace` is called, once the consumer
+    /// made room (or the stream ended).
+    func offer(_ frame: Frame, final: Bool, whenSpace: @escaping @Sendable () -> Void) -> Bool {
         let (consumer, full): (CheckedContinuation<Void, Never>?, Bool) = state.withLock { s in
             guard s.failure == nil else { return (nil, false) }
             s.frames.append(frame)
             if final { s.finished = true }
             let c = s.consumer
             s.consumer = nil
-            return (c, s.frames.count - s.head >= window && !final)
+            let full = s.frames.count - s.head >= window && !final
+            if full { s.producer = whenSpace }
+            return (c, full)
         }
         consumer?.resume()
-        if full {
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let ready = state.withLock { s in
-                    if s.frames.count - s.head < window || s.failure != nil { return true }
-                    s.producer = c
-                    return false
-                }
-                if ready { c.resume() }
-            }
-        }
+        return !full
     }
 
     /// The consumer is done: frames still to come are dropped as they arrive, so the connection
     /// keeps reading for its other requests.
     public func abandon() {
-        let producer: CheckedContinuation<Void, Never>? = state.withLock { s in
+        let producer: (@Sendable () -> Void)? = state.withLock { s in
             if s.failure == nil { s.failure = CatenaError(.closed, "the reply stream was abandoned") }
             s.frames = []
             s.head = 0
             defer { s.producer = nil }
             return s.producer
         }
-        producer?.resume()
+        producer?()
     }
 
     /// Fails the stream (connection lost, deadline passed).
     func fail(_ error: CatenaError) {
-        let (c, p): (CheckedContinuation<Void, Never>?, CheckedContinuation<Void, Never>?) = state.withLock { s in
+        let (c, p): (CheckedContinuation<Void, Never>?, (@Sendable () -> Void)?) = state.withLock { s in
             if s.failure == nil && !s.finished { s.failure = error }
             defer { s.consumer = nil; s.producer = nil }
             return (s.consumer, s.producer)
         }
         c?.resume()
-        p?.resume()
-    }
-}
-
-/// A value that can be taken once, from any task.
-final class TakeOnce<Value: Sendable>: Sendable {
-    private let value: Mutex<Value?>
-
-    init(_ value: Value) {
-        self.value = Mutex(value)
-    }
-
-    /// The value the first time; nil afterwards.
-    func take() -> Value? {
-        value.withLock { v in
-            defer { v = nil }
-            return v
-        }
+        p?()
     }
 }
