@@ -43,37 +43,46 @@ public final class RequestConnection: Sendable {
     public static func connect(to address: Address, hello: Hello, limits: ConnectionLimits = ConnectionLimits(),
                                group: any EventLoopGroup = FrameConnector.defaultGroup) async throws(CatenaError) -> RequestConnection {
         let connection = RequestConnection(address: address)
-        let channel: any Channel
+        /// The channel, and the promise of its first frame (made before any read, so a frame
+        /// the peer sends at once is not missed).
+        struct Opened: Sendable {
+            var channel: any Channel
+            var firstFrame: EventLoopFuture<Frame>
+        }
+        let opened: Opened
         do {
-            channel = try await ClientBootstrap(group: group)
+            opened = try await ClientBootstrap(group: group)
                 .connectTimeout(.nanoseconds(limits.handshakeTimeout.nanosecondsClamped))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
+                .connect(host: address.host, port: Int(address.port)) { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        let first = channel.eventLoop.makePromise(of: Frame.self)
                         try limits.addFrameHandlers(channel)
-                        try channel.pipeline.syncOperations.addHandler(ReplyDispatcher(connection))
+                        try channel.pipeline.syncOperations.addHandler(ReplyDispatcher(connection, firstFrame: first))
+                        return Opened(channel: channel, firstFrame: first.futureResult)
                     }
                 }
-                .connect(host: address.host, port: Int(address.port)).get()
         } catch {
             throw CatenaError(.unavailable, "cannot connect to \(address): \(error)")
         }
+        let channel = opened.channel
         let welcome: Welcome
         do throws(CatenaError) {
-            welcome = try await handshake(channel, hello: hello, address: address, timeout: limits.handshakeTimeout)
+            welcome = try await handshake(channel, firstFrame: opened.firstFrame, hello: hello, address: address,
+                                          timeout: limits.handshakeTimeout)
         } catch {
             channel.close(promise: nil)
             throw error
         }
-        let closed: Bool = connection.state.withLock { s in
+        let failure: CatenaError? = connection.state.withLock { s in
             s.channel = channel
             s.outlet = FrameOutlet(channel)
             s.welcome = welcome
-            return s.failure != nil
+            return s.failure
         }
-        if closed {
+        if let failure {
             channel.close(promise: nil)
-            throw connection.state.withLock { $0.failure! }
+            throw failure
         }
         RequestSweeper.shared.register(connection)
         channel.closeFuture.whenComplete { _ in connection.fail(CatenaError(.unavailable, "connection to \(address) closed")) }
@@ -81,20 +90,18 @@ public final class RequestConnection: Sendable {
     }
 
     /// Sends the hello and waits for the peer's first frame, its welcome (closing the channel
-    /// after `timeout`). A frame the peer sent before the hello arrived (a server at its
-    /// connection cap answers `busy` at once) is that first frame too.
-    private static func handshake(_ channel: any Channel, hello: Hello, address: Address, timeout: Duration) async throws(CatenaError) -> Welcome {
+    /// after `timeout`). A frame the peer sent before the hello arrived (a server past every
+    /// connection slot answers `busy` at once) is that first frame too.
+    private static func handshake(_ channel: any Channel, firstFrame: EventLoopFuture<Frame>, hello: Hello, address: Address,
+                                  timeout: Duration) async throws(CatenaError) -> Welcome {
         let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanosecondsClamped)) { channel.close(promise: nil) }
         defer { timer.cancel() }
         let frame: Frame
         do {
-            guard let reply = try await channel.pipeline.handler(type: ReplyDispatcher.self).map(\.handshakeReply).get() else {
-                throw CatenaError(.unavailable, "connection to \(address) has no reply handler")
-            }
-            // A failed write needs no handling here: the channel closes, and the reply fails
-            // unless the peer's first frame (say, `busy`) came before.
+            // A failed write needs no handling here: the channel closes, and the first frame's
+            // promise fails unless the peer's first frame came before.
             channel.writeAndFlush(Frame(type: .hello, payload: hello.encoded()), promise: nil)
-            frame = try await reply.get()
+            frame = try await firstFrame.get()
         } catch let error as CatenaError {
             throw error.code == .unavailable ? CatenaError(.unavailable, "\(address): \(error.message)") : error
         } catch {
@@ -141,9 +148,22 @@ public final class RequestConnection: Sendable {
             return nil
         }
         if let channel {
-            // Waits until the frame is written: a large upload is not buffered whole.
+            // Waits until the frame is written: a large upload is not buffered whole. A frame
+            // half written cannot be taken back, so a peer that takes no bytes until the request's
+            // deadline, or a cancelled caller, ends the connection (its other requests retry).
+            let written = channel.eventLoop.makePromise(of: Void.self)
+            channel.writeAndFlush(frame, promise: written)
+            let deadline = channel.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanosecondsClamped)) {
+                self.fail(CatenaError(.unavailable, "\(self.address) took no more bytes of a request within \(timeout)"))
+            }
+            defer { deadline.cancel() }
             do {
-                try await channel.writeAndFlush(frame).get()
+                try await withTaskCancellationHandler {
+                    try await written.futureResult.get()
+                } onCancel: {
+                    // `unavailable` for the connection's other requests: they were not cancelled.
+                    self.fail(CatenaError(.unavailable, "a request to \(self.address) was cancelled while it was being sent"))
+                }
             } catch {
                 fail(CatenaError(.unavailable, "cannot send to \(address): \(error)"))
             }
@@ -163,7 +183,7 @@ public final class RequestConnection: Sendable {
 
     /// Hands a reply frame to its request (on the event loop). Returns false when that request's
     /// buffer is now full: the dispatcher stops reading until `whenSpace` runs.
-    fileprivate func deliver(_ frame: Frame, whenSpace: @escaping @Sendable () -> Void) -> Bool {
+    fileprivate func deliver(_ frame: Frame, on channel: any Channel, whenSpace: @escaping @Sendable () -> Void) -> Bool {
         let final = !frame.flags.contains(.more) || frame.type == .error
         let waiter: Waiter? = state.withLock { s in
             final ? s.waiters.removeValue(forKey: frame.requestID) : s.waiters[frame.requestID]
@@ -171,7 +191,7 @@ public final class RequestConnection: Sendable {
         guard let waiter else {
             // A connection-level error (request id 0) ends the connection.
             if frame.type == .error && frame.requestID == 0 {
-                fail((try? ErrorPayload.decode(frame.payload)) ?? CatenaError(.unavailable, "\(address) closed the connection"))
+                fail((try? ErrorPayload.decode(frame.payload)) ?? CatenaError(.unavailable, "\(address) closed the connection"), from: channel)
             }
             return true
         }
@@ -190,6 +210,13 @@ public final class RequestConnection: Sendable {
         }
         let error = CatenaError(.timeout, "no answer from \(address) in time")
         for w in expired { w.stream.fail(error) }
+    }
+
+    /// Fails the connection if `channel` is its channel (a connection attempt that lost to
+    /// another for the same host reports nothing).
+    fileprivate func fail(_ error: CatenaError, from channel: any Channel) {
+        guard state.withLock({ s in s.channel.map { $0 === channel } ?? false }) else { return }
+        fail(error)
     }
 
     fileprivate func fail(_ error: CatenaError) {
@@ -219,8 +246,6 @@ final class ReplyDispatcher: ChannelDuplexHandler {
     private let connection: RequestConnection
     /// The first frame's promise, until it came.
     private var handshake: EventLoopPromise<Frame>?
-    /// The first frame (set when the handler is added).
-    private(set) var handshakeReply: EventLoopFuture<Frame>?
     private var context: ChannelHandlerContext?
     /// A stream is full: reads wait.
     private var paused = false
@@ -229,16 +254,14 @@ final class ReplyDispatcher: ChannelDuplexHandler {
     /// Resumes reading, from any thread (set while the handler is in the pipeline).
     private var whenSpace: (@Sendable () -> Void)?
 
-    init(_ connection: RequestConnection) {
+    init(_ connection: RequestConnection, firstFrame: EventLoopPromise<Frame>) {
         self.connection = connection
+        self.handshake = firstFrame
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let loop = context.eventLoop
-        let first = loop.makePromise(of: Frame.self)
-        handshake = first
-        handshakeReply = first.futureResult
         let handler = NIOLoopBound(self, eventLoop: loop)
         whenSpace = { loop.execute { handler.value.resume() } }
     }
@@ -257,7 +280,7 @@ final class ReplyDispatcher: ChannelDuplexHandler {
             handshake.succeed(frame)
             return
         }
-        if let whenSpace, !connection.deliver(frame, whenSpace: whenSpace) {
+        if let whenSpace, !connection.deliver(frame, on: context.channel, whenSpace: whenSpace) {
             paused = true
         }
     }
@@ -283,7 +306,7 @@ final class ReplyDispatcher: ChannelDuplexHandler {
         let error = CatenaError(.unavailable, "connection to \(connection.address) closed")
         handshake?.fail(error)
         handshake = nil
-        connection.fail(error)
+        connection.fail(error, from: context.channel)
         context.fireChannelInactive()
     }
 
@@ -295,7 +318,7 @@ final class ReplyDispatcher: ChannelDuplexHandler {
         handshake = nil
         let failure = (error as? CatenaError).map { e in e.code == .unavailable ? e : CatenaError(.unavailable, "\(address) sent a bad frame: \(e)") }
             ?? CatenaError(.unavailable, "connection to \(address) failed: \(error)")
-        connection.fail(failure)
+        connection.fail(failure, from: context.channel)
         context.close(promise: nil)
     }
 }
@@ -372,6 +395,12 @@ public final class ReplyStream: Sendable {
 
     init(window: Int) {
         self.window = max(1, window)
+    }
+
+    deinit {
+        // Dropped while full (its last frame came, so no deadline will fail it): the
+        // connection must read again.
+        state.withLock { $0.producer }?()
     }
 
     /// The next reply frame; nil after the last. An error frame is thrown as its error.

@@ -3,6 +3,7 @@ import CatenaCore
 import CatenaNetwork
 import CatenaWire
 import NIOCore
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -80,6 +81,38 @@ extension InProcessChainTests {
             #expect(pong.type == .pong)
         }
 
+        @Test("a large request its peer does not take ends the connection at the request's deadline, and at once when its sender is cancelled",
+              .timeLimit(.minutes(1)))
+        func stuckLargeWrite() async throws {
+            let peer = try await StalledPeer.start()
+            defer { peer.close() }
+            let address = Address(host: "127.0.0.1", port: UInt16(peer.port))
+            let hello = Hello(role: .client, clusterID: TestCluster.clusterID, senderID: "t")
+            // 16 MiB: more than the two sockets' buffers hold, so the write cannot complete.
+            let large = Frame(type: .write, payload: ByteBuffer(repeating: 7, count: 16 << 20))
+
+            let timed = try await RequestConnection.connect(to: address, hello: hello)
+            let started = ContinuousClock.now
+            do {
+                let replies = try await timed.stream(large, timeout: .seconds(1))
+                _ = try await replies.next()
+                Issue.record("a request its peer never read was answered")
+            } catch {
+                #expect(error.code == .unavailable, "\(error)")
+            }
+            #expect(ContinuousClock.now - started < .seconds(10), "the sender waited past its 1 s deadline")
+            #expect(timed.isClosed)
+
+            let cancelled = try await RequestConnection.connect(to: address, hello: hello)
+            let sender = Task { try await cancelled.stream(large, timeout: .seconds(60)) }
+            try await Task.sleep(for: .milliseconds(300))
+            let cancelledAt = ContinuousClock.now
+            sender.cancel()
+            _ = await sender.result
+            #expect(ContinuousClock.now - cancelledAt < .seconds(5), "a cancelled sender waited on for its 60 s deadline")
+            #expect(cancelled.isClosed)
+        }
+
         /// Past the client cap (a slot is left for peers), the server reads the hello and answers
         /// it with `busy`. (Past every slot it answers at once, before reading anything; a hello
         /// already sent then makes its close a reset, which may overtake the answer: the client
@@ -108,6 +141,49 @@ extension InProcessChainTests {
                 throw error
             }
             await server.stop()
+        }
+    }
+}
+
+/// A peer on 127.0.0.1 that welcomes a client's hello and then reads nothing more: what a
+/// stopped or stuck node looks like to a sender.
+private final class StalledPeer: Sendable {
+    let channel: any Channel
+    var port: Int { channel.localAddress?.port ?? 0 }
+
+    private init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    static func start() async throws -> StalledPeer {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { child in
+                child.eventLoop.makeCompletedFuture {
+                    try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder()))
+                    try child.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try child.pipeline.syncOperations.addHandler(WelcomeThenStall())
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return StalledPeer(channel: channel)
+    }
+
+    func close() {
+        channel.close(promise: nil)
+    }
+
+    /// Answers the first frame with a welcome, then turns reading off.
+    private final class WelcomeThenStall: ChannelInboundHandler {
+        typealias InboundIn = Frame
+        typealias OutboundOut = Frame
+        private var welcomed = false
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard !welcomed else { return }
+            welcomed = true
+            let welcome = Welcome(version: ProtocolVersion.current, clusterID: TestCluster.clusterID, responderID: "stalled")
+            context.writeAndFlush(wrapOutboundOut(Frame(type: .welcome, payload: welcome.encoded())), promise: nil)
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
         }
     }
 }
