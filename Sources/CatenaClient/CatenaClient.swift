@@ -337,8 +337,9 @@ public final class CatenaClient: Sendable {
                 }
                 return try await body(connection, chain, timeout)
             } catch {
-                // A cancelled caller gets no more attempts (its sleeps would return at once).
-                if Task.isCancelled, error.code != .cancelled {
+                // A cancelled caller gets no more attempts (its sleeps would return at once); a
+                // definitive answer stays what it is.
+                if Task.isCancelled, Self.retryable(error.code) {
                     throw CatenaError(.cancelled, "the calling task was cancelled; last error: \(error)")
                 }
                 guard Self.retryable(error.code), ContinuousClock.now < deadline else {
