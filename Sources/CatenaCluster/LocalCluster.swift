@@ -219,6 +219,7 @@ public final class LocalCluster: @unchecked Sendable {
                 lock.withLock { started.append(child) }
                 return child
             case .some(.none):
+                if process.isRunning { kill(process.processIdentifier, SIGKILL) }  // its stdout closed: it is going
                 await reaped(process)
                 let status = process.isRunning ? "its stdout closed" : "it exited with status \(process.terminationStatus)"
                 throw CatenaError(.unavailable, "\(name) was not ready: \(status)")

@@ -401,6 +401,10 @@ final class UpProcess: @unchecked Sendable {
     init(executable: String, topology: String, directory: String) throws {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = ["up", "--topology", topology]
+        // It (and so its cluster) stops by itself if this test process dies.
+        var environment = ProcessInfo.processInfo.environment
+        environment["CATENA_PARENT_PID"] = "\(getpid())"
+        process.environment = environment
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         let out = Pipe()
         process.standardOutput = out
