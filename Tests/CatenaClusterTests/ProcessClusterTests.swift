@@ -386,7 +386,14 @@ func run(_ arguments: [String], stdin: Data? = nil) async throws -> CommandResul
     async let stdoutData = onOwnThread { stdoutHandle.readDataToEndOfFile() }
     async let stderrData = onOwnThread { stderrHandle.readDataToEndOfFile() }
     let (stdoutBytes, stderrBytes) = try await (stdoutData, stderrData)
-    while process.isRunning { try await Task.sleep(for: .milliseconds(5)) }
+    while process.isRunning {
+        do {
+            try await Task.sleep(for: .milliseconds(5))
+        } catch {
+            Glibc.kill(process.processIdentifier, SIGKILL)  // cancelled: the child goes too
+            throw error
+        }
+    }
     return CommandResult(status: process.terminationStatus, stdout: String(decoding: stdoutBytes, as: UTF8.self),
                          stderr: String(decoding: stderrBytes, as: UTF8.self))
 }
