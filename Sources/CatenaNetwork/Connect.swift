@@ -50,12 +50,9 @@ public enum FrameConnector {
                         try await outbound.write(Frame(type: .hello, payload: hello.encoded()))
                         reply = try await reader.next()
                         timer.cancel()
-                    } catch let error as CatenaError {
-                        timer.cancel()
-                        throw error.code == .unavailable ? CatenaError(.unavailable, "\(address): \(error.message)") : error
                     } catch {
                         timer.cancel()
-                        throw CatenaError(.unavailable, "connection to \(address) failed during the handshake: \(error)")
+                        throw handshakeFailure(error, address: address)
                     }
                     guard let reply else {
                         throw CatenaError(.unavailable, "\(address) closed the connection during the handshake")
@@ -68,6 +65,15 @@ public enum FrameConnector {
             throw CatenaError(.unavailable, "connection to \(address) failed: \(error)")
         }
         return try result.get()
+    }
+
+    /// What a handshake with `address` that failed with `error` throws: the peer's (or the
+    /// decoder's) own error, `unavailable` naming the address for a lost connection.
+    static func handshakeFailure(_ error: any Error, address: Address) -> CatenaError {
+        guard let error = error as? CatenaError else {
+            return CatenaError(.unavailable, "connection to \(address) failed during the handshake: \(error)")
+        }
+        return error.code == .unavailable ? CatenaError(.unavailable, "\(address): \(error.message)") : error
     }
 
     /// The welcome in `reply`, checked against what `hello` offered.

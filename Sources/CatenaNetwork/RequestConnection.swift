@@ -102,10 +102,8 @@ public final class RequestConnection: Sendable {
             // promise fails unless the peer's first frame came before.
             channel.writeAndFlush(Frame(type: .hello, payload: hello.encoded()), promise: nil)
             frame = try await firstFrame.get()
-        } catch let error as CatenaError {
-            throw error.code == .unavailable ? CatenaError(.unavailable, "\(address): \(error.message)") : error
         } catch {
-            throw CatenaError(.unavailable, "connection to \(address) failed during the handshake: \(error)")
+            throw FrameConnector.handshakeFailure(error, address: address)
         }
         return try FrameConnector.check(frame, hello: hello, address: address)
     }

@@ -232,7 +232,7 @@ struct RawExchange: CustomStringConvertible {
     /// `until`: stop reading (with the connection still open) once the frames received satisfy it.
     static func run(port: Int, sending payload: [UInt8], halfClose: Bool = false, timeout: Duration = .seconds(3),
                     until: @escaping @Sendable ([Frame]) -> Bool = { _ in false }) async throws -> RawExchange {
-        let received = try await NIOThreadPool.singleton.runIfActive { () throws -> (bytes: [UInt8], closed: Bool) in
+        let received = try await onOwnThread { () throws -> (bytes: [UInt8], closed: Bool) in
             try exchange(port: port, payload: payload, halfClose: halfClose, timeout: timeout) { until(parse($0).frames) }
         }
         let (frames, unparsed) = parse(received.bytes)
