@@ -147,26 +147,42 @@ public final class RequestConnection: Sendable {
         }
         if let channel {
             // Waits until the frame is written: a large upload is not buffered whole. A frame
-            // half written cannot be taken back, so a peer that takes no bytes until the request's
-            // deadline, or a cancelled caller, ends the connection (its other requests retry).
+            // half written cannot be taken back: a peer that takes no bytes of it until the
+            // request's deadline ends the connection (its other requests retry). A cancelled
+            // caller stops waiting at once, but its frame goes on being written, so the
+            // connection stays whole for the requests queued behind it; the reply is dropped.
             let written = channel.eventLoop.makePromise(of: Void.self)
             channel.writeAndFlush(frame, promise: written)
             let deadline = channel.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanosecondsClamped)) {
                 self.fail(CatenaError(.unavailable, "\(self.address) took no more bytes of a request within \(timeout)"))
             }
-            defer { deadline.cancel() }
-            do {
-                try await withTaskCancellationHandler {
-                    try await written.futureResult.get()
-                } onCancel: {
-                    // `unavailable` for the connection's other requests: they were not cancelled.
-                    self.fail(CatenaError(.unavailable, "a request to \(self.address) was cancelled while it was being sent"))
-                }
-            } catch {
+            written.futureResult.whenComplete { _ in deadline.cancel() }
+            switch await Self.outcome(of: written.futureResult) {
+            case .success:
+                break
+            case .failure(let error):
                 fail(CatenaError(.unavailable, "cannot send to \(address): \(error)"))
+            case nil:
+                let requestID = frame.requestID
+                _ = state.withLock { $0.waiters.removeValue(forKey: requestID) }
+                stream.abandon()
+                throw CatenaError(.cancelled, "the request to \(address) was cancelled while it was being sent; it may still apply")
             }
         }
         return stream
+    }
+
+    /// `future`'s result, or nil as soon as the calling task is cancelled (the future goes on).
+    private static func outcome(of future: EventLoopFuture<Void>) async -> Result<Void, any Error>? {
+        let once = OnceResume<Result<Void, any Error>?>()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<Void, any Error>?, Never>) in
+                once.set(c)
+                future.whenComplete { once.resume($0) }
+            }
+        } onCancel: {
+            once.resume(nil)
+        }
     }
 
     /// Requests up to this payload go out through the connection's ``FrameOutlet`` (no task
@@ -487,5 +503,37 @@ public final class ReplyStream: Sendable {
         }
         c?.resume()
         p?()
+    }
+}
+
+/// A continuation resumed once, by whichever comes first (the others are ignored); a value
+/// that comes before the continuation is set is kept for it.
+final class OnceResume<Value: Sendable>: Sendable {
+    private let state = Mutex<(continuation: CheckedContinuation<Value, Never>?, value: Value?, done: Bool)>((nil, nil, false))
+
+    func set(_ continuation: CheckedContinuation<Value, Never>) {
+        let ready: Value? = state.withLock { s in
+            if let v = s.value, !s.done {
+                s.done = true
+                return v
+            }
+            if !s.done { s.continuation = continuation }
+            return nil
+        }
+        if let ready { continuation.resume(returning: ready) }
+    }
+
+    func resume(_ value: Value) {
+        let c: CheckedContinuation<Value, Never>? = state.withLock { s in
+            guard !s.done else { return nil }
+            guard let c = s.continuation else {
+                if s.value == nil { s.value = value }
+                return nil
+            }
+            s.done = true
+            s.continuation = nil
+            return c
+        }
+        c?.resume(returning: value)
     }
 }
