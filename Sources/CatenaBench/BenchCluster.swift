@@ -55,7 +55,10 @@ enum BenchCluster {
         var clients: [CatenaClient] = []
         do throws(CatenaError) {
             for _ in 0..<count {
-                clients.append(try await CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: quiet))
+                let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: quiet)
+                clients.append(client)
+                // The chain is fetched before the measurement, not by its first put.
+                try await client.connect()
             }
         } catch {
             for c in clients { await c.close() }

@@ -9,10 +9,15 @@ import Synchronization
 /// A client of a Catena cluster: stores and fetches blobs under string keys.
 ///
 /// ```swift
-/// let store = try await CatenaClient(masters: ["127.0.0.1:7000"])
+/// let store = try CatenaClient(masters: ["127.0.0.1:7000"])
 /// try await store.put("photos/cat.jpg", data, contentType: "image/jpeg")
 /// let object = try await store.get("photos/cat.jpg")
+/// await store.close()
 /// ```
+///
+/// Creating a client connects to nothing: it asks a master for the chain on its first call (or
+/// on ``connect()``), so an application may start before its storage. After ``close()`` every
+/// call throws `closed`.
 ///
 /// Writes go to the chain's head and return once every replica holds them; reads go to the
 /// tail, so a read sees every acknowledged write (linearizable). The client learns the chain
@@ -42,6 +47,14 @@ public final class CatenaClient: Sendable {
         public var name: String = "catena-client"
         /// Connection limits.
         public var connectionLimits = ConnectionLimits()
+        /// The largest object ``CatenaClient/get(_:upTo:)`` reads into memory unless the call
+        /// names its own limit; a larger one is refused with `valueTooLarge` before any of its
+        /// bytes are read (``CatenaClient/getStreaming(_:)`` reads objects of any size piece by
+        /// piece). Default 1 GiB.
+        public var maxGetSize: Int = 1 << 30
+        /// Idle connections kept per node for ``CatenaClient/getStreaming(_:)``, beyond the
+        /// one every other request shares. Default 4.
+        public var idleStreamConnectionsPerNode: Int = 4
 
         /// The defaults above.
         public init() {}
@@ -51,6 +64,8 @@ public final class CatenaClient: Sendable {
     private let configuration: Configuration
     private let logger: Logger
     private let pool: ConnectionPool
+    /// Connections of ``getStreaming(_:)``'s streams, one per open stream.
+    private let streams: StreamConnections
     private let chain = Mutex<ChainConfiguration?>(nil)
     /// Whether `chain` should be refreshed before the next attempt (after a redirect, a stale
     /// epoch, a lost connection…). It is kept meanwhile: if no master answers, the client goes
@@ -62,6 +77,8 @@ public final class CatenaClient: Sendable {
     /// Request ids: random, from a generator seeded once from the system's (one syscall per
     /// client, not two per request).
     private let ids: Mutex<SplitMix64>
+    /// Set by ``close()``: every call from then on throws `closed`.
+    private let closed = Atomic<Bool>(false)
 
     private struct Routes {
         var epoch: UInt64 = 0
@@ -69,10 +86,11 @@ public final class CatenaClient: Sendable {
         var tail: RequestConnection?
     }
 
-    /// Connects to the master(s) (`HOST:PORT` each, tried in turn) and fetches the chain's
-    /// configuration. Throws `unavailable` if no master answers, `invalidArgument` for a bad address.
+    /// A client of the cluster whose master(s) are at `masters` (`HOST:PORT` each, tried in
+    /// turn). Connects to nothing yet: the first call (or ``connect()``) asks a master for the
+    /// chain. Throws `invalidArgument` for a missing or malformed address.
     public init(masters: [String], configuration: Configuration = Configuration(),
-                logger: Logger = Logger(label: "catena.client")) async throws(CatenaError) {
+                logger: Logger = Logger(label: "catena.client")) throws(CatenaError) {
         guard !masters.isEmpty else { throw CatenaError(.invalidArgument, "no master address given") }
         var parsed: [Address] = []
         for m in masters { parsed.append(try Address(parsing: m)) }
@@ -80,15 +98,38 @@ public final class CatenaClient: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.pool = ConnectionPool(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits)
+        self.streams = StreamConnections(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits,
+                                         idlePerNode: configuration.idleStreamConnectionsPerNode)
         var seed = SystemRandomNumberGenerator()
         self.ids = Mutex(SplitMix64(seed: seed.next()))
+    }
+
+    /// Asks the masters for the chain's configuration now, retrying until
+    /// ``Configuration/requestTimeout``: for an application that wants to know at start-up that
+    /// its storage answers. Throws `unavailable` or `timeout` if no master answered,
+    /// `wrongCluster` if one belongs to another cluster, `closed` after ``close()``.
+    public func connect() async throws(CatenaError) {
+        try checkOpen()
         _ = try await refreshConfiguration(deadline: .now + configuration.requestTimeout)
     }
 
-    /// Closes every connection.
+    /// Closes every connection. Calls in flight end with `closed` (a write among them may or
+    /// may not have applied); every later call throws `closed`. Closing twice does nothing more.
     public func close() async {
+        closed.store(true, ordering: .sequentiallyConsistent)
+        routes.withLock { $0 = Routes() }
+        streams.closeAll()
         await pool.closeAll()
     }
+
+    /// Whether ``close()`` was called.
+    public var isClosed: Bool { closed.load(ordering: .sequentiallyConsistent) }
+
+    private func checkOpen() throws(CatenaError) {
+        if isClosed { throw Self.closedError }
+    }
+
+    private static let closedError = CatenaError(.closed, "the client was closed")
 
     /// The chain configuration the client routes by (refreshed on redirects and failures).
     public var chainConfiguration: ChainConfiguration? { chain.withLock { $0 } }
@@ -144,45 +185,64 @@ public final class CatenaClient: Sendable {
     // MARK: - Reads
 
     /// The object under `key`: its metadata and bytes, checked against its content checksum.
-    /// Throws `notFound` if there is none.
-    public func get(_ key: String) async throws(CatenaError) -> StoredObject {
-        let stream = try await getStreaming(key)
+    /// Throws `notFound` if there is none, and `valueTooLarge` — before reading any of its
+    /// bytes — if it is larger than `maxBytes` (default ``Configuration/maxGetSize``; read such
+    /// objects with ``getStreaming(_:)``).
+    public func get(_ key: String, upTo maxBytes: Int? = nil) async throws(CatenaError) -> StoredObject {
+        let limit = maxBytes ?? configuration.maxGetSize
+        guard limit >= 0 else { throw CatenaError(.invalidArgument, "get's limit must not be negative, not \(limit)") }
+        // On the connection every request shares: this call reads every frame as it comes.
+        let stream = try await openStream(key, dedicated: false)
+        guard stream.info.size <= UInt64(limit) else {
+            throw CatenaError(.valueTooLarge, "'\(key)' holds \(stream.info.size) bytes, more than this get's limit of \(limit); read it with getStreaming")
+        }
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(Int(clamping: stream.info.size))
+        bytes.reserveCapacity(Int(stream.info.size))
         var chunks = stream.makeAsyncIterator()
         while let piece = try await chunks.nextChunk() { bytes += piece }
         return StoredObject(info: stream.info, bytes: bytes)
     }
 
-    /// The object under `key` as a stream of chunks (the connection stops reading while the
-    /// consumer lags). The content checksum is checked when the last chunk arrives; a mismatch
-    /// is thrown then. Throws `notFound` if there is none.
+    /// The object under `key` as a stream of chunks, read as the consumer asks for them: while
+    /// it lags, its connection stops reading and the tail stops sending. Each open stream has a
+    /// connection of its own (kept for later streams once read to the end), so a stream that is
+    /// read slowly or not at all holds up no other request. The content checksum is checked
+    /// when the last chunk arrives; a mismatch is thrown then. Throws `notFound` if there is none.
     public func getStreaming(_ key: String) async throws(CatenaError) -> ObjectStream {
+        try await openStream(key, dedicated: true)
+    }
+
+    /// Sends a get and reads its first frame, the object's info. `dedicated`: on a connection
+    /// of the stream's own (``StreamConnections``), given back once the stream is done.
+    private func openStream(_ key: String, dedicated: Bool) async throws(CatenaError) -> ObjectStream {
         let k = try Key(key)
-        return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> ObjectStream in
-            let replies = try await connection.stream(Frame(type: .get, chainID: chain.chainID, epoch: chain.epoch, payload: KeyPayload.encode(k)),
-                                                      timeout: timeout)
-            guard let first = try await replies.next() else {
-                throw CatenaError(.protocolViolation, "\(connection.address) sent an empty reply to get")
-            }
-            // A reply this client cannot use is abandoned, so its remaining frames do not stall
-            // the shared connection.
-            guard first.type == .objectInfo else {
-                replies.abandon()
-                throw CatenaError(.protocolViolation, "\(connection.address) answered get with \(first.type)")
-            }
-            let info: ObjectInfo
+        return try await withRetries(.tail) { (shared, chain, timeout) async throws(CatenaError) -> ObjectStream in
+            let lease = dedicated ? try await streams.lease(to: shared.address, clusterID: chain.clusterID) : nil
+            let connection = lease?.connection ?? shared
+            var replies: ReplyStream?
             do throws(CatenaError) {
-                info = try ObjectInfoPayload.decode(first.payload)
+                let stream = try await connection.stream(Frame(type: .get, chainID: chain.chainID, epoch: chain.epoch, payload: KeyPayload.encode(k)),
+                                                         timeout: timeout)
+                replies = stream
+                guard let first = try await stream.next() else {
+                    throw CatenaError(.protocolViolation, "\(connection.address) sent an empty reply to get")
+                }
+                guard first.type == .objectInfo else {
+                    throw CatenaError(.protocolViolation, "\(connection.address) answered get with \(first.type)")
+                }
+                let info = try ObjectInfoPayload.decode(first.payload)
+                guard info.key == k else {
+                    throw CatenaError(.protocolViolation, "\(connection.address) answered get '\(k)' with '\(info.key)'")
+                }
+                return ObjectStream(info: info, replies: stream, lease: lease)
             } catch {
-                replies.abandon()
+                // A reply this client cannot use is abandoned, so its remaining frames do not
+                // stall the connection; a dedicated connection with frames still to come closes.
+                let receivedAll = replies?.receivedAll ?? true
+                replies?.abandon()
+                lease?.end(receivedAll: receivedAll)
                 throw error
             }
-            guard info.key == k else {
-                replies.abandon()
-                throw CatenaError(.protocolViolation, "\(connection.address) answered get '\(k)' with '\(info.key)'")
-            }
-            return ObjectStream(info: info, replies: replies)
         }
     }
 
@@ -320,6 +380,7 @@ public final class CatenaClient: Sendable {
         var lastError: CatenaError?
         while true {
             do throws(CatenaError) {
+                try checkOpen()
                 let chain = try await currentConfiguration(deadline: deadline)
                 let cached: RequestConnection? = routes.withLock { r in
                     guard r.epoch == chain.epoch, let c = route == .head ? r.head : r.tail, !c.isClosed else { return nil }
@@ -337,6 +398,8 @@ public final class CatenaClient: Sendable {
                 }
                 return try await body(connection, chain, timeout)
             } catch {
+                // A closed client makes no more attempts: its connections are gone for good.
+                if isClosed { throw error.code == .closed ? error : CatenaError(.closed, "the client was closed; last error: \(error)") }
                 // A cancelled caller gets no more attempts (its sleeps would return at once); a
                 // definitive answer stays what it is.
                 if Task.isCancelled, Self.retryable(error.code) {
@@ -391,6 +454,7 @@ public final class CatenaClient: Sendable {
         var round = 0
         while ContinuousClock.now < deadline {
             if Task.isCancelled { throw CatenaError(.cancelled, "the calling task was cancelled; last error: \(lastError)") }
+            try checkOpen()
             for master in masters {
                 do {
                     let connection = try await pool.connection(to: master, clusterID: configuration.clusterID ?? "")
@@ -448,9 +512,9 @@ public struct ObjectStream: AsyncSequence, Sendable {
     let owner: StreamOwner
     var replies: ReplyStream { owner.replies }
 
-    init(info: ObjectInfo, replies: ReplyStream) {
+    init(info: ObjectInfo, replies: ReplyStream, lease: StreamLease? = nil) {
         self.info = info
-        self.owner = StreamOwner(replies)
+        self.owner = StreamOwner(replies, lease: lease)
     }
 
     public func makeAsyncIterator() -> Iterator { Iterator(info: info, owner: owner) }
@@ -498,16 +562,129 @@ public struct ObjectStream: AsyncSequence, Sendable {
 
 /// Keeps a reply stream for an ``ObjectStream`` and its iterators; when the last of them is
 /// dropped — read to the end or abandoned half-way — the rest of the stream is discarded as it
-/// arrives instead of stalling the shared connection.
+/// arrives instead of stalling the shared connection, and a connection of the stream's own is
+/// given back (read to the end) or closed (frames still to come).
 final class StreamOwner: Sendable {
     let replies: ReplyStream
+    let lease: StreamLease?
 
-    init(_ replies: ReplyStream) {
+    init(_ replies: ReplyStream, lease: StreamLease?) {
         self.replies = replies
+        self.lease = lease
     }
 
     deinit {
+        let receivedAll = replies.receivedAll
         replies.abandon()
+        lease?.end(receivedAll: receivedAll)
+    }
+}
+
+/// The connections ``CatenaClient/getStreaming(_:)`` reads objects on: one per open stream, so
+/// that a stream its consumer does not read — whose connection then stops reading — holds up
+/// nothing else. A connection whose stream was read to the end is kept for the next stream (at
+/// most `idlePerNode` per node); one given back with frames still to come is closed, which
+/// also tells the node to stop sending.
+final class StreamConnections: Sendable {
+    private let name: String
+    private let clusterID: String?
+    private let limits: ConnectionLimits
+    private let idlePerNode: Int
+    private let state = Mutex(State())
+
+    private struct State: ~Copyable {
+        var idle: [Address: [RequestConnection]] = [:]
+        var leased: [ObjectIdentifier: RequestConnection] = [:]
+        var closed = false
+    }
+
+    init(name: String, clusterID: String?, limits: ConnectionLimits, idlePerNode: Int) {
+        self.name = name
+        self.clusterID = clusterID
+        self.limits = limits
+        self.idlePerNode = max(0, idlePerNode)
+    }
+
+    /// An idle connection to `address`, or a new one. Throws `closed` once ``closeAll()`` ran.
+    func lease(to address: Address, clusterID learned: String) async throws(CatenaError) -> StreamLease {
+        enum Pick { case closed, reuse(RequestConnection), open }
+        let pick: Pick = state.withLock { s in
+            if s.closed { return .closed }
+            while let c = s.idle[address]?.popLast() {
+                if !c.isClosed {
+                    s.leased[ObjectIdentifier(c)] = c
+                    return .reuse(c)
+                }
+            }
+            return .open
+        }
+        let connection: RequestConnection
+        switch pick {
+        case .closed:
+            throw CatenaError(.closed, "the client was closed")
+        case .reuse(let c):
+            connection = c
+        case .open:
+            let hello = Hello(role: .client, clusterID: clusterID ?? learned, senderID: name)
+            connection = try await RequestConnection.connect(to: address, hello: hello, limits: limits)
+            let kept = state.withLock { s in
+                guard !s.closed else { return false }
+                s.leased[ObjectIdentifier(connection)] = connection
+                return true
+            }
+            guard kept else {
+                connection.close()
+                throw CatenaError(.closed, "the client was closed")
+            }
+        }
+        return StreamLease(connection: connection, owner: self)
+    }
+
+    /// Takes `connection` back from its stream: kept if its stream received every frame and
+    /// there is room, closed otherwise.
+    fileprivate func giveBack(_ connection: RequestConnection, receivedAll: Bool) {
+        let keep: Bool = state.withLock { s in
+            s.leased[ObjectIdentifier(connection)] = nil
+            guard receivedAll, !s.closed, !connection.isClosed, s.idle[connection.address, default: []].count < idlePerNode else { return false }
+            s.idle[connection.address, default: []].append(connection)
+            return true
+        }
+        if !keep { connection.close() }
+    }
+
+    /// Closes every connection, idle or streaming (their streams fail with `closed`); later
+    /// leases throw `closed`.
+    func closeAll() {
+        let all: [RequestConnection] = state.withLock { s in
+            s.closed = true
+            defer {
+                s.idle = [:]
+                s.leased = [:]
+            }
+            return s.idle.values.flatMap { $0 } + Array(s.leased.values)
+        }
+        for c in all { c.close() }
+    }
+
+    /// Connections kept idle now (for tests).
+    var idleCount: Int { state.withLock { s in s.idle.values.reduce(0) { $0 + $1.count } } }
+}
+
+/// One stream's hold on a connection of ``StreamConnections``; ended once.
+final class StreamLease: Sendable {
+    let connection: RequestConnection
+    private let owner: StreamConnections
+    private let ended = Atomic<Bool>(false)
+
+    fileprivate init(connection: RequestConnection, owner: StreamConnections) {
+        self.connection = connection
+        self.owner = owner
+    }
+
+    /// Gives the connection back (see ``StreamConnections/giveBack(_:receivedAll:)``).
+    func end(receivedAll: Bool) {
+        guard !ended.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        owner.giveBack(connection, receivedAll: receivedAll)
     }
 }
 
@@ -532,6 +709,7 @@ actor ConnectionPool {
     private let clusterID: String?
     private let limits: ConnectionLimits
     private var connections: [Address: Task<RequestConnection, any Error>] = [:]
+    private var closed = false
 
     init(name: String, clusterID: String?, limits: ConnectionLimits) {
         self.name = name
@@ -541,6 +719,7 @@ actor ConnectionPool {
 
     /// An open connection to `address`, opening one if needed.
     func connection(to address: Address, clusterID learned: String) async throws(CatenaError) -> RequestConnection {
+        if closed { throw CatenaError(.closed, "the client was closed") }
         if let pending = connections[address] {
             if let open = try? await pending.value, !open.isClosed { return open }
             if connections[address] == pending { connections[address] = nil }
@@ -552,7 +731,10 @@ actor ConnectionPool {
         }
         connections[address] = task
         do {
-            return try await task.value
+            let connection = try await task.value
+            // Closed while it connected: closeAll did not see it.
+            if closed { connection.close() }
+            return connection
         } catch {
             if connections[address] == task { connections[address] = nil }
             throw (error as? CatenaError) ?? CatenaError(.unavailable, "\(error)")
@@ -564,8 +746,11 @@ actor ConnectionPool {
         if let task = connections.removeValue(forKey: address), let c = try? await task.value { c.close() }
     }
 
+    /// Closes every connection; later ones throw `closed`.
     func closeAll() async {
-        for (_, task) in connections { (try? await task.value)?.close() }
+        closed = true
+        let all = connections
         connections = [:]
+        for (_, task) in all { (try? await task.value)?.close() }
     }
 }

@@ -188,7 +188,8 @@ public final class TestCluster: Sendable {
             }
             let masters = [runtime!.masterAddress.description]
             let admin = try ChainAdmin(masters: masters, clusterID: clusterID, timeout: options.adminTimeout)
-            let client = try await CatenaClient(masters: masters, configuration: clientConfiguration, logger: testLogger)
+            let client = try CatenaClient(masters: masters, configuration: clientConfiguration, logger: testLogger)
+            try await client.connect()
             let cluster = TestCluster(options: options, directory: directory, ownsDirectory: ownsDirectory, nodeIDs: ids,
                                       client: client, admin: admin, clock: clock, runtime: runtime!)
             do {

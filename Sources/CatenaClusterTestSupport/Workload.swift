@@ -62,7 +62,7 @@ public final class Workload: Sendable {
         configuration.requestTimeout = .seconds(4)
         var clients: [CatenaClient] = []
         for _ in 0..<count {
-            clients.append(try await CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger))
+            clients.append(try CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger))
         }
         let load = Workload(clients: clients)
         let task = Task {
@@ -107,7 +107,7 @@ public final class Workload: Sendable {
     public func readEveryKey(_ cluster: TestCluster) async throws -> [String: FinalRead] {
         var configuration = CatenaClient.Configuration()
         configuration.clusterID = TestCluster.clusterID
-        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger)
+        let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger)
         var objects: [String: FinalRead] = [:]
         for key in Self.keys {
             switch await get(key, process: clients.count, client: client) {

@@ -50,7 +50,9 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let identityMismatch = Code("identityMismatch")
         /// Any other I/O failure; after a failed fsync the store refuses writes until reopened.
         public static let ioFailure = Code("ioFailure")
-        /// The store was closed.
+        /// The store, the connection or the client was closed. A client retries a request whose
+        /// connection closed under it; a closed client (`CatenaClient.close()`) answers every
+        /// call with this code.
         public static let closed = Code("closed")
         /// An argument is out of its documented range.
         public static let invalidArgument = Code("invalidArgument")

@@ -481,6 +481,10 @@ public final class ReplyStream: Sendable {
         return !full
     }
 
+    /// Whether the last reply frame arrived (read or not): nothing more of this request will
+    /// come over the connection.
+    public var receivedAll: Bool { state.withLock { $0.finished } }
+
     /// The consumer is done: frames still to come are dropped as they arrive, so the connection
     /// keeps reading for its other requests.
     public func abandon() {

@@ -34,7 +34,9 @@ struct ClientOptions: ParsableArguments {
         configuration.name = "catena-cli"
         var logger = Logger(label: "catena.cli")
         logger.logLevel = .error
-        return try await CatenaClient(masters: masters, configuration: configuration, logger: logger)
+        let store = try CatenaClient(masters: masters, configuration: configuration, logger: logger)
+        try await store.connect()
+        return store
     }
 }
 

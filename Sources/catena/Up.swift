@@ -66,8 +66,9 @@ struct Up: AsyncParsableCommand {
 
     /// The chain's configuration from the master.
     static func chain(_ cluster: LocalCluster) async throws -> ChainConfiguration? {
-        let client = try await CatenaClient(masters: [cluster.masterAddress.description], logger: quietLogger())
+        let client = try CatenaClient(masters: [cluster.masterAddress.description], logger: quietLogger())
         defer { Task { await client.close() } }
+        try await client.connect()
         return client.chainConfiguration
     }
 
@@ -76,7 +77,7 @@ struct Up: AsyncParsableCommand {
         var configuration = CatenaClient.Configuration()
         configuration.requestTimeout = .seconds(30)
         configuration.name = "catena-up"
-        let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: quietLogger())
+        let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: quietLogger())
         defer { Task { await client.close() } }
         try await client.put(".catena-up-probe", Array("up".utf8))
         try await client.delete(".catena-up-probe")

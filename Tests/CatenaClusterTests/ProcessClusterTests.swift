@@ -242,7 +242,7 @@ extension ProcessClusterSuites {
             try await up.waitForLine(prefix: "ready:")
             let children = up.childPIDs()
             #expect(children.count == 4)
-            let client = try await CatenaClient(masters: [master], configuration: clientConfiguration())
+            let client = try CatenaClient(masters: [master], configuration: clientConfiguration())
             try await client.put("up/key", Array("value".utf8))
             #expect(try await client.get("up/key").bytes == Array("value".utf8))
             await client.close()
@@ -311,7 +311,8 @@ extension ProcessClusterSuites {
             var second = first
             second.chainOrder = [try NodeID("n2"), try NodeID("n1")]
             try await withTestCluster(second) { cluster in
-                let client2 = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
+                let client2 = try CatenaClient(masters: [cluster.masterAddress.description], configuration: clientConfiguration())
+                try await client2.connect()
                 let after = try #require(client2.chainConfiguration)
                 #expect(after.members.map(\.id.rawValue) == ["n1", "n2"])
                 #expect(after.members.map(\.id) == before.members.map(\.id))

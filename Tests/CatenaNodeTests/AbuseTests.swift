@@ -161,8 +161,10 @@ extension InProcessChainTests {
                 var configuration = CatenaClient.Configuration()
                 configuration.clusterID = "other-cluster"
                 configuration.requestTimeout = .seconds(5)
-                await #expect { _ = try await CatenaClient(masters: [masterAddress.description], configuration: configuration, logger: testLogger) }
+                let stranger = try CatenaClient(masters: [masterAddress.description], configuration: configuration, logger: testLogger)
+                await #expect { try await stranger.connect() }
                     throws: { code(of: $0) == .wrongCluster }
+                await stranger.close()
 
                 // Straight to a node, as a client and as a node.
                 for role in [PeerRole.client, .node] {

@@ -269,7 +269,7 @@ extension InProcessChainTests {
                 var configuration = CatenaClient.Configuration()
                 configuration.clusterID = TestCluster.clusterID
                 configuration.requestTimeout = .seconds(60)
-                let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger)
+                let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger)
                 _ = try await client.put("before", [1])
                 try await cluster.stopMaster()
                 for id in cluster.nodeIDs { await cluster.stopNode(id) }

@@ -69,7 +69,7 @@ extension InProcessChainTests {
             }
             var configuration = CatenaClient.Configuration()
             configuration.requestTimeout = .seconds(10)
-            let client = try await CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
+            let client = try CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
             try await client.put("m/1", [1, 2, 3])
             try await client.put("m/2", [4, 5, 6])
 

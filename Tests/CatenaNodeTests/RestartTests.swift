@@ -82,7 +82,7 @@ extension InProcessChainTests {
                 var cc = CatenaClient.Configuration()
                 cc.clusterID = TestCluster.clusterID
                 cc.requestTimeout = .seconds(3)
-                let client = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: cc, logger: testLogger)
+                let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: cc, logger: testLogger)
                 try await client.put("k", Array("v0".utf8))
 
                 // Stop the head and keep a copy of its log: the copy stands for "the head crashed
@@ -106,7 +106,7 @@ extension InProcessChainTests {
                 var slow = CatenaClient.Configuration()
                 slow.clusterID = TestCluster.clusterID
                 slow.requestTimeout = .seconds(20)
-                let patient = try await CatenaClient(masters: [cluster.masterAddress.description], configuration: slow, logger: testLogger)
+                let patient = try CatenaClient(masters: [cluster.masterAddress.description], configuration: slow, logger: testLogger)
                 let new = try await patient.put("k", Array("new".utf8))
                 #expect(new.lsn.seq > old.lsn.seq, "the LSN \(old.lsn) was handed out again: \(new.lsn)")
                 #expect(String(decoding: try await patient.get("k").bytes, as: UTF8.self) == "new")

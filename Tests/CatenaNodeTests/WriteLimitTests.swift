@@ -131,7 +131,7 @@ extension InProcessChainTests {
                 small.clusterID = TestCluster.clusterID
                 small.connectionLimits.maxFrameSize = 1 << 20
                 small.chunkSize = 4 << 20
-                let strict = try await CatenaClient(masters: [cluster.master.address.description], configuration: small, logger: testLogger)
+                let strict = try CatenaClient(masters: [cluster.master.address.description], configuration: small, logger: testLogger)
                 do {
                     try await strict.put("meta/big", pseudoRandomBytes(2 << 20, seed: 4))
                     Issue.record("a 2 MiB record passed a 1 MiB frame limit")

@@ -1,0 +1,193 @@
+import CatenaClient
+import CatenaClusterTestSupport
+import CatenaCore
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+
+extension InProcessChainTests {
+    /// What a caller of ``CatenaClient`` can rely on beyond the data it stores: a closed client
+    /// stays closed, a get never reserves more memory than it was allowed, a stream nobody reads
+    /// holds up no other request, and a client can be made before its cluster is up.
+    @Suite("Client library behaviour")
+    struct ClientBehaviour {
+        static func configuration(timeout: Duration = .seconds(10)) -> CatenaClient.Configuration {
+            var configuration = CatenaClient.Configuration()
+            configuration.clusterID = TestCluster.clusterID
+            configuration.requestTimeout = timeout
+            return configuration
+        }
+
+        @Test("close() is final: calls in flight end with closed, later calls throw closed at once and open no connection",
+              .timeLimit(.minutes(1)))
+        func closeIsFinal() async throws {
+            try await withTestCluster { cluster in
+                let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: Self.configuration(), logger: testLogger)
+                let big = pseudoRandomBytes(24 << 20, seed: 11)
+                try await client.put("close/big", big)
+                try await client.put("close/small", [1, 2, 3])
+
+                // In flight when the client closes: a stream read half-way, and a writer.
+                let stream = try await client.getStreaming("close/big")
+                var chunks = stream.makeAsyncIterator()
+                var received = try #require(try await chunks.nextChunk()).count
+                let writes = Atomic<Int>(0)
+                // Writes until close() ends it — or for 10 s, if close does not.
+                let writer = Task {
+                    let stopAt = ContinuousClock.now + .seconds(10)
+                    while ContinuousClock.now < stopAt {
+                        try await client.put("close/loop", [7])
+                        writes.add(1, ordering: .relaxed)
+                    }
+                }
+                while writes.load(ordering: .relaxed) < 5 { try await Task.sleep(for: .milliseconds(5)) }
+
+                await client.close()
+                #expect(client.isClosed)
+
+                let ended = ContinuousClock.now
+                let writerOutcome = await writer.result
+                #expect(ContinuousClock.now - ended < .seconds(5), "the writer did not stop after close")
+                if case .failure(let error) = writerOutcome {
+                    #expect(code(of: error) == .closed, "\(error)")
+                } else {
+                    Issue.record("the writer went on writing after close")
+                }
+                // The stream either had every frame already (then it completes, checksum checked)
+                // or fails with closed; it never hangs or yields wrong bytes.
+                do {
+                    while let piece = try await chunks.nextChunk() { received += piece.count }
+                    #expect(received == big.count, "the stream ended early without an error")
+                } catch {
+                    #expect(code(of: error) == .closed, "\(error)")
+                }
+
+                // Every call from now on: closed, at once — none reopens a connection.
+                let start = ContinuousClock.now
+                await #expect { try await client.put("close/after", [1]) } throws: { code(of: $0) == .closed }
+                await #expect { try await client.get("close/small") } throws: { code(of: $0) == .closed }
+                await #expect { try await client.getStreaming("close/small") } throws: { code(of: $0) == .closed }
+                await #expect { try await client.head("close/small") } throws: { code(of: $0) == .closed }
+                await #expect { try await client.list(prefix: "close/") } throws: { code(of: $0) == .closed }
+                await #expect { try await client.delete("close/small") } throws: { code(of: $0) == .closed }
+                await #expect { try await client.connect() } throws: { code(of: $0) == .closed }
+                #expect(ContinuousClock.now - start < .seconds(1))
+                await client.close()  // a second close does nothing more
+
+                // The cluster never saw those calls: the key is still there, unchanged.
+                #expect(try await cluster.client.get("close/small").bytes == [1, 2, 3])
+            }
+        }
+
+        @Test("get refuses an object above its limit (the call's, or the client's) before reading it; getStreaming reads it",
+              .timeLimit(.minutes(1)))
+        func boundedGets() async throws {
+            try await withTestCluster { cluster in
+                let value = pseudoRandomBytes(3 << 20, seed: 12)
+                try await cluster.client.put("bounded/three", value)
+                try await cluster.client.put("bounded/small", [9])
+
+                await #expect { try await cluster.client.get("bounded/three", upTo: 1 << 20) } throws: { code(of: $0) == .valueTooLarge }
+                #expect(try await cluster.client.get("bounded/three", upTo: 3 << 20).bytes == value)
+                await #expect { try await cluster.client.get("bounded/three", upTo: -1) } throws: { code(of: $0) == .invalidArgument }
+
+                var configuration = Self.configuration()
+                configuration.maxGetSize = 1 << 20
+                let strict = try CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger)
+                do {
+                    await #expect { try await strict.get("bounded/three") } throws: { code(of: $0) == .valueTooLarge }
+                    // The refused object's frames do not stall the connection the next get uses.
+                    #expect(try await strict.get("bounded/small").bytes == [9])
+                    #expect(try await strict.get("bounded/three", upTo: 4 << 20).bytes == value)
+                    var streamed: [UInt8] = []
+                    for try await piece in try await strict.getStreaming("bounded/three") { streamed += piece }
+                    #expect(streamed == value)
+                } catch {
+                    await strict.close()
+                    throw error
+                }
+                await strict.close()
+            }
+        }
+
+        @Test("a stream held unread does not hold up the client's other requests: 1,000 small gets complete meanwhile",
+              .timeLimit(.minutes(1)))
+        func unreadStreamBlocksNothing() async throws {
+            try await withTestCluster { cluster in
+                let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: Self.configuration(), logger: testLogger)
+                do {
+                    // Far more than a stream's window and the sockets hold: the tail has to wait.
+                    let big = pseudoRandomBytes(48 << 20, seed: 13)
+                    try await client.put("hol/big", big)
+                    try await client.put("hol/small", Array("small".utf8))
+
+                    let stream = try await client.getStreaming("hol/big")
+                    var chunks = stream.makeAsyncIterator()
+                    var received = try #require(try await chunks.nextChunk())
+
+                    // 1,000 gets, 8 at a time, on the same client while the stream is not read.
+                    let start = ContinuousClock.now
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for worker in 0..<8 {
+                            group.addTask {
+                                for _ in 0..<125 {
+                                    let object = try await client.get("hol/small")
+                                    #expect(object.bytes == Array("small".utf8), "worker \(worker)")
+                                }
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                    #expect(ContinuousClock.now - start < .seconds(30))
+
+                    // The stream then reads on to the end, byte-identical.
+                    while let piece = try await chunks.nextChunk() { received += piece }
+                    #expect(received == big)
+                    // Its connection, read to the end, serves the next stream.
+                    var again: [UInt8] = []
+                    for try await piece in try await client.getStreaming("hol/small") { again += piece }
+                    #expect(again == Array("small".utf8))
+                } catch {
+                    await client.close()
+                    throw error
+                }
+                await client.close()
+            }
+        }
+
+        @Test("a client made before its cluster is up connects on first use", .timeLimit(.minutes(1)))
+        func lazyStart() async throws {
+            #expect(throws: CatenaError.self) { _ = try CatenaClient(masters: ["no-port"]) }
+            #expect(throws: CatenaError.self) { _ = try CatenaClient(masters: []) }
+
+            // A port nobody listens on now: the master will.
+            let port = try await Self.freePort()
+            let early = try CatenaClient(masters: ["127.0.0.1:\(port)"], configuration: Self.configuration(timeout: .seconds(20)),
+                                         logger: testLogger)
+            #expect(early.chainConfiguration == nil)
+            var options = TestCluster.Options()
+            options.master = { $0.listen = Address(host: "127.0.0.1", port: UInt16(port)) }
+            do {
+                try await withTestCluster(options) { cluster in
+                    #expect(cluster.masterAddress.port == UInt16(port))
+                    let receipt = try await early.put("lazy/key", Array("v".utf8))
+                    #expect(try await early.get("lazy/key").info.lsn == receipt.lsn)
+                    #expect(early.chainConfiguration != nil)
+                }
+            } catch {
+                await early.close()
+                throw error
+            }
+            await early.close()
+        }
+
+        /// A TCP port on 127.0.0.1 that was free a moment ago.
+        static func freePort() async throws -> Int {
+            let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+            let port = try #require(channel.localAddress?.port)
+            try await channel.close()
+            return port
+        }
+    }
+}
