@@ -4,6 +4,7 @@ import CatenaWire
 import Foundation
 import Logging
 import NIOCore
+import ServiceLifecycle
 import Synchronization
 
 /// A client of a Catena cluster: stores and fetches blobs under string keys.
@@ -478,6 +479,18 @@ public final class CatenaClient: Sendable {
         }
         throw CatenaError(lastError.code == .unavailable ? .unavailable : .timeout,
                           "no master of \(masters.map(\.description)) answered: \(lastError.message)")
+    }
+}
+
+/// A client runs as a `Service` in an application's `ServiceGroup`, beside the services that
+/// use it: ``run()`` waits for the group's graceful shutdown (or cancellation) and then closes
+/// the client. Calls work whether or not it runs.
+extension CatenaClient: Service {
+    /// Waits until the service group shuts down gracefully or the task is cancelled, then
+    /// ``close()``s the client.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await close()
     }
 }
 

@@ -3,6 +3,8 @@ import CatenaCore
 import CatenaNetwork
 import CatenaWire
 import Logging
+import ServiceLifecycle
+import Synchronization
 
 /// What the master needs to run.
 public struct MasterConfiguration: Sendable {
@@ -126,7 +128,7 @@ public final class Master: Sendable {
         get async { await core.status() }
     }
 
-    /// Serves until the task is cancelled.
+    /// Serves until the task is cancelled or its `ServiceGroup` shuts down gracefully.
     public func run() async {
         logger.info("master listening", metadata: [LogKey.address: "\(address)"])
         let serving = Task {
@@ -137,9 +139,14 @@ public final class Master: Sendable {
         let metrics = Task { await self.metricsServer?.run() }
         // Failure detection and reconfiguration run on a tick: a twentieth of the failure timeout.
         let tick = max(.milliseconds(5), core.settings.failureTimeout / 20)
-        while !Task.isCancelled {
-            await core.advance()
-            try? await Task.sleep(for: tick)
+        let gracefulShutdown = Atomic<Bool>(false)
+        await withGracefulShutdownHandler {
+            while !Task.isCancelled, !gracefulShutdown.load(ordering: .relaxed) {
+                await core.advance()
+                try? await Task.sleep(for: tick)
+            }
+        } onGracefulShutdown: {
+            gracefulShutdown.store(true, ordering: .relaxed)
         }
         server.close()
         metricsServer?.close()
@@ -464,3 +471,7 @@ actor MasterCore {
         return t.text
     }
 }
+
+/// The master runs as a `Service` in a `ServiceGroup`; a graceful shutdown stops it as
+/// cancellation does.
+extension Master: Service {}

@@ -4,6 +4,7 @@ import CatenaStorage
 import CatenaWire
 import Logging
 import NIOCore
+import ServiceLifecycle
 import Synchronization
 
 /// A storage node: its store, its replica of the chain protocol, a server for clients and its
@@ -170,14 +171,21 @@ public final class Node: Sendable {
         return t.text
     }
 
-    /// Serves until the task is cancelled or the master removes the node. `onReady` runs once, after the master accepted the
-    /// node's first heartbeat, with the configuration it returned.
+    /// Serves until the task is cancelled, its `ServiceGroup` shuts down gracefully, or the
+    /// master removes the node (``run(onReady:)`` without a callback: the node as a `Service`).
+    public func run() async {
+        await run(onReady: { _ in })
+    }
+
+    /// Serves until the task is cancelled, its `ServiceGroup` shuts down gracefully, or the
+    /// master removes the node. `onReady` runs once, after the master accepted the node's first
+    /// heartbeat, with the configuration it returned.
     ///
-    /// Shutdown, when the task is cancelled, is ordered so that writes already taken finish:
+    /// Shutdown, cancelled or graceful, is ordered so that writes already taken finish:
     /// new writes are refused while taken ones get up to two seconds to commit (the server, the
     /// links and the durability feedback keep running meanwhile); then the listener and every
     /// connection close, the heartbeat stops, and the store is closed.
-    public func run(onReady: @escaping @Sendable (ChainConfiguration) -> Void = { _ in }) async {
+    public func run(onReady: @escaping @Sendable (ChainConfiguration) -> Void) async {
         logger.info("listening", metadata: [LogKey.address: "\(address)"])
         // Not child tasks: cancelling `run` must not cancel them before the drain below.
         // Each connection's frames are handled on its event loop: writes and replication are
@@ -188,7 +196,14 @@ public final class Node: Sendable {
         let heartbeat = Task { await self.heartbeat(onReady: onReady) }
         let metrics = Task { await self.metricsServer?.run() }
         let compacting = Task { await self.compaction.run() }
-        while !Task.isCancelled, !stopRequested.isSet { try? await Task.sleep(for: .milliseconds(50)) }
+        let gracefulShutdown = Atomic<Bool>(false)
+        await withGracefulShutdownHandler {
+            while !Task.isCancelled, !stopRequested.isSet, !gracefulShutdown.load(ordering: .relaxed) {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+        } onGracefulShutdown: {
+            gracefulShutdown.store(true, ordering: .relaxed)
+        }
         logger.info("shutting down: draining writes")
         await replica.drain(timeout: .seconds(2))
         heartbeat.cancel()
@@ -313,3 +328,7 @@ extension NodeStateMachine.Reply {
         self.init(configuration: reply.configuration, standing: standing, lease: reply.lease, history: reply.history)
     }
 }
+
+/// A node runs as a `Service` in a `ServiceGroup`: a graceful shutdown (SIGTERM) drains the
+/// writes it took and closes its store, as cancellation does.
+extension Node: Service {}

@@ -6,6 +6,7 @@ import CatenaNode
 import Dispatch
 import Foundation
 import Logging
+import ServiceLifecycle
 
 #if canImport(Glibc)
 import Glibc
@@ -63,7 +64,7 @@ struct MasterCommand: AsyncParsableCommand {
         configuration.heartbeat = topology.heartbeat
         let master = try await Master.start(configuration, logger: logger)
         announce("ready master \(master.address)")
-        await runUntilSignalled(logger: logger) { await master.run() }
+        try await runUntilSignalled(master, logger: logger)
     }
 }
 
@@ -163,12 +164,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.store.requestWindow = .seconds(requestWindowSeconds)
         configuration.compaction.watermarkInterval = .milliseconds(watermarkIntervalMs)
         let node = try await Node.start(configuration, logger: logger)
-        await runUntilSignalled(logger: logger) {
-            await node.run { chain in
-                let role = chain.role(of: nodeID).map { "\($0)" } ?? "not a member"
-                announce("ready node \(nodeID) \(node.address) epoch \(chain.epoch) \(role)")
-            }
-        }
+        try await runUntilSignalled(AnnouncedNode(node: node), logger: logger)
     }
 }
 
@@ -177,19 +173,51 @@ func announce(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
-/// Runs `body` until SIGINT or SIGTERM, or until the parent named in `CATENA_PARENT_PID` is gone;
-/// then cancels it — a graceful shutdown — and waits for it. A second signal exits at once.
-func runUntilSignalled(logger: Logger, _ body: @escaping @Sendable () async -> Void) async {
+/// A node that prints its ready line once the master accepted it.
+struct AnnouncedNode: Service {
+    let node: Node
+
+    func run() async {
+        let id = node.configuration.id
+        await node.run { chain in
+            let role = chain.role(of: id).map { "\($0)" } ?? "not a member"
+            announce("ready node \(id) \(node.address) epoch \(chain.epoch) \(role)")
+        }
+    }
+}
+
+/// Runs `body` as ``runUntilSignalled(_:logger:)`` runs a service; a graceful shutdown cancels it.
+func runUntilSignalled(logger: Logger, _ body: @escaping @Sendable () async -> Void) async throws {
+    try await runUntilSignalled(CancelledOnShutdown(body: body), logger: logger)
+}
+
+/// A service whose body runs until it is cancelled, which a graceful shutdown does.
+struct CancelledOnShutdown: Service {
+    let body: @Sendable () async -> Void
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await body() }
+    }
+}
+
+/// Runs `service` in a `ServiceGroup` until SIGINT or SIGTERM, or until the parent named in
+/// `CATENA_PARENT_PID` is gone; then shuts it down gracefully and waits for it. A second signal
+/// exits at once (status 130).
+func runUntilSignalled(_ service: some Service, logger: Logger) async throws {
+    let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+        services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+        gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: logger))
+    // The group handles the first signal; these count, and the second ends the process.
+    // Ignored first, so that no signal can end the process before the sources are in place.
     signal(SIGINT, SIG_IGN)
     signal(SIGTERM, SIG_IGN)
-    let task = Task { await body() }
     let signalled = SignalCount()
     let sources = [SIGINT, SIGTERM].map { sig in
         let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
         source.setEventHandler {
             if signalled.increment() > 1 { exit(130) }
             logger.info("signal \(sig): shutting down")
-            task.cancel()
         }
         source.resume()
         return source
@@ -200,16 +228,18 @@ func runUntilSignalled(logger: Logger, _ body: @escaping @Sendable () async -> V
             while !Task.isCancelled {
                 if getppid() != parent {
                     logger.warning("parent process \(parent) is gone: shutting down")
-                    task.cancel()
+                    await group.triggerGracefulShutdown()
                     return
                 }
                 try? await Task.sleep(for: .milliseconds(200))
             }
         }
     }
-    await task.value
-    watcher?.cancel()
-    for s in sources { s.cancel() }
+    defer {
+        watcher?.cancel()
+        for s in sources { s.cancel() }
+    }
+    try await group.run()
 }
 
 /// Counts signals from the dispatch queue's handler.

@@ -30,7 +30,7 @@ struct Up: AsyncParsableCommand {
         announce("starting cluster '\(topologyFile.clusterID)' from \(topology): master and \(topologyFile.nodes.count) node(s)")
         let cluster = try await LocalCluster.start(executable: executable, topologyPath: topology, logLevel: logLevel)
         let stopped = Stopped()
-        await runUntilSignalled(logger: Logger(label: "catena.up")) {
+        try await runUntilSignalled(logger: Logger(label: "catena.up")) {
             do {
                 try await Up.waitUntilWritable(cluster)
             } catch {
