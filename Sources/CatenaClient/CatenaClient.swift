@@ -213,17 +213,48 @@ public final class CatenaClient: Sendable {
         try await openStream(key, dedicated: true)
     }
 
+    /// Bytes `range` of the object under `key` — its end clamped to the object's size — read by
+    /// the tail without reading the rest (a chunked object from the chunk that holds the
+    /// offset). Every record the range reaches into is verified by the tail; the content
+    /// checksum covers the whole object and is not checked. Throws `notFound`,
+    /// `invalidArgument` if the range starts past the object's end, and `valueTooLarge` if the
+    /// range holds more than `maxBytes` (default ``Configuration/maxGetSize``).
+    public func get(_ key: String, range: Range<UInt64>, upTo maxBytes: Int? = nil) async throws(CatenaError) -> ObjectRange {
+        let limit = maxBytes ?? configuration.maxGetSize
+        guard limit >= 0 else { throw CatenaError(.invalidArgument, "get's limit must not be negative, not \(limit)") }
+        let stream = try await openStream(key, range: range, dedicated: false)
+        let served = stream.servedRange
+        guard served.count <= limit else {
+            throw CatenaError(.valueTooLarge, "the range holds \(served.count) bytes of '\(key)', more than this get's limit of \(limit); read it with getStreaming")
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(served.count)
+        var chunks = stream.makeAsyncIterator()
+        while let piece = try await chunks.nextChunk() { bytes += piece }
+        return ObjectRange(info: stream.info, range: served, bytes: bytes)
+    }
+
+    /// Bytes `range` of the object under `key` as a stream (see ``get(_:range:upTo:)`` and
+    /// ``getStreaming(_:)``); ``ObjectStream/servedRange`` says which bytes it yields.
+    public func getStreaming(_ key: String, range: Range<UInt64>) async throws(CatenaError) -> ObjectStream {
+        try await openStream(key, range: range, dedicated: true)
+    }
+
     /// Sends a get and reads its first frame, the object's info. `dedicated`: on a connection
     /// of the stream's own (``StreamConnections``), given back once the stream is done.
-    private func openStream(_ key: String, dedicated: Bool) async throws(CatenaError) -> ObjectStream {
+    private func openStream(_ key: String, range: Range<UInt64>? = nil, dedicated: Bool) async throws(CatenaError) -> ObjectStream {
         let k = try Key(key)
+        let request = range.map { Frame(type: .getRange, payload: RangeRequest(key: k, offset: $0.lowerBound, length: $0.upperBound - $0.lowerBound).encoded()) }
+            ?? Frame(type: .get, payload: KeyPayload.encode(k))
         return try await withRetries(.tail) { (shared, chain, timeout) async throws(CatenaError) -> ObjectStream in
             let lease = dedicated ? try await streams.lease(to: shared.address, clusterID: chain.clusterID) : nil
             let connection = lease?.connection ?? shared
             var replies: ReplyStream?
             do throws(CatenaError) {
-                let stream = try await connection.stream(Frame(type: .get, chainID: chain.chainID, epoch: chain.epoch, payload: KeyPayload.encode(k)),
-                                                         timeout: timeout)
+                var frame = request
+                frame.chainID = chain.chainID
+                frame.epoch = chain.epoch
+                let stream = try await connection.stream(frame, timeout: timeout)
                 replies = stream
                 guard let first = try await stream.next() else {
                     throw CatenaError(.protocolViolation, "\(connection.address) sent an empty reply to get")
@@ -235,7 +266,10 @@ public final class CatenaClient: Sendable {
                 guard info.key == k else {
                     throw CatenaError(.protocolViolation, "\(connection.address) answered get '\(k)' with '\(info.key)'")
                 }
-                return ObjectStream(info: info, replies: stream, lease: lease)
+                if let range, range.lowerBound > info.size {
+                    throw CatenaError(.protocolViolation, "\(connection.address) served a range past the end of '\(k)'")
+                }
+                return ObjectStream(info: info, range: range, replies: stream, lease: lease)
             } catch {
                 // A reply this client cannot use is abandoned, so its remaining frames do not
                 // stall the connection; a dedicated connection with frames still to come closes.
@@ -506,6 +540,16 @@ public struct WriteReceipt: Hashable, Sendable {
     public var contentChecksum: UInt64
 }
 
+/// Some bytes of an object (``CatenaClient/get(_:range:upTo:)``).
+public struct ObjectRange: Hashable, Sendable {
+    /// The whole object's metadata.
+    public var info: ObjectInfo
+    /// Which bytes: the range asked for, its end clamped to the object's size.
+    public var range: Range<UInt64>
+    /// Those bytes.
+    public var bytes: [UInt8]
+}
+
 /// An object read in full.
 public struct StoredObject: Hashable, Sendable {
     /// Its metadata.
@@ -520,21 +564,32 @@ public struct StoredObject: Hashable, Sendable {
 /// Iterate it once. The content checksum is verified as the last chunk arrives.
 public struct ObjectStream: AsyncSequence, Sendable {
     public typealias Element = [UInt8]
-    /// The object's metadata.
+    /// The object's metadata (of the whole object, for a ranged read too).
     public let info: ObjectInfo
+    /// The bytes of the object the stream yields: all of them, or the range asked for with
+    /// its end clamped to the object's size.
+    public let servedRange: Range<UInt64>
+    /// Whether only a range was asked for (then the content checksum, which covers the whole
+    /// object, is not checked; the tail verified every record it read).
+    public let isRange: Bool
     let owner: StreamOwner
     var replies: ReplyStream { owner.replies }
 
-    init(info: ObjectInfo, replies: ReplyStream, lease: StreamLease? = nil) {
+    init(info: ObjectInfo, range: Range<UInt64>? = nil, replies: ReplyStream, lease: StreamLease? = nil) {
         self.info = info
+        self.servedRange = range.map { $0.lowerBound..<Swift.min($0.upperBound, info.size) } ?? 0..<info.size
+        self.isRange = range != nil
         self.owner = StreamOwner(replies, lease: lease)
     }
 
-    public func makeAsyncIterator() -> Iterator { Iterator(info: info, owner: owner) }
+    public func makeAsyncIterator() -> Iterator { Iterator(info: info, expected: UInt64(servedRange.count), checksummed: !isRange, owner: owner) }
 
     /// Yields the object's bytes piece by piece.
     public struct Iterator: AsyncIteratorProtocol {
         let info: ObjectInfo
+        /// Bytes due, and whether they are the whole object (content checksum checked).
+        let expected: UInt64
+        let checksummed: Bool
         let owner: StreamOwner
         var replies: ReplyStream { owner.replies }
         let hasher = XXH3Hasher()
@@ -558,10 +613,10 @@ public struct ObjectStream: AsyncSequence, Sendable {
                 received += UInt64(piece.count)
                 if !frame.flags.contains(.more) {
                     done = true
-                    guard received == info.size else {
-                        throw CatenaError(.checksumMismatch, "'\(info.key)': received \(received) bytes, expected \(info.size)")
+                    guard received == expected else {
+                        throw CatenaError(.checksumMismatch, "'\(info.key)': received \(received) bytes, expected \(expected)")
                     }
-                    guard hasher.digest() == info.contentChecksum else {
+                    guard !checksummed || hasher.digest() == info.contentChecksum else {
                         throw CatenaError(.checksumMismatch, "'\(info.key)': content checksum mismatch; the object was not returned")
                     }
                 }

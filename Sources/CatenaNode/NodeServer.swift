@@ -129,13 +129,23 @@ extension Node {
                 try checkLease()
                 page = ListPagePayload.bounded(page, maxBytes: configuration.connectionLimits.maxFrameSize / 2)
                 try await write(reply(.listPage, ListPagePayload.encode(page)), outbound)
-            case .get:
+            case .get, .getRange:
                 try checkReads()
-                let key = try KeyPayload.decode(frame.payload)
-                let found = try store.get(key)
+                let key: Key
+                let range: Range<UInt64>?
+                if frame.type == .get {
+                    key = try KeyPayload.decode(frame.payload)
+                    range = nil
+                } else {
+                    let request = try RangeRequest(decoding: frame.payload)
+                    key = request.key
+                    range = request.range
+                }
+                let found = try store.get(key, range: range)
                 try checkLease()
                 guard let object = found else { throw CatenaError(.notFound, "not found: \(key)") }
-                if object.info.size <= Self.smallObjectReply {
+                let servedSize = object.body.servedSize
+                if servedSize <= UInt64(Self.smallObjectReply) {
                     // Read and verified whole (content checksum included) before any frame goes.
                     let bytes = try await object.bytes()
                     var frames = [reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true)]

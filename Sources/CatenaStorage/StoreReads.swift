@@ -72,6 +72,16 @@ extension Store {
     /// returned). The body keeps reading the version that was newest when `get` was called,
     /// even if it is overwritten or compacted meanwhile.
     public func get(_ key: Key) throws(CatenaError) -> StoredObject? {
+        try get(key, range: nil)
+    }
+
+    /// The newest version of `key` with a body of only the bytes in `range` (clamped to the
+    /// object's size), or nil if it does not exist. Throws `invalidArgument` if the range starts
+    /// past the object's end. Records wholly before the range are skipped without reading their
+    /// values (a chunked object's read starts at the chunk that holds the offset); every record
+    /// the range reaches into is read and verified whole; the content checksum, which covers
+    /// the whole object, is not checked.
+    public func get(_ key: Key, range: Range<UInt64>?) throws(CatenaError) -> StoredObject? {
         try state.withLock { (s) throws(CatenaError) -> StoredObject? in
             guard let v = try Store.servableVersion(of: key, in: s) else { return nil }
             let locations = v.type == .manifest ? v.chunks : [v.location]
@@ -82,7 +92,14 @@ extension Store {
                 }
                 parts.append(ObjectBody.Part(file: seg.file, location: loc))
             }
-            return StoredObject(info: Store.info(key, v), body: ObjectBody(parts: parts, contentChecksum: v.contentChecksum, size: v.size, pool: readerPool))
+            var body = ObjectBody(parts: parts, contentChecksum: v.contentChecksum, size: v.size, pool: readerPool)
+            if let range {
+                guard range.lowerBound <= v.size else {
+                    throw CatenaError(.invalidArgument, "range \(range.lowerBound)..<\(range.upperBound) starts past the end of '\(key)' (\(v.size) bytes)")
+                }
+                body.range = range.lowerBound..<Swift.min(range.upperBound, v.size)
+            }
+            return StoredObject(info: Store.info(key, v), body: body)
         }
     }
 

@@ -11,7 +11,7 @@ public struct StoredObject: Sendable {
     /// Reads the whole body into memory (verifying checksums). For small objects and tests.
     public func bytes() async throws(CatenaError) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(Int(min(info.size, 1 << 30)))
+        out.reserveCapacity(Int(min(body.servedSize, 1 << 30)))
         var it = body.makeAsyncIterator()
         while let piece = try await it.nextPiece() { out.append(contentsOf: piece) }
         return out
@@ -33,6 +33,11 @@ public struct ObjectBody: AsyncSequence, Sendable {
     let contentChecksum: UInt64
     let size: UInt64
     let pool: NIOThreadPool
+    /// Only these bytes of the object (within its size), for a ranged read: records wholly
+    /// before the range are skipped (their headers read, not their values); every record whose
+    /// bytes are served is verified whole, but the content checksum, which covers the whole
+    /// object, is not checked.
+    var range: Range<UInt64>? = nil
 
     /// Records up to this size are read and verified whole before any byte is returned.
     static let wholeRecordLimit = 4 << 20
@@ -41,6 +46,9 @@ public struct ObjectBody: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> Iterator {
         Iterator(body: self)
     }
+
+    /// The bytes this body yields: the object's size, or the range's length.
+    public var servedSize: UInt64 { range.map { $0.upperBound - $0.lowerBound } ?? size }
 
     /// Iterates the pieces.
     public struct Iterator: AsyncIteratorProtocol {
@@ -53,6 +61,8 @@ public struct ObjectBody: AsyncSequence, Sendable {
         let contentHasher = XXH3Hasher()
         var delivered: UInt64 = 0
         var finished = false
+        /// Ranged reads: the object offset of the next value byte read.
+        var position: UInt64 = 0
 
         init(body: ObjectBody) { self.body = body }
 
@@ -62,10 +72,50 @@ public struct ObjectBody: AsyncSequence, Sendable {
 
         /// The next piece, with a typed error.
         public mutating func nextPiece() async throws(CatenaError) -> [UInt8]? {
+            guard let range = body.range else { return try await nextRecordPiece() }
+            while !finished {
+                // Past the range: done, once the record being read is verified to its end.
+                if position >= range.upperBound && header == nil {
+                    finished = true
+                    return nil
+                }
+                guard let piece = try await nextRecordPiece() else { return nil }
+                let start = position
+                position += UInt64(piece.count)
+                let low = Swift.max(start, range.lowerBound), high = Swift.min(position, range.upperBound)
+                if low < high { return Array(piece[Int(low - start)..<Int(high - start)]) }
+            }
+            return nil
+        }
+
+        /// The value length of `p`'s record, from its header alone.
+        private func valueLength(of p: Part) async throws(CatenaError) -> UInt64 {
+            let head = try await runBlocking(on: body.pool) { () throws(CatenaError) -> [UInt8] in
+                try p.file.read(at: p.location.offset, count: Swift.min(RecordHeader.maxPrefix, Int(p.location.length)))
+            }
+            do {
+                return UInt64(try RecordHeader.parse(head).valueLength)
+            } catch {
+                throw CatenaError(error.code == .checksumMismatch ? .checksumMismatch : .corruption,
+                                  "\(p.file.path) offset \(p.location.offset): \(error.message)")
+            }
+        }
+
+        /// The next piece of the records' values in order (of the whole object, or from the
+        /// first record that reaches into the range).
+        private mutating func nextRecordPiece() async throws(CatenaError) -> [UInt8]? {
             guard !finished else { return nil }
             while part < body.parts.count {
                 let p = body.parts[part]
                 let length = Int(p.location.length)
+                if let range = body.range, header == nil {
+                    let valueLength = try await valueLength(of: p)
+                    if position + valueLength <= range.lowerBound || position >= range.upperBound {
+                        position += valueLength
+                        part += 1
+                        continue
+                    }
+                }
                 if length <= ObjectBody.wholeRecordLimit {
                     let bytes = try await runBlocking(on: body.pool) { () throws(CatenaError) -> [UInt8] in
                         try p.file.read(at: p.location.offset, count: length)
@@ -134,6 +184,7 @@ public struct ObjectBody: AsyncSequence, Sendable {
                 part += 1
             }
             finished = true
+            if body.range != nil { return nil }
             guard delivered == body.size else {
                 throw CatenaError(.corruption, "object has \(delivered) bytes, expected \(body.size)")
             }
@@ -144,6 +195,7 @@ public struct ObjectBody: AsyncSequence, Sendable {
         }
 
         private mutating func deliver(_ piece: [UInt8]) throws(CatenaError) -> [UInt8] {
+            if body.range != nil { return piece }
             contentHasher.update(piece)
             delivered += UInt64(piece.count)
             if part == body.parts.count && header == nil {

@@ -39,6 +39,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .head: "head"
         case .list: "list"
         case .listPage: "listPage"
+        case .getRange: "getRange"
         case .catchUpRequest: "catchUpRequest"
         case .catchUpChunk: "catchUpChunk"
         case .replicate: "replicate"

@@ -25,6 +25,9 @@ extension FrameType {
     public static let list = FrameType(rawValue: 22)
     /// A page of a listing.
     public static let listPage = FrameType(rawValue: 23)
+    /// Client → tail: some bytes of an object (``RangeRequest``). Reply as to ``get``: the
+    /// whole object's ``objectInfo``, then ``objectData`` frames of the range's bytes only.
+    public static let getRange = FrameType(rawValue: 26)
 
     /// Predecessor → successor: records in LSN order, under the frame's epoch.
     public static let replicate = FrameType(rawValue: 64)
@@ -55,7 +58,7 @@ extension FrameType {
     public static let chainStatus = FrameType(rawValue: 134)
 
     /// Frame types a client sends to a storage node.
-    public static let clientRequests: Set<FrameType> = [.write, .get, .head, .list, .catchUpRequest]
+    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .catchUpRequest]
     /// Frame types a predecessor sends to its successor.
     public static let replicationRequests: Set<FrameType> = [.replicate, .readTarget]
     /// Frame types a master answers.
@@ -126,6 +129,47 @@ public enum LSNPayload {
     public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> LSN {
         var b = payload
         return try b.readLSN()
+    }
+}
+
+/// The payload of a ``FrameType/getRange`` frame: a key and the bytes wanted, `offset` up to
+/// `offset + length` (the tail clamps the end to the object's size).
+///
+/// Layout: key (u16 length + bytes), offset (u64), length (u64).
+public struct RangeRequest: Hashable, Sendable {
+    public var key: Key
+    public var offset: UInt64
+    public var length: UInt64
+
+    public init(key: Key, offset: UInt64, length: UInt64) {
+        self.key = key
+        self.offset = offset
+        self.length = length
+    }
+
+    /// The range asked for, its end capped at `UInt64.max`.
+    public var range: Range<UInt64> {
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        return offset..<(overflow ? .max : end)
+    }
+
+    public func encoded() -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeKey(key)
+        b.writeInteger(offset, endianness: .little)
+        b.writeInteger(length, endianness: .little)
+        return b
+    }
+
+    public init(decoding payload: ByteBuffer) throws(CatenaError) {
+        var b = payload
+        key = try b.readKey()
+        guard let offset = b.readInteger(endianness: .little, as: UInt64.self),
+              let length = b.readInteger(endianness: .little, as: UInt64.self) else {
+            throw CatenaError(.malformed, "range request is truncated")
+        }
+        self.offset = offset
+        self.length = length
     }
 }
 

@@ -78,19 +78,59 @@ struct Put: AsyncParsableCommand {
     }
 }
 
-/// `catena get KEY [-o FILE]`.
+/// `catena get KEY [-o FILE] [--range FIRST-LAST]`.
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Write an object's bytes to stdout or a file.")
 
     @Argument(help: "The key.") var key: String
     @Option(name: .shortAndLong, help: "Write to this file instead of stdout.") var output: String?
+    @Option(name: .long, parsing: .unconditional, help: "Only these bytes: FIRST-LAST (both included, from 0, as HTTP's Range), FIRST- (to the end) or -N (the last N).")
+    var range: String?
     @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        if let range { _ = try Self.parse(range: range) }
+    }
+
+    /// A `--range` as an offset and length, or the last N bytes.
+    enum ByteRange: Equatable {
+        case bytes(Range<UInt64>)
+        case suffix(UInt64)
+    }
+
+    static func parse(range text: String) throws -> ByteRange {
+        let parts = text.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2 else { throw ValidationError("--range: expected FIRST-LAST, FIRST- or -N, not '\(text)'") }
+        if parts[0].isEmpty {
+            guard let n = UInt64(parts[1]), n > 0 else { throw ValidationError("--range: -N needs a positive N, not '\(text)'") }
+            return .suffix(n)
+        }
+        guard let first = UInt64(parts[0]) else { throw ValidationError("--range: '\(parts[0])' is not a byte offset") }
+        if parts[1].isEmpty { return .bytes(first..<UInt64.max) }
+        guard let last = UInt64(parts[1]), last >= first, last < UInt64.max else {
+            throw ValidationError("--range: LAST must be a byte offset at or after FIRST, not '\(text)'")
+        }
+        return .bytes(first..<(last + 1))
+    }
 
     func run() async throws {
         let store = try await client.connect()
         defer { Task { await store.close() } }
+        let parsed = try range.map(Self.parse(range:))
         let stream: ObjectStream
-        do { stream = try await store.getStreaming(key) } catch { throw notFound(key, error) }
+        do throws(CatenaError) {
+            switch parsed {
+            case nil:
+                stream = try await store.getStreaming(key)
+            case .bytes(let r)?:
+                stream = try await store.getStreaming(key, range: r)
+            case .suffix(let n)?:
+                let size = try await store.head(key).size
+                stream = try await store.getStreaming(key, range: (size - min(n, size))..<size)
+            }
+        } catch {
+            throw notFound(key, error)
+        }
         // Into a temporary file renamed at the end, so a failed or corrupt read leaves no partial file.
         let target: FileHandle
         let temporary = output.map { $0 + ".catena-partial" }

@@ -209,6 +209,14 @@ extension ProcessClusterSuites {
                 let output = cluster.directory + "/out.bin"
                 #expect(try await run(["get", "docs/stdin", "-o", output] + master).status == 0)
                 #expect(try Data(contentsOf: URL(fileURLWithPath: output)) == Data("from stdin".utf8))
+                // Byte ranges: FIRST-LAST (both included), FIRST- and -N; a range past the end is refused.
+                #expect(try await run(["get", "docs/hello", "--range", "7-11"] + master).stdout == "chain")
+                #expect(try await run(["get", "docs/hello", "--range", "7-"] + master).stdout == "chain\n")
+                #expect(try await run(["get", "docs/hello", "--range", "-6"] + master).stdout == "chain\n")
+                let pastEnd = try await run(["get", "docs/hello", "--range", "20-30"] + master)
+                #expect(pastEnd.status == 1)
+                #expect(pastEnd.stderr.contains("starts past the end"))
+                #expect(try await run(["get", "docs/hello", "--range", "9-3"] + master).status != 0)
                 #expect(try await run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
                 let stat = try await run(["stat", "docs/hello"] + master)
                 #expect(stat.status == 0)

@@ -156,6 +156,40 @@ extension InProcessChainTests {
             }
         }
 
+        @Test("ranged gets through the chain equal the slices of the object, chunked or not; a range past the end is refused",
+              .timeLimit(.minutes(1)))
+        func rangedGets() async throws {
+            try await withTestCluster { cluster in
+                let client = cluster.client
+                let chunked = pseudoRandomBytes((5 << 20) + 777, seed: 14)
+                try await client.put("range/chunked", chunked)
+                let small = Array("0123456789".utf8)
+                try await client.put("range/small", small)
+                var rng = SplitMix64(seed: 15)
+                for (name, object) in [("range/chunked", chunked), ("range/small", small)] {
+                    let size = UInt64(object.count)
+                    var ranges: [Range<UInt64>] = [0..<0, 0..<size, size..<size, (size - 1)..<(size + 50)]
+                    for _ in 0..<12 {
+                        let a = UInt64.random(in: 0...size, using: &rng)
+                        ranges.append(a..<UInt64.random(in: a...min(size, a + (2 << 20)), using: &rng))
+                    }
+                    for range in ranges {
+                        let expected = Array(object[Int(range.lowerBound)..<Int(min(range.upperBound, size))])
+                        let read = try await client.get(name, range: range)
+                        #expect(read.bytes == expected, "\(name) \(range)")
+                        #expect(read.range == range.lowerBound..<min(range.upperBound, size))
+                        #expect(read.info.size == size)
+                        var streamed: [UInt8] = []
+                        for try await piece in try await client.getStreaming(name, range: range) { streamed += piece }
+                        #expect(streamed == expected, "streamed \(name) \(range)")
+                    }
+                    await #expect { try await client.get(name, range: (size + 1)..<(size + 2)) } throws: { code(of: $0) == .invalidArgument }
+                }
+                await #expect { try await client.get("range/chunked", range: 0..<(3 << 20), upTo: 1 << 20) } throws: { code(of: $0) == .valueTooLarge }
+                await #expect { try await client.get("range/missing", range: 0..<1) } throws: { code(of: $0) == .notFound }
+            }
+        }
+
         @Test("a client made before its cluster is up connects on first use", .timeLimit(.minutes(1)))
         func lazyStart() async throws {
             #expect(throws: CatenaError.self) { _ = try CatenaClient(masters: ["no-port"]) }

@@ -81,3 +81,88 @@ struct LargeObjectTests {
         await store.close()
     }
 }
+
+@Suite("Ranged reads")
+struct RangedReadTests {
+    /// A chunked object of 64 KiB chunks and a single 9 MiB record, read at seeded random
+    /// ranges and at the edges; each read must equal the slice of the object.
+    @Test func rangesOfChunkedAndSingleRecordObjectsMatchTheirSlices() async throws {
+        let f = Fixture(configure: { $0.maxValueSize = 16 << 20 })
+        let store = try await f.open()
+        var rng = SplitMix64(seed: 17)
+        let chunked = (0..<(1 << 20) + 12345).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        try await Self.appendChunked(chunked, as: "chunked", chunk: 64 << 10, to: store, firstSeq: 1)
+        let single = (0..<(9 << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        try await store.append([put("single", single, seq: 19)])
+
+        for (name, object) in [("chunked", chunked), ("single", single)] {
+            let size = UInt64(object.count)
+            var ranges: [Range<UInt64>] = [0..<0, 0..<1, 0..<size, size..<size, size - 1..<size, 65535..<65537, 0..<(size + 100)]
+            for _ in 0..<40 {
+                let a = UInt64.random(in: 0...size, using: &rng)
+                let b = UInt64.random(in: a...min(size, a + 3 << 20), using: &rng)
+                ranges.append(a..<b)
+            }
+            for range in ranges {
+                let got = try await Self.read(store, name, range)
+                let end = Int(min(range.upperBound, size))
+                #expect(got == Array(object[Int(range.lowerBound)..<end]), "\(name) \(range)")
+            }
+            #expect { try store.get(key(name), range: (size + 1)..<(size + 2)) } throws: { ($0 as? CatenaError)?.code == .invalidArgument }
+        }
+        await store.close()
+    }
+
+    /// A ranged read verifies every record it serves bytes of, and reads no other record's
+    /// value: a damaged chunk fails the ranges that reach into it and no other.
+    @Test func aDamagedChunkFailsOnlyTheRangesThatReachIntoIt() async throws {
+        let fs = CrashSimulatingFileSystem()
+        let store = try await Fixture(fs: fs).open()
+        var rng = SplitMix64(seed: 18)
+        let object = (0..<(4 * 65536)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        try await Self.appendChunked(object, as: "damaged", chunk: 64 << 10, to: store, firstSeq: 1)
+        // Damage the third chunk's value, found by its first bytes.
+        let segment = try #require(try fs.contentsOfDirectory("/data/n1").filter { $0.hasSuffix(".seg") }.sorted().first)
+        let contents = try #require(fs.contents(of: "/data/n1/" + segment))
+        let marker = Array(object[2 * 65536..<(2 * 65536 + 32)])
+        let at = try #require(Self.offset(of: marker, in: contents))
+        fs.corrupt(path: "/data/n1/" + segment, at: at + 1000, with: [contents[at + 1000] ^ 0x5A])
+
+        #expect(try await Self.read(store, "damaged", 0..<(2 * 65536)) == Array(object[0..<(2 * 65536)]))
+        #expect(try await Self.read(store, "damaged", (3 * 65536)..<(4 * 65536)) == Array(object[(3 * 65536)...]))
+        await #expect { _ = try await Self.read(store, "damaged", (2 * 65536 + 5000)..<(2 * 65536 + 5001)) } throws: {
+            ($0 as? CatenaError)?.code == .checksumMismatch
+        }
+        await #expect { _ = try await Self.read(store, "damaged", 100..<(3 * 65536)) } throws: { ($0 as? CatenaError)?.code == .checksumMismatch }
+        await store.close()
+    }
+
+    static func read(_ store: Store, _ name: String, _ range: Range<UInt64>) async throws -> [UInt8] {
+        let object = try #require(try store.get(key(name), range: range))
+        var out: [UInt8] = []
+        var pieces = object.body.makeAsyncIterator()
+        while let piece = try await pieces.nextPiece() { out += piece }
+        return out
+    }
+
+    static func appendChunked(_ object: [UInt8], as name: String, chunk chunkSize: Int, to store: Store, firstSeq: UInt64) async throws {
+        let upload = RequestID(high: firstSeq, low: 77)
+        let pieces = stride(from: 0, to: object.count, by: chunkSize).map { Array(object[$0..<min($0 + chunkSize, object.count)]) }
+        var seq = firstSeq
+        for (i, piece) in pieces.enumerated() {
+            try await store.append([chunk(name, upload: upload, index: UInt32(i), value: piece, seq: seq)])
+            seq += 1
+        }
+        let manifest = Record(type: .manifest, key: key(name), lsn: LSN(epoch: 1, seq: seq), contentChecksum: XXH3.hash(object),
+                              value: Manifest(upload: upload, chunkCount: UInt32(pieces.count), totalSize: UInt64(object.count)).encoded())
+        try await store.append([try manifest.encoded()])
+    }
+
+    static func offset(of needle: [UInt8], in haystack: [UInt8]) -> Int? {
+        guard needle.count <= haystack.count else { return nil }
+        for i in 0...(haystack.count - needle.count) where haystack[i] == needle[0] && Array(haystack[i..<(i + needle.count)]) == needle {
+            return i
+        }
+        return nil
+    }
+}

@@ -121,6 +121,12 @@ enum MessageFixtures {
         ListRequest(prefix: Array(nfd.utf8), after: key(nfd), limit: Int(UInt32.max)),
     ]
 
+    static let rangeRequests = [
+        RangeRequest(key: key("photos/cat.jpg"), offset: 0, length: 0),
+        RangeRequest(key: key(nfd), offset: 100, length: 100),
+        RangeRequest(key: key(nfc), offset: .max, length: .max),
+    ]
+
     static let listPages = [
         ListPage(objects: [], nextCursor: nil),
         ListPage(objects: [], nextCursor: key("z")),
@@ -328,6 +334,8 @@ enum MessageFixtures {
                      encode: { KeyPayload.encode($0) }, decode: { (b) throws(CatenaError) in try KeyPayload.decode(b) }),
         PayloadCodec("objectInfo", .objectInfo, objectInfos, codes: [.malformed, .invalidKey],
                      encode: { ObjectInfoPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ObjectInfoPayload.decode(b) }),
+        PayloadCodec("range", .getRange, rangeRequests, codes: [.malformed, .invalidKey],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try RangeRequest(decoding: b) }),
         PayloadCodec("list", .list, listRequests, codes: [.malformed, .invalidKey],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ListRequest(decoding: b) }),
         PayloadCodec("listPage", .listPage, listPages, codes: [.malformed, .invalidKey],

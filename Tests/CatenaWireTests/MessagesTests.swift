@@ -10,6 +10,23 @@ struct MessagesTests {
 
     // MARK: Every payload, generically
 
+    /// Two types sharing a number would be taken for each other (a set of types merges them,
+    /// a switch takes the first): every type has its own number and prints its own name.
+    @Test("Every frame type has a number and a name of its own")
+    func frameTypesAreDistinct() {
+        let named: [(FrameType, String)] = [
+            (.hello, "hello"), (.welcome, "welcome"), (.error, "error"), (.ping, "ping"), (.pong, "pong"),
+            (.write, "write"), (.writeResult, "writeResult"), (.get, "get"), (.objectInfo, "objectInfo"),
+            (.objectData, "objectData"), (.head, "head"), (.list, "list"), (.listPage, "listPage"), (.getRange, "getRange"),
+            (.catchUpRequest, "catchUpRequest"), (.catchUpChunk, "catchUpChunk"), (.replicate, "replicate"),
+            (.acknowledge, "acknowledge"), (.position, "position"), (.readTarget, "readTarget"),
+            (.getConfiguration, "getConfiguration"), (.configuration, "configuration"), (.heartbeat, "heartbeat"),
+            (.addNode, "addNode"), (.removeNode, "removeNode"), (.getStatus, "getStatus"), (.chainStatus, "chainStatus"),
+        ]
+        #expect(Set(named.map(\.0.rawValue)).count == named.count, "two frame types share a number")
+        for (type, name) in named { #expect(type.description == name, "type \(type.rawValue)") }
+    }
+
     @Test("Every sample re-encodes byte for byte after decoding", arguments: MessageFixtures.codecs)
     func canonicalSamples(_ codec: PayloadCodec) throws {
         #expect(!codec.samples.isEmpty)
