@@ -51,11 +51,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Wire formats: framing, handshake and error frames of the TCP protocol; LZ4 frame streaming.
+        // Wire formats: framing, handshake and error frames of the TCP protocol, and every
+        // request's payload but catch-up's.
         .target(
             name: "CatenaWire",
             dependencies: [
                 "CatenaCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // Catch-up's wire format: requests, chunks and the LZ4 frames they carry. Apart from
+        // CatenaWire so that the client library does not link liblz4.
+        .target(
+            name: "CatenaCatchUpWire",
+            dependencies: [
+                "CatenaCore",
+                "CatenaWire",
                 "CLZ4",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -78,7 +89,7 @@ let package = Package(
         .target(
             name: "CatenaNode",
             dependencies: [
-                "CatenaCore", "CatenaStorage", "CatenaWire", "CatenaNetwork",
+                "CatenaCore", "CatenaStorage", "CatenaWire", "CatenaCatchUpWire", "CatenaNetwork",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -103,6 +114,7 @@ let package = Package(
                 "CatenaCore",
                 "CatenaStorage",
                 "CatenaWire",
+                "CatenaCatchUpWire",
                 "CatenaNetwork",
                 "CatenaNode",
                 "CatenaClient",
@@ -163,6 +175,7 @@ let package = Package(
                 "CatenaNode",
                 "CatenaClient",
                 "CatenaWire",
+                "CatenaCatchUpWire",
                 "CatenaNetwork",
                 "CatenaSimulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -181,7 +194,7 @@ let package = Package(
         .testTarget(
             name: "CatenaWireTests",
             dependencies: [
-                "CatenaWire", "CatenaCore", "CatenaTestSupport",
+                "CatenaWire", "CatenaCatchUpWire", "CatenaCore", "CatenaTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
@@ -192,7 +205,7 @@ let package = Package(
         .testTarget(
             name: "CatenaNodeTests",
             dependencies: [
-                "CatenaNode", "CatenaMaster", "CatenaClient", "CatenaNetwork", "CatenaWire", "CatenaCore", "CatenaStorage",
+                "CatenaNode", "CatenaMaster", "CatenaClient", "CatenaNetwork", "CatenaWire", "CatenaCatchUpWire", "CatenaCore", "CatenaStorage",
                 "CatenaCluster", "CatenaTestSupport", "CatenaClusterTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -201,6 +214,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Imports CatenaClient alone (and the harness): the library's API types must come with it.
+        .testTarget(name: "CatenaClientAPITests", dependencies: ["CatenaClient", "CatenaClusterTestSupport"]),
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
         .testTarget(name: "CatenaMasterTests", dependencies: ["CatenaMaster", "CatenaCluster", "CatenaCore", "CatenaWire",
                                                              .product(name: "Logging", package: "swift-log")]),

@@ -1,3 +1,4 @@
+import CatenaCatchUpWire
 import CatenaCore
 import CatenaNetwork
 import CatenaNode

@@ -29,6 +29,13 @@ extension FrameType {
     /// whole object's ``objectInfo``, then ``objectData`` frames of the range's bytes only.
     public static let getRange = FrameType(rawValue: 26)
 
+    /// Receiver → source: the records after an LSN (a `CatchUpRequest`, in CatenaCatchUpWire).
+    /// Reply: ``catchUpChunk`` frames with flag `more`, then a last, empty one; or an error
+    /// frame (also mid-stream).
+    public static let catchUpRequest = FrameType(rawValue: 24)
+    /// Source → receiver: consecutive records of the source's log (a `CatchUpChunk`).
+    public static let catchUpChunk = FrameType(rawValue: 25)
+
     /// Predecessor → successor: records in LSN order, under the frame's epoch.
     public static let replicate = FrameType(rawValue: 64)
     /// Successor → predecessor: everything through an LSN is durable there and downstream.
@@ -528,25 +535,26 @@ extension String {
     }
 }
 
+// The fields every payload is made of; `package`, for CatenaCatchUpWire's payloads too.
 extension ByteBuffer {
-    mutating func writeKey(_ key: Key) {
+    package mutating func writeKey(_ key: Key) {
         writeInteger(UInt16(key.bytes.count), endianness: .little)
         writeBytes(key.bytes)
     }
 
-    mutating func readKey() throws(CatenaError) -> Key {
+    package mutating func readKey() throws(CatenaError) -> Key {
         guard let n = readInteger(endianness: .little, as: UInt16.self), let bytes = readBytes(length: Int(n)) else {
             throw CatenaError(.malformed, "key is truncated")
         }
         return try Key(bytes: bytes)
     }
 
-    mutating func writeLSN(_ lsn: LSN) {
+    package mutating func writeLSN(_ lsn: LSN) {
         writeInteger(lsn.epoch, endianness: .little)
         writeInteger(lsn.seq, endianness: .little)
     }
 
-    mutating func readLSN() throws(CatenaError) -> LSN {
+    package mutating func readLSN() throws(CatenaError) -> LSN {
         guard let epoch = readInteger(endianness: .little, as: UInt64.self),
               let seq = readInteger(endianness: .little, as: UInt64.self) else {
             throw CatenaError(.malformed, "LSN is truncated")
@@ -554,12 +562,12 @@ extension ByteBuffer {
         return LSN(epoch: epoch, seq: seq)
     }
 
-    mutating func writeRequestID(_ id: RequestID) {
+    package mutating func writeRequestID(_ id: RequestID) {
         writeInteger(id.high, endianness: .little)
         writeInteger(id.low, endianness: .little)
     }
 
-    mutating func readRequestID() throws(CatenaError) -> RequestID {
+    package mutating func readRequestID() throws(CatenaError) -> RequestID {
         guard let high = readInteger(endianness: .little, as: UInt64.self),
               let low = readInteger(endianness: .little, as: UInt64.self) else {
             throw CatenaError(.malformed, "request id is truncated")
@@ -567,7 +575,7 @@ extension ByteBuffer {
         return RequestID(high: high, low: low)
     }
 
-    mutating func readLengthPrefixed(what: String) throws(CatenaError) -> [UInt8] {
+    package mutating func readLengthPrefixed(what: String) throws(CatenaError) -> [UInt8] {
         guard let n = readInteger(endianness: .little, as: UInt32.self) else {
             throw CatenaError(.malformed, "\(what) is truncated")
         }

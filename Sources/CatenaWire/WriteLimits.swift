@@ -42,7 +42,7 @@ public enum WriteLimits {
     /// is larger — the LZ4 chunk of incompressible data.
     public static func largestFrame(carryingRecordOf recordLength: Int) -> Int {
         let replicate = Frame.minimumSize + ReplicatePayload.overhead(records: 1) + recordLength
-        let catchUp = Frame.minimumSize + CatchUpChunk.maxPayloadSize(recordBytes: recordLength)
+        let catchUp = Frame.minimumSize + CatchUpChunkBound.maxPayloadSize(recordBytes: recordLength)
         return max(replicate, catchUp)
     }
 
@@ -116,5 +116,30 @@ public enum WriteLimits {
 
     private static func isValidUTF8(_ bytes: ArraySlice<UInt8>) -> Bool {
         String(validating: bytes, as: UTF8.self) != nil
+    }
+}
+
+/// How large a catch-up chunk's payload can get (the chunks and their LZ4 codec live in
+/// CatenaCatchUpWire, which links liblz4; the bound is here, where ``WriteLimits`` needs it,
+/// so that the client library does not link liblz4).
+public enum CatchUpChunkBound {
+    /// The bytes of a chunk's payload before its data: two LSNs, count, length, codec, data length.
+    public static let headerSize = 45
+    /// The block size of catch-up's LZ4 frames (frame-descriptor id 7).
+    public static let lz4BlockSize = 4 << 20
+
+    /// The most bytes an LZ4 frame of `contentLength` bytes takes: the frame header (7), per
+    /// block its size and checksum (8), the end mark and content checksum (8), and the content
+    /// itself — a block that does not compress is stored as it is, so LZ4 never expands the
+    /// content, only adds these fields.
+    public static func lz4FrameBound(contentLength: Int) -> Int {
+        let blocks = (contentLength + lz4BlockSize - 1) / lz4BlockSize
+        return 7 + 8 * blocks + contentLength + 8
+    }
+
+    /// The most payload bytes a chunk of `recordBytes` bytes of records takes: raw, or as one
+    /// LZ4 frame of incompressible data.
+    public static func maxPayloadSize(recordBytes: Int) -> Int {
+        headerSize + max(recordBytes, lz4FrameBound(contentLength: recordBytes))
     }
 }

@@ -1,3 +1,4 @@
+import CatenaCatchUpWire
 import CatenaClusterTestSupport
 import CatenaCore
 import CatenaNetwork

@@ -1,3 +1,4 @@
+import CatenaCatchUpWire
 import CatenaClient
 import CatenaClusterTestSupport
 import CatenaCore

@@ -2,7 +2,8 @@ import CatenaCore
 import Foundation
 import Testing
 
-@testable import CatenaWire
+@testable import CatenaCatchUpWire
+import CatenaWire
 
 // MARK: - Helpers
 

@@ -1,4 +1,5 @@
 import CatenaCore
+import CatenaWire
 import NIOCore
 
 // Catch-up: a (re)joining node copies the records it lacks from a node that has them, over an
@@ -6,14 +7,6 @@ import NIOCore
 // in chunks of whole records (LZ4-compressed or raw), and ends with an empty chunk that names
 // the source's durable end. The receiver verifies a chunk completely before it installs any of
 // it, so a damaged chunk is refused whole; it then asks again from its new end.
-
-extension FrameType {
-    /// Receiver → source: the records after an LSN (a ``CatchUpRequest``). Reply: ``catchUpChunk``
-    /// frames with flag `more`, then a last, empty one; or an error frame (also mid-stream).
-    public static let catchUpRequest = FrameType(rawValue: 24)
-    /// Source → receiver: consecutive records of the source's log (a ``CatchUpChunk``).
-    public static let catchUpChunk = FrameType(rawValue: 25)
-}
 
 /// Options of a ``CatchUpRequest``. Bits this build does not know are carried unchanged.
 public struct CatchUpFlags: OptionSet, Hashable, Sendable {
@@ -111,12 +104,12 @@ public enum CatchUpCodec: UInt8, Hashable, Sendable, CaseIterable {
 /// (the request's `after` if none), so the receiver learns how far behind it is.
 public struct CatchUpChunk: Hashable, Sendable {
     /// The bytes of a chunk's payload before its data: two LSNs, count, length, codec, data length.
-    public static let headerSize = 45
+    public static let headerSize = CatchUpChunkBound.headerSize
 
     /// The most payload bytes a chunk of `recordBytes` bytes of records takes: raw, or as one LZ4
     /// frame of incompressible data (blocks stored as they are, plus the frame's fields).
     public static func maxPayloadSize(recordBytes: Int) -> Int {
-        headerSize + max(recordBytes, LZ4ChunkFrame.maxFrameSize(contentLength: recordBytes))
+        CatchUpChunkBound.maxPayloadSize(recordBytes: recordBytes)
     }
 
     /// The first record's LSN (in the empty last chunk: the last LSN the reply carried).

@@ -1,5 +1,6 @@
 import CLZ4
 import CatenaCore
+import CatenaWire
 import NIOCore
 
 /// Complete LZ4 frames held in memory — catch-up chunks — written and read with liblz4's block
@@ -16,18 +17,15 @@ import NIOCore
 /// independent blocks, no dictionary, and exactly the announced length of content.
 enum LZ4ChunkFrame {
     /// The block size this writer uses, and its frame-descriptor id (7: 4 MiB).
-    static let blockSize = 4 << 20
+    static let blockSize = CatchUpChunkBound.lz4BlockSize
     static let blockSizeID: UInt8 = 7
     /// FLG: version 01, independent blocks, block checksums, content checksum.
     static let flags: UInt8 = 0b0111_0100
 
-    /// The most bytes ``compress(_:into:)`` writes for `contentLength` bytes of input: the frame
-    /// header (7), per block its size and checksum (8), the end mark and content checksum (8),
-    /// and the content itself — a block that does not compress is stored as it is, so LZ4 never
-    /// expands the content, only adds these fields.
+    /// The most bytes ``compress(_:into:)`` writes for `contentLength` bytes of input
+    /// (``CatchUpChunkBound/lz4FrameBound(contentLength:)``).
     static func maxFrameSize(contentLength: Int) -> Int {
-        let blocks = (contentLength + blockSize - 1) / blockSize
-        return 7 + 8 * blocks + contentLength + 8
+        CatchUpChunkBound.lz4FrameBound(contentLength: contentLength)
     }
 
     /// Appends one LZ4 frame of `input` to `out`.

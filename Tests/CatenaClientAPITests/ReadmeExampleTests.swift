@@ -1,0 +1,66 @@
+// This target imports the client library alone (and the cluster harness, for a cluster to talk
+// to): every type the README's example names must come from `import CatenaClient`.
+import CatenaClient
+import CatenaClusterTestSupport
+import Foundation
+import Testing
+
+@Suite("The README's client example")
+struct ReadmeExampleTests {
+    @Test("runs as written against a 3-node chain, with the client's types from `import CatenaClient` alone",
+          .timeLimit(.minutes(1)))
+    func readmeExample() async throws {
+        try await withTestCluster { cluster in
+            let master = cluster.masterAddress.description
+            var configuration = CatenaClient.Configuration()
+            configuration.clusterID = TestCluster.clusterID
+            configuration.connectionLimits = ConnectionLimits()
+            let jpegData = Data([0xFF, 0xD8, 0xFF, 0xE0])
+            let chunks = AsyncStream<[UInt8]> { c in
+                for i in 0..<3 { c.yield([UInt8](repeating: UInt8(i), count: 700_000)) }
+                c.finish()
+            }
+
+            // From the README (its addresses and cluster id aside).
+            let store = try CatenaClient(masters: [master], configuration: configuration)   // connects on first use
+            try await store.connect()      // optional: fail fast at start-up if no master answers
+
+            let receipt = try await store.put("photos/cat.jpg", jpegData, contentType: "image/jpeg",
+                                              metadata: ["camera": "x100"])
+            let lsn: LSN = receipt.lsn
+
+            let object = try await store.get("photos/cat.jpg")  // bytes + metadata, checksum verified
+            let info: ObjectInfo = object.info
+            #expect(object.data == jpegData)
+            #expect(info.contentType == "image/jpeg" && info.userMetadata == ["camera": "x100"] && info.lsn == lsn)
+            try await store.put("users/42/avatar", ByteBuffer(bytes: [1, 2, 3]))
+            let avatar = try await store.get("users/42/avatar", upTo: 256 << 10)
+            #expect(avatar.bytes == [1, 2, 3])
+
+            let head = try await store.head("photos/cat.jpg")
+            #expect(head.size == 4)
+            let page: ListPage = try await store.list(prefix: "photos/", limit: 100)
+            #expect(page.objects.map(\.key) == [try Key("photos/cat.jpg")])
+            var listed: [String] = []
+            for try await info in store.listAll(prefix: "photos/") { listed.append(info.key.string) }
+            #expect(listed == ["photos/cat.jpg"])
+            try await store.delete("photos/cat.jpg")
+            do {
+                _ = try await store.get("photos/cat.jpg")
+                Issue.record("a deleted object was read")
+            } catch let error as CatenaError {
+                #expect(error.code == .notFound)
+            }
+
+            try await store.put("backups/db.tar", streaming: chunks)
+            var size = 0
+            for try await chunk in try await store.getStreaming("backups/db.tar") { size += chunk.count }
+            #expect(size == 2_100_000)
+            let part = try await store.get("backups/db.tar", range: 100..<200)
+            #expect(part.bytes == [UInt8](repeating: 0, count: 100) && part.info.size == 2_100_000)
+            let chain: ChainConfiguration? = store.chainConfiguration
+            #expect(chain?.members.count == 3)
+            await store.close()            // final: every later call throws `closed`
+        }
+    }
+}
