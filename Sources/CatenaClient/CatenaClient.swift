@@ -183,7 +183,42 @@ public final class CatenaClient: Sendable {
         try await write(WriteRequest(requestID: newRequestID(), type: .delete, key: try Key(key)))
     }
 
+    /// Deletes every key of `keys`, up to `concurrency` at once, and says for each — in the
+    /// order given — whether it was deleted (deleting a missing key succeeds) or why not. Not
+    /// atomic: each key is its own write, so some may be deleted and others not; retried
+    /// writes apply once. An invalid key fails alone, before anything is sent for it.
+    public func delete(_ keys: [String], concurrency: Int = 16) async -> [DeleteResult] {
+        let width = max(1, concurrency)
+        var results = [DeleteResult?](repeating: nil, count: keys.count)
+        await withTaskGroup(of: (Int, Result<LSN, CatenaError>).self) { group in
+            var next = 0
+            func start() {
+                let i = next
+                next += 1
+                group.addTask {
+                    (i, await Result.catching { () async throws(CatenaError) in try await self.delete(keys[i]) })
+                }
+            }
+            while next < min(width, keys.count) { start() }
+            while let (i, outcome) = await group.next() {
+                results[i] = DeleteResult(key: keys[i], outcome: outcome)
+                if next < keys.count { start() }
+            }
+        }
+        return results.map { $0! }
+    }
+
     // MARK: - Reads
+
+    /// Whether an object is stored under `key` (its metadata is asked for, not its bytes).
+    public func exists(_ key: String) async throws(CatenaError) -> Bool {
+        do {
+            _ = try await head(key)
+            return true
+        } catch where error.code == .notFound {
+            return false
+        }
+    }
 
     /// The object under `key`: its metadata and bytes, checked against its content checksum.
     /// Throws `notFound` if there is none, and `valueTooLarge` — before reading any of its
@@ -538,6 +573,14 @@ public struct WriteReceipt: Hashable, Sendable {
     public var size: UInt64
     /// XXH3-64 of the content, as stored.
     public var contentChecksum: UInt64
+}
+
+/// What ``CatenaClient/delete(_:concurrency:)`` did with one key.
+public struct DeleteResult: Sendable {
+    /// The key.
+    public var key: String
+    /// The delete's LSN, or why it failed.
+    public var outcome: Result<LSN, CatenaError>
 }
 
 /// Some bytes of an object (``CatenaClient/get(_:range:upTo:)``).

@@ -159,17 +159,34 @@ struct Get: AsyncParsableCommand {
     }
 }
 
-/// `catena rm KEY`.
+/// `catena rm KEY...`.
 struct Remove: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Delete an object.")
+    static let configuration = CommandConfiguration(
+        commandName: "rm", abstract: "Delete objects.",
+        discussion: "Deleting a missing key succeeds. With several keys, each is deleted on its own (16 at a time); a key that could not be deleted is named on stderr, and the exit status is 1.")
 
-    @Argument(help: "The key.") var key: String
+    @Argument(help: "The keys.") var keys: [String]
     @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        guard !keys.isEmpty else { throw ValidationError("give at least one key") }
+    }
 
     func run() async throws {
         let store = try await client.connect()
         defer { Task { await store.close() } }
-        try await store.delete(key)
+        if keys.count == 1 {
+            try await store.delete(keys[0])
+            return
+        }
+        var failed = 0
+        for result in await store.delete(keys) {
+            if case .failure(let error) = result.outcome {
+                failed += 1
+                writeStandardError("catena: cannot delete \(result.key): \(error.message) [\(error.code)]")
+            }
+        }
+        if failed > 0 { throw ExitCode(1) }
     }
 }
 

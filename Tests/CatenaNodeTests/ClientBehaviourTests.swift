@@ -190,6 +190,34 @@ extension InProcessChainTests {
             }
         }
 
+        @Test("exists tells a stored key from a missing one; a batch delete reports each key, in order, invalid ones failing alone",
+              .timeLimit(.minutes(1)))
+        func existsAndBatchDelete() async throws {
+            try await withTestCluster { cluster in
+                let client = cluster.client
+                let keys = (0..<40).map { "batch/\($0)" }
+                for key in keys { try await client.put(key, Array(key.utf8)) }
+                #expect(try await client.exists("batch/7"))
+                #expect(try await client.exists("batch/none") == false)
+                await #expect { try await client.exists("") } throws: { code(of: $0) == .invalidKey }
+
+                let asked = Array(keys[0..<30]) + ["", "batch/never-stored"]
+                let results = await client.delete(asked, concurrency: 8)
+                #expect(results.map(\.key) == asked)
+                for result in results {
+                    switch (result.key, result.outcome) {
+                    case ("", .failure(let error)): #expect(error.code == .invalidKey)
+                    case (_, .success): break
+                    case (let key, .failure(let error)): Issue.record("\(key): \(error)")
+                    }
+                }
+                #expect(results.filter { (try? $0.outcome.get()) != nil }.count == 31)
+                for key in keys[0..<30] { #expect(try await client.exists(key) == false, "\(key)") }
+                for key in keys[30...] { #expect(try await client.exists(key), "\(key)") }
+                #expect(await client.delete([]).isEmpty)
+            }
+        }
+
         @Test("a client made before its cluster is up connects on first use", .timeLimit(.minutes(1)))
         func lazyStart() async throws {
             #expect(throws: CatenaError.self) { _ = try CatenaClient(masters: ["no-port"]) }
