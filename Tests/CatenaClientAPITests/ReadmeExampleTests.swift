@@ -45,6 +45,10 @@ struct ReadmeExampleTests {
             for try await info in store.listAll(prefix: "photos/") { listed.append(info.key.string) }
             #expect(listed == ["photos/cat.jpg"])
             try await store.delete("photos/cat.jpg")
+            let gone = try await store.exists("photos/cat.jpg") == false
+            #expect(gone)
+            let results: [DeleteResult] = await store.delete(["tmp/a", "tmp/b"])   // one DeleteResult per key, in order
+            #expect(results.map(\.key) == ["tmp/a", "tmp/b"])
             do {
                 _ = try await store.get("photos/cat.jpg")
                 Issue.record("a deleted object was read")
