@@ -54,37 +54,106 @@ public final class CatenaClient: Sendable {
         /// piece). Default 1 GiB.
         public var maxGetSize: Int = 1 << 30
         /// Idle connections kept per node for ``CatenaClient/getStreaming(_:)``, beyond the
-        /// one every other request shares. Default 4.
+        /// ones every other request shares. Default 4.
         public var idleStreamConnectionsPerNode: Int = 4
+        /// Connections to each node that requests share, taken in turn (1 ... 64). One carries
+        /// many requests at once (requests sent together share a system call); several spread
+        /// a busy client's requests over several sockets and event loops. Default 1.
+        public var connectionsPerNode: Int = 1
+        /// When and how often a failed attempt is retried.
+        public var retry = RetryPolicy()
 
         /// The defaults above.
         public init() {}
     }
 
-    private let masters: [Address]
+    /// When a request that failed with a retryable error (`redirect`, `staleEpoch`,
+    /// `epochAhead`, `busy`, `unavailable`, `timeout`, a closed connection) is tried again:
+    /// after a pause drawn at random between half and all of a backoff that starts at
+    /// ``initialBackoff`` and doubles up to ``maxBackoff``, until ``maxAttempts`` attempts were
+    /// made or the request's timeout comes. Writes keep their request id, so a retried write
+    /// applies once.
+    public struct RetryPolicy: Hashable, Sendable {
+        /// Attempts in all, the first included; nil: as many as the request's timeout allows.
+        /// Default nil.
+        public var maxAttempts: Int?
+        /// The first backoff. Default 10 ms.
+        public var initialBackoff: Duration
+        /// The longest backoff. Default 500 ms.
+        public var maxBackoff: Duration
+
+        public init(maxAttempts: Int? = nil, initialBackoff: Duration = .milliseconds(10), maxBackoff: Duration = .milliseconds(500)) {
+            self.maxAttempts = maxAttempts
+            self.initialBackoff = initialBackoff
+            self.maxBackoff = maxBackoff
+        }
+
+        /// One attempt only: the first error is the answer.
+        public static let never = RetryPolicy(maxAttempts: 1)
+
+        /// The backoff before attempt `attempt + 1` (`attempt` ≥ 1), before jitter.
+        func backoff(after attempt: Int) -> Duration {
+            var pause = initialBackoff
+            for _ in 1..<max(1, min(attempt, 30)) where pause < maxBackoff { pause = pause * 2 }
+            return min(pause, maxBackoff)
+        }
+    }
+
+    /// What every view of this client (``with(requestTimeout:attemptTimeout:retry:logger:)``)
+    /// shares: its connections, the chain it routes by, its request ids, whether it is closed.
+    private let core: Core
     private let configuration: Configuration
     private let logger: Logger
-    private let pool: ConnectionPool
-    /// Connections of ``getStreaming(_:)``'s streams, one per open stream.
-    private let streams: StreamConnections
-    private let chain = Mutex<ChainConfiguration?>(nil)
-    /// Whether `chain` should be refreshed before the next attempt (after a redirect, a stale
-    /// epoch, a lost connection…). It is kept meanwhile: if no master answers, the client goes
-    /// on with it — the chain serves without the master for as long as the leases last.
-    private let chainStale = Mutex(false)
-    /// Open connections to the head and tail of `chain`'s configuration (the fast path: no actor
-    /// hop, no address parsing per request); cleared with the configuration.
-    private let routes = Mutex<Routes>(Routes())
-    /// Request ids: random, from a generator seeded once from the system's (one syscall per
-    /// client, not two per request).
-    private let ids: Mutex<SplitMix64>
-    /// Set by ``close()``: every call from then on throws `closed`.
-    private let closed = Atomic<Bool>(false)
+
+    private final class Core: Sendable {
+        let masters: [Address]
+        let pool: ConnectionPool
+        /// Connections of ``getStreaming(_:)``'s streams, one per open stream.
+        let streams: StreamConnections
+        let chain = Mutex<ChainConfiguration?>(nil)
+        /// Whether `chain` should be refreshed before the next attempt (after a redirect, a
+        /// stale epoch, a lost connection…). It is kept meanwhile: if no master answers, the
+        /// client goes on with it — the chain serves without the master for as long as the
+        /// leases last.
+        let chainStale = Mutex(false)
+        /// Open connections to the head and tail of `chain`'s configuration (the fast path: no
+        /// actor hop, no address parsing per request); cleared with the configuration.
+        let routes = Mutex<Routes>(Routes())
+        /// Turns through the connections of `routes`.
+        let turn = Atomic<Int>(0)
+        /// Request ids: random, from a generator seeded once from the system's (one syscall per
+        /// client, not two per request).
+        let ids: Mutex<SplitMix64>
+        /// Set by ``close()``: every call from then on throws `closed`.
+        let closed = Atomic<Bool>(false)
+
+        init(masters: [Address], configuration: Configuration) {
+            self.masters = masters
+            self.pool = ConnectionPool(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits)
+            self.streams = StreamConnections(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits,
+                                             idlePerNode: configuration.idleStreamConnectionsPerNode)
+            var seed = SystemRandomNumberGenerator()
+            self.ids = Mutex(SplitMix64(seed: seed.next()))
+        }
+    }
+
+    private var masters: [Address] { core.masters }
+    private var pool: ConnectionPool { core.pool }
+    private var streams: StreamConnections { core.streams }
 
     private struct Routes {
         var epoch: UInt64 = 0
-        var head: RequestConnection?
-        var tail: RequestConnection?
+        /// By slot (``Configuration/connectionsPerNode``).
+        var head: [Int: RequestConnection] = [:]
+        var tail: [Int: RequestConnection] = [:]
+
+        func connection(_ route: Route, _ slot: Int) -> RequestConnection? {
+            route == .head ? head[slot] : tail[slot]
+        }
+
+        mutating func set(_ route: Route, _ slot: Int, _ connection: RequestConnection) {
+            if route == .head { head[slot] = connection } else { tail[slot] = connection }
+        }
     }
 
     /// A client of the cluster whose master(s) are at `masters` (`HOST:PORT` each, tried in
@@ -93,16 +162,36 @@ public final class CatenaClient: Sendable {
     public init(masters: [String], configuration: Configuration = Configuration(),
                 logger: Logger = Logger(label: "catena.client")) throws(CatenaError) {
         guard !masters.isEmpty else { throw CatenaError(.invalidArgument, "no master address given") }
+        guard (1...64).contains(configuration.connectionsPerNode) else {
+            throw CatenaError(.invalidArgument, "connectionsPerNode must be 1 ... 64, not \(configuration.connectionsPerNode)")
+        }
+        if let attempts = configuration.retry.maxAttempts, attempts < 1 {
+            throw CatenaError(.invalidArgument, "retry.maxAttempts must be at least 1, not \(attempts)")
+        }
         var parsed: [Address] = []
         for m in masters { parsed.append(try Address(parsing: m)) }
-        self.masters = parsed
+        self.core = Core(masters: parsed, configuration: configuration)
         self.configuration = configuration
         self.logger = logger
-        self.pool = ConnectionPool(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits)
-        self.streams = StreamConnections(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits,
-                                         idlePerNode: configuration.idleStreamConnectionsPerNode)
-        var seed = SystemRandomNumberGenerator()
-        self.ids = Mutex(SplitMix64(seed: seed.next()))
+    }
+
+    private init(core: Core, configuration: Configuration, logger: Logger) {
+        self.core = core
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// A view of this client whose calls take other timeouts, another retry policy or another
+    /// logger; nil keeps this one's. It shares everything else — connections, the chain it
+    /// routes by, being closed — so it is cheap to make per call:
+    /// `try await store.with(requestTimeout: .seconds(1)).get("k")`.
+    public func with(requestTimeout: Duration? = nil, attemptTimeout: Duration? = nil, retry: RetryPolicy? = nil,
+                     logger: Logger? = nil) -> CatenaClient {
+        var c = configuration
+        if let requestTimeout { c.requestTimeout = requestTimeout }
+        if let attemptTimeout { c.attemptTimeout = attemptTimeout }
+        if let retry { c.retry = retry }
+        return CatenaClient(core: core, configuration: c, logger: logger ?? self.logger)
     }
 
     /// Asks the masters for the chain's configuration now, retrying until
@@ -117,14 +206,14 @@ public final class CatenaClient: Sendable {
     /// Closes every connection. Calls in flight end with `closed` (a write among them may or
     /// may not have applied); every later call throws `closed`. Closing twice does nothing more.
     public func close() async {
-        closed.store(true, ordering: .sequentiallyConsistent)
-        routes.withLock { $0 = Routes() }
+        core.closed.store(true, ordering: .sequentiallyConsistent)
+        core.routes.withLock { $0 = Routes() }
         streams.closeAll()
         await pool.closeAll()
     }
 
     /// Whether ``close()`` was called.
-    public var isClosed: Bool { closed.load(ordering: .sequentiallyConsistent) }
+    public var isClosed: Bool { core.closed.load(ordering: .sequentiallyConsistent) }
 
     private func checkOpen() throws(CatenaError) {
         if isClosed { throw Self.closedError }
@@ -133,7 +222,7 @@ public final class CatenaClient: Sendable {
     private static let closedError = CatenaError(.closed, "the client was closed")
 
     /// The chain configuration the client routes by (refreshed on redirects and failures).
-    public var chainConfiguration: ChainConfiguration? { chain.withLock { $0 } }
+    public var chainConfiguration: ChainConfiguration? { core.chain.withLock { $0 } }
 
     // MARK: - Writes
 
@@ -452,8 +541,10 @@ public final class CatenaClient: Sendable {
             do throws(CatenaError) {
                 try checkOpen()
                 let chain = try await currentConfiguration(deadline: deadline)
-                let cached: RequestConnection? = routes.withLock { r in
-                    guard r.epoch == chain.epoch, let c = route == .head ? r.head : r.tail, !c.isClosed else { return nil }
+                // The node's connections are taken in turn; one not open yet is opened.
+                let slot = (core.turn.wrappingAdd(1, ordering: .relaxed).oldValue & Int.max) % configuration.connectionsPerNode
+                let cached: RequestConnection? = core.routes.withLock { r in
+                    guard r.epoch == chain.epoch, let c = r.connection(route, slot), !c.isClosed else { return nil }
                     return c
                 }
                 let timeout = min(configuration.attemptTimeout, max(.milliseconds(1), deadline - .now))
@@ -461,10 +552,10 @@ public final class CatenaClient: Sendable {
                 guard let member = route == .head ? chain.head : chain.tail else {
                     throw CatenaError(.unavailable, "chain \(chain.chainID) has no members at epoch \(chain.epoch)")
                 }
-                let connection = try await pool.connection(to: try Address(parsing: member.address), clusterID: chain.clusterID)
-                routes.withLock { r in
+                let connection = try await pool.connection(to: try Address(parsing: member.address), index: slot, clusterID: chain.clusterID)
+                core.routes.withLock { r in
                     if r.epoch != chain.epoch { r = Routes(epoch: chain.epoch) }
-                    if route == .head { r.head = connection } else { r.tail = connection }
+                    r.set(route, slot, connection)
                 }
                 return try await body(connection, chain, timeout)
             } catch {
@@ -484,12 +575,15 @@ public final class CatenaClient: Sendable {
                 lastError = error
                 logger.debug("retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
                 if error.code != .busy {
-                    chainStale.withLock { $0 = true }
-                    routes.withLock { $0 = Routes() }
+                    core.chainStale.withLock { $0 = true }
+                    core.routes.withLock { $0 = Routes() }
                 }
                 attempt += 1
-                let cap = min(10 << min(attempt, 6), 500)
-                let pause = Duration.milliseconds(Int.random(in: cap / 2...cap))
+                if let most = configuration.retry.maxAttempts, attempt >= most {
+                    throw attempt == 1 ? error : CatenaError(error.code, "\(error.message) (after \(attempt) attempts)")
+                }
+                let cap = configuration.retry.backoff(after: attempt).nanosecondsClamped
+                let pause = Duration.nanoseconds(Int64.random(in: cap / 2...max(cap / 2, cap)))
                 if ContinuousClock.now + pause >= deadline {
                     throw CatenaError(.timeout, "gave up at the deadline; last error: \(error)")
                 }
@@ -499,7 +593,7 @@ public final class CatenaClient: Sendable {
     }
 
     private func newRequestID() -> RequestID {
-        ids.withLock { RequestID.random(using: &$0) }
+        core.ids.withLock { RequestID.random(using: &$0) }
     }
 
     static func retryable(_ code: CatenaError.Code) -> Bool {
@@ -507,8 +601,8 @@ public final class CatenaClient: Sendable {
     }
 
     private func currentConfiguration(deadline: ContinuousClock.Instant) async throws(CatenaError) -> ChainConfiguration {
-        guard let cached = chain.withLock({ $0 }) else { return try await refreshConfiguration(deadline: deadline) }
-        guard chainStale.withLock({ $0 }) else { return cached }
+        guard let cached = core.chain.withLock({ $0 }) else { return try await refreshConfiguration(deadline: deadline) }
+        guard core.chainStale.withLock({ $0 }) else { return cached }
         // One quick round over the masters; without an answer, the last configuration it had.
         do {
             return try await refreshConfiguration(deadline: min(deadline, .now + .milliseconds(500)))
@@ -531,11 +625,11 @@ public final class CatenaClient: Sendable {
                     let reply = try await connection.request(Frame(type: .getConfiguration),
                                                              timeout: min(.seconds(2), max(.milliseconds(1), deadline - .now)))
                     let config = try ConfigurationPayload.decode(reply.payload)
-                    let newest = chain.withLock { current in
+                    let newest = core.chain.withLock { current in
                         if current == nil || current!.epoch <= config.epoch { current = config }
                         return current!
                     }
-                    chainStale.withLock { $0 = false }
+                    core.chainStale.withLock { $0 = false }
                     return newest
                 } catch {
                     if error.code == .wrongCluster || error.code == .protocolVersionUnsupported { throw error }
@@ -544,6 +638,8 @@ public final class CatenaClient: Sendable {
                 }
             }
             round += 1
+            // A round over every master counts as one attempt of the retry policy.
+            if let most = configuration.retry.maxAttempts, round >= most { break }
             try? await Task.sleep(for: .milliseconds(min(50 * round, 500)))
         }
         throw CatenaError(lastError.code == .unavailable ? .unavailable : .timeout,
@@ -819,8 +915,14 @@ actor ConnectionPool {
     private let name: String
     private let clusterID: String?
     private let limits: ConnectionLimits
-    private var connections: [Address: Task<RequestConnection, any Error>] = [:]
+    private var connections: [Slot: Task<RequestConnection, any Error>] = [:]
     private var closed = false
+
+    /// A node's `index`th shared connection.
+    struct Slot: Hashable {
+        var address: Address
+        var index: Int
+    }
 
     init(name: String, clusterID: String?, limits: ConnectionLimits) {
         self.name = name
@@ -828,33 +930,37 @@ actor ConnectionPool {
         self.limits = limits
     }
 
-    /// An open connection to `address`, opening one if needed.
-    func connection(to address: Address, clusterID learned: String) async throws(CatenaError) -> RequestConnection {
+    /// An open connection to `address` (its `index`th, for a client with several per node),
+    /// opening one if needed.
+    func connection(to address: Address, index: Int = 0, clusterID learned: String) async throws(CatenaError) -> RequestConnection {
         if closed { throw CatenaError(.closed, "the client was closed") }
-        if let pending = connections[address] {
+        let slot = Slot(address: address, index: index)
+        if let pending = connections[slot] {
             if let open = try? await pending.value, !open.isClosed { return open }
-            if connections[address] == pending { connections[address] = nil }
+            if connections[slot] == pending { connections[slot] = nil }
         }
         let hello = Hello(role: .client, clusterID: clusterID ?? learned, senderID: name)
         let limits = self.limits
         let task = Task { () async throws -> RequestConnection in
             try await RequestConnection.connect(to: address, hello: hello, limits: limits)
         }
-        connections[address] = task
+        connections[slot] = task
         do {
             let connection = try await task.value
             // Closed while it connected: closeAll did not see it.
             if closed { connection.close() }
             return connection
         } catch {
-            if connections[address] == task { connections[address] = nil }
+            if connections[slot] == task { connections[slot] = nil }
             throw (error as? CatenaError) ?? CatenaError(.unavailable, "\(error)")
         }
     }
 
-    /// Forgets (and closes) the connection to `address`.
+    /// Forgets (and closes) the connections to `address`.
     func drop(_ address: Address) async {
-        if let task = connections.removeValue(forKey: address), let c = try? await task.value { c.close() }
+        for slot in connections.keys where slot.address == address {
+            if let task = connections.removeValue(forKey: slot), let c = try? await task.value { c.close() }
+        }
     }
 
     /// Closes every connection; later ones throw `closed`.

@@ -220,6 +220,9 @@ public final class Node: Sendable {
         logger.info("stopped")
     }
 
+    /// The node's server: its connections (clients and peers) and request budget now.
+    public var serverMetrics: FrameServerMetrics { server.metrics }
+
     /// The node's local store, for inspection (replica comparison in tests and tools). Writing
     /// to it directly would bypass the chain.
     public var localStore: Store { store }

@@ -218,6 +218,49 @@ extension InProcessChainTests {
             }
         }
 
+        @Test("a client's calls spread over connectionsPerNode connections; a view with(...) takes its own timeout and retry policy and shares the rest",
+              .timeLimit(.minutes(1)))
+        func connectionsTimeoutsAndRetries() async throws {
+            try await withTestCluster { cluster in
+                var configuration = Self.configuration()
+                configuration.connectionsPerNode = 4
+                let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger)
+                do {
+                    let before = cluster.head.serverMetrics.clientConnections
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for i in 0..<64 { group.addTask { try await client.put("spread/\(i)", [UInt8(i)]) } }
+                        try await group.waitForAll()
+                    }
+                    #expect(cluster.head.serverMetrics.clientConnections - before == 4)
+                    for i in 0..<64 { #expect(try await client.get("spread/\(i)").bytes == [UInt8(i)]) }
+
+                    // A view shares the connections and the chain: no new connection, same answers.
+                    let quick = client.with(requestTimeout: .milliseconds(500), retry: .never)
+                    #expect(try await quick.get("spread/3").bytes == [3])
+                    #expect(cluster.head.serverMetrics.clientConnections - before == 4)
+                    await quick.close()
+                    #expect(client.isClosed, "a view's close closes the client it shares everything with")
+                } catch {
+                    await client.close()
+                    throw error
+                }
+                await #expect { try await CatenaClient(masters: ["127.0.0.1:1"], configuration: { var c = Self.configuration(); c.connectionsPerNode = 0; return c }()) }
+                    throws: { code(of: $0) == .invalidArgument }
+            }
+
+            // With nobody at the master's address: the client's 20 s against a view's 300 ms, and
+            // retries against none.
+            let port = try await Self.freePort()
+            let lonely = try CatenaClient(masters: ["127.0.0.1:\(port)"], configuration: Self.configuration(timeout: .seconds(20)), logger: testLogger)
+            var start = ContinuousClock.now
+            await #expect { try await lonely.with(requestTimeout: .milliseconds(300)).head("k") } throws: { code(of: $0) == .unavailable || code(of: $0) == .timeout }
+            #expect(ContinuousClock.now - start < .seconds(3))
+            start = ContinuousClock.now
+            await #expect { try await lonely.with(retry: .never).connect() } throws: { code(of: $0) == .unavailable }
+            #expect(ContinuousClock.now - start < .seconds(3), "one attempt took as long as the 20 s timeout")
+            await lonely.close()
+        }
+
         @Test("a client made before its cluster is up connects on first use", .timeLimit(.minutes(1)))
         func lazyStart() async throws {
             #expect(throws: CatenaError.self) { _ = try CatenaClient(masters: ["no-port"]) }
