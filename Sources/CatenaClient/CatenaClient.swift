@@ -266,6 +266,24 @@ public final class CatenaClient: Sendable {
         try await putChunked(key, pieces: body, contentType: contentType, metadata: metadata)
     }
 
+    /// Stores the file at `path` under `key`, streaming it in chunks (the client holds a few,
+    /// never the file). `progress` is called as its bytes are stored, with the file's size as
+    /// the total. Throws `notFound` or `permissionDenied` if the file cannot be opened.
+    @discardableResult
+    public func put(_ key: String, contentsOf path: String, contentType: String? = nil, metadata: [String: String] = [:],
+                    progress: TransferProgress? = nil) async throws(CatenaError) -> WriteReceipt {
+        let file = try LocalFile(reading: path)
+        let size = file.size
+        if size <= UInt64(configuration.chunkSize) {
+            let bytes = try file.readAll()
+            let receipt = try await put(key, bytes, contentType: contentType, metadata: metadata)
+            progress?(UInt64(bytes.count), size)
+            return receipt
+        }
+        return try await putChunked(key, pieces: file.pieces(of: configuration.chunkSize), contentType: contentType, metadata: metadata,
+                                    total: size, progress: progress)
+    }
+
     /// Deletes `key`. Deleting a missing key succeeds.
     @discardableResult
     public func delete(_ key: String) async throws(CatenaError) -> LSN {
@@ -335,6 +353,36 @@ public final class CatenaClient: Sendable {
     /// when the last chunk arrives; a mismatch is thrown then. Throws `notFound` if there is none.
     public func getStreaming(_ key: String) async throws(CatenaError) -> ObjectStream {
         try await openStream(key, dedicated: true)
+    }
+
+    /// Writes the object under `key` to the file at `path`, streaming: into `path` plus
+    /// `.catena-partial`, synced and renamed over `path` only once the whole object arrived
+    /// and matched its content checksum, so a failed read never leaves a partial file.
+    /// `progress` is called as bytes arrive, with the object's size as the total. Returns the
+    /// object's metadata.
+    @discardableResult
+    public func get(_ key: String, into path: String, progress: TransferProgress? = nil) async throws(CatenaError) -> ObjectInfo {
+        let stream = try await getStreaming(key)
+        let temporary = path + ".catena-partial"
+        let file = try LocalFile(creating: temporary)
+        do throws(CatenaError) {
+            var received: UInt64 = 0
+            var chunks = stream.makeAsyncIterator()
+            while let chunk = try await chunks.nextChunk() {
+                try file.write(chunk)
+                received += UInt64(chunk.count)
+                progress?(received, stream.info.size)
+            }
+            try file.syncAndClose()
+            guard rename(temporary, path) == 0 else {
+                throw CatenaError(.ioFailure, "cannot rename \(temporary) to \(path): \(String(cString: strerror(errno)))")
+            }
+            return stream.info
+        } catch {
+            file.close()
+            unlink(temporary)
+            throw error
+        }
     }
 
     /// Bytes `range` of the object under `key` — its end clamped to the object's size — read by
@@ -468,7 +516,8 @@ public final class CatenaClient: Sendable {
     }
 
     private func putChunked<Body: AsyncSequence>(_ key: String, pieces body: Body, contentType: String?,
-                                                 metadata: [String: String]) async throws(CatenaError) -> WriteReceipt
+                                                 metadata: [String: String], total expected: UInt64? = nil,
+                                                 progress: TransferProgress? = nil) async throws(CatenaError) -> WriteReceipt
     where Body.Element == [UInt8] {
         let k = try Key(key)
         let upload = newRequestID()
@@ -477,20 +526,33 @@ public final class CatenaClient: Sendable {
         var index: UInt32 = 0
         let chunkSize = configuration.chunkSize
         let window = max(1, configuration.chunkWindow)
-        let result: Result<Void, CatenaError> = await withTaskGroup(of: Result<Void, CatenaError>.self) { group in
+        var stored: UInt64 = 0
+        let result: Result<Void, CatenaError> = await withTaskGroup(of: Result<Int, CatenaError>.self) { group in
             var running = 0
             var failure: CatenaError?
+            func settle(_ r: Result<Int, CatenaError>) {
+                switch r {
+                case .success(let n):
+                    stored += UInt64(n)
+                    progress?(stored, expected)
+                case .failure(let e):
+                    failure = failure ?? e
+                }
+            }
             func send(_ chunk: [UInt8]) async {
                 if running >= window, let r = await group.next() {
                     running -= 1
-                    if case .failure(let e) = r { failure = failure ?? e }
+                    settle(r)
                 }
                 let request = WriteRequest(requestID: newRequestID(), type: .chunk, key: k, value: chunk,
                                            extensions: [RecordExtension.chunkAddress(ChunkAddress(upload: upload, index: index))])
                 index += 1
                 running += 1
                 group.addTask {
-                    await Result.catching { () async throws(CatenaError) in _ = try await self.write(request) }
+                    await Result.catching { () async throws(CatenaError) -> Int in
+                        _ = try await self.write(request)
+                        return request.value.count
+                    }
                 }
             }
             var buffer: [UInt8] = []
@@ -515,9 +577,7 @@ public final class CatenaClient: Sendable {
                 failure = failure ?? (error as? CatenaError) ?? CatenaError(.invalidArgument, "the object's body failed: \(error)")
             }
             if failure == nil, !buffer.isEmpty || index == 0 { await send(buffer) }
-            for await r in group {
-                if case .failure(let e) = r { failure = failure ?? e }
-            }
+            for await r in group { settle(r) }
             return failure.map { .failure($0) } ?? .success(())
         }
         try result.get()
@@ -669,6 +729,112 @@ public struct WriteReceipt: Hashable, Sendable {
     public var size: UInt64
     /// XXH3-64 of the content, as stored.
     public var contentChecksum: UInt64
+}
+
+/// Progress of a transfer: the bytes moved so far and, if known, the total.
+public typealias TransferProgress = @Sendable (_ done: UInt64, _ total: UInt64?) -> Void
+
+/// A local file a transfer reads or writes, with errors as ``CatenaError``s naming the path.
+final class LocalFile: @unchecked Sendable {
+    // One task uses it at a time (a put's reader, a get's writer).
+    let path: String
+    private var fd: Int32
+    let size: UInt64
+
+    init(reading path: String) throws(CatenaError) {
+        self.path = path
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Self.error(errno, "cannot open", path) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw Self.error(e, "cannot stat", path)
+        }
+        size = UInt64(max(0, st.st_size))
+    }
+
+    init(creating path: String) throws(CatenaError) {
+        self.path = path
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw Self.error(errno, "cannot create", path) }
+        size = 0
+    }
+
+    deinit { close() }
+
+    static func error(_ code: Int32, _ what: String, _ path: String) -> CatenaError {
+        let message = "\(what) \(path): \(String(cString: strerror(code)))"
+        switch code {
+        case ENOENT, ENOTDIR: return CatenaError(.notFound, message)
+        case EACCES, EPERM, EROFS: return CatenaError(.permissionDenied, message)
+        case ENOSPC, EDQUOT: return CatenaError(.diskFull, message)
+        default: return CatenaError(.ioFailure, message)
+        }
+    }
+
+    /// Up to `count` bytes from the current position; fewer only at the end.
+    func read(_ count: Int) throws(CatenaError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + filled, count - filled) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Self.error(errno, "cannot read", path)
+            }
+            if n == 0 { break }
+            filled += n
+        }
+        out.removeLast(count - filled)
+        return out
+    }
+
+    func readAll() throws(CatenaError) -> [UInt8] { try read(Int(size)) }
+
+    /// The file from its current position, in pieces of `pieceSize`.
+    func pieces(of pieceSize: Int) -> FilePieces { FilePieces(file: self, pieceSize: max(1, pieceSize)) }
+
+    func write(_ bytes: [UInt8]) throws(CatenaError) {
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Self.error(errno, "cannot write", path)
+            }
+            written += n
+        }
+    }
+
+    func syncAndClose() throws(CatenaError) {
+        guard fsync(fd) == 0 else { throw Self.error(errno, "cannot sync", path) }
+        close()
+    }
+
+    func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
+}
+
+/// A ``LocalFile``'s bytes as an `AsyncSequence` of pieces (for a streamed put).
+struct FilePieces: AsyncSequence, Sendable {
+    typealias Element = [UInt8]
+    let file: LocalFile
+    let pieceSize: Int
+
+    func makeAsyncIterator() -> Iterator { Iterator(file: file, pieceSize: pieceSize) }
+
+    struct Iterator: AsyncIteratorProtocol {
+        let file: LocalFile
+        let pieceSize: Int
+
+        mutating func next() async throws -> [UInt8]? {
+            let piece = try file.read(pieceSize)
+            return piece.isEmpty ? nil : piece
+        }
+    }
 }
 
 /// What ``CatenaClient/delete(_:concurrency:)`` did with one key.

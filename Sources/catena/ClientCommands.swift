@@ -58,24 +58,25 @@ struct Put: AsyncParsableCommand {
     func run() async throws {
         let store = try await client.connect()
         defer { Task { await store.close() } }
-        let handle: FileHandle
-        if file == "-" {
-            handle = FileHandle.standardInput
-        } else {
-            guard let h = FileHandle(forReadingAtPath: file) else { throw CatenaError(.notFound, "cannot open \(file)") }
-            handle = h
-        }
-        // One piece: a plain put. More: a streamed, chunked put that never holds the whole file.
-        var pieces = FileChunks(handle: handle).makeAsyncIterator()
-        let first = try await pieces.next() ?? []
         let receipt: WriteReceipt
-        if let second = try await pieces.next() {
-            receipt = try await store.put(key, streaming: FileChunks(handle: handle, prefix: [first, second]), contentType: contentType)
+        if file == "-" {
+            // One piece: a plain put. More: a streamed, chunked put that never holds the whole input.
+            let handle = FileHandle.standardInput
+            var pieces = FileChunks(handle: handle).makeAsyncIterator()
+            let first = try await pieces.next() ?? []
+            if let second = try await pieces.next() {
+                receipt = try await store.put(key, streaming: FileChunks(handle: handle, prefix: [first, second]), contentType: contentType)
+            } else {
+                receipt = try await store.put(key, first, contentType: contentType)
+            }
         } else {
-            receipt = try await store.put(key, first, contentType: contentType)
+            let bar = ProgressBar(verb: "put")
+            defer { bar.finish() }
+            receipt = try await store.put(key, contentsOf: file, contentType: contentType, progress: bar.progress)
         }
         if verbose { writeStandardError("stored \(key): \(receipt.size) bytes at LSN \(receipt.lsn)") }
     }
+
 }
 
 /// `catena get KEY [-o FILE] [--range FIRST-LAST]`.
@@ -117,6 +118,13 @@ struct Get: AsyncParsableCommand {
         let store = try await client.connect()
         defer { Task { await store.close() } }
         let parsed = try range.map(Self.parse(range:))
+        let bar = ProgressBar(verb: "get")
+        defer { bar.finish() }
+        if let output, parsed == nil {
+            // Into a temporary file renamed at the end, so a failed or corrupt read leaves no partial file.
+            do { try await store.get(key, into: output, progress: bar.progress) } catch { throw notFound(key, error) }
+            return
+        }
         let stream: ObjectStream
         do throws(CatenaError) {
             switch parsed {
@@ -131,7 +139,7 @@ struct Get: AsyncParsableCommand {
         } catch {
             throw notFound(key, error)
         }
-        // Into a temporary file renamed at the end, so a failed or corrupt read leaves no partial file.
+        // A range into a file: a temporary file renamed at the end too.
         let target: FileHandle
         let temporary = output.map { $0 + ".catena-partial" }
         if let temporary {
@@ -143,8 +151,13 @@ struct Get: AsyncParsableCommand {
             target = FileHandle.standardOutput
         }
         do {
+            var received: UInt64 = 0
             var chunks = stream.makeAsyncIterator()
-            while let chunk = try await chunks.nextChunk() { try target.write(contentsOf: chunk) }
+            while let chunk = try await chunks.nextChunk() {
+                try target.write(contentsOf: chunk)
+                received += UInt64(chunk.count)
+                bar.progress(received, UInt64(stream.servedRange.count))
+            }
             if let temporary, let output {
                 try target.synchronize()
                 try target.close()
@@ -264,5 +277,49 @@ struct FileChunks: AsyncSequence, @unchecked Sendable {
             }
             return [UInt8](data)
         }
+    }
+}
+
+/// A one-line progress bar on stderr for large transfers: shown only when stderr is a terminal
+/// and the transfer is at least 4 MiB, redrawn at most ten times a second, erased at the end.
+final class ProgressBar: @unchecked Sendable {
+    // Guarded by `lock`: a put's chunks report from the put's task, in turn.
+    private let verb: String
+    private let enabled = isatty(STDERR_FILENO) == 1
+    private let lock = NSLock()
+    private let started = ContinuousClock.now
+    private var lastDraw: ContinuousClock.Instant?
+    private var drawn = false
+
+    init(verb: String) {
+        self.verb = verb
+    }
+
+    /// Reports `done` of `total` bytes.
+    var progress: TransferProgress {
+        { [self] done, total in self.update(done, total) }
+    }
+
+    private func update(_ done: UInt64, _ total: UInt64?) {
+        guard enabled, let total, total >= 4 << 20 else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        let now = ContinuousClock.now
+        if let lastDraw, now - lastDraw < .milliseconds(100), done < total { return }
+        lastDraw = now
+        drawn = true
+        let seconds = max(0.001, Double((now - started).components.attoseconds) / 1e18 + Double((now - started).components.seconds))
+        let mib = { (bytes: UInt64) in Double(bytes) / 1_048_576 }
+        let line = verb + String(format: " %.1f / %.1f MiB  %3d%%  %.1f MiB/s", mib(done), mib(total),
+                                 Int(done * 100 / max(total, 1)), mib(done) / seconds)
+        FileHandle.standardError.write(Data(("\r" + line + "\u{1B}[K").utf8))
+    }
+
+    /// Erases the bar, if it was drawn.
+    func finish() {
+        lock.lock()
+        defer { lock.unlock() }
+        if drawn { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        drawn = false
     }
 }

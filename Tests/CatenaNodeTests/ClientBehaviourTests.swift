@@ -1,6 +1,7 @@
 import CatenaClient
 import CatenaClusterTestSupport
 import CatenaCore
+import Foundation
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -259,6 +260,46 @@ extension InProcessChainTests {
             await #expect { try await lonely.with(retry: .never).connect() } throws: { code(of: $0) == .unavailable }
             #expect(ContinuousClock.now - start < .seconds(3), "one attempt took as long as the 20 s timeout")
             await lonely.close()
+        }
+
+        @Test("put(contentsOf:) and get(into:) move files with progress; a failed get leaves no file; a missing file is notFound",
+              .timeLimit(.minutes(1)))
+        func fileHelpers() async throws {
+            try await withTestCluster { cluster in
+                let client = cluster.client
+                let directory = cluster.directory
+                let source = directory + "/source.bin"
+                let content = pseudoRandomBytes((5 << 20) + 99, seed: 16)
+                try Data(content).write(to: URL(fileURLWithPath: source))
+
+                let seen = Mutex<[UInt64]>([])
+                let receipt = try await client.put("files/big", contentsOf: source, contentType: "application/x-test") { done, total in
+                    #expect(total == UInt64(content.count))
+                    seen.withLock { $0.append(done) }
+                }
+                #expect(receipt.size == UInt64(content.count))
+                let reported = seen.withLock { $0 }
+                #expect(reported == reported.sorted() && reported.last == UInt64(content.count) && reported.count >= 6)
+
+                let target = directory + "/copy.bin"
+                let got = Mutex<[UInt64]>([])
+                let info = try await client.get("files/big", into: target) { done, _ in got.withLock { $0.append(done) } }
+                #expect(info.contentType == "application/x-test")
+                #expect(try Data(contentsOf: URL(fileURLWithPath: target)) == Data(content))
+                #expect(got.withLock { $0.last } == UInt64(content.count))
+                #expect(!FileManager.default.fileExists(atPath: target + ".catena-partial"))
+
+                // Small files take one plain put.
+                try Data("tiny".utf8).write(to: URL(fileURLWithPath: directory + "/tiny.txt"))
+                try await client.put("files/tiny", contentsOf: directory + "/tiny.txt")
+                #expect(try await client.get("files/tiny").bytes == Array("tiny".utf8))
+
+                await #expect { try await client.get("files/missing", into: directory + "/never.bin") } throws: { code(of: $0) == .notFound }
+                #expect(!FileManager.default.fileExists(atPath: directory + "/never.bin"))
+                #expect(!FileManager.default.fileExists(atPath: directory + "/never.bin.catena-partial"))
+                await #expect { try await client.put("files/x", contentsOf: directory + "/no-such-file") } throws: { code(of: $0) == .notFound }
+                await #expect { try await client.get("files/tiny", into: directory + "/no-such-dir/x") } throws: { code(of: $0) == .notFound }
+            }
         }
 
         @Test("a client made before its cluster is up connects on first use", .timeLimit(.minutes(1)))
