@@ -3,6 +3,7 @@
 import CatenaClient
 import CatenaClusterTestSupport
 import Foundation
+import Synchronization
 import Testing
 
 @Suite("The README's client example")
@@ -55,6 +56,15 @@ struct ReadmeExampleTests {
             } catch let error as CatenaError {
                 #expect(error.code == .notFound)
             }
+
+            let source = cluster.directory + "/db.tar", copy = cluster.directory + "/db-copy.tar"
+            try Data(repeating: 7, count: 3_000_000).write(to: URL(fileURLWithPath: source))
+            let reported = Mutex<UInt64>(0)
+            @Sendable func report(_ done: UInt64, _ total: UInt64?) { reported.withLock { $0 = done } }
+            try await store.put("backups/db.tar", contentsOf: source) { done, total in report(done, total) }
+            try await store.get("backups/db.tar", into: copy)
+            #expect(reported.withLock { $0 } == 3_000_000)
+            #expect(try Data(contentsOf: URL(fileURLWithPath: copy)) == Data(repeating: 7, count: 3_000_000))
 
             try await store.put("backups/db.tar", streaming: chunks)
             var size = 0
