@@ -342,7 +342,7 @@ public final class CatenaClient: Sendable {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(Int(stream.info.size))
         var chunks = stream.makeAsyncIterator()
-        while let piece = try await chunks.nextChunk() { bytes += piece }
+        while let piece = try await chunks.nextBuffer() { bytes.append(contentsOf: piece.readableBytesView) }
         return StoredObject(info: stream.info, bytes: bytes)
     }
 
@@ -368,9 +368,9 @@ public final class CatenaClient: Sendable {
         do throws(CatenaError) {
             var received: UInt64 = 0
             var chunks = stream.makeAsyncIterator()
-            while let chunk = try await chunks.nextChunk() {
-                try file.write(chunk)
-                received += UInt64(chunk.count)
+            while let chunk = try await chunks.nextBuffer() {
+                try chunk.withUnsafeReadableBytes { (bytes) throws(CatenaError) in try file.write(bytes) }
+                received += UInt64(chunk.readableBytes)
                 progress?(received, stream.info.size)
             }
             try file.syncAndClose()
@@ -402,7 +402,7 @@ public final class CatenaClient: Sendable {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(served.count)
         var chunks = stream.makeAsyncIterator()
-        while let piece = try await chunks.nextChunk() { bytes += piece }
+        while let piece = try await chunks.nextBuffer() { bytes.append(contentsOf: piece.readableBytesView) }
         return ObjectRange(info: stream.info, range: served, bytes: bytes)
     }
 
@@ -795,10 +795,10 @@ final class LocalFile: @unchecked Sendable {
     /// The file from its current position, in pieces of `pieceSize`.
     func pieces(of pieceSize: Int) -> FilePieces { FilePieces(file: self, pieceSize: max(1, pieceSize)) }
 
-    func write(_ bytes: [UInt8]) throws(CatenaError) {
+    func write(_ bytes: UnsafeRawBufferPointer) throws(CatenaError) {
         var written = 0
         while written < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
+            let n = Glibc.write(fd, bytes.baseAddress! + written, bytes.count - written)
             if n < 0 {
                 if errno == EINTR { continue }
                 throw Self.error(errno, "cannot write", path)
@@ -889,6 +889,24 @@ public struct ObjectStream: AsyncSequence, Sendable {
 
     public func makeAsyncIterator() -> Iterator { Iterator(info: info, expected: UInt64(servedRange.count), checksummed: !isRange, owner: owner) }
 
+    /// The same bytes as the `ByteBuffer`s they arrived in, without copying them into arrays;
+    /// checked the same way. Iterate either this or the stream itself, once.
+    public var byteBuffers: ByteBuffers { ByteBuffers(stream: self) }
+
+    /// An ``ObjectStream``'s pieces as `ByteBuffer`s.
+    public struct ByteBuffers: AsyncSequence, Sendable {
+        public typealias Element = ByteBuffer
+        let stream: ObjectStream
+
+        public func makeAsyncIterator() -> Iterator { Iterator(inner: stream.makeAsyncIterator()) }
+
+        public struct Iterator: AsyncIteratorProtocol {
+            var inner: ObjectStream.Iterator
+
+            public mutating func next() async throws -> ByteBuffer? { try await inner.nextBuffer() }
+        }
+    }
+
     /// Yields the object's bytes piece by piece.
     public struct Iterator: AsyncIteratorProtocol {
         let info: ObjectInfo
@@ -906,6 +924,11 @@ public struct ObjectStream: AsyncSequence, Sendable {
 
         /// The next chunk with a typed error.
         public mutating func nextChunk() async throws(CatenaError) -> [UInt8]? {
+            try await nextBuffer().map { Array($0.readableBytesView) }
+        }
+
+        /// The next chunk as the `ByteBuffer` it arrived in (no copy), with a typed error.
+        public mutating func nextBuffer() async throws(CatenaError) -> ByteBuffer? {
             while !done {
                 guard let frame = try await replies.next() else {
                     throw CatenaError(.unavailable, "the object's stream ended early")
@@ -913,9 +936,9 @@ public struct ObjectStream: AsyncSequence, Sendable {
                 guard frame.type == .objectData else {
                     throw CatenaError(.protocolViolation, "unexpected \(frame.type) in an object's stream")
                 }
-                let piece = Array(frame.payload.readableBytesView)
-                hasher.update(piece)
-                received += UInt64(piece.count)
+                let piece = frame.payload
+                piece.withUnsafeReadableBytes { hasher.update($0) }
+                received += UInt64(piece.readableBytes)
                 if !frame.flags.contains(.more) {
                     done = true
                     guard received == expected else {
@@ -925,7 +948,7 @@ public struct ObjectStream: AsyncSequence, Sendable {
                         throw CatenaError(.checksumMismatch, "'\(info.key)': content checksum mismatch; the object was not returned")
                     }
                 }
-                if !piece.isEmpty { return piece }
+                if piece.readableBytes > 0 { return piece }
             }
             return nil
         }

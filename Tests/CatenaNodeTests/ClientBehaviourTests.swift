@@ -104,6 +104,12 @@ extension InProcessChainTests {
                     var streamed: [UInt8] = []
                     for try await piece in try await strict.getStreaming("bounded/three") { streamed += piece }
                     #expect(streamed == value)
+                    // The same as ByteBuffers, as they arrived.
+                    var buffered: [UInt8] = []
+                    for try await buffer in try await strict.getStreaming("bounded/three").byteBuffers {
+                        buffered += buffer.readableBytesView
+                    }
+                    #expect(buffered == value)
                 } catch {
                     await strict.close()
                     throw error
