@@ -465,12 +465,20 @@ public final class CatenaClient: Sendable {
     }
 
     /// One page of the keys starting with `prefix`, in byte order, after `after` (the previous
-    /// page's ``ListPage/nextCursor``).
-    public func list(prefix: String = "", after: Key? = nil, limit: Int = 1000) async throws(CatenaError) -> ListPage {
-        let request = ListRequest(prefix: Array(prefix.utf8), after: after, limit: limit)
+    /// page's ``ListPage/nextCursor``). With a `delimiter` (S3's "folders"), keys that hold it
+    /// after the prefix come back rolled up into ``ListPage/commonPrefixes`` — each cut just
+    /// after that delimiter, listed once — and `limit` counts both; a tail that does not know
+    /// delimiters is refused with `protocolVersionUnsupported` rather than believed.
+    public func list(prefix: String = "", delimiter: String? = nil, after: Key? = nil, limit: Int = 1000) async throws(CatenaError) -> ListPage {
+        let wanted = Array((delimiter ?? "").utf8)
+        guard wanted.count <= Key.maxLength else { throw CatenaError(.invalidArgument, "a delimiter of \(wanted.count) bytes is longer than any key") }
+        let request = ListRequest(prefix: Array(prefix.utf8), after: after, limit: limit, delimiter: wanted)
         return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> ListPage in
             let reply = try await connection.request(Frame(type: .list, chainID: chain.chainID, epoch: chain.epoch, payload: request.encoded()),
                                                      timeout: timeout)
+            if !wanted.isEmpty, try !ListPagePayload.isGrouped(reply.payload) {
+                throw CatenaError(.protocolVersionUnsupported, "\(connection.address) does not list by delimiter")
+            }
             return try ListPagePayload.decode(reply.payload)
         }
     }

@@ -40,12 +40,16 @@ public struct ObjectInfo: Hashable, Sendable {
 public struct ListPage: Hashable, Sendable {
     /// The objects, in byte order of their keys.
     public var objects: [ObjectInfo]
+    /// With a delimiter: the keys that hold it after the prefix, each cut just after its first
+    /// such delimiter and listed once — as S3 lists "folders" — in byte order. Empty otherwise.
+    public var commonPrefixes: [Key]
     /// Pass as `after` to get the next page; nil when this was the last page.
     public var nextCursor: Key?
 
     /// Creates a page.
-    public init(objects: [ObjectInfo], nextCursor: Key?) {
+    public init(objects: [ObjectInfo], commonPrefixes: [Key] = [], nextCursor: Key?) {
         self.objects = objects
+        self.commonPrefixes = commonPrefixes
         self.nextCursor = nextCursor
     }
 }

@@ -126,10 +126,11 @@ extension Node {
             case .list:
                 try checkReads()
                 let request = try ListRequest(decoding: frame.payload)
-                var page = try store.list(prefix: request.prefix, after: request.after, limit: min(max(request.limit, 1), 10_000))
+                var page = try store.list(prefix: request.prefix, after: request.after, limit: min(max(request.limit, 1), 10_000),
+                                          delimiter: request.delimiter)
                 try checkLease()
                 page = ListPagePayload.bounded(page, maxBytes: configuration.connectionLimits.maxFrameSize / 2)
-                try await write(reply(.listPage, ListPagePayload.encode(page)), outbound)
+                try await write(reply(.listPage, ListPagePayload.encode(page, grouped: !request.delimiter.isEmpty)), outbound)
             case .get, .getRange:
                 try checkReads()
                 let key: Key

@@ -159,6 +159,13 @@ struct StoreIndex: Sendable {
     /// listing while keys are being added costs O(log n + batch + page) and merging stays
     /// amortized O(1) per added key.
     mutating func list(prefix: [UInt8], after: Key?, limit: Int, maxEntries: Int = .max) -> ListStep {
+        list(prefix: prefix, afterBytes: after?.bytes, limit: limit, maxEntries: maxEntries)
+    }
+
+    /// ``list(prefix:after:limit:maxEntries:)`` after any byte string (not only a key): keys
+    /// sort byte-wise, so after `P + [0xFF]` — never a key's byte in UTF-8 — is past every key
+    /// that starts with `P`.
+    mutating func list(prefix: [UInt8], afterBytes after: [UInt8]?, limit: Int, maxEntries: Int = .max) -> ListStep {
         if unsortedKeys.count > max(4096, sortedKeys.count / 8) {
             mergeRecentKeys()
         } else if !recentSorted {
@@ -219,12 +226,12 @@ struct StoreIndex: Sendable {
     }
 
     /// The first index of sorted `keys` whose key is >= `prefix` and > `after`.
-    private static func lowerBound(_ keys: [Key], prefix: [UInt8], after: Key?) -> Int {
+    private static func lowerBound(_ keys: [Key], prefix: [UInt8], after: [UInt8]?) -> Int {
         var low = 0, high = keys.count
         while low < high {
             let mid = (low + high) / 2
             let beforePrefix = keys[mid].bytes.lexicographicallyPrecedes(prefix)
-            let notAfter = after.map { !($0 < keys[mid]) } ?? false
+            let notAfter = after.map { !$0.lexicographicallyPrecedes(keys[mid].bytes) } ?? false
             if beforePrefix || notAfter { low = mid + 1 } else { high = mid }
         }
         return low

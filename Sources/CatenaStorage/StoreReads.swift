@@ -138,6 +138,84 @@ extension Store {
         }
     }
 
+    /// Like ``list(prefix:after:limit:)``, with keys that hold `delimiter` after the prefix
+    /// rolled up into ``ListPage/commonPrefixes``: each such key is cut just after its first
+    /// delimiter past the prefix, and every key under that common prefix is skipped (not walked:
+    /// the walk seeks past it). `limit` counts objects and common prefixes together. A cursor
+    /// that is a common prefix (it ends with the delimiter) resumes after every key under it.
+    /// An empty delimiter lists as ``list(prefix:after:limit:)`` does.
+    public func list(prefix: [UInt8] = [], after: Key? = nil, limit: Int = 1000, delimiter: [UInt8]) throws(CatenaError) -> ListPage {
+        guard !delimiter.isEmpty else { return try list(prefix: prefix, after: after, limit: limit) }
+        guard limit >= 1 else { throw CatenaError(.invalidArgument, "list limit must be at least 1") }
+        let stepEntries = configuration.listStepEntries
+        var objects: [ObjectInfo] = []
+        var prefixes: [Key] = []
+        var last: Key?
+        func skipping(_ key: [UInt8]) -> [UInt8] { key + [0xFF] }
+        var cursor: [UInt8]? = after.map { a in
+            a.bytes.count > prefix.count && a.bytes.starts(with: prefix) && a.bytes.suffix(delimiter.count).elementsEqual(delimiter) ? skipping(a.bytes) : a.bytes
+        }
+        while true {
+            let (infos, step) = try state.withLock { (s) throws(CatenaError) -> ([ObjectInfo], StoreIndex.ListStep) in
+                if let d = s.damage.first(where: { $0.lost != nil }) {
+                    throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
+                }
+                let step = s.index.list(prefix: prefix, afterBytes: cursor, limit: limit - objects.count - prefixes.count,
+                                        maxEntries: stepEntries)
+                let keys: [Key] = switch step {
+                case .done(let keys, _), .paused(let keys, _): keys
+                }
+                return (keys.map { Store.info($0, s.index.objects[$0]!) }, step)
+            }
+            var reseek = false
+            for info in infos {
+                if let common = Store.commonPrefix(of: info.key, after: prefix, delimiter: delimiter) {
+                    prefixes.append(common)
+                    last = common
+                    cursor = skipping(common.bytes)
+                    reseek = true
+                    break
+                }
+                objects.append(info)
+                last = info.key
+                cursor = info.key.bytes
+            }
+            let full = objects.count + prefixes.count >= limit
+            if reseek || full {
+                // Is there anything after the cursor? One more walk says (limit 0: existence only).
+                if full {
+                    // (A walk that pauses in a run of deleted keys says maybe: the next page may be empty.)
+                    let more = state.withLock { s in
+                        if case .done(_, false) = s.index.list(prefix: prefix, afterBytes: cursor, limit: 0, maxEntries: stepEntries) { return false }
+                        return true
+                    }
+                    return ListPage(objects: objects, commonPrefixes: prefixes, nextCursor: more ? last : nil)
+                }
+                continue
+            }
+            switch step {
+            case .done(_, let more):
+                return ListPage(objects: objects, commonPrefixes: prefixes, nextCursor: more ? last : nil)
+            case .paused(_, let resumeAfter):
+                cursor = resumeAfter.bytes
+            }
+        }
+    }
+
+    /// `key` cut just after the first `delimiter` that follows `prefix`, if it holds one there.
+    static func commonPrefix(of key: Key, after prefix: [UInt8], delimiter: [UInt8]) -> Key? {
+        let bytes = key.bytes
+        guard bytes.count >= prefix.count + delimiter.count else { return nil }
+        var i = prefix.count
+        while i + delimiter.count <= bytes.count {
+            if bytes[i] == delimiter[0] && bytes[i..<(i + delimiter.count)].elementsEqual(delimiter) {
+                return try? Key(bytes: Array(bytes[..<(i + delimiter.count)]))
+            }
+            i += 1
+        }
+        return nil
+    }
+
     /// The log's segments in order, sealed ones first; the last may be the active one.
     public var segments: [SegmentInfo] { state.withLock { $0.segments.map(\.info) } }
 

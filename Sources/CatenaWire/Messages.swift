@@ -270,17 +270,23 @@ public struct ListRequest: Hashable, Sendable {
     public var prefix: [UInt8]
     /// Only keys after this one (the previous page's cursor).
     public var after: Key?
-    /// At most this many objects.
+    /// At most this many objects (and common prefixes).
     public var limit: Int
+    /// Keys holding these bytes after the prefix are rolled up into common prefixes; empty: none.
+    public var delimiter: [UInt8]
 
     /// Creates a list request.
-    public init(prefix: [UInt8] = [], after: Key? = nil, limit: Int = 1000) {
+    public init(prefix: [UInt8] = [], after: Key? = nil, limit: Int = 1000, delimiter: [UInt8] = []) {
         self.prefix = prefix
         self.after = after
         self.limit = limit
+        self.delimiter = delimiter
     }
 
-    /// The payload bytes: prefix (u16 length + bytes), after (u8 present + key), limit (u32).
+    /// The payload bytes: prefix (u16 length + bytes), after (u8 present + key), limit (u32),
+    /// delimiter (u16 length + bytes; a payload that ends before it has none). A node that does
+    /// not know delimiters ignores the field; its page then says it was not grouped
+    /// (``ListPagePayload``), and the client refuses it.
     public func encoded() -> ByteBuffer {
         var b = ByteBuffer()
         b.writeInteger(UInt16(clamping: prefix.count), endianness: .little)
@@ -292,6 +298,8 @@ public struct ListRequest: Hashable, Sendable {
             b.writeInteger(UInt8(0))
         }
         b.writeInteger(UInt32(clamping: limit), endianness: .little)
+        b.writeInteger(UInt16(clamping: delimiter.count), endianness: .little)
+        b.writeBytes(delimiter.prefix(Int(UInt16.max)))
         return b
     }
 
@@ -306,15 +314,24 @@ public struct ListRequest: Hashable, Sendable {
         guard let limit = b.readInteger(endianness: .little, as: UInt32.self) else {
             throw CatenaError(.malformed, "list request is truncated")
         }
-        self.init(prefix: prefix, after: after, limit: Int(limit))
+        var delimiter: [UInt8] = []
+        if b.readableBytes > 0 {
+            guard let n = b.readInteger(endianness: .little, as: UInt16.self), let d = b.readBytes(length: Int(n)) else {
+                throw CatenaError(.malformed, "list request's delimiter is truncated")
+            }
+            delimiter = d
+        }
+        self.init(prefix: prefix, after: after, limit: Int(limit), delimiter: delimiter)
     }
 }
 
 /// The payload of a ``FrameType/listPage`` frame: count (u32), the object infos, next cursor
+/// (u8 present + key), then whether the listing was by delimiter (u8) and the common prefixes
+/// (u32 count + keys) — read as not grouped and none from a node that sends neither.
 /// (u8 present + key).
 public enum ListPagePayload {
-    /// The payload bytes for `page`.
-    public static func encode(_ page: ListPage) -> ByteBuffer {
+    /// The payload bytes for `page`; `grouped`: it answers a request with a delimiter.
+    public static func encode(_ page: ListPage, grouped: Bool = false) -> ByteBuffer {
         var b = ByteBuffer()
         b.writeInteger(UInt32(page.objects.count), endianness: .little)
         for info in page.objects { ObjectInfoPayload.write(info, into: &b) }
@@ -324,20 +341,32 @@ public enum ListPagePayload {
         } else {
             b.writeInteger(UInt8(0))
         }
+        b.writeInteger(UInt8(grouped ? 1 : 0))
+        b.writeInteger(UInt32(page.commonPrefixes.count), endianness: .little)
+        for p in page.commonPrefixes { b.writeKey(p) }
         return b
     }
 
-    /// `page` cut so that its payload stays within `maxBytes` (at least one object is kept); a
-    /// cut page's cursor points after its last object, so the client simply asks for more.
+    /// `page` cut so that its payload stays within `maxBytes` (at least one item is kept); a
+    /// cut page's cursor points after its last item (object or common prefix), so the client
+    /// simply asks for more.
     public static func bounded(_ page: ListPage, maxBytes: Int) -> ListPage {
-        var size = 4 + 1 + 2 + Key.maxLength
+        var size = 4 + 1 + 2 + Key.maxLength + 1 + 4
         var scratch = ByteBuffer()
-        for (i, info) in page.objects.enumerated() {
+        // Objects and common prefixes in key order, as the listing found them.
+        var items: [(key: Key, size: Int, object: ObjectInfo?)] = page.objects.map { info in
             scratch.clear()
             ObjectInfoPayload.write(info, into: &scratch)
-            size += scratch.readableBytes
+            return (info.key, scratch.readableBytes, info)
+        }
+        items += page.commonPrefixes.map { ($0, 2 + $0.bytes.count, nil) }
+        items.sort { $0.key < $1.key }
+        for (i, item) in items.enumerated() {
+            size += item.size
             if size > maxBytes && i > 0 {
-                return ListPage(objects: Array(page.objects[..<i]), nextCursor: page.objects[i - 1].key)
+                let kept = items[..<i]
+                return ListPage(objects: kept.compactMap(\.object), commonPrefixes: kept.filter { $0.object == nil }.map(\.key),
+                                nextCursor: items[i - 1].key)
             }
         }
         return page
@@ -359,7 +388,35 @@ public enum ListPagePayload {
         guard let hasNext = b.readInteger(as: UInt8.self) else {
             throw CatenaError(.malformed, "list page is truncated")
         }
-        return ListPage(objects: objects, nextCursor: hasNext == 0 ? nil : try b.readKey())
+        let next = hasNext == 0 ? nil : try b.readKey()
+        return ListPage(objects: objects, commonPrefixes: try readCommonPrefixes(&b).prefixes, nextCursor: next)
+    }
+
+    /// Whether the page answered a listing by delimiter (a node that does not know delimiters
+    /// says nothing, which reads as no).
+    public static func isGrouped(_ payload: ByteBuffer) throws(CatenaError) -> Bool {
+        var b = payload
+        guard let count = b.readInteger(endianness: .little, as: UInt32.self) else {
+            throw CatenaError(.malformed, "list page is truncated")
+        }
+        for _ in 0..<count { _ = try ObjectInfoPayload.read(&b) }
+        guard let hasNext = b.readInteger(as: UInt8.self) else { throw CatenaError(.malformed, "list page is truncated") }
+        if hasNext != 0 { _ = try b.readKey() }
+        return try readCommonPrefixes(&b).grouped
+    }
+
+    private static func readCommonPrefixes(_ b: inout ByteBuffer) throws(CatenaError) -> (grouped: Bool, prefixes: [Key]) {
+        guard b.readableBytes > 0 else { return (false, []) }
+        guard let grouped = b.readInteger(as: UInt8.self), let count = b.readInteger(endianness: .little, as: UInt32.self) else {
+            throw CatenaError(.malformed, "list page's common prefixes are truncated")
+        }
+        // Every prefix takes at least 3 bytes: a count beyond that is a lie, not an allocation.
+        guard Int(count) <= b.readableBytes / 3 else {
+            throw CatenaError(.malformed, "list page claims \(count) common prefixes in \(b.readableBytes) bytes")
+        }
+        var prefixes: [Key] = []
+        for _ in 0..<count { prefixes.append(try b.readKey()) }
+        return (grouped != 0, prefixes)
     }
 }
 

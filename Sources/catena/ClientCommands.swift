@@ -203,24 +203,35 @@ struct Remove: AsyncParsableCommand {
     }
 }
 
-/// `catena ls [PREFIX]`.
+/// `catena ls [PREFIX] [--delimiter D]`.
 struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List keys (one per line), in byte order.")
+    static let configuration = CommandConfiguration(
+        commandName: "ls", abstract: "List keys (one per line), in byte order.",
+        discussion: "With --delimiter, keys that hold it after the prefix are listed once per common prefix (cut just after the delimiter), as folders: `catena ls photos/ --delimiter /`.")
 
     @Argument(help: "Only keys starting with this.") var prefix: String = ""
+    @Option(name: .shortAndLong, help: "Roll keys up into common prefixes at this delimiter (e.g. /).") var delimiter: String?
     @Flag(name: .shortAndLong, help: "Also print size, LSN and content type.") var long = false
     @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        if delimiter == "" { throw ValidationError("--delimiter must not be empty") }
+    }
 
     func run() async throws {
         let store = try await client.connect()
         defer { Task { await store.close() } }
         var cursor: Key?
         repeat {
-            let page = try await store.list(prefix: prefix, after: cursor)
-            var out = ""
-            for info in page.objects {
-                out += long ? "\(info.key)\t\(info.size)\t\(info.lsn)\t\(info.contentType ?? "-")\n" : "\(info.key)\n"
+            let page = try await store.list(prefix: prefix, delimiter: delimiter, after: cursor)
+            // Objects and common prefixes together, in byte order.
+            var lines: [(Key, String)] = page.objects.map { info in
+                (info.key, long ? "\(info.key)\t\(info.size)\t\(info.lsn)\t\(info.contentType ?? "-")\n" : "\(info.key)\n")
             }
+            lines += page.commonPrefixes.map { ($0, long ? "\($0)\t-\t-\tprefix\n" : "\($0)\n") }
+            lines.sort { $0.0 < $1.0 }
+            var out = ""
+            for (_, line) in lines { out += line }
             FileHandle.standardOutput.write(Data(out.utf8))
             cursor = page.nextCursor
         } while cursor != nil

@@ -218,6 +218,13 @@ extension ProcessClusterSuites {
                 #expect(pastEnd.stderr.contains("starts past the end"))
                 #expect(try await run(["get", "docs/hello", "--range", "9-3"] + master).status != 0)
                 #expect(try await run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
+                // Folders: keys under docs/ and deeper, rolled up at the delimiter.
+                #expect(try await run(["put", "docs/2026/a", input] + master).status == 0)
+                #expect(try await run(["put", "docs/2026/b/c", input] + master).status == 0)
+                #expect(try await run(["ls", "--delimiter", "/"] + master).stdout == "docs/\n")
+                #expect(try await run(["ls", "docs/", "-d", "/"] + master).stdout == "docs/2026/\ndocs/hello\ndocs/stdin\n")
+                #expect(try await run(["ls", "docs/2026/", "-d", "/"] + master).stdout == "docs/2026/a\ndocs/2026/b/\n")
+                #expect(try await run(["rm", "docs/2026/a", "docs/2026/b/c"] + master).status == 0)
                 let stat = try await run(["stat", "docs/hello"] + master)
                 #expect(stat.status == 0)
                 #expect(stat.stdout.contains("size: 13"))

@@ -308,6 +308,29 @@ extension InProcessChainTests {
             }
         }
 
+        @Test("a listing with a delimiter rolls keys up into common prefixes, page by page through the chain", .timeLimit(.minutes(1)))
+        func delimitedListing() async throws {
+            try await withTestCluster { cluster in
+                let client = cluster.client
+                let keys = ["p/a", "p/b/1", "p/b/2", "p/c/", "p/c/x/y", "p/d", "p/e/1", "q/z"]
+                for key in keys { try await client.put(key, [1]) }
+                var objects: [String] = []
+                var prefixes: [String] = []
+                var cursor: Key?
+                repeat {
+                    let page = try await client.list(prefix: "p/", delimiter: "/", after: cursor, limit: 2)
+                    #expect(page.objects.count + page.commonPrefixes.count <= 2)
+                    objects += page.objects.map(\.key.string)
+                    prefixes += page.commonPrefixes.map(\.string)
+                    cursor = page.nextCursor
+                } while cursor != nil
+                #expect(objects == ["p/a", "p/d"])
+                #expect(prefixes == ["p/b/", "p/c/", "p/e/"])
+                let plain = try await client.list(prefix: "p/")
+                #expect(plain.commonPrefixes.isEmpty && plain.objects.count == 7)
+            }
+        }
+
         @Test("a client made before its cluster is up connects on first use", .timeLimit(.minutes(1)))
         func lazyStart() async throws {
             #expect(throws: CatenaError.self) { _ = try CatenaClient(masters: ["no-port"]) }

@@ -114,3 +114,68 @@ struct ListingTests {
         await store.close()
     }
 }
+
+@Suite("Listing with a delimiter")
+struct DelimiterListingTests {
+    /// The listing a delimiter asks for, computed from the live keys alone: each key under the
+    /// prefix, or its common prefix (cut after the first delimiter past the prefix) once.
+    static func reference(_ live: [String], prefix: String, delimiter: String) -> [String] {
+        var out: [String] = []
+        for key in live.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }) where key.utf8.starts(with: prefix.utf8) {
+            let rest = key.utf8.dropFirst(prefix.utf8.count)
+            if let range = String(decoding: rest, as: UTF8.self).range(of: delimiter) {
+                let cut = prefix + String(String(decoding: rest, as: UTF8.self)[..<range.upperBound])
+                if out.last != cut { out.append(cut) }
+            } else {
+                out.append(key)
+            }
+        }
+        return out
+    }
+
+    /// Random trees of keys (some deleted), listed page by page at several page sizes and step
+    /// sizes: the pages, joined, are the reference listing; no page is larger than its limit.
+    @Test("pages of a delimited listing join into the reference listing, for random trees, prefixes and page sizes",
+          arguments: [1, 2, 7, 1000])
+    func pagesMatchTheReference(limit: Int) async throws {
+        let store = try await Fixture(configure: { $0.listStepEntries = 3 }).open()
+        var rng = SplitMix64(seed: 40 + UInt64(limit))
+        let parts = ["a", "b", "c/", "d/", "é/", "x"]
+        var live = Set<String>()
+        var seq: UInt64 = 1
+        for _ in 0..<300 {
+            let depth = Int.random(in: 1...4, using: &rng)
+            let key = (0..<depth).map { _ in parts.randomElement(using: &rng)! }.joined()
+            if Int.random(in: 0..<5, using: &rng) == 0, live.contains(key) {
+                try await store.append([del(key, seq: seq)])
+                live.remove(key)
+            } else {
+                try await store.append([put(key, [1], seq: seq)])
+                live.insert(key)
+            }
+            seq += 1
+        }
+        for (prefix, delimiter) in [("", "/"), ("c/", "/"), ("d/", "/"), ("", "c/"), ("a", "/"), ("é/", "/"), ("zz", "/")] {
+            var joined: [String] = []
+            var cursor: Key?
+            var pages = 0
+            repeat {
+                let page = try store.list(prefix: Array(prefix.utf8), after: cursor, limit: limit, delimiter: Array(delimiter.utf8))
+                #expect(page.objects.count + page.commonPrefixes.count <= limit)
+                let items = (page.objects.map(\.key) + page.commonPrefixes).sorted().map(\.string)
+                joined += items
+                cursor = page.nextCursor
+                pages += 1
+            } while cursor != nil && pages < 1000
+            #expect(joined == Self.reference(Array(live), prefix: prefix, delimiter: delimiter), "prefix '\(prefix)' delimiter '\(delimiter)'")
+            if prefix == "" && delimiter == "/" {
+                // The tree has folders at the top: the listing rolls them up.
+                #expect(joined.filter { $0.hasSuffix("/") }.count >= 3 && joined.count < live.count)
+            }
+        }
+        // Without a delimiter: the plain listing.
+        let plain = try store.list(prefix: [], after: nil, limit: 10_000, delimiter: [])
+        #expect(plain.commonPrefixes.isEmpty && plain.objects.count == live.count)
+        await store.close()
+    }
+}

@@ -120,6 +120,7 @@ enum MessageFixtures {
         ListRequest(prefix: Array("photos/".utf8), after: key("photos/cat.jpg"), limit: 2),
         ListRequest(prefix: [0xFF, 0x00, 0x80], after: nil, limit: 0),
         ListRequest(prefix: Array(nfd.utf8), after: key(nfd), limit: Int(UInt32.max)),
+        ListRequest(prefix: Array("photos/".utf8), after: key("photos/2026/"), limit: 100, delimiter: Array("/".utf8)),
     ]
 
     static let rangeRequests = [
@@ -133,6 +134,7 @@ enum MessageFixtures {
         ListPage(objects: [], nextCursor: key("z")),
         ListPage(objects: [bareInfo, richInfo, extremeInfo], nextCursor: key(nfc)),
         ListPage(objects: [richInfo, bareInfo], nextCursor: nil),
+        ListPage(objects: [bareInfo], commonPrefixes: [key("photos/2025/"), key("photos/2026/")], nextCursor: key("photos/2026/")),
     ]
 
     static let records: [EncodedRecord] = {
@@ -338,8 +340,10 @@ enum MessageFixtures {
         PayloadCodec("range", .getRange, rangeRequests, codes: [.malformed, .invalidKey],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try RangeRequest(decoding: b) }),
         PayloadCodec("list", .list, listRequests, codes: [.malformed, .invalidKey],
+                     olderLayouts: { [$0.encoded().readableBytes - 2 - $0.delimiter.count] },
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ListRequest(decoding: b) }),
         PayloadCodec("listPage", .listPage, listPages, codes: [.malformed, .invalidKey],
+                     olderLayouts: { page in [ListPagePayload.encode(page).readableBytes - 5 - page.commonPrefixes.reduce(0) { $0 + 2 + $1.bytes.count }] },
                      encode: { ListPagePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ListPagePayload.decode(b) }),
         PayloadCodec("replicate", .replicate, recordSets, codes: recordCodes,
                      encode: { ReplicatePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ReplicatePayload.decode(b) }),
