@@ -21,6 +21,8 @@ let package = Package(
         // Service, ServiceGroup and graceful shutdown on SIGTERM: how Swift server processes
         // (Hummingbird, postgres-nio, valkey-swift) run their parts together.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // `swift package generate-documentation --target CatenaClient` (a plugin: built only when run).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // System libraries from Debian: liblz4-dev (frame API) and libxxhash-dev (XXH3-64).

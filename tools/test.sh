@@ -23,4 +23,13 @@ status=0
 wait "$runner" || status=$?
 while kill -0 "$runner" 2>/dev/null; do wait "$runner" || status=$?; done
 [ "$status" -eq 124 ] && echo "tools/test.sh: the test run passed ${CATENA_TEST_TIMEOUT:-30m} and was stopped" >&2
+# After a whole, green run: the client library's documentation (DocC catalog and every doc
+# comment) builds with every symbol link resolved.
+if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
+  if ! swift package --disable-sandbox generate-documentation --target CatenaClient --warnings-as-errors > .build/docc.log 2>&1; then
+    grep -E "^(error|warning):" .build/docc.log >&2 || tail -20 .build/docc.log >&2
+    echo "tools/test.sh: the CatenaClient documentation does not build (.build/docc.log)" >&2
+    status=1
+  fi
+fi
 exit "$status"

@@ -82,6 +82,7 @@ public final class CatenaClient: Sendable {
         /// The longest backoff. Default 500 ms.
         public var maxBackoff: Duration
 
+        /// A policy: `maxAttempts` attempts at most (nil: until the timeout), backoff from `initialBackoff` doubling up to `maxBackoff`.
         public init(maxAttempts: Int? = nil, initialBackoff: Duration = .milliseconds(10), maxBackoff: Duration = .milliseconds(500)) {
             self.maxAttempts = maxAttempts
             self.initialBackoff = initialBackoff
@@ -241,14 +242,14 @@ public final class CatenaClient: Sendable {
         return WriteReceipt(key: k, lsn: lsn, size: UInt64(value.count), contentChecksum: request.contentChecksum)
     }
 
-    /// Stores `value` under `key` (see ``put(_:_:contentType:metadata:)-([UInt8])``).
+    /// Stores `value` under `key` (see the `[UInt8]` overload of `put(_:_:contentType:metadata:)`).
     @discardableResult
     public func put(_ key: String, _ value: Data, contentType: String? = nil,
                     metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt {
         try await put(key, [UInt8](value), contentType: contentType, metadata: metadata)
     }
 
-    /// Stores `value` under `key` (see ``put(_:_:contentType:metadata:)-([UInt8])``).
+    /// Stores `value` under `key` (see the `[UInt8]` overload of `put(_:_:contentType:metadata:)`).
     @discardableResult
     public func put(_ key: String, _ value: ByteBuffer, contentType: String? = nil,
                     metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt {
@@ -465,8 +466,8 @@ public final class CatenaClient: Sendable {
     }
 
     /// One page of the keys starting with `prefix`, in byte order, after `after` (the previous
-    /// page's ``ListPage/nextCursor``). With a `delimiter` (S3's "folders"), keys that hold it
-    /// after the prefix come back rolled up into ``ListPage/commonPrefixes`` — each cut just
+    /// page's `ListPage.nextCursor`). With a `delimiter` (S3's "folders"), keys that hold it
+    /// after the prefix come back rolled up into `ListPage.commonPrefixes` — each cut just
     /// after that delimiter, listed once — and `limit` counts both; a tail that does not know
     /// delimiters is refused with `protocolVersionUnsupported` rather than believed.
     public func list(prefix: String = "", delimiter: String? = nil, after: Key? = nil, limit: Int = 1000) async throws(CatenaError) -> ListPage {
@@ -867,7 +868,7 @@ public struct ObjectRange: Hashable, Sendable {
 public struct StoredObject: Hashable, Sendable {
     /// Its metadata.
     public var info: ObjectInfo
-    /// Its bytes (checked against ``ObjectInfo/contentChecksum``).
+    /// Its bytes (checked against `ObjectInfo.contentChecksum`).
     public var bytes: [UInt8]
     /// Its bytes as `Data`.
     public var data: Data { Data(bytes) }
@@ -895,6 +896,7 @@ public struct ObjectStream: AsyncSequence, Sendable {
         self.owner = StreamOwner(replies, lease: lease)
     }
 
+    /// An iterator over the object's pieces (iterate the stream once).
     public func makeAsyncIterator() -> Iterator { Iterator(info: info, expected: UInt64(servedRange.count), checksummed: !isRange, owner: owner) }
 
     /// The same bytes as the `ByteBuffer`s they arrived in, without copying them into arrays;
@@ -906,11 +908,14 @@ public struct ObjectStream: AsyncSequence, Sendable {
         public typealias Element = ByteBuffer
         let stream: ObjectStream
 
+        /// An iterator over the pieces as `ByteBuffer`s.
         public func makeAsyncIterator() -> Iterator { Iterator(inner: stream.makeAsyncIterator()) }
 
+        /// Yields the pieces as `ByteBuffer`s.
         public struct Iterator: AsyncIteratorProtocol {
             var inner: ObjectStream.Iterator
 
+            /// The next piece, nil at the end; throws `checksumMismatch` or a transport error.
             public mutating func next() async throws -> ByteBuffer? { try await inner.nextBuffer() }
         }
     }

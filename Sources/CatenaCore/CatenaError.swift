@@ -8,6 +8,7 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let name: String
         private init(_ name: String) { self.name = name }
+        /// The code's name, as error frames carry it.
         public var description: String { name }
 
         /// A key is empty, longer than 1024 bytes, not UTF-8, or contains NUL.
@@ -98,6 +99,7 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         self.message = message
     }
 
+    /// `code: message`.
     public var description: String { "\(code): \(message)" }
 }
 

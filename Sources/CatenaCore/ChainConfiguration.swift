@@ -18,9 +18,13 @@ public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Byte-wise order of the ids' UTF-8.
     public static func < (lhs: NodeID, rhs: NodeID) -> Bool { lhs.rawValue.utf8.lexicographicallyPrecedes(rhs.rawValue.utf8) }
+    /// Byte-wise equality of the ids' UTF-8 (not Unicode-canonical).
     public static func == (lhs: NodeID, rhs: NodeID) -> Bool { lhs.rawValue.utf8.elementsEqual(rhs.rawValue.utf8) }
+    /// Hashes the id's UTF-8 bytes, as `==` compares them.
     public func hash(into hasher: inout Hasher) { hasher.combine(Array(rawValue.utf8)) }
+    /// The id.
     public var description: String { rawValue }
 }
 

@@ -56,6 +56,7 @@ public struct Key: Hashable, Comparable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The key as text.
     public var description: String { string }
 }
 

@@ -17,10 +17,12 @@ public struct LSN: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// The LSN before any record: "nothing yet".
     public static let zero = LSN(epoch: 0, seq: 0)
 
+    /// Log order: by epoch, then by seq.
     public static func < (lhs: LSN, rhs: LSN) -> Bool {
         (lhs.epoch, lhs.seq) < (rhs.epoch, rhs.seq)
     }
 
+    /// `epoch.seq`.
     public var description: String { "\(epoch).\(seq)" }
 }
 
@@ -54,6 +56,7 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
         RequestID(high: generator.next(), low: generator.next())
     }
 
+    /// 32 hex digits, high half first.
     public var description: String {
         let h = String(high, radix: 16), l = String(low, radix: 16)
         return String(repeating: "0", count: 16 - h.count) + h + String(repeating: "0", count: 16 - l.count) + l
