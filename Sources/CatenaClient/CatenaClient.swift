@@ -285,6 +285,16 @@ public final class CatenaClient: Sendable {
                                     total: size, progress: progress)
     }
 
+    /// Stores the bytes `body` yields as `ByteBuffer`s under `key`, streaming, as the `[UInt8]`
+    /// form of `put(_:streaming:contentType:metadata:)` does: the buffers are cut into chunks
+    /// of ``Configuration/chunkSize`` as they come, a few chunks in flight.
+    @discardableResult
+    public func put<Body: AsyncSequence & Sendable>(_ key: String, streaming body: Body, contentType: String? = nil,
+                                                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt
+    where Body.Element == ByteBuffer {
+        try await putChunked(key, pieces: ByteBufferPieces(base: body), contentType: contentType, metadata: metadata)
+    }
+
     /// Deletes `key`. Deleting a missing key succeeds.
     @discardableResult
     public func delete(_ key: String) async throws(CatenaError) -> LSN {
@@ -1094,6 +1104,19 @@ final class StreamLease: Sendable {
     func end(receivedAll: Bool) {
         guard !ended.exchange(true, ordering: .acquiringAndReleasing) else { return }
         owner.giveBack(connection, receivedAll: receivedAll)
+    }
+}
+
+/// `ByteBuffer`s as byte arrays (for the chunked put, which cuts them into chunks).
+struct ByteBufferPieces<Base: AsyncSequence & Sendable>: AsyncSequence, Sendable where Base.Element == ByteBuffer {
+    typealias Element = [UInt8]
+    let base: Base
+    func makeAsyncIterator() -> Iterator { Iterator(base: base.makeAsyncIterator()) }
+    struct Iterator: AsyncIteratorProtocol {
+        var base: Base.AsyncIterator
+        mutating func next() async throws -> [UInt8]? {
+            try await base.next().map { Array($0.readableBytesView) }
+        }
     }
 }
 

@@ -295,6 +295,16 @@ extension InProcessChainTests {
                 #expect(got.withLock { $0.last } == UInt64(content.count))
                 #expect(!FileManager.default.fileExists(atPath: target + ".catena-partial"))
 
+                // ByteBuffers streamed in come back byte-identical.
+                let buffers = AsyncStream<ByteBuffer> { c in
+                    for i in 0..<5 { c.yield(ByteBuffer(bytes: content[(i << 20)..<min(content.count, (i + 1) << 20)])) }
+                    c.yield(ByteBuffer(bytes: content[(5 << 20)...]))
+                    c.finish()
+                }
+                let streamed = try await client.put("files/buffers", streaming: buffers)
+                #expect(streamed.size == UInt64(content.count) && streamed.contentChecksum == receipt.contentChecksum)
+                #expect(try await client.get("files/buffers").bytes == content)
+
                 // Small files take one plain put.
                 try Data("tiny".utf8).write(to: URL(fileURLWithPath: directory + "/tiny.txt"))
                 try await client.put("files/tiny", contentsOf: directory + "/tiny.txt")
