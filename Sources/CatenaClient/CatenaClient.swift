@@ -49,9 +49,9 @@ public final class CatenaClient: Sendable {
         /// Connection limits.
         public var connectionLimits = ConnectionLimits()
         /// The largest object ``CatenaClient/get(_:upTo:)`` reads into memory unless the call
-        /// names its own limit; a larger one is refused with `valueTooLarge` before any of its
-        /// bytes are read (``CatenaClient/getStreaming(_:)`` reads objects of any size piece by
-        /// piece). Default 1 GiB.
+        /// names its own limit; a larger one is refused with `valueTooLarge` by the tail, before
+        /// it sends any of its bytes (``CatenaClient/getStreaming(_:)`` reads objects of any
+        /// size piece by piece). Default 1 GiB.
         public var maxGetSize: Int = 1 << 30
         /// Idle connections kept per node for ``CatenaClient/getStreaming(_:)``, beyond the
         /// ones every other request shares. Default 4.
@@ -267,22 +267,27 @@ public final class CatenaClient: Sendable {
         try await putChunked(key, pieces: body, contentType: contentType, metadata: metadata)
     }
 
-    /// Stores the file at `path` under `key`, streaming it in chunks (the client holds a few,
-    /// never the file). `progress` is called as its bytes are stored, with the file's size as
-    /// the total. Throws `notFound` or `permissionDenied` if the file cannot be opened.
+    /// Stores the file at `path` under `key`, streaming it in chunks to its end (the client
+    /// holds a few chunks, never the file; a pipe or a device is read to its end too).
+    /// `progress` is called as its bytes are stored, with the file's size as the total (nil for
+    /// what is not a regular file). Throws `notFound` or `permissionDenied` if the file cannot
+    /// be opened.
     @discardableResult
     public func put(_ key: String, contentsOf path: String, contentType: String? = nil, metadata: [String: String] = [:],
                     progress: TransferProgress? = nil) async throws(CatenaError) -> WriteReceipt {
         let file = try LocalFile(reading: path)
-        let size = file.size
-        if size <= UInt64(configuration.chunkSize) {
-            let bytes = try file.readAll()
-            let receipt = try await put(key, bytes, contentType: contentType, metadata: metadata)
-            progress?(UInt64(bytes.count), size)
+        let total = file.isRegular ? file.size : nil
+        let chunkSize = configuration.chunkSize
+        // One chunk or less: a plain put. More: the chunks read so far, then the rest.
+        let first = try file.read(chunkSize)
+        let second = first.count < chunkSize ? [] : try file.read(chunkSize)
+        if second.isEmpty {
+            let receipt = try await put(key, first, contentType: contentType, metadata: metadata)
+            progress?(UInt64(first.count), total)
             return receipt
         }
-        return try await putChunked(key, pieces: file.pieces(of: configuration.chunkSize), contentType: contentType, metadata: metadata,
-                                    total: size, progress: progress)
+        return try await putChunked(key, pieces: file.pieces(of: chunkSize, after: [first, second]), contentType: contentType,
+                                    metadata: metadata, total: total, progress: progress)
     }
 
     /// Stores the bytes `body` yields as `ByteBuffer`s under `key`, streaming, as the `[UInt8]`
@@ -339,14 +344,16 @@ public final class CatenaClient: Sendable {
     }
 
     /// The object under `key`: its metadata and bytes, checked against its content checksum.
-    /// Throws `notFound` if there is none, and `valueTooLarge` — before reading any of its
-    /// bytes — if it is larger than `maxBytes` (default ``Configuration/maxGetSize``; read such
-    /// objects with ``getStreaming(_:)``).
+    /// Throws `notFound` if there is none, and `valueTooLarge` if it is larger than `maxBytes`
+    /// (default ``Configuration/maxGetSize``; read such objects with ``getStreaming(_:)``): the
+    /// limit travels with the request and the tail refuses before sending any byte (a tail from
+    /// before the limit sends the object, which is then dropped as it comes).
     public func get(_ key: String, upTo maxBytes: Int? = nil) async throws(CatenaError) -> StoredObject {
         let limit = maxBytes ?? configuration.maxGetSize
         guard limit >= 0 else { throw CatenaError(.invalidArgument, "get's limit must not be negative, not \(limit)") }
-        // On the connection every request shares: this call reads every frame as it comes.
-        let stream = try await openStream(key, dedicated: false)
+        // On the connection every request shares: this call reads every frame as it comes. The
+        // limit goes with the request, so the tail refuses a larger object before sending it.
+        let stream = try await openStream(key, maxSize: UInt64(limit), dedicated: false)
         guard stream.info.size <= UInt64(limit) else {
             throw CatenaError(.valueTooLarge, "'\(key)' holds \(stream.info.size) bytes, more than this get's limit of \(limit); read it with getStreaming")
         }
@@ -405,7 +412,9 @@ public final class CatenaClient: Sendable {
     public func get(_ key: String, range: Range<UInt64>, upTo maxBytes: Int? = nil) async throws(CatenaError) -> ObjectRange {
         let limit = maxBytes ?? configuration.maxGetSize
         guard limit >= 0 else { throw CatenaError(.invalidArgument, "get's limit must not be negative, not \(limit)") }
-        let stream = try await openStream(key, range: range, dedicated: false)
+        // On a connection of its own: a tail from before ranges ends the connection it gets a
+        // `getRange` on, which must not be one other requests share.
+        let stream = try await openStream(key, range: range, dedicated: true)
         let served = stream.servedRange
         guard served.count <= limit else {
             throw CatenaError(.valueTooLarge, "the range holds \(served.count) bytes of '\(key)', more than this get's limit of \(limit); read it with getStreaming")
@@ -425,10 +434,11 @@ public final class CatenaClient: Sendable {
 
     /// Sends a get and reads its first frame, the object's info. `dedicated`: on a connection
     /// of the stream's own (``StreamConnections``), given back once the stream is done.
-    private func openStream(_ key: String, range: Range<UInt64>? = nil, dedicated: Bool) async throws(CatenaError) -> ObjectStream {
+    private func openStream(_ key: String, range: Range<UInt64>? = nil, maxSize: UInt64? = nil,
+                            dedicated: Bool) async throws(CatenaError) -> ObjectStream {
         let k = try Key(key)
         let request = range.map { Frame(type: .getRange, payload: RangeRequest(key: k, offset: $0.lowerBound, length: $0.upperBound - $0.lowerBound).encoded()) }
-            ?? Frame(type: .get, payload: KeyPayload.encode(k))
+            ?? Frame(type: .get, payload: GetPayload.encode(k, maxSize: maxSize))
         return try await withRetries(.tail) { (shared, chain, timeout) async throws(CatenaError) -> ObjectStream in
             let lease = dedicated ? try await streams.lease(to: shared.address, clusterID: chain.clusterID) : nil
             let connection = lease?.connection ?? shared
@@ -459,6 +469,9 @@ public final class CatenaClient: Sendable {
                 let receivedAll = replies?.receivedAll ?? true
                 replies?.abandon()
                 lease?.end(receivedAll: receivedAll)
+                if range != nil && error.code == .unknownFrameType {
+                    throw CatenaError(.protocolVersionUnsupported, "\(connection.address) does not serve byte ranges: \(error.message)")
+                }
                 throw error
             }
         }
@@ -708,6 +721,8 @@ public final class CatenaClient: Sendable {
                         if current == nil || current!.epoch <= config.epoch { current = config }
                         return current!
                     }
+                    // Idle stream connections to nodes that left the chain are closed.
+                    core.streams.keepIdle(to: Set(newest.members.compactMap { try? Address(parsing: $0.address) }))
                     core.chainStale.withLock { $0 = false }
                     return newest
                 } catch {
@@ -758,7 +773,10 @@ final class LocalFile: @unchecked Sendable {
     // One task uses it at a time (a put's reader, a get's writer).
     let path: String
     private var fd: Int32
+    /// The size when opened (0 when created), and whether it is a regular file, whose size
+    /// means something (a pipe's or a device's does not).
     let size: UInt64
+    let isRegular: Bool
 
     init(reading path: String) throws(CatenaError) {
         self.path = path
@@ -771,6 +789,7 @@ final class LocalFile: @unchecked Sendable {
             throw Self.error(e, "cannot stat", path)
         }
         size = UInt64(max(0, st.st_size))
+        isRegular = (st.st_mode & S_IFMT) == S_IFREG
     }
 
     init(creating path: String) throws(CatenaError) {
@@ -778,6 +797,7 @@ final class LocalFile: @unchecked Sendable {
         fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw Self.error(errno, "cannot create", path) }
         size = 0
+        isRegular = true
     }
 
     deinit { close() }
@@ -809,10 +829,11 @@ final class LocalFile: @unchecked Sendable {
         return out
     }
 
-    func readAll() throws(CatenaError) -> [UInt8] { try read(Int(size)) }
-
-    /// The file from its current position, in pieces of `pieceSize`.
-    func pieces(of pieceSize: Int) -> FilePieces { FilePieces(file: self, pieceSize: max(1, pieceSize)) }
+    /// `pieces` (read already), then the file from its current position to its end, in pieces
+    /// of `pieceSize`.
+    func pieces(of pieceSize: Int, after pieces: [[UInt8]] = []) -> FilePieces {
+        FilePieces(file: self, pieceSize: max(1, pieceSize), prefix: pieces)
+    }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws(CatenaError) {
         var written = 0
@@ -842,14 +863,17 @@ struct FilePieces: AsyncSequence, Sendable {
     typealias Element = [UInt8]
     let file: LocalFile
     let pieceSize: Int
+    let prefix: [[UInt8]]
 
-    func makeAsyncIterator() -> Iterator { Iterator(file: file, pieceSize: pieceSize) }
+    func makeAsyncIterator() -> Iterator { Iterator(file: file, pieceSize: pieceSize, prefix: prefix[...]) }
 
     struct Iterator: AsyncIteratorProtocol {
         let file: LocalFile
         let pieceSize: Int
+        var prefix: ArraySlice<[UInt8]>
 
         mutating func next() async throws -> [UInt8]? {
+            if let piece = prefix.popFirst() { return piece }
             let piece = try file.read(pieceSize)
             return piece.isEmpty ? nil : piece
         }
@@ -1083,6 +1107,15 @@ final class StreamConnections: Sendable {
             return s.idle.values.flatMap { $0 } + Array(s.leased.values)
         }
         for c in all { c.close() }
+    }
+
+    /// Closes the idle connections to any address but `addresses` (the chain's members now).
+    func keepIdle(to addresses: Set<Address>) {
+        let gone: [RequestConnection] = state.withLock { s in
+            let leaving = s.idle.keys.filter { !addresses.contains($0) }
+            return leaving.flatMap { s.idle.removeValue(forKey: $0) ?? [] }
+        }
+        for c in gone { c.close() }
     }
 
     /// Connections kept idle now (for tests).

@@ -135,8 +135,9 @@ extension Node {
                 try checkReads()
                 let key: Key
                 let range: Range<UInt64>?
+                var maxSize: UInt64?
                 if frame.type == .get {
-                    key = try KeyPayload.decode(frame.payload)
+                    (key, maxSize) = try GetPayload.decode(frame.payload)
                     range = nil
                 } else {
                     let request = try RangeRequest(decoding: frame.payload)
@@ -146,9 +147,13 @@ extension Node {
                 let found = try store.get(key, range: range)
                 try checkLease()
                 guard let object = found else { throw CatenaError(.notFound, "not found: \(key)") }
+                // A client that takes at most `maxSize` bytes is refused before any is sent.
+                if let maxSize, object.info.size > maxSize {
+                    throw CatenaError(.valueTooLarge, "'\(key)' holds \(object.info.size) bytes, more than the get's limit of \(maxSize); read it with getStreaming")
+                }
                 let servedSize = object.body.servedSize
                 if servedSize <= UInt64(Self.smallObjectReply) {
-                    // Read and verified whole (content checksum included) before any frame goes.
+                    // Read and verified whole (the content checksum too, unless it is a range) before any frame goes.
                     let bytes = try await object.bytes()
                     var frames = [reply(.objectInfo, ObjectInfoPayload.encode(object.info), more: true)]
                     if !bytes.isEmpty { frames.append(reply(.objectData, ByteBuffer(bytes: bytes), more: true)) }

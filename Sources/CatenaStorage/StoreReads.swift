@@ -140,8 +140,8 @@ extension Store {
 
     /// Like ``list(prefix:after:limit:)``, with keys that hold `delimiter` after the prefix
     /// rolled up into ``ListPage/commonPrefixes``: each such key is cut just after its first
-    /// delimiter past the prefix, and every key under that common prefix is skipped (not walked:
-    /// the walk seeks past it). `limit` counts objects and common prefixes together. A cursor
+    /// delimiter past the prefix, and every key under that common prefix is skipped (the walk
+    /// seeks past it; a step may pass over some of its keys, but describes none). `limit` counts objects and common prefixes together. A cursor
     /// that is a common prefix (it ends with the delimiter) resumes after every key under it.
     /// An empty delimiter lists as ``list(prefix:after:limit:)`` does.
     public func list(prefix: [UInt8] = [], after: Key? = nil, limit: Int = 1000, delimiter: [UInt8]) throws(CatenaError) -> ListPage {
@@ -152,11 +152,14 @@ extension Store {
         var prefixes: [Key] = []
         var last: Key?
         func skipping(_ key: [UInt8]) -> [UInt8] { key + [0xFF] }
+        // A cursor that is a common prefix (the last page ended with it) resumes after every key
+        // under it; one that is an object's key, after that key.
         var cursor: [UInt8]? = after.map { a in
-            a.bytes.count > prefix.count && a.bytes.starts(with: prefix) && a.bytes.suffix(delimiter.count).elementsEqual(delimiter) ? skipping(a.bytes) : a.bytes
+            Store.commonPrefix(of: a, after: prefix, delimiter: delimiter) == a ? skipping(a.bytes) : a.bytes
         }
         while true {
-            let (infos, step) = try state.withLock { (s) throws(CatenaError) -> ([ObjectInfo], StoreIndex.ListStep) in
+            // The keys up to the first one under a common prefix; only theirs are described.
+            let (infos, common, step) = try state.withLock { (s) throws(CatenaError) -> ([ObjectInfo], Key?, StoreIndex.ListStep) in
                 if let d = s.damage.first(where: { $0.lost != nil }) {
                     throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
                 }
@@ -165,20 +168,24 @@ extension Store {
                 let keys: [Key] = switch step {
                 case .done(let keys, _), .paused(let keys, _): keys
                 }
-                return (keys.map { Store.info($0, s.index.objects[$0]!) }, step)
-            }
-            var reseek = false
-            for info in infos {
-                if let common = Store.commonPrefix(of: info.key, after: prefix, delimiter: delimiter) {
-                    prefixes.append(common)
-                    last = common
-                    cursor = skipping(common.bytes)
-                    reseek = true
-                    break
+                var infos: [ObjectInfo] = []
+                for key in keys {
+                    if let common = Store.commonPrefix(of: key, after: prefix, delimiter: delimiter) { return (infos, common, step) }
+                    infos.append(Store.info(key, s.index.objects[key]!))
                 }
+                return (infos, nil, step)
+            }
+            for info in infos {
                 objects.append(info)
                 last = info.key
                 cursor = info.key.bytes
+            }
+            var reseek = false
+            if let common {
+                prefixes.append(common)
+                last = common
+                cursor = skipping(common.bytes)
+                reseek = true
             }
             let full = objects.count + prefixes.count >= limit
             if reseek || full {

@@ -109,8 +109,13 @@ public struct ObjectBody: AsyncSequence, Sendable {
                 let p = body.parts[part]
                 let length = Int(p.location.length)
                 if let range = body.range, header == nil {
+                    // Past the range: no more headers to read.
+                    if position >= range.upperBound {
+                        finished = true
+                        return nil
+                    }
                     let valueLength = try await valueLength(of: p)
-                    if position + valueLength <= range.lowerBound || position >= range.upperBound {
+                    if position + valueLength <= range.lowerBound {
                         position += valueLength
                         part += 1
                         continue

@@ -180,6 +180,29 @@ public struct RangeRequest: Hashable, Sendable {
     }
 }
 
+/// The payload of a ``FrameType/get`` frame: a key (u16 length + bytes), then optionally the
+/// most bytes the client takes (u64): a tail that knows the field refuses a larger object with
+/// `valueTooLarge` before sending any of it; one that does not ignores it (trailing bytes).
+public enum GetPayload {
+    /// The payload bytes for `key`, with `maxSize` if given.
+    public static func encode(_ key: Key, maxSize: UInt64?) -> ByteBuffer {
+        var b = KeyPayload.encode(key)
+        if let maxSize { b.writeInteger(maxSize, endianness: .little) }
+        return b
+    }
+
+    /// Parses a get payload: the key, and the size limit if there is one.
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> (key: Key, maxSize: UInt64?) {
+        var b = payload
+        let key = try b.readKey()
+        guard b.readableBytes > 0 else { return (key, nil) }
+        guard let maxSize = b.readInteger(endianness: .little, as: UInt64.self) else {
+            throw CatenaError(.malformed, "get's size limit is truncated")
+        }
+        return (key, maxSize)
+    }
+}
+
 /// The payload of ``FrameType/get`` and ``FrameType/head`` frames: a key (u16 length + bytes).
 public enum KeyPayload {
     /// The payload bytes for `key`.

@@ -133,8 +133,21 @@ struct Get: AsyncParsableCommand {
             case .bytes(let r)?:
                 stream = try await store.getStreaming(key, range: r)
             case .suffix(let n)?:
-                let size = try await store.head(key).size
-                stream = try await store.getStreaming(key, range: (size - min(n, size))..<size)
+                // The last N bytes of the version whose size was read: if the key was written in
+                // between, read its size again.
+                var attempt = 0
+                while true {
+                    let info = try await store.head(key)
+                    let candidate = try await store.getStreaming(key, range: (info.size - min(n, info.size))..<info.size)
+                    if candidate.info.lsn == info.lsn || attempt == 4 {
+                        guard candidate.info.lsn == info.lsn else {
+                            throw CatenaError(.unavailable, "'\(key)' kept changing while its last \(n) bytes were read; try again")
+                        }
+                        stream = candidate
+                        break
+                    }
+                    attempt += 1
+                }
             }
         } catch {
             throw notFound(key, error)

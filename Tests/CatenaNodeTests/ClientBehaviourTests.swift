@@ -1,6 +1,8 @@
 import CatenaClient
 import CatenaClusterTestSupport
 import CatenaCore
+import CatenaWire
+import CatenaNetwork
 import Foundation
 import NIOCore
 import NIOPosix
@@ -92,6 +94,17 @@ extension InProcessChainTests {
                 await #expect { try await cluster.client.get("bounded/three", upTo: 1 << 20) } throws: { code(of: $0) == .valueTooLarge }
                 #expect(try await cluster.client.get("bounded/three", upTo: 3 << 20).bytes == value)
                 await #expect { try await cluster.client.get("bounded/three", upTo: -1) } throws: { code(of: $0) == .invalidArgument }
+
+                // The limit travels with the request: the tail refuses before sending any byte
+                // (its first reply is the error, not the object's info).
+                let tail = try await RequestConnection.connect(to: cluster.tail.address,
+                                                               hello: Hello(role: .client, clusterID: TestCluster.clusterID, senderID: "t"))
+                defer { tail.close() }
+                let chain = try #require(cluster.client.chainConfiguration)
+                let replies = try await tail.stream(Frame(type: .get, chainID: chain.chainID, epoch: chain.epoch,
+                                                          payload: GetPayload.encode(try Key("bounded/three"), maxSize: 1 << 20)),
+                                                    timeout: .seconds(10))
+                await #expect { _ = try await replies.next() } throws: { code(of: $0) == .valueTooLarge }
 
                 var configuration = Self.configuration()
                 configuration.maxGetSize = 1 << 20
@@ -304,6 +317,19 @@ extension InProcessChainTests {
                 let streamed = try await client.put("files/buffers", streaming: buffers)
                 #expect(streamed.size == UInt64(content.count) && streamed.contentChecksum == receipt.contentChecksum)
                 #expect(try await client.get("files/buffers").bytes == content)
+
+                // A pipe (its size says nothing) is read to its end.
+                let fifo = directory + "/pipe"
+                #expect(mkfifo(fifo, 0o600) == 0)
+                let writer = Thread {
+                    guard let handle = FileHandle(forWritingAtPath: fifo) else { return }
+                    handle.write(Data(content))
+                    try? handle.close()
+                }
+                writer.start()
+                let piped = try await client.put("files/piped", contentsOf: fifo)
+                #expect(piped.size == UInt64(content.count))
+                #expect(try await client.get("files/piped").bytes == content)
 
                 // Small files take one plain put.
                 try Data("tiny".utf8).write(to: URL(fileURLWithPath: directory + "/tiny.txt"))

@@ -173,6 +173,19 @@ struct DelimiterListingTests {
                 #expect(joined.filter { $0.hasSuffix("/") }.count >= 3 && joined.count < live.count)
             }
         }
+        // A cursor that is an object's key ending with the delimiter is not a common prefix:
+        // prefix "a-" and delimiter "--" make "a--" an object, and "a--x" must follow it.
+        for (i, key) in ["a--", "a--x", "a-b"].enumerated() { try await store.append([put(key, [1], seq: seq + UInt64(i))]) }
+        var overlapping: [String] = []
+        var after: Key?
+        repeat {
+            let page = try store.list(prefix: Array("a-".utf8), after: after, limit: 1, delimiter: Array("--".utf8))
+            overlapping += (page.objects.map(\.key) + page.commonPrefixes).map(\.string)
+            after = page.nextCursor
+        } while after != nil
+        #expect(overlapping == ["a--", "a--x", "a-b"])
+        live.formUnion(["a--", "a--x", "a-b"])
+
         // Without a delimiter: the plain listing.
         let plain = try store.list(prefix: [], after: nil, limit: 10_000, delimiter: [])
         #expect(plain.commonPrefixes.isEmpty && plain.objects.count == live.count)
