@@ -368,6 +368,21 @@ struct MessagesTests {
         #expect(decoded.limit == request.limit)
     }
 
+    @Test("Get payload: a key, then the size limit if any; a key alone (the layout before the limit) has none")
+    func getPayload() throws {
+        let key = F.key("photos/cat.jpg")
+        let plain = try GetPayload.decode(GetPayload.encode(key, maxSize: nil))
+        #expect(plain.key == key && plain.maxSize == nil)
+        #expect(GetPayload.encode(key, maxSize: nil) == KeyPayload.encode(key))
+        let bounded = try GetPayload.decode(GetPayload.encode(key, maxSize: 1 << 20))
+        #expect(bounded.key == key && bounded.maxSize == 1 << 20)
+        // An older node reads the key and ignores the limit.
+        #expect(try KeyPayload.decode(GetPayload.encode(key, maxSize: 7)) == key)
+        var truncated = GetPayload.encode(key, maxSize: 1 << 20)
+        truncated.moveWriterIndex(to: truncated.writerIndex - 3)
+        #expect(F.code { try GetPayload.decode(truncated) } == .malformed)
+    }
+
     @Test("List request layout")
     func listRequestLayout() throws {
         let withAfter = ListRequest(prefix: [0x70], after: F.key("k"), limit: 5)
