@@ -119,9 +119,7 @@ extension Store {
         while true {
             let remaining = limit - objects.count
             let (infos, step) = try state.withLock { (s) throws(CatenaError) -> ([ObjectInfo], StoreIndex.ListStep) in
-                if let d = s.damage.first(where: { $0.lost != nil }) {
-                    throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
-                }
+                try Store.checkListable(s.damage)
                 let step = s.index.list(prefix: prefix, after: cursor, limit: remaining, maxEntries: stepEntries)
                 let keys: [Key] = switch step {
                 case .done(let keys, _), .paused(let keys, _): keys
@@ -160,9 +158,7 @@ extension Store {
         while true {
             // The keys up to the first one under a common prefix; only theirs are described.
             let (infos, common, step) = try state.withLock { (s) throws(CatenaError) -> ([ObjectInfo], Key?, StoreIndex.ListStep) in
-                if let d = s.damage.first(where: { $0.lost != nil }) {
-                    throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
-                }
+                try Store.checkListable(s.damage)
                 let step = s.index.list(prefix: prefix, afterBytes: cursor, limit: limit - objects.count - prefixes.count,
                                         maxEntries: stepEntries)
                 let keys: [Key] = switch step {
@@ -206,6 +202,13 @@ extension Store {
             case .paused(_, let resumeAfter):
                 cursor = resumeAfter.bytes
             }
+        }
+    }
+
+    /// Refuses a listing while records are unreadable: it would leave their keys out silently.
+    static func checkListable(_ damage: [Damage]) throws(CatenaError) {
+        if let d = damage.first(where: { $0.lost != nil }) {
+            throw CatenaError(.corruption, "listing refused: records \(d.lost!.lowerBound)...\(d.lost!.upperBound) are unreadable (\(d)); this replica needs a re-copy")
         }
     }
 

@@ -74,11 +74,7 @@ public struct ObjectBody: AsyncSequence, Sendable {
         public mutating func nextPiece() async throws(CatenaError) -> [UInt8]? {
             guard let range = body.range else { return try await nextRecordPiece() }
             while !finished {
-                // Past the range: done, once the record being read is verified to its end.
-                if position >= range.upperBound && header == nil {
-                    finished = true
-                    return nil
-                }
+                // (Past the range, nextRecordPiece ends once the record being read is verified.)
                 guard let piece = try await nextRecordPiece() else { return nil }
                 let start = position
                 position += UInt64(piece.count)
@@ -88,13 +84,13 @@ public struct ObjectBody: AsyncSequence, Sendable {
             return nil
         }
 
-        /// The value length of `p`'s record, from its header alone.
-        private func valueLength(of p: Part) async throws(CatenaError) -> UInt64 {
+        /// `p`'s record header, read and checked alone (not the record checksum).
+        private func readHeader(of p: Part) async throws(CatenaError) -> RecordHeader {
             let head = try await runBlocking(on: body.pool) { () throws(CatenaError) -> [UInt8] in
                 try p.file.read(at: p.location.offset, count: Swift.min(RecordHeader.maxPrefix, Int(p.location.length)))
             }
             do {
-                return UInt64(try RecordHeader.parse(head).valueLength)
+                return try RecordHeader.parse(head)
             } catch {
                 throw CatenaError(error.code == .checksumMismatch ? .checksumMismatch : .corruption,
                                   "\(p.file.path) offset \(p.location.offset): \(error.message)")
@@ -108,13 +104,16 @@ public struct ObjectBody: AsyncSequence, Sendable {
             while part < body.parts.count {
                 let p = body.parts[part]
                 let length = Int(p.location.length)
+                // A ranged read learns each record's length from its header (kept for a large one).
+                var known: RecordHeader?
                 if let range = body.range, header == nil {
                     // Past the range: no more headers to read.
                     if position >= range.upperBound {
                         finished = true
                         return nil
                     }
-                    let valueLength = try await valueLength(of: p)
+                    known = try await readHeader(of: p)
+                    let valueLength = UInt64(known!.valueLength)
                     if position + valueLength <= range.lowerBound {
                         position += valueLength
                         part += 1
@@ -141,16 +140,8 @@ public struct ObjectBody: AsyncSequence, Sendable {
                 }
                 // A large record: stream the value, hashing the record as it goes.
                 if header == nil {
-                    let head = try await runBlocking(on: body.pool) { () throws(CatenaError) -> [UInt8] in
-                        try p.file.read(at: p.location.offset, count: Swift.min(RecordHeader.maxPrefix, length))
-                    }
                     let parsed: RecordHeader
-                    do {
-                        parsed = try RecordHeader.parse(head)
-                    } catch {
-                        throw CatenaError(error.code == .checksumMismatch ? .checksumMismatch : .corruption,
-                                          "\(p.file.path) offset \(p.location.offset): \(error.message)")
-                    }
+                    if let known { parsed = known } else { parsed = try await readHeader(of: p) }
                     guard parsed.recordLength == length else {
                         throw CatenaError(.corruption, "\(p.file.path) offset \(p.location.offset): record length changed")
                     }
