@@ -357,11 +357,7 @@ public final class CatenaClient: Sendable {
         guard stream.info.size <= UInt64(limit) else {
             throw CatenaError(.valueTooLarge, "'\(key)' holds \(stream.info.size) bytes, more than this get's limit of \(limit); read it with getStreaming")
         }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(Int(stream.info.size))
-        var chunks = stream.makeAsyncIterator()
-        while let piece = try await chunks.nextBuffer() { bytes.append(contentsOf: piece.readableBytesView) }
-        return StoredObject(info: stream.info, bytes: bytes)
+        return StoredObject(info: stream.info, bytes: try await stream.readAll())
     }
 
     /// The object under `key` as a stream of chunks, read as the consumer asks for them: while
@@ -381,27 +377,10 @@ public final class CatenaClient: Sendable {
     @discardableResult
     public func get(_ key: String, into path: String, progress: TransferProgress? = nil) async throws(CatenaError) -> ObjectInfo {
         let stream = try await getStreaming(key)
-        let temporary = path + ".catena-partial"
-        let file = try LocalFile(creating: temporary)
-        do throws(CatenaError) {
-            var received: UInt64 = 0
-            var chunks = stream.makeAsyncIterator()
-            while let chunk = try await chunks.nextBuffer() {
-                try chunk.withUnsafeReadableBytes { (bytes) throws(CatenaError) in try file.write(bytes) }
-                received += UInt64(chunk.readableBytes)
-                progress?(received, stream.info.size)
-            }
-            try file.syncAndClose()
-            guard rename(temporary, path) == 0 else {
-                throw CatenaError(.ioFailure, "cannot rename \(temporary) to \(path): \(String(cString: strerror(errno)))")
-            }
-            return stream.info
-        } catch {
-            file.close()
-            unlink(temporary)
-            throw error
-        }
+        try await stream.write(to: path, progress: progress)
+        return stream.info
     }
+
 
     /// Bytes `range` of the object under `key` — its end clamped to the object's size — read by
     /// the tail without reading the rest (a chunked object from the chunk that holds the
@@ -419,11 +398,7 @@ public final class CatenaClient: Sendable {
         guard served.count <= limit else {
             throw CatenaError(.valueTooLarge, "the range holds \(served.count) bytes of '\(key)', more than this get's limit of \(limit); read it with getStreaming")
         }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(served.count)
-        var chunks = stream.makeAsyncIterator()
-        while let piece = try await chunks.nextBuffer() { bytes.append(contentsOf: piece.readableBytesView) }
-        return ObjectRange(info: stream.info, range: served, bytes: bytes)
+        return ObjectRange(info: stream.info, range: served, bytes: try await stream.readAll())
     }
 
     /// Bytes `range` of the object under `key` as a stream (see ``get(_:range:upTo:)`` and
@@ -500,10 +475,11 @@ public final class CatenaClient: Sendable {
         return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> ListPage in
             let reply = try await connection.request(Frame(type: .list, chainID: chain.chainID, epoch: chain.epoch, payload: request.encoded()),
                                                      timeout: timeout)
-            if !wanted.isEmpty, try !ListPagePayload.isGrouped(reply.payload) {
+            let (page, grouped) = try ListPagePayload.decodeGrouped(reply.payload)
+            if !wanted.isEmpty && !grouped {
                 throw CatenaError(.protocolVersionUnsupported, "\(connection.address) does not list by delimiter")
             }
-            return try ListPagePayload.decode(reply.payload)
+            return page
         }
     }
 
@@ -932,6 +908,41 @@ public struct ObjectStream: AsyncSequence, Sendable {
 
     /// An iterator over the object's pieces (iterate the stream once).
     public func makeAsyncIterator() -> Iterator { Iterator(info: info, expected: UInt64(servedRange.count), checksummed: !isRange, owner: owner) }
+
+    /// Reads the stream (iterate it once) into one array: the bytes of ``servedRange``.
+    func readAll() async throws(CatenaError) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(servedRange.count)
+        var chunks = makeAsyncIterator()
+        while let piece = try await chunks.nextBuffer() { bytes.append(contentsOf: piece.readableBytesView) }
+        return bytes
+    }
+
+    /// Writes the stream's bytes (iterate it once) to the file at `path`: into `path` plus
+    /// `.catena-partial`, synced and renamed over `path` only once the last piece arrived and
+    /// checked out, so a failed read never leaves a partial file. `progress` is called as bytes
+    /// arrive, with the bytes of ``servedRange`` as the total.
+    public func write(to path: String, progress: TransferProgress? = nil) async throws(CatenaError) {
+        let temporary = path + ".catena-partial"
+        let file = try LocalFile(creating: temporary)
+        do throws(CatenaError) {
+            var received: UInt64 = 0
+            var chunks = makeAsyncIterator()
+            while let chunk = try await chunks.nextBuffer() {
+                try chunk.withUnsafeReadableBytes { (bytes) throws(CatenaError) in try file.write(bytes) }
+                received += UInt64(chunk.readableBytes)
+                progress?(received, UInt64(servedRange.count))
+            }
+            try file.syncAndClose()
+            guard rename(temporary, path) == 0 else {
+                throw CatenaError(.ioFailure, "cannot rename \(temporary) to \(path): \(String(cString: strerror(errno)))")
+            }
+        } catch {
+            file.close()
+            unlink(temporary)
+            throw error
+        }
+    }
 
     /// The same bytes as the `ByteBuffer`s they arrived in, without copying them into arrays;
     /// checked the same way. Iterate either this or the stream itself, once.

@@ -397,6 +397,17 @@ public enum ListPagePayload {
 
     /// Parses a list page payload.
     public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> ListPage {
+        try decodeGrouped(payload).page
+    }
+
+    /// Whether the page answered a listing by delimiter (a node that does not know delimiters
+    /// says nothing, which reads as no).
+    public static func isGrouped(_ payload: ByteBuffer) throws(CatenaError) -> Bool {
+        try decodeGrouped(payload).grouped
+    }
+
+    /// Parses a list page payload, and whether it answered a listing by delimiter.
+    public static func decodeGrouped(_ payload: ByteBuffer) throws(CatenaError) -> (page: ListPage, grouped: Bool) {
         var b = payload
         guard let count = b.readInteger(endianness: .little, as: UInt32.self) else {
             throw CatenaError(.malformed, "list page is truncated")
@@ -412,20 +423,8 @@ public enum ListPagePayload {
             throw CatenaError(.malformed, "list page is truncated")
         }
         let next = hasNext == 0 ? nil : try b.readKey()
-        return ListPage(objects: objects, commonPrefixes: try readCommonPrefixes(&b).prefixes, nextCursor: next)
-    }
-
-    /// Whether the page answered a listing by delimiter (a node that does not know delimiters
-    /// says nothing, which reads as no).
-    public static func isGrouped(_ payload: ByteBuffer) throws(CatenaError) -> Bool {
-        var b = payload
-        guard let count = b.readInteger(endianness: .little, as: UInt32.self) else {
-            throw CatenaError(.malformed, "list page is truncated")
-        }
-        for _ in 0..<count { _ = try ObjectInfoPayload.read(&b) }
-        guard let hasNext = b.readInteger(as: UInt8.self) else { throw CatenaError(.malformed, "list page is truncated") }
-        if hasNext != 0 { _ = try b.readKey() }
-        return try readCommonPrefixes(&b).grouped
+        let (grouped, prefixes) = try readCommonPrefixes(&b)
+        return (ListPage(objects: objects, commonPrefixes: prefixes, nextCursor: next), grouped)
     }
 
     private static func readCommonPrefixes(_ b: inout ByteBuffer) throws(CatenaError) -> (grouped: Bool, prefixes: [Key]) {

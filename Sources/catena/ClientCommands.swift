@@ -120,11 +120,6 @@ struct Get: AsyncParsableCommand {
         let parsed = try range.map(Self.parse(range:))
         let bar = ProgressBar(verb: "get")
         defer { bar.finish() }
-        if let output, parsed == nil {
-            // Into a temporary file renamed at the end, so a failed or corrupt read leaves no partial file.
-            do { try await store.get(key, into: output, progress: bar.progress) } catch { throw notFound(key, error) }
-            return
-        }
         let stream: ObjectStream
         do throws(CatenaError) {
             switch parsed {
@@ -152,37 +147,20 @@ struct Get: AsyncParsableCommand {
         } catch {
             throw notFound(key, error)
         }
-        // A range into a file: a temporary file renamed at the end too.
-        let target: FileHandle
-        let temporary = output.map { $0 + ".catena-partial" }
-        if let temporary {
-            guard FileManager.default.createFile(atPath: temporary, contents: nil), let h = FileHandle(forWritingAtPath: temporary) else {
-                throw CatenaError(.permissionDenied, "cannot write \(temporary)")
-            }
-            target = h
-        } else {
-            target = FileHandle.standardOutput
+        if let output {
+            // Into a temporary file renamed at the end, so a failed or corrupt read leaves no partial file.
+            try await stream.write(to: output, progress: bar.progress)
+            return
         }
-        do {
-            var received: UInt64 = 0
-            var chunks = stream.makeAsyncIterator()
-            while let chunk = try await chunks.nextChunk() {
-                try target.write(contentsOf: chunk)
-                received += UInt64(chunk.count)
-                bar.progress(received, UInt64(stream.servedRange.count))
-            }
-            if let temporary, let output {
-                try target.synchronize()
-                try target.close()
-                guard rename(temporary, output) == 0 else {
-                    throw CatenaError(.ioFailure, "cannot rename \(temporary) to \(output): \(String(cString: strerror(errno)))")
-                }
-            }
-        } catch {
-            if let temporary { try? FileManager.default.removeItem(atPath: temporary) }
-            throw error
+        var received: UInt64 = 0
+        var chunks = stream.makeAsyncIterator()
+        while let chunk = try await chunks.nextChunk() {
+            try FileHandle.standardOutput.write(contentsOf: chunk)
+            received += UInt64(chunk.count)
+            bar.progress(received, UInt64(stream.servedRange.count))
         }
     }
+
 }
 
 /// `catena rm KEY...`.
