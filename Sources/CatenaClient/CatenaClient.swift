@@ -229,42 +229,48 @@ public final class CatenaClient: Sendable {
 
     /// Stores `value` under `key`, replacing any earlier version; returns once every replica
     /// holds it. Values above ``Configuration/chunkSize`` are stored in chunks.
+    ///
+    /// With a `condition`, the write applies only if the key's newest version — committed or
+    /// still in flight — meets it when the head takes the write (compare-and-swap); otherwise
+    /// it throws `preconditionFailed` and nothing is stored. See ``WriteCondition``.
     @discardableResult
     public func put(_ key: String, _ value: [UInt8], contentType: String? = nil,
-                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt {
+                    metadata: [String: String] = [:], condition: WriteCondition? = nil) async throws(CatenaError) -> WriteReceipt {
         if value.count > configuration.chunkSize {
-            return try await putChunked(key, pieces: Pieces(value), contentType: contentType, metadata: metadata)
+            return try await putChunked(key, pieces: Pieces(value), contentType: contentType, metadata: metadata, condition: condition)
         }
         let k = try Key(key)
         let request = WriteRequest(requestID: newRequestID(), type: .put, key: k, value: value,
-                                   extensions: Self.extensions(contentType: contentType, metadata: metadata))
+                                   extensions: Self.extensions(contentType: contentType, metadata: metadata), condition: condition)
         let lsn = try await write(request)
         return WriteReceipt(key: k, lsn: lsn, size: UInt64(value.count), contentChecksum: request.contentChecksum)
     }
 
-    /// Stores `value` under `key` (see the `[UInt8]` overload of `put(_:_:contentType:metadata:)`).
+    /// Stores `value` under `key` (see the `[UInt8]` overload of `put(_:_:contentType:metadata:condition:)`).
     @discardableResult
     public func put(_ key: String, _ value: Data, contentType: String? = nil,
-                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt {
-        try await put(key, [UInt8](value), contentType: contentType, metadata: metadata)
+                    metadata: [String: String] = [:], condition: WriteCondition? = nil) async throws(CatenaError) -> WriteReceipt {
+        try await put(key, [UInt8](value), contentType: contentType, metadata: metadata, condition: condition)
     }
 
-    /// Stores `value` under `key` (see the `[UInt8]` overload of `put(_:_:contentType:metadata:)`).
+    /// Stores `value` under `key` (see the `[UInt8]` overload of `put(_:_:contentType:metadata:condition:)`).
     @discardableResult
     public func put(_ key: String, _ value: ByteBuffer, contentType: String? = nil,
-                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt {
-        try await put(key, Array(value.readableBytesView), contentType: contentType, metadata: metadata)
+                    metadata: [String: String] = [:], condition: WriteCondition? = nil) async throws(CatenaError) -> WriteReceipt {
+        try await put(key, Array(value.readableBytesView), contentType: contentType, metadata: metadata, condition: condition)
     }
 
     /// Stores the bytes `body` yields under `key`, streaming: pieces are re-cut into chunks of
     /// ``Configuration/chunkSize``, up to ``Configuration/chunkWindow`` of them in flight, so the
     /// client holds a few chunks, never the object. The object becomes visible when its last
-    /// chunk and manifest are stored; an interrupted upload leaves nothing visible.
+    /// chunk and manifest are stored; an interrupted upload leaves nothing visible. A
+    /// `condition` is checked when the object would become visible, at its manifest: if it
+    /// fails there, the uploaded chunks are left to expire.
     @discardableResult
     public func put<Body: AsyncSequence & Sendable>(_ key: String, streaming body: Body, contentType: String? = nil,
-                                                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt
+                                                    metadata: [String: String] = [:], condition: WriteCondition? = nil) async throws(CatenaError) -> WriteReceipt
     where Body.Element == [UInt8] {
-        try await putChunked(key, pieces: body, contentType: contentType, metadata: metadata)
+        try await putChunked(key, pieces: body, contentType: contentType, metadata: metadata, condition: condition)
     }
 
     /// Stores the file at `path` under `key`, streaming it in chunks to its end (the client
@@ -274,7 +280,7 @@ public final class CatenaClient: Sendable {
     /// be opened.
     @discardableResult
     public func put(_ key: String, contentsOf path: String, contentType: String? = nil, metadata: [String: String] = [:],
-                    progress: TransferProgress? = nil) async throws(CatenaError) -> WriteReceipt {
+                    condition: WriteCondition? = nil, progress: TransferProgress? = nil) async throws(CatenaError) -> WriteReceipt {
         let file = try LocalFile(reading: path)
         let total = file.isRegular ? file.size : nil
         let chunkSize = configuration.chunkSize
@@ -282,28 +288,35 @@ public final class CatenaClient: Sendable {
         let first = try file.read(chunkSize)
         let second = first.count < chunkSize ? [] : try file.read(chunkSize)
         if second.isEmpty {
-            let receipt = try await put(key, first, contentType: contentType, metadata: metadata)
+            let receipt = try await put(key, first, contentType: contentType, metadata: metadata, condition: condition)
             progress?(UInt64(first.count), total)
             return receipt
         }
         return try await putChunked(key, pieces: file.pieces(of: chunkSize, after: [first, second]), contentType: contentType,
-                                    metadata: metadata, total: total, progress: progress)
+                                    metadata: metadata, condition: condition, total: total, progress: progress)
     }
 
     /// Stores the bytes `body` yields as `ByteBuffer`s under `key`, streaming, as the `[UInt8]`
-    /// form of `put(_:streaming:contentType:metadata:)` does: the buffers are cut into chunks
-    /// of ``Configuration/chunkSize`` as they come, a few chunks in flight.
+    /// form of `put(_:streaming:contentType:metadata:condition:)` does: the buffers are cut into
+    /// chunks of ``Configuration/chunkSize`` as they come, a few chunks in flight.
     @discardableResult
     public func put<Body: AsyncSequence & Sendable>(_ key: String, streaming body: Body, contentType: String? = nil,
-                                                    metadata: [String: String] = [:]) async throws(CatenaError) -> WriteReceipt
+                                                    metadata: [String: String] = [:], condition: WriteCondition? = nil) async throws(CatenaError) -> WriteReceipt
     where Body.Element == ByteBuffer {
-        try await putChunked(key, pieces: ByteBufferPieces(base: body), contentType: contentType, metadata: metadata)
+        try await putChunked(key, pieces: ByteBufferPieces(base: body), contentType: contentType, metadata: metadata, condition: condition)
     }
 
     /// Deletes `key`. Deleting a missing key succeeds.
+    ///
+    /// With a `condition` (``WriteCondition/version(_:)`` or
+    /// ``WriteCondition/contentChecksum(_:)``), the delete applies only if the key's newest
+    /// version meets it when the head takes the delete; otherwise it throws
+    /// `preconditionFailed` and the object stays.
     @discardableResult
-    public func delete(_ key: String) async throws(CatenaError) -> LSN {
-        try await write(WriteRequest(requestID: newRequestID(), type: .delete, key: try Key(key)))
+    public func delete(_ key: String, condition: WriteCondition? = nil) async throws(CatenaError) -> LSN {
+        let k = try Key(key)
+        if let condition { try WriteCondition.check(condition, on: .delete, key: k) }
+        return try await write(WriteRequest(requestID: newRequestID(), type: .delete, key: k, condition: condition))
     }
 
     /// Deletes every key of `keys`, up to `concurrency` at once, and says for each — in the
@@ -524,7 +537,7 @@ public final class CatenaClient: Sendable {
     }
 
     private func putChunked<Body: AsyncSequence>(_ key: String, pieces body: Body, contentType: String?,
-                                                 metadata: [String: String], total expected: UInt64? = nil,
+                                                 metadata: [String: String], condition: WriteCondition?, total expected: UInt64? = nil,
                                                  progress: TransferProgress? = nil) async throws(CatenaError) -> WriteReceipt
     where Body.Element == [UInt8] {
         let k = try Key(key)
@@ -592,7 +605,7 @@ public final class CatenaClient: Sendable {
         let checksum = hasher.digest()
         let manifest = Manifest(upload: upload, chunkCount: index, totalSize: total)
         let request = WriteRequest(requestID: newRequestID(), type: .manifest, key: k, value: manifest.encoded(), contentChecksum: checksum,
-                                   extensions: Self.extensions(contentType: contentType, metadata: metadata))
+                                   extensions: Self.extensions(contentType: contentType, metadata: metadata), condition: condition)
         let lsn = try await write(request)
         return WriteReceipt(key: k, lsn: lsn, size: total, contentChecksum: checksum)
     }

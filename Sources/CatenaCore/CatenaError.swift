@@ -31,6 +31,10 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let corruption = Code("corruption")
         /// The key does not exist (or was deleted).
         public static let notFound = Code("notFound")
+        /// A conditional write's ``WriteCondition`` did not hold against the key's newest
+        /// version (committed or in flight) at the head; nothing was written. The message names
+        /// the version the head found. Not retried: read the key again and decide.
+        public static let preconditionFailed = Code("preconditionFailed")
         /// An appended record's LSN does not directly follow the log's end.
         public static let lsnOutOfOrder = Code("lsnOutOfOrder")
         /// The operation would remove or require records at or below the commit watermark.

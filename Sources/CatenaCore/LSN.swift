@@ -24,6 +24,14 @@ public struct LSN: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// `epoch.seq`.
     public var description: String { "\(epoch).\(seq)" }
+
+    /// Parses the `epoch.seq` form of ``description`` (as `catena stat` prints it); nil for
+    /// anything else.
+    public init?(parsing text: some StringProtocol) {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 2, let epoch = UInt64(parts[0]), let seq = UInt64(parts[1]) else { return nil }
+        self.init(epoch: epoch, seq: seq)
+    }
 }
 
 /// The id of a chain. One chain for now; every record names its chain so many can come later.

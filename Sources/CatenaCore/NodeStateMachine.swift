@@ -716,7 +716,9 @@ public struct NodeStateMachine: Sendable {
 
     /// A client write at `now` (node clock); `wallClock` stamps the record. `admit` is the local
     /// log's check of the encoded record (value size, an incomplete upload), run before the
-    /// record gets an LSN.
+    /// record gets an LSN; `durableVersion` is the local log's newest durable version of a key,
+    /// which a conditional write is checked against when no newer record of the key is in
+    /// flight (see ``ReplicaStateMachine/write(_:now:durableVersion:admit:)``).
     ///
     /// The answer: ``Action/replica(_:)`` actions — an append (the write waits for its commit),
     /// a commit (a retry of a committed write), a refusal, or nothing (a retry of a write still
@@ -724,6 +726,7 @@ public struct NodeStateMachine: Sendable {
     /// ``Settings/maxUncommittedBytes`` uncommitted, ``Action/throttled``: the caller waits for
     /// ``Action/wakeThrottled`` and asks again.
     public mutating func write(_ request: WriteRequest, now: UInt64, wallClock: UInt64,
+                               durableVersion: (Key) throws(CatenaError) -> KeyVersion? = { _ in nil },
                                admit: (EncodedRecord) throws(CatenaError) -> Void = { _ in }) -> [Action] {
         // Every write names its request: waiters, retries and exactly-once hang on the id.
         guard request.requestID != .none else {
@@ -762,7 +765,7 @@ public struct NodeStateMachine: Sendable {
             }
         }
         // In place (`replica!`): a copy would duplicate the machine's request table per write.
-        let actions = replica!.write(request, now: wallClock, admit: admit).map(Action.replica)
+        let actions = replica!.write(request, now: wallClock, durableVersion: durableVersion, admit: admit).map(Action.replica)
         countRefusals(actions)
         counters.peakUncommittedBytes = max(counters.peakUncommittedBytes, replica!.uncommittedBytes)
         return actions

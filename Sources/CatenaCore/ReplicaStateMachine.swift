@@ -14,16 +14,20 @@ public struct WriteRequest: Hashable, Sendable {
     public var contentChecksum: UInt64
     /// Content type, user metadata, chunk address.
     public var extensions: [RecordExtension]
+    /// What the key's newest version must be for the write to apply (nil: unconditional).
+    /// The head checks it and does not store it.
+    public var condition: WriteCondition?
 
     /// Creates a request; the content checksum defaults to XXH3-64 of `value`.
     public init(requestID: RequestID, type: RecordType, key: Key, value: [UInt8] = [],
-                contentChecksum: UInt64? = nil, extensions: [RecordExtension] = []) {
+                contentChecksum: UInt64? = nil, extensions: [RecordExtension] = [], condition: WriteCondition? = nil) {
         self.requestID = requestID
         self.type = type
         self.key = key
         self.value = value
         self.contentChecksum = contentChecksum ?? (type == .delete ? 0 : XXH3.hash(value))
         self.extensions = extensions
+        self.condition = condition
     }
 }
 
@@ -199,7 +203,14 @@ public struct ReplicaStateMachine: Sendable {
     /// `admit` sees the record before it is accepted and may refuse it (the local log's own
     /// checks, e.g. value size or an incomplete upload), so a record the log would refuse never
     /// gets an LSN.
+    ///
+    /// A write with a ``WriteRequest/condition`` is checked against the key's newest version in
+    /// the local log: the newest record of the key this machine accepted and the log has not yet
+    /// made durable, else `durableVersion(key)` — the local log's durable view (nil: absent;
+    /// the default is an empty log). Together they are every record the head accepted, so the
+    /// check sees the versions in flight as well as the committed ones.
     public mutating func write(_ request: WriteRequest, now: UInt64,
+                               durableVersion: (Key) throws(CatenaError) -> KeyVersion? = { _ in nil },
                                admit: (EncodedRecord) throws(CatenaError) -> Void = { _ in }) -> [Action] {
         guard let role, role.takesWrites else {
             let head = configuration.head.map { "\($0.id) at \($0.address)" } ?? "no node"
@@ -211,7 +222,15 @@ public struct ReplicaStateMachine: Sendable {
         }
         let lsn = LSN(epoch: configuration.epoch, seq: lastAccepted.seq + 1)
         let record: EncodedRecord
-        do {
+        do throws(CatenaError) {
+            if let condition = request.condition {
+                try WriteCondition.check(condition, on: request.type, key: request.key)
+                let current = try newestVersion(of: request.key, durableVersion: durableVersion)
+                guard condition.holds(for: current) else {
+                    let found = current.map { "is at \($0)" } ?? "has no object"
+                    throw CatenaError(.preconditionFailed, "'\(request.key)' \(found); the write required \(condition)")
+                }
+            }
             record = try Record(
                 type: request.type, chainID: configuration.chainID, key: request.key, lsn: lsn, timestamp: now,
                 requestID: request.requestID, contentChecksum: request.contentChecksum,
@@ -373,6 +392,15 @@ public struct ReplicaStateMachine: Sendable {
         lastAccepted = r.lsn
         undurable.append(r)
         if r.header.requestID != .none { remember(r.header.requestID, r.lsn, timestamp: r.header.timestamp) }
+    }
+
+    /// The newest version of `key` among the records this machine accepted: the newest of
+    /// them not yet durable, else what the durable log holds. Chunks are no version of a key.
+    private func newestVersion(of key: Key, durableVersion: (Key) throws(CatenaError) -> KeyVersion?) throws(CatenaError) -> KeyVersion? {
+        for r in undurable.reversed() where r.type != .chunk && r.key == key {
+            return r.type == .delete ? nil : KeyVersion(lsn: r.lsn, contentChecksum: r.header.contentChecksum)
+        }
+        return try durableVersion(key)
     }
 
     /// A node that becomes head takes the uncommitted writes of its log as pending.

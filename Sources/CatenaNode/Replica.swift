@@ -189,9 +189,11 @@ final class Replica: Sendable {
     private func submit(_ request: WriteRequest, reply: @escaping @Sendable (Result<LSN, CatenaError>) -> Void,
                         now: UInt64, wallClock: UInt64, _ c: inout Core) {
         let store = self.store
-        let actions = c.machine.write(request, now: now, wallClock: wallClock) { (r) throws(CatenaError) in
+        let actions = c.machine.write(request, now: now, wallClock: wallClock, durableVersion: { (key) throws(CatenaError) in
+            try store.version(of: key)
+        }, admit: { (r) throws(CatenaError) in
             try store.check(r)
-        }
+        })
         if actions == [.throttled] {
             c.throttledSubmits.append((request, reply))
         } else if actions.count == 1, case .replica(.refuse(_, let error)) = actions[0] {

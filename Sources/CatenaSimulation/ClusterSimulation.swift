@@ -62,6 +62,9 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     public var catchUpRecords = 0
     public var writesAcknowledged = 0
     public var writesUnknown = 0
+    /// Conditional writes acknowledged, and refused because their condition did not hold.
+    public var conditionalApplied = 0
+    public var conditionalRefused = 0
     public var readsAnswered = 0
     public var events = 0
 
@@ -72,11 +75,12 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
         partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; staleRestores += o.staleRestores; nodeRestores += o.nodeRestores; added += o.added
         removed += o.removed; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
         catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
+        conditionalApplied += o.conditionalApplied; conditionalRefused += o.conditionalRefused
         readsAnswered += o.readsAnswered; events += o.events
     }
 
     public var description: String {
-        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged), writes unknown \(writesUnknown), reads \(readsAnswered)"
+        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown), reads \(readsAnswered)"
     }
 }
 
@@ -93,7 +97,9 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
 /// operations that must succeed, and checks: every key's history is linearizable; every
 /// acknowledged write is in every member's log; the members' logs are identical; no LSN ever
 /// named two different records on two nodes (checked at every append); no node ever adopted a
-/// configuration older than one it had; the master's epochs only grew.
+/// configuration older than one it had; the master's epochs only grew; every conditional write
+/// in the settled log met its condition against its key's version just before it, and none
+/// that was refused is in the log.
 ///
 /// What it does not model: the storage engine's files (a node's log is an array with a durable
 /// prefix), compaction, the wire codecs, TCP details beyond ordered delivery and breaks, clock
@@ -120,6 +126,8 @@ public final class ClusterSimulation {
     var lsnRegistry: [LSN: UInt64] = [:]
     /// Acknowledged writes: where, which key, which request.
     var acknowledged: [(lsn: LSN, key: Key, request: RequestID)] = []
+    /// Every conditional write's key, condition and outcome, by request id.
+    var conditional: [RequestID: (key: String, condition: WriteCondition, outcome: RegisterOperation.Outcome)] = [:]
     var history: [RegisterOperation] = []
     var violations: [String] = []
     var trace = Deque<String>()
@@ -886,6 +894,31 @@ public final class ClusterSimulation {
             for n in members.dropFirst() where n.disk.records != first.disk.records {
                 violation("\(n.id)'s log differs from \(first.id)'s once settled")
             }
+            checkConditions(in: first.disk.records)
+        }
+    }
+
+    /// Every conditional write in the settled log met its condition against its key's version
+    /// just before it in the log (the order every replica applies), and none that was refused
+    /// (or failed for sure otherwise) is in it.
+    private func checkConditions(in log: [EncodedRecord]) {
+        var versions: [Key: KeyVersion] = [:]
+        var applied: Set<RequestID> = []
+        for r in log {
+            if let c = conditional[r.header.requestID], r.type != .chunk {
+                applied.insert(r.header.requestID)
+                if !c.condition.holds(for: versions[r.key]) {
+                    violation("the write \(r.lsn) of \(r.key) required \(c.condition), but the key was \(versions[r.key].map { "at \($0)" } ?? "absent") just before it in the log")
+                }
+            }
+            switch r.type {
+            case .delete: versions[r.key] = nil
+            case .put, .manifest: versions[r.key] = KeyVersion(lsn: r.lsn, contentChecksum: r.header.contentChecksum)
+            default: break
+            }
+        }
+        for (id, c) in conditional where c.outcome == .failed && applied.contains(id) {
+            violation("the conditional write \(id) of \(c.key) (\(c.condition)) was refused, yet it is in the log")
         }
     }
 }

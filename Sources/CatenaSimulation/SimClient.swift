@@ -22,15 +22,26 @@ final class SimClient {
     var inFinalRound = false
     var finalDone = false
 
+    /// The version of each key this client last wrote and had acknowledged: what its
+    /// conditional writes require (and, as often, no longer find).
+    var lastWritten: [String: KeyVersion] = [:]
+
     struct Operation {
         enum Kind {
-            case put(String, [UInt8])
-            case delete(String)
+            case put(String, [UInt8], WriteCondition?)
+            case delete(String, WriteCondition?)
             case get(String)
 
             var key: String {
                 switch self {
-                case .put(let k, _), .delete(let k), .get(let k): k
+                case .put(let k, _, _), .delete(let k, _), .get(let k): k
+                }
+            }
+
+            var condition: WriteCondition? {
+                switch self {
+                case .put(_, _, let c), .delete(_, let c): c
+                case .get: nil
                 }
             }
         }
@@ -86,9 +97,12 @@ final class SimClient {
             guard sim.phase == .chaos else { return }
             count += 1
             let key = "k\(sim.random(0..<sim.settings.keys))"
-            switch sim.random(0..<10) {
-            case 0..<5: kind = .put(key, Array("c\(index)-\(count)".utf8))
-            case 5: kind = .delete(key)
+            let value = Array("c\(index)-\(count)".utf8)
+            switch sim.random(0..<20) {
+            case 0..<6: kind = .put(key, value, nil)
+            case 6..<10: kind = .put(key, value, condition(for: key))
+            case 10: kind = .delete(key, nil)
+            case 11: kind = .delete(key, lastWritten[key].map { .version($0.lsn) } ?? .contentChecksum(XXH3.hash(value)))
             default: kind = .get(key)
             }
         }
@@ -103,7 +117,7 @@ final class SimClient {
     func startFinalRound() {
         inFinalRound = true
         finalRound = (0..<sim.settings.keys).flatMap { k -> [Operation.Kind] in
-            [.put("k\(k)", Array("final-c\(index)-k\(k)".utf8)), .get("k\(k)")]
+            [.put("k\(k)", Array("final-c\(index)-k\(k)".utf8), nil), .get("k\(k)")]
         }
         if op == nil {
             gen += 1
@@ -127,12 +141,12 @@ final class SimClient {
         op = o
         let target: ChainMember?
         switch o.kind {
-        case .put(let k, let v):
+        case .put(let k, let v, let condition):
             target = configuration!.head
-            send(.write(WriteRequest(requestID: o.request, type: .put, key: try! Key(k), value: v), attempt: o.attempt), to: target)
-        case .delete(let k):
+            send(.write(WriteRequest(requestID: o.request, type: .put, key: try! Key(k), value: v, condition: condition), attempt: o.attempt), to: target)
+        case .delete(let k, let condition):
             target = configuration!.head
-            send(.write(WriteRequest(requestID: o.request, type: .delete, key: try! Key(k)), attempt: o.attempt), to: target)
+            send(.write(WriteRequest(requestID: o.request, type: .delete, key: try! Key(k), condition: condition), attempt: o.attempt), to: target)
         case .get(let k):
             target = configuration!.tail
             send(.get(try! Key(k), attempt: o.attempt), to: target)
@@ -157,8 +171,16 @@ final class SimClient {
             guard attempt == o.attempt, !o.askingMaster else { return }
             switch result {
             case .success(let lsn):
-                if case .put(let k, _) = o.kind { sim.acknowledged.append((lsn, try! Key(k), o.request)) }
-                if case .delete(let k) = o.kind { sim.acknowledged.append((lsn, try! Key(k), o.request)) }
+                switch o.kind {
+                case .put(let k, let v, _):
+                    lastWritten[k] = KeyVersion(lsn: lsn, contentChecksum: XXH3.hash(v))
+                    sim.acknowledged.append((lsn, try! Key(k), o.request))
+                case .delete(let k, _):
+                    lastWritten[k] = nil
+                    sim.acknowledged.append((lsn, try! Key(k), o.request))
+                case .get:
+                    break
+                }
                 finish(.ok, observed: nil)
             case .failure(let error):
                 failed(error)
@@ -175,6 +197,13 @@ final class SimClient {
         default:
             break
         }
+    }
+
+    /// A condition for a put of `key`: the version this client last wrote (by LSN or by
+    /// checksum), or — if it knows none — that the key is absent.
+    private func condition(for key: String) -> WriteCondition {
+        guard let last = lastWritten[key] else { return .absent }
+        return sim.chance(0.5) ? .version(last.lsn) : .contentChecksum(last.contentChecksum)
     }
 
     private func failed(_ error: CatenaError) {
@@ -214,15 +243,23 @@ final class SimClient {
         op = nil
         let kind: RegisterOperation.Kind
         switch o.kind {
-        case .put(_, let v): kind = .put(v)
+        case .put(_, let v, _): kind = .put(v)
         case .delete: kind = .delete
         case .get: kind = .get
+        }
+        if let condition = o.kind.condition {
+            sim.conditional[o.request] = (o.kind.key, condition, outcome)
         }
         if outcome == .unknown, case .get = o.kind {
             // A get that never answered observed nothing.
         } else {
             sim.history.append(RegisterOperation(key: o.kind.key, process: index, kind: kind, invoke: o.invoke,
                                                  complete: sim.now, outcome: outcome, observed: observed))
+        }
+        switch (outcome, o.kind.condition) {
+        case (.ok, _?): sim.stats.conditionalApplied += 1
+        case (.failed, _?): sim.stats.conditionalRefused += 1
+        default: break
         }
         switch (outcome, o.kind) {
         case (.ok, .put), (.ok, .delete): sim.stats.writesAcknowledged += 1

@@ -33,6 +33,15 @@ struct SimDisk {
     }
     var durableEnd: LSN { durable == 0 ? .zero : records[durable - 1].lsn }
 
+    /// The newest durable version of `key` as a conditional write compares it (what the store's
+    /// index holds), or nil if absent.
+    func version(of key: Key) -> KeyVersion? {
+        for r in records[..<durable].reversed() where r.key == key {
+            return r.header.type == .delete ? nil : KeyVersion(lsn: r.lsn, contentChecksum: r.header.contentChecksum)
+        }
+        return nil
+    }
+
     /// The newest durable version of `key`: its value, or nil if absent (never written, or deleted).
     func read(_ key: Key) -> [UInt8]? {
         var i = durable - 1
@@ -452,7 +461,8 @@ final class SimNode {
     }
 
     func write(_ request: WriteRequest, client: Int, attempt: Int) {
-        let actions = machine.write(request, now: sim.now, wallClock: sim.now)
+        let disk = self.disk
+        let actions = machine.write(request, now: sim.now, wallClock: sim.now, durableVersion: { disk.version(of: $0) })
         if actions == [.throttled] {
             throttled.append((request, client, attempt))
             return

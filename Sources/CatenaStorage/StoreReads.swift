@@ -33,6 +33,14 @@ extension Store {
         }
     }
 
+    /// The newest version's LSN and content checksum — what a conditional write is checked
+    /// against — or nil if the key does not exist or was deleted; `corruption` as ``head(_:)``.
+    public func version(of key: Key) throws(CatenaError) -> KeyVersion? {
+        try state.withLock { (s) throws(CatenaError) -> KeyVersion? in
+            try Store.servableVersion(of: key, in: s).map { KeyVersion(lsn: $0.lsn, contentChecksum: $0.contentChecksum) }
+        }
+    }
+
     /// The newest version of `key` if it exists and may be served: nil for a missing or deleted
     /// key, `corruption` if that version or damage that may have replaced it is on disk.
     static func servableVersion(of key: Key, in s: State) throws(CatenaError) -> ObjectVersion? {

@@ -75,12 +75,14 @@ extension FrameType {
 /// The payload of a ``FrameType/write`` frame: a ``WriteRequest``.
 ///
 /// Layout: type (u8), key (u16 length + bytes), request id (2 × u64), content checksum (u64),
-/// extensions (u32 length + the record extension format), value (u32 length + bytes).
+/// extensions (u32 length + the record extension format), value (u32 length + bytes). A
+/// ``WriteRequest/condition`` travels as a must-understand field among the extensions
+/// (``WriteCondition/extensionTag``), so a head that does not know conditions refuses the write.
 public enum WritePayload {
     /// The payload bytes for `request`.
     public static func encode(_ request: WriteRequest) -> ByteBuffer {
         var b = ByteBuffer()
-        let extensions = EncodedRecord.encodeExtensions(request.extensions)
+        let extensions = EncodedRecord.encodeExtensions(request.extensions + (request.condition.map { [$0.encodedExtension] } ?? []))
         b.reserveCapacity(40 + request.key.bytes.count + extensions.count + request.value.count)
         b.writeInteger(request.type.rawValue)
         b.writeKey(request.key)
@@ -112,13 +114,23 @@ public enum WritePayload {
             throw CatenaError(.malformed, "write is truncated")
         }
         let extensionBytes = try b.readLengthPrefixed(what: "write extensions")
-        let extensions = try EncodedRecord.parseExtensions(ArraySlice(extensionBytes))
+        var extensions = try EncodedRecord.parseExtensions(ArraySlice(extensionBytes))
+        // The condition is the head's to check, not the record's to keep.
+        var condition: WriteCondition?
+        if let i = extensions.firstIndex(where: { $0.tag == WriteCondition.extensionTag }) {
+            condition = try WriteCondition(decoding: extensions[i].value)
+            extensions.remove(at: i)
+            guard !extensions.contains(where: { $0.tag == WriteCondition.extensionTag }) else {
+                throw CatenaError(.malformed, "write carries two conditions")
+            }
+        }
         if let unknown = extensions.first(where: { $0.mustUnderstand && !RecordExtension.knownTags.contains($0.tag) }) {
             throw CatenaError(.unknownMustUnderstandField, "write carries must-understand field \(unknown.tag), which this build does not know")
         }
         try WriteLimits.checkFields(extensions)
         let value = try b.readLengthPrefixed(what: "write value")
-        return WriteRequest(requestID: id, type: recordType, key: key, value: value, contentChecksum: checksum, extensions: extensions)
+        return WriteRequest(requestID: id, type: recordType, key: key, value: value, contentChecksum: checksum,
+                            extensions: extensions, condition: condition)
     }
 }
 

@@ -40,6 +40,45 @@ struct ClientOptions: ParsableArguments {
     }
 }
 
+/// A write's condition, as `put` and `rm` take it.
+struct ConditionOptions: ParsableArguments {
+    @Flag(name: .long, help: "Only if no object is stored under the key (create only).")
+    var ifAbsent = false
+    @Option(name: .long, help: ArgumentHelp("Only if the key's newest version is the one written at this LSN (as `catena stat` prints it).", valueName: "epoch.seq"))
+    var ifVersion: String?
+    @Option(name: .long, help: ArgumentHelp("Only if the object's content checksum is this (XXH3-64 in hex, as `catena stat` prints it).", valueName: "hex"))
+    var ifChecksum: String?
+
+    func validate() throws {
+        _ = try condition
+    }
+
+    /// The condition asked for, or nil.
+    var condition: WriteCondition? {
+        get throws { try Self.condition(absent: ifAbsent, version: ifVersion, checksum: ifChecksum) }
+    }
+
+    /// The condition `--if-absent`, `--if-version` or `--if-checksum` asks for (at most one).
+    static func condition(absent ifAbsent: Bool, version ifVersion: String?, checksum ifChecksum: String?) throws -> WriteCondition? {
+        guard [ifAbsent, ifVersion != nil, ifChecksum != nil].filter({ $0 }).count <= 1 else {
+            throw ValidationError("give at most one of --if-absent, --if-version and --if-checksum")
+        }
+        if ifAbsent { return .absent }
+        if let ifVersion {
+            guard let lsn = LSN(parsing: ifVersion) else { throw ValidationError("--if-version takes an LSN as epoch.seq (e.g. 1.42), not '\(ifVersion)'") }
+            return .version(lsn)
+        }
+        if let ifChecksum {
+            let hex = ifChecksum.hasPrefix("xxh3-64:") ? String(ifChecksum.dropFirst(8)) : ifChecksum
+            guard !hex.isEmpty, hex.count <= 16, let value = UInt64(hex, radix: 16) else {
+                throw ValidationError("--if-checksum takes an XXH3-64 checksum in hex (e.g. xxh3-64:9c0ffee), not '\(ifChecksum)'")
+            }
+            return .contentChecksum(value)
+        }
+        return nil
+    }
+}
+
 /// Maps a missing object to the CLI's `not found: KEY` line.
 func notFound(_ key: String, _ error: CatenaError) -> CatenaError {
     error.code == .notFound ? CatenaError(.notFound, "not found: \(key)") : error
@@ -53,9 +92,11 @@ struct Put: AsyncParsableCommand {
     @Argument(help: "The file to store; - reads stdin.") var file: String
     @Option(name: .long, help: "The content type to store with the object.") var contentType: String?
     @Flag(name: .shortAndLong, help: "Say on stderr what was stored (size, LSN).") var verbose = false
+    @OptionGroup(title: "Conditions (the write applies only if the key's newest version meets it)") var conditions: ConditionOptions
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
+        let condition = try conditions.condition
         let store = try await client.connect()
         defer { Task { await store.close() } }
         let receipt: WriteReceipt
@@ -65,14 +106,15 @@ struct Put: AsyncParsableCommand {
             var pieces = FileChunks(handle: handle).makeAsyncIterator()
             let first = try await pieces.next() ?? []
             if let second = try await pieces.next() {
-                receipt = try await store.put(key, streaming: FileChunks(handle: handle, prefix: [first, second]), contentType: contentType)
+                receipt = try await store.put(key, streaming: FileChunks(handle: handle, prefix: [first, second]), contentType: contentType,
+                                              condition: condition)
             } else {
-                receipt = try await store.put(key, first, contentType: contentType)
+                receipt = try await store.put(key, first, contentType: contentType, condition: condition)
             }
         } else {
             let bar = ProgressBar(verb: "put")
             defer { bar.finish() }
-            receipt = try await store.put(key, contentsOf: file, contentType: contentType, progress: bar.progress)
+            receipt = try await store.put(key, contentsOf: file, contentType: contentType, condition: condition, progress: bar.progress)
         }
         if verbose { writeStandardError("stored \(key): \(receipt.size) bytes at LSN \(receipt.lsn)") }
     }
@@ -170,17 +212,30 @@ struct Remove: AsyncParsableCommand {
         discussion: "Deleting a missing key succeeds. With several keys, each is deleted on its own (16 at a time); a key that could not be deleted is named on stderr, and the exit status is 1.")
 
     @Argument(help: "The keys.") var keys: [String]
+    @Option(name: .long, help: ArgumentHelp("Only if the key's newest version is the one written at this LSN (one key only).", valueName: "epoch.seq"))
+    var ifVersion: String?
+    @Option(name: .long, help: ArgumentHelp("Only if the object's content checksum is this XXH3-64 in hex (one key only).", valueName: "hex"))
+    var ifChecksum: String?
     @OptionGroup var client: ClientOptions
+
+    private var condition: WriteCondition? {
+        get throws { try ConditionOptions.condition(absent: false, version: ifVersion, checksum: ifChecksum) }
+    }
 
     func validate() throws {
         guard !keys.isEmpty else { throw ValidationError("give at least one key") }
+        _ = try condition
+        if keys.count > 1 && (ifVersion != nil || ifChecksum != nil) {
+            throw ValidationError("--if-version and --if-checksum take one key")
+        }
     }
 
     func run() async throws {
+        let condition = try self.condition
         let store = try await client.connect()
         defer { Task { await store.close() } }
         if keys.count == 1 {
-            try await store.delete(keys[0])
+            try await store.delete(keys[0], condition: condition)
             return
         }
         var failed = 0
@@ -245,7 +300,7 @@ struct Stat: AsyncParsableCommand {
             "key: \(info.key)",
             "size: \(info.size)",
             "lsn: \(info.lsn)",
-            "content-checksum: xxh3-64:\(String(info.contentChecksum, radix: 16))",
+            "content-checksum: xxh3-64:\(String(format: "%016llx", info.contentChecksum))",
             "content-type: \(info.contentType ?? "-")",
             "written: \(Date(timeIntervalSince1970: Double(info.timestamp) / 1e9).ISO8601Format())",
             "chunks: \(info.chunkCount)",

@@ -13,7 +13,8 @@ struct Simulate: AsyncParsableCommand {
             simulated network, disks and clients, with faults (kills, pauses, partitions, failing \
             and full disks, master restarts, nodes added and removed), then healing and checks: \
             linearizable histories, every acknowledged write on every member, identical members, \
-            no LSN naming two records, no configuration going back. The same seed replays the same \
+            no LSN naming two records, no configuration going back, every conditional write in the \
+            log met its condition there and none refused is in it. The same seed replays the same \
             run: `--seeds 1 --from SEED --trace` prints it. Exits 1 if any seed failed.
             """
     )

@@ -238,6 +238,20 @@ extension ProcessClusterSuites {
                 #expect(withBad.status == 1)
                 #expect(withBad.stderr.contains("cannot delete"))
                 #expect(try await run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
+                // Conditions: create-only, then compare-and-swap by the LSN and checksum stat prints.
+                #expect(try await run(["put", "docs/lock", input, "--if-absent"] + master).status == 0)
+                let taken = try await run(["put", "docs/lock", input, "--if-absent"] + master)
+                #expect(taken.status == 1)
+                #expect(taken.stderr.contains("[preconditionFailed]"), "\(taken.stderr)")
+                func lockField(_ field: String) async throws -> String {
+                    let out = try await run(["stat", "docs/lock"] + master).stdout
+                    return out.split(separator: "\n").first { $0.hasPrefix(field + ": ") }.map { String($0.dropFirst(field.count + 2)) } ?? ""
+                }
+                let first = try await lockField("lsn")
+                #expect(try await run(["put", "docs/lock", input, "--if-checksum", try await lockField("content-checksum")] + master).status == 0)
+                #expect(try await run(["rm", "docs/lock", "--if-version", first] + master).status == 1, "a superseded version")
+                #expect(try await run(["put", "docs/lock", input, "--if-version", "x.1"] + master).status != 0)
+                #expect(try await run(["rm", "docs/lock", "--if-version", try await lockField("lsn")] + master).status == 0)
                 #expect(try await run(["rm", "docs/hello"] + master).status == 0)
                 let missing = try await run(["get", "docs/hello"] + master)
                 #expect(missing.status == 1)

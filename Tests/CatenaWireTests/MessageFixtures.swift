@@ -95,7 +95,16 @@ enum MessageFixtures {
                                          extensions: [unknownMaySkip, unknownMaySkipEmpty])
     static let longKeyPut = WriteRequest(requestID: RequestID(high: .max, low: .max), type: .put, key: longKey, value: [0])
 
-    static let writes = [put, delete, chunk, manifestWrite, unusualPut, longKeyPut]
+    /// Conditional writes: create-only, compare-and-swap by LSN, a delete by checksum.
+    static let createOnlyPut = WriteRequest(requestID: RequestID(high: 1, low: 5), type: .put, key: key("locks/a"),
+                                            value: Array("owner=ada".utf8), extensions: [contentType("text/plain")], condition: .absent)
+    static let casManifest = WriteRequest(
+        requestID: RequestID(high: 1, low: 6), type: .manifest, key: key("videos/big.mp4"), value: manifest.encoded(),
+        contentChecksum: 0xFEED_FACE_CAFE_BEEF, condition: .version(LSN(epoch: 0x0102, seq: 0x0A0B_0C0D)))
+    static let checkedDelete = WriteRequest(requestID: RequestID(high: 1, low: 7), type: .delete, key: key("photos/old.jpg"),
+                                            condition: .contentChecksum(.max))
+
+    static let writes = [put, delete, chunk, manifestWrite, unusualPut, longKeyPut, createOnlyPut, casManifest, checkedDelete]
 
     static let lsns = [LSN.zero, LSN(epoch: 1, seq: 1), LSN(epoch: 0x0102_0304_0506_0708, seq: 0x1112_1314_1516_1718),
                        LSN(epoch: .max, seq: .max)]

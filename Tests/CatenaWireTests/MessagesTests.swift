@@ -128,6 +128,27 @@ struct MessagesTests {
         #expect(delete.key == F.key("photos/old.jpg"))
     }
 
+    @Test("A condition travels as the last extension field, must-understand, and leaves the record's fields")
+    func writeCondition() throws {
+        let payload = WritePayload.encode(F.createOnlyPut)
+        let unconditional = WritePayload.encode(WriteRequest(requestID: F.createOnlyPut.requestID, type: .put, key: F.createOnlyPut.key,
+                                                             value: F.createOnlyPut.value, extensions: F.createOnlyPut.extensions))
+        // type, key, id, checksum; then the extension area grows by the condition's field (tag,
+        // flags, length, kind 1).
+        #expect(payload.readableBytes == unconditional.readableBytes + 9)
+        let decoded = try WritePayload.decode(payload)
+        #expect(decoded.condition == .absent)
+        #expect(decoded.extensions == F.createOnlyPut.extensions, "the condition is not among the record's fields")
+        // A build that does not know conditions refuses the write rather than writing it
+        // unconditionally: the field is must-understand, with a tag it does not know.
+        #expect(WriteCondition.absent.encodedExtension.mustUnderstand)
+        #expect(!RecordExtension.knownTags.contains(WriteCondition.extensionTag))
+        // Two conditions are refused.
+        var twice = F.createOnlyPut
+        twice.extensions.append(WriteCondition.version(LSN(epoch: 1, seq: 1)).encodedExtension)
+        #expect(F.code { try WritePayload.decode(WritePayload.encode(twice)) } == .malformed)
+    }
+
     @Test("A write of an unknown record type is refused with unknownRecordType", arguments: [UInt8(0), 5, 6, 63, 64, 255])
     func writeUnknownRecordType(_ type: UInt8) {
         var bytes = F.bytes(WritePayload.encode(F.put))

@@ -1,0 +1,108 @@
+import CatenaCore
+import Testing
+
+private func node(_ s: String) -> NodeID { try! NodeID(s) }
+private func chain(_ ids: [String], epoch: UInt64 = 1) -> ChainConfiguration {
+    try! ChainConfiguration(clusterID: "test", chainID: 1, epoch: epoch,
+                            members: ids.map { ChainMember(id: node($0), address: "127.0.0.1:\(7000 + Int($0.utf8.last!))") })
+}
+private func put(_ n: UInt64, _ value: String, key: String = "k", if condition: WriteCondition? = nil) -> WriteRequest {
+    WriteRequest(requestID: RequestID(high: 2, low: n), type: .put, key: try! Key(key), value: Array(value.utf8), condition: condition)
+}
+private func delete(_ n: UInt64, key: String = "k", if condition: WriteCondition? = nil) -> WriteRequest {
+    WriteRequest(requestID: RequestID(high: 2, low: n), type: .delete, key: try! Key(key), condition: condition)
+}
+private func appended(_ actions: [ReplicaStateMachine.Action]) -> [EncodedRecord] {
+    actions.flatMap { if case .append(let r) = $0 { return r } else { return [] } }
+}
+private func refusal(_ actions: [ReplicaStateMachine.Action]) -> CatenaError? {
+    actions.lazy.compactMap { if case .refuse(_, let e) = $0 { return e } else { return nil } }.first
+}
+
+/// Conditional writes at the head: the condition is decided against the newest version in the
+/// head's log — records in flight (not yet durable, not yet committed) as well as the durable
+/// log the node passes in — and a retry gets its original result, not a second decision.
+@Suite("Conditional writes")
+struct ConditionalWriteTests {
+    @Test func aConditionSeesWritesStillInFlight() throws {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        let first = appended(head.write(put(1, "v1", if: .absent), now: 1))
+        #expect(first.map(\.lsn.seq) == [1])
+        // Not durable, not committed: a second create-only put must still see it.
+        let second = head.write(put(2, "v2", if: .absent), now: 2)
+        #expect(appended(second).isEmpty)
+        #expect(refusal(second)?.code == .preconditionFailed)
+        #expect(refusal(second)?.message.contains("version 1.1") == true)
+        // Compare-and-swap against the version in flight, by LSN and by checksum.
+        #expect(appended(head.write(put(3, "v3", if: .version(LSN(epoch: 1, seq: 1))), now: 3)).map(\.lsn.seq) == [2])
+        #expect(refusal(head.write(put(4, "v4", if: .version(LSN(epoch: 1, seq: 1))), now: 4))?.code == .preconditionFailed)
+        #expect(appended(head.write(put(5, "v5", if: .contentChecksum(XXH3.hash(Array("v3".utf8)))), now: 5)).map(\.lsn.seq) == [3])
+        // A delete in flight makes the key absent.
+        #expect(appended(head.write(delete(6, if: .version(LSN(epoch: 1, seq: 3))), now: 6)).map(\.lsn.seq) == [4])
+        #expect(refusal(head.write(put(7, "v7", if: .contentChecksum(XXH3.hash(Array("v5".utf8)))), now: 7))?.code == .preconditionFailed)
+        #expect(appended(head.write(put(8, "v8", if: .absent), now: 8)).map(\.lsn.seq) == [5])
+        // Other keys are not affected.
+        #expect(appended(head.write(put(9, "x", key: "other", if: .absent), now: 9)).map(\.lsn.seq) == [6])
+    }
+
+    @Test func aConditionSeesTheDurableLogOnceRecordsLeaveTheFlight() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero)
+        let records = appended(head.write(put(1, "v1"), now: 1))
+        _ = head.durable(through: records[0].lsn)
+        // The machine no longer holds the record: the durable log (the store) answers.
+        let stored = KeyVersion(lsn: records[0].lsn, contentChecksum: records[0].header.contentChecksum)
+        let lookup: (Key) throws(CatenaError) -> KeyVersion? = { $0 == (try! Key("k")) ? stored : nil }
+        #expect(refusal(head.write(put(2, "v2", if: .absent), now: 2, durableVersion: lookup))?.code == .preconditionFailed)
+        #expect(appended(head.write(put(3, "v3", if: .version(records[0].lsn)), now: 3, durableVersion: lookup)).count == 1)
+        // A store that cannot serve the version (damage) refuses the write with its error.
+        let damaged: (Key) throws(CatenaError) -> KeyVersion? = { _ throws(CatenaError) in throw CatenaError(.corruption, "damaged") }
+        #expect(refusal(head.write(put(4, "v4", key: "z", if: .absent), now: 4, durableVersion: damaged))?.code == .corruption)
+        // An unconditional write never asks.
+        #expect(appended(head.write(put(5, "v5", key: "z"), now: 5, durableVersion: damaged)).count == 1)
+    }
+
+    @Test func aRetryGetsItsOriginalResultNotASecondDecision() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero)
+        let cas = put(1, "v1", if: .absent)
+        let records = appended(head.write(cas, now: 1))
+        // In flight: the retry waits for the original, though the key is no longer absent.
+        #expect(head.write(cas, now: 2).isEmpty)
+        _ = head.durable(through: records[0].lsn)
+        let stored = KeyVersion(lsn: records[0].lsn, contentChecksum: records[0].header.contentChecksum)
+        // Committed: the retry is answered with the original LSN.
+        #expect(head.write(cas, now: 3, durableVersion: { _ in stored })
+                == [.committed([.init(requestID: cas.requestID, lsn: records[0].lsn)])])
+    }
+
+    @Test func aNewHeadSeesTheVersionsItInheritedInFlight() {
+        // a -> b: a write reaches b, which becomes head before making it durable.
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        var b = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        let r = appended(a.write(put(1, "v1"), now: 1))
+        _ = a.durable(through: r[0].lsn)
+        _ = b.replicate(r, epoch: 1)
+        _ = b.reconfigure(chain(["b"], epoch: 2))
+        #expect(refusal(b.write(put(2, "v2", if: .absent), now: 2))?.code == .preconditionFailed)
+        #expect(appended(b.write(put(3, "v3", if: .version(r[0].lsn)), now: 3)).map(\.lsn) == [LSN(epoch: 2, seq: 2)])
+    }
+
+    @Test func conditionsGoOnlyWhereTheyMeanSomething() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero)
+        #expect(refusal(head.write(delete(1, if: .absent), now: 1))?.code == .invalidArgument)
+        let chunk = WriteRequest(requestID: RequestID(high: 2, low: 2), type: .chunk, key: try! Key("k"), value: [1],
+                                 extensions: [.chunkAddress(ChunkAddress(upload: RequestID(high: 9, low: 9), index: 0))],
+                                 condition: .absent)
+        #expect(refusal(head.write(chunk, now: 2))?.code == .invalidArgument)
+        #expect(head.lastAccepted == .zero)
+    }
+
+    @Test func theWireFormRoundTripsAndRefusesWhatItDoesNotKnow() throws {
+        for c in [WriteCondition.absent, .version(LSN(epoch: 3, seq: 77)), .contentChecksum(0xdead_beef_0000_0001)] {
+            #expect(try WriteCondition(decoding: c.encodedExtension.value) == c)
+            #expect(c.encodedExtension.mustUnderstand)
+        }
+        #expect(throws: CatenaError.self) { try WriteCondition(decoding: [9]) }
+        #expect(throws: CatenaError.self) { try WriteCondition(decoding: [2, 0, 0]) }
+        #expect(throws: CatenaError.self) { try WriteCondition(decoding: []) }
+    }
+}
