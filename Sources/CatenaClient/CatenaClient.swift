@@ -232,7 +232,7 @@ public final class CatenaClient: Sendable {
     ///
     /// With a `condition`, the write applies only if the key's newest version — committed or
     /// still in flight — meets it when the head takes the write (compare-and-swap); otherwise
-    /// it throws `preconditionFailed` and nothing is stored. See ``WriteCondition``.
+    /// it throws `preconditionFailed` and nothing is stored. See `WriteCondition`.
     @discardableResult
     public func put(_ key: String, _ value: [UInt8], contentType: String? = nil,
                     metadata: [String: String] = [:], condition: WriteCondition? = nil) async throws(CatenaError) -> WriteReceipt {
@@ -308,8 +308,8 @@ public final class CatenaClient: Sendable {
 
     /// Deletes `key`. Deleting a missing key succeeds.
     ///
-    /// With a `condition` (``WriteCondition/version(_:)`` or
-    /// ``WriteCondition/contentChecksum(_:)``), the delete applies only if the key's newest
+    /// With a `condition` (`.version(_:)` or
+    /// `.contentChecksum(_:)`), the delete applies only if the key's newest
     /// version meets it when the head takes the delete; otherwise it throws
     /// `preconditionFailed` and the object stays.
     @discardableResult

@@ -50,6 +50,22 @@ struct ReadmeExampleTests {
             #expect(gone)
             let results: [DeleteResult] = await store.delete(["tmp/a", "tmp/b"])   // one DeleteResult per key, in order
             #expect(results.map(\.key) == ["tmp/a", "tmp/b"])
+            try await store.put("counters/visits", [0])
+            @Sendable func next(_ bytes: [UInt8]) -> [UInt8] { [bytes[0] + 1] }
+
+            try await store.put("locks/job-7", Array("worker-1".utf8), condition: .absent)
+            let current = try await store.get("counters/visits")
+            try await store.put("counters/visits", next(current.bytes), condition: .version(current.info.lsn))
+            try await store.delete("locks/job-7", condition: .contentChecksum(XXH3.hash(Array("worker-1".utf8))))
+
+            #expect(try await store.get("counters/visits").bytes == [1])
+            #expect(try await store.exists("locks/job-7") == false)
+            do {
+                try await store.put("counters/visits", [9], condition: .version(current.info.lsn))
+                Issue.record("a compare-and-swap on a superseded version was applied")
+            } catch let error as CatenaError {
+                #expect(error.code == .preconditionFailed)
+            }
             do {
                 _ = try await store.get("photos/cat.jpg")
                 Issue.record("a deleted object was read")
