@@ -526,13 +526,60 @@ public final class CatenaClient: Sendable {
 
     /// Sends a write to the head, retrying with the same request id. A write the head would
     /// refuse for its size or its metadata (``WriteLimits``) is refused here, before sending.
+    /// Its errors carry its request id (a chunk's do not: only the write that makes an object
+    /// visible is worth settling).
+    ///
+    /// A conditional write refused after more than one attempt is settled before the refusal is
+    /// reported: an earlier attempt the client gave up on may still reach the head after the
+    /// refusal, find its condition true by then, and apply. The settlement either finds it
+    /// applied (the call returns its LSN) or fences the request id, so the refusal is final.
     private func write(_ request: WriteRequest) async throws(CatenaError) -> LSN {
-        try WriteLimits.check(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
-        let payload = WritePayload.encode(request)
-        return try await withRetries(.head) { (connection, chain, timeout) async throws(CatenaError) -> LSN in
-            let reply = try await connection.request(Frame(type: .write, chainID: chain.chainID, epoch: chain.epoch, payload: payload),
-                                                     timeout: timeout)
-            return try LSNPayload.decode(reply.payload)
+        let attempts = Mutex(0)
+        do throws(CatenaError) {
+            try WriteLimits.check(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
+            let payload = WritePayload.encode(request)
+            do throws(CatenaError) {
+                return try await withRetries(.head) { (connection, chain, timeout) async throws(CatenaError) -> LSN in
+                    attempts.withLock { $0 += 1 }
+                    let reply = try await connection.request(Frame(type: .write, chainID: chain.chainID, epoch: chain.epoch, payload: payload),
+                                                             timeout: timeout)
+                    return try LSNPayload.decode(reply.payload)
+                }
+            } catch {
+                guard error.code == .preconditionFailed, attempts.withLock({ $0 }) > 1 else { throw error }
+                switch try await outcome(ofWrite: request.requestID, key: request.key.string) {
+                case .applied(let lsn): return lsn
+                case .notApplied: throw error
+                }
+            }
+        } catch {
+            var e = error
+            if request.type != .chunk { e.requestID = request.requestID }
+            throw e
+        }
+    }
+
+    // MARK: - Settling ambiguous outcomes
+
+    /// Whether the write with `requestID` (of `key`) was applied — the question a `timeout`,
+    /// `cancelled` or `unavailable` error leaves open; the error's `CatenaError.requestID`
+    /// names the write.
+    ///
+    /// The answer is final. The head looks the request id up among the writes it remembers (for
+    /// the request-id window, 60 s by default): a write it took is answered ``WriteOutcome/applied(_:)``
+    /// with its LSN once committed; for one it never took, it appends a fence under that id
+    /// and answers ``WriteOutcome/notApplied`` once the fence is committed — from then on every
+    /// head refuses the write (`notApplied`), should a copy of it still arrive (one a paused node
+    /// or a slow connection held back). Ask within the request window of the write; asking again
+    /// gets the same answer. Throws like a write when the chain cannot answer (`timeout`: ask
+    /// again).
+    public func outcome(ofWrite requestID: RequestID, key: String) async throws(CatenaError) -> WriteOutcome {
+        guard requestID != .none else { throw CatenaError(.invalidArgument, "request id 0 names no write") }
+        do {
+            return .applied(try await write(WriteRequest(requestID: requestID, type: .fence, key: try Key(key))))
+        } catch {
+            guard error.code == .notApplied else { throw error }
+            return .notApplied
         }
     }
 
@@ -740,6 +787,14 @@ extension CatenaClient: Service {
         try? await gracefulShutdown()
         await close()
     }
+}
+
+/// Whether a write was applied (``CatenaClient/outcome(ofWrite:key:)``).
+public enum WriteOutcome: Hashable, Sendable {
+    /// It was applied and committed, at this LSN.
+    case applied(LSN)
+    /// It was not applied, and never will be.
+    case notApplied
 }
 
 /// What a committed write returns.

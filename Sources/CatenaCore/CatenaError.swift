@@ -35,6 +35,9 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         /// version (committed or in flight) at the head; nothing was written. The message names
         /// the version the head found. Not retried: read the key again and decide.
         public static let preconditionFailed = Code("preconditionFailed")
+        /// The write was not applied and never will be: its request id was settled (a fence
+        /// record took it, `CatenaClient.outcome(ofWrite:key:)`), so the head refuses it.
+        public static let notApplied = Code("notApplied")
         /// An appended record's LSN does not directly follow the log's end.
         public static let lsnOutOfOrder = Code("lsnOutOfOrder")
         /// The operation would remove or require records at or below the commit watermark.
@@ -96,15 +99,20 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
     public var code: Code
     /// A human-readable explanation naming the file, offset, key or limit involved.
     public var message: String
+    /// The request id of the write that failed, when the client knows it: a write that
+    /// failed with `timeout`, `cancelled` or `unavailable` may or may not have applied, and
+    /// `CatenaClient.outcome(ofWrite:key:)` settles which.
+    public var requestID: RequestID?
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, requestID: RequestID? = nil) {
         self.code = code
         self.message = message
+        self.requestID = requestID
     }
 
-    /// `code: message`.
-    public var description: String { "\(code): \(message)" }
+    /// `code: message`, and the request id if there is one.
+    public var description: String { "\(code): \(message)" + (requestID.map { " (request \($0))" } ?? "") }
 }
 
 extension Result where Failure == CatenaError {

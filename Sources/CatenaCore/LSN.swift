@@ -64,6 +64,12 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
         RequestID(high: generator.next(), low: generator.next())
     }
 
+    /// Parses the 32 hex digits of ``description``; nil for anything else.
+    public init?(parsing text: some StringProtocol) {
+        guard text.count == 32, text.allSatisfy(\.isHexDigit), let high = UInt64(text.prefix(16), radix: 16), let low = UInt64(text.suffix(16), radix: 16) else { return nil }
+        self.init(high: high, low: low)
+    }
+
     /// 32 hex digits, high half first.
     public var description: String {
         let h = String(high, radix: 16), l = String(low, radix: 16)

@@ -12,9 +12,16 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let chunk = RecordType(rawValue: 3)
     /// The manifest that makes a chunked upload visible as `key`.
     public static let manifest = RecordType(rawValue: 4)
+    /// A fence: the write with this record's request id is settled as not applied, and every
+    /// later copy of it is refused. Changes no object; `key` is the write's, the value empty.
+    public static let fence = RecordType(rawValue: 5)
 
     /// The kinds this build understands.
-    public static let known: Set<RecordType> = [.put, .delete, .chunk, .manifest]
+    public static let known: Set<RecordType> = [.put, .delete, .chunk, .manifest, .fence]
+
+    /// Whether a record of this kind is a version of its key (a put, a manifest, a delete);
+    /// chunks and fences are not.
+    public var isVersion: Bool { self == .put || self == .manifest || self == .delete }
 
     public var description: String {
         switch self {
@@ -22,6 +29,7 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
         case .delete: "delete"
         case .chunk: "chunk"
         case .manifest: "manifest"
+        case .fence: "fence"
         default: "type(\(rawValue))"
         }
     }

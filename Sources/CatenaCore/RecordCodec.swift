@@ -216,6 +216,10 @@ public struct EncodedRecord: Hashable, Sendable {
         switch header.type {
         case .delete:
             guard header.valueLength == 0 else { throw CatenaError(.malformed, "delete record \(header.lsn) has a value") }
+        case .fence:
+            guard header.valueLength == 0, header.requestID != .none else {
+                throw CatenaError(.malformed, "fence record \(header.lsn) has a value or no request id")
+            }
         case .chunk:
             guard RecordExtension.chunkAddress(in: exts) != nil else {
                 throw CatenaError(.malformed, "chunk record \(header.lsn) has no chunk address")

@@ -76,12 +76,15 @@ public struct ReplicaStateMachine: Sendable {
         public var lsn: LSN
         /// The head's timestamp of the write (ns since 1970).
         public var timestamp: UInt64
+        /// The record is a fence: the request was settled as not applied.
+        public var fence: Bool
 
         /// Creates an entry.
-        public init(requestID: RequestID, lsn: LSN, timestamp: UInt64 = 0) {
+        public init(requestID: RequestID, lsn: LSN, timestamp: UInt64 = 0, fence: Bool = false) {
             self.requestID = requestID
             self.lsn = lsn
             self.timestamp = timestamp
+            self.fence = fence
         }
     }
 
@@ -121,6 +124,8 @@ public struct ReplicaStateMachine: Sendable {
         var requestID: RequestID
         var lsn: LSN
         var bytes: Int
+        /// A fence: once committed its request is answered `notApplied`.
+        var fence = false
     }
 
     /// The node this machine runs on.
@@ -159,6 +164,8 @@ public struct ReplicaStateMachine: Sendable {
     /// ``Limits/rememberedRequests`` are forgotten, oldest first.
     private var requests: [RequestID: LSN] = [:]
     private var requestOrder = Deque<RememberedRequest>()
+    /// The remembered request ids whose record is a fence (settled as not applied).
+    private var fences: Set<RequestID> = []
     /// The newest head timestamp in the local log: the request window ends here.
     private var newestTimestamp: UInt64 = 0
     /// Request ids forgotten inside the window because of ``Limits/maxRememberedRequests``.
@@ -183,7 +190,7 @@ public struct ReplicaStateMachine: Sendable {
         self.acknowledged = configuration.role(of: me) != nil && configuration.successor(of: me) == nil ? lastLSN : .zero
         self.epochStarts = lastLSN == .zero ? [] : [(lastLSN.epoch, lastLSN.seq)]
         for r in recentRequests where r.requestID != .none && r.lsn.seq <= lastLSN.seq {
-            remember(r.requestID, r.lsn, timestamp: r.timestamp)
+            remember(r.requestID, r.lsn, timestamp: r.timestamp, fence: r.fence)
         }
         if role?.takesWrites == true { takeOverPending() }
     }
@@ -217,8 +224,18 @@ public struct ReplicaStateMachine: Sendable {
             return [.refuse(request.requestID, CatenaError(.redirect, "writes go to the head: \(head)"))]
         }
         if request.requestID != .none, let lsn = requests[request.requestID] {
-            // A retry: the original result, or nothing new while it is still in flight.
+            if fences.contains(request.requestID) {
+                // Settled as not applied: a late copy of the write is refused; a repeated
+                // settlement gets the same answer once the fence committed.
+                guard request.type == .fence else { return [.refuse(request.requestID, Self.notApplied(request.requestID, lsn))] }
+                return lsn.seq <= acknowledged.seq ? [.refuse(request.requestID, Self.notApplied(request.requestID, lsn))] : []
+            }
+            // A retry (or a settlement of a write that was taken): the original result, or
+            // nothing new while it is still in flight.
             return lsn.seq <= acknowledged.seq ? [.committed([Commit(requestID: request.requestID, lsn: lsn)])] : []
+        }
+        if request.type == .fence && (!request.value.isEmpty || request.condition != nil || !request.extensions.isEmpty) {
+            return [.refuse(request.requestID, CatenaError(.invalidArgument, "a fence carries no value, condition or fields"))]
         }
         let lsn = LSN(epoch: configuration.epoch, seq: lastAccepted.seq + 1)
         let record: EncodedRecord
@@ -241,7 +258,7 @@ public struct ReplicaStateMachine: Sendable {
             return [.refuse(request.requestID, error)]
         }
         accept(record)
-        pending.append(Pending(requestID: request.requestID, lsn: lsn, bytes: record.count))
+        pending.append(Pending(requestID: request.requestID, lsn: lsn, bytes: record.count, fence: request.type == .fence))
         uncommittedBytes += record.count
         return [.append([record])]
     }
@@ -391,13 +408,13 @@ public struct ReplicaStateMachine: Sendable {
         if epochStarts.last?.epoch != r.lsn.epoch { epochStarts.append((r.lsn.epoch, r.lsn.seq)) }
         lastAccepted = r.lsn
         undurable.append(r)
-        if r.header.requestID != .none { remember(r.header.requestID, r.lsn, timestamp: r.header.timestamp) }
+        if r.header.requestID != .none { remember(r.header.requestID, r.lsn, timestamp: r.header.timestamp, fence: r.type == .fence) }
     }
 
     /// The newest version of `key` among the records this machine accepted: the newest of
     /// them not yet durable, else what the durable log holds. Chunks are no version of a key.
     private func newestVersion(of key: Key, durableVersion: (Key) throws(CatenaError) -> KeyVersion?) throws(CatenaError) -> KeyVersion? {
-        for r in undurable.reversed() where r.type != .chunk && r.key == key {
+        for r in undurable.reversed() where r.type.isVersion && r.key == key {
             return r.type == .delete ? nil : KeyVersion(lsn: r.lsn, contentChecksum: r.header.contentChecksum)
         }
         return try durableVersion(key)
@@ -407,7 +424,7 @@ public struct ReplicaStateMachine: Sendable {
     private mutating func takeOverPending() {
         let committed = acknowledged.seq
         pending = Deque(requestOrder.lazy.filter { $0.lsn.seq > committed }
-            .map { Pending(requestID: $0.requestID, lsn: $0.lsn, bytes: 0) })
+            .map { Pending(requestID: $0.requestID, lsn: $0.lsn, bytes: 0, fence: $0.fence) })
         uncommittedBytes = 0
     }
 
@@ -430,20 +447,32 @@ public struct ReplicaStateMachine: Sendable {
         }
         if role.takesWrites {
             var done: [Commit] = []
+            var settled: [Action] = []
             while let first = pending.first, first.lsn.seq <= ackable.seq {
-                done.append(Commit(requestID: first.requestID, lsn: first.lsn))
+                if first.fence {
+                    settled.append(.refuse(first.requestID, Self.notApplied(first.requestID, first.lsn)))
+                } else {
+                    done.append(Commit(requestID: first.requestID, lsn: first.lsn))
+                }
                 uncommittedBytes -= first.bytes
                 pending.removeFirst()
             }
             if !done.isEmpty { actions.append(.committed(done)) }
+            actions += settled
         }
         forgetCommittedRequests()
         return actions
     }
 
-    private mutating func remember(_ id: RequestID, _ lsn: LSN, timestamp: UInt64) {
+    /// The answer to a write, or a settlement, of a request a fence settled.
+    private static func notApplied(_ id: RequestID, _ fence: LSN) -> CatenaError {
+        CatenaError(.notApplied, "request \(id) was settled as not applied (fence \(fence)); it never applies", requestID: id)
+    }
+
+    private mutating func remember(_ id: RequestID, _ lsn: LSN, timestamp: UInt64, fence: Bool) {
         requests[id] = lsn
-        requestOrder.append(RememberedRequest(requestID: id, lsn: lsn, timestamp: timestamp))
+        if fence { fences.insert(id) }
+        requestOrder.append(RememberedRequest(requestID: id, lsn: lsn, timestamp: timestamp, fence: fence))
         newestTimestamp = max(newestTimestamp, timestamp)
         forgetCommittedRequests()
     }
@@ -458,7 +487,10 @@ public struct ReplicaStateMachine: Sendable {
             guard expired || requestOrder.count > limits.maxRememberedRequests else { break }
             if !expired { requestsForgottenEarly += 1 }
             requestOrder.removeFirst()
-            if requests[old.requestID] == old.lsn { requests[old.requestID] = nil }
+            if requests[old.requestID] == old.lsn {
+                requests[old.requestID] = nil
+                if old.fence { fences.remove(old.requestID) }
+            }
         }
     }
 }

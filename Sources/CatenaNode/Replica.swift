@@ -535,7 +535,7 @@ final class Replica: Sendable {
     static func recentRequests(in store: Store, logger: Logger) async -> [ReplicaStateMachine.RememberedRequest] {
         do throws(CatenaError) {
             return try await store.recentRequests(window: store.configuration.requestWindow).map {
-                ReplicaStateMachine.RememberedRequest(requestID: $0.requestID, lsn: $0.lsn, timestamp: $0.timestamp)
+                ReplicaStateMachine.RememberedRequest(requestID: $0.requestID, lsn: $0.lsn, timestamp: $0.timestamp, fence: $0.fence)
             }
         } catch {
             logger.warning("could not read the request ids of the request window; retries of those writes are not recognised",

@@ -65,6 +65,8 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     /// Conditional writes acknowledged, and refused because their condition did not hold.
     public var conditionalApplied = 0
     public var conditionalRefused = 0
+    /// Writes of unknown outcome settled (asked whether they applied, and answered).
+    public var writesSettled = 0
     public var readsAnswered = 0
     public var events = 0
 
@@ -75,12 +77,12 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
         partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; staleRestores += o.staleRestores; nodeRestores += o.nodeRestores; added += o.added
         removed += o.removed; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
         catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
-        conditionalApplied += o.conditionalApplied; conditionalRefused += o.conditionalRefused
+        conditionalApplied += o.conditionalApplied; conditionalRefused += o.conditionalRefused; writesSettled += o.writesSettled
         readsAnswered += o.readsAnswered; events += o.events
     }
 
     public var description: String {
-        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown), reads \(readsAnswered)"
+        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown) (\(writesSettled) settled), reads \(readsAnswered)"
     }
 }
 
@@ -128,6 +130,9 @@ public final class ClusterSimulation {
     var acknowledged: [(lsn: LSN, key: Key, request: RequestID)] = []
     /// Every conditional write's key, condition and outcome, by request id.
     var conditional: [RequestID: (key: String, condition: WriteCondition, outcome: RegisterOperation.Outcome)] = [:]
+    /// Writes of unknown outcome a client settled as applied (at an LSN), and as not applied.
+    var settledApplied: [(lsn: LSN, key: Key, request: RequestID)] = []
+    var settledNotApplied: Set<RequestID> = []
     var history: [RegisterOperation] = []
     var violations: [String] = []
     var trace = Deque<String>()
@@ -895,6 +900,30 @@ public final class ClusterSimulation {
                 violation("\(n.id)'s log differs from \(first.id)'s once settled")
             }
             checkConditions(in: first.disk.records)
+            checkSettlements(in: first.disk.records)
+        }
+    }
+
+    /// A write settled as applied is in the settled log at the LSN the answer named; one settled
+    /// as not applied is not in it (only its fence is).
+    private func checkSettlements(in log: [EncodedRecord]) {
+        for (lsn, key, request) in settledApplied {
+            let r = lsn.seq >= 1 && Int(lsn.seq) <= log.count ? log[Int(lsn.seq) - 1] : nil
+            if r?.lsn != lsn || r?.header.requestID != request || r?.type.isVersion != true {
+                violation("the write \(request) of \(key) was settled as applied at \(lsn), which the log does not hold")
+            }
+        }
+        guard !settledNotApplied.isEmpty else { return }
+        var fenced: Set<RequestID> = []
+        for r in log where settledNotApplied.contains(r.header.requestID) {
+            if r.type == .fence {
+                fenced.insert(r.header.requestID)
+            } else {
+                violation("the write \(r.header.requestID) of \(r.key) was settled as not applied, yet the log holds it at \(r.lsn)")
+            }
+        }
+        for id in settledNotApplied.subtracting(fenced).sorted(by: { "\($0)" < "\($1)" }) {
+            violation("the write \(id) was settled as not applied, but its fence is not in the log")
         }
     }
 
@@ -905,7 +934,7 @@ public final class ClusterSimulation {
         var versions: [Key: KeyVersion] = [:]
         var applied: Set<RequestID> = []
         for r in log {
-            if let c = conditional[r.header.requestID], r.type != .chunk {
+            if let c = conditional[r.header.requestID], r.type.isVersion {
                 applied.insert(r.header.requestID)
                 if !c.condition.holds(for: versions[r.key]) {
                     violation("the write \(r.lsn) of \(r.key) required \(c.condition), but the key was \(versions[r.key].map { "at \($0)" } ?? "absent") just before it in the log")

@@ -25,23 +25,28 @@ final class SimClient {
     /// The version of each key this client last wrote and had acknowledged: what its
     /// conditional writes require (and, as often, no longer find).
     var lastWritten: [String: KeyVersion] = [:]
+    /// A write whose outcome was unknown, to settle next: its key, request id and history entry.
+    var toSettle: (key: String, request: RequestID, entry: Int)?
 
     struct Operation {
         enum Kind {
             case put(String, [UInt8], WriteCondition?)
             case delete(String, WriteCondition?)
             case get(String)
+            /// Ask whether the write with the operation's request id was applied (its history
+            /// entry is `entry`).
+            case settle(String, entry: Int)
 
             var key: String {
                 switch self {
-                case .put(let k, _, _), .delete(let k, _), .get(let k): k
+                case .put(let k, _, _), .delete(let k, _), .get(let k), .settle(let k, _): k
                 }
             }
 
             var condition: WriteCondition? {
                 switch self {
                 case .put(_, _, let c), .delete(_, let c): c
-                case .get: nil
+                case .get, .settle: nil
                 }
             }
         }
@@ -51,6 +56,11 @@ final class SimClient {
         var invoke: UInt64
         var deadline: UInt64
         var attempt = 0
+        /// Attempts sent so far.
+        var sent = 0
+        /// A refusal of a conditional write after several attempts: the write is being settled
+        /// (an earlier attempt may still arrive and apply), and this refusal stands if it was not.
+        var refusedPending: CatenaError?
         var backoff: UInt64 = 5_000_000
         /// Waiting for the master's configuration (this attempt).
         var askingMaster = false
@@ -87,6 +97,13 @@ final class SimClient {
 
     private func startNext() {
         let kind: Operation.Kind
+        if !inFinalRound, sim.phase == .chaos, let s = toSettle {
+            toSettle = nil
+            op = Operation(kind: .settle(s.key, entry: s.entry), request: s.request, invoke: sim.now, deadline: sim.now + 3_000_000_000)
+            attempt()
+            return
+        }
+        toSettle = nil
         if inFinalRound {
             guard !finalRound.isEmpty else {
                 finalDone = true
@@ -138,9 +155,13 @@ final class SimClient {
             return
         }
         o.askingMaster = false
+        o.sent += 1
         op = o
         let target: ChainMember?
         switch o.kind {
+        case .put(let k, _, _) where o.refusedPending != nil, .delete(let k, _) where o.refusedPending != nil:
+            target = configuration!.head
+            send(.write(WriteRequest(requestID: o.request, type: .fence, key: try! Key(k)), attempt: o.attempt), to: target)
         case .put(let k, let v, let condition):
             target = configuration!.head
             send(.write(WriteRequest(requestID: o.request, type: .put, key: try! Key(k), value: v, condition: condition), attempt: o.attempt), to: target)
@@ -150,6 +171,9 @@ final class SimClient {
         case .get(let k):
             target = configuration!.tail
             send(.get(try! Key(k), attempt: o.attempt), to: target)
+        case .settle(let k, _):
+            target = configuration!.head
+            send(.write(WriteRequest(requestID: o.request, type: .fence, key: try! Key(k)), attempt: o.attempt), to: target)
         }
         sim.schedule(.clientWake(index, gen: gen), after: 300_000_000)
     }
@@ -178,6 +202,8 @@ final class SimClient {
                 case .delete(let k, _):
                     lastWritten[k] = nil
                     sim.acknowledged.append((lsn, try! Key(k), o.request))
+                case .settle(let k, _):
+                    sim.settledApplied.append((lsn, try! Key(k), o.request))
                 case .get:
                     break
                 }
@@ -208,6 +234,30 @@ final class SimClient {
 
     private func failed(_ error: CatenaError) {
         log("attempt \(op?.attempt ?? 0) of \(op.map { "\($0.kind)" } ?? "?"): \(error)")
+        if let o = op, case .settle(_, let entry) = o.kind, error.code == .notApplied {
+            // Settled: the write never applies. Its history entry says so from now on, and the
+            // checker holds the run to it.
+            let e = sim.history[entry]
+            sim.history[entry] = RegisterOperation(key: e.key, process: e.process, kind: e.kind, invoke: e.invoke, complete: e.complete,
+                                                   outcome: .failed)
+            sim.settledNotApplied.insert(o.request)
+            finish(.ok, observed: nil)
+            return
+        }
+        if var o = op, o.kind.condition != nil {
+            if o.refusedPending == nil, error.code == .preconditionFailed, o.sent > 1 {
+                // Like CatenaClient: an earlier attempt may still arrive and apply; settle it.
+                o.refusedPending = error
+                op = o
+                attempt()
+                return
+            }
+            if error.code == .notApplied, o.refusedPending != nil {
+                sim.settledNotApplied.insert(o.request)
+                finish(.failed, observed: nil)
+                return
+            }
+        }
         switch error.code {
         case .redirect, .staleEpoch, .epochAhead, .unavailable, .timeout, .closed:
             stale = true
@@ -246,6 +296,12 @@ final class SimClient {
         case .put(_, let v, _): kind = .put(v)
         case .delete: kind = .delete
         case .get: kind = .get
+        case .settle:
+            if outcome == .ok { sim.stats.writesSettled += 1 }
+            log("\(o.kind) of \(o.request) → \(outcome)")
+            gen += 1
+            sim.schedule(.clientWake(index, gen: gen), after: sim.random(1_000_000...40_000_000))
+            return
         }
         if let condition = o.kind.condition {
             sim.conditional[o.request] = (o.kind.key, condition, outcome)
@@ -255,6 +311,9 @@ final class SimClient {
         } else {
             sim.history.append(RegisterOperation(key: o.kind.key, process: index, kind: kind, invoke: o.invoke,
                                                  complete: sim.now, outcome: outcome, observed: observed))
+            if outcome == .unknown && !inFinalRound && sim.chance(0.5) {
+                toSettle = (o.kind.key, o.request, sim.history.count - 1)
+            }
         }
         switch (outcome, o.kind.condition) {
         case (.ok, _?): sim.stats.conditionalApplied += 1

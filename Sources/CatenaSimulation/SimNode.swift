@@ -28,7 +28,8 @@ struct SimDisk {
     var recentRequests: [ReplicaStateMachine.RememberedRequest] {
         records.compactMap { r in
             r.header.requestID == .none ? nil
-                : ReplicaStateMachine.RememberedRequest(requestID: r.header.requestID, lsn: r.lsn, timestamp: r.header.timestamp)
+                : ReplicaStateMachine.RememberedRequest(requestID: r.header.requestID, lsn: r.lsn, timestamp: r.header.timestamp,
+                                                        fence: r.type == .fence)
         }
     }
     var durableEnd: LSN { durable == 0 ? .zero : records[durable - 1].lsn }
@@ -36,7 +37,7 @@ struct SimDisk {
     /// The newest durable version of `key` as a conditional write compares it (what the store's
     /// index holds), or nil if absent.
     func version(of key: Key) -> KeyVersion? {
-        for r in records[..<durable].reversed() where r.key == key {
+        for r in records[..<durable].reversed() where r.type.isVersion && r.key == key {
             return r.header.type == .delete ? nil : KeyVersion(lsn: r.lsn, contentChecksum: r.header.contentChecksum)
         }
         return nil
@@ -47,7 +48,7 @@ struct SimDisk {
         var i = durable - 1
         while i >= 0 {
             let r = records[i]
-            if r.key == key {
+            if r.key == key && r.type.isVersion {
                 if r.header.type == .delete { return nil }
                 return Array(r.bytes[r.header.valueOffset..<(r.header.valueOffset + r.header.valueLength)])
             }

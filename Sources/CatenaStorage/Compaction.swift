@@ -440,6 +440,9 @@ struct LivenessFacts {
             // could not be copied: its upload would be incomplete).
             if keptRegardless(lsn: manifest.lsn, timestamp: manifest.timestamp) { return true }
             return !(newest.map { $0 > manifest.lsn } ?? false)
+        case .fence:
+            // Its one job, refusing a late copy of its write, ends with the request window.
+            return false
         default:
             return true
         }

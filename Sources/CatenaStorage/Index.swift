@@ -70,6 +70,9 @@ struct StoreIndex: Sendable {
                 if pending == nil || version.chunks.count != Int(body.chunkCount) { version.damaged = true }
             }
             put(e.key, version)
+        case .fence:
+            // No version of its key: only the request id matters (the replica machine's).
+            addGarbage(e.location)
         default:
             put(e.key, makeVersion(e))
         }
@@ -78,7 +81,7 @@ struct StoreIndex: Sendable {
     /// Records a damaged record whose header was intact: if it is the newest version of its
     /// key, reads of that key are refused rather than served from an older version.
     mutating func applyDamaged(_ e: EntrySummary) {
-        guard e.header.type != .chunk else { return }
+        guard e.header.type != .chunk && e.header.type != .fence else { return }
         var version = makeVersion(e)
         version.damaged = true
         put(e.key, version)
@@ -115,7 +118,7 @@ struct StoreIndex: Sendable {
     /// Whether the record `e` describes is no longer what the index serves or waits for.
     private func isGarbage(_ e: EntrySummary) -> Bool {
         switch e.header.type {
-        case .delete:
+        case .delete, .fence:
             return true
         case .chunk:
             guard let address = e.chunkAddress else { return false }

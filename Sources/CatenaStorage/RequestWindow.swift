@@ -31,12 +31,15 @@ public struct RecentRequest: Hashable, Sendable {
     public var lsn: LSN
     /// The head's timestamp of the write, ns since 1970.
     public var timestamp: UInt64
+    /// The record is a fence: the request was settled as not applied.
+    public var fence: Bool
 
     /// Creates a recent request.
-    public init(requestID: RequestID, lsn: LSN, timestamp: UInt64) {
+    public init(requestID: RequestID, lsn: LSN, timestamp: UInt64, fence: Bool = false) {
         self.requestID = requestID
         self.lsn = lsn
         self.timestamp = timestamp
+        self.fence = fence
     }
 }
 
@@ -77,7 +80,7 @@ extension Store {
         var out: [RecentRequest] = []
         func take(_ header: RecordHeader) {
             if header.requestID != .none && window.contains(header.timestamp) {
-                out.append(RecentRequest(requestID: header.requestID, lsn: header.lsn, timestamp: header.timestamp))
+                out.append(RecentRequest(requestID: header.requestID, lsn: header.lsn, timestamp: header.timestamp, fence: header.type == .fence))
             }
         }
         for seg in segments where seg.recordCount > 0 && window.contains(seg.maxTimestamp) {

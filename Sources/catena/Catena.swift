@@ -18,7 +18,7 @@ struct Catena: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "catena",
         abstract: "Catena, a chain-replication object store.",
-        subcommands: [Up.self, MasterCommand.self, NodeCommand.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self,
+        subcommands: [Up.self, MasterCommand.self, NodeCommand.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self, Settle.self,
                       BenchStorage.self, BenchChain.self, BenchCatchUp.self, BenchFailover.self, BenchJoin.self, BenchCompaction.self,
                       Simulate.self, Version.self]
     )
@@ -43,6 +43,9 @@ struct Catena: AsyncParsableCommand {
             Glibc.exit(1)
         } catch let error as CatenaError {
             writeStandardError("catena: error: \(error.message) [\(error.code)]")
+            if let id = error.requestID, [.timeout, .cancelled, .unavailable].contains(error.code) {
+                writeStandardError("catena: the write may or may not have applied; `catena settle KEY \(id)` tells which")
+            }
             Glibc.exit(1)
         } catch {
             exit(withError: error)

@@ -284,6 +284,33 @@ struct List: AsyncParsableCommand {
     }
 }
 
+/// `catena settle KEY REQUEST-ID`.
+struct Settle: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Tell whether a write whose outcome is unknown (a timeout) was applied.",
+        discussion: "Prints `applied at LSN E.S` (exit 0) or `not applied` (exit 2); either answer is final: a write settled as not applied is refused if a copy of it still arrives. Ask within the request window (60 s by default) of the write.")
+
+    @Argument(help: "The key the write was for.") var key: String
+    @Argument(help: "The write's request id (32 hex digits, as the error named it).") var requestID: String
+    @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        guard RequestID(parsing: requestID) != nil else { throw ValidationError("a request id is 32 hex digits, not '\(requestID)'") }
+    }
+
+    func run() async throws {
+        let store = try await client.connect()
+        defer { Task { await store.close() } }
+        switch try await store.outcome(ofWrite: RequestID(parsing: requestID)!, key: key) {
+        case .applied(let lsn):
+            print("applied at LSN \(lsn)")
+        case .notApplied:
+            print("not applied")
+            throw ExitCode(2)
+        }
+    }
+}
+
 /// `catena stat KEY`.
 struct Stat: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show an object's metadata.")

@@ -58,6 +58,12 @@ struct ReadmeExampleTests {
             try await store.put("counters/visits", next(current.bytes), condition: .version(current.info.lsn))
             try await store.delete("locks/job-7", condition: .contentChecksum(XXH3.hash(Array("worker-1".utf8))))
 
+            let order = [UInt8](repeating: 5, count: 10)
+            do { try await store.put("orders/17", order) } catch let error as CatenaError where error.requestID != nil {
+                if case .notApplied = try await store.outcome(ofWrite: error.requestID!, key: "orders/17") { /* write it again */ }
+            }
+            #expect(try await store.outcome(ofWrite: RequestID.random(), key: "orders/17") == .notApplied)
+
             #expect(try await store.get("counters/visits").bytes == [1])
             #expect(try await store.exists("locks/job-7") == false)
             do {

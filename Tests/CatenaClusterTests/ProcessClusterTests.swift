@@ -252,6 +252,10 @@ extension ProcessClusterSuites {
                 #expect(try await run(["rm", "docs/lock", "--if-version", first] + master).status == 1, "a superseded version")
                 #expect(try await run(["put", "docs/lock", input, "--if-version", "x.1"] + master).status != 0)
                 #expect(try await run(["rm", "docs/lock", "--if-version", try await lockField("lsn")] + master).status == 0)
+                // Settling a write of unknown outcome: one never sent is settled as not applied (exit 2).
+                let settle = try await run(["settle", "docs/lock", RequestID.random().description] + master)
+                #expect(settle.status == 2 && settle.stdout == "not applied\n", "\(settle)")
+                #expect(try await run(["settle", "docs/lock", "not-an-id"] + master).status != 0)
                 #expect(try await run(["rm", "docs/hello"] + master).status == 0)
                 let missing = try await run(["get", "docs/hello"] + master)
                 #expect(missing.status == 1)

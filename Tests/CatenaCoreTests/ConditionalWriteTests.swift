@@ -106,3 +106,60 @@ struct ConditionalWriteTests {
         #expect(throws: CatenaError.self) { try WriteCondition(decoding: []) }
     }
 }
+
+private func fence(_ n: UInt64, key: String = "k") -> WriteRequest {
+    WriteRequest(requestID: RequestID(high: 2, low: n), type: .fence, key: try! Key(key))
+}
+
+/// Settling a write of unknown outcome: a fence under its request id, decided by the head like
+/// any write, remembered like any request id.
+@Suite("Settling writes")
+struct SettlementTests {
+    @Test func aWriteTheHeadNeverTookIsFencedAndALateCopyRefused() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero)
+        let fenced = appended(head.write(fence(1), now: 1))
+        #expect(fenced.map(\.type) == [.fence] && fenced.first?.header.requestID == RequestID(high: 2, low: 1))
+        // Before the fence commits a late copy is refused already, and a repeated settlement waits.
+        #expect(refusal(head.write(put(1, "v"), now: 2))?.code == .notApplied)
+        #expect(head.write(fence(1), now: 3).isEmpty)
+        let done = head.durable(through: fenced[0].lsn)
+        #expect(refusal(done)?.code == .notApplied, "the settlement is answered once the fence commits")
+        #expect(!done.contains { if case .committed = $0 { true } else { false } })
+        #expect(refusal(head.write(fence(1), now: 4))?.code == .notApplied)
+        #expect(refusal(head.write(put(1, "v"), now: 5))?.code == .notApplied)
+        #expect(head.lastAccepted.seq == 1, "nothing but the fence was appended")
+    }
+
+    @Test func aWriteTheHeadTookIsSettledAsAppliedWithItsLSN() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero)
+        let records = appended(head.write(put(1, "v"), now: 1))
+        #expect(head.write(fence(1), now: 2).isEmpty, "in flight: the settlement waits for the commit")
+        _ = head.durable(through: records[0].lsn)
+        #expect(head.write(fence(1), now: 3) == [.committed([.init(requestID: RequestID(high: 2, low: 1), lsn: records[0].lsn)])])
+    }
+
+    @Test func aFenceOutlivesARestartAndAHeadChange() {
+        // Restarted from its log: the fence's request id comes back marked as a fence.
+        var restarted = ReplicaStateMachine(
+            me: node("a"), configuration: chain(["a"]), lastLSN: LSN(epoch: 1, seq: 1),
+            recentRequests: [.init(requestID: RequestID(high: 2, low: 1), lsn: LSN(epoch: 1, seq: 1), fence: true)])
+        #expect(refusal(restarted.write(put(1, "v"), now: 1))?.code == .notApplied)
+        #expect(refusal(restarted.write(fence(1), now: 1))?.code == .notApplied)
+        // Replicated: the successor that becomes head refuses the late copy too.
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        var b = ReplicaStateMachine(me: node("b"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        let f = appended(a.write(fence(7), now: 1))
+        _ = a.durable(through: f[0].lsn)
+        _ = b.replicate(f, epoch: 1)
+        _ = b.reconfigure(chain(["b"], epoch: 2))
+        #expect(refusal(b.write(put(7, "late"), now: 2))?.code == .notApplied)
+    }
+
+    @Test func aFenceCarriesNothing() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero)
+        var withValue = fence(1)
+        withValue.value = [1]
+        #expect(refusal(head.write(withValue, now: 1))?.code == .invalidArgument)
+        #expect(head.lastAccepted == .zero)
+    }
+}

@@ -67,6 +67,14 @@ struct RecordCodecTests {
         #expect { try Record(type: .delete, key: k, lsn: LSN(epoch: 1, seq: 1), value: [1]).encoded() } throws: {
             ($0 as? CatenaError)?.code == .malformed
         }
+        // A fence names the request it settles and carries nothing.
+        #expect { try Record(type: .fence, key: k, lsn: LSN(epoch: 1, seq: 1), requestID: RequestID(high: 1, low: 1), value: [1]).encoded() } throws: {
+            ($0 as? CatenaError)?.code == .malformed
+        }
+        #expect { try Record(type: .fence, key: k, lsn: LSN(epoch: 1, seq: 1)).encoded() } throws: {
+            ($0 as? CatenaError)?.code == .malformed
+        }
+        _ = try Record(type: .fence, key: k, lsn: LSN(epoch: 1, seq: 1), requestID: RequestID(high: 1, low: 1)).encoded()
         #expect { try Record(type: .chunk, key: k, lsn: LSN(epoch: 1, seq: 1), value: [1]).encoded() } throws: {
             ($0 as? CatenaError)?.code == .malformed
         }

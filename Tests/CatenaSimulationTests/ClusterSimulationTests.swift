@@ -46,12 +46,13 @@ struct ClusterSimulationTests {
         #expect(totals.staleRestores > runs / 20, "\(totals)")
         #expect(totals.writesAcknowledged > runs * 20 && totals.readsAnswered > runs * 10, "\(totals)")
         #expect(totals.conditionalApplied > runs * 2 && totals.conditionalRefused > runs * 2, "\(totals)")
+        #expect(totals.writesSettled > runs / 4, "\(totals)")
     }
 
     /// The targeted fault the random ones almost never hit: a new head's group commit held back
-    /// and the head killed within it (seed 1102 has one; mutant 8 fails there).
+    /// and the head killed within it (seed 42 has one; mutant 8 fails there).
     @Test func aNewHeadIsKilledBeforeItsFirstGroupCommit() {
-        let r = ClusterSimulation(seed: 1102, tracing: true).run()
+        let r = ClusterSimulation(seed: 42, tracing: true).run()
         #expect(r.violations.isEmpty, "\(r.violations)")
         #expect(r.stats.newHeadKills == 1, "\(r.stats)")
         #expect(r.trace.contains { $0.contains("a new head's group commit is held back") })

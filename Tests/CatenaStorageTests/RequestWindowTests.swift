@@ -35,6 +35,12 @@ private final class LogWriter {
     }
 
     @discardableResult
+    func fence(_ k: String, time: Double) async throws -> EncodedRecord {
+        seq += 1
+        return try await append(try Record(type: .fence, key: key(k), lsn: LSN(epoch: 1, seq: seq), timestamp: at(time), requestID: id(seq)).encoded())
+    }
+
+    @discardableResult
     func upload(_ k: String, chunks: Int, chunkSize: Int, time: Double, step: Double = 0.01) async throws -> [EncodedRecord] {
         let upload = RequestID(high: 0xAB, low: seq)
         var out: [EncodedRecord] = []
@@ -69,7 +75,7 @@ private func expectedRecent(_ records: [EncodedRecord], window: Double) -> [Rece
     let width = UInt64(window * 1e9)
     return records.filter { r in
         r.header.requestID != .none && (anchor > r.header.timestamp ? anchor - r.header.timestamp : 0) < width
-    }.map { RecentRequest(requestID: $0.header.requestID, lsn: $0.lsn, timestamp: $0.header.timestamp) }
+    }.map { RecentRequest(requestID: $0.header.requestID, lsn: $0.lsn, timestamp: $0.header.timestamp, fence: $0.type == .fence) }
 }
 
 /// The request-id window: `Store.recentRequests(window:)` and what compaction keeps for it.
@@ -121,6 +127,34 @@ struct RequestWindowTests {
         let empty = try await Fixture(directory: "/data/empty").open()
         #expect(try await empty.recentRequests(window: .seconds(60)).isEmpty)
         await empty.close()
+        await store.close()
+    }
+
+    /// A fence (a write settled as not applied) is no version of its key: reads and listings do
+    /// not see it, the window brings it back marked as a fence, and compaction keeps it exactly
+    /// as long as the window holds it.
+    @Test func aFenceLivesAsLongAsTheWindow() async throws {
+        let f = Fixture(configure: { $0.segmentSize = 4096 })
+        let store = try await f.open()
+        let log = LogWriter(store)
+        try await log.put("k", bytes("v"), time: 0)
+        let fence = try await log.fence("k", time: 1)
+        try await log.fence("never-written", time: 1)
+        #expect(try await store.value("k") == bytes("v"))
+        #expect(try store.head(try Key("never-written")) == nil)
+        #expect(try store.list().objects.map(\.key.string) == ["k"])
+        let recent = try await store.recentRequests(window: .seconds(60))
+        #expect(recent.first { $0.requestID == fence.header.requestID }?.fence == true)
+        #expect(recent == expectedRecent(log.written, window: 60))
+        for i in 0..<20 { try await log.put("filler\(i % 4)", [UInt8](repeating: 2, count: 400), time: 2 + Double(i) * 0.1) }
+        try await store.setCommitWatermark(store.highestLSN)
+        _ = try await store.compact()
+        #expect(try await store.records(after: .zero).collect().contains { $0.lsn == fence.lsn }, "inside the window: kept")
+        for i in 0..<30 { try await log.put("later\(i % 3)", [UInt8](repeating: 3, count: 400), time: 120 + Double(i) * 0.1) }
+        try await store.setCommitWatermark(store.highestLSN)
+        _ = try await store.compact()
+        #expect(!(try await store.records(after: .zero).collect().contains { $0.type == .fence }), "outside the window: dropped")
+        #expect(try await store.value("k") == bytes("v"))
         await store.close()
     }
 

@@ -149,7 +149,7 @@ struct MessagesTests {
         #expect(F.code { try WritePayload.decode(WritePayload.encode(twice)) } == .malformed)
     }
 
-    @Test("A write of an unknown record type is refused with unknownRecordType", arguments: [UInt8(0), 5, 6, 63, 64, 255])
+    @Test("A write of an unknown record type is refused with unknownRecordType", arguments: [UInt8(0), 6, 7, 63, 64, 255])
     func writeUnknownRecordType(_ type: UInt8) {
         var bytes = F.bytes(WritePayload.encode(F.put))
         bytes[0] = type
