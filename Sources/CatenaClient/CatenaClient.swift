@@ -534,29 +534,54 @@ public final class CatenaClient: Sendable {
     /// refusal, find its condition true by then, and apply. The settlement either finds it
     /// applied (the call returns its LSN) or fences the request id, so the refusal is final.
     private func write(_ request: WriteRequest) async throws(CatenaError) -> LSN {
+        try WriteLimits.check(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
+        return try await sendWrite(request.requestID, key: request.key, type: .write, payload: WritePayload.encode(request),
+                                   settleable: request.type != .chunk)
+    }
+
+    /// Sends a write-like request (a write, a copy) to the head, retrying with the same request
+    /// id, and settles a `preconditionFailed` that came after more than one attempt (see
+    /// `write(_:)`). `attemptTimeout`: one attempt's limit instead of the configuration's (a copy
+    /// takes as long as its object). The errors of a `settleable` request carry its id.
+    private func sendWrite(_ id: RequestID, key: Key, type: FrameType, payload: ByteBuffer, settleable: Bool,
+                           attemptTimeout: Duration? = nil) async throws(CatenaError) -> LSN {
         let attempts = Mutex(0)
         do throws(CatenaError) {
-            try WriteLimits.check(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
-            let payload = WritePayload.encode(request)
             do throws(CatenaError) {
                 return try await withRetries(.head) { (connection, chain, timeout) async throws(CatenaError) -> LSN in
                     attempts.withLock { $0 += 1 }
-                    let reply = try await connection.request(Frame(type: .write, chainID: chain.chainID, epoch: chain.epoch, payload: payload),
-                                                             timeout: timeout)
+                    let reply = try await connection.request(Frame(type: type, chainID: chain.chainID, epoch: chain.epoch, payload: payload),
+                                                             timeout: attemptTimeout ?? timeout)
                     return try LSNPayload.decode(reply.payload)
                 }
             } catch {
-                guard error.code == .preconditionFailed, attempts.withLock({ $0 }) > 1 else { throw error }
-                switch try await outcome(ofWrite: request.requestID, key: request.key.string) {
+                guard settleable, error.code == .preconditionFailed, attempts.withLock({ $0 }) > 1 else { throw error }
+                switch try await outcome(ofWrite: id, key: key.string) {
                 case .applied(let lsn): return lsn
                 case .notApplied: throw error
                 }
             }
         } catch {
             var e = error
-            if request.type != .chunk { e.requestID = request.requestID }
+            if settleable { e.requestID = id }
             throw e
         }
+    }
+
+    /// Copies the object stored under `source` to `destination`, inside the cluster: the chain's
+    /// head reads it from its own log and writes the copy, so its bytes do not travel to this
+    /// client. The copy keeps the content checksum, content type and metadata, and is verified
+    /// as it is read; it is written like any put (a large object in chunks, visible only when
+    /// complete). `condition` is the destination's (see `put`). Returns the copy's LSN; throws
+    /// `notFound` if there is no source. A copy of a large object takes as long as writing it:
+    /// one attempt may take the whole ``Configuration/requestTimeout``. Retried, it applies once;
+    /// its errors carry its request id for ``outcome(ofWrite:key:)`` (with `destination`).
+    @discardableResult
+    public func copy(from source: String, to destination: String, condition: WriteCondition? = nil) async throws(CatenaError) -> LSN {
+        let request = CopyRequest(requestID: newRequestID(), source: try Key(source), destination: try Key(destination), condition: condition)
+        if let condition { try WriteCondition.check(condition, on: .put, key: request.destination) }
+        return try await sendWrite(request.requestID, key: request.destination, type: .copy, payload: request.encoded(), settleable: true,
+                                   attemptTimeout: configuration.requestTimeout)
     }
 
     // MARK: - Settling ambiguous outcomes

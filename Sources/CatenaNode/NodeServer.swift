@@ -172,6 +172,10 @@ extension Node {
                     try await write(reply(.objectData, buffer, more: true), outbound)
                 }
                 try await write(reply(.objectData, ByteBuffer()), outbound)
+            case .copy:
+                try checkChain(frame)
+                let lsn = try await copy(try CopyRequest(decoding: frame.payload))
+                try await write(reply(.writeResult, LSNPayload.encode(lsn)), outbound)
             case .catchUpRequest:
                 // Only the tail's durable log is all committed: a joiner copies from it alone.
                 try replica.view.snapshot.node.checkCatchUpSource()

@@ -40,6 +40,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .list: "list"
         case .listPage: "listPage"
         case .getRange: "getRange"
+        case .copy: "copy"
         case .catchUpRequest: "catchUpRequest"
         case .catchUpChunk: "catchUpChunk"
         case .replicate: "replicate"

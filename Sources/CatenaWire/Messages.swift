@@ -28,6 +28,10 @@ extension FrameType {
     /// Client → tail: some bytes of an object (``RangeRequest``). Reply as to ``get``: the
     /// whole object's ``objectInfo``, then ``objectData`` frames of the range's bytes only.
     public static let getRange = FrameType(rawValue: 26)
+    /// Client → head: copy an object to another key inside the cluster (``CopyRequest``): the
+    /// head reads it from its own log and writes the copy; its bytes do not travel to the
+    /// client. Reply: ``writeResult`` with the copy's LSN, or an error frame.
+    public static let copy = FrameType(rawValue: 27)
 
     /// Receiver → source: the records after an LSN (a `CatchUpRequest`, in CatenaCatchUpWire).
     /// Reply: ``catchUpChunk`` frames with flag `more`, then a last, empty one; or an error
@@ -65,7 +69,7 @@ extension FrameType {
     public static let chainStatus = FrameType(rawValue: 134)
 
     /// Frame types a client sends to a storage node.
-    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .catchUpRequest]
+    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .copy, .catchUpRequest]
     /// Frame types a predecessor sends to its successor.
     public static let replicationRequests: Set<FrameType> = [.replicate, .readTarget]
     /// Frame types a master answers.
@@ -118,6 +122,7 @@ public enum WritePayload {
         // The condition is the head's to check, not the record's to keep.
         var condition: WriteCondition?
         if let i = extensions.firstIndex(where: { $0.tag == WriteCondition.extensionTag }) {
+            guard extensions[i].mustUnderstand else { throw CatenaError(.malformed, "a write condition must be a must-understand field") }
             condition = try WriteCondition(decoding: extensions[i].value)
             extensions.remove(at: i)
             guard !extensions.contains(where: { $0.tag == WriteCondition.extensionTag }) else {
@@ -189,6 +194,50 @@ public struct RangeRequest: Hashable, Sendable {
         }
         self.offset = offset
         self.length = length
+    }
+}
+
+/// The payload of a ``FrameType/copy`` frame: copy the newest version of `source` — its bytes,
+/// content checksum, content type and metadata — to `destination`, as the write with
+/// `requestID` (a retry with the same id gets the original result), if `condition` holds for
+/// `destination`.
+///
+/// Layout: request id (2 × u64), source key and destination key (u16 length + bytes each),
+/// condition (u8 length + the value of a ``WriteCondition`` extension field; 0: none).
+public struct CopyRequest: Hashable, Sendable {
+    public var requestID: RequestID
+    public var source: Key
+    public var destination: Key
+    public var condition: WriteCondition?
+
+    public init(requestID: RequestID, source: Key, destination: Key, condition: WriteCondition? = nil) {
+        self.requestID = requestID
+        self.source = source
+        self.destination = destination
+        self.condition = condition
+    }
+
+    public func encoded() -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeRequestID(requestID)
+        b.writeKey(source)
+        b.writeKey(destination)
+        let condition = self.condition?.encodedExtension.value ?? []
+        b.writeInteger(UInt8(condition.count))
+        b.writeBytes(condition)
+        return b
+    }
+
+    public init(decoding payload: ByteBuffer) throws(CatenaError) {
+        var b = payload
+        requestID = try b.readRequestID()
+        source = try b.readKey()
+        destination = try b.readKey()
+        guard let length = b.readInteger(as: UInt8.self), let bytes = b.readBytes(length: Int(length)) else {
+            throw CatenaError(.malformed, "copy request is truncated")
+        }
+        condition = bytes.isEmpty ? nil : try WriteCondition(decoding: bytes)
+        if let condition { try WriteCondition.check(condition, on: .put, key: destination) }
     }
 }
 

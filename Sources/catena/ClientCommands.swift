@@ -284,6 +284,28 @@ struct List: AsyncParsableCommand {
     }
 }
 
+/// `catena cp SOURCE DESTINATION`.
+struct Copy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cp", abstract: "Copy an object to another key, inside the cluster (its bytes do not come to this machine).",
+        discussion: "The copy keeps the content checksum, content type and metadata. A large object takes as long to copy as to write: give --timeout accordingly.")
+
+    @Argument(help: "The key to copy.") var source: String
+    @Argument(help: "The key to copy it to.") var destination: String
+    @Flag(name: .shortAndLong, help: "Say on stderr where the copy is (LSN).") var verbose = false
+    @OptionGroup(title: "Conditions on the destination (the copy applies only if its newest version meets it)") var conditions: ConditionOptions
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let condition = try conditions.condition
+        let store = try await client.connect()
+        defer { Task { await store.close() } }
+        let lsn: LSN
+        do { lsn = try await store.copy(from: source, to: destination, condition: condition) } catch { throw notFound(source, error) }
+        if verbose { writeStandardError("copied \(source) to \(destination) at LSN \(lsn)") }
+    }
+}
+
 /// `catena settle KEY REQUEST-ID`.
 struct Settle: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

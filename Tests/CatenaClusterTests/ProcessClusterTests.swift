@@ -238,6 +238,13 @@ extension ProcessClusterSuites {
                 #expect(withBad.status == 1)
                 #expect(withBad.stderr.contains("cannot delete"))
                 #expect(try await run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
+                // Copies inside the cluster.
+                #expect(try await run(["cp", "docs/hello", "docs/hello-copy"] + master).status == 0)
+                #expect(try await run(["get", "docs/hello-copy"] + master).stdout == "hello, chain\n")
+                #expect(try await run(["cp", "docs/hello", "docs/hello-copy", "--if-absent"] + master).status == 1)
+                let copyMissing = try await run(["cp", "docs/nothing", "docs/x"] + master)
+                #expect(copyMissing.status == 1 && copyMissing.stderr == "not found: docs/nothing\n", "\(copyMissing)")
+                #expect(try await run(["rm", "docs/hello-copy"] + master).status == 0)
                 // Conditions: create-only, then compare-and-swap by the LSN and checksum stat prints.
                 #expect(try await run(["put", "docs/lock", input, "--if-absent"] + master).status == 0)
                 let taken = try await run(["put", "docs/lock", input, "--if-absent"] + master)

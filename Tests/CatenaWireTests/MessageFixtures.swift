@@ -138,6 +138,14 @@ enum MessageFixtures {
         RangeRequest(key: key(nfc), offset: .max, length: .max),
     ]
 
+    static let copyRequests = [
+        CopyRequest(requestID: requestID, source: key("photos/cat.jpg"), destination: key("backup/cat.jpg")),
+        CopyRequest(requestID: RequestID(high: 1, low: 9), source: key(nfd), destination: key(nfc), condition: .absent),
+        CopyRequest(requestID: RequestID(high: .max, low: .max), source: longKey, destination: key("x"),
+                    condition: .version(LSN(epoch: 7, seq: 0x0102_0304))),
+        CopyRequest(requestID: .none, source: key("a"), destination: key("a"), condition: .contentChecksum(.max)),
+    ]
+
     static let listPages = [
         ListPage(objects: [], nextCursor: nil),
         ListPage(objects: [], nextCursor: key("z")),
@@ -348,6 +356,8 @@ enum MessageFixtures {
                      encode: { ObjectInfoPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ObjectInfoPayload.decode(b) }),
         PayloadCodec("range", .getRange, rangeRequests, codes: [.malformed, .invalidKey],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try RangeRequest(decoding: b) }),
+        PayloadCodec("copy", .copy, copyRequests, codes: [.malformed, .invalidKey],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try CopyRequest(decoding: b) }),
         PayloadCodec("list", .list, listRequests, codes: [.malformed, .invalidKey],
                      olderLayouts: { [$0.encoded().readableBytes - 2 - $0.delimiter.count] },
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ListRequest(decoding: b) }),

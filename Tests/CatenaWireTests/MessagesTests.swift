@@ -17,7 +17,7 @@ struct MessagesTests {
         let named: [(FrameType, String)] = [
             (.hello, "hello"), (.welcome, "welcome"), (.error, "error"), (.ping, "ping"), (.pong, "pong"),
             (.write, "write"), (.writeResult, "writeResult"), (.get, "get"), (.objectInfo, "objectInfo"),
-            (.objectData, "objectData"), (.head, "head"), (.list, "list"), (.listPage, "listPage"), (.getRange, "getRange"),
+            (.objectData, "objectData"), (.head, "head"), (.list, "list"), (.listPage, "listPage"), (.getRange, "getRange"), (.copy, "copy"),
             (.catchUpRequest, "catchUpRequest"), (.catchUpChunk, "catchUpChunk"), (.replicate, "replicate"),
             (.acknowledge, "acknowledge"), (.position, "position"), (.readTarget, "readTarget"),
             (.getConfiguration, "getConfiguration"), (.configuration, "configuration"), (.heartbeat, "heartbeat"),
