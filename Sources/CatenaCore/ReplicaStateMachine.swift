@@ -166,6 +166,9 @@ public struct ReplicaStateMachine: Sendable {
     private var requestOrder = Deque<RememberedRequest>()
     /// The remembered request ids whose record is a fence (settled as not applied).
     private var fences: Set<RequestID> = []
+    /// Head: conditional writes refused on a version that was not yet committed, answered once
+    /// everything through `through` is (in order of `through`).
+    private var heldRefusals = Deque<(requestID: RequestID, error: CatenaError, through: LSN)>()
     /// The newest head timestamp in the local log: the request window ends here.
     private var newestTimestamp: UInt64 = 0
     /// Request ids forgotten inside the window because of ``Limits/maxRememberedRequests``.
@@ -255,6 +258,14 @@ public struct ReplicaStateMachine: Sendable {
             ).encoded()
             try admit(record)
         } catch {
+            if error.code == .preconditionFailed, lastAccepted.seq > acknowledged.seq {
+                // The version the condition failed on may not be committed yet, and may never
+                // be (the head can fail before it is replicated): the refusal would then have
+                // read a write that never happened. It waits until everything this head took
+                // before it is committed.
+                heldRefusals.append((request.requestID, error, lastAccepted))
+                return []
+            }
             return [.refuse(request.requestID, error)]
         }
         accept(record)
@@ -355,8 +366,9 @@ public struct ReplicaStateMachine: Sendable {
         let wasHead = old.role(of: me)?.takesWrites ?? false
         let isHead = role?.takesWrites ?? false
         if wasHead && !isHead {
-            let abandoned = pending.map(\.requestID)
+            let abandoned = pending.map(\.requestID) + heldRefusals.map(\.requestID)
             pending = []
+            heldRefusals = []
             uncommittedBytes = 0
             for id in abandoned {
                 actions.append(.refuse(id, CatenaError(.redirect, "\(me) is no longer the head; retry with the same request id at the new head, which knows whether it committed")))
@@ -459,6 +471,10 @@ public struct ReplicaStateMachine: Sendable {
             }
             if !done.isEmpty { actions.append(.committed(done)) }
             actions += settled
+            while let first = heldRefusals.first, first.through.seq <= ackable.seq {
+                actions.append(.refuse(first.requestID, first.error))
+                heldRefusals.removeFirst()
+            }
         }
         forgetCommittedRequests()
         return actions

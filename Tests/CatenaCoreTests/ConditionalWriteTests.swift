@@ -28,21 +28,39 @@ struct ConditionalWriteTests {
         var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
         let first = appended(head.write(put(1, "v1", if: .absent), now: 1))
         #expect(first.map(\.lsn.seq) == [1])
-        // Not durable, not committed: a second create-only put must still see it.
-        let second = head.write(put(2, "v2", if: .absent), now: 2)
-        #expect(appended(second).isEmpty)
-        #expect(refusal(second)?.code == .preconditionFailed)
-        #expect(refusal(second)?.message.contains("version 1.1") == true)
-        // Compare-and-swap against the version in flight, by LSN and by checksum.
+        // Not durable, not committed: a compare-and-swap against it passes at once.
         #expect(appended(head.write(put(3, "v3", if: .version(LSN(epoch: 1, seq: 1))), now: 3)).map(\.lsn.seq) == [2])
-        #expect(refusal(head.write(put(4, "v4", if: .version(LSN(epoch: 1, seq: 1))), now: 4))?.code == .preconditionFailed)
         #expect(appended(head.write(put(5, "v5", if: .contentChecksum(XXH3.hash(Array("v3".utf8)))), now: 5)).map(\.lsn.seq) == [3])
         // A delete in flight makes the key absent.
         #expect(appended(head.write(delete(6, if: .version(LSN(epoch: 1, seq: 3))), now: 6)).map(\.lsn.seq) == [4])
-        #expect(refusal(head.write(put(7, "v7", if: .contentChecksum(XXH3.hash(Array("v5".utf8)))), now: 7))?.code == .preconditionFailed)
         #expect(appended(head.write(put(8, "v8", if: .absent), now: 8)).map(\.lsn.seq) == [5])
         // Other keys are not affected.
         #expect(appended(head.write(put(9, "x", key: "other", if: .absent), now: 9)).map(\.lsn.seq) == [6])
+        // A create-only put that meets the version in flight (5) is refused — but not before that
+        // version is committed: until then the head might fail and the version never exist.
+        let second = head.write(put(2, "v2", if: .absent), now: 10)
+        #expect(second.isEmpty, "held")
+        #expect(refusal(head.write(put(4, "v4", if: .version(LSN(epoch: 1, seq: 1))), now: 11)) == nil, "held")
+        _ = head.durable(through: LSN(epoch: 1, seq: 6))
+        let partly = head.acknowledged(through: LSN(epoch: 1, seq: 5), epoch: 1)
+        #expect(refusal(partly) == nil, "the refusals wait for everything the head took before them")
+        let done = head.acknowledged(through: LSN(epoch: 1, seq: 6), epoch: 1)
+        let refused = done.compactMap { if case .refuse(let id?, let e) = $0 { return (id.low, e.code) } else { return nil } }
+        #expect(refused.map(\.0) == [2, 4] && refused.allSatisfy { $0.1 == .preconditionFailed })
+        #expect(done.contains { if case .refuse(_, let e) = $0 { e.message.contains("version 1.5") } else { false } })
+        // Everything committed: a refusal is answered at once.
+        let stored: (Key) throws(CatenaError) -> KeyVersion? = { _ in KeyVersion(lsn: LSN(epoch: 1, seq: 5), contentChecksum: XXH3.hash(Array("v8".utf8))) }
+        #expect(refusal(head.write(put(7, "v7", if: .absent), now: 12, durableVersion: stored))?.code == .preconditionFailed)
+        #expect(head.lastAccepted.seq == 6, "no refused write got an LSN")
+    }
+
+    @Test func aHeldRefusalIsRedirectedWhenTheHeadIsDemoted() {
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        _ = head.write(put(1, "v1"), now: 1)
+        #expect(head.write(put(2, "v2", if: .absent), now: 2).isEmpty)
+        let actions = head.reconfigure(chain(["b"], epoch: 2))
+        let redirected = actions.compactMap { if case .refuse(let id?, let e) = $0, e.code == .redirect { return id.low } else { return nil } }
+        #expect(redirected == [1, 2], "the pending write and the held refusal go to the new head")
     }
 
     @Test func aConditionSeesTheDurableLogOnceRecordsLeaveTheFlight() {
@@ -82,8 +100,10 @@ struct ConditionalWriteTests {
         _ = a.durable(through: r[0].lsn)
         _ = b.replicate(r, epoch: 1)
         _ = b.reconfigure(chain(["b"], epoch: 2))
-        #expect(refusal(b.write(put(2, "v2", if: .absent), now: 2))?.code == .preconditionFailed)
+        #expect(b.write(put(2, "v2", if: .absent), now: 2).isEmpty, "refused once the inherited version commits")
         #expect(appended(b.write(put(3, "v3", if: .version(r[0].lsn)), now: 3)).map(\.lsn) == [LSN(epoch: 2, seq: 2)])
+        let committed = b.durable(through: LSN(epoch: 2, seq: 2))
+        #expect(refusal(committed)?.code == .preconditionFailed)
     }
 
     @Test func conditionsGoOnlyWhereTheyMeanSomething() {
