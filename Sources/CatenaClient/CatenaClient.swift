@@ -595,13 +595,19 @@ public final class CatenaClient: Sendable {
     /// with its LSN once committed; for one it never took, it appends a fence under that id
     /// and answers ``WriteOutcome/notApplied`` once the fence is committed — from then on every
     /// head refuses the write (`notApplied`), should a copy of it still arrive (one a paused node
-    /// or a slow connection held back). Ask within the request window of the write; asking again
-    /// gets the same answer. Throws like a write when the chain cannot answer (`timeout`: ask
-    /// again).
+    /// or a slow connection held back). Asking again gets the same answer. A head that may have
+    /// forgotten writes as old as this one (sent before the oldest it remembers — after the
+    /// window, or after a restart for writes before it) cannot tell "never taken" from
+    /// "forgotten" and refuses with `settlementExpired` rather than guess: ask soon after the
+    /// failure. The request id records when the write was sent (this client makes it so); for
+    /// an id from elsewhere the answer is given only by a head that has forgotten nothing.
+    /// Throws like a write when the chain cannot answer (`timeout`: ask again).
     public func outcome(ofWrite requestID: RequestID, key: String) async throws(CatenaError) -> WriteOutcome {
         guard requestID != .none else { throw CatenaError(.invalidArgument, "request id 0 names no write") }
+        var sentAt = ByteWriter(capacity: 8)
+        sentAt.u64(Self.sentAt(requestID))
         do {
-            return .applied(try await write(WriteRequest(requestID: requestID, type: .fence, key: try Key(key))))
+            return .applied(try await write(WriteRequest(requestID: requestID, type: .fence, key: try Key(key), value: sentAt.bytes)))
         } catch {
             guard error.code == .notApplied else { throw error }
             return .notApplied
@@ -745,8 +751,23 @@ public final class CatenaClient: Sendable {
         }
     }
 
+    /// A fresh request id that records when it was made: the top byte of its high half is
+    /// ``timedIDMarker``, the low half's top 42 bits the wall clock in milliseconds; the other 78
+    /// bits are random. ``outcome(ofWrite:key:)`` tells the head when the write was sent from it.
     private func newRequestID() -> RequestID {
-        core.ids.withLock { RequestID.random(using: &$0) }
+        let random = core.ids.withLock { RequestID.random(using: &$0) }
+        let milliseconds = UInt64(max(0, Date().timeIntervalSince1970 * 1000)) & ((1 << 42) - 1)
+        return RequestID(high: Self.timedIDMarker << 56 | random.high & ((1 << 56) - 1),
+                         low: milliseconds << 22 | random.low & ((1 << 22) - 1))
+    }
+
+    /// Marks a request id this client made (see `newRequestID()`).
+    static let timedIDMarker: UInt64 = 0xCA
+
+    /// When a request id this client made was made, in ns since 1970; 0 for another id.
+    static func sentAt(_ id: RequestID) -> UInt64 {
+        guard id.high >> 56 == timedIDMarker else { return 0 }
+        return (id.low >> 22) * 1_000_000
     }
 
     static func retryable(_ code: CatenaError.Code) -> Bool {

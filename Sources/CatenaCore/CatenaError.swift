@@ -38,6 +38,10 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         /// The write was not applied and never will be: its request id was settled (a fence
         /// record took it, `CatenaClient.outcome(ofWrite:key:)`), so the head refuses it.
         public static let notApplied = Code("notApplied")
+        /// A write's outcome can no longer be settled: it was sent before the oldest writes the
+        /// head still remembers (the request-id window, 60 s by default). It may or may not have
+        /// applied; read the key to decide.
+        public static let settlementExpired = Code("settlementExpired")
         /// An appended record's LSN does not directly follow the log's end.
         public static let lsnOutOfOrder = Code("lsnOutOfOrder")
         /// The operation would remove or require records at or below the commit watermark.
@@ -99,9 +103,12 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
     public var code: Code
     /// A human-readable explanation naming the file, offset, key or limit involved.
     public var message: String
-    /// The request id of the write that failed, when the client knows it: a write that
-    /// failed with `timeout`, `cancelled` or `unavailable` may or may not have applied, and
-    /// `CatenaClient.outcome(ofWrite:key:)` settles which.
+    /// The request id of the write that failed (set by `CatenaClient` on the errors of its
+    /// writes and copies). A write that failed with an error the client retries or gives up on
+    /// — `timeout`, `cancelled`, `unavailable`, `closed`, `busy`, `redirect`, `staleEpoch`,
+    /// `epochAhead` — may or may not have applied, and `CatenaClient.outcome(ofWrite:key:)`
+    /// settles which; a refusal (`preconditionFailed`, `invalidArgument`, `valueTooLarge`, …)
+    /// applied nothing.
     public var requestID: RequestID?
 
     /// Creates an error.

@@ -63,6 +63,9 @@ public struct ReplicaStateMachine: Sendable {
         /// The most request ids remembered, window or not: a memory bound (about 100 bytes
         /// each). Beyond it the oldest committed ones are forgotten early, and counted.
         public var maxRememberedRequests: Int = 4_000_000
+        /// How far a client's clock may be ahead of the head's when it settles a write (its
+        /// send time against the head's timestamps). Default 5 s.
+        public var settlementClockSkew: UInt64 = 5_000_000_000
 
         /// The defaults above.
         public init() {}
@@ -166,6 +169,10 @@ public struct ReplicaStateMachine: Sendable {
     private var requestOrder = Deque<RememberedRequest>()
     /// The remembered request ids whose record is a fence (settled as not applied).
     private var fences: Set<RequestID> = []
+    /// Head timestamps before this may belong to request ids this machine no longer knows
+    /// (forgotten, or not loaded at start): a write sent before it cannot be settled here.
+    /// `UInt64.max`: everything before the next record this machine accepts.
+    public private(set) var forgottenBefore: UInt64 = 0
     /// Head: conditional writes refused on a version that was not yet committed, answered once
     /// everything through `through` is (in order of `through`).
     private var heldRefusals = Deque<(requestID: RequestID, error: CatenaError, through: LSN)>()
@@ -194,6 +201,11 @@ public struct ReplicaStateMachine: Sendable {
         self.epochStarts = lastLSN == .zero ? [] : [(lastLSN.epoch, lastLSN.seq)]
         for r in recentRequests where r.requestID != .none && r.lsn.seq <= lastLSN.seq {
             remember(r.requestID, r.lsn, timestamp: r.timestamp, fence: r.fence)
+        }
+        // The ids of a log read from its start are all known; of a longer one, those from the
+        // oldest loaded on (the store loads every id of the window, which ends at the log's end).
+        if lastLSN != .zero && recentRequests.first?.lsn.seq != 1 {
+            forgottenBefore = recentRequests.map(\.timestamp).min() ?? .max
         }
         if role?.takesWrites == true { takeOverPending() }
     }
@@ -237,8 +249,19 @@ public struct ReplicaStateMachine: Sendable {
             // nothing new while it is still in flight.
             return lsn.seq <= acknowledged.seq ? [.committed([Commit(requestID: request.requestID, lsn: lsn)])] : []
         }
-        if request.type == .fence && (!request.value.isEmpty || request.condition != nil || !request.extensions.isEmpty) {
-            return [.refuse(request.requestID, CatenaError(.invalidArgument, "a fence carries no value, condition or fields"))]
+        var request = request
+        if request.type == .fence {
+            guard request.value.count == 8 || request.value.isEmpty, request.condition == nil, request.extensions.isEmpty else {
+                return [.refuse(request.requestID, CatenaError(.invalidArgument, "a fence carries its write's send time (8 bytes) or nothing, and no condition or fields"))]
+            }
+            // The write was sent at `sentAt` (client clock, ns since 1970; 0: unknown). Its
+            // record, if any, has a head timestamp no earlier than that, less the clock skew: if
+            // ids that recent may be forgotten here, "not taken" cannot be told from "forgotten".
+            let sentAt = request.value.count == 8 ? request.value.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian } : 0
+            if forgottenBefore > 0 && (sentAt < limits.settlementClockSkew || sentAt - limits.settlementClockSkew < forgottenBefore) {
+                return [.refuse(request.requestID, CatenaError(.settlementExpired, "request \(request.requestID) was sent before the oldest writes \(me) still remembers; whether it applied can no longer be told", requestID: request.requestID))]
+            }
+            request.value = []
         }
         let lsn = LSN(epoch: configuration.epoch, seq: lastAccepted.seq + 1)
         let record: EncodedRecord
@@ -420,6 +443,7 @@ public struct ReplicaStateMachine: Sendable {
         if epochStarts.last?.epoch != r.lsn.epoch { epochStarts.append((r.lsn.epoch, r.lsn.seq)) }
         lastAccepted = r.lsn
         undurable.append(r)
+        if forgottenBefore == .max { forgottenBefore = r.header.timestamp }
         if r.header.requestID != .none { remember(r.header.requestID, r.lsn, timestamp: r.header.timestamp, fence: r.type == .fence) }
     }
 
@@ -502,6 +526,7 @@ public struct ReplicaStateMachine: Sendable {
             let expired = newestTimestamp >= limits.requestWindow && old.timestamp < newestTimestamp - limits.requestWindow
             guard expired || requestOrder.count > limits.maxRememberedRequests else { break }
             if !expired { requestsForgottenEarly += 1 }
+            forgottenBefore = max(forgottenBefore == .max ? 0 : forgottenBefore, old.timestamp &+ 1)
             requestOrder.removeFirst()
             if requests[old.requestID] == old.lsn {
                 requests[old.requestID] = nil

@@ -26,7 +26,7 @@ final class SimClient {
     /// conditional writes require (and, as often, no longer find).
     var lastWritten: [String: KeyVersion] = [:]
     /// A write whose outcome was unknown, to settle next: its key, request id and history entry.
-    var toSettle: (key: String, request: RequestID, entry: Int)?
+    var toSettle: (key: String, request: RequestID, entry: Int, sentAt: UInt64)?
 
     struct Operation {
         enum Kind {
@@ -35,11 +35,11 @@ final class SimClient {
             case get(String)
             /// Ask whether the write with the operation's request id was applied (its history
             /// entry is `entry`).
-            case settle(String, entry: Int)
+            case settle(String, entry: Int, sentAt: UInt64)
 
             var key: String {
                 switch self {
-                case .put(let k, _, _), .delete(let k, _), .get(let k), .settle(let k, _): k
+                case .put(let k, _, _), .delete(let k, _), .get(let k), .settle(let k, _, _): k
                 }
             }
 
@@ -99,7 +99,7 @@ final class SimClient {
         let kind: Operation.Kind
         if !inFinalRound, sim.phase == .chaos, let s = toSettle {
             toSettle = nil
-            op = Operation(kind: .settle(s.key, entry: s.entry), request: s.request, invoke: sim.now, deadline: sim.now + 3_000_000_000)
+            op = Operation(kind: .settle(s.key, entry: s.entry, sentAt: s.sentAt), request: s.request, invoke: sim.now, deadline: sim.now + 3_000_000_000)
             attempt()
             return
         }
@@ -161,7 +161,7 @@ final class SimClient {
         switch o.kind {
         case .put(let k, _, _) where o.refusedPending != nil, .delete(let k, _) where o.refusedPending != nil:
             target = configuration!.head
-            send(.write(WriteRequest(requestID: o.request, type: .fence, key: try! Key(k)), attempt: o.attempt), to: target)
+            send(.write(WriteRequest(requestID: o.request, type: .fence, key: try! Key(k), value: Self.sentAt(o.invoke)), attempt: o.attempt), to: target)
         case .put(let k, let v, let condition):
             target = configuration!.head
             send(.write(WriteRequest(requestID: o.request, type: .put, key: try! Key(k), value: v, condition: condition), attempt: o.attempt), to: target)
@@ -171,9 +171,9 @@ final class SimClient {
         case .get(let k):
             target = configuration!.tail
             send(.get(try! Key(k), attempt: o.attempt), to: target)
-        case .settle(let k, _):
+        case .settle(let k, _, let sentAt):
             target = configuration!.head
-            send(.write(WriteRequest(requestID: o.request, type: .fence, key: try! Key(k)), attempt: o.attempt), to: target)
+            send(.write(WriteRequest(requestID: o.request, type: .fence, key: try! Key(k), value: Self.sentAt(sentAt)), attempt: o.attempt), to: target)
         }
         sim.schedule(.clientWake(index, gen: gen), after: 300_000_000)
     }
@@ -202,7 +202,7 @@ final class SimClient {
                 case .delete(let k, _):
                     lastWritten[k] = nil
                     sim.acknowledged.append((lsn, try! Key(k), o.request))
-                case .settle(let k, _):
+                case .settle(let k, _, _):
                     sim.settledApplied.append((lsn, try! Key(k), o.request))
                 case .get:
                     break
@@ -225,6 +225,13 @@ final class SimClient {
         }
     }
 
+    /// A fence's value: the write's send time (the simulation's one clock).
+    static func sentAt(_ t: UInt64) -> [UInt8] {
+        var w = ByteWriter(capacity: 8)
+        w.u64(t)
+        return w.bytes
+    }
+
     /// A condition for a put of `key`: the version this client last wrote (by LSN or by
     /// checksum), or — if it knows none — that the key is absent.
     private func condition(for key: String) -> WriteCondition {
@@ -234,7 +241,7 @@ final class SimClient {
 
     private func failed(_ error: CatenaError) {
         log("attempt \(op?.attempt ?? 0) of \(op.map { "\($0.kind)" } ?? "?"): \(error)")
-        if let o = op, case .settle(_, let entry) = o.kind, error.code == .notApplied {
+        if let o = op, case .settle(_, let entry, _) = o.kind, error.code == .notApplied {
             // Settled: the write never applies. Its history entry says so from now on, and the
             // checker holds the run to it.
             let e = sim.history[entry]
@@ -255,6 +262,10 @@ final class SimClient {
             if error.code == .notApplied, o.refusedPending != nil {
                 sim.settledNotApplied.insert(o.request)
                 finish(.failed, observed: nil)
+                return
+            }
+            if error.code == .settlementExpired, o.refusedPending != nil {
+                finish(.unknown, observed: nil)
                 return
             }
         }
@@ -312,7 +323,7 @@ final class SimClient {
             sim.history.append(RegisterOperation(key: o.kind.key, process: index, kind: kind, invoke: o.invoke,
                                                  complete: sim.now, outcome: outcome, observed: observed))
             if outcome == .unknown && !inFinalRound && sim.chance(0.5) {
-                toSettle = (o.kind.key, o.request, sim.history.count - 1)
+                toSettle = (o.kind.key, o.request, sim.history.count - 1, o.invoke)
             }
         }
         switch (outcome, o.kind.condition) {

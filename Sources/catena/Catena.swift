@@ -43,8 +43,9 @@ struct Catena: AsyncParsableCommand {
             Glibc.exit(1)
         } catch let error as CatenaError {
             writeStandardError("catena: error: \(error.message) [\(error.code)]")
-            if let id = error.requestID, [.timeout, .cancelled, .unavailable].contains(error.code) {
-                writeStandardError("catena: the write may or may not have applied; `catena settle KEY \(id)` tells which")
+            if let id = error.requestID,
+               [.timeout, .cancelled, .unavailable, .closed, .busy, .redirect, .staleEpoch, .epochAhead].contains(error.code) {
+                writeStandardError("catena: the write may or may not have applied; `catena settle KEY \(id)` tells which (soon: a head remembers writes for about a minute)")
             }
             Glibc.exit(1)
         } catch {

@@ -310,7 +310,7 @@ struct Copy: AsyncParsableCommand {
 struct Settle: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Tell whether a write whose outcome is unknown (a timeout) was applied.",
-        discussion: "Prints `applied at LSN E.S` (exit 0) or `not applied` (exit 2); either answer is final: a write settled as not applied is refused if a copy of it still arrives. Ask within the request window (60 s by default) of the write.")
+        discussion: "Prints `applied at LSN E.S` (exit 0) or `not applied` (exit 2); either answer is final: a write settled as not applied is refused if a copy of it still arrives. Ask soon: a head that may have forgotten a write that old (the request window, 60 s by default, or a restart since) refuses with settlementExpired rather than guess.")
 
     @Argument(help: "The key the write was for.") var key: String
     @Argument(help: "The write's request id (32 hex digits, as the error named it).") var requestID: String

@@ -175,6 +175,49 @@ struct SettlementTests {
         #expect(refusal(b.write(put(7, "late"), now: 2))?.code == .notApplied)
     }
 
+    @Test func aHeadThatMayHaveForgottenTheWriteRefusesToSettleIt() {
+        func fence(_ n: UInt64, sentAt: UInt64) -> WriteRequest {
+            var w = ByteWriter()
+            w.u64(sentAt)
+            return WriteRequest(requestID: RequestID(high: 2, low: n), type: .fence, key: try! Key("k"), value: w.bytes)
+        }
+        let second: UInt64 = 1_000_000_000
+        var limits = ReplicaStateMachine.Limits()
+        limits.requestWindow = 60 * second
+        limits.rememberedRequests = 1
+        var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero, limits: limits)
+        // Nothing forgotten yet: any write can be settled, even one of unknown send time.
+        #expect(head.forgottenBefore == 0)
+        for (n, t) in [(1, 100), (2, 200)] as [(UInt64, UInt64)] {
+            let r = appended(head.write(put(n, "v"), now: t * second))
+            _ = head.durable(through: r[0].lsn)
+        }
+        #expect(head.forgottenBefore == 100 * second + 1, "the write of 100 s left the window and was forgotten")
+        // Request 1 was applied and is forgotten: settling it now would wrongly say "not applied".
+        #expect(refusal(head.write(fence(1, sentAt: 99 * second), now: 201 * second))?.code == .settlementExpired)
+        #expect(refusal(head.write(fence(1, sentAt: 104 * second), now: 201 * second))?.code == .settlementExpired, "within the clock skew")
+        let unknownTime = WriteRequest(requestID: RequestID(high: 2, low: 1), type: .fence, key: try! Key("k"))
+        #expect(refusal(head.write(unknownTime, now: 201 * second))?.code == .settlementExpired)
+        // A write sent after the oldest remembered one is settled (and fenced).
+        #expect(appended(head.write(fence(9, sentAt: 150 * second), now: 201 * second)).map(\.type) == [.fence])
+        // Remembered ids are answered whatever the send time.
+        #expect(head.write(fence(2, sentAt: 0), now: 202 * second) == [.committed([.init(requestID: RequestID(high: 2, low: 2), lsn: LSN(epoch: 1, seq: 2))])])
+
+        // Restarted over a log whose older ids were not loaded: only writes from the oldest
+        // loaded one on can be settled; over a log loaded from its start, all can.
+        let restarted = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: LSN(epoch: 1, seq: 50),
+                                            recentRequests: [.init(requestID: RequestID(high: 3, low: 1), lsn: LSN(epoch: 1, seq: 40), timestamp: 300 * second)])
+        #expect(restarted.forgottenBefore == 300 * second)
+        let whole = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: LSN(epoch: 1, seq: 1),
+                                        recentRequests: [.init(requestID: RequestID(high: 3, low: 1), lsn: LSN(epoch: 1, seq: 1), timestamp: 300 * second)])
+        #expect(whole.forgottenBefore == 0)
+        var empty = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: LSN(epoch: 1, seq: 7))
+        #expect(empty.forgottenBefore == .max, "no id known: everything before its next record")
+        #expect(refusal(empty.write(fence(5, sentAt: 10 * second), now: 20 * second))?.code == .settlementExpired)
+        _ = empty.write(put(6, "v"), now: 30 * second)
+        #expect(empty.forgottenBefore == 30 * second)
+    }
+
     @Test func aFenceCarriesNothing() {
         var head = ReplicaStateMachine(me: node("a"), configuration: chain(["a"]), lastLSN: .zero)
         var withValue = fence(1)
