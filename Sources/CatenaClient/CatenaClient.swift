@@ -241,7 +241,7 @@ public final class CatenaClient: Sendable {
         }
         let k = try Key(key)
         let request = WriteRequest(requestID: newRequestID(), type: .put, key: k, value: value,
-                                   extensions: Self.extensions(contentType: contentType, metadata: metadata), condition: condition)
+                                   extensions: RecordExtension.objectFields(contentType: contentType, metadata: metadata), condition: condition)
         let lsn = try await write(request)
         return WriteReceipt(key: k, lsn: lsn, size: UInt64(value.count), contentChecksum: request.contentChecksum)
     }
@@ -518,12 +518,6 @@ public final class CatenaClient: Sendable {
 
     // MARK: - Internals
 
-    private static func extensions(contentType: String?, metadata: [String: String]) -> [RecordExtension] {
-        let sorted = metadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
-        let type = contentType.map { [RecordExtension.contentType($0)] } ?? []
-        return type + sorted.map { RecordExtension.userMetadata(name: $0.key, value: $0.value) }
-    }
-
     /// Sends a write to the head, retrying with the same request id. A write the head would
     /// refuse for its size or its metadata (``WriteLimits``) is refused here, before sending.
     /// Its errors carry its request id (a chunk's do not: only the write that makes an object
@@ -604,10 +598,8 @@ public final class CatenaClient: Sendable {
     /// Throws like a write when the chain cannot answer (`timeout`: ask again).
     public func outcome(ofWrite requestID: RequestID, key: String) async throws(CatenaError) -> WriteOutcome {
         guard requestID != .none else { throw CatenaError(.invalidArgument, "request id 0 names no write") }
-        var sentAt = ByteWriter(capacity: 8)
-        sentAt.u64(Self.sentAt(requestID))
         do {
-            return .applied(try await write(WriteRequest(requestID: requestID, type: .fence, key: try Key(key), value: sentAt.bytes)))
+            return .applied(try await write(.fence(requestID: requestID, key: try Key(key), sentAt: Self.sentAt(requestID))))
         } catch {
             guard error.code == .notApplied else { throw error }
             return .notApplied
@@ -683,7 +675,7 @@ public final class CatenaClient: Sendable {
         let checksum = hasher.digest()
         let manifest = Manifest(upload: upload, chunkCount: index, totalSize: total)
         let request = WriteRequest(requestID: newRequestID(), type: .manifest, key: k, value: manifest.encoded(), contentChecksum: checksum,
-                                   extensions: Self.extensions(contentType: contentType, metadata: metadata), condition: condition)
+                                   extensions: RecordExtension.objectFields(contentType: contentType, metadata: metadata), condition: condition)
         let lsn = try await write(request)
         return WriteReceipt(key: k, lsn: lsn, size: total, contentChecksum: checksum)
     }

@@ -200,6 +200,14 @@ public struct Record: Hashable, Sendable {
 }
 
 extension RecordExtension {
+    /// An object's content type and user metadata as record fields, in the one order every
+    /// writer uses (the content type, then the metadata by the UTF-8 bytes of their names).
+    public static func objectFields(contentType: String?, metadata: [String: String]) -> [RecordExtension] {
+        let sorted = metadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+        let type = contentType.map { [RecordExtension.contentType($0)] } ?? []
+        return type + sorted.map { RecordExtension.userMetadata(name: $0.key, value: $0.value) }
+    }
+
     /// A content type field.
     public static func contentType(_ type: String) -> RecordExtension {
         RecordExtension(tag: contentTypeTag, mustUnderstand: false, value: Array(type.utf8))

@@ -29,6 +29,22 @@ public struct WriteRequest: Hashable, Sendable {
         self.extensions = extensions
         self.condition = condition
     }
+
+    /// A settlement of the write `requestID` of `key` (``RecordType/fence``): its value is the
+    /// write's send time (u64, ns since 1970 by the client's clock; 0: unknown), which the head
+    /// reads and does not store.
+    public static func fence(requestID: RequestID, key: Key, sentAt: UInt64) -> WriteRequest {
+        var w = ByteWriter(capacity: 8)
+        w.u64(sentAt)
+        return WriteRequest(requestID: requestID, type: .fence, key: key, value: w.bytes)
+    }
+
+    /// A fence's send time (0 if it carries none), or nil if the value is not one.
+    var fenceSentAt: UInt64? {
+        guard value.count == 8 else { return value.isEmpty ? 0 : nil }
+        var r = ByteReader(value)
+        return r.u64()
+    }
 }
 
 /// The replica protocol of one node in one chain (van Renesse & Schneider): LSN assignment at
@@ -251,13 +267,12 @@ public struct ReplicaStateMachine: Sendable {
         }
         var request = request
         if request.type == .fence {
-            guard request.value.count == 8 || request.value.isEmpty, request.condition == nil, request.extensions.isEmpty else {
+            guard let sentAt = request.fenceSentAt, request.condition == nil, request.extensions.isEmpty else {
                 return [.refuse(request.requestID, CatenaError(.invalidArgument, "a fence carries its write's send time (8 bytes) or nothing, and no condition or fields"))]
             }
-            // The write was sent at `sentAt` (client clock, ns since 1970; 0: unknown). Its
-            // record, if any, has a head timestamp no earlier than that, less the clock skew: if
-            // ids that recent may be forgotten here, "not taken" cannot be told from "forgotten".
-            let sentAt = request.value.count == 8 ? request.value.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian } : 0
+            // The write's record, if any, has a head timestamp no earlier than its send time,
+            // less the clock skew: if ids that recent may be forgotten here, "not taken" cannot
+            // be told from "forgotten".
             if forgottenBefore > 0 && (sentAt < limits.settlementClockSkew || sentAt - limits.settlementClockSkew < forgottenBefore) {
                 return [.refuse(request.requestID, CatenaError(.settlementExpired, "request \(request.requestID) was sent before the oldest writes \(me) still remembers; whether it applied can no longer be told", requestID: request.requestID))]
             }

@@ -173,7 +173,6 @@ extension Node {
                 }
                 try await write(reply(.objectData, ByteBuffer()), outbound)
             case .copy:
-                try checkChain(frame)
                 let lsn = try await copy(try CopyRequest(decoding: frame.payload))
                 try await write(reply(.writeResult, LSNPayload.encode(lsn)), outbound)
             case .catchUpRequest:

@@ -32,8 +32,7 @@ extension Node {
         guard request.requestID != .none else { throw CatenaError(.invalidArgument, "a copy needs a request id (0 is reserved)") }
         guard let source = try store.get(request.source) else { throw CatenaError(.notFound, "not found: \(request.source)") }
         let info = source.info
-        let extensions = (info.contentType.map { [RecordExtension.contentType($0)] } ?? [])
-            + info.userMetadata.sorted { $0.key < $1.key }.map { RecordExtension.userMetadata(name: $0.key, value: $0.value) }
+        let extensions = RecordExtension.objectFields(contentType: info.contentType, metadata: info.userMetadata)
         if info.chunkCount == 0 && info.size <= UInt64(Self.copyChunkSize) {
             let bytes = try await source.bytes()
             return try await submitted(WriteRequest(requestID: request.requestID, type: .put, key: request.destination, value: bytes,

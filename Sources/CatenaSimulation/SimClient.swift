@@ -161,7 +161,7 @@ final class SimClient {
         switch o.kind {
         case .put(let k, _, _) where o.refusedPending != nil, .delete(let k, _) where o.refusedPending != nil:
             target = configuration!.head
-            send(.write(WriteRequest(requestID: o.request, type: .fence, key: try! Key(k), value: Self.sentAt(o.invoke)), attempt: o.attempt), to: target)
+            send(.write(.fence(requestID: o.request, key: try! Key(k), sentAt: o.invoke), attempt: o.attempt), to: target)
         case .put(let k, let v, let condition):
             target = configuration!.head
             send(.write(WriteRequest(requestID: o.request, type: .put, key: try! Key(k), value: v, condition: condition), attempt: o.attempt), to: target)
@@ -173,7 +173,7 @@ final class SimClient {
             send(.get(try! Key(k), attempt: o.attempt), to: target)
         case .settle(let k, _, let sentAt):
             target = configuration!.head
-            send(.write(WriteRequest(requestID: o.request, type: .fence, key: try! Key(k), value: Self.sentAt(sentAt)), attempt: o.attempt), to: target)
+            send(.write(.fence(requestID: o.request, key: try! Key(k), sentAt: sentAt), attempt: o.attempt), to: target)
         }
         sim.schedule(.clientWake(index, gen: gen), after: 300_000_000)
     }
@@ -223,13 +223,6 @@ final class SimClient {
         default:
             break
         }
-    }
-
-    /// A fence's value: the write's send time (the simulation's one clock).
-    static func sentAt(_ t: UInt64) -> [UInt8] {
-        var w = ByteWriter(capacity: 8)
-        w.u64(t)
-        return w.bytes
     }
 
     /// A condition for a put of `key`: the version this client last wrote (by LSN or by
