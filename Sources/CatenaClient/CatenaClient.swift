@@ -103,7 +103,7 @@ public final class CatenaClient: Sendable {
     /// What every view of this client (``with(requestTimeout:attemptTimeout:retry:logger:)``)
     /// shares: its connections, the chain it routes by, its request ids, whether it is closed.
     private let core: Core
-    private let configuration: Configuration
+    let configuration: Configuration
     private let logger: Logger
 
     private final class Core: Sendable {
@@ -527,7 +527,7 @@ public final class CatenaClient: Sendable {
     /// reported: an earlier attempt the client gave up on may still reach the head after the
     /// refusal, find its condition true by then, and apply. The settlement either finds it
     /// applied (the call returns its LSN) or fences the request id, so the refusal is final.
-    private func write(_ request: WriteRequest) async throws(CatenaError) -> LSN {
+    func write(_ request: WriteRequest) async throws(CatenaError) -> LSN {
         try WriteLimits.check(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
         return try await sendWrite(request.requestID, key: request.key, type: .write, payload: WritePayload.encode(request),
                                    settleable: request.type != .chunk)
@@ -612,6 +612,21 @@ public final class CatenaClient: Sendable {
     where Body.Element == [UInt8] {
         let k = try Key(key)
         let upload = newRequestID()
+        let group = try await storeChunks(k, group: upload, pieces: body, total: expected, progress: progress)
+        let manifest = Manifest(upload: upload, chunkCount: group.chunkCount, totalSize: group.size)
+        let request = WriteRequest(requestID: newRequestID(), type: .manifest, key: k, value: manifest.encoded(), contentChecksum: group.checksum,
+                                   extensions: RecordExtension.objectFields(contentType: contentType, metadata: metadata), condition: condition)
+        let lsn = try await write(request)
+        return WriteReceipt(key: k, lsn: lsn, size: group.size, contentChecksum: group.checksum)
+    }
+
+    /// Stores the bytes `body` yields as the chunk group `group` of `key`: cut into chunks of
+    /// ``Configuration/chunkSize``, up to ``Configuration/chunkWindow`` of them in flight (the
+    /// client holds a few chunks, never the whole). Returns how many chunks, how many bytes and
+    /// their XXH3-64. Nothing is visible until a manifest or part record names the group.
+    func storeChunks<Body: AsyncSequence>(_ k: Key, group upload: UploadID, pieces body: Body, total expected: UInt64? = nil,
+                                          progress: TransferProgress? = nil) async throws(CatenaError) -> (chunkCount: UInt32, size: UInt64, checksum: UInt64)
+    where Body.Element == [UInt8] {
         let hasher = XXH3Hasher()
         var total: UInt64 = 0
         var index: UInt32 = 0
@@ -672,19 +687,14 @@ public final class CatenaClient: Sendable {
             return failure.map { .failure($0) } ?? .success(())
         }
         try result.get()
-        let checksum = hasher.digest()
-        let manifest = Manifest(upload: upload, chunkCount: index, totalSize: total)
-        let request = WriteRequest(requestID: newRequestID(), type: .manifest, key: k, value: manifest.encoded(), contentChecksum: checksum,
-                                   extensions: RecordExtension.objectFields(contentType: contentType, metadata: metadata), condition: condition)
-        let lsn = try await write(request)
-        return WriteReceipt(key: k, lsn: lsn, size: total, contentChecksum: checksum)
+        return (index, total, hasher.digest())
     }
 
     enum Route { case head, tail }
 
     /// Runs `body` against the chain's head or tail, refreshing the configuration and retrying
     /// on redirects, stale epochs, busy nodes and lost connections until the deadline.
-    private func withRetries<R>(_ route: Route, _ body: (RequestConnection, ChainConfiguration, Duration) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
+    func withRetries<R>(_ route: Route, _ body: (RequestConnection, ChainConfiguration, Duration) async throws(CatenaError) -> R) async throws(CatenaError) -> R {
         let deadline = ContinuousClock.now + configuration.requestTimeout
         var attempt = 0
         var lastError: CatenaError?
@@ -746,7 +756,7 @@ public final class CatenaClient: Sendable {
     /// A fresh request id that records when it was made: the top byte of its high half is
     /// ``timedIDMarker``, the low half's top 42 bits the wall clock in milliseconds; the other 78
     /// bits are random. ``outcome(ofWrite:key:)`` tells the head when the write was sent from it.
-    private func newRequestID() -> RequestID {
+    func newRequestID() -> RequestID {
         let random = core.ids.withLock { RequestID.random(using: &$0) }
         let milliseconds = UInt64(max(0, Date().timeIntervalSince1970 * 1000)) & ((1 << 42) - 1)
         return RequestID(high: Self.timedIDMarker << 56 | random.high & ((1 << 56) - 1),
@@ -911,6 +921,23 @@ final class LocalFile: @unchecked Sendable {
         return out
     }
 
+    /// Up to `count` bytes at `offset` (the file position does not move); fewer only at the end.
+    func read(at offset: UInt64, _ count: Int) throws(CatenaError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + filled, count - filled, off_t(offset) + off_t(filled)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Self.error(errno, "cannot read", path)
+            }
+            if n == 0 { break }
+            filled += n
+        }
+        out.removeLast(count - filled)
+        return out
+    }
+
     /// `pieces` (read already), then the file from its current position to its end, in pieces
     /// of `pieceSize`.
     func pieces(of pieceSize: Int, after pieces: [[UInt8]] = []) -> FilePieces {
@@ -958,6 +985,32 @@ struct FilePieces: AsyncSequence, Sendable {
             if let piece = prefix.popFirst() { return piece }
             let piece = try file.read(pieceSize)
             return piece.isEmpty ? nil : piece
+        }
+    }
+}
+
+/// Bytes `range` of a ``LocalFile`` as an `AsyncSequence` of pieces, read at their offsets (so
+/// several ranges of one file can be read at once); ends early with the file.
+struct FileRangePieces: AsyncSequence, Sendable {
+    typealias Element = [UInt8]
+    let file: LocalFile
+    let range: Range<UInt64>
+    let pieceSize: Int
+
+    func makeAsyncIterator() -> Iterator { Iterator(file: file, next: range.lowerBound, end: range.upperBound, pieceSize: pieceSize) }
+
+    struct Iterator: AsyncIteratorProtocol {
+        let file: LocalFile
+        var next: UInt64
+        let end: UInt64
+        let pieceSize: Int
+
+        mutating func next() async throws -> [UInt8]? {
+            guard next < end else { return nil }
+            let piece = try file.read(at: next, Int(Swift.min(UInt64(pieceSize), end - next)))
+            guard !piece.isEmpty else { return nil }
+            next += UInt64(piece.count)
+            return piece
         }
     }
 }
@@ -1079,7 +1132,7 @@ public struct ObjectStream: AsyncSequence, Sendable {
         let checksummed: Bool
         let owner: StreamOwner
         var replies: ReplyStream { owner.replies }
-        let hasher = XXH3Hasher()
+        var verifier: ContentVerifier?
         var received: UInt64 = 0
         var done = false
 
@@ -1101,15 +1154,21 @@ public struct ObjectStream: AsyncSequence, Sendable {
                     throw CatenaError(.protocolViolation, "unexpected \(frame.type) in an object's stream")
                 }
                 let piece = frame.payload
-                piece.withUnsafeReadableBytes { hasher.update($0) }
+                if checksummed {
+                    if verifier == nil { verifier = ContentVerifier(contentChecksum: info.contentChecksum, parts: info.parts) }
+                    piece.withUnsafeReadableBytes { verifier!.update($0) }
+                }
                 received += UInt64(piece.readableBytes)
                 if !frame.flags.contains(.more) {
                     done = true
                     guard received == expected else {
                         throw CatenaError(.checksumMismatch, "'\(info.key)': received \(received) bytes, expected \(expected)")
                     }
-                    guard !checksummed || hasher.digest() == info.contentChecksum else {
-                        throw CatenaError(.checksumMismatch, "'\(info.key)': content checksum mismatch; the object was not returned")
+                    if checksummed {
+                        let verifier = self.verifier ?? ContentVerifier(contentChecksum: info.contentChecksum, parts: info.parts)
+                        if let mismatch = verifier.finish() {
+                            throw CatenaError(.checksumMismatch, "'\(info.key)': \(mismatch); the object was not returned")
+                        }
                     }
                 }
                 if piece.readableBytes > 0 { return piece }

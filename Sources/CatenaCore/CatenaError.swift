@@ -50,6 +50,12 @@ public struct CatenaError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let historyCompacted = Code("historyCompacted")
         /// A manifest names chunks that were never appended.
         public static let incompleteUpload = Code("incompleteUpload")
+        /// The multipart upload does not exist: never created, completed, aborted, or expired
+        /// (the store's `abandonedUploadTimeout`, 7 days after it was created).
+        public static let noSuchUpload = Code("noSuchUpload")
+        /// A multipart upload's completion names a part that was not uploaded, or whose
+        /// checksum is not the one given (a part uploaded again since), or parts out of order.
+        public static let invalidPart = Code("invalidPart")
         /// The device is full (ENOSPC / EDQUOT).
         public static let diskFull = Code("diskFull")
         /// The process may not read or write a path (EACCES / EPERM / EROFS).

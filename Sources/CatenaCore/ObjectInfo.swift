@@ -19,11 +19,15 @@ public struct ObjectInfo: Hashable, Sendable {
     public var requestID: RequestID
     /// Number of chunks for a chunked object, 0 for a single-record object.
     public var chunkCount: Int
+    /// A multipart object's parts (size and checksum each, in order), over which its
+    /// ``contentChecksum`` is defined (``Manifest/checksum(ofParts:)``); empty for any other
+    /// object. Listings leave it empty.
+    public var parts: [PartSummary]
 
     /// Creates an object description.
     public init(key: Key, lsn: LSN, size: UInt64, contentChecksum: UInt64, contentType: String? = nil,
                 userMetadata: [String: String] = [:], timestamp: UInt64 = 0, requestID: RequestID = .none,
-                chunkCount: Int = 0) {
+                chunkCount: Int = 0, parts: [PartSummary] = []) {
         self.key = key
         self.lsn = lsn
         self.size = size
@@ -33,6 +37,7 @@ public struct ObjectInfo: Hashable, Sendable {
         self.timestamp = timestamp
         self.requestID = requestID
         self.chunkCount = chunkCount
+        self.parts = parts
     }
 }
 

@@ -15,13 +15,23 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
     /// A fence: the write with this record's request id is settled as not applied, and every
     /// later copy of it is refused. Changes no object; `key` is the write's, the value empty.
     public static let fence = RecordType(rawValue: 5)
+    /// Opens a multipart upload of `key`; the record's request id is the upload's id, its
+    /// content type and metadata the object's. The value is empty.
+    public static let uploadCreate = RecordType(rawValue: 6)
+    /// Makes a part of a multipart upload: a ``PartRecord`` naming the chunks that hold it.
+    public static let uploadPart = RecordType(rawValue: 7)
+    /// Ends a multipart upload without an object: the value is the upload's id (16 bytes).
+    public static let uploadAbort = RecordType(rawValue: 8)
 
     /// The kinds this build understands.
-    public static let known: Set<RecordType> = [.put, .delete, .chunk, .manifest, .fence]
+    public static let known: Set<RecordType> = [.put, .delete, .chunk, .manifest, .fence, .uploadCreate, .uploadPart, .uploadAbort]
 
     /// Whether a record of this kind is a version of its key (a put, a manifest, a delete);
     /// chunks and fences are not.
     public var isVersion: Bool { self == .put || self == .manifest || self == .delete }
+
+    /// Whether a record of this kind creates, adds a part to or aborts a multipart upload.
+    public var isUploadRecord: Bool { self == .uploadCreate || self == .uploadPart || self == .uploadAbort }
 
     public var description: String {
         switch self {
@@ -30,6 +40,9 @@ public struct RecordType: RawRepresentable, Hashable, Sendable, CustomStringConv
         case .chunk: "chunk"
         case .manifest: "manifest"
         case .fence: "fence"
+        case .uploadCreate: "uploadCreate"
+        case .uploadPart: "uploadPart"
+        case .uploadAbort: "uploadAbort"
         default: "type(\(rawValue))"
         }
     }
@@ -80,42 +93,200 @@ public struct ChunkAddress: Hashable, Sendable {
     }
 }
 
-/// The body of a manifest record: which upload becomes the object, in how many chunks.
+/// The body of a manifest record: which chunks become the object.
+///
+/// A streamed put's manifest names one chunk group, `upload`, whose chunks `0..<chunkCount`
+/// hold the object in order (28 bytes: upload id, chunk count, total size). A multipart
+/// upload's manifest names its upload and the parts it is made of, in order, each a chunk group
+/// of its own (``ManifestPart``); the object's content checksum is then
+/// ``Manifest/checksum(ofParts:)``, defined over the parts, not over the bytes.
 public struct Manifest: Hashable, Sendable {
-    /// The upload whose chunks form the object.
+    /// The chunk group of a streamed put; the multipart upload of a multipart manifest.
     public var upload: UploadID
-    /// How many chunks (indices `0..<chunkCount`).
+    /// How many chunks, in all.
     public var chunkCount: UInt32
     /// The object's total size in bytes (the sum of the chunks' sizes).
     public var totalSize: UInt64
+    /// A multipart object's parts, in order; empty for a streamed put's manifest.
+    public var parts: [ManifestPart]
 
-    /// Creates a manifest body.
+    /// Creates a streamed put's manifest: chunks `0..<chunkCount` of the group `upload`.
     public init(upload: UploadID, chunkCount: UInt32, totalSize: UInt64) {
         self.upload = upload
         self.chunkCount = chunkCount
         self.totalSize = totalSize
+        self.parts = []
     }
 
-    /// The encoded size of a manifest body.
-    public static let encodedSize = 28
+    /// Creates a multipart object's manifest: the parts of `upload`, in order.
+    public init(upload: UploadID, parts: [ManifestPart]) {
+        self.upload = upload
+        self.parts = parts
+        self.chunkCount = parts.reduce(0) { $0 &+ $1.chunkCount }
+        self.totalSize = parts.reduce(0) { $0 &+ $1.size }
+    }
 
-    /// The manifest's bytes (a manifest record's value).
+    /// The chunk groups whose chunks make the object, in order, with their chunk counts.
+    public var groups: [(id: UploadID, chunkCount: UInt32)] {
+        parts.isEmpty ? [(upload, chunkCount)] : parts.map { ($0.group, $0.chunkCount) }
+    }
+
+    /// The encoded size of a streamed put's manifest body.
+    public static let encodedSize = 28
+    /// The most parts a multipart object has (as in S3).
+    public static let maxParts = 10_000
+
+    /// The manifest's bytes (a manifest record's value): 28 bytes for a streamed put; for a
+    /// multipart object the same 28 followed by the part count (u32) and each part (number u32,
+    /// group id 2 × u64, chunk count u32, size u64, checksum u64).
     public func encoded() -> [UInt8] {
-        var out = ByteWriter(capacity: Manifest.encodedSize)
+        var out = ByteWriter(capacity: Manifest.encodedSize + (parts.isEmpty ? 0 : 4 + parts.count * ManifestPart.encodedSize))
         out.u64(upload.high); out.u64(upload.low); out.u32(chunkCount); out.u64(totalSize)
+        if !parts.isEmpty {
+            out.u32(UInt32(parts.count))
+            for p in parts { p.encode(into: &out) }
+        }
         return out.bytes
     }
 
-    /// Parses a manifest record's value.
+    /// Parses a manifest record's value, refusing one whose totals do not add up.
     public init<Bytes: Collection<UInt8>>(decoding bytes: Bytes) throws(CatenaError) {
         let array = Array(bytes)
-        guard array.count == Manifest.encodedSize else {
-            throw CatenaError(.malformed, "manifest body is \(array.count) bytes, expected \(Manifest.encodedSize)")
+        guard array.count >= Manifest.encodedSize else {
+            throw CatenaError(.malformed, "manifest body is \(array.count) bytes, expected at least \(Manifest.encodedSize)")
         }
         var r = ByteReader(array)
         self.upload = RequestID(high: r.u64(), low: r.u64())
         self.chunkCount = r.u32()
         self.totalSize = r.u64()
+        self.parts = []
+        guard r.remaining > 0 else { return }
+        guard r.remaining >= 4 else { throw CatenaError(.malformed, "manifest's part count is truncated") }
+        let count = Int(r.u32())
+        guard count >= 1, count <= Manifest.maxParts, r.remaining == count * ManifestPart.encodedSize else {
+            throw CatenaError(.malformed, "manifest says \(count) parts in \(r.remaining) bytes")
+        }
+        var parts: [ManifestPart] = []
+        parts.reserveCapacity(count)
+        for _ in 0..<count { parts.append(ManifestPart(reading: &r)) }
+        let chunks = parts.reduce(UInt64(0)) { $0 + UInt64($1.chunkCount) }
+        let (size, overflow) = parts.reduce((UInt64(0), false)) { acc, p in
+            let (s, o) = acc.0.addingReportingOverflow(p.size)
+            return (s, acc.1 || o)
+        }
+        guard !overflow, chunks == UInt64(chunkCount), size == totalSize else {
+            throw CatenaError(.malformed, "manifest's parts hold \(chunks) chunks / \(size) bytes; it says \(chunkCount) / \(totalSize)")
+        }
+        for (a, b) in zip(parts, parts.dropFirst()) where a.number >= b.number {
+            throw CatenaError(.malformed, "manifest's parts are not in ascending order (\(a.number), then \(b.number))")
+        }
+        self.parts = parts
+    }
+
+    /// A multipart object's content checksum: XXH3-64 over each part's size and checksum, both
+    /// little-endian u64, in order. (As S3's ETag of a multipart object is the MD5 of the parts'
+    /// MD5s, not of the bytes.)
+    public static func checksum(ofParts parts: [PartSummary]) -> UInt64 {
+        var out = ByteWriter(capacity: parts.count * 16)
+        for p in parts { out.u64(p.size); out.u64(p.checksum) }
+        return XXH3.hash(out.bytes)
+    }
+}
+
+/// One part of a multipart object's manifest: which upload part, and the chunk group holding it.
+public struct ManifestPart: Hashable, Sendable {
+    /// The part's number in its upload (1 ... 10,000).
+    public var number: UInt32
+    /// The chunk group that holds the part's bytes (chunks `0..<chunkCount`).
+    public var group: UploadID
+    /// How many chunks.
+    public var chunkCount: UInt32
+    /// The part's size in bytes.
+    public var size: UInt64
+    /// XXH3-64 of the part's bytes.
+    public var checksum: UInt64
+
+    /// Creates a part.
+    public init(number: UInt32, group: UploadID, chunkCount: UInt32, size: UInt64, checksum: UInt64) {
+        self.number = number
+        self.group = group
+        self.chunkCount = chunkCount
+        self.size = size
+        self.checksum = checksum
+    }
+
+    /// The part's size and checksum.
+    public var summary: PartSummary { PartSummary(size: size, checksum: checksum) }
+
+    static let encodedSize = 40
+
+    func encode(into out: inout ByteWriter) {
+        out.u32(number); out.u64(group.high); out.u64(group.low); out.u32(chunkCount); out.u64(size); out.u64(checksum)
+    }
+
+    init(reading r: inout ByteReader) {
+        number = r.u32()
+        group = RequestID(high: r.u64(), low: r.u64())
+        chunkCount = r.u32()
+        size = r.u64()
+        checksum = r.u64()
+    }
+}
+
+/// The body of an ``RecordType/uploadPart`` record: part `part.number` of the multipart upload
+/// `upload` is the chunk group `part.group`; the record's content checksum is the part's.
+public struct PartRecord: Hashable, Sendable {
+    /// The multipart upload.
+    public var upload: UploadID
+    /// The part and its chunks.
+    public var part: ManifestPart
+
+    /// Creates a part record body.
+    public init(upload: UploadID, part: ManifestPart) {
+        self.upload = upload
+        self.part = part
+    }
+
+    /// The encoded size.
+    public static let encodedSize = 16 + ManifestPart.encodedSize
+
+    /// The record's value.
+    public func encoded() -> [UInt8] {
+        var out = ByteWriter(capacity: PartRecord.encodedSize)
+        out.u64(upload.high); out.u64(upload.low)
+        part.encode(into: &out)
+        return out.bytes
+    }
+
+    /// Parses a part record's value.
+    public init<Bytes: Collection<UInt8>>(decoding bytes: Bytes) throws(CatenaError) {
+        let array = Array(bytes)
+        guard array.count == PartRecord.encodedSize else {
+            throw CatenaError(.malformed, "part record body is \(array.count) bytes, expected \(PartRecord.encodedSize)")
+        }
+        var r = ByteReader(array)
+        upload = RequestID(high: r.u64(), low: r.u64())
+        part = ManifestPart(reading: &r)
+        guard (1...UInt32(Manifest.maxParts)).contains(part.number) else {
+            throw CatenaError(.invalidArgument, "part number \(part.number) is outside 1...\(Manifest.maxParts)")
+        }
+    }
+}
+
+extension UploadID {
+    /// An upload id as a record value (an abort's body): 2 × u64.
+    public var encodedValue: [UInt8] {
+        var out = ByteWriter(capacity: 16)
+        out.u64(high); out.u64(low)
+        return out.bytes
+    }
+
+    /// Parses an upload id record value.
+    public init<Bytes: Collection<UInt8>>(decodingValue bytes: Bytes) throws(CatenaError) {
+        let array = Array(bytes)
+        guard array.count == 16 else { throw CatenaError(.malformed, "upload id is \(array.count) bytes, expected 16") }
+        var r = ByteReader(array)
+        self.init(high: r.u64(), low: r.u64())
     }
 }
 

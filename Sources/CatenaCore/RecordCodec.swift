@@ -225,7 +225,21 @@ public struct EncodedRecord: Hashable, Sendable {
                 throw CatenaError(.malformed, "chunk record \(header.lsn) has no chunk address")
             }
         case .manifest:
-            _ = try Manifest(decoding: value)
+            let manifest = try Manifest(decoding: value)
+            if !manifest.parts.isEmpty, header.contentChecksum != Manifest.checksum(ofParts: manifest.parts.map(\.summary)) {
+                throw CatenaError(.malformed, "multipart manifest \(header.lsn): its content checksum is not the one of its parts")
+            }
+        case .uploadCreate:
+            guard header.valueLength == 0, header.requestID != .none else {
+                throw CatenaError(.malformed, "upload record \(header.lsn) has a value or no request id (its upload id)")
+            }
+        case .uploadPart:
+            let part = try PartRecord(decoding: value)
+            guard part.part.checksum == header.contentChecksum else {
+                throw CatenaError(.malformed, "part record \(header.lsn): its content checksum is not its part's")
+            }
+        case .uploadAbort:
+            _ = try UploadID(decodingValue: value)
         default:
             break
         }

@@ -58,6 +58,9 @@ public final class XXH3Hasher {
         bytes.withUnsafeBytes { update($0) }
     }
 
+    /// Starts over, as if just created.
+    public func reset() { XXH3_64bits_reset(state) }
+
     /// The hash of everything fed so far (the hasher may continue to be fed).
     public func digest() -> UInt64 { XXH3_64bits_digest(state) }
 }

@@ -131,6 +131,19 @@ extension Node {
                 try checkLease()
                 page = ListPagePayload.bounded(page, maxBytes: configuration.connectionLimits.maxFrameSize / 2)
                 try await write(reply(.listPage, ListPagePayload.encode(page, grouped: !request.delimiter.isEmpty)), outbound)
+            case .listUploads:
+                try checkReads()
+                let request = try ListUploadsRequest(decoding: frame.payload)
+                var page = try store.listUploads(prefix: request.prefix, after: request.after, limit: min(max(request.limit, 1), 1000))
+                try checkLease()
+                page = UploadPagePayload.bounded(page, maxBytes: configuration.connectionLimits.maxFrameSize / 2)
+                try await write(reply(.uploadPage, UploadPagePayload.encode(page)), outbound)
+            case .listParts:
+                try checkReads()
+                let request = try ListPartsRequest(decoding: frame.payload)
+                let page = try store.listParts(of: request.upload, after: request.after, limit: min(max(request.limit, 1), 1000))
+                try checkLease()
+                try await write(reply(.partPage, PartPagePayload.encode(page)), outbound)
             case .get, .getRange:
                 try checkReads()
                 let key: Key

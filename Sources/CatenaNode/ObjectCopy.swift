@@ -39,44 +39,75 @@ extension Node {
                                                     contentChecksum: info.contentChecksum, extensions: extensions,
                                                     condition: request.condition))
         }
+        // A multipart source is copied as a multipart object with the same part boundaries (its
+        // content checksum is defined over them): an upload, each part a chunk group and a
+        // part record, then the manifest. Any other, as one chunk group.
+        let multipart = !info.parts.isEmpty
+        let parts = multipart ? info.parts : [PartSummary(size: info.size, checksum: info.contentChecksum)]
         let upload = Self.derivedID(request.requestID, info.lsn, UInt64.max)
-        var index: UInt32 = 0
-        var pending: [UInt8] = []
-        pending.reserveCapacity(Self.copyChunkSize)
-        try await withThrowingTaskGroupOfCatenaErrors { (group: inout ThrowingTaskGroup<Void, any Error>) async throws(CatenaError) in
-            var inFlight = 0
-            func send(_ value: [UInt8]) async throws(CatenaError) {
-                if inFlight == Self.copyChunkWindow {
-                    try await Self.nextResult(&group)
-                    inFlight -= 1
+        if multipart {
+            _ = try await submitted(WriteRequest(requestID: upload, type: .uploadCreate, key: request.destination, extensions: extensions))
+        }
+        var manifestParts: [ManifestPart] = []
+        var chunkID: UInt64 = 0
+        var body = source.body.makeAsyncIterator()
+        var carry: ArraySlice<UInt8> = []
+        for (p, part) in parts.enumerated() {
+            let group = multipart ? Self.derivedID(request.requestID, info.lsn, 1 << 40 | UInt64(p)) : upload
+            var index: UInt32 = 0
+            var remaining = part.size
+            var pending: [UInt8] = []
+            pending.reserveCapacity(Self.copyChunkSize)
+            try await withThrowingTaskGroupOfCatenaErrors { (tasks: inout ThrowingTaskGroup<Void, any Error>) async throws(CatenaError) in
+                var inFlight = 0
+                func send(_ value: [UInt8]) async throws(CatenaError) {
+                    if inFlight == Self.copyChunkWindow {
+                        try await Self.nextResult(&tasks)
+                        inFlight -= 1
+                    }
+                    var chunk = WriteRequest(requestID: Self.derivedID(request.requestID, info.lsn, chunkID), type: .chunk,
+                                             key: request.destination, value: value)
+                    chunk.extensions = [.chunkAddress(ChunkAddress(upload: group, index: index))]
+                    index += 1
+                    chunkID += 1
+                    inFlight += 1
+                    tasks.addTask { _ = try await self.submitted(chunk) }
                 }
-                var chunk = WriteRequest(requestID: Self.derivedID(request.requestID, info.lsn, UInt64(index)), type: .chunk,
-                                         key: request.destination, value: value)
-                chunk.extensions = [.chunkAddress(ChunkAddress(upload: upload, index: index))]
-                index += 1
-                inFlight += 1
-                group.addTask { _ = try await self.submitted(chunk) }
-            }
-            var body = source.body.makeAsyncIterator()
-            while let piece = try await body.nextPiece() {
-                var rest = piece[...]
-                while !rest.isEmpty {
-                    let take = min(rest.count, Self.copyChunkSize - pending.count)
-                    pending += rest.prefix(take)
-                    rest = rest.dropFirst(take)
+                while remaining > 0 {
+                    if carry.isEmpty {
+                        guard let piece = try await body.nextPiece() else {
+                            throw CatenaError(.corruption, "'\(request.source)' ended before its \(info.size) bytes")
+                        }
+                        carry = piece[...]
+                        continue
+                    }
+                    let take = Int(min(UInt64(carry.count), remaining, UInt64(Self.copyChunkSize - pending.count)))
+                    pending += carry.prefix(take)
+                    carry = carry.dropFirst(take)
+                    remaining -= UInt64(take)
                     if pending.count == Self.copyChunkSize {
                         try await send(pending)
                         pending.removeAll(keepingCapacity: true)
                     }
                 }
+                if !pending.isEmpty || index == 0 { try await send(pending) }
+                while inFlight > 0 {
+                    try await Self.nextResult(&tasks)
+                    inFlight -= 1
+                }
             }
-            if !pending.isEmpty || index == 0 { try await send(pending) }
-            while inFlight > 0 {
-                try await Self.nextResult(&group)
-                inFlight -= 1
+            let manifestPart = ManifestPart(number: UInt32(p + 1), group: group, chunkCount: index, size: part.size, checksum: part.checksum)
+            manifestParts.append(manifestPart)
+            if multipart {
+                _ = try await submitted(WriteRequest(requestID: Self.derivedID(request.requestID, info.lsn, 1 << 41 | UInt64(p)), type: .uploadPart,
+                                                     key: request.destination, value: PartRecord(upload: upload, part: manifestPart).encoded(),
+                                                     contentChecksum: part.checksum))
             }
         }
-        let manifest = Manifest(upload: upload, chunkCount: index, totalSize: info.size)
+        // The source's whole body was read (its checksum verified at its end).
+        guard try await body.nextPiece() == nil else { throw CatenaError(.corruption, "'\(request.source)' holds more than its \(info.size) bytes") }
+        let manifest = multipart ? Manifest(upload: upload, parts: manifestParts)
+            : Manifest(upload: upload, chunkCount: manifestParts[0].chunkCount, totalSize: info.size)
         return try await submitted(WriteRequest(requestID: request.requestID, type: .manifest, key: request.destination,
                                                 value: manifest.encoded(), contentChecksum: info.contentChecksum,
                                                 extensions: extensions, condition: request.condition))

@@ -211,7 +211,7 @@ final class Replica: Sendable {
     func replicate(_ records: [EncodedRecord], epoch: UInt64, from sender: NodeID) -> CatenaError? {
         let store = self.store
         return withCore { c in
-            handle(c.machine.replicate(records, epoch: epoch, from: sender) { (r) throws(CatenaError) in try store.check(r) }, &c)
+            handle(c.machine.replicate(records, epoch: epoch, from: sender) { (r) throws(CatenaError) in try store.check(r, strict: false) }, &c)
         }
     }
 

@@ -91,11 +91,23 @@ extension Store {
         // What liveness needs: per key, the newest version at or below the watermark (such a
         // version is permanent: truncation never goes below the watermark); per upload, the LSN
         // of its manifest; the uploads still waiting for a manifest.
-        let (watermark, activeEntries, pending, window) = state.withLock { s in
+        // Multipart uploads past their time (with an allowance for the head's clock) end here,
+        // as if aborted: their parts' chunks become garbage.
+        let allowance = configuration.uploadClockSkewAllowance.nanoseconds
+        if now > timeout &+ allowance {
+            state.withLock { s in
+                for id in s.index.expireUploads(createdBefore: now - timeout - allowance) {
+                    s.uploadTracker.expire(id)
+                }
+            }
+        }
+        let (watermark, activeEntries, pending, open, window) = state.withLock { s in
             (s.persistent.commitWatermark, s.activeEntries, s.index.uploads.mapValues(\.lastTimestamp),
+             s.index.multipart.mapValues { Set($0.parts.values.map(\.lsn)) },
              s.requestWindow(width: configuration.requestWindow.nanoseconds))
         }
-        var facts = LivenessFacts(watermark: watermark, now: now, timeout: timeout, window: window, pendingUploads: pending)
+        var facts = LivenessFacts(watermark: watermark, now: now, timeout: timeout, window: window, pendingUploads: pending,
+                                  openUploads: open)
         facts.incomplete = loaded.contains { $0.1 == nil } || state.withLock { !$0.damage.isEmpty }
         for (_, entries) in loaded { for e in entries ?? [] { facts.learn(e) } }
         for e in activeEntries { facts.learn(e) }
@@ -269,8 +281,8 @@ extension Store {
             // durable meanwhile (a manifest that is now its key's version needs its chunks).
             for e in droppedEntries where e.header.type == .chunk {
                 guard let a = e.chunkAddress else { continue }
-                if s.index.objects[e.key]?.upload == a.upload { return false }
-                if s.index.uploads[a.upload] != nil && s.uploadTracker[a.upload] == nil { return false }
+                if s.index.objects[e.key]?.groups[a.upload] != nil { return false }
+                if s.index.uploads[a.upload] != nil && s.uploadTracker.groups[a.upload] == nil { return false }
             }
             let collected = Set(droppedEntries.compactMap { e -> UploadID? in
                 guard e.header.type == .chunk, let a = e.chunkAddress, s.index.uploads[a.upload] != nil else { return nil }
@@ -280,7 +292,7 @@ extension Store {
 
             for upload in collected {
                 s.index.uploads[upload] = nil
-                s.uploadTracker[upload] = nil
+                s.uploadTracker.groups[upload] = nil
             }
             for t in droppedTombstones { s.index.remove(t.key) }
             for (e, old) in zip(newEntries, oldLocations) {
@@ -338,10 +350,19 @@ extension StoreIndex {
             guard let address = e.chunkAddress else { return }
             if uploads[address.upload]?.chunks[address.index] == old {
                 uploads[address.upload]!.chunks[address.index] = e.location
-            } else if var v = objects[e.key], v.upload == address.upload, Int(address.index) < v.chunks.count, v.chunks[Int(address.index)] == old {
-                v.chunks[Int(address.index)] = e.location
+            } else if var v = objects[e.key], let start = v.groups[address.upload] {
+                let i = start + Int(address.index)
+                guard i < v.chunks.count, v.chunks[i] == old else { return }
+                v.chunks[i] = e.location
                 objects[e.key] = v
             }
+        case .uploadCreate:
+            if multipart[e.header.requestID]?.location == old { multipart[e.header.requestID]!.location = e.location }
+        case .uploadPart:
+            guard let body = e.part, multipart[body.upload]?.parts[body.part.number]?.location == old else { return }
+            multipart[body.upload]!.parts[body.part.number]!.location = e.location
+        case .uploadAbort, .fence:
+            return
         default:
             if var v = objects[e.key], v.location == old {
                 v.location = e.location
@@ -358,8 +379,10 @@ struct LivenessFacts {
     let timeout: UInt64
     /// Records inside it are kept whatever else holds: retries may still carry their ids.
     let window: RequestWindow
-    /// Uploads with chunks but no manifest yet, with their newest chunk's timestamp.
+    /// Chunk groups no manifest claimed yet, with their newest chunk's timestamp.
     let pendingUploads: [UploadID: UInt64]
+    /// Open multipart uploads, with the LSNs of their current parts' records.
+    let openUploads: [UploadID: Set<LSN>]
     /// Per key, the newest put, delete or manifest at or below the watermark.
     var newestAtWatermark: [Key: LSN] = [:]
     /// Per upload, its manifest's LSN and head timestamp.
@@ -371,12 +394,14 @@ struct LivenessFacts {
     /// whether the request-id window keeps them.
     var recordsOf: [Key: [(segment: UInt64, lsn: LSN, inWindow: Bool)]] = [:]
 
-    init(watermark: LSN, now: UInt64, timeout: UInt64, window: RequestWindow, pendingUploads: [UploadID: UInt64]) {
+    init(watermark: LSN, now: UInt64, timeout: UInt64, window: RequestWindow, pendingUploads: [UploadID: UInt64],
+         openUploads: [UploadID: Set<LSN>] = [:]) {
         self.watermark = watermark
         self.now = now
         self.timeout = timeout
         self.window = window
         self.pendingUploads = pendingUploads
+        self.openUploads = openUploads
     }
 
     mutating func learn(_ e: EntrySummary) {
@@ -387,7 +412,9 @@ struct LivenessFacts {
             if e.lsn <= watermark, newestAtWatermark[e.key].map({ $0 < e.lsn }) ?? true {
                 newestAtWatermark[e.key] = e.lsn
             }
-            if e.header.type == .manifest, let m = e.manifest { manifests[m.upload] = (e.lsn, e.header.timestamp) }
+            if e.header.type == .manifest, let m = e.manifest {
+                for group in m.groups { manifests[group.id] = (e.lsn, e.header.timestamp) }
+            }
         default:
             break
         }
@@ -440,9 +467,16 @@ struct LivenessFacts {
             // could not be copied: its upload would be incomplete).
             if keptRegardless(lsn: manifest.lsn, timestamp: manifest.timestamp) { return true }
             return !(newest.map { $0 > manifest.lsn } ?? false)
-        case .fence:
-            // Its one job, refusing a late copy of its write, ends with the request window.
+        case .fence, .uploadAbort:
+            // A fence's one job, refusing a late copy of its write, ends with the request
+            // window; an abort's is done once applied (its upload's records go with it).
             return false
+        case .uploadCreate:
+            // An open upload needs it (a completed one's manifest names everything it needs).
+            return openUploads[e.header.requestID] != nil
+        case .uploadPart:
+            guard let body = e.part else { return true }
+            return openUploads[body.upload]?.contains(e.lsn) ?? false
         default:
             return true
         }

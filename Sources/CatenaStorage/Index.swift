@@ -11,9 +11,12 @@ struct ObjectVersion: Sendable {
     var timestamp: UInt64
     var requestID: RequestID
     var extensions: [UInt8]
-    /// For a manifest: the upload and the chunks' locations, in order.
-    var upload: UploadID?
+    /// For a manifest: the chunk groups (where each starts in `chunks`) and the chunks'
+    /// locations, in order.
+    var groups: [UploadID: Int] = [:]
     var chunks: [Location]
+    /// For a multipart manifest: its parts' sizes and checksums.
+    var parts: [PartSummary] = []
     /// The record on disk failed its checksum: refuse to serve it.
     var damaged: Bool
 }
@@ -26,6 +29,26 @@ struct PendingUpload: Sendable {
     var lastTimestamp: UInt64
 }
 
+/// An open multipart upload, as the index knows it.
+struct OpenUpload: Sendable {
+    var key: Key
+    var lsn: LSN
+    var created: UInt64
+    var location: Location
+    /// The creation record's extensions: the object's content type and metadata.
+    var extensions: [UInt8]
+    var parts: [UInt32: UploadedPart]
+}
+
+/// A part of an open multipart upload: its chunk group (still among the pending groups) and
+/// the record that made it.
+struct UploadedPart: Sendable {
+    var part: ManifestPart
+    var lsn: LSN
+    var timestamp: UInt64
+    var location: Location
+}
+
 /// The in-memory index: key -> newest version, pending uploads, and a lazily sorted key list
 /// for listing by prefix.
 ///
@@ -35,7 +58,10 @@ struct PendingUpload: Sendable {
 /// dictionary.
 struct StoreIndex: Sendable {
     var objects: [Key: ObjectVersion] = [:]
+    /// Chunk groups no manifest has claimed yet (a streamed put's, or a multipart upload's part's).
     var uploads: [UploadID: PendingUpload] = [:]
+    /// Open multipart uploads by id.
+    var multipart: [UploadID: OpenUpload] = [:]
     /// Per segment id, the bytes of its records that are garbage sooner or later: versions a
     /// newer version of their key superseded (a superseded manifest's chunks included) and
     /// tombstones (which go once every older version of their key has). Maintained as records
@@ -62,26 +88,91 @@ struct StoreIndex: Sendable {
         case .manifest:
             var version = makeVersion(e)
             if let body = e.manifest {
-                version.upload = body.upload
                 version.size = body.totalSize
-                let pending = uploads.removeValue(forKey: body.upload)
-                version.chunks = (0..<body.chunkCount).compactMap { pending?.chunks[$0] }
-                // Chunks missing (e.g. lost to damage): the object cannot be served.
-                if pending == nil || version.chunks.count != Int(body.chunkCount) { version.damaged = true }
+                var complete = true
+                for (group, count) in body.groups {
+                    version.groups[group] = version.chunks.count
+                    let pending = uploads.removeValue(forKey: group)
+                    let chunks = (0..<count).compactMap { pending?.chunks[$0] }
+                    // Chunks missing (e.g. lost to damage): the object cannot be served.
+                    if pending == nil || chunks.count != Int(count) { complete = false }
+                    version.chunks += chunks
+                }
+                if !complete { version.damaged = true }
+                if !body.parts.isEmpty {
+                    version.parts = body.parts.map(\.summary)
+                    if let upload = multipart.removeValue(forKey: body.upload) {
+                        // The parts left out of the object go.
+                        let listed = Set(body.parts.map(\.group))
+                        close(upload, keeping: listed)
+                    }
+                }
             }
             put(e.key, version)
         case .fence:
             // No version of its key: only the request id matters (the replica machine's).
+            addGarbage(e.location)
+        case .uploadCreate:
+            let id = e.header.requestID
+            if multipart[id] == nil {
+                multipart[id] = OpenUpload(key: e.key, lsn: e.lsn, created: e.header.timestamp, location: e.location,
+                                           extensions: e.extensions, parts: [:])
+            } else {
+                addGarbage(e.location)
+            }
+        case .uploadPart:
+            guard let body = e.part, var upload = multipart[body.upload] else {
+                // Of an upload already gone (its creation compacted away): nothing to track.
+                addGarbage(e.location)
+                return
+            }
+            if let old = upload.parts[body.part.number] { discard(old) }
+            upload.parts[body.part.number] = UploadedPart(part: body.part, lsn: e.lsn, timestamp: e.header.timestamp, location: e.location)
+            multipart[body.upload] = upload
+        case .uploadAbort:
+            if let id = e.abortedUpload, let upload = multipart.removeValue(forKey: id) { close(upload, keeping: []) }
             addGarbage(e.location)
         default:
             put(e.key, makeVersion(e))
         }
     }
 
+    /// An upload that ended (completed, aborted, expired): its records are garbage, and so are
+    /// the chunks of its parts other than `kept` (the ones a manifest took).
+    mutating func close(_ upload: OpenUpload, keeping kept: Set<UploadID>) {
+        addGarbage(upload.location)
+        for part in upload.parts.values {
+            if kept.contains(part.part.group) {
+                addGarbage(part.location)
+            } else {
+                discard(part)
+            }
+        }
+    }
+
+    /// A part replaced or left out: its record and its chunks are garbage.
+    private mutating func discard(_ part: UploadedPart) {
+        addGarbage(part.location)
+        if let group = uploads.removeValue(forKey: part.part.group) {
+            for location in group.chunks.values { addGarbage(location) }
+        }
+    }
+
+    /// Removes the open uploads created before `cutoff` (head timestamps), as if aborted, and
+    /// returns their ids.
+    mutating func expireUploads(createdBefore cutoff: UInt64) -> [UploadID] {
+        let expired = multipart.filter { $0.value.created < cutoff }
+        for (id, upload) in expired {
+            multipart[id] = nil
+            close(upload, keeping: [])
+        }
+        return Array(expired.keys)
+    }
+
     /// Records a damaged record whose header was intact: if it is the newest version of its
     /// key, reads of that key are refused rather than served from an older version.
     mutating func applyDamaged(_ e: EntrySummary) {
-        guard e.header.type != .chunk && e.header.type != .fence else { return }
+        guard e.header.type.isVersion else { return }
         var version = makeVersion(e)
         version.damaged = true
         put(e.key, version)
@@ -118,12 +209,17 @@ struct StoreIndex: Sendable {
     /// Whether the record `e` describes is no longer what the index serves or waits for.
     private func isGarbage(_ e: EntrySummary) -> Bool {
         switch e.header.type {
-        case .delete, .fence:
+        case .delete, .fence, .uploadAbort:
             return true
         case .chunk:
             guard let address = e.chunkAddress else { return false }
-            if let v = objects[e.key], v.upload == address.upload, v.chunks.contains(e.location) { return false }
+            if let v = objects[e.key], v.groups[address.upload] != nil, v.chunks.contains(e.location) { return false }
             return uploads[address.upload]?.chunks[address.index] != e.location
+        case .uploadCreate:
+            return multipart[e.header.requestID]?.location != e.location
+        case .uploadPart:
+            guard let body = e.part else { return true }
+            return multipart[body.upload]?.parts[body.part.number]?.location != e.location
         default:
             return objects[e.key]?.location != e.location
         }
@@ -139,7 +235,7 @@ struct StoreIndex: Sendable {
             lsn: e.header.lsn, type: e.header.type, location: e.location,
             size: UInt64(e.header.valueLength), contentChecksum: e.header.contentChecksum,
             timestamp: e.header.timestamp, requestID: e.header.requestID, extensions: e.extensions,
-            upload: nil, chunks: [], damaged: e.damaged)
+            chunks: [], damaged: e.damaged)
     }
 
 

@@ -90,10 +90,38 @@ struct EntrySummary: Hashable, Sendable {
     var location: Location
     /// The record's bytes failed their checksum (its header was intact, so key and LSN are known).
     var damaged: Bool
-    /// The body of a manifest record (hints carry it so start-up need not read values).
+    /// The value of a manifest, part or abort record (hints carry it so start-up need not
+    /// read values), parsed.
     var manifest: Manifest? = nil
+    var part: PartRecord? = nil
+    var abortedUpload: UploadID? = nil
 
     var lsn: LSN { header.lsn }
+
+    /// Whether the index needs this record's value (kept in hints).
+    static func keepsValue(_ type: RecordType) -> Bool {
+        type == .manifest || type == .uploadPart || type == .uploadAbort
+    }
+
+    /// Fills in the parsed value of a record whose value the index needs; false if it does not parse.
+    mutating func parseValue<Bytes: Collection<UInt8>>(_ value: Bytes) -> Bool {
+        switch header.type {
+        case .manifest: manifest = try? Manifest(decoding: value); return manifest != nil
+        case .uploadPart: part = try? PartRecord(decoding: value); return part != nil
+        case .uploadAbort: abortedUpload = try? UploadID(decodingValue: value); return abortedUpload != nil
+        default: return true
+        }
+    }
+
+    /// The value as hints keep it.
+    var keptValue: [UInt8] {
+        switch header.type {
+        case .manifest: (manifest ?? Manifest(upload: .none, chunkCount: 0, totalSize: 0)).encoded()
+        case .uploadPart: part?.encoded() ?? []
+        case .uploadAbort: abortedUpload?.encodedValue ?? []
+        default: []
+        }
+    }
     var chunkAddress: ChunkAddress? {
         guard header.type == .chunk, let exts = try? EncodedRecord.parseExtensions(extensions[...]) else { return nil }
         return RecordExtension.chunkAddress(in: exts)
@@ -243,14 +271,16 @@ struct SegmentScanner {
 /// Layout: magic `CHNT` (u32), version (u16), reserved (u16), segment id (u64), the segment's
 /// size when sealed (u64), entry count (u32), then per entry: the record's 80-byte header and
 /// its key (checked by the header checksum), its offset (u64), the extension area, and for a
-/// manifest its 28-byte body; then XXH3-64 of everything before. A hint whose
+/// manifest, an upload part or an upload abort its value (u32 length + bytes; version 1 hints,
+/// from before multipart uploads, hold a manifest's 28-byte body without a length); then XXH3-64
+/// of everything before. A hint whose
 /// checksum, segment id or segment size does not match is ignored and the segment is scanned.
 enum HintFile {
     static let magic: UInt32 = 0x544E_4843  // "CHNT"
 
     static func encode(segment: UInt64, segmentSize: UInt64, entries: [EntrySummary]) -> [UInt8] {
         var w = ByteWriter(capacity: 32 + entries.count * 128)
-        w.u32(magic); w.u16(1); w.u16(0)
+        w.u32(magic); w.u16(2); w.u16(0)
         w.u64(segment); w.u64(segmentSize); w.u32(UInt32(entries.count))
         for e in entries {
             var headerAndKey = [UInt8](repeating: 0, count: RecordHeader.size) + e.key.bytes
@@ -258,7 +288,11 @@ enum HintFile {
             w.raw(headerAndKey)
             w.u64(e.location.offset)
             w.raw(e.extensions)
-            if e.header.type == .manifest { w.raw((e.manifest ?? Manifest(upload: .none, chunkCount: 0, totalSize: 0)).encoded()) }
+            if EntrySummary.keepsValue(e.header.type) {
+                let value = e.keptValue
+                w.u32(UInt32(value.count))
+                w.raw(value)
+            }
         }
         w.u64(XXH3.hash(w.bytes))
         return w.bytes
@@ -281,7 +315,9 @@ enum HintFile {
         let stored = bytes.withUnsafeBytes { $0.le(bytes.count - 8, as: UInt64.self) }
         guard XXH3.hash(bytes[0..<(bytes.count - 8)]) == stored else { return nil }
         var r = ByteReader(bytes)
-        guard r.u32() == magic, r.u16() == 1 else { return nil }
+        guard r.u32() == magic else { return nil }
+        let version = r.u16()
+        guard version == 1 || version == 2 else { return nil }
         _ = r.u16()
         guard r.u64() == segment, r.u64() == segmentSize else { return nil }
         let count = Int(r.u32())
@@ -299,15 +335,17 @@ enum HintFile {
             let offset = r.u64()
             guard r.remaining >= header.extensionsLength + 8 else { return nil }
             let ext = Array(r.raw(header.extensionsLength))
-            var manifest: Manifest?
-            if header.type == .manifest {
-                guard r.remaining >= Manifest.encodedSize + 8, let m = try? Manifest(decoding: r.raw(Manifest.encodedSize)) else { return nil }
-                manifest = m
-            }
-            entries.append(EntrySummary(
+            var entry = EntrySummary(
                 header: header, key: key, extensions: ext,
-                location: Location(segment: segment, offset: offset, length: UInt32(header.recordLength)),
-                damaged: false, manifest: manifest))
+                location: Location(segment: segment, offset: offset, length: UInt32(header.recordLength)), damaged: false)
+            if version == 1, header.type == .manifest {
+                guard r.remaining >= Manifest.encodedSize + 8, entry.parseValue(r.raw(Manifest.encodedSize)) else { return nil }
+            } else if version == 2, EntrySummary.keepsValue(header.type) {
+                guard r.remaining >= 4 + 8 else { return nil }
+                let n = Int(r.u32())
+                guard r.remaining >= n + 8, entry.parseValue(r.raw(n)) else { return nil }
+            }
+            entries.append(entry)
         }
         guard r.remaining == 8 else { return nil }
         return entries
@@ -317,9 +355,9 @@ enum HintFile {
 extension EncodedRecord {
     /// The index summary of this record at `location`.
     func summary(at location: Location) -> EntrySummary {
-        EntrySummary(
-            header: header, key: key, extensions: Array(extensionBytes), location: location, damaged: false,
-            manifest: header.type == .manifest ? try? Manifest(decoding: value) : nil)
+        var entry = EntrySummary(header: header, key: key, extensions: Array(extensionBytes), location: location, damaged: false)
+        _ = entry.parseValue(value)
+        return entry
     }
 }
 

@@ -76,12 +76,6 @@ public final class Store: Sendable {
         case task(@Sendable () -> Void)
     }
 
-    /// Enqueue-side view of an upload, to refuse a manifest whose chunks were never appended.
-    struct UploadProgress {
-        var key: Key
-        var sizes: [UInt32: UInt64]
-    }
-
     struct SegmentState {
         var id: UInt64
         var file: any StorageFile
@@ -120,7 +114,7 @@ public final class Store: Sendable {
         var syncerScheduled = false
         /// LSN of the last record written (durable or not).
         var writtenLSN: LSN = .zero
-        var uploadTracker: [UploadID: UploadProgress] = [:]
+        var uploadTracker = UploadTracker()
         /// LSN of the last durable record.
         var durable: LSN = .zero
         var index = StoreIndex()
@@ -133,6 +127,16 @@ public final class Store: Sendable {
         /// Seqs of truncations queued but not yet done (the watermark may not pass them).
         var pendingTruncations: [UInt64] = []
 
+        /// Rebuilds the enqueue-side upload view: the index's, then the records written or
+        /// queued but not yet durable, in order.
+        mutating func retrackUploads(timeout: UInt64) {
+            uploadTracker = UploadTracker(from: index)
+            for b in written { for p in b.appends { for r in p.records { try? uploadTracker.track(r, timeout: timeout, strict: false) } } }
+            for op in queue {
+                if case .append(let p) = op { for r in p.records { try? uploadTracker.track(r, timeout: timeout, strict: false) } }
+            }
+        }
+
         /// Takes the log as recovery loaded it from disk (at start-up, and after a truncation).
         /// The enqueue tail and the persisted state are the caller's to set.
         mutating func adopt(_ recovered: Recovered) {
@@ -143,7 +147,7 @@ public final class Store: Sendable {
             durable = recovered.highest
             writtenLSN = recovered.highest
             nextSegmentID = max(nextSegmentID, recovered.nextSegmentID)
-            uploadTracker = Store.tracker(from: recovered.index)
+            uploadTracker = UploadTracker(from: recovered.index)
         }
 
         var queueIsEmpty: Bool { queue.isEmpty }
@@ -322,9 +326,6 @@ public final class Store: Sendable {
         try fs.syncDirectory(dir.path)
     }
 
-    static func tracker(from index: StoreIndex) -> [UploadID: UploadProgress] {
-        index.uploads.mapValues { UploadProgress(key: $0.key, sizes: $0.chunkSizes) }
-    }
 
     /// Waits for enqueued appends, then closes files, threads and the directory lock.
     public func close() async {

@@ -170,9 +170,7 @@ extension Store {
         state.withLock { s in
             // The tail stays: appends queued after this truncation continue from the cut.
             s.adopt(recovered)
-            for op in s.queue {
-                if case .append(let p) = op { for r in p.records { try? Store.track(r, in: &s.uploadTracker) } }
-            }
+            s.retrackUploads(timeout: configuration.abandonedUploadTimeout.nanoseconds)
         }
         let after = recovered.segments.reduce(0) { $0 + $1.recordCount }
         let removed = max(0, before - after)

@@ -29,7 +29,7 @@ extension Store {
     public func head(_ key: Key) throws(CatenaError) -> ObjectInfo? {
         try state.withLock { (s) throws(CatenaError) -> ObjectInfo? in
             guard let v = try Store.servableVersion(of: key, in: s) else { return nil }
-            return Store.info(key, v)
+            return Store.info(key, v, withParts: true)
         }
     }
 
@@ -63,14 +63,21 @@ extension Store {
         }
     }
 
-    static func info(_ key: Key, _ v: ObjectVersion) -> ObjectInfo {
-        let exts = (try? EncodedRecord.parseExtensions(v.extensions[...])) ?? []
+    /// `withParts`: a multipart object's part list too (not in listings).
+    static func info(_ key: Key, _ v: ObjectVersion, withParts: Bool = false) -> ObjectInfo {
+        let (contentType, metadata) = objectFields(v.extensions)
+        return ObjectInfo(
+            key: key, lsn: v.lsn, size: v.size, contentChecksum: v.contentChecksum, contentType: contentType,
+            userMetadata: metadata, timestamp: v.timestamp, requestID: v.requestID, chunkCount: v.chunks.count,
+            parts: withParts ? v.parts : [])
+    }
+
+    /// The content type and user metadata in an extension area.
+    static func objectFields(_ extensions: [UInt8]) -> (String?, [String: String]) {
+        let exts = (try? EncodedRecord.parseExtensions(extensions[...])) ?? []
         var metadata: [String: String] = [:]
         for (name, value) in RecordExtension.userMetadata(in: exts) { metadata[name] = value }
-        return ObjectInfo(
-            key: key, lsn: v.lsn, size: v.size, contentChecksum: v.contentChecksum,
-            contentType: exts.first { $0.tag == RecordExtension.contentTypeTag }.map { String(decoding: $0.value, as: UTF8.self) },
-            userMetadata: metadata, timestamp: v.timestamp, requestID: v.requestID, chunkCount: v.chunks.count)
+        return (exts.first { $0.tag == RecordExtension.contentTypeTag }.map { String(decoding: $0.value, as: UTF8.self) }, metadata)
     }
 
     /// The newest version of `key` with a streaming body, or nil if it does not exist.
@@ -100,14 +107,14 @@ extension Store {
                 }
                 parts.append(ObjectBody.Part(file: seg.file, location: loc))
             }
-            var body = ObjectBody(parts: parts, contentChecksum: v.contentChecksum, size: v.size, pool: readerPool)
+            var body = ObjectBody(parts: parts, contentChecksum: v.contentChecksum, objectParts: v.parts, size: v.size, pool: readerPool)
             if let range {
                 guard range.lowerBound <= v.size else {
                     throw CatenaError(.invalidArgument, "range \(range.lowerBound)..<\(range.upperBound) starts past the end of '\(key)' (\(v.size) bytes)")
                 }
                 body.range = range.lowerBound..<Swift.min(range.upperBound, v.size)
             }
-            return StoredObject(info: Store.info(key, v), body: body)
+            return StoredObject(info: Store.info(key, v, withParts: true), body: body)
         }
     }
 

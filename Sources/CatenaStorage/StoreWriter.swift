@@ -33,6 +33,7 @@ extension Store {
             bytes += r.count
         }
         let ticket = AppendTicket()
+        let timeout = configuration.abandonedUploadTimeout.nanoseconds
         let schedule: Bool = try state.withLock { (s) throws(CatenaError) -> Bool in
             try Store.checkWritable(s)
             var previous = s.tail
@@ -45,7 +46,7 @@ extension Store {
                     throw CatenaError(.lsnOutOfOrder, "record \(lsn) does not follow the log's end \(previous)")
                 }
                 previous = lsn
-                try Store.track(r, in: &tracker)
+                try tracker.track(r, timeout: timeout, strict: false)
             }
             s.tail = previous
             s.uploadTracker = tracker
@@ -56,23 +57,26 @@ extension Store {
     }
 
     /// Whether ``enqueue(_:)`` would take `record` after what is enqueued now, apart from its
-    /// LSN: the store is writable, the value fits, and a chunk or manifest fits its upload.
-    /// The head checks a write with this before giving it an LSN.
-    public func check(_ record: EncodedRecord) throws(CatenaError) {
-        try check([record])
+    /// LSN: the store is writable, the value fits, and a chunk, manifest or upload record fits
+    /// its upload. The head checks a write with this before giving it an LSN (`strict`: a
+    /// part, completion or abort of an upload that is not open is refused; replicas pass
+    /// false, see ``UploadTracker``).
+    public func check(_ record: EncodedRecord, strict: Bool = true) throws(CatenaError) {
+        try check([record], strict: strict)
     }
 
     /// Whether ``enqueue(_:)`` would take `records`, in order, after what is enqueued now,
-    /// apart from their LSNs (see ``check(_:)-(EncodedRecord)``).
-    public func check(_ records: [EncodedRecord]) throws(CatenaError) {
+    /// apart from their LSNs (see ``check(_:strict:)-(EncodedRecord,_)``).
+    public func check(_ records: [EncodedRecord], strict: Bool = true) throws(CatenaError) {
+        let timeout = configuration.abandonedUploadTimeout.nanoseconds
         for record in records where record.header.valueLength > configuration.maxValueSize && record.type != .manifest {
             throw CatenaError(.valueTooLarge, "value of \(record.header.valueLength) bytes for key '\(record.key)' exceeds the \(configuration.maxValueSize)-byte record limit; store it chunked")
         }
         try state.withLock { (s) throws(CatenaError) in
             try Store.checkWritable(s)
-            guard records.contains(where: { $0.type == .chunk || $0.type == .manifest }) else { return }
+            guard records.contains(where: { $0.type == .chunk || $0.type == .manifest || $0.type.isUploadRecord }) else { return }
             var tracker = s.uploadTracker
-            for record in records { try Store.track(record, in: &tracker) }
+            for record in records { try tracker.track(record, timeout: timeout, strict: strict) }
         }
     }
 
@@ -84,38 +88,6 @@ extension Store {
     /// Appends one record and returns once it is durable.
     public func append(_ record: Record) async throws(CatenaError) {
         try await enqueue([try record.encoded()]).durable()
-    }
-
-    static func track(_ r: EncodedRecord, in tracker: inout [UploadID: UploadProgress]) throws(CatenaError) {
-        switch r.type {
-        case .chunk:
-            guard let address = RecordExtension.chunkAddress(in: r.extensions) else { return }
-            var progress = tracker[address.upload] ?? UploadProgress(key: r.key, sizes: [:])
-            guard progress.key == r.key else {
-                throw CatenaError(.invalidArgument, "chunk \(address.index) of upload \(address.upload) names key '\(r.key)', but the upload is for '\(progress.key)'")
-            }
-            guard progress.sizes[address.index] == nil else {
-                throw CatenaError(.invalidArgument, "chunk \(address.index) of upload \(address.upload) was already appended")
-            }
-            progress.sizes[address.index] = UInt64(r.header.valueLength)
-            tracker[address.upload] = progress
-        case .manifest:
-            let manifest = try Manifest(decoding: r.value)
-            guard let progress = tracker[manifest.upload], progress.key == r.key else {
-                throw CatenaError(.incompleteUpload, "manifest for '\(r.key)' names upload \(manifest.upload), which has no chunks for that key")
-            }
-            let missing = (0..<manifest.chunkCount).filter { progress.sizes[$0] == nil }
-            guard missing.isEmpty else {
-                throw CatenaError(.incompleteUpload, "manifest for '\(r.key)' needs \(manifest.chunkCount) chunks; \(missing.count) missing (first: \(missing[0]))")
-            }
-            let total = (0..<manifest.chunkCount).reduce(UInt64(0)) { $0 + progress.sizes[$1]! }
-            guard total == manifest.totalSize, progress.sizes.count == Int(manifest.chunkCount) else {
-                throw CatenaError(.incompleteUpload, "manifest for '\(r.key)' says \(manifest.chunkCount) chunks / \(manifest.totalSize) bytes; upload has \(progress.sizes.count) chunks / \(total) bytes")
-            }
-            tracker[manifest.upload] = nil
-        default:
-            break
-        }
     }
 
     /// Queues a writer task (runs even on a failed store: close() relies on it).
@@ -481,8 +453,7 @@ extension Store {
             failed += s.dropQueuedAppends().map(\.ticket)
             // Batches already written before this one may still become durable.
             s.tail = s.writtenLSN
-            s.uploadTracker = Store.tracker(from: s.index)
-            for b in s.written { for p in b.appends { for r in p.records { try? Store.track(r, in: &s.uploadTracker) } } }
+            s.retrackUploads(timeout: configuration.abandonedUploadTimeout.nanoseconds)
             if poison { s.lifecycle = .failed(error) }
         }
         if poison {

@@ -31,6 +31,8 @@ public struct ObjectBody: AsyncSequence, Sendable {
 
     let parts: [Part]
     let contentChecksum: UInt64
+    /// A multipart object's parts, over which `contentChecksum` is defined.
+    var objectParts: [PartSummary] = []
     let size: UInt64
     let pool: NIOThreadPool
     /// Only these bytes of the object (within its size), for a ranged read: records wholly
@@ -58,13 +60,16 @@ public struct ObjectBody: AsyncSequence, Sendable {
         var valueRead = 0
         var header: RecordHeader?
         var recordHasher: XXH3Hasher?
-        let contentHasher = XXH3Hasher()
+        let verifier: ContentVerifier
         var delivered: UInt64 = 0
         var finished = false
         /// Ranged reads: the object offset of the next value byte read.
         var position: UInt64 = 0
 
-        init(body: ObjectBody) { self.body = body }
+        init(body: ObjectBody) {
+            self.body = body
+            self.verifier = ContentVerifier(contentChecksum: body.contentChecksum, parts: body.objectParts)
+        }
 
         public mutating func next() async throws -> [UInt8]? {
             try await nextPiece()
@@ -184,21 +189,24 @@ public struct ObjectBody: AsyncSequence, Sendable {
             guard delivered == body.size else {
                 throw CatenaError(.corruption, "object has \(delivered) bytes, expected \(body.size)")
             }
-            guard contentHasher.digest() == body.contentChecksum else {
-                throw CatenaError(.checksumMismatch, "object content checksum mismatch (stored \(body.contentChecksum), computed \(contentHasher.digest()))")
+            if let mismatch = verifier.finish() {
+                throw CatenaError(.checksumMismatch, "object content checksum mismatch: \(mismatch)")
             }
             return nil
         }
 
         private mutating func deliver(_ piece: [UInt8]) throws(CatenaError) -> [UInt8] {
             if body.range != nil { return piece }
-            contentHasher.update(piece)
+            verifier.update(piece)
             delivered += UInt64(piece.count)
             if part == body.parts.count && header == nil {
                 // Last piece of a whole-read object: verify before handing it out.
                 finished = true
-                guard delivered == body.size, contentHasher.digest() == body.contentChecksum else {
-                    throw CatenaError(.checksumMismatch, "object content checksum mismatch")
+                guard delivered == body.size else {
+                    throw CatenaError(.checksumMismatch, "object has \(delivered) bytes, expected \(body.size)")
+                }
+                if let mismatch = verifier.finish() {
+                    throw CatenaError(.checksumMismatch, "object content checksum mismatch: \(mismatch)")
                 }
             }
             return piece

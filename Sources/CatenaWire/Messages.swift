@@ -32,6 +32,16 @@ extension FrameType {
     /// head reads it from its own log and writes the copy; its bytes do not travel to the
     /// client. Reply: ``writeResult`` with the copy's LSN, or an error frame.
     public static let copy = FrameType(rawValue: 27)
+    /// Client → tail: one page of the open multipart uploads (``ListUploadsRequest``). Reply:
+    /// ``uploadPage`` (``UploadPagePayload``).
+    public static let listUploads = FrameType(rawValue: 28)
+    /// A page of open multipart uploads.
+    public static let uploadPage = FrameType(rawValue: 29)
+    /// Client → tail: one page of an open upload's parts (``ListPartsRequest``). Reply:
+    /// ``partPage`` (``PartPagePayload``), or an error frame (`noSuchUpload`).
+    public static let listParts = FrameType(rawValue: 30)
+    /// A page of an upload's parts.
+    public static let partPage = FrameType(rawValue: 31)
 
     /// Receiver → source: the records after an LSN (a `CatchUpRequest`, in CatenaCatchUpWire).
     /// Reply: ``catchUpChunk`` frames with flag `more`, then a last, empty one; or an error
@@ -69,7 +79,7 @@ extension FrameType {
     public static let chainStatus = FrameType(rawValue: 134)
 
     /// Frame types a client sends to a storage node.
-    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .copy, .catchUpRequest]
+    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .copy, .listUploads, .listParts, .catchUpRequest]
     /// Frame types a predecessor sends to its successor.
     public static let replicationRequests: Set<FrameType> = [.replicate, .readTarget]
     /// Frame types a master answers.
@@ -284,19 +294,35 @@ public enum KeyPayload {
 ///
 /// Layout: key, LSN, size (u64), content checksum (u64), timestamp (u64), request id (2 × u64),
 /// chunk count (u32), content type (u8 present + u16 length + UTF-8), user metadata (u16 count,
-/// then name and value as u16 length + UTF-8 each).
+/// then name and value as u16 length + UTF-8 each); then, for a multipart object only, its parts
+/// (u32 count, then size and checksum, u64 each) — which the same info inside a listing page
+/// does not carry.
 public enum ObjectInfoPayload {
     /// The payload bytes for `info`.
     public static func encode(_ info: ObjectInfo) -> ByteBuffer {
         var b = ByteBuffer()
         write(info, into: &b)
+        b.writeInteger(UInt32(info.parts.count), endianness: .little)
+        for p in info.parts {
+            b.writeInteger(p.size, endianness: .little)
+            b.writeInteger(p.checksum, endianness: .little)
+        }
         return b
     }
 
     /// Parses an object-info payload.
     public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> ObjectInfo {
         var b = payload
-        return try read(&b)
+        var info = try read(&b)
+        guard b.readableBytes > 0 else { return info }
+        guard let count = b.readInteger(endianness: .little, as: UInt32.self), count <= Manifest.maxParts,
+              b.readableBytes >= Int(count) * 16 else {
+            throw CatenaError(.malformed, "object info's part list is truncated or too long")
+        }
+        for _ in 0..<count {
+            info.parts.append(PartSummary(size: b.readInteger(endianness: .little)!, checksum: b.readInteger(endianness: .little)!))
+        }
+        return info
     }
 
     static func write(_ info: ObjectInfo, into b: inout ByteBuffer) {

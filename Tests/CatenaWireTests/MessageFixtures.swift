@@ -122,7 +122,37 @@ enum MessageFixtures {
         key: key(nfc), lsn: LSN(epoch: .max, seq: .max), size: .max, contentChecksum: .max, contentType: "",
         timestamp: .max, requestID: upload, chunkCount: Int(UInt32.max))
 
-    static let objectInfos = [bareInfo, richInfo, extremeInfo]
+    /// A multipart object: its parts travel with its info.
+    static let multipartInfo = ObjectInfo(
+        key: key("videos/big.mp4"), lsn: LSN(epoch: 2, seq: 9), size: 3 << 20 | 7,
+        contentChecksum: Manifest.checksum(ofParts: [PartSummary(size: 1 << 20, checksum: 1), PartSummary(size: 2 << 20 | 7, checksum: .max)]),
+        chunkCount: 4, parts: [PartSummary(size: 1 << 20, checksum: 1), PartSummary(size: 2 << 20 | 7, checksum: .max)])
+
+    static let objectInfos = [bareInfo, richInfo, extremeInfo, multipartInfo]
+
+    static let uploadInfos = [
+        UploadInfo(key: key("a"), id: RequestID(high: 1, low: 2), lsn: LSN(epoch: 1, seq: 1), created: 0),
+        UploadInfo(key: key(nfd), id: upload, lsn: LSN(epoch: .max, seq: .max), created: .max, contentType: "video/mp4",
+                   userMetadata: ["owner": "ada", "ключ": "значение", "": ""], partCount: 10_000),
+    ]
+    static let listUploadsRequests = [
+        ListUploadsRequest(),
+        ListUploadsRequest(prefix: Array("videos/".utf8), after: UploadCursor(key: key("videos/a.mp4"), id: upload), limit: 7),
+    ]
+    static let uploadPages = [
+        UploadPage(uploads: [], nextCursor: nil),
+        UploadPage(uploads: uploadInfos, nextCursor: UploadCursor(key: key(nfd), id: upload)),
+    ]
+    static let listPartsRequests = [ListPartsRequest(upload: upload), ListPartsRequest(upload: RequestID(high: .max, low: 1), after: 9_999, limit: 0)]
+    static let partPages = [
+        PartPage(upload: uploadInfos[0], parts: [], nextPartNumber: nil),
+        PartPage(upload: uploadInfos[1], parts: [
+            PartInfo(number: 1, size: 5 << 20, checksum: 0xFEED, lsn: LSN(epoch: 3, seq: 4), timestamp: 1_763_000_000_000_000_000,
+                     group: RequestID(high: 5, low: 6), chunkCount: 5),
+            PartInfo(number: 10_000, size: .max, checksum: .max, lsn: LSN(epoch: .max, seq: .max), timestamp: .max,
+                     group: RequestID(high: .max, low: .max), chunkCount: .max),
+        ], nextPartNumber: 10_000),
+    ]
 
     static let listRequests = [
         ListRequest(),
@@ -353,7 +383,16 @@ enum MessageFixtures {
         PayloadCodec("key", .get, keys, codes: [.malformed, .invalidKey],
                      encode: { KeyPayload.encode($0) }, decode: { (b) throws(CatenaError) in try KeyPayload.decode(b) }),
         PayloadCodec("objectInfo", .objectInfo, objectInfos, codes: [.malformed, .invalidKey],
+                     olderLayouts: { [ObjectInfoPayload.encode($0).readableBytes - 4 - 16 * $0.parts.count] },
                      encode: { ObjectInfoPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ObjectInfoPayload.decode(b) }),
+        PayloadCodec("listUploads", .listUploads, listUploadsRequests, codes: [.malformed, .invalidKey],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ListUploadsRequest(decoding: b) }),
+        PayloadCodec("uploadPage", .uploadPage, uploadPages, codes: [.malformed, .invalidKey],
+                     encode: { UploadPagePayload.encode($0) }, decode: { (b) throws(CatenaError) in try UploadPagePayload.decode(b) }),
+        PayloadCodec("listParts", .listParts, listPartsRequests, codes: [.malformed],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ListPartsRequest(decoding: b) }),
+        PayloadCodec("partPage", .partPage, partPages, codes: [.malformed, .invalidKey],
+                     encode: { PartPagePayload.encode($0) }, decode: { (b) throws(CatenaError) in try PartPagePayload.decode(b) }),
         PayloadCodec("range", .getRange, rangeRequests, codes: [.malformed, .invalidKey],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try RangeRequest(decoding: b) }),
         PayloadCodec("copy", .copy, copyRequests, codes: [.malformed, .invalidKey],

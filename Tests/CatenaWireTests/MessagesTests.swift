@@ -149,7 +149,7 @@ struct MessagesTests {
         #expect(F.code { try WritePayload.decode(WritePayload.encode(twice)) } == .malformed)
     }
 
-    @Test("A write of an unknown record type is refused with unknownRecordType", arguments: [UInt8(0), 6, 7, 63, 64, 255])
+    @Test("A write of an unknown record type is refused with unknownRecordType", arguments: [UInt8(0), 9, 10, 63, 64, 255])
     func writeUnknownRecordType(_ type: UInt8) {
         var bytes = F.bytes(WritePayload.encode(F.put))
         bytes[0] = type
@@ -366,6 +366,8 @@ struct MessagesTests {
         expected += F.le(UInt16(2))
         expected += F.le(UInt16(3)) + [0x65, 0xCC, 0x81] + F.le(UInt16(1)) + [UInt8(ascii: "2")]
         expected += F.le(UInt16(1)) + [UInt8(ascii: "f")] + F.le(UInt16(1)) + [UInt8(ascii: "1")]
+        // No parts (not a multipart object).
+        expected += F.le(UInt32(0))
         #expect(F.bytes(ObjectInfoPayload.encode(info)) == expected)
     }
 
@@ -441,12 +443,15 @@ struct MessagesTests {
         // Ten minimal objects (66 bytes each) and a cursor flag: 661 bytes, room for at most 11 by the 60-byte bound.
         // Without the bound, reserving UInt32.max object infos would exhaust memory instead of throwing.
         var payload = ByteBuffer(bytes: F.le(count))
+        // A page's entries are object infos without the parts field (4 bytes).
+        var entry = ObjectInfoPayload.encode(F.bareInfo)
+        entry.moveWriterIndex(to: entry.writerIndex - 4)
         for _ in 0..<10 {
-            var info = ObjectInfoPayload.encode(F.bareInfo)
+            var info = entry
             payload.writeBuffer(&info)
         }
         payload.writeInteger(UInt8(0))
-        #expect(ObjectInfoPayload.encode(F.bareInfo).readableBytes == 66)
+        #expect(entry.readableBytes == 66)
         do {
             _ = try ListPagePayload.decode(payload)
             Issue.record("a page claiming \(count) objects was accepted")
