@@ -989,6 +989,32 @@ struct FilePieces: AsyncSequence, Sendable {
     }
 }
 
+extension FilePieces {
+    /// The first `limit` bytes of the pieces.
+    func prefix(bytes limit: UInt64) -> PrefixPieces<FilePieces> { PrefixPieces(base: self, limit: limit) }
+}
+
+/// The first `limit` bytes of a sequence of pieces.
+struct PrefixPieces<Base: AsyncSequence & Sendable>: AsyncSequence, Sendable where Base.Element == [UInt8] {
+    typealias Element = [UInt8]
+    let base: Base
+    let limit: UInt64
+
+    func makeAsyncIterator() -> Iterator { Iterator(base: base.makeAsyncIterator(), left: limit) }
+
+    struct Iterator: AsyncIteratorProtocol {
+        var base: Base.AsyncIterator
+        var left: UInt64
+
+        mutating func next() async throws -> [UInt8]? {
+            guard left > 0, let piece = try await base.next() else { return nil }
+            let kept = piece.count <= left ? piece : Array(piece.prefix(Int(left)))
+            left -= UInt64(kept.count)
+            return kept
+        }
+    }
+}
+
 /// Bytes `range` of a ``LocalFile`` as an `AsyncSequence` of pieces, read at their offsets (so
 /// several ranges of one file can be read at once); ends early with the file.
 struct FileRangePieces: AsyncSequence, Sendable {

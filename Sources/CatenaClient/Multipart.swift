@@ -75,14 +75,19 @@ extension CatenaClient {
     }
 
     /// Stores bytes `range` of the file at `path` (its end clamped to the file's) as part
-    /// `number` of `upload`, streaming. Several parts of one file may be stored at once.
+    /// `number` of `upload`, streaming. Several parts of one file may be stored at once. A pipe
+    /// or a device is read from where it is, to its end or the range's length.
     @discardableResult
     public func uploadPart(_ upload: MultipartUpload, number: Int, contentsOf path: String, range: Range<UInt64>,
                            progress: TransferProgress? = nil) async throws(CatenaError) -> UploadedPart {
         let file = try LocalFile(reading: path)
+        guard file.isRegular else {
+            let pieces = file.pieces(of: configuration.chunkSize).prefix(bytes: range.upperBound - range.lowerBound)
+            return try await storePart(upload, number: number, pieces: pieces, total: nil, progress: progress)
+        }
         let clamped = min(range.lowerBound, file.size)..<min(range.upperBound, file.size)
         return try await storePart(upload, number: number, pieces: FileRangePieces(file: file, range: clamped, pieceSize: configuration.chunkSize),
-                                   total: UInt64(clamped.count), progress: progress)
+                                   total: clamped.upperBound - clamped.lowerBound, progress: progress)
     }
 
     private func storePart<Body: AsyncSequence>(_ upload: MultipartUpload, number: Int, pieces: Body, total: UInt64?,

@@ -103,7 +103,7 @@ extension Store {
         }
         let (watermark, activeEntries, pending, open, window) = state.withLock { s in
             (s.persistent.commitWatermark, s.activeEntries, s.index.uploads.mapValues(\.lastTimestamp),
-             s.index.multipart.mapValues { Set($0.parts.values.map(\.lsn)) },
+             s.index.multipart.mapValues { upload in (Set(upload.parts.values.map(\.lsn)), Set(upload.parts.values.map(\.part.group))) },
              s.requestWindow(width: configuration.requestWindow.nanoseconds))
         }
         var facts = LivenessFacts(watermark: watermark, now: now, timeout: timeout, window: window, pendingUploads: pending,
@@ -383,6 +383,9 @@ struct LivenessFacts {
     let pendingUploads: [UploadID: UInt64]
     /// Open multipart uploads, with the LSNs of their current parts' records.
     let openUploads: [UploadID: Set<LSN>]
+    /// The chunk groups of open uploads' current parts: kept while their upload is (which ends
+    /// later than their own timestamps say, by the clock-skew allowance).
+    let openPartGroups: Set<UploadID>
     /// Per key, the newest put, delete or manifest at or below the watermark.
     var newestAtWatermark: [Key: LSN] = [:]
     /// Per upload, its manifest's LSN and head timestamp.
@@ -395,13 +398,14 @@ struct LivenessFacts {
     var recordsOf: [Key: [(segment: UInt64, lsn: LSN, inWindow: Bool)]] = [:]
 
     init(watermark: LSN, now: UInt64, timeout: UInt64, window: RequestWindow, pendingUploads: [UploadID: UInt64],
-         openUploads: [UploadID: Set<LSN>] = [:]) {
+         openUploads: [UploadID: (parts: Set<LSN>, groups: Set<UploadID>)] = [:]) {
         self.watermark = watermark
         self.now = now
         self.timeout = timeout
         self.window = window
         self.pendingUploads = pendingUploads
-        self.openUploads = openUploads
+        self.openUploads = openUploads.mapValues(\.parts)
+        self.openPartGroups = openUploads.values.reduce(into: Set()) { $0.formUnion($1.groups) }
     }
 
     mutating func learn(_ e: EntrySummary) {
@@ -455,6 +459,7 @@ struct LivenessFacts {
             return newest < e.lsn
         case .chunk:
             guard let address = e.chunkAddress else { return true }
+            if openPartGroups.contains(address.upload) { return true }
             if let last = pendingUploads[address.upload] {
                 return last &+ timeout >= now
             }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CatenaBench
 import CatenaClient
 import CatenaCore
 import Foundation
@@ -91,16 +92,32 @@ struct Put: AsyncParsableCommand {
     @Argument(help: "The key.") var key: String
     @Argument(help: "The file to store; - reads stdin.") var file: String
     @Option(name: .long, help: "The content type to store with the object.") var contentType: String?
+    @Option(name: .long, help: ArgumentHelp("Store the file as a multipart upload in parts of this size (e.g. 64MiB), several at once.", valueName: "size"))
+    var partSize: String?
+    @Option(name: .long, help: "With --part-size: how many parts upload at once.") var parallel = 4
     @Flag(name: .shortAndLong, help: "Say on stderr what was stored (size, LSN).") var verbose = false
     @OptionGroup(title: "Conditions (the write applies only if the key's newest version meets it)") var conditions: ConditionOptions
     @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        if let partSize {
+            guard let n = parseSize(partSize), n >= 1 else { throw ValidationError("--part-size takes a size such as 64MiB, not '\(partSize)'") }
+            guard file != "-" else { throw ValidationError("--part-size needs a file, not stdin") }
+        }
+        guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
+    }
 
     func run() async throws {
         let condition = try conditions.condition
         let store = try await client.connect()
         defer { Task { await store.close() } }
         let receipt: WriteReceipt
-        if file == "-" {
+        if let partSize, let size = parseSize(partSize) {
+            let bar = ProgressBar(verb: "put")
+            defer { bar.finish() }
+            receipt = try await store.putMultipart(key, contentsOf: file, partSize: size, parallelism: parallel, contentType: contentType,
+                                                   condition: condition, progress: bar.progress)
+        } else if file == "-" {
             // One piece: a plain put. More: a streamed, chunked put that never holds the whole input.
             let handle = FileHandle.standardInput
             var pieces = FileChunks(handle: handle).makeAsyncIterator()
@@ -354,6 +371,7 @@ struct Stat: AsyncParsableCommand {
             "written: \(Date(timeIntervalSince1970: Double(info.timestamp) / 1e9).ISO8601Format())",
             "chunks: \(info.chunkCount)",
         ]
+        if !info.parts.isEmpty { lines.append("parts: \(info.parts.count)") }
         for (name, value) in info.userMetadata.sorted(by: { $0.key < $1.key }) { lines.append("meta-\(name): \(value)") }
         print(lines.joined(separator: "\n"))
     }

@@ -152,7 +152,7 @@ struct BenchJoin: AsyncParsableCommand {
 }
 
 /// The running executable: the benchmarks start their clusters with the same `catena`.
-private func currentExecutable() -> String {
+func currentExecutable() -> String {
     URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
 }
 
