@@ -40,8 +40,13 @@ public final class CatenaClient: Sendable {
         public var attemptTimeout: Duration = .seconds(2)
         /// Objects larger than this are stored in chunks of this size.
         public var chunkSize: Int = 1 << 20
-        /// Chunks of one streamed put in flight at once.
+        /// Chunks of one streamed put (or one part of a multipart upload) in flight at once.
         public var chunkWindow: Int = 8
+        /// Chunks in flight at once over the whole client, whatever the number of streamed puts
+        /// and parts being stored side by side: the client's memory for chunks stays below
+        /// about this many chunks (each travels as a few copies of ``chunkSize`` bytes).
+        /// Default 8: one streamed put's window, which parts stored side by side share.
+        public var maxChunksInFlight: Int = 8
         /// The cluster id; nil: learn it from the master.
         public var clusterID: String?
         /// The name this client gives in its hello (logs).
@@ -127,8 +132,11 @@ public final class CatenaClient: Sendable {
         let ids: Mutex<SplitMix64>
         /// Set by ``close()``: every call from then on throws `closed`.
         let closed = Atomic<Bool>(false)
+        /// Chunks in flight over the whole client (``Configuration/maxChunksInFlight``).
+        let chunkPermits: Permits
 
         init(masters: [Address], configuration: Configuration) {
+            self.chunkPermits = Permits(max(1, configuration.maxChunksInFlight))
             self.masters = masters
             self.pool = ConnectionPool(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits)
             self.streams = StreamConnections(name: configuration.name, clusterID: configuration.clusterID, limits: configuration.connectionLimits,
@@ -435,7 +443,7 @@ public final class CatenaClient: Sendable {
                 var frame = request
                 frame.chainID = chain.chainID
                 frame.epoch = chain.epoch
-                let stream = try await connection.stream(frame, timeout: timeout)
+                let stream = try await connection.stream(frame, timeout: timeout, window: 4)
                 replies = stream
                 guard let first = try await stream.next() else {
                     throw CatenaError(.protocolViolation, "\(connection.address) sent an empty reply to get")
@@ -645,17 +653,24 @@ public final class CatenaClient: Sendable {
                     failure = failure ?? e
                 }
             }
+            let permits = core.chunkPermits
             func send(_ chunk: [UInt8]) async {
                 if running >= window, let r = await group.next() {
                     running -= 1
                     settle(r)
+                }
+                // A permit of the client's: other puts and parts may hold the rest.
+                guard await permits.acquire() else {
+                    failure = failure ?? CatenaError(.cancelled, "the upload was cancelled")
+                    return
                 }
                 let request = WriteRequest(requestID: newRequestID(), type: .chunk, key: k, value: chunk,
                                            extensions: [RecordExtension.chunkAddress(ChunkAddress(upload: upload, index: index))])
                 index += 1
                 running += 1
                 group.addTask {
-                    await Result.catching { () async throws(CatenaError) -> Int in
+                    defer { permits.release() }
+                    return await Result.catching { () async throws(CatenaError) -> Int in
                         _ = try await self.write(request)
                         return request.value.count
                     }
@@ -1038,6 +1053,59 @@ struct FileRangePieces: AsyncSequence, Sendable {
             next += UInt64(piece.count)
             return piece
         }
+    }
+}
+
+/// A counting semaphore for tasks: ``acquire()`` waits for a permit, first come first served.
+final class Permits: Sendable {
+    private struct State {
+        var available: Int
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<Bool, Never>)] = []
+        var nextID: UInt64 = 0
+    }
+    private let state: Mutex<State>
+
+    init(_ count: Int) { state = Mutex(State(available: count)) }
+
+    /// Waits for a permit; false (and no permit) if the task is cancelled first.
+    func acquire() async -> Bool {
+        let id = state.withLock { s in
+            s.nextID += 1
+            return s.nextID
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let granted: Bool? = state.withLock { s in
+                    // Cancelled before waiting (the handler found nobody to resume): no permit.
+                    if Task.isCancelled { return false }
+                    if s.available > 0 {
+                        s.available -= 1
+                        return true
+                    }
+                    s.waiters.append((id, continuation))
+                    return nil
+                }
+                if let granted { continuation.resume(returning: granted) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { s -> CheckedContinuation<Bool, Never>? in
+                guard let i = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.waiters.remove(at: i).continuation
+            }
+            waiter?.resume(returning: false)
+        }
+    }
+
+    /// Gives a permit back (to the longest waiter, if any).
+    func release() {
+        let next = state.withLock { s -> CheckedContinuation<Bool, Never>? in
+            guard !s.waiters.isEmpty else {
+                s.available += 1
+                return nil
+            }
+            return s.waiters.removeFirst().continuation
+        }
+        next?.resume(returning: true)
     }
 }
 

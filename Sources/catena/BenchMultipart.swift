@@ -2,6 +2,9 @@ import ArgumentParser
 import CatenaBench
 import CatenaCore
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `catena bench-multipart`: a multipart upload against one streamed put of the same object.
 struct BenchMultipart: AsyncParsableCommand {
@@ -22,6 +25,7 @@ struct BenchMultipart: AsyncParsableCommand {
     @Option(help: "Parts of the multipart upload, all stored at once.") var parts: Int = 8
     @Option(help: "Ranged reads at random offsets per object.") var rangedReads: Int = 64
     @Flag(help: "Skip the streamed put (only the multipart upload).") var multipartOnly = false
+    @Option(help: "Rounds (1 ... 20), each storing the object both ways; odd rounds the multipart upload first.") var rounds = 1
     @Option(help: "Fail if any process's peak resident memory exceeds this many MiB (0: no limit).") var maxRssMib: Int = 256
     @Option(help: "A directory for the cluster (default: a new temporary directory, removed afterwards).") var dir: String?
 
@@ -30,26 +34,43 @@ struct BenchMultipart: AsyncParsableCommand {
         guard (1...Manifest.maxParts).contains(parts), UInt64(parts) <= bytes else {
             throw ValidationError("--parts must be 1 ... \(Manifest.maxParts) and at most the size")
         }
+        guard (1...20).contains(rounds) else { throw ValidationError("--rounds must be 1 ... 20") }
         guard rangedReads >= 0, maxRssMib >= 0 else { throw ValidationError("--ranged-reads and --max-rss-mib must not be negative") }
     }
 
     func run() async throws {
+        // Started by a test: ends when the test does (its cluster's processes follow it).
+        let watcher = ProcessInfo.processInfo.environment["CATENA_PARENT_PID"].flatMap(Int32.init).map { parent in
+            Task.detached {
+                while !Task.isCancelled {
+                    if getppid() != parent { Glibc.exit(1) }
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+        }
+        defer { watcher?.cancel() }
         let directory = try dir ?? ScratchSpace.makeTemporaryDirectory(prefix: "catena-bench-multipart")
         var c = MultipartBenchmark.Configuration(executable: currentExecutable(), directory: directory)
         c.size = parseGiBSize(size)!
         c.parts = parts
         c.rangedReads = rangedReads
         c.streamedPut = !multipartOnly
+        c.rounds = rounds
         c.progress = { writeStandardError($0) }
         print("catena bench-multipart: \(c.size) bytes, \(parts) parts, 3-node chain on 127.0.0.1, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         let report = try await MultipartBenchmark(c).run()
-        print("upload                      seconds    MB/s   read back MB/s   ranged reads   bytes compared")
+        print("round  upload                      seconds    MB/s   read back MB/s   ranged reads   bytes compared   client peak RSS (store, read)")
         for u in report.uploads {
-            print(u.name.padding(toLength: 26, withPad: " ", startingAt: 0)
-                  + String(format: " %8.2f %7.1f %16.1f %14d   all equal", u.seconds, u.megabytesPerSecond, u.readMegabytesPerSecond, u.rangedReads))
+            print(String(format: "%5d  ", u.round) + u.name.padding(toLength: 26, withPad: " ", startingAt: 0)
+                  + String(format: " %8.2f %7.1f %16.1f %14d   all equal        %4d MiB, %4d MiB", u.seconds, u.megabytesPerSecond, u.readMegabytesPerSecond,
+                           u.rangedReads, (u.clientPeakStoring ?? 0) >> 20, (u.clientPeakReading ?? 0) >> 20))
         }
-        if report.uploads.count == 2 {
-            print(String(format: "multipart / streamed put: %.2f× the throughput", report.uploads[1].megabytesPerSecond / report.uploads[0].megabytesPerSecond))
+        let streamed = report.uploads.filter { $0.name == "streamed put" }.map(\.megabytesPerSecond)
+        let multipart = report.uploads.filter { $0.name != "streamed put" }.map(\.megabytesPerSecond)
+        if !streamed.isEmpty {
+            let mean = { (v: [Double]) in v.reduce(0, +) / Double(v.count) }
+            print(String(format: "multipart / streamed put: %.2f× the throughput (means over %d rounds: %.1f vs %.1f MB/s)",
+                         mean(multipart) / mean(streamed), rounds, mean(multipart), mean(streamed)))
         }
         var over: [String] = []
         for (name, bytes) in report.peakResident {

@@ -345,6 +345,77 @@ extension ProcessClusterSuites {
             }
         }
 
+        /// The issue's acceptance test: a 5 GiB multipart upload, 8 parts at once, through a
+        /// 3-node chain of processes; read back whole and at random ranges, byte for byte; every
+        /// process (master, nodes, and the client — `catena bench-multipart` runs it) below
+        /// 256 MiB at its peak. About 2 minutes here, most of it the disks.
+        @Test(.timeLimit(.minutes(10)))
+        func fiveGiBMultipartUploadWithBoundedMemory() async throws {
+            let result = try await run(["bench-multipart", "--size", "5GiB", "--parts", "8", "--multipart-only", "--ranged-reads", "32",
+                                        "--max-rss-mib", "0"], timeout: 540, environment: ["CATENA_PARENT_PID": "\(getpid())"])
+            #expect(result.status == 0, "\(result.stderr)")
+            let lines = result.stdout.split(separator: "\n")
+            let upload = try #require(lines.first { $0.contains("multipart, 8 parts") }, "\(result.stdout)")
+            #expect(upload.contains(" 32   all equal"), "5 GiB read back whole and 32 ranges compared: \(upload)")
+            var peaks: [String: Int] = [:]
+            for line in lines where line.hasPrefix("peak RSS ") {
+                let fields = line.dropFirst("peak RSS ".count).split(separator: " ")
+                peaks[String(fields[0].dropLast())] = Int(fields[1])
+            }
+            #expect(Set(peaks.keys) == ["master", "n1", "n2", "n3", "client"], "\(result.stdout)")
+            for (name, mib) in peaks { #expect(mib < 256, "\(name) peaked at \(mib) MiB") }
+        }
+
+        @Test(.timeLimit(.minutes(2)))
+        func multipartUploadsFromTheCLI() async throws {
+            try await withTestCluster(Self.options()) { cluster in
+                let master = ["--master", cluster.masterAddress.description]
+                let dir = try TemporaryDirectory()
+                defer { dir.remove() }
+                let first = pseudoRandomBytes(3 << 20 | 5, seed: 1), second = pseudoRandomBytes(1000, seed: 2)
+                let firstPath = dir.path + "/first", secondPath = dir.path + "/second"
+                try Data(first).write(to: URL(fileURLWithPath: firstPath))
+                try Data(second).write(to: URL(fileURLWithPath: secondPath))
+                let create = try await run(["upload", "create", "cli/big", "--content-type", "video/mp4"] + master)
+                #expect(create.status == 0)
+                let id = create.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(id.count == 32)
+                // Part 2 first, then part 1 from stdin.
+                let part2 = try await run(["upload", "part", "cli/big", id, "2", secondPath] + master)
+                let part1 = try await run(["upload", "part", "cli/big", id, "1", "-"] + master, stdin: Data(first))
+                #expect(part1.stdout.hasPrefix("1 \(first.count) xxh3-64:") && part2.stdout.hasPrefix("2 1000 xxh3-64:"))
+                let listed = try await run(["upload", "ls", "cli/"] + master)
+                #expect(listed.stdout.hasPrefix("cli/big \(id) ") && listed.stdout.hasSuffix(" 2\n"))
+                let parts = try await run(["upload", "parts", "cli/big", id] + master)
+                #expect(parts.stdout == part1.stdout + part2.stdout)
+                // A wrong checksum is refused; the right ones complete it.
+                let wrong = try await run(["upload", "complete", "cli/big", id, "1:0123456789abcdef"] + master)
+                #expect(wrong.status != 0 && wrong.stderr.contains("invalidPart"))
+                let named = [part1, part2].map { r in
+                    let f = r.stdout.split(separator: " ")
+                    return "\(f[0]):\(f[2].dropFirst("xxh3-64:".count).trimmingCharacters(in: .whitespacesAndNewlines))"
+                }
+                #expect(try await run(["upload", "complete", "cli/big", id] + named + master).status == 0)
+                let output = dir.path + "/out"
+                #expect(try await run(["get", "cli/big", "-o", output] + master).status == 0)
+                #expect(try Data(contentsOf: URL(fileURLWithPath: output)) == Data(first + second))
+                let stat = try await run(["stat", "cli/big"] + master)
+                #expect(stat.stdout.contains("content-type: video/mp4") && stat.stdout.contains("parts: 2"))
+                #expect(try await run(["upload", "ls"] + master).stdout.isEmpty)
+                // Abort; a second abort says there is no such upload.
+                let other = try await run(["upload", "create", "cli/dropped"] + master).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(try await run(["upload", "abort", "cli/dropped", other] + master).status == 0)
+                let again = try await run(["upload", "abort", "cli/dropped", other] + master)
+                #expect(again.status != 0 && again.stderr.contains("noSuchUpload"))
+                // put --part-size: a multipart upload of a file in one command.
+                let put = try await run(["put", "cli/parts", firstPath, "--part-size", "1MiB", "--parallel", "2"] + master)
+                #expect(put.status == 0, "\(put.stderr)")
+                #expect(try await run(["stat", "cli/parts"] + master).stdout.contains("parts: 4"))
+                #expect(try await run(["get", "cli/parts", "-o", output] + master).status == 0)
+                #expect(try Data(contentsOf: URL(fileURLWithPath: output)) == Data(first))
+            }
+        }
+
         @Test(.timeLimit(.minutes(2)))
         func savedConfigurationOverridesTheTopology() async throws {
             let dir = try TemporaryDirectory()
@@ -413,10 +484,10 @@ struct CommandResult {
     var stderr: String
 }
 
-/// Runs the `catena` CLI to completion (killed after 30 s). The waits block, so they run on
+/// Runs the `catena` CLI to completion (killed after `timeout` seconds). The waits block, so they run on
 /// threads of their own (``onOwnThread(_:)``), stdout and stderr read side by side so that a
 /// child filling one pipe cannot stall on it.
-func run(_ arguments: [String], stdin: Data? = nil) async throws -> CommandResult {
+func run(_ arguments: [String], stdin: Data? = nil, timeout: Double = 30, environment: [String: String] = [:]) async throws -> CommandResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try catenaExecutable())
     process.arguments = arguments
@@ -424,13 +495,14 @@ func run(_ arguments: [String], stdin: Data? = nil) async throws -> CommandResul
     process.standardOutput = out
     process.standardError = err
     process.standardInput = stdin == nil ? FileHandle.nullDevice : input
+    if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     try process.run()
     if let stdin {
         input.fileHandleForWriting.write(stdin)
         try input.fileHandleForWriting.close()
     }
     let timer = DispatchWorkItem { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
-    DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: timer)
+    DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: timer)
     defer { timer.cancel() }
     let stdoutHandle = out.fileHandleForReading, stderrHandle = err.fileHandleForReading
     async let stdoutData = onOwnThread { stdoutHandle.readDataToEndOfFile() }
