@@ -48,6 +48,24 @@ extension Node {
         if multipart {
             _ = try await submitted(WriteRequest(requestID: upload, type: .uploadCreate, key: request.destination, extensions: extensions))
         }
+        do throws(CatenaError) {
+            return try await copyParts(request, source: source, parts: parts, upload: upload, multipart: multipart, extensions: extensions)
+        } catch {
+            // A multipart copy that fails after its upload was opened aborts it, rather than
+            // leave the copied parts to wait out the upload's expiry.
+            if multipart {
+                _ = try? await submitted(WriteRequest(requestID: Self.derivedID(request.requestID, info.lsn, 1 << 42), type: .uploadAbort,
+                                                      key: request.destination, value: upload.encodedValue))
+            }
+            throw error
+        }
+    }
+
+    /// The chunks of `parts` (each a chunk group), their part records if `multipart`, then the
+    /// manifest: the copy's last write.
+    private func copyParts(_ request: CopyRequest, source: StoredObject, parts: [PartSummary], upload: UploadID, multipart: Bool,
+                           extensions: [RecordExtension]) async throws(CatenaError) -> LSN {
+        let info = source.info
         var manifestParts: [ManifestPart] = []
         var chunkID: UInt64 = 0
         var body = source.body.makeAsyncIterator()

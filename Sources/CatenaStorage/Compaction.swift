@@ -91,12 +91,16 @@ extension Store {
         // What liveness needs: per key, the newest version at or below the watermark (such a
         // version is permanent: truncation never goes below the watermark); per upload, the LSN
         // of its manifest; the uploads still waiting for a manifest.
-        // Multipart uploads past their time (with an allowance for the head's clock) end here,
-        // as if aborted: their parts' chunks become garbage.
+        // Multipart uploads past their time end here, as if aborted: their parts' chunks become
+        // garbage. By the log's time, not this node's clock: only once the log holds a record
+        // the head stamped later than the upload's deadline (plus an allowance for a head whose
+        // clock runs behind), so a member that lags — down for a while, catching up — never
+        // collects an upload whose completion is still on its way to it.
         let allowance = configuration.uploadClockSkewAllowance.nanoseconds
-        if now > timeout &+ allowance {
+        let logTime = state.withLock { s in s.segments.last(where: { $0.recordCount > 0 })?.lastTimestamp ?? 0 }
+        if logTime > timeout &+ allowance {
             state.withLock { s in
-                for id in s.index.expireUploads(createdBefore: now - timeout - allowance) {
+                for id in s.index.expireUploads(createdBefore: logTime - timeout - allowance) {
                     s.uploadTracker.expire(id)
                 }
             }
@@ -279,10 +283,15 @@ extension Store {
                   Array(s.segments[start..<(start + oldIDs.count)].map(\.id)) == oldIDs else { return false }
             // Chunks of abandoned uploads: only if no manifest for them was enqueued or became
             // durable meanwhile (a manifest that is now its key's version needs its chunks).
+            // Nor if a part record enqueued meanwhile made the group a part of an open upload.
+            let partGroups = Set(s.uploadTracker.multipart.values.flatMap { $0.parts.values.map(\.group) })
             for e in droppedEntries where e.header.type == .chunk {
                 guard let a = e.chunkAddress else { continue }
                 if s.index.objects[e.key]?.groups[a.upload] != nil { return false }
                 if s.index.uploads[a.upload] != nil && s.uploadTracker.groups[a.upload] == nil { return false }
+                if partGroups.contains(a.upload) && !s.index.multipart.values.contains(where: { $0.parts.values.contains { $0.part.group == a.upload } }) {
+                    return false
+                }
             }
             let collected = Set(droppedEntries.compactMap { e -> UploadID? in
                 guard e.header.type == .chunk, let a = e.chunkAddress, s.index.uploads[a.upload] != nil else { return nil }
@@ -390,6 +399,8 @@ struct LivenessFacts {
     var newestAtWatermark: [Key: LSN] = [:]
     /// Per upload, its manifest's LSN and head timestamp.
     var manifests: [UploadID: (lsn: LSN, timestamp: UInt64)] = [:]
+    /// Multipart uploads whose creation record is still in the log.
+    var created: Set<UploadID> = []
     /// Some records could not be read (damage): a chunk whose manifest is unknown is kept, and
     /// no tombstone is dropped.
     var incomplete = false
@@ -419,6 +430,8 @@ struct LivenessFacts {
             if e.header.type == .manifest, let m = e.manifest {
                 for group in m.groups { manifests[group.id] = (e.lsn, e.header.timestamp) }
             }
+        case .uploadCreate:
+            created.insert(e.header.requestID)
         default:
             break
         }
@@ -472,10 +485,14 @@ struct LivenessFacts {
             // could not be copied: its upload would be incomplete).
             if keptRegardless(lsn: manifest.lsn, timestamp: manifest.timestamp) { return true }
             return !(newest.map { $0 > manifest.lsn } ?? false)
-        case .fence, .uploadAbort:
-            // A fence's one job, refusing a late copy of its write, ends with the request
-            // window; an abort's is done once applied (its upload's records go with it).
+        case .fence:
+            // Its one job, refusing a late copy of its write, ends with the request window.
             return false
+        case .uploadAbort:
+            // Kept while its upload's creation is in the log (a rewrite that drops the abort but
+            // not the creation — a group left alone — would reopen the upload at the next start).
+            guard let id = e.abortedUpload else { return false }
+            return created.contains(id) || incomplete
         case .uploadCreate:
             // An open upload needs it (a completed one's manifest names everything it needs).
             return openUploads[e.header.requestID] != nil

@@ -57,15 +57,16 @@ public struct StoreConfiguration: Sendable {
     /// Threads that perform blocking reads. Default 4.
     public var readThreads: Int = 4
     /// How long uploads may stay unfinished. A multipart upload this old (from its creation, by
-    /// head timestamps) takes no more parts, completion or abort (``CatenaError/Code/noSuchUpload``)
-    /// and compaction collects it (once ``uploadClockSkewAllowance`` more has passed by this
-    /// node's clock); chunks of a streamed put that got no manifest for this long (by their
-    /// timestamps) are collected too. Default 7 days (S3's usual lifecycle rule). Every member
+    /// head timestamps) takes no more parts and no completion (``CatenaError/Code/noSuchUpload``;
+    /// it may still be aborted) and compaction collects it, once the log holds a record stamped
+    /// ``uploadClockSkewAllowance`` later still; chunks of a streamed put that got no manifest
+    /// for this long (by their timestamps, against this node's clock) are collected too. Default 7 days (S3's usual lifecycle rule). Every member
     /// of a chain must have the same value: a part is accepted or refused by it.
     public var abandonedUploadTimeout: Duration = .seconds(7 * 24 * 3600)
     /// How much later than ``abandonedUploadTimeout`` compaction collects an expired multipart
-    /// upload, by this node's clock, so that a head whose clock is behind by up to this much
-    /// never takes a part for an upload a member has already collected. Default 5 minutes.
+    /// upload (by the head timestamps in the log), so that a head whose clock is behind by up to
+    /// this much never takes a part for an upload a member has already collected. Default 5
+    /// minutes.
     public var uploadClockSkewAllowance: Duration = .seconds(300)
     /// The most index entries (keys, live or deleted) one step of a listing walks while it holds
     /// the store's lock; between steps appends go on. Default 1,024 (well under a millisecond).

@@ -274,6 +274,49 @@ extension InProcessChainTests {
             }
         }
 
+        @Test("a full copy of a log whose completed multipart upload lost its creation to compaction installs it", .timeLimit(.minutes(1)))
+        func fullCopyOfACompactedMultipartUpload() async throws {
+            try await withCatchUpFixture(segmentSize: 8192) { f in
+                let chain = CatchUpFixture.chainID
+                let start: UInt64 = 1_700_000_000_000_000_000
+                var seq: UInt64 = 0
+                func record(_ type: RecordType, _ key: String, at t: UInt64, id: RequestID = .none, checksum: UInt64? = nil,
+                            extensions: [RecordExtension] = [], value: [UInt8] = []) throws -> EncodedRecord {
+                    seq += 1
+                    return try Record(type: type, chainID: chain, key: try Key(key), lsn: LSN(epoch: 1, seq: seq), timestamp: t, requestID: id,
+                                      contentChecksum: checksum, extensions: extensions, value: value).encoded()
+                }
+                let upload = RequestID(high: 7, low: 7), group = RequestID(high: 8, low: 8)
+                let bytes = [UInt8](repeating: 9, count: 3000)
+                try await f.source.append([try record(.uploadCreate, "video", at: start, id: upload)])
+                for i in 0..<3 {
+                    try await f.source.append([try record(.chunk, "video", at: start, extensions: [.chunkAddress(ChunkAddress(upload: group, index: UInt32(i)))],
+                                                          value: Array(bytes[(i * 1000)..<((i + 1) * 1000)]))])
+                }
+                let part = ManifestPart(number: 1, group: group, chunkCount: 3, size: 3000, checksum: XXH3.hash(bytes))
+                try await f.source.append([try record(.uploadPart, "video", at: start, checksum: part.checksum,
+                                                      value: PartRecord(upload: upload, part: part).encoded())])
+                try await f.source.append([try record(.manifest, "video", at: start, checksum: Manifest.checksum(ofParts: [part.summary]),
+                                                      value: Manifest(upload: upload, parts: [part]).encoded())])
+                // Two minutes later (past the request-id window), enough to seal the segments.
+                for i in 0..<60 { try await f.source.append([try record(.put, "filler\(i % 3)", at: start + 120_000_000_000, value: [UInt8](repeating: 1, count: 500))]) }
+                try await f.source.setCommitWatermark(f.source.highestLSN)
+                _ = try await f.source.compact()
+                let kept = try await f.source.records(after: .zero).collect()
+                #expect(!kept.contains { $0.type == .uploadCreate || $0.type == .uploadPart }, "compaction dropped the upload's creation and part")
+                #expect(kept.contains { $0.type == .manifest } && kept.filter { $0.type == .chunk }.count == 3)
+                let source = try await CatchUpTestSource.start(store: f.source)
+                defer { source.stop() }
+                let copy = try await f.openStore("full")
+                var configuration = f.receiver(copy, from: source).configuration
+                configuration.fullCopy = true
+                _ = try await CatchUpReceiver(configuration: configuration, store: copy, logger: testLogger).run(until: { $0.isCaughtUp })
+                #expect(try await copy.records(after: .zero).collect().map(\.bytes) == kept.map(\.bytes))
+                let object = try #require(try copy.get(try Key("video")))
+                #expect(try await object.bytes() == bytes && object.info.parts == [part.summary])
+            }
+        }
+
         @Test("cancellation ends a run promptly: mid-stream, and while it waits to reconnect", .timeLimit(.minutes(1)))
         func cancellationIsPrompt() async throws {
             try await withCatchUpFixture { f in

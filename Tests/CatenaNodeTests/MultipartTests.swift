@@ -80,6 +80,14 @@ extension InProcessChainTests {
                 try await client.copy(from: "videos/big.mp4", to: "videos/copy.mp4")
                 let copy = try await client.get("videos/copy.mp4")
                 #expect(copy.bytes == expected && copy.info.parts == object.info.parts && copy.info.contentChecksum == receipt.contentChecksum)
+                // A copy whose condition fails at its manifest leaves no upload open behind it.
+                do throws(CatenaError) {
+                    try await client.copy(from: "videos/big.mp4", to: "videos/copy.mp4", condition: .absent)
+                    Issue.record("a copy onto an existing key succeeded with .absent")
+                } catch {
+                    #expect(error.code == .preconditionFailed)
+                }
+                #expect(try await client.listMultipartUploads().uploads.isEmpty)
             }
         }
 
