@@ -921,27 +921,20 @@ final class LocalFile: @unchecked Sendable {
 
     /// Up to `count` bytes from the current position; fewer only at the end.
     func read(_ count: Int) throws(CatenaError) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        var filled = 0
-        while filled < count {
-            let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + filled, count - filled) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw Self.error(errno, "cannot read", path)
-            }
-            if n == 0 { break }
-            filled += n
-        }
-        out.removeLast(count - filled)
-        return out
+        try fill(count) { buffer, filled in Glibc.read(fd, buffer, count - filled) }
     }
 
     /// Up to `count` bytes at `offset` (the file position does not move); fewer only at the end.
     func read(at offset: UInt64, _ count: Int) throws(CatenaError) -> [UInt8] {
+        try fill(count) { buffer, filled in pread(fd, buffer, count - filled, off_t(offset) + off_t(filled)) }
+    }
+
+    /// `count` bytes from repeated `read(into, alreadyFilled)` calls, until `count` or the end.
+    private func fill(_ count: Int, _ read: (UnsafeMutableRawPointer, Int) -> Int) throws(CatenaError) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         var filled = 0
         while filled < count {
-            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + filled, count - filled, off_t(offset) + off_t(filled)) }
+            let n = out.withUnsafeMutableBytes { read($0.baseAddress! + filled, filled) }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw Self.error(errno, "cannot read", path)

@@ -162,7 +162,7 @@ extension CatenaClient {
                 throw CatenaError(.invalidPart, "\(upload) has no part \(part.number)")
             }
             guard found.checksum == part.checksum, found.size == part.size else {
-                throw CatenaError(.invalidPart, "part \(part.number) of \(upload) is \(found.size) bytes with checksum \(UploadedPart.hex(found.checksum)), not the \(part.size) bytes with checksum \(UploadedPart.hex(part.checksum)) named (uploaded again since?)")
+                throw CatenaError(.invalidPart, "part \(part.number) of \(upload) is \(found.size) bytes with checksum \(found.checksum.hex16), not the \(part.size) bytes with checksum \(part.checksum.hex16) named (uploaded again since?)")
             }
             manifestParts.append(found.manifestPart)
         }
@@ -246,12 +246,5 @@ final class PartProgress: Sendable {
             s[part] = bytes
             return s.values.reduce(0, +)
         }
-    }
-}
-
-extension UploadedPart {
-    static func hex(_ v: UInt64) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
     }
 }

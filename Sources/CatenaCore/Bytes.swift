@@ -1,4 +1,12 @@
 /// Appends little-endian integers to a byte array.
+extension UInt64 {
+    /// The value as 16 lowercase hex digits, zero-padded (how checksums and ids are printed).
+    public var hex16: String {
+        let digits = String(self, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+}
+
 public struct ByteWriter: Sendable {
     /// The bytes written so far.
     public var bytes: [UInt8]

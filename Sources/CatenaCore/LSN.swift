@@ -72,8 +72,7 @@ public struct RequestID: Hashable, Sendable, CustomStringConvertible {
 
     /// 32 hex digits, high half first.
     public var description: String {
-        let h = String(high, radix: 16), l = String(low, radix: 16)
-        return String(repeating: "0", count: 16 - h.count) + h + String(repeating: "0", count: 16 - l.count) + l
+        high.hex16 + low.hex16
     }
 }
 

@@ -66,8 +66,8 @@ struct UploadTracker {
                 if let upload, strict {
                     for p in manifest.parts {
                         guard upload.parts[p.number] == p else {
-                            let had = upload.parts[p.number].map { "a part of \($0.size) bytes, checksum \(Self.hex($0.checksum))" } ?? "no such part"
-                            throw CatenaError(.invalidPart, "completing upload \(manifest.upload) of '\(r.key)': part \(p.number) (\(p.size) bytes, checksum \(Self.hex(p.checksum))) is not its current part (it has \(had))")
+                            let had = upload.parts[p.number].map { "a part of \($0.size) bytes, checksum \($0.checksum.hex16)" } ?? "no such part"
+                            throw CatenaError(.invalidPart, "completing upload \(manifest.upload) of '\(r.key)': part \(p.number) (\(p.size) bytes, checksum \(p.checksum.hex16)) is not its current part (it has \(had))")
                         }
                     }
                 }
@@ -145,10 +145,5 @@ struct UploadTracker {
         guard group.sizes.count == Int(count) else {
             throw CatenaError(.incompleteUpload, "\(what) says \(count) chunks; its group has \(group.sizes.count)")
         }
-    }
-
-    static func hex(_ v: UInt64) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
     }
 }

@@ -70,14 +70,21 @@ struct ConditionOptions: ParsableArguments {
             return .version(lsn)
         }
         if let ifChecksum {
-            let hex = ifChecksum.hasPrefix("xxh3-64:") ? String(ifChecksum.dropFirst(8)) : ifChecksum
-            guard !hex.isEmpty, hex.count <= 16, let value = UInt64(hex, radix: 16) else {
+            guard let value = parseChecksum(ifChecksum) else {
                 throw ValidationError("--if-checksum takes an XXH3-64 checksum in hex (e.g. xxh3-64:9c0ffee), not '\(ifChecksum)'")
             }
             return .contentChecksum(value)
         }
         return nil
     }
+}
+
+/// A content checksum as `catena stat` and `catena upload part` print it (`xxh3-64:` and up to 16
+/// hex digits; the prefix may be left out).
+func parseChecksum(_ text: String) -> UInt64? {
+    let hex = text.hasPrefix("xxh3-64:") ? String(text.dropFirst(8)) : text
+    guard !hex.isEmpty, hex.count <= 16 else { return nil }
+    return UInt64(hex, radix: 16)
 }
 
 /// Maps a missing object to the CLI's `not found: KEY` line.
@@ -366,7 +373,7 @@ struct Stat: AsyncParsableCommand {
             "key: \(info.key)",
             "size: \(info.size)",
             "lsn: \(info.lsn)",
-            "content-checksum: xxh3-64:\(String(format: "%016llx", info.contentChecksum))",
+            "content-checksum: xxh3-64:\(info.contentChecksum.hex16)",
             "content-type: \(info.contentType ?? "-")",
             "written: \(Date(timeIntervalSince1970: Double(info.timestamp) / 1e9).ISO8601Format())",
             "chunks: \(info.chunkCount)",

@@ -47,7 +47,7 @@ struct UploadCommand: AsyncParsableCommand {
                 defer { bar.finish() }
                 part = try await store.uploadPart(target, number: number, contentsOf: file, range: 0..<UInt64.max, progress: bar.progress)
             }
-            print("\(part.number) \(part.size) xxh3-64:\(hex(part.checksum))")
+            print("\(part.number) \(part.size) xxh3-64:\(part.checksum.hex16)")
         }
     }
 
@@ -63,7 +63,7 @@ struct UploadCommand: AsyncParsableCommand {
             let store = try await client.connect()
             defer { Task { await store.close() } }
             for part in try await allParts(store, MultipartUpload(key: key, id: id)) {
-                print("\(part.number) \(part.size) xxh3-64:\(hex(part.checksum))")
+                print("\(part.number) \(part.size) xxh3-64:\(part.checksum.hex16)")
             }
         }
     }
@@ -86,9 +86,7 @@ struct UploadCommand: AsyncParsableCommand {
 
         static func parse(_ text: String) throws -> (Int, UInt64) {
             let fields = text.split(separator: ":", maxSplits: 1)
-            var hexText = fields.count == 2 ? String(fields[1]) : ""
-            if hexText.hasPrefix("xxh3-64:") { hexText = String(hexText.dropFirst(8)) }
-            guard fields.count == 2, let number = Int(fields[0]), let checksum = UInt64(hexText, radix: 16) else {
+            guard fields.count == 2, let number = Int(fields[0]), let checksum = parseChecksum(String(fields[1])) else {
                 throw ValidationError("a part is NUMBER:CHECKSUM (e.g. 1:9c0ffee0a1b2c3d4), not '\(text)'")
             }
             return (number, checksum)
@@ -169,9 +167,4 @@ func uploadID(_ text: String) throws -> UploadID {
         throw ValidationError("an upload id is 32 hex digits, as `catena upload create` prints it, not '\(text)'")
     }
     return id
-}
-
-func hex(_ v: UInt64) -> String {
-    let s = String(v, radix: 16)
-    return String(repeating: "0", count: 16 - s.count) + s
 }

@@ -351,8 +351,12 @@ extension ProcessClusterSuites {
         /// 256 MiB at its peak. About 2 minutes here, most of it the disks.
         @Test(.timeLimit(.minutes(10)))
         func fiveGiBMultipartUploadWithBoundedMemory() async throws {
+            // The cluster's 15 GiB go under this test's directory, removed even if the run is cut short.
+            let dir = try TemporaryDirectory()
+            defer { dir.remove() }
             let result = try await run(["bench-multipart", "--size", "5GiB", "--parts", "8", "--multipart-only", "--ranged-reads", "32",
-                                        "--max-rss-mib", "0"], timeout: 540, environment: ["CATENA_PARENT_PID": "\(getpid())"])
+                                        "--max-rss-mib", "0", "--dir", dir.path + "/cluster"],
+                                       timeout: 540, environment: ["CATENA_PARENT_PID": "\(getpid())"])
             #expect(result.status == 0, "\(result.stderr)")
             let lines = result.stdout.split(separator: "\n")
             let upload = try #require(lines.first { $0.contains("multipart, 8 parts") }, "\(result.stdout)")
