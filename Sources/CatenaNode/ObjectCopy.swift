@@ -51,9 +51,11 @@ extension Node {
         do throws(CatenaError) {
             return try await copyParts(request, source: source, parts: parts, upload: upload, multipart: multipart, extensions: extensions)
         } catch {
-            // A multipart copy that fails after its upload was opened aborts it, rather than
-            // leave the copied parts to wait out the upload's expiry.
-            if multipart {
+            // A multipart copy that fails for good after its upload was opened aborts it, rather
+            // than leave the copied parts to wait out the upload's expiry. Not one that may be
+            // retried (cancelled with its connection, a lost node): the retry, with the same
+            // ids, finds the upload and the parts already copied.
+            if multipart, [.preconditionFailed, .corruption, .checksumMismatch].contains(error.code) {
                 _ = try? await submitted(WriteRequest(requestID: Self.derivedID(request.requestID, info.lsn, 1 << 42), type: .uploadAbort,
                                                       key: request.destination, value: upload.encodedValue))
             }

@@ -283,15 +283,14 @@ extension Store {
                   Array(s.segments[start..<(start + oldIDs.count)].map(\.id)) == oldIDs else { return false }
             // Chunks of abandoned uploads: only if no manifest for them was enqueued or became
             // durable meanwhile (a manifest that is now its key's version needs its chunks).
-            // Nor if a part record enqueued meanwhile made the group a part of an open upload.
+            // Nor if a part record taken since planning (durable by now or not) made the group a
+            // part of an open upload: planning saw it as an abandoned group.
             let partGroups = Set(s.uploadTracker.multipart.values.flatMap { $0.parts.values.map(\.group) })
             for e in droppedEntries where e.header.type == .chunk {
                 guard let a = e.chunkAddress else { continue }
                 if s.index.objects[e.key]?.groups[a.upload] != nil { return false }
                 if s.index.uploads[a.upload] != nil && s.uploadTracker.groups[a.upload] == nil { return false }
-                if partGroups.contains(a.upload) && !s.index.multipart.values.contains(where: { $0.parts.values.contains { $0.part.group == a.upload } }) {
-                    return false
-                }
+                if partGroups.contains(a.upload) { return false }
             }
             let collected = Set(droppedEntries.compactMap { e -> UploadID? in
                 guard e.header.type == .chunk, let a = e.chunkAddress, s.index.uploads[a.upload] != nil else { return nil }
@@ -465,6 +464,10 @@ struct LivenessFacts {
         let newest = newestAtWatermark[e.key]
         switch e.header.type {
         case .put, .manifest:
+            // A multipart manifest is kept while its upload's creation is in the log: dropped
+            // alone, a creation left in a group compaction skipped would reopen the upload at
+            // the next start.
+            if let m = e.manifest, !m.parts.isEmpty, created.contains(m.upload) { return true }
             return !(newest.map { $0 > e.lsn } ?? false)
         case .delete:
             guard let newest else { return true }

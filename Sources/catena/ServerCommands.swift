@@ -101,6 +101,8 @@ struct NodeCommand: AsyncParsableCommand {
     var requestWindowSeconds: Int = 60
     @Option(name: .long, help: "The least milliseconds between two raises of the commit watermark (each fsyncs the STATE file).")
     var watermarkIntervalMs: Int = 5000
+    @Option(name: .long, help: "How many hours a multipart upload may stay neither completed nor aborted, from its creation; then it takes no more parts and is collected. The same on every node of a chain.")
+    var uploadExpiryHours: Int = 7 * 24
     @OptionGroup var logging: LogOptions
 
     /// `--catch-up-compression`.
@@ -115,6 +117,7 @@ struct NodeCommand: AsyncParsableCommand {
         }
         guard requestWindowSeconds >= 1 else { throw ValidationError("--request-window-seconds must be at least 1, not \(requestWindowSeconds)") }
         guard watermarkIntervalMs >= 10 else { throw ValidationError("--watermark-interval-ms must be at least 10, not \(watermarkIntervalMs)") }
+        guard uploadExpiryHours >= 1 else { throw ValidationError("--upload-expiry-hours must be at least 1, not \(uploadExpiryHours)") }
         guard topology != nil || (listen != nil && master != nil && dataDir != nil && cluster != nil) else {
             throw ValidationError("give --topology, or all of --cluster, --listen, --master and --data-dir")
         }
@@ -162,6 +165,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.catchUpBytesPerSecond = catchUpRate == 0 ? nil : catchUpRate * 1_000_000
         configuration.compaction.garbageRatio = compactionGarbageRatio == 0 ? nil : compactionGarbageRatio
         configuration.store.requestWindow = .seconds(requestWindowSeconds)
+        configuration.store.abandonedUploadTimeout = .seconds(uploadExpiryHours * 3600)
         configuration.compaction.watermarkInterval = .milliseconds(watermarkIntervalMs)
         let node = try await Node.start(configuration, logger: logger)
         try await runUntilSignalled(AnnouncedNode(node: node), logger: logger)

@@ -288,6 +288,58 @@ struct MultipartStoreTests {
         await reopened.close()
     }
 
+    // MARK: - A part taken while compaction runs
+
+    /// A group of chunks old enough to count as abandoned when compaction plans, made a part of
+    /// an open upload while the compaction rewrites (the part durable before the rewrite is
+    /// swapped in): its chunks are kept, and the upload completes.
+    @Test func aPartTakenDuringACompactionKeepsItsChunks() async throws {
+        let clock = ManualClock(nanoseconds: Self.t0)
+        let gated = GatedFileSystem(wrapping: CrashSimulatingFileSystem())
+        let f = Fixture(configure: {
+            $0.maxValueSize = 64 << 10
+            $0.segmentSize = 4096
+            $0.requestWindow = .zero
+            $0.abandonedUploadTimeout = .seconds(60)
+            $0.uploadClockSkewAllowance = .zero
+            $0.now = { clock.now }
+            $0.fileSystem = gated
+        })
+        let store = try await f.open()
+        let log = UploadLog(store: store, clock: clock)
+        var rng = SplitMix64(seed: 71)
+        let group = UploadID(high: 0xC0, low: 1)
+        let bytes = randomBytes(2500, &rng)
+        let part = ManifestPart.of(number: 1, group: group, bytes: bytes)
+        // The chunks at t0, the upload created at t0 + 50 s; filler seals them; at t0 + 61 s the
+        // chunks are past the timeout by this node's clock (no part names them yet).
+        try await log.appendChunks("late", group: group, bytes: bytes)
+        clock.advance(seconds: 50)
+        let upload = UploadID(high: 0xC1, low: 1)
+        try await log.create("late", upload)
+        try await log.fill(count: 12)
+        try await store.setCommitWatermark(store.highestLSN)
+        clock.advance(seconds: 11)
+
+        let gate = gated.holdNextSync(matching: ".seg.tmp")
+        defer { gate.open() }
+        let compaction = Task { try await store.compact() }
+        #expect(await gate.waitUntilReached(timeout: .seconds(5)), "compaction never reached its output's fsync")
+        // Planned as abandoned; now the part record makes the group a part of the open upload.
+        let record = log.partRecord("late", upload, part, seq: log.next())
+        try store.check(record)
+        try await store.append([record])
+        gate.open()
+        _ = try await compaction.value
+        let chunks = try await store.records(after: .zero).collect().filter { $0.type == .chunk }
+        #expect(chunks.count == Int(part.chunkCount), "the part's chunks were collected under it")
+        let complete = log.completeRecord("late", upload, parts: [part])
+        try store.check(complete)
+        try await log.append(complete)
+        #expect(try await store.value("late") == bytes)
+        await store.close()
+    }
+
     // MARK: - Expiry
 
     @Test func expiredUploadIsUnlistedRefusedAndCollected() async throws {
