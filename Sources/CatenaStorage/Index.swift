@@ -37,12 +37,12 @@ struct OpenUpload: Sendable {
     var location: Location
     /// The creation record's extensions: the object's content type and metadata.
     var extensions: [UInt8]
-    var parts: [UInt32: UploadedPart]
+    var parts: [UInt32: OpenUploadPart]
 }
 
 /// A part of an open multipart upload: its chunk group (still among the pending groups) and
 /// the record that made it.
-struct UploadedPart: Sendable {
+struct OpenUploadPart: Sendable {
     var part: ManifestPart
     var lsn: LSN
     var timestamp: UInt64
@@ -127,7 +127,7 @@ struct StoreIndex: Sendable {
                 return
             }
             if let old = upload.parts[body.part.number] { discard(old) }
-            upload.parts[body.part.number] = UploadedPart(part: body.part, lsn: e.lsn, timestamp: e.header.timestamp, location: e.location)
+            upload.parts[body.part.number] = OpenUploadPart(part: body.part, lsn: e.lsn, timestamp: e.header.timestamp, location: e.location)
             multipart[body.upload] = upload
         case .uploadAbort:
             if let id = e.abortedUpload, let upload = multipart.removeValue(forKey: id) { close(upload, keeping: []) }
@@ -151,7 +151,7 @@ struct StoreIndex: Sendable {
     }
 
     /// A part replaced or left out: its record and its chunks are garbage.
-    private mutating func discard(_ part: UploadedPart) {
+    private mutating func discard(_ part: OpenUploadPart) {
         addGarbage(part.location)
         if let group = uploads.removeValue(forKey: part.part.group) {
             for location in group.chunks.values { addGarbage(location) }
