@@ -26,8 +26,11 @@ struct Catena: AsyncParsableCommand {
 
     /// Like the default, but a failure in `run()` is one line on stderr and exit status 1.
     static func main() async {
+        // The key a write command writes, for the hint after an ambiguous failure.
+        var writtenKey: String?
         do {
             var command = try parseAsRoot()
+            writtenKey = (command as? KeyedWrite)?.writtenKey
             // Before anything uses NIO's shared event loops.
             if let loops = EventLoopTaskExecutor.loopCount(environment: ProcessInfo.processInfo.environment, cores: System.coreCount,
                                                            server: command is NodeCommand || command is MasterCommand) {
@@ -46,13 +49,26 @@ struct Catena: AsyncParsableCommand {
             writeStandardError("catena: error: \(error.message) [\(error.code)]")
             if let id = error.requestID,
                [.timeout, .cancelled, .unavailable, .closed, .busy, .redirect, .staleEpoch, .epochAhead].contains(error.code) {
-                writeStandardError("catena: the write may or may not have applied; `catena settle KEY \(id)` tells which (soon: a head remembers writes for about a minute)")
+                let key = writtenKey.map(shellQuoted) ?? "KEY"
+                writeStandardError("catena: the write may or may not have applied; `catena settle \(key) \(id)` tells which (soon: a head remembers writes for about a minute)")
             }
             Glibc.exit(1)
         } catch {
             exit(withError: error)
         }
     }
+}
+
+/// A command that writes one key: an ambiguous failure's hint names it.
+protocol KeyedWrite {
+    /// The key the command writes.
+    var writtenKey: String { get }
+}
+
+/// `text` as one shell word: as it is if it needs no quoting, else in single quotes.
+func shellQuoted(_ text: String) -> String {
+    let plain = !text.isEmpty && text.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "/._-:@+,=".unicodeScalars.contains($0)) }
+    return plain ? text : "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
 }
 
 /// `catena version`: the build's format versions.

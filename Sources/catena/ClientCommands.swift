@@ -454,3 +454,6 @@ final class ProgressBar: @unchecked Sendable {
         drawn = false
     }
 }
+
+extension Put: KeyedWrite { var writtenKey: String { key } }
+extension Copy: KeyedWrite { var writtenKey: String { destination } }

@@ -168,3 +168,8 @@ func uploadID(_ text: String) throws -> UploadID {
     }
     return id
 }
+
+extension UploadCommand.Create: KeyedWrite { var writtenKey: String { key } }
+extension UploadCommand.Part: KeyedWrite { var writtenKey: String { key } }
+extension UploadCommand.Complete: KeyedWrite { var writtenKey: String { key } }
+extension UploadCommand.Abort: KeyedWrite { var writtenKey: String { key } }

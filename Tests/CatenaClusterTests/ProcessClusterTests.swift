@@ -323,6 +323,32 @@ extension ProcessClusterSuites {
             }
         }
 
+        /// A put that times out while the tail is paused: the CLI names the write and the key to
+        /// settle it with, and `catena settle` says it applied, which a read confirms.
+        @Test(.timeLimit(.minutes(2)))
+        func aTimedOutPutNamesHowToSettleIt() async throws {
+            try await withTestCluster(Self.options()) { cluster in
+                let master = ["--master", cluster.masterAddress.description]
+                let dir = try TemporaryDirectory()
+                defer { dir.remove() }
+                let input = dir.path + "/value"
+                try Data("settled".utf8).write(to: URL(fileURLWithPath: input))
+                #expect(try await run(["put", "warm up", input] + master).status == 0)
+                let tail = try NodeID("n3")
+                cluster.signal(tail, SIGSTOP)
+                let put = try await run(["put", "orders/17 copy", input, "--timeout", "0.5"] + master)
+                cluster.signal(tail, SIGCONT)
+                #expect(put.status == 1 && put.stderr.contains("[timeout]"), "\(put)")
+                let hint = try #require(put.stderr.split(separator: "\n").first { $0.contains("catena settle") }, "\(put.stderr)")
+                #expect(hint.contains("`catena settle 'orders/17 copy' "), "the hint names the key, quoted: \(hint)")
+                let id = String(try #require(hint.split(separator: "`")[1].split(separator: " ").last))
+                #expect(id.count == 32)
+                let settle = try await run(["settle", "orders/17 copy", id, "--timeout", "20"] + master)
+                #expect(settle.status == 0 && settle.stdout.hasPrefix("applied at LSN "), "\(settle)")
+                #expect(try await run(["get", "orders/17 copy"] + master).stdout == "settled")
+            }
+        }
+
         @Test(.timeLimit(.minutes(2)))
         func headStopsOnSigtermWhileAWriteWaitsForADeadTail() async throws {
             var options = Self.options()
