@@ -332,24 +332,42 @@ public final class CatenaClient: Sendable {
     /// atomic: each key is its own write, so some may be deleted and others not; retried
     /// writes apply once. An invalid key fails alone, before anything is sent for it.
     public func delete(_ keys: [String], concurrency: Int = 16) async -> [DeleteResult] {
-        let width = max(1, concurrency)
-        var results = [DeleteResult?](repeating: nil, count: keys.count)
-        await withTaskGroup(of: (Int, Result<LSN, CatenaError>).self) { group in
+        let outcomes = await Self.concurrently(keys.count, width: concurrency) { i in
+            await Result.catching { () async throws(CatenaError) in try await self.delete(keys[i]) }
+        }
+        return zip(keys, outcomes.results).map { DeleteResult(key: $0, outcome: $1!) }
+    }
+
+    /// Runs `body(0)` ... `body(count - 1)`, at most `width` at once, and returns their results
+    /// by index, and the first failure to come. `stopOnFailure`: after the first failure, the
+    /// running ones are cancelled and no more start (the results of those never started are nil).
+    static func concurrently<R: Sendable>(_ count: Int, width: Int, stopOnFailure: Bool = false,
+                                          _ body: @escaping @Sendable (Int) async -> Result<R, CatenaError>) async
+        -> (results: [Result<R, CatenaError>?], firstFailure: CatenaError?) {
+        var results = [Result<R, CatenaError>?](repeating: nil, count: count)
+        var firstFailure: CatenaError?
+        await withTaskGroup(of: (Int, Result<R, CatenaError>).self) { group in
             var next = 0
+            var failed = false
             func start() {
                 let i = next
                 next += 1
-                group.addTask {
-                    (i, await Result.catching { () async throws(CatenaError) in try await self.delete(keys[i]) })
-                }
+                group.addTask { (i, await body(i)) }
             }
-            while next < min(width, keys.count) { start() }
+            while next < min(max(1, width), count) { start() }
             while let (i, outcome) = await group.next() {
-                results[i] = DeleteResult(key: keys[i], outcome: outcome)
-                if next < keys.count { start() }
+                results[i] = outcome
+                if case .failure(let error) = outcome {
+                    firstFailure = firstFailure ?? error
+                    if stopOnFailure && !failed {
+                        failed = true
+                        group.cancelAll()
+                    }
+                }
+                if !failed && next < count { start() }
             }
         }
-        return results.map { $0! }
+        return (results, firstFailure)
     }
 
     // MARK: - Reads
@@ -477,11 +495,7 @@ public final class CatenaClient: Sendable {
     /// metadata). Throws `notFound` if there is none.
     public func head(_ key: String) async throws(CatenaError) -> ObjectInfo {
         let k = try Key(key)
-        return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> ObjectInfo in
-            let reply = try await connection.request(Frame(type: .head, chainID: chain.chainID, epoch: chain.epoch, payload: KeyPayload.encode(k)),
-                                                     timeout: timeout)
-            return try ObjectInfoPayload.decode(reply.payload)
-        }
+        return try await askTail(.head, KeyPayload.encode(k)) { (reply, _) throws(CatenaError) in try ObjectInfoPayload.decode(reply.payload) }
     }
 
     /// One page of the keys starting with `prefix`, in byte order, after `after` (the previous
@@ -493,9 +507,7 @@ public final class CatenaClient: Sendable {
         let wanted = Array((delimiter ?? "").utf8)
         guard wanted.count <= Key.maxLength else { throw CatenaError(.invalidArgument, "a delimiter of \(wanted.count) bytes is longer than any key") }
         let request = ListRequest(prefix: Array(prefix.utf8), after: after, limit: limit, delimiter: wanted)
-        return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> ListPage in
-            let reply = try await connection.request(Frame(type: .list, chainID: chain.chainID, epoch: chain.epoch, payload: request.encoded()),
-                                                     timeout: timeout)
+        return try await askTail(.list, request.encoded()) { (reply, connection) throws(CatenaError) -> ListPage in
             let (page, grouped) = try ListPagePayload.decodeGrouped(reply.payload)
             if !wanted.isEmpty && !grouped {
                 throw CatenaError(.protocolVersionUnsupported, "\(connection.address) does not list by delimiter")
@@ -706,6 +718,16 @@ public final class CatenaClient: Sendable {
     }
 
     enum Route { case head, tail }
+
+    /// One read request to the tail, retried as every request is; `decode` reads the reply
+    /// (its errors are the attempt's) on the connection it came by.
+    func askTail<R>(_ type: FrameType, _ payload: ByteBuffer,
+                    _ decode: (Frame, RequestConnection) throws(CatenaError) -> R) async throws(CatenaError) -> R {
+        try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> R in
+            let reply = try await connection.request(Frame(type: type, chainID: chain.chainID, epoch: chain.epoch, payload: payload), timeout: timeout)
+            return try decode(reply, connection)
+        }
+    }
 
     /// Runs `body` against the chain's head or tail, refreshing the configuration and retrying
     /// on redirects, stale epochs, busy nodes and lost connections until the deadline.
@@ -1153,7 +1175,10 @@ public struct ObjectStream: AsyncSequence, Sendable {
     }
 
     /// An iterator over the object's pieces (iterate the stream once).
-    public func makeAsyncIterator() -> Iterator { Iterator(info: info, expected: UInt64(servedRange.count), checksummed: !isRange, owner: owner) }
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(info: info, expected: UInt64(servedRange.count), owner: owner,
+                 verifier: isRange ? nil : ContentVerifier(contentChecksum: info.contentChecksum, parts: info.parts))
+    }
 
     /// Reads the stream (iterate it once) into one array: the bytes of ``servedRange``.
     func readAll() async throws(CatenaError) -> [UInt8] {
@@ -1214,12 +1239,12 @@ public struct ObjectStream: AsyncSequence, Sendable {
     /// Yields the object's bytes piece by piece.
     public struct Iterator: AsyncIteratorProtocol {
         let info: ObjectInfo
-        /// Bytes due, and whether they are the whole object (content checksum checked).
+        /// Bytes due.
         let expected: UInt64
-        let checksummed: Bool
         let owner: StreamOwner
         var replies: ReplyStream { owner.replies }
-        var verifier: ContentVerifier?
+        /// Checks the content checksum when the bytes are the whole object (not a range).
+        let verifier: ContentVerifier?
         var received: UInt64 = 0
         var done = false
 
@@ -1241,21 +1266,15 @@ public struct ObjectStream: AsyncSequence, Sendable {
                     throw CatenaError(.protocolViolation, "unexpected \(frame.type) in an object's stream")
                 }
                 let piece = frame.payload
-                if checksummed {
-                    if verifier == nil { verifier = ContentVerifier(contentChecksum: info.contentChecksum, parts: info.parts) }
-                    piece.withUnsafeReadableBytes { verifier!.update($0) }
-                }
+                if let verifier { piece.withUnsafeReadableBytes { verifier.update($0) } }
                 received += UInt64(piece.readableBytes)
                 if !frame.flags.contains(.more) {
                     done = true
                     guard received == expected else {
                         throw CatenaError(.checksumMismatch, "'\(info.key)': received \(received) bytes, expected \(expected)")
                     }
-                    if checksummed {
-                        let verifier = self.verifier ?? ContentVerifier(contentChecksum: info.contentChecksum, parts: info.parts)
-                        if let mismatch = verifier.finish() {
-                            throw CatenaError(.checksumMismatch, "'\(info.key)': \(mismatch); the object was not returned")
-                        }
+                    if let mismatch = verifier?.finish() {
+                        throw CatenaError(.checksumMismatch, "'\(info.key)': \(mismatch); the object was not returned")
                     }
                 }
                 if piece.readableBytes > 0 { return piece }

@@ -110,22 +110,26 @@ extension CatenaClient {
     /// description. Throws `noSuchUpload` if the upload is not open.
     public func listParts(_ upload: MultipartUpload, after: Int = 0, limit: Int = 1000) async throws(CatenaError) -> PartPage {
         let request = ListPartsRequest(upload: upload.id, after: UInt32(clamping: max(0, after)), limit: limit)
-        return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> PartPage in
-            let reply = try await connection.request(Frame(type: .listParts, chainID: chain.chainID, epoch: chain.epoch, payload: request.encoded()),
-                                                     timeout: timeout)
-            return try PartPagePayload.decode(reply.payload)
+        return try await askTail(.listParts, request.encoded()) { (reply, _) throws(CatenaError) in try PartPagePayload.decode(reply.payload) }
+    }
+
+    /// Every part of `upload`, page by page, in order of part number, with the upload's own
+    /// description (as the last page gave it). Throws `noSuchUpload` if the upload is not open.
+    public func allParts(_ upload: MultipartUpload) async throws(CatenaError) -> PartPage {
+        var page = try await listParts(upload)
+        var parts = page.parts
+        while let after = page.nextPartNumber {
+            page = try await listParts(upload, after: Int(after))
+            parts += page.parts
         }
+        return PartPage(upload: page.upload, parts: parts, nextPartNumber: nil)
     }
 
     /// One page of the open multipart uploads of keys starting with `prefix`, in order of key
     /// then upload id, after `after` (the previous page's `UploadPage.nextCursor`).
     public func listMultipartUploads(prefix: String = "", after: UploadCursor? = nil, limit: Int = 1000) async throws(CatenaError) -> UploadPage {
         let request = ListUploadsRequest(prefix: Array(prefix.utf8), after: after, limit: limit)
-        return try await withRetries(.tail) { (connection, chain, timeout) async throws(CatenaError) -> UploadPage in
-            let reply = try await connection.request(Frame(type: .listUploads, chainID: chain.chainID, epoch: chain.epoch, payload: request.encoded()),
-                                                     timeout: timeout)
-            return try UploadPagePayload.decode(reply.payload)
-        }
+        return try await askTail(.listUploads, request.encoded()) { (reply, _) throws(CatenaError) in try UploadPagePayload.decode(reply.payload) }
     }
 
     /// Makes `upload`'s object visible under its key, at once, made of `parts` in the order
@@ -146,15 +150,9 @@ extension CatenaClient {
         }
         if let condition { try WriteCondition.check(condition, on: .manifest, key: k) }
         // What the chain committed: each part's chunk group, and the upload's object fields.
-        var stored: [UInt32: PartInfo] = [:]
-        var after = 0
-        var description: UploadInfo
-        repeat {
-            let page = try await listParts(upload, after: after)
-            description = page.upload
-            for p in page.parts { stored[p.number] = p }
-            after = page.nextPartNumber.map(Int.init) ?? 0
-        } while after != 0
+        let listed = try await allParts(upload)
+        let description = listed.upload
+        let stored = Dictionary(listed.parts.map { ($0.number, $0) }, uniquingKeysWith: { _, last in last })
         guard description.key == k else { throw CatenaError(.noSuchUpload, "\(upload): the upload is of '\(description.key)'") }
         var manifestParts: [ManifestPart] = []
         for part in parts {
@@ -198,37 +196,19 @@ extension CatenaClient {
         }
         let upload = try await createMultipartUpload(key, contentType: contentType, metadata: metadata)
         let done = PartProgress()
-        let result: Result<[UploadedPart], CatenaError> = await withTaskGroup(of: Result<UploadedPart, CatenaError>.self) { group in
-            var next = 1
-            var parts: [UploadedPart] = []
-            var failure: CatenaError?
-            func start() {
-                let number = next
-                next += 1
-                let range = UInt64(number - 1) * UInt64(partSize)..<min(size, UInt64(number) * UInt64(partSize))
-                group.addTask {
-                    await Result.catching { () async throws(CatenaError) -> UploadedPart in
-                        try await self.uploadPart(upload, number: number, contentsOf: path, range: range) { stored, _ in
-                            progress?(done.record(stored, part: number), size)
-                        }
-                    }
+        let outcomes = await Self.concurrently(count, width: parallelism, stopOnFailure: true) { i in
+            let number = i + 1
+            let range = UInt64(i) * UInt64(partSize)..<min(size, UInt64(number) * UInt64(partSize))
+            return await Result.catching { () async throws(CatenaError) -> UploadedPart in
+                try await self.uploadPart(upload, number: number, contentsOf: path, range: range) { stored, _ in
+                    progress?(done.record(stored, part: number), size)
                 }
             }
-            while next <= min(count, max(1, parallelism)) { start() }
-            while let r = await group.next() {
-                switch r {
-                case .success(let part):
-                    parts.append(part)
-                    if failure == nil && next <= count { start() }
-                case .failure(let e):
-                    failure = failure ?? e
-                    group.cancelAll()
-                }
-            }
-            return failure.map { .failure($0) } ?? .success(parts.sorted { $0.number < $1.number })
         }
         do throws(CatenaError) {
-            return try await completeMultipartUpload(upload, parts: try result.get(), condition: condition)
+            if let failure = outcomes.firstFailure { throw failure }
+            let parts = outcomes.results.compactMap { try? $0?.get() }
+            return try await completeMultipartUpload(upload, parts: parts, condition: condition)
         } catch {
             _ = try? await abortMultipartUpload(upload)
             throw error

@@ -97,12 +97,10 @@ extension Store {
         // clock runs behind), so a member that lags — down for a while, catching up — never
         // collects an upload whose completion is still on its way to it.
         let allowance = configuration.uploadClockSkewAllowance.nanoseconds
-        let logTime = state.withLock { s in s.segments.last(where: { $0.recordCount > 0 })?.lastTimestamp ?? 0 }
-        if logTime > timeout &+ allowance {
-            state.withLock { s in
-                for id in s.index.expireUploads(createdBefore: logTime - timeout - allowance) {
-                    s.uploadTracker.expire(id)
-                }
+        state.withLock { s in
+            guard s.logTime > timeout &+ allowance else { return }
+            for id in s.index.expireUploads(createdBefore: s.logTime - timeout - allowance) {
+                s.uploadTracker.expire(id)
             }
         }
         let (watermark, activeEntries, pending, open, window) = state.withLock { s in

@@ -155,8 +155,11 @@ public final class Store: Sendable {
         /// The request-id window of `width` nanoseconds, anchored at the log's last durable
         /// record (see ``RequestWindow``).
         func requestWindow(width: UInt64) -> RequestWindow {
-            RequestWindow(anchor: segments.last(where: { $0.recordCount > 0 })?.lastTimestamp ?? 0, width: width)
+            RequestWindow(anchor: logTime, width: width)
         }
+
+        /// The log's time: the head timestamp of its last durable record (0 for an empty log).
+        var logTime: UInt64 { segments.last(where: { $0.recordCount > 0 })?.lastTimestamp ?? 0 }
 
         /// Queues `op` for the writer; true if the caller must start the writer thread.
         mutating func enqueueOp(_ op: WriterOp) -> Bool {

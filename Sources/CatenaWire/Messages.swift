@@ -294,9 +294,9 @@ public enum KeyPayload {
 ///
 /// Layout: key, LSN, size (u64), content checksum (u64), timestamp (u64), request id (2 × u64),
 /// chunk count (u32), content type (u8 present + u16 length + UTF-8), user metadata (u16 count,
-/// then name and value as u16 length + UTF-8 each); then, for a multipart object only, its parts
-/// (u32 count, then size and checksum, u64 each) — which the same info inside a listing page
-/// does not carry.
+/// then name and value as u16 length + UTF-8 each); then a multipart object's parts (u32 count,
+/// 0 for any other object, then size and checksum, u64 each) — which the same info inside a
+/// listing page does not carry; a payload without the field (from an older node) has none.
 public enum ObjectInfoPayload {
     /// The payload bytes for `info`.
     public static func encode(_ info: ObjectInfo) -> ByteBuffer {
@@ -333,18 +333,7 @@ public enum ObjectInfoPayload {
         b.writeInteger(info.timestamp, endianness: .little)
         b.writeRequestID(info.requestID)
         b.writeInteger(UInt32(clamping: info.chunkCount), endianness: .little)
-        if let contentType = info.contentType {
-            b.writeInteger(UInt8(1))
-            b.writeShortString(contentType)
-        } else {
-            b.writeInteger(UInt8(0))
-        }
-        let metadata = info.userMetadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
-        b.writeInteger(UInt16(clamping: metadata.count), endianness: .little)
-        for (name, value) in metadata.prefix(Int(UInt16.max)) {
-            b.writeShortString(name)
-            b.writeShortString(value)
-        }
+        b.writeObjectFields(contentType: info.contentType, metadata: info.userMetadata)
     }
 
     static func read(_ b: inout ByteBuffer) throws(CatenaError) -> ObjectInfo {
@@ -356,19 +345,10 @@ public enum ObjectInfoPayload {
             throw CatenaError(.malformed, "object info is truncated")
         }
         let id = try b.readRequestID()
-        guard let chunks = b.readInteger(endianness: .little, as: UInt32.self),
-              let hasType = b.readInteger(as: UInt8.self) else {
+        guard let chunks = b.readInteger(endianness: .little, as: UInt32.self) else {
             throw CatenaError(.malformed, "object info is truncated")
         }
-        let contentType = hasType == 0 ? nil : try b.readShortString(what: "content type")
-        guard let count = b.readInteger(endianness: .little, as: UInt16.self) else {
-            throw CatenaError(.malformed, "object info is truncated")
-        }
-        var metadata: [String: String] = [:]
-        for _ in 0..<count {
-            let name = try b.readShortString(what: "metadata name")
-            metadata[name] = try b.readShortString(what: "metadata value")
-        }
+        let (contentType, metadata) = try b.readObjectFields(of: "object info")
         return ObjectInfo(key: key, lsn: lsn, size: size, contentChecksum: checksum, contentType: contentType,
                           userMetadata: metadata, timestamp: timestamp, requestID: id, chunkCount: Int(chunks))
     }
@@ -739,6 +719,36 @@ extension ByteBuffer {
             throw CatenaError(.malformed, "request id is truncated")
         }
         return RequestID(high: high, low: low)
+    }
+
+    /// An object's content type (u8 present + u16 length + UTF-8) and user metadata (u16 count,
+    /// then name and value as u16 length + UTF-8 each, by the UTF-8 bytes of the names).
+    mutating func writeObjectFields(contentType: String?, metadata: [String: String]) {
+        if let contentType {
+            writeInteger(UInt8(1))
+            writeShortString(contentType)
+        } else {
+            writeInteger(UInt8(0))
+        }
+        let sorted = metadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+        writeInteger(UInt16(clamping: sorted.count), endianness: .little)
+        for (name, value) in sorted.prefix(Int(UInt16.max)) {
+            writeShortString(name)
+            writeShortString(value)
+        }
+    }
+
+    /// What ``writeObjectFields(contentType:metadata:)`` wrote; `what` names the payload in errors.
+    mutating func readObjectFields(of what: String) throws(CatenaError) -> (contentType: String?, metadata: [String: String]) {
+        guard let hasType = readInteger(as: UInt8.self) else { throw CatenaError(.malformed, "\(what) is truncated") }
+        let contentType = hasType == 0 ? nil : try readShortString(what: "content type")
+        guard let count = readInteger(endianness: .little, as: UInt16.self) else { throw CatenaError(.malformed, "\(what) is truncated") }
+        var metadata: [String: String] = [:]
+        for _ in 0..<count {
+            let name = try readShortString(what: "metadata name")
+            metadata[name] = try readShortString(what: "metadata value")
+        }
+        return (contentType, metadata)
     }
 
     package mutating func readLengthPrefixed(what: String) throws(CatenaError) -> [UInt8] {

@@ -195,18 +195,7 @@ extension ByteBuffer {
         writeRequestID(u.id)
         writeLSN(u.lsn)
         writeInteger(u.created, endianness: .little)
-        if let contentType = u.contentType {
-            writeInteger(UInt8(1))
-            writeShortString(contentType)
-        } else {
-            writeInteger(UInt8(0))
-        }
-        let metadata = u.userMetadata.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
-        writeInteger(UInt16(clamping: metadata.count), endianness: .little)
-        for (name, value) in metadata.prefix(Int(UInt16.max)) {
-            writeShortString(name)
-            writeShortString(value)
-        }
+        writeObjectFields(contentType: u.contentType, metadata: u.userMetadata)
         writeInteger(UInt32(clamping: u.partCount), endianness: .little)
     }
 
@@ -214,16 +203,8 @@ extension ByteBuffer {
         let key = try readKey()
         let id = try readRequestID()
         let lsn = try readLSN()
-        guard let created = readInteger(endianness: .little, as: UInt64.self), let hasType = readInteger(as: UInt8.self) else {
-            throw CatenaError(.malformed, "upload info is truncated")
-        }
-        let contentType = hasType == 0 ? nil : try readShortString(what: "content type")
-        guard let count = readInteger(endianness: .little, as: UInt16.self) else { throw CatenaError(.malformed, "upload info is truncated") }
-        var metadata: [String: String] = [:]
-        for _ in 0..<count {
-            let name = try readShortString(what: "metadata name")
-            metadata[name] = try readShortString(what: "metadata value")
-        }
+        guard let created = readInteger(endianness: .little, as: UInt64.self) else { throw CatenaError(.malformed, "upload info is truncated") }
+        let (contentType, metadata) = try readObjectFields(of: "upload info")
         guard let parts = readInteger(endianness: .little, as: UInt32.self) else { throw CatenaError(.malformed, "upload info is truncated") }
         return UploadInfo(key: key, id: id, lsn: lsn, created: created, contentType: contentType, userMetadata: metadata, partCount: Int(parts))
     }

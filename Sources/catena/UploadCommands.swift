@@ -28,17 +28,15 @@ struct UploadCommand: AsyncParsableCommand {
     struct Part: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Store a file (or stdin) as a part of an upload; prints `NUMBER SIZE xxh3-64:CHECKSUM`, what `complete` names it by.")
-        @Argument(help: "The upload's key.") var key: String
-        @Argument(help: "The upload's id (as `create` printed it).") var upload: String
+        @OptionGroup var target: UploadArguments
         @Argument(help: "The part's number, 1 to 10000 (a part with this number is replaced).") var number: Int
         @Argument(help: "The file to store; - reads stdin.") var file: String
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let id = try uploadID(upload)
+            let target = try self.target.upload
             let store = try await client.connect()
             defer { Task { await store.close() } }
-            let target = MultipartUpload(key: key, id: id)
             let part: UploadedPart
             if file == "-" {
                 part = try await store.uploadPart(target, number: number, streaming: FileChunks(handle: FileHandle.standardInput))
@@ -47,32 +45,28 @@ struct UploadCommand: AsyncParsableCommand {
                 defer { bar.finish() }
                 part = try await store.uploadPart(target, number: number, contentsOf: file, range: 0..<UInt64.max, progress: bar.progress)
             }
-            print("\(part.number) \(part.size) xxh3-64:\(part.checksum.hex16)")
+            print(partLine(part.number, part.size, part.checksum))
         }
     }
 
     struct Parts: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "parts", abstract: "List an upload's parts: `NUMBER SIZE xxh3-64:CHECKSUM`, one per line, by number.")
-        @Argument(help: "The upload's key.") var key: String
-        @Argument(help: "The upload's id.") var upload: String
+        @OptionGroup var target: UploadArguments
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let id = try uploadID(upload)
+            let target = try self.target.upload
             let store = try await client.connect()
             defer { Task { await store.close() } }
-            for part in try await allParts(store, MultipartUpload(key: key, id: id)) {
-                print("\(part.number) \(part.size) xxh3-64:\(part.checksum.hex16)")
-            }
+            for part in try await store.allParts(target).parts { print(partLine(Int(part.number), part.size, part.checksum)) }
         }
     }
 
     struct Complete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Make an upload's object visible, made of the parts named (NUMBER:CHECKSUM, ascending), or of every part with --all.")
-        @Argument(help: "The upload's key.") var key: String
-        @Argument(help: "The upload's id.") var upload: String
+        @OptionGroup var target: UploadArguments
         @Argument(help: "The parts, as NUMBER:CHECKSUM (the checksum as `part` printed it).") var parts: [String] = []
         @Flag(name: .long, help: "Every part the upload holds now, in order of number.") var all = false
         @Flag(name: .shortAndLong, help: "Say on stderr what was stored (size, LSN).") var verbose = false
@@ -93,12 +87,11 @@ struct UploadCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let id = try uploadID(upload)
+            let target = try self.target.upload
             let condition = try conditions.condition
             let store = try await client.connect()
             defer { Task { await store.close() } }
-            let target = MultipartUpload(key: key, id: id)
-            let stored = try await allParts(store, target)
+            let stored = try await store.allParts(target).parts
             var named: [UploadedPart] = []
             if all {
                 named = stored.map { UploadedPart(number: Int($0.number), size: $0.size, checksum: $0.checksum) }
@@ -110,21 +103,20 @@ struct UploadCommand: AsyncParsableCommand {
                 }
             }
             let receipt = try await store.completeMultipartUpload(target, parts: named, condition: condition)
-            if verbose { writeStandardError("stored \(key): \(receipt.size) bytes in \(named.count) parts at LSN \(receipt.lsn)") }
+            if verbose { writeStandardError("stored \(target.key): \(receipt.size) bytes in \(named.count) parts at LSN \(receipt.lsn)") }
         }
     }
 
     struct Abort: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Drop an upload and its parts.")
-        @Argument(help: "The upload's key.") var key: String
-        @Argument(help: "The upload's id.") var upload: String
+        @OptionGroup var target: UploadArguments
         @OptionGroup var client: ClientOptions
 
         func run() async throws {
-            let id = try uploadID(upload)
+            let target = try self.target.upload
             let store = try await client.connect()
             defer { Task { await store.close() } }
-            try await store.abortMultipartUpload(MultipartUpload(key: key, id: id))
+            try await store.abortMultipartUpload(target)
         }
     }
 
@@ -150,26 +142,30 @@ struct UploadCommand: AsyncParsableCommand {
     }
 }
 
-/// Every part of `upload`, by number.
-func allParts(_ store: CatenaClient, _ upload: MultipartUpload) async throws(CatenaError) -> [PartInfo] {
-    var parts: [PartInfo] = []
-    var after = 0
-    repeat {
-        let page = try await store.listParts(upload, after: after)
-        parts += page.parts
-        after = page.nextPartNumber.map(Int.init) ?? 0
-    } while after != 0
-    return parts
+/// The upload a command acts on: its key and id (as `catena upload create` printed it).
+struct UploadArguments: ParsableArguments {
+    @Argument(help: "The upload's key.") var key: String
+    @Argument(help: "The upload's id (as `create` printed it).") var id: String
+
+    func validate() throws { _ = try upload }
+
+    var upload: MultipartUpload {
+        get throws {
+            guard let id = RequestID(parsing: id), id != .none else {
+                throw ValidationError("an upload id is 32 hex digits, as `catena upload create` prints it, not '\(self.id)'")
+            }
+            return MultipartUpload(key: key, id: id)
+        }
+    }
 }
 
-func uploadID(_ text: String) throws -> UploadID {
-    guard let id = RequestID(parsing: text), id != .none else {
-        throw ValidationError("an upload id is 32 hex digits, as `catena upload create` prints it, not '\(text)'")
-    }
-    return id
+/// A part as `upload part` and `upload parts` print it, and `upload complete` reads its number
+/// and checksum back.
+func partLine(_ number: Int, _ size: UInt64, _ checksum: UInt64) -> String {
+    "\(number) \(size) xxh3-64:\(checksum.hex16)"
 }
 
 extension UploadCommand.Create: KeyedWrite { var writtenKey: String { key } }
-extension UploadCommand.Part: KeyedWrite { var writtenKey: String { key } }
-extension UploadCommand.Complete: KeyedWrite { var writtenKey: String { key } }
-extension UploadCommand.Abort: KeyedWrite { var writtenKey: String { key } }
+extension UploadCommand.Part: KeyedWrite { var writtenKey: String { target.key } }
+extension UploadCommand.Complete: KeyedWrite { var writtenKey: String { target.key } }
+extension UploadCommand.Abort: KeyedWrite { var writtenKey: String { target.key } }
