@@ -40,14 +40,7 @@ struct BenchMultipart: AsyncParsableCommand {
 
     func run() async throws {
         // Started by a test: ends when the test does (its cluster's processes follow it).
-        let watcher = ProcessInfo.processInfo.environment["CATENA_PARENT_PID"].flatMap(Int32.init).map { parent in
-            Task.detached {
-                while !Task.isCancelled {
-                    if getppid() != parent { Glibc.exit(1) }
-                    try? await Task.sleep(for: .milliseconds(200))
-                }
-            }
-        }
+        let watcher = exitWhenParentExits()
         defer { watcher?.cancel() }
         let directory = try dir ?? ScratchSpace.makeTemporaryDirectory(prefix: "catena-bench-multipart")
         var c = MultipartBenchmark.Configuration(executable: currentExecutable(), directory: directory)

@@ -18,6 +18,7 @@ struct Catena: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "catena",
         abstract: "Catena, a chain-replication object store.",
+        version: "catena \(CatenaBuild.version) (data directory format \(DataDirectory.formatVersion), record format \(RecordHeader.currentVersion))",
         subcommands: [Up.self, MasterCommand.self, NodeCommand.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self, Copy.self, Settle.self, UploadCommand.self,
                       BenchMultipart.self,
                       BenchStorage.self, BenchChain.self, BenchCatchUp.self, BenchFailover.self, BenchJoin.self, BenchCompaction.self,
@@ -44,7 +45,7 @@ struct Catena: AsyncParsableCommand {
         } catch let error as CatenaError where error.code == .notFound {
             // `not found: KEY` as it is, for scripts.
             writeStandardError(error.message)
-            Glibc.exit(1)
+            Glibc.exit(ExitStatus.notFound.rawValue)
         } catch let error as CatenaError {
             writeStandardError("catena: error: \(error.message) [\(error.code)]")
             if let id = error.requestID,
@@ -52,9 +53,39 @@ struct Catena: AsyncParsableCommand {
                 let key = writtenKey.map(shellQuoted) ?? "KEY"
                 writeStandardError("catena: the write may or may not have applied; `catena settle \(key) \(id)` tells which (soon: a head remembers writes for about a minute)")
             }
-            Glibc.exit(1)
+            Glibc.exit(ExitStatus(error.code).rawValue)
         } catch {
             exit(withError: error)
+        }
+    }
+}
+
+/// The `catena` command's exit statuses, one per kind of outcome a script may act on.
+enum ExitStatus: Int32 {
+    /// It did what was asked.
+    case success = 0
+    /// Any failure not below.
+    case failure = 1
+    /// The key, upload or node does not exist (`settle`: the write did not apply).
+    case notFound = 2
+    /// The cluster could not be reached or did not answer in time: a retry may help.
+    case unavailable = 3
+    /// Data is wrong: a checksum mismatch, damage found, a verification difference.
+    case dataError = 4
+    /// Refused: a write's condition failed, or permission was denied.
+    case refused = 5
+    /// The command line is wrong (ArgumentParser's status for a usage error).
+    case usage = 64
+
+    /// The status of a command that failed with `code`.
+    init(_ code: CatenaError.Code) {
+        switch code {
+        case .notFound, .noSuchUpload: self = .notFound
+        case .unavailable, .timeout, .busy, .closed, .redirect, .staleEpoch, .epochAhead, .cancelled: self = .unavailable
+        case .checksumMismatch, .corruption, .malformed: self = .dataError
+        case .preconditionFailed, .permissionDenied, .invalidPart: self = .refused
+        case .invalidKey, .invalidArgument: self = .usage
+        default: self = .failure
         }
     }
 }
@@ -73,9 +104,10 @@ func shellQuoted(_ text: String) -> String {
 
 /// `catena version`: the build's format versions.
 struct Version: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the on-disk and record format versions.")
+    static let configuration = CommandConfiguration(abstract: "Print the build version and the on-disk and record format versions.")
 
     func run() {
+        print("catena \(CatenaBuild.version)")
         print("data directory format \(DataDirectory.formatVersion)")
         print("record format \(RecordHeader.currentVersion)")
     }
@@ -309,6 +341,19 @@ struct BenchStorage: AsyncParsableCommand {
         } else {
             print("")
             print(report.table())
+        }
+    }
+}
+
+/// With `CATENA_PARENT_PID` set (by a test, or `catena up`): a task that exits this process
+/// once that parent is gone, so a command started by a test ends when the test does.
+func exitWhenParentExits() -> Task<Void, Never>? {
+    ProcessInfo.processInfo.environment["CATENA_PARENT_PID"].flatMap(Int32.init).map { parent in
+        Task.detached {
+            while !Task.isCancelled {
+                if getppid() != parent { Glibc.exit(ExitStatus.failure.rawValue) }
+                try? await Task.sleep(for: .milliseconds(200))
+            }
         }
     }
 }

@@ -214,7 +214,7 @@ extension ProcessClusterSuites {
                 #expect(try await run(["get", "docs/hello", "--range", "7-"] + master).stdout == "chain\n")
                 #expect(try await run(["get", "docs/hello", "--range", "-6"] + master).stdout == "chain\n")
                 let pastEnd = try await run(["get", "docs/hello", "--range", "20-30"] + master)
-                #expect(pastEnd.status == 1)
+                #expect(pastEnd.status == 64, "an invalid request: a usage error")
                 #expect(pastEnd.stderr.contains("starts past the end"))
                 #expect(try await run(["get", "docs/hello", "--range", "9-3"] + master).status != 0)
                 #expect(try await run(["ls", "docs/"] + master).stdout == "docs/hello\ndocs/stdin\n")
@@ -241,14 +241,14 @@ extension ProcessClusterSuites {
                 // Copies inside the cluster.
                 #expect(try await run(["cp", "docs/hello", "docs/hello-copy"] + master).status == 0)
                 #expect(try await run(["get", "docs/hello-copy"] + master).stdout == "hello, chain\n")
-                #expect(try await run(["cp", "docs/hello", "docs/hello-copy", "--if-absent"] + master).status == 1)
+                #expect(try await run(["cp", "docs/hello", "docs/hello-copy", "--if-absent"] + master).status == 5, "refused")
                 let copyMissing = try await run(["cp", "docs/nothing", "docs/x"] + master)
-                #expect(copyMissing.status == 1 && copyMissing.stderr == "not found: docs/nothing\n", "\(copyMissing)")
+                #expect(copyMissing.status == 2 && copyMissing.stderr == "not found: docs/nothing\n", "\(copyMissing)")
                 #expect(try await run(["rm", "docs/hello-copy"] + master).status == 0)
                 // Conditions: create-only, then compare-and-swap by the LSN and checksum stat prints.
                 #expect(try await run(["put", "docs/lock", input, "--if-absent"] + master).status == 0)
                 let taken = try await run(["put", "docs/lock", input, "--if-absent"] + master)
-                #expect(taken.status == 1)
+                #expect(taken.status == 5)
                 #expect(taken.stderr.contains("[preconditionFailed]"), "\(taken.stderr)")
                 func lockField(_ field: String) async throws -> String {
                     let out = try await run(["stat", "docs/lock"] + master).stdout
@@ -256,7 +256,7 @@ extension ProcessClusterSuites {
                 }
                 let first = try await lockField("lsn")
                 #expect(try await run(["put", "docs/lock", input, "--if-checksum", try await lockField("content-checksum")] + master).status == 0)
-                #expect(try await run(["rm", "docs/lock", "--if-version", first] + master).status == 1, "a superseded version")
+                #expect(try await run(["rm", "docs/lock", "--if-version", first] + master).status == 5, "a superseded version")
                 #expect(try await run(["put", "docs/lock", input, "--if-version", "x.1"] + master).status != 0)
                 #expect(try await run(["rm", "docs/lock", "--if-version", try await lockField("lsn")] + master).status == 0)
                 // Settling a write of unknown outcome: one never sent is settled as not applied (exit 2).
@@ -265,17 +265,17 @@ extension ProcessClusterSuites {
                 #expect(try await run(["settle", "docs/lock", "not-an-id"] + master).status != 0)
                 #expect(try await run(["rm", "docs/hello"] + master).status == 0)
                 let missing = try await run(["get", "docs/hello"] + master)
-                #expect(missing.status == 1)
+                #expect(missing.status == 2)
                 #expect(missing.stderr == "not found: docs/hello\n")
                 let missingStat = try await run(["stat", "nothing"] + master)
-                #expect(missingStat.status == 1)
+                #expect(missingStat.status == 2)
                 #expect(missingStat.stderr == "not found: nothing\n")
                 // Bad input: one line, non-zero.
                 let badKey = try await run(["put", "", input] + master)
-                #expect(badKey.status != 0)
+                #expect(badKey.status == 64)
                 #expect(badKey.stderr.split(separator: "\n").count == 1)
                 let noMaster = try await run(["get", "x", "--master", "127.0.0.1:1", "--timeout", "1"])
-                #expect(noMaster.status == 1)
+                #expect(noMaster.status == 3, "unavailable: a retry may help")
                 #expect(noMaster.stderr.split(separator: "\n").count == 1)
             }
         }
@@ -338,7 +338,7 @@ extension ProcessClusterSuites {
                 cluster.signal(tail, SIGSTOP)
                 let put = try await run(["put", "orders/17 copy", input, "--timeout", "0.5"] + master)
                 cluster.signal(tail, SIGCONT)
-                #expect(put.status == 1 && put.stderr.contains("[timeout]"), "\(put)")
+                #expect(put.status == 3 && put.stderr.contains("[timeout]"), "\(put)")
                 let hint = try #require(put.stderr.split(separator: "\n").first { $0.contains("catena settle") }, "\(put.stderr)")
                 #expect(hint.contains("`catena settle 'orders/17 copy' "), "the hint names the key, quoted: \(hint)")
                 let id = String(try #require(hint.split(separator: "`")[1].split(separator: " ").last))
@@ -420,7 +420,7 @@ extension ProcessClusterSuites {
                 #expect(parts.stdout == part1.stdout + part2.stdout)
                 // A wrong checksum is refused; the right ones complete it.
                 let wrong = try await run(["upload", "complete", "cli/big", id, "1:0123456789abcdef"] + master)
-                #expect(wrong.status != 0 && wrong.stderr.contains("invalidPart"))
+                #expect(wrong.status == 5 && wrong.stderr.contains("invalidPart"))
                 let named = [part1, part2].map { r in
                     let f = r.stdout.split(separator: " ")
                     return "\(f[0]):\(f[2].dropFirst("xxh3-64:".count).trimmingCharacters(in: .whitespacesAndNewlines))"
@@ -436,7 +436,7 @@ extension ProcessClusterSuites {
                 let other = try await run(["upload", "create", "cli/dropped"] + master).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
                 #expect(try await run(["upload", "abort", "cli/dropped", other] + master).status == 0)
                 let again = try await run(["upload", "abort", "cli/dropped", other] + master)
-                #expect(again.status != 0 && again.stderr.contains("noSuchUpload"))
+                #expect(again.status == 2 && again.stderr.contains("noSuchUpload"))
                 // put --part-size: a multipart upload of a file in one command.
                 let put = try await run(["put", "cli/parts", firstPath, "--part-size", "1MiB", "--parallel", "2"] + master)
                 #expect(put.status == 0, "\(put.stderr)")
@@ -517,7 +517,9 @@ struct CommandResult {
 /// Runs the `catena` CLI to completion (killed after `timeout` seconds). The waits block, so they run on
 /// threads of their own (``onOwnThread(_:)``), stdout and stderr read side by side so that a
 /// child filling one pipe cannot stall on it.
-func run(_ arguments: [String], stdin: Data? = nil, timeout: Double = 30, environment: [String: String] = [:]) async throws -> CommandResult {
+/// `started` is called with the child once it runs (to signal it).
+func run(_ arguments: [String], stdin: Data? = nil, timeout: Double = 30, environment: [String: String] = [:],
+         started: (Process) -> Void = { _ in }) async throws -> CommandResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try catenaExecutable())
     process.arguments = arguments
@@ -527,6 +529,7 @@ func run(_ arguments: [String], stdin: Data? = nil, timeout: Double = 30, enviro
     process.standardInput = stdin == nil ? FileHandle.nullDevice : input
     if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     try process.run()
+    started(process)
     if let stdin {
         input.fileHandleForWriting.write(stdin)
         try input.fileHandleForWriting.close()
