@@ -21,6 +21,9 @@ let package = Package(
         // Service, ServiceGroup and graceful shutdown on SIGTERM: how Swift server processes
         // (Hummingbird, postgres-nio, valkey-swift) run their parts together.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // HdrHistogram: the load generator's latency percentiles and its `.hgrm` output, which
+        // HdrHistogram's plotting tools read.
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         // `swift package generate-documentation --target CatenaClient` (a plugin: built only when run).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
@@ -122,6 +125,7 @@ let package = Package(
                 "CatenaClient",
                 "CatenaCluster",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         // Cluster topology files (YAML) and the master's durable state.
