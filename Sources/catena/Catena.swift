@@ -74,6 +74,8 @@ enum ExitStatus: Int32 {
     case dataError = 4
     /// Refused: a write's condition failed, or permission was denied.
     case refused = 5
+    /// A benchmark ran but missed a goal it states.
+    case goalMissed = 6
     /// The command line is wrong (ArgumentParser's status for a usage error).
     case usage = 64
 
