@@ -289,6 +289,9 @@ public struct NodeStateMachine: Sendable {
     private var known = false
     /// Told it is unknown and said so (once).
     private var saidUnknown = false
+    /// The latest send time (node clock) of a heartbeat that said this node holds no lease:
+    /// replies to heartbeats sent before it grant none (see ``reportLeaseless(sentAt:)``).
+    private var leaselessSince: UInt64?
     /// Writes waiting for room under the uncommitted-bytes bound.
     private var throttled = 0
     /// The pause before the next catch-up attempt after a failure.
@@ -350,6 +353,18 @@ public struct NodeStateMachine: Sendable {
 
     /// The epoch of the configuration the node runs (0: none yet).
     public var epoch: UInt64 { configuration?.epoch ?? 0 }
+
+    /// Whether the heartbeat sent at `sentAt` (node clock) says this node holds no lease: it
+    /// serves no reads and takes no writes from then until a reply to a later heartbeat grants
+    /// one. A member the master is removing gets no renewals, so it stops serving within a
+    /// heartbeat; on this word the master reconfigures the chain at once instead of waiting for
+    /// the lease to run out (a drain takes a heartbeat or two, not a lease). Call it once per
+    /// heartbeat, as it is sent.
+    public mutating func reportLeaseless(sentAt: UInt64) -> Bool {
+        guard !view.leaseValid(at: sentAt) else { return false }
+        leaselessSince = max(leaselessSince ?? 0, sentAt)
+        return true
+    }
 
     /// The epoch a heartbeat names: the one the node runs, or — until it runs one, after a
     /// restart — the highest it has persisted as seen. A master whose state is older than that
@@ -487,7 +502,10 @@ public struct NodeStateMachine: Sendable {
         let isMember = new.role(of: me) != nil
         var actions: [Action] = []
         view.standing = reply.standing
-        view.leaseExpiry = reply.standing == .member ? reply.lease.map { sentAt &+ Self.nanoseconds($0 - $0 / 20) } : nil
+        // A reply to a heartbeat sent before one that said this node holds no lease grants none:
+        // the master may already have reconfigured the chain on that word.
+        let granted = reply.standing == .member && leaselessSince.map { sentAt >= $0 } ?? true ? reply.lease : nil
+        view.leaseExpiry = granted.map { sentAt &+ Self.nanoseconds($0 - $0 / 20) }
 
         switch state {
         case .failed:

@@ -120,16 +120,20 @@ public struct ChainManager: Sendable {
         /// The failure the node reports (its log or store stopped working, though it still runs);
         /// nil: healthy.
         public var failure: CatenaError?
+        /// The node holds no lease as it sent this, and takes none from replies to earlier
+        /// heartbeats (``NodeStateMachine/reportLeaseless(sentAt:)``).
+        public var leaseless: Bool
 
         /// Creates a heartbeat.
         public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, epoch: UInt64 = 0,
-                    failure: CatenaError? = nil) {
+                    failure: CatenaError? = nil, leaseless: Bool = false) {
             self.node = node
             self.address = address
             self.highestLSN = highestLSN
             self.epochStart = epochStart
             self.epoch = epoch
             self.failure = failure
+            self.leaseless = leaseless
         }
     }
 
@@ -232,6 +236,9 @@ public struct ChainManager: Sendable {
     public private(set) var state: MasterState
     /// The next state, being persisted; at most one is in flight.
     public private(set) var proposal: MasterState?
+    /// Leaving members taken at their word that they hold no lease (``Beat/leaseless``), each
+    /// removable before its lease ran out: how often a drain was cut short.
+    public private(set) var leasesReleased = 0
     /// Set once the chain shows it runs an epoch above the active state's (a node's heartbeat
     /// says so, or the machine was made over a state older than one the master had activated):
     /// from then on heartbeats and operator requests are refused with
@@ -414,6 +421,13 @@ public struct ChainManager: Sendable {
             if let barrier = catchingUp[beat.node], let need = barrier.need, beat.epoch >= barrier.epoch, beat.highestLSN.seq >= need.seq {
                 catchingUp[beat.node] = nil
             }
+        }
+        // A leaving member that says it holds no lease has stopped serving (it takes no lease
+        // from replies to earlier heartbeats, and this one's reply grants none): it need not be
+        // waited for until its lease runs out.
+        if t.standing == .member && t.leaving && beat.leaseless && now < t.leaseUntil {
+            t.leaseUntil = now
+            leasesReleased += 1
         }
         var granted: Duration?
         if t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[beat.node] == nil && now >= leasesFrom {

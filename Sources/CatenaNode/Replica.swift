@@ -177,6 +177,12 @@ final class Replica: Sendable {
         }
     }
 
+    /// Whether the heartbeat being sent at `sentAt` says this node holds no lease
+    /// (``NodeStateMachine/reportLeaseless(sentAt:)``).
+    func reportLeaseless(sentAt: UInt64) -> Bool {
+        core.withLock { $0.machine.reportLeaseless(sentAt: sentAt) }
+    }
+
     /// A client write at the head, without waiting: `reply` gets the outcome once the write
     /// committed or was refused (called under the replica's lock: it must only hand the reply
     /// on). A write that must wait for room under the uncommitted-bytes bound is taken again once

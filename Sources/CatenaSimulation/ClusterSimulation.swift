@@ -56,6 +56,8 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     public var nodeRestores = 0
     public var added = 0
     public var removed = 0
+    /// Removed members that said they held no lease, so the master did not wait for it.
+    public var leasesReleased = 0
     public var reconfigurations = 0
     public var truncations = 0
     public var discards = 0
@@ -75,14 +77,14 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     public mutating func add(_ o: SimulationStats) {
         runs += o.runs; kills += o.kills; newHeadKills += o.newHeadKills; pauses += o.pauses; masterKills += o.masterKills; masterPauses += o.masterPauses
         partitions += o.partitions; syncFailures += o.syncFailures; diskFulls += o.diskFulls; staleRestores += o.staleRestores; nodeRestores += o.nodeRestores; added += o.added
-        removed += o.removed; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
+        removed += o.removed; leasesReleased += o.leasesReleased; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
         catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
         conditionalApplied += o.conditionalApplied; conditionalRefused += o.conditionalRefused; writesSettled += o.writesSettled
         readsAnswered += o.readsAnswered; events += o.events
     }
 
     public var description: String {
-        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown) (\(writesSettled) settled), reads \(readsAnswered)"
+        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed) (\(leasesReleased) without waiting for the lease), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown) (\(writesSettled) settled), reads \(readsAnswered)"
     }
 }
 

@@ -125,7 +125,9 @@ final class SimMaster {
         switch payload {
         case .heartbeat(let beat, let sentAt):
             do throws(CatenaError) {
+                let released = manager.leasesReleased
                 let reply = try manager.heartbeat(beat, now: clock)
+                sim.stats.leasesReleased += manager.leasesReleased - released
                 sim.send(.heartbeatReply(reply, sentAt: sentAt), from: .master, to: from)
                 propose()
             } catch {

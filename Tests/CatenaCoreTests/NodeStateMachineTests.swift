@@ -145,6 +145,33 @@ struct NodeStateMachineTests {
         #expect(refusal(t.write(request(2))) == .unavailable)
     }
 
+    @Test func aNodeThatSaidItHoldsNoLeaseTakesNoneFromRepliesToEarlierHeartbeats() {
+        var t = Transcript("a", logEnd: lsn(1, 5))
+        _ = t.reply(chain(["a", "b"], epoch: 2), history: history((1, 1), (2, nil)))
+        _ = t.m.successorReported(lsn(1, 5), epoch: 2, from: node("b"))
+        _ = t.reply(chain(["a", "b"], epoch: 2), history: history((1, 1), (2, 6)))
+        #expect(appended(t.write(request(1))).map(\.lsn) == [lsn(2, 6)])
+        let leased = t.m.reportLeaseless(sentAt: 10)
+        #expect(!leased, "it holds a lease")
+        // The master is removing it: its reply grants no lease, and it takes no writes.
+        t.now = 100
+        _ = t.reply(chain(["a", "b"], epoch: 2), lease: nil, history: history((1, 1), (2, 6)))
+        #expect(refusal(t.write(request(2))) == .unavailable)
+        // Its next heartbeat says so; a late reply to a heartbeat sent before it grants nothing.
+        let leaseless = t.m.reportLeaseless(sentAt: 200)
+        #expect(leaseless)
+        let grant = NodeStateMachine.Reply(configuration: chain(["a", "b"], epoch: 2), standing: .member, lease: .seconds(1),
+                                           history: history((1, 1), (2, 6)))
+        let late = t.m.heartbeatReplied(grant, sentAt: 150, logEnd: lsn(2, 6), now: 250)
+        #expect(published(late)?.leaseExpiry == nil)
+        t.now = 250
+        #expect(refusal(t.write(request(3))) == .unavailable)
+        // A reply to that heartbeat or a later one may grant one again (the removal was cancelled).
+        let renewed = t.m.heartbeatReplied(grant, sentAt: 200, logEnd: lsn(2, 6), now: 260)
+        #expect(published(renewed)?.leaseExpiry == 200 + 950_000_000)
+        #expect(appended(t.write(request(3))).map(\.lsn) == [lsn(2, 7)])
+    }
+
     @Test func aHeadReportsItsEpochStartOnlyOverADurableLogAndStopsIfItsLogEndsBelowIt() throws {
         var t = Transcript("a", logEnd: lsn(1, 5))
         _ = t.reply(chain(["a", "b"], epoch: 1), history: history((1, 1)))

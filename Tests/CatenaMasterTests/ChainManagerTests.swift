@@ -180,6 +180,31 @@ struct ChainManagerTests {
         #expect(m.status(now: 530 * ms).map(\.id.rawValue) == ["n1", "n2"])
     }
 
+    @Test func aDrainedMemberThatSaysItHoldsNoLeaseLeavesWithoutWaitingForIt() throws {
+        var m = manager(state(["n1", "n2", "n3"]))
+        try m.beats(["n1", "n2", "n3"], now: 100 * ms)
+        try m.removeNode(node("n1"), now: 150 * ms)
+        // Its first heartbeat after the removal still holds the lease it was granted at 100 ms.
+        var held = beat("n1")
+        held.leaseless = false
+        #expect(try m.heartbeat(held, now: 200 * ms).lease == nil)
+        try m.beats(["n2", "n3"], now: 200 * ms)
+        #expect(m.nextProposal(now: 250 * ms) == nil, "its lease runs until 1100 ms")
+        // The next says it holds none: it is removed at once, not at 1100 ms.
+        var released = beat("n1")
+        released.leaseless = true
+        #expect(try m.heartbeat(released, now: 300 * ms).lease == nil)
+        #expect(ids(m.nextProposal(now: 300 * ms)?.configuration.members) == ["n2", "n3"])
+        // A member that is not leaving and says it holds no lease (it lost it in a pause) is
+        // granted one and stays.
+        var k = manager(state(["n1", "n2", "n3"]))
+        try k.beats(["n1", "n2", "n3"], now: 100 * ms)
+        var lapsed = beat("n2")
+        lapsed.leaseless = true
+        #expect(try k.heartbeat(lapsed, now: 200 * ms).lease == .seconds(1))
+        #expect(k.nextProposal(now: 300 * ms) == nil)
+    }
+
     @Test func aMemberTheProposalInFlightRemovesGetsNoLease() throws {
         var m = manager(state(["n1", "n2", "n3"]))
         try m.beats(["n1", "n2"], from: 100 * ms, through: 1000 * ms)
