@@ -43,6 +43,38 @@ public struct ChainAdmin: Sendable {
         try await ask(Frame(type: .removeNode, payload: NodeRequest(node: node).encoded()))
     }
 
+    /// The storage node at `address`'s own view of itself — role, epoch, lease, LSNs, disk use
+    /// (any node answers, member or not: this works while the master is down, given
+    /// ``clusterID``). Without ``clusterID``, the cluster id comes from the first master that
+    /// answers.
+    public func nodeStatus(at address: String) async throws(CatenaError) -> NodeStatus {
+        let node = try Address(parsing: address)
+        let deadline = ContinuousClock.now + timeout
+        let cluster = if let clusterID { clusterID } else { try await discoverClusterID() }
+        let connection = try await RequestConnection.connect(to: node, hello: Hello(role: .client, clusterID: cluster, senderID: "catena-admin"))
+        defer { connection.close() }
+        let reply = try await connection.request(Frame(type: .getNodeStatus), timeout: max(.milliseconds(1), deadline - .now))
+        guard reply.type == .nodeStatus else {
+            throw CatenaError(.protocolViolation, "\(address) answered getNodeStatus with \(reply.type)")
+        }
+        return try NodeStatus(decoding: reply.payload)
+    }
+
+    /// The cluster id, from the first master that answers.
+    private func discoverClusterID() async throws(CatenaError) -> String {
+        var lastError = CatenaError(.unavailable, "no master answered to name the cluster; give the cluster id")
+        for master in masters {
+            do {
+                let connection = try await RequestConnection.connect(to: master, hello: Hello(role: .client, clusterID: "", senderID: "catena-admin"))
+                defer { connection.close() }
+                if let id = connection.welcome?.clusterID, !id.isEmpty { return id }
+            } catch {
+                lastError = CatenaError(error.code, "\(error.message) (the master names the cluster; give the cluster id to ask a node without it)")
+            }
+        }
+        throw lastError
+    }
+
     private func ask(_ frame: Frame) async throws(CatenaError) -> ChainStatus {
         let deadline = ContinuousClock.now + timeout
         var lastError = CatenaError(.unavailable, "no master answered")

@@ -108,7 +108,14 @@ public final class Master: Sendable {
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
             do {
-                metricsServer = try await MetricsServer.bind(metrics, logger: logger) { await core.renderMetrics(server: server.metrics) }
+                // Ready as soon as it serves: whether the chain is available is the chain's health, not
+                // the master's (a probe that restarted the master for it would only add a fault).
+                let health: @Sendable () async -> MetricsServer.Health = {
+                    let s = await core.status()
+                    return .init(live: true, ready: true,
+                                 detail: "master of chain \(s.chainID) at epoch \(s.epoch); the chain is \(s.available ? "available" : "UNAVAILABLE")")
+                }
+                metricsServer = try await MetricsServer.bind(metrics, logger: logger, health: health) { await core.renderMetrics(server: server.metrics) }
             } catch {
                 server.close()
                 throw error
@@ -258,7 +265,8 @@ actor MasterCore {
         let first: ChainManager.Reply
         do throws(CatenaError) {
             first = try manager.heartbeat(ChainManager.Beat(node: beat.node, address: beat.address, highestLSN: beat.highestLSN,
-                                                            epochStart: beat.epochStart, epoch: epoch, failure: beat.failure), now: now)
+                                                            epochStart: beat.epochStart, epoch: epoch, failure: beat.failure,
+                                                            leaseless: beat.leaseless), now: now)
         } catch {
             noteStaleness()
             throw error

@@ -46,26 +46,46 @@ extension String {
     }
 }
 
-/// A small HTTP server answering `GET /metrics` with what `render` returns (Prometheus text);
-/// anything else gets 404. One response per connection (`Connection: close`), which is how a
-/// scraper uses it.
+/// A small HTTP server answering `GET /metrics` with what `render` returns (Prometheus text),
+/// and `GET /healthz` and `GET /readyz` with what `health` says (200 or 503, and a line of
+/// detail), as Kubernetes probes and load balancers ask; anything else gets 404. One response
+/// per connection (`Connection: close`), which is how a scraper uses it.
 public final class MetricsServer: Sendable {
+    /// What `/healthz` and `/readyz` answer.
+    public struct Health: Hashable, Sendable {
+        /// The process works (`/healthz` 200); false: it should be restarted.
+        public var live: Bool
+        /// It may serve clients now (`/readyz` 200).
+        public var ready: Bool
+        /// One line on why, for people.
+        public var detail: String
+
+        public init(live: Bool, ready: Bool, detail: String) {
+            self.live = live
+            self.ready = ready
+            self.detail = detail
+        }
+    }
+
     /// The bound address (the real port when asked for port 0).
     public let localAddress: SocketAddress
     private let channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
     private let render: @Sendable () async -> String
+    private let health: @Sendable () async -> Health
     private let logger: Logger
 
     private init(channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>,
-                 address: SocketAddress, render: @escaping @Sendable () async -> String, logger: Logger) {
+                 address: SocketAddress, render: @escaping @Sendable () async -> String, health: @escaping @Sendable () async -> Health, logger: Logger) {
         self.channel = channel
         self.localAddress = address
         self.render = render
+        self.health = health
         self.logger = logger
     }
 
     /// Binds `address` (port 0 picks a free port). Fails with `ioFailure` naming the address.
     public static func bind(_ address: Address, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+                            health: @escaping @Sendable () async -> Health = { Health(live: true, ready: true, detail: "serving") },
                             render: @escaping @Sendable () async -> String) async throws(CatenaError) -> MetricsServer {
         let channel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
         do {
@@ -81,7 +101,7 @@ public final class MetricsServer: Sendable {
             throw CatenaError(.ioFailure, "cannot serve metrics on \(address): \(error)")
         }
         guard let local = channel.channel.localAddress else { throw CatenaError(.ioFailure, "the metrics socket has no local address") }
-        return MetricsServer(channel: channel, address: local, render: render, logger: logger)
+        return MetricsServer(channel: channel, address: local, render: render, health: health, logger: logger)
     }
 
     /// The bound port.
@@ -120,13 +140,24 @@ public final class MetricsServer: Sendable {
                         continue
                     case .end:
                         guard let request = head else { return }
-                        let found = request.method == .GET && (request.uri == "/metrics" || request.uri.hasPrefix("/metrics?"))
-                        let body = found ? await render() : "not found; try /metrics\n"
+                        let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
+                        let status: HTTPResponseStatus, body: String, type: String
+                        switch (request.method, path) {
+                        case (.GET, "/metrics"):
+                            (status, body, type) = (.ok, await render(), "text/plain; version=0.0.4; charset=utf-8")
+                        case (.GET, "/healthz"), (.GET, "/readyz"):
+                            let h = await health()
+                            let good = path == "/healthz" ? h.live : h.ready
+                            (status, body, type) = (good ? .ok : .serviceUnavailable, (good ? "ok: " : "not \(path == "/healthz" ? "live" : "ready"): ") + h.detail + "\n",
+                                                    "text/plain; charset=utf-8")
+                        default:
+                            (status, body, type) = (.notFound, "not found; try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+                        }
                         var headers = HTTPHeaders()
-                        headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8")
+                        headers.add(name: "Content-Type", value: type)
                         headers.add(name: "Content-Length", value: "\(body.utf8.count)")
                         headers.add(name: "Connection", value: "close")
-                        try await outbound.write(.head(HTTPResponseHead(version: request.version, status: found ? .ok : .notFound, headers: headers)))
+                        try await outbound.write(.head(HTTPResponseHead(version: request.version, status: status, headers: headers)))
                         try await outbound.write(.body(.byteBuffer(ByteBuffer(string: body))))
                         try await outbound.write(.end(nil))
                         return

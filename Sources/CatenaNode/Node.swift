@@ -28,6 +28,8 @@ public final class Node: Sendable {
     private let stopRequested: StopSignal
     /// Raises the store's commit watermark and compacts by garbage ratio.
     private let compaction: CompactionScheduler
+    /// When the node started (its status's uptime).
+    private let started = ContinuousClock.now
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
                  metricsServer: MetricsServer?, compaction: CompactionScheduler,
@@ -90,7 +92,7 @@ public final class Node: Sendable {
         var metricsServer: MetricsServer?
         if let metrics = configuration.metrics {
             do {
-                metricsServer = try await MetricsServer.bind(metrics, logger: logger) {
+                metricsServer = try await MetricsServer.bind(metrics, logger: logger, health: { Node.health(of: replica, clock: configuration.clock) }) {
                     await Node.renderMetrics(id: configuration.id, replica: replica, store: store, server: server,
                                              compaction: compaction, clock: configuration.clock)
                 }
@@ -102,6 +104,43 @@ public final class Node: Sendable {
         }
         return Node(configuration: configuration, address: address, store: store, replica: replica, server: server,
                     metricsServer: metricsServer, compaction: compaction, stopRequested: stopRequested, logger: logger)
+    }
+
+    /// The node's view of itself: what `catena node status` prints.
+    public func status() -> NodeStatus {
+        let snapshot = replica.view.snapshot
+        let view = snapshot.node
+        let m = replica.currentMetrics
+        let now = configuration.clock.nanoseconds
+        let disk = store.diskUsage
+        let garbage = compaction.metrics.lastGarbage
+        let catchUp = snapshot.catchUp.map {
+            NodeStatus.CatchUp(records: UInt64($0.recordsInstalled), bytes: UInt64($0.recordBytesInstalled), lagRecords: $0.lag)
+        }
+        return NodeStatus(
+            node: configuration.id.rawValue, version: CatenaBuild.version, chainID: view.configuration?.chainID ?? 0, epoch: view.epoch,
+            role: view.role.map { "\($0)" }, standing: view.standing.map { "\($0)" },
+            leaseMilliseconds: view.leaseExpiry.flatMap { $0 > now ? ($0 - now) / 1_000_000 : nil },
+            readsBlocked: view.readsBlocked, draining: view.draining, durable: store.highestLSN, lastAccepted: m.lastAccepted,
+            acknowledged: m.acknowledged, commitWatermark: store.commitWatermark, failure: view.failure?.message,
+            segments: UInt32(clamping: disk.segments), diskBytes: disk.bytes, sealedBytes: garbage.sealedBytes,
+            garbageBytes: garbage.garbageBytes, uptimeMilliseconds: UInt64(max(0, (ContinuousClock.now - started).nanosecondsClamped / 1_000_000)),
+            catchUp: catchUp)
+    }
+
+    /// Live unless its log failed (the process then serves nothing but reads of its status);
+    /// ready while it may serve clients: a member with a lease, not short of committed writes.
+    static func health(of replica: Replica, clock: any NodeClock) -> MetricsServer.Health {
+        let view = replica.view.snapshot.node
+        let now = clock.nanoseconds
+        if let failure = view.failure { return .init(live: false, ready: false, detail: "log failed: \(failure.message)") }
+        guard let role = view.role else {
+            return .init(live: true, ready: false, detail: view.standing == .joining ? "joining: catching up from the tail" : "not a member of the chain")
+        }
+        guard view.leaseValid(at: now) else { return .init(live: true, ready: false, detail: "\(role) at epoch \(view.epoch), no lease from the master") }
+        guard !view.readsBlocked else { return .init(live: true, ready: false, detail: "\(role), still receiving writes committed before it joined") }
+        guard !view.draining else { return .init(live: true, ready: false, detail: "shutting down") }
+        return .init(live: true, ready: true, detail: "\(role) at epoch \(view.epoch)")
     }
 
     /// The node's metrics in Prometheus text format (what `GET /metrics` returns).
@@ -261,10 +300,11 @@ public final class Node: Sendable {
                     connection = try await RequestConnection.connect(to: master, hello: hello, limits: configuration.connectionLimits)
                 }
                 let content = replica.heartbeatContent
-                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: content.position,
-                                     epochStart: content.epochStart, failure: content.failure)
-                let chainID = replica.view.snapshot.configuration?.chainID ?? 0
                 let sent = clock.nanoseconds
+                let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: content.position,
+                                     epochStart: content.epochStart, failure: content.failure,
+                                     leaseless: replica.reportLeaseless(sentAt: sent))
+                let chainID = replica.view.snapshot.configuration?.chainID ?? 0
                 // The frame's epoch: the configuration this node runs, or the highest it has seen
                 // (the master waits for a joined tail's predecessor to run the configuration that
                 // made it a middle, and finds out from it that its own state is older).

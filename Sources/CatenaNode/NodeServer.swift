@@ -112,6 +112,8 @@ extension Node {
                   epoch: epoch, payload: payload)
         }
         do throws(CatenaError) {
+            // Any node answers its status, whatever chain the asker thinks it serves.
+            if frame.type == .getNodeStatus { return try await write(reply(.nodeStatus, status().encoded()), outbound) }
             try checkChain(frame)
             switch frame.type {
             case .ping:

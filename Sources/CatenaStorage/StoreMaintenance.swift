@@ -7,6 +7,11 @@ extension Store {
     /// The commit watermark: the highest LSN known to be on every replica (persisted).
     public var commitWatermark: LSN { state.withLock { $0.persistent.commitWatermark } }
 
+    /// The log on disk: its segments and their bytes (what has been written to them).
+    public var diskUsage: (segments: Int, bytes: UInt64) {
+        state.withLock { s in (s.segments.count, s.segments.reduce(0) { $0 + $1.writtenSize }) }
+    }
+
     /// The highest LSN whose history compaction has dropped; asking for records after an LSN
     /// below it needs a full copy.
     public var compactedThrough: LSN { state.withLock { $0.persistent.compactedThrough } }

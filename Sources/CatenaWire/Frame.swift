@@ -58,6 +58,8 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .removeNode: "removeNode"
         case .getStatus: "getStatus"
         case .chainStatus: "chainStatus"
+        case .getNodeStatus: "getNodeStatus"
+        case .nodeStatus: "nodeStatus"
         default: "type(\(rawValue))"
         }
     }

@@ -79,7 +79,7 @@ extension FrameType {
     public static let chainStatus = FrameType(rawValue: 134)
 
     /// Frame types a client sends to a storage node.
-    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .copy, .listUploads, .listParts, .catchUpRequest]
+    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .copy, .listUploads, .listParts, .catchUpRequest, .getNodeStatus]
     /// Frame types a predecessor sends to its successor.
     public static let replicationRequests: Set<FrameType> = [.replicate, .readTarget]
     /// Frame types a master answers.
@@ -594,8 +594,9 @@ public enum ConfigurationPayload {
 /// Layout: node id, address (u16 length + UTF-8 each), highest LSN (2 × u64), then the epoch
 /// start: epoch (u64) and first seq (u64), both 0 when there is none; then the failure: a flag
 /// (u8: 0 none, 1 failed) and, when failed, the error's code and message (u16 length + UTF-8
-/// each; the code is not empty, the message at most ``maximumFailureMessageBytes``). A payload
-/// that ends after the epoch start (a node older than the failure field) reports none.
+/// each; the code is not empty, the message at most ``maximumFailureMessageBytes``); then flags
+/// (u8: 1 — the node holds no lease). A payload that ends after the epoch start (a node older
+/// than the failure field) reports no failure; one that ends before the flags, none set.
 public struct Heartbeat: Hashable, Sendable {
     /// The longest failure message sent, in UTF-8 bytes; a longer one is cut at a character boundary.
     public static let maximumFailureMessageBytes = 1024
@@ -615,14 +616,19 @@ public struct Heartbeat: Hashable, Sendable {
     /// runs; nil: healthy. The master grants a node reporting one no lease, removes it from the
     /// chain once its lease has run out, and never appends it while it reports one.
     public var failure: CatenaError?
+    /// The node holds no lease as it sends this, and takes none from replies to earlier
+    /// heartbeats (`NodeStateMachine.reportLeaseless(sentAt:)`): a member being removed that
+    /// says so is taken out of the chain without waiting for its lease to run out.
+    public var leaseless: Bool
 
     /// Creates a heartbeat.
-    public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, failure: CatenaError? = nil) {
+    public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, failure: CatenaError? = nil, leaseless: Bool = false) {
         self.node = node
         self.address = address
         self.highestLSN = highestLSN
         self.epochStart = epochStart
         self.failure = failure
+        self.leaseless = leaseless
     }
 
     /// The payload bytes.
@@ -640,6 +646,7 @@ public struct Heartbeat: Hashable, Sendable {
         } else {
             b.writeInteger(UInt8(0))
         }
+        b.writeInteger(UInt8(leaseless ? 1 : 0))
         return b
     }
 
@@ -667,7 +674,9 @@ public struct Heartbeat: Hashable, Sendable {
                 throw CatenaError(.malformed, "heartbeat failure flag is \(flag), not 0 or 1")
             }
         }
-        self.init(node: node, address: address, highestLSN: highest, epochStart: start, failure: failure)
+        // Flags a newer node may add are ignored.
+        let flags = b.readInteger(as: UInt8.self) ?? 0
+        self.init(node: node, address: address, highestLSN: highest, epochStart: start, failure: failure, leaseless: flags & 1 != 0)
     }
 }
 

@@ -4,6 +4,10 @@ import CatenaCore
 import CatenaWire
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `catena chain`: see and change the chain's membership through the master.
 struct ChainCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,10 +29,10 @@ struct AdminOptions: ParsableArguments {
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
     }
 
-    func admin() throws(CatenaError) -> ChainAdmin {
+    func admin(clusterID: String? = nil) throws(CatenaError) -> ChainAdmin {
         let text = master ?? ProcessInfo.processInfo.environment["CATENA_MASTER"] ?? "127.0.0.1:7000"
         let masters = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        return try ChainAdmin(masters: masters, timeout: .milliseconds(Int(timeout * 1000)))
+        return try ChainAdmin(masters: masters, clusterID: clusterID, timeout: .milliseconds(Int(timeout * 1000)))
     }
 }
 
@@ -40,46 +44,107 @@ struct ChainStatusCommand: AsyncParsableCommand {
     )
 
     @Flag(name: .long, help: "Print JSON instead of a table.") var json = false
+    @Flag(name: .long, help: "Refresh until Ctrl-C: on a terminal the table is redrawn in place; otherwise each refresh is printed (JSON: one object per line).")
+    var watch = false
+    @Option(name: .long, help: "Seconds between refreshes with --watch.") var interval: Double = 1
     @OptionGroup var options: AdminOptions
 
+    func validate() throws {
+        guard interval >= 0.05 else { throw ValidationError("--interval must be at least 0.05 seconds") }
+    }
+
     func run() async throws {
-        let status = try await options.admin().status()
-        print(json ? try StatusJSON(status).text() : StatusTable.render(status), terminator: "")
+        let admin = try options.admin()
+        guard watch else {
+            let status = try await admin.status()
+            print(json ? try StatusJSON(status).text() : StatusTable.render(status), terminator: "")
+            return
+        }
+        // Until Ctrl-C (SIGINT ends the process): a failover shows as it happens, an
+        // unreachable master as a line that says so, and the watch goes on.
+        let terminal = !json && isatty(STDOUT_FILENO) == 1
+        var previous: ChainStatus?
+        while true {
+            let stamp = ISO8601DateFormatter.string(from: Date(), timeZone: .current, formatOptions: [.withFullTime, .withColonSeparatorInTime])
+            var text: String
+            do throws(CatenaError) {
+                let status = try await admin.status()
+                if json {
+                    text = (try? StatusJSON(status).text(compact: true)) ?? "{}\n"
+                } else {
+                    text = "\(stamp)  " + StatusTable.render(status)
+                    if let previous, previous.epoch != status.epoch {
+                        text += "epoch \(previous.epoch) -> \(status.epoch): " + StatusTable.change(from: previous, to: status) + "\n"
+                    }
+                }
+                previous = status
+            } catch {
+                text = json ? "{\"error\":\"\(error.code)\",\"message\":\(String(reflecting: error.message))}\n" : "\(stamp)  no status: \(error.message) [\(error.code)]\n"
+            }
+            // On a terminal: home the cursor, draw, clear what the last table left below.
+            print(terminal ? "\u{1B}[H\u{1B}[2J" + text : text + (json ? "" : "\n"), terminator: "")
+            fflush(nil)
+            try await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+        }
     }
 }
 
-/// `catena chain add-node ID --address HOST:PORT`.
+/// `catena chain add-node ID --address HOST:PORT [--wait]`.
 struct AddNode: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "add-node",
         abstract: "Add a node: it catches up from the tail and is appended as the new tail once caught up.",
-        discussion: "Start the node (catena node --id ID ...) before or after; it waits until the master knows it."
+        discussion: """
+            Start the node (catena node --id ID ...) before or after; it waits until the master \
+            knows it. With --wait, waits until the node is a member, showing on a terminal what \
+            it copied, its rate and the time left (asked of the node itself); exit status 3 if \
+            it is not a member after --wait-timeout.
+            """
     )
 
     @Argument(help: "The node's id.") var id: String
     @Option(name: .long, help: "HOST:PORT the node serves at.") var address: String
+    @Flag(help: "Wait until the node is a member of the chain.") var wait = false
+    @Option(help: "With --wait, give up after this many seconds.") var waitTimeout: Double = 3600
+    @Flag(help: "Print the chain's status as JSON.") var json = false
     @OptionGroup var options: AdminOptions
 
     func run() async throws {
-        let status = try await options.admin().addNode(try NodeID(id), address: address)
-        print("added \(id) at \(address); it joins as tail once caught up\n")
+        let admin = try options.admin()
+        var status = try await admin.addNode(try NodeID(id), address: address)
+        if wait { status = try await waitUntilMember(try NodeID(id), address: address, admin: admin, timeout: .milliseconds(Int(waitTimeout * 1000))) }
+        if json { return print(try StatusJSON(status).text(), terminator: "") }
+        print(wait ? "added \(id) at \(address): a member at epoch \(status.epoch)\n" : "added \(id) at \(address); it joins as tail once caught up\n")
         print(StatusTable.render(status), terminator: "")
     }
 }
 
-/// `catena chain remove-node ID`.
+/// `catena chain remove-node ID [--wait]`.
 struct RemoveNode: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "remove-node",
-        abstract: "Remove a node gracefully: the chain is reconfigured without it once its lease ran out, then the node stops."
+        abstract: "Remove a node gracefully: the chain is reconfigured without it once it stopped serving, then the node stops.",
+        discussion: """
+            The master stops renewing the node's lease; the node stops serving at its next \
+            heartbeat and says so, and the master reconfigures the chain without it (at the \
+            latest when its lease runs out). With --wait, waits until the master no longer lists \
+            it (catena node drain ID does the same).
+            """
     )
 
     @Argument(help: "The node's id.") var id: String
+    @Flag(help: "Wait until the chain runs without the node.") var wait = false
+    @Option(help: "With --wait, give up after this many seconds.") var waitTimeout: Double = 60
+    @Flag(help: "Print the chain's status as JSON.") var json = false
     @OptionGroup var options: AdminOptions
 
     func run() async throws {
-        let status = try await options.admin().removeNode(try NodeID(id))
-        print("removing \(id): the chain drops it once its lease has run out; then it stops\n")
+        let admin = try options.admin()
+        var status = try await admin.removeNode(try NodeID(id))
+        if wait { status = try await waitUntilGone(try NodeID(id), admin: admin, from: status, timeout: .milliseconds(Int(waitTimeout * 1000))) }
+        if json { return print(try StatusJSON(status).text(), terminator: "") }
+        print(wait ? "removed \(id): the chain runs without it at epoch \(status.epoch)\n"
+                   : "removing \(id): the chain drops it once it stopped serving; then it stops\n")
         print(StatusTable.render(status), terminator: "")
     }
 }
@@ -104,6 +169,24 @@ enum StatusTable {
         }
         for n in s.nodes { if let reason = n.reason { out += "\(n.id): \(reason)\n" } }
         return out
+    }
+
+    /// What changed between two statuses' memberships, in a few words (`n3 left; n1 head -> tail`).
+    static func change(from old: ChainStatus, to new: ChainStatus) -> String {
+        var words: [String] = []
+        let oldRoles = Dictionary(old.nodes.compactMap { n in n.role.map { (n.id, "\($0)") } }, uniquingKeysWith: { a, _ in a })
+        let newRoles = Dictionary(new.nodes.compactMap { n in n.role.map { (n.id, "\($0)") } }, uniquingKeysWith: { a, _ in a })
+        for (id, role) in oldRoles.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+            if let now = newRoles[id] {
+                if now != role { words.append("\(id) \(role) -> \(now)") }
+            } else {
+                words.append("\(id) left")
+            }
+        }
+        for (id, role) in newRoles.sorted(by: { $0.key.rawValue < $1.key.rawValue }) where oldRoles[id] == nil {
+            words.append("\(id) joined as \(role)")
+        }
+        return words.isEmpty ? "same members" : words.joined(separator: "; ")
     }
 }
 
@@ -145,9 +228,9 @@ struct StatusJSON: Encodable {
         }
     }
 
-    func text() throws -> String {
+    func text(compact: Bool = false) throws -> String {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.outputFormatting = compact ? [.sortedKeys] : [.prettyPrinted, .sortedKeys]
         return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
     }
 }

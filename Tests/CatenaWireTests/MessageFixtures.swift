@@ -251,6 +251,8 @@ enum MessageFixtures {
                   epochStart: EpochStart(epoch: 5, firstSeq: 1201), failure: CatenaError(.diskFull, "")),
         // A code this build does not know (a newer node's) is carried as it is; messages may be any UTF-8.
         Heartbeat(node: node("n3"), address: "h:1", highestLSN: .zero, failure: CatenaError(.named("raidDegraded"), "café ✓")),
+        // A member being removed that has stopped serving.
+        Heartbeat(node: node("n1"), address: "127.0.0.1:7001", highestLSN: LSN(epoch: 4, seq: 1200), leaseless: true),
     ]
 
     /// The length of `heartbeat`'s payload in layout 1, before the failure field: a node older
@@ -264,6 +266,23 @@ enum MessageFixtures {
         status.encoded().readableBytes - 2 - (status.reason?.utf8.count ?? 0)
             - status.nodes.reduce(0) { $0 + 2 + ($1.reason?.utf8.count ?? 0) }
     }
+
+    static let nodeStatuses = [
+        // A head serving, with a lease.
+        NodeStatus(node: "n1", version: "0.11.0-dev", chainID: 1, epoch: 3, role: "head", standing: "member", leaseMilliseconds: 912,
+                   readsBlocked: false, draining: false, durable: LSN(epoch: 3, seq: 4650), lastAccepted: LSN(epoch: 3, seq: 4651),
+                   acknowledged: LSN(epoch: 3, seq: 4650), commitWatermark: LSN(epoch: 3, seq: 4000), failure: nil, segments: 2,
+                   diskBytes: 70_000_000, sealedBytes: 67_108_864, garbageBytes: 1_000_000, uptimeMilliseconds: 86_400_000, catchUp: nil),
+        // A joining node copying from the tail, lag unknown; then one whose log failed.
+        NodeStatus(node: "n4", version: "0.11.0-dev", chainID: 7, epoch: 0, role: nil, standing: "joining", leaseMilliseconds: nil,
+                   readsBlocked: true, draining: true, durable: .zero, lastAccepted: .zero, acknowledged: .zero, commitWatermark: .zero,
+                   failure: nil, segments: 0, diskBytes: 0, sealedBytes: 0, garbageBytes: 0, uptimeMilliseconds: 5,
+                   catchUp: NodeStatus.CatchUp(records: 10, bytes: 40_960, lagRecords: nil)),
+        NodeStatus(node: "n2", version: "x", chainID: .max, epoch: .max, role: "tail", standing: "member", leaseMilliseconds: 0,
+                   readsBlocked: false, draining: false, durable: LSN(epoch: .max, seq: .max), lastAccepted: .zero, acknowledged: .zero,
+                   commitWatermark: .zero, failure: "fsync failed: EIO ✗", segments: .max, diskBytes: .max, sealedBytes: 1, garbageBytes: 1,
+                   uptimeMilliseconds: .max, catchUp: NodeStatus.CatchUp(records: .max, bytes: 0, lagRecords: 3)),
+    ]
 
     static let heartbeatReplies: [HeartbeatReply] = configurations.flatMap { c in [
         HeartbeatReply(configuration: c, standing: .member, lease: .milliseconds(1000),
@@ -412,13 +431,16 @@ enum MessageFixtures {
         PayloadCodec("configuration", .configuration, configurations, codes: [.malformed, .invalidArgument],
                      encode: { ConfigurationPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ConfigurationPayload.decode(b) }),
         PayloadCodec("heartbeat", .heartbeat, heartbeats, codes: [.malformed, .invalidArgument],
-                     olderLayouts: { [heartbeatLayout1Length($0)] }, encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try Heartbeat(decoding: b) }),
+                     olderLayouts: { [heartbeatLayout1Length($0), $0.encoded().readableBytes - 1] }, encode: { $0.encoded() },
+                     decode: { (b) throws(CatenaError) in try Heartbeat(decoding: b) }),
         PayloadCodec("heartbeatReply", .configuration, heartbeatReplies, codes: [.malformed, .invalidArgument],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try HeartbeatReply(decoding: b) }),
         PayloadCodec("nodeRequest", .addNode, nodeRequests, codes: [.malformed, .invalidArgument],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try NodeRequest(decoding: b) }),
         PayloadCodec("chainStatus", .chainStatus, statuses, codes: [.malformed, .invalidArgument],
                      olderLayouts: { [chainStatusLayout1Length($0)] }, encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ChainStatus(decoding: b) }),
+        PayloadCodec("nodeStatus", .nodeStatus, nodeStatuses, codes: [.malformed],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try NodeStatus(decoding: b) }),
     ]
 }
 

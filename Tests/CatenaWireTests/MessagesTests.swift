@@ -22,6 +22,7 @@ struct MessagesTests {
             (.acknowledge, "acknowledge"), (.position, "position"), (.readTarget, "readTarget"),
             (.getConfiguration, "getConfiguration"), (.configuration, "configuration"), (.heartbeat, "heartbeat"),
             (.addNode, "addNode"), (.removeNode, "removeNode"), (.getStatus, "getStatus"), (.chainStatus, "chainStatus"),
+            (.getNodeStatus, "getNodeStatus"), (.nodeStatus, "nodeStatus"),
         ]
         #expect(Set(named.map(\.0.rawValue)).count == named.count, "two frame types share a number")
         for (type, name) in named { #expect(type.description == name, "type \(type.rawValue)") }
@@ -636,8 +637,12 @@ struct MessagesTests {
             failure = [1] + F.le(UInt16(f.code.description.utf8.count)) + Array(f.code.description.utf8)
                 + F.le(UInt16(f.message.utf8.count)) + Array(f.message.utf8)
         }
-        #expect(F.bytes(payload) == expected + failure)
+        #expect(F.bytes(payload) == expected + failure + [heartbeat.leaseless ? 1 : 0])
         #expect(try Heartbeat(decoding: payload) == heartbeat)
+        // A node older than the flags sends none: no flag set.
+        var older = heartbeat
+        older.leaseless = false
+        #expect(try Heartbeat(decoding: ByteBuffer(bytes: F.bytes(payload).dropLast())) == older)
         #expect(try Heartbeat(decoding: payload).failure?.code == heartbeat.failure?.code)
     }
 
@@ -647,6 +652,7 @@ struct MessagesTests {
             let layout1 = ByteBuffer(bytes: F.bytes(heartbeat.encoded()).prefix(F.heartbeatLayout1Length(heartbeat)))
             var expected = heartbeat
             expected.failure = nil
+            expected.leaseless = false
             #expect(try Heartbeat(decoding: layout1) == expected)
         }
     }
