@@ -18,7 +18,7 @@ struct Catena: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "catena",
         abstract: "Catena, a chain-replication object store.",
-        subcommands: [Up.self, MasterCommand.self, NodeCommand.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self, Copy.self, Settle.self, UploadCommand.self,
+        subcommands: [Up.self, MasterCommand.self, NodeGroup.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self, Copy.self, Settle.self, UploadCommand.self,
                       BenchMultipart.self,
                       BenchStorage.self, BenchChain.self, BenchCatchUp.self, BenchFailover.self, BenchJoin.self, BenchCompaction.self,
                       Simulate.self, Version.self]
