@@ -37,6 +37,11 @@ public struct ChainVerifier: Sendable {
         public var recheckDelay: Duration = .milliseconds(250)
         /// How long one page may take (the node reads its objects whole within it).
         public var pageTimeout: Duration = .seconds(300)
+        /// The most bytes of object data per second any one member reads for the scrub, on
+        /// average since it started (the scrub pauses between pages to keep to it); nil: as fast
+        /// as the pages come. Each member reads one page at a time on one of its reader threads
+        /// either way.
+        public var maxBytesPerSecond: UInt64?
 
         /// The defaults.
         public init() {}
@@ -100,6 +105,7 @@ public struct ChainVerifier: Sendable {
                     merge.add(page, from: i)
                 }
                 progress()
+                try await pace(report.bytesRead.values.max() ?? 0, since: start)
                 continue
             }
             guard let (key, entries) = merge.next() else { break }
@@ -130,6 +136,18 @@ public struct ChainVerifier: Sendable {
         report.epochAfter = (try? await admin.configuration().epoch) ?? chain.epoch
         progress()
         return report
+    }
+
+    /// Waits until `bytes` read since `start` keeps within ``Settings/maxBytesPerSecond``.
+    private func pace(_ bytes: UInt64, since start: ContinuousClock.Instant) async throws(CatenaError) {
+        guard let rate = settings.maxBytesPerSecond, rate > 0 else { return }
+        let due = start + .nanoseconds(Int64(min(Double(bytes) / Double(rate) * 1e9, Double(Int64.max / 2))))
+        guard due > .now else { return }
+        do {
+            try await Task.sleep(until: due, clock: .continuous)
+        } catch {
+            throw CatenaError(.cancelled, "the scrub was cancelled")
+        }
     }
 
     /// How a disagreement ended after its re-checks.

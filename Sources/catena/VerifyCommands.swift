@@ -42,6 +42,8 @@ struct ChainVerifyCommand: AsyncParsableCommand {
     var rechecks: Int = 3
     @Option(name: .long, help: "Milliseconds before each re-check.") var recheckDelayMs: Int = 250
     @Option(name: .long, help: "Seconds one page may take.") var pageTimeout: Double = 300
+    @Option(name: .long, help: "The most MB/s of object data any one member reads for the scrub, on average (0: no bound).")
+    var rate: Int = 0
     @OptionGroup var options: AdminOptions
 
     func validate() throws {
@@ -50,6 +52,7 @@ struct ChainVerifyCommand: AsyncParsableCommand {
         guard (0...100).contains(rechecks) else { throw ValidationError("--rechecks must be 0 ... 100, not \(rechecks)") }
         guard (0...60_000).contains(recheckDelayMs) else { throw ValidationError("--recheck-delay-ms must be 0 ... 60000, not \(recheckDelayMs)") }
         guard pageTimeout > 0 else { throw ValidationError("--page-timeout must be positive") }
+        guard rate >= 0 else { throw ValidationError("--rate must be 0 (no bound) or a positive number of MB/s") }
     }
 
     func run() async throws {
@@ -60,6 +63,7 @@ struct ChainVerifyCommand: AsyncParsableCommand {
         settings.rechecks = rechecks
         settings.recheckDelay = .milliseconds(recheckDelayMs)
         settings.pageTimeout = .milliseconds(Int(pageTimeout * 1000))
+        settings.maxBytesPerSecond = rate == 0 ? nil : UInt64(rate) * 1_000_000
         let verifier = ChainVerifier(admin: try options.admin(), settings: settings)
         let status = StatusLine()
         let json = self.json

@@ -139,6 +139,12 @@ extension InProcessChainTests {
                 // A prefix scrubs only its keys.
                 let some = try await ChainVerifier(admin: cluster.admin, settings: { var s = Self.settings(); s.prefix = Array("v/1".utf8); return s }()).run()
                 #expect(some.keysCompared == 28, "v/1, v/10…v/19, v/100…v/119, less v/10, v/100 and v/110")
+                // Paced: no member reads faster than 8 MB/s on average, so the scrub takes its bytes' time.
+                var paced = Self.settings()
+                paced.maxBytesPerSecond = 8_000_000
+                let slow = try await ChainVerifier(admin: cluster.admin, settings: paced).run()
+                #expect(slow.differences.isEmpty && slow.keysCompared == 109)
+                #expect(slow.elapsed >= .milliseconds(Int(Double(bytes) / 8e6 * 1000)), "\(slow.elapsed) for \(bytes) bytes")
             }
         }
 
