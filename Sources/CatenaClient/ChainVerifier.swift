@@ -7,7 +7,7 @@ import CatenaWire
 /// serves, and finds every copy a member cannot read back intact.
 ///
 /// It takes the chain's configuration from the master, then pages through every member's store
-/// in key order, in lock-step (a ``FrameType/scrub`` request per page and member: every member
+/// in key order, in lock-step (a `scrub` request per page and member: every member
 /// answers for itself, reading each object from its disk and checking record and content
 /// checksums, so damage in a value that nothing has read since it was written is found). Pages
 /// are merged by key; a key on which the members disagree is asked of each member again, tail
@@ -15,7 +15,8 @@ import CatenaWire
 /// and a predecessor legitimately holds a write its successors have not applied yet. Agreement
 /// in any look clears the key; a disagreement that lasted through every look is reported if
 /// the last two looks saw the same, and a key that was still changing (one written all the
-/// time) is reported as unsettled, not as a difference. Each member's known damage (``ScrubPage/damage``) is reported too.
+/// time) is reported as unsettled, not as a difference. Each member's known damage
+/// (`ScrubPage.damage`) is reported too.
 ///
 /// The scrub is an audit of the replicas, not a read: members answer without the tail's lease
 /// checks, and a member that stops answering ends the run with its error (nothing is judged on
