@@ -118,8 +118,7 @@ public enum DataDirectoryVerifier {
         var report = scanned.report
         // Live chunked objects, read back through their manifests.
         for object in scanned.chunked {
-            guard let body = object.body(pool: pool) else { continue }
-            var pieces = body.makeAsyncIterator()
+            var pieces = object.body(pool: pool).makeAsyncIterator()
             do throws(CatenaError) {
                 while try await pieces.nextPiece() != nil {}
                 report.objects += 1
@@ -149,7 +148,7 @@ public enum DataDirectoryVerifier {
         var objectParts: [PartSummary]
         var size: UInt64
 
-        func body(pool: NIOThreadPool) -> ObjectBody? {
+        func body(pool: NIOThreadPool) -> ObjectBody {
             ObjectBody(parts: parts, contentChecksum: contentChecksum, objectParts: objectParts, size: size, pool: pool)
         }
     }

@@ -50,7 +50,7 @@ extension Store {
                 return (picked, step, false)
             }
             planned += picked
-            plannedBytes = planned.reduce(0) { $0 + $1.entry.size }
+            plannedBytes = picked.reduce(plannedBytes) { $0 + $1.entry.size }
             if cut {
                 more = true
                 break walk
