@@ -1,9 +1,10 @@
 import CatenaCore
 import CatenaNetwork
 import CatenaWire
+import NIOCore
 
-/// Chain maintenance through the master: status, adding a node, removing one gracefully. What
-/// `catena chain` runs.
+/// Chain maintenance through the master: status, the configuration, adding a node, removing one
+/// gracefully. What `catena chain` runs (`chain verify` through ``ChainVerifier``).
 ///
 /// Each call asks the masters in turn until one answers; errors the master gives (an unknown
 /// node, removing the last member, a malformed address) are thrown as they are.
@@ -75,7 +76,20 @@ public struct ChainAdmin: Sendable {
         throw lastError
     }
 
+    /// The chain's configuration as the master holds it: cluster id, epoch, members in chain
+    /// order with their addresses.
+    public func configuration() async throws(CatenaError) -> ChainConfiguration {
+        try await ask(Frame(type: .getConfiguration), answeredWith: .configuration) { (payload) throws(CatenaError) in
+            try ConfigurationPayload.decode(payload)
+        }
+    }
+
     private func ask(_ frame: Frame) async throws(CatenaError) -> ChainStatus {
+        try await ask(frame, answeredWith: .chainStatus) { (payload) throws(CatenaError) in try ChainStatus(decoding: payload) }
+    }
+
+    private func ask<Reply>(_ frame: Frame, answeredWith replyType: FrameType,
+                            _ decode: (ByteBuffer) throws(CatenaError) -> Reply) async throws(CatenaError) -> Reply {
         let deadline = ContinuousClock.now + timeout
         var lastError = CatenaError(.unavailable, "no master answered")
         for master in masters {
@@ -91,10 +105,10 @@ public struct ChainAdmin: Sendable {
             }
             defer { connection.close() }
             let reply = try await connection.request(frame, timeout: max(.milliseconds(1), deadline - .now))
-            guard reply.type == .chainStatus else {
+            guard reply.type == replyType else {
                 throw CatenaError(.protocolViolation, "the master answered \(frame.type) with \(reply.type)")
             }
-            return try ChainStatus(decoding: reply.payload)
+            return try decode(reply.payload)
         }
         throw lastError
     }

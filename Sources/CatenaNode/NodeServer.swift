@@ -105,6 +105,12 @@ extension Node {
     /// holds at most its request slots' worth of them.
     static let smallObjectReply = 64 << 10
 
+    /// The most keys one scrub page checks, whatever the request asks.
+    static let scrubPageKeys = 1000
+    /// The most bytes of object data one scrub page reads, whatever the request asks (a page
+    /// takes at least one key, so a larger object is read alone).
+    static let scrubPageBytes: UInt64 = 64 << 20
+
     private func answer(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
         let epoch = replica.view.snapshot.epoch
         func reply(_ type: FrameType, _ payload: ByteBuffer, more: Bool = false) -> Frame {
@@ -187,6 +193,16 @@ extension Node {
                     try await write(reply(.objectData, buffer, more: true), outbound)
                 }
                 try await write(reply(.objectData, ByteBuffer()), outbound)
+            case .scrub:
+                // Every member answers for its own store (no tail, lease or read-target check):
+                // a scrub reports what this replica holds, not a linearizable read. The node's
+                // bounds keep one page's work — keys, and bytes read from disk — small.
+                let request = try ScrubRequest(decoding: frame.payload)
+                var page = try await store.scrub(prefix: request.prefix, after: request.after,
+                                                 limit: min(max(request.limit, 1), Self.scrubPageKeys),
+                                                 maxBytes: min(max(request.maxBytes, 1), Self.scrubPageBytes))
+                page = ScrubPagePayload.bounded(page, maxBytes: configuration.connectionLimits.maxFrameSize / 2)
+                try await write(reply(.scrubPage, ScrubPagePayload.encode(page)), outbound)
             case .copy:
                 let lsn = try await copy(try CopyRequest(decoding: frame.payload))
                 try await write(reply(.writeResult, LSNPayload.encode(lsn)), outbound)

@@ -41,6 +41,11 @@ public protocol FileSystem: Sendable {
     /// Takes an exclusive lock on `path` (creating it), held until the returned lock is released.
     /// Fails with ``CatenaError/Code/directoryLocked`` if another holder has it.
     func lock(_ path: String) throws(CatenaError) -> any FileLock
+    /// Takes a shared lock on `path` if the file exists (nil if it does not), creating and
+    /// changing nothing: what a reader of a stopped node's data directory holds, so that no
+    /// store opens the directory while it reads. Fails with
+    /// ``CatenaError/Code/directoryLocked`` while an exclusive lock (an open store) is held.
+    func lockSharedIfExists(_ path: String) throws(CatenaError) -> (any FileLock)?
 }
 
 /// An open file.
@@ -161,6 +166,23 @@ public struct PosixFileSystem: FileSystem {
             Glibc.close(fd)
             if err == EWOULDBLOCK {
                 throw CatenaError(.directoryLocked, "\(path) is locked by another process (is another catena node using this data directory?)")
+            }
+            throw posixError(err, "flock", path)
+        }
+        return PosixLock(fd: fd)
+    }
+
+    public func lockSharedIfExists(_ path: String) throws(CatenaError) -> (any FileLock)? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { return nil }
+            throw posixError(errno, "open lock file", path)
+        }
+        guard flock(fd, LOCK_SH | LOCK_NB) == 0 else {
+            let err = errno
+            Glibc.close(fd)
+            if err == EWOULDBLOCK {
+                throw CatenaError(.directoryLocked, "\(path) is locked by another process (is a catena node running on this data directory?)")
             }
             throw posixError(err, "flock", path)
         }

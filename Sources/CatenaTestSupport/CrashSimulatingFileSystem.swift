@@ -233,6 +233,31 @@ public final class CrashSimulatingFileSystem: FileSystem, Sendable {
         return SimulatedLock(fileSystem: self, key: key, id: id, epoch: epoch)
     }
 
+    /// Takes the in-memory lock on `path` if the file exists (nil if it does not), creating
+    /// nothing. The simulation has one kind of lock: a shared holder excludes every other holder,
+    /// shared or not (enough for a reader that must keep stores out). Fails with
+    /// ``CatenaError/Code/directoryLocked`` while another lock on the path is held.
+    public func lockSharedIfExists(_ path: String) throws(CatenaError) -> (any FileLock)? {
+        let taken = try locked { (s) throws(CatenaError) -> (String, Int, Int)? in
+            try s.checkPower("open lock file", path)
+            let components = Self.components(of: path)
+            guard let name = components.last else {
+                throw CatenaError(.ioFailure, "open lock file \(path): is a directory")
+            }
+            guard case .file? = s.directories[Self.key(components.dropLast())]?.current[name] else { return nil }
+            let key = Self.key(components)
+            guard s.locks[key] == nil else {
+                throw CatenaError(.directoryLocked, "\(path) is locked by another holder (is a catena node running on this data directory?)")
+            }
+            let id = s.nextLock
+            s.nextLock += 1
+            s.locks[key] = id
+            return (key, id, s.epoch)
+        }
+        guard let (key, id, epoch) = taken else { return nil }
+        return SimulatedLock(fileSystem: self, key: key, id: id, epoch: epoch)
+    }
+
     // MARK: - Crashing
 
     /// The machine loses power and reboots.

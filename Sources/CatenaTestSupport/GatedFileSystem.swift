@@ -130,6 +130,7 @@ public final class GatedFileSystem: FileSystem, Sendable {
     public func syncDirectory(_ path: String) throws(CatenaError) { try base.syncDirectory(path) }
 
     public func lock(_ path: String) throws(CatenaError) -> any FileLock { try base.lock(path) }
+    public func lockSharedIfExists(_ path: String) throws(CatenaError) -> (any FileLock)? { try base.lockSharedIfExists(path) }
 }
 
 extension GatedFileSystem {

@@ -45,6 +45,8 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .uploadPage: "uploadPage"
         case .listParts: "listParts"
         case .partPage: "partPage"
+        case .scrub: "scrub"
+        case .scrubPage: "scrubPage"
         case .catchUpRequest: "catchUpRequest"
         case .catchUpChunk: "catchUpChunk"
         case .replicate: "replicate"

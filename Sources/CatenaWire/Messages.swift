@@ -79,7 +79,8 @@ extension FrameType {
     public static let chainStatus = FrameType(rawValue: 134)
 
     /// Frame types a client sends to a storage node.
-    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .copy, .listUploads, .listParts, .catchUpRequest, .getNodeStatus]
+    public static let clientRequests: Set<FrameType> = [.write, .get, .getRange, .head, .list, .copy, .listUploads, .listParts, .catchUpRequest,
+                                                        .scrub, .getNodeStatus]
     /// Frame types a predecessor sends to its successor.
     public static let replicationRequests: Set<FrameType> = [.replicate, .readTarget]
     /// Frame types a master answers.

@@ -19,7 +19,7 @@ struct Catena: AsyncParsableCommand {
         commandName: "catena",
         abstract: "Catena, a chain-replication object store.",
         version: "catena \(CatenaBuild.version) (data directory format \(DataDirectory.formatVersion), record format \(RecordHeader.currentVersion))",
-        subcommands: [Up.self, MasterCommand.self, NodeCommand.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self, Copy.self, Settle.self, UploadCommand.self, Bench.self, NodeStatusCommand.self, NodeDrainCommand.self,
+        subcommands: [Up.self, MasterCommand.self, NodeGroup.self, ChainCommand.self, Put.self, Get.self, Remove.self, List.self, Stat.self, Copy.self, Settle.self, UploadCommand.self, Bench.self,
                       BenchMultipart.self,
                       BenchStorage.self, BenchChain.self, BenchCatchUp.self, BenchFailover.self, BenchJoin.self, BenchCompaction.self,
                       Simulate.self, Version.self]

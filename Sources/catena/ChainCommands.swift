@@ -12,8 +12,8 @@ import Glibc
 struct ChainCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chain",
-        abstract: "Show the chain's status, add or remove nodes.",
-        subcommands: [ChainStatusCommand.self, AddNode.self, RemoveNode.self]
+        abstract: "Show the chain's status, add or remove nodes, verify that the members agree.",
+        subcommands: [ChainStatusCommand.self, AddNode.self, RemoveNode.self, ChainVerifyCommand.self]
     )
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CatenaBench
 import CatenaCluster
 import CatenaCore
 import CatenaMaster
@@ -68,10 +69,21 @@ struct MasterCommand: AsyncParsableCommand {
     }
 }
 
-/// `catena node`.
-struct NodeCommand: AsyncParsableCommand {
+/// `catena node`: runs a node (`catena node run`, the default: `catena node --id …` as always),
+/// or checks a stopped node's files (`catena node verify`).
+struct NodeGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node",
+        abstract: "Run a storage node (the default subcommand), or check a stopped node's data directory.",
+        subcommands: [NodeCommand.self, NodeStatusCommand.self, NodeDrainCommand.self, NodeVerifyCommand.self],
+        defaultSubcommand: NodeCommand.self
+    )
+}
+
+/// `catena node [run]`.
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Run a storage node.",
         discussion: """
             Takes its addresses and data directory from --topology, or from the explicit options \
@@ -103,6 +115,8 @@ struct NodeCommand: AsyncParsableCommand {
     var watermarkIntervalMs: Int = 5000
     @Option(name: .long, help: "How many hours a multipart upload may stay neither completed nor aborted, from its creation; then it takes no more parts and is collected. The same on every node of a chain.")
     var uploadExpiryHours: Int = 7 * 24
+    @Option(name: .long, help: ArgumentHelp("Seal a log segment once it reaches this size (4KiB ... 1GiB; suffixes B, KiB, MiB, GiB).", valueName: "size"))
+    var segmentSize: String = "64MiB"
     @OptionGroup var logging: LogOptions
 
     /// `--catch-up-compression`.
@@ -118,6 +132,9 @@ struct NodeCommand: AsyncParsableCommand {
         guard requestWindowSeconds >= 1 else { throw ValidationError("--request-window-seconds must be at least 1, not \(requestWindowSeconds)") }
         guard watermarkIntervalMs >= 10 else { throw ValidationError("--watermark-interval-ms must be at least 10, not \(watermarkIntervalMs)") }
         guard uploadExpiryHours >= 1 else { throw ValidationError("--upload-expiry-hours must be at least 1, not \(uploadExpiryHours)") }
+        guard let size = parseSize(segmentSize), (4 << 10 ... 1 << 30).contains(size) else {
+            throw ValidationError("--segment-size must be a size of 4KiB ... 1GiB, not '\(segmentSize)'")
+        }
         guard topology != nil || (listen != nil && master != nil && dataDir != nil && cluster != nil) else {
             throw ValidationError("give --topology, or all of --cluster, --listen, --master and --data-dir")
         }
@@ -167,6 +184,7 @@ struct NodeCommand: AsyncParsableCommand {
         configuration.store.requestWindow = .seconds(requestWindowSeconds)
         configuration.store.abandonedUploadTimeout = .seconds(uploadExpiryHours * 3600)
         configuration.compaction.watermarkInterval = .milliseconds(watermarkIntervalMs)
+        configuration.store.segmentSize = parseSize(segmentSize) ?? configuration.store.segmentSize
         let node = try await Node.start(configuration, logger: logger)
         try await runUntilSignalled(AnnouncedNode(node: node), logger: logger)
     }

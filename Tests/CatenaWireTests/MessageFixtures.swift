@@ -154,6 +154,27 @@ enum MessageFixtures {
         ], nextPartNumber: 10_000),
     ]
 
+    static let scrubRequests = [
+        ScrubRequest(),
+        ScrubRequest(prefix: Array("photos/".utf8), after: key("photos/cat.jpg"), limit: 2, maxBytes: 1),
+        ScrubRequest(prefix: [0xFF, 0x00, 0x80], after: key(nfd), limit: Int(UInt32.max), maxBytes: .max),
+        // A re-check of one key: that key as the prefix, one entry.
+        ScrubRequest(prefix: Array(nfc.utf8), after: nil, limit: 1, maxBytes: 0),
+    ]
+
+    static let scrubPages = [
+        ScrubPage(entries: [], nextCursor: nil),
+        ScrubPage(entries: [], nextCursor: key("z"), bytesRead: 0, damage: ["/data/n2/00000000000000000003.seg offset 4096, 120 bytes"]),
+        ScrubPage(entries: [
+            ScrubEntry(key: key("a"), lsn: LSN(epoch: 1, seq: 1), size: 0, contentChecksum: 0),
+            ScrubEntry(key: key(nfd), lsn: LSN(epoch: 3, seq: 1_000_001), size: 18, contentChecksum: 0x1234_5678_9ABC_DEF0,
+                       problem: "record 3.1000001 checksum mismatch — café ✓"),
+            ScrubEntry(key: longKey, lsn: LSN(epoch: .max, seq: .max), size: .max, contentChecksum: .max, problem: ""),
+        ], nextCursor: longKey, bytesRead: .max, damage: ["", "seg 2 offset 0: 48 unreadable bytes, may have held seqs 7...9"]),
+        ScrubPage(entries: [ScrubEntry(key: key("photos/cat.jpg"), lsn: LSN(epoch: 2, seq: 9), size: 3 << 20, contentChecksum: 1)],
+                  nextCursor: nil, bytesRead: 3 << 20),
+    ]
+
     static let listRequests = [
         ListRequest(),
         ListRequest(prefix: Array("photos/".utf8), after: key("photos/cat.jpg"), limit: 2),
@@ -422,6 +443,10 @@ enum MessageFixtures {
         PayloadCodec("listPage", .listPage, listPages, codes: [.malformed, .invalidKey],
                      olderLayouts: { page in [ListPagePayload.encode(page).readableBytes - 5 - page.commonPrefixes.reduce(0) { $0 + 2 + $1.bytes.count }] },
                      encode: { ListPagePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ListPagePayload.decode(b) }),
+        PayloadCodec("scrub", .scrub, scrubRequests, codes: [.malformed, .invalidKey],
+                     encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try ScrubRequest(decoding: b) }),
+        PayloadCodec("scrubPage", .scrubPage, scrubPages, codes: [.malformed, .invalidKey],
+                     encode: { ScrubPagePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ScrubPagePayload.decode(b) }),
         PayloadCodec("replicate", .replicate, recordSets, codes: recordCodes,
                      encode: { ReplicatePayload.encode($0) }, decode: { (b) throws(CatenaError) in try ReplicatePayload.decode(b) }),
         PayloadCodec("catchUpRequest", .catchUpRequest, catchUpRequests, codes: [.malformed],

@@ -18,6 +18,8 @@ struct MessagesTests {
             (.hello, "hello"), (.welcome, "welcome"), (.error, "error"), (.ping, "ping"), (.pong, "pong"),
             (.write, "write"), (.writeResult, "writeResult"), (.get, "get"), (.objectInfo, "objectInfo"),
             (.objectData, "objectData"), (.head, "head"), (.list, "list"), (.listPage, "listPage"), (.getRange, "getRange"), (.copy, "copy"),
+            (.listUploads, "listUploads"), (.uploadPage, "uploadPage"), (.listParts, "listParts"), (.partPage, "partPage"),
+            (.scrub, "scrub"), (.scrubPage, "scrubPage"),
             (.catchUpRequest, "catchUpRequest"), (.catchUpChunk, "catchUpChunk"), (.replicate, "replicate"),
             (.acknowledge, "acknowledge"), (.position, "position"), (.readTarget, "readTarget"),
             (.getConfiguration, "getConfiguration"), (.configuration, "configuration"), (.heartbeat, "heartbeat"),
@@ -472,6 +474,77 @@ struct MessagesTests {
         bytes.replaceSubrange(0..<4, with: F.le(UInt32(11)))
         let refusal = F.code { try ListPagePayload.decode(ByteBuffer(bytes: bytes)) }
         #expect(refusal == .malformed || refusal == .invalidKey)
+    }
+
+    // MARK: Scrub
+
+    @Test("Scrub request layout")
+    func scrubRequestLayout() {
+        let request = ScrubRequest(prefix: [0x70], after: F.key("k"), limit: 5, maxBytes: 1 << 20)
+        #expect(F.bytes(request.encoded()) == F.le(UInt16(1)) + [0x70] + [1] + F.le(UInt16(1)) + [0x6B] + F.le(UInt32(5)) + F.le(UInt64(1 << 20)))
+        #expect(F.bytes(ScrubRequest(limit: 1, maxBytes: 0).encoded()) == F.le(UInt16(0)) + [0] + F.le(UInt32(1)) + F.le(UInt64(0)))
+    }
+
+    @Test("Scrub page layout: an entry with a problem, a cursor, the bytes read, damage")
+    func scrubPageLayout() {
+        let page = ScrubPage(entries: [ScrubEntry(key: F.key("k"), lsn: LSN(epoch: 1, seq: 2), size: 3, contentChecksum: 4, problem: "x")],
+                             nextCursor: F.key("k"), bytesRead: 3, damage: ["d"])
+        let entry = F.le(UInt16(1)) + [0x6B] + F.le(UInt64(1)) + F.le(UInt64(2)) + F.le(UInt64(3)) + F.le(UInt64(4)) + [1] + F.le(UInt16(1)) + [0x78]
+        #expect(F.bytes(ScrubPagePayload.encode(page))
+                == F.le(UInt32(1)) + entry + [1] + F.le(UInt16(1)) + [0x6B] + F.le(UInt64(3)) + F.le(UInt16(1)) + F.le(UInt16(1)) + [0x64])
+        // An entry without a problem: flag 0 and nothing after it.
+        var ok = page
+        ok.entries[0].problem = nil
+        ok.damage = []
+        #expect(F.bytes(ScrubPagePayload.encode(ok)).count == F.bytes(ScrubPagePayload.encode(page)).count - 3 - 3)
+    }
+
+    @Test("A scrub entry's problem flag other than 0 or 1 is refused")
+    func scrubProblemFlag() {
+        var bytes = F.bytes(ScrubPagePayload.encode(ScrubPage(entries: [ScrubEntry(key: F.key("k"), lsn: .zero, size: 0, contentChecksum: 0)],
+                                                              nextCursor: nil)))
+        // count (4) + key (3) + LSN (16) + size (8) + checksum (8): the flag.
+        bytes[39] = 2
+        #expect(F.code { try ScrubPagePayload.decode(ByteBuffer(bytes: bytes)) } == .malformed)
+    }
+
+    @Test("A scrub page claiming more entries than its bytes can hold is refused before allocating",
+          arguments: [UInt32.max, 1 << 24, 30])
+    func scrubPageHugeCount(_ count: UInt32) {
+        var payload = ScrubPagePayload.encode(ScrubPage(entries: Array(repeating: ScrubEntry(key: F.key("k"), lsn: .zero, size: 0, contentChecksum: 0),
+                                                                        count: 20), nextCursor: nil))
+        payload.setInteger(count, at: payload.readerIndex, endianness: .little)
+        do {
+            _ = try ScrubPagePayload.decode(payload)
+            Issue.record("a page claiming \(count) entries was accepted")
+        } catch {
+            #expect(error.code == .malformed)
+            #expect(error.message.contains("claims"), "refused by the count bound: \(error.message)")
+        }
+    }
+
+    @Test("A scrub page is cut to fit a frame, its cursor after its last entry; a long problem is cut on the wire")
+    func scrubPageBounded() throws {
+        let entries = (0..<100).map { i in
+            ScrubEntry(key: F.key("key/\(1000 + i)"), lsn: LSN(epoch: 1, seq: UInt64(i)), size: 1, contentChecksum: 2,
+                       problem: i % 2 == 0 ? nil : String(repeating: "p", count: 100))
+        }
+        let page = ScrubPage(entries: entries, nextCursor: nil, bytesRead: 100, damage: ["one"])
+        let bounded = ScrubPagePayload.bounded(page, maxBytes: 4000)
+        #expect(bounded.entries.count < 100 && !bounded.entries.isEmpty)
+        #expect(bounded.entries == Array(entries.prefix(bounded.entries.count)))
+        #expect(bounded.nextCursor == bounded.entries.last?.key)
+        #expect(bounded.damage == ["one"] && bounded.bytesRead == 100)
+        #expect(ScrubPagePayload.encode(bounded).readableBytes <= 4000)
+        // One entry is kept however small the bound.
+        #expect(ScrubPagePayload.bounded(page, maxBytes: 1).entries.count == 1)
+        #expect(ScrubPagePayload.bounded(page, maxBytes: 1 << 20) == page)
+        let long = ScrubPage(entries: [ScrubEntry(key: F.key("k"), lsn: .zero, size: 0, contentChecksum: 0,
+                                                  problem: String(repeating: "é", count: ScrubPagePayload.maximumTextBytes))],
+                             nextCursor: nil)
+        let decoded = try ScrubPagePayload.decode(ScrubPagePayload.encode(long))
+        #expect(decoded.entries[0].problem!.utf8.count <= ScrubPagePayload.maximumTextBytes)
+        #expect(decoded.entries[0].problem!.hasPrefix("éé"))
     }
 
     // MARK: Replicate
