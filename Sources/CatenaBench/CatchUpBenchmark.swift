@@ -101,6 +101,31 @@ public struct CatchUpBenchmark: Sendable {
             let mine = copies.filter { $0.codec == codec }.sorted { $0.megabytesPerSecond < $1.megabytesPerSecond }
             return mine.isEmpty ? nil : mine[(mine.count - 1) / 2]
         }
+
+        /// The codecs measured, in the order of their first copy.
+        public var codecs: [Codec] {
+            var seen: [Codec] = []
+            for copy in copies where !seen.contains(copy.codec) { seen.append(copy.codec) }
+            return seen
+        }
+
+        /// The goal of `codec`: its median copy at ``CatchUpBenchmark/goalMegabytesPerSecond``
+        /// or more; not measured when no copy used it.
+        public func goal(_ codec: Codec) -> BenchmarkGoal {
+            let goal = CatchUpBenchmark.goalMegabytesPerSecond
+            let stated = "\(codec): median copy >= \(fixed(goal, 0)) MB/s"
+            guard let median = median(codec) else {
+                return BenchmarkGoal(goal: stated, measured: "\(codec) was not part of this run", comparison: .atLeast, threshold: goal,
+                                     unit: "MB/s", value: nil)
+            }
+            let all = copies.filter { $0.codec == codec }.map(\.megabytesPerSecond)
+            return BenchmarkGoal(goal: stated, measured: "median \(fixed(median.megabytesPerSecond, 0)) MB/s over \(all.count) "
+                                     + "cop\(all.count == 1 ? "y" : "ies"), range \(fixed(all.min()!, 0))-\(fixed(all.max()!, 0))",
+                                 comparison: .atLeast, threshold: goal, unit: "MB/s", value: median.megabytesPerSecond)
+        }
+
+        /// The goal of every codec measured.
+        public var goals: [BenchmarkGoal] { codecs.map(goal) }
     }
 
     /// The chunk sizes a source grants (``CatchUpRequest/chunkBytesRange``).

@@ -86,7 +86,21 @@ public struct ChainBenchmark: Sendable {
         /// 3 × put3 / put1.
         public var efficiency: Double { 3 * put3.opsPerSecond / put1.opsPerSecond }
         /// The goal for this size: 0.8 for 1 MiB and above, 0.6 below.
-        public var goal: Double { valueSize >= 1 << 20 ? 0.8 : 0.6 }
+        public var goal: Double { ChainBenchmark.efficiencyGoal(valueSize: valueSize) }
+        /// The efficiency goal of this size, judged.
+        public var goalCheck: BenchmarkGoal { ChainBenchmark.goalCheck(valueSize: valueSize, efficiency: efficiency) }
+    }
+
+    /// The replication-efficiency goal for values of `valueSize` bytes: 0.8 for 1 MiB and
+    /// above, 0.6 below.
+    public static func efficiencyGoal(valueSize: Int) -> Double { valueSize >= 1 << 20 ? 0.8 : 0.6 }
+
+    /// The efficiency goal for `valueSize`, judged on `efficiency` (every size measured has one).
+    public static func goalCheck(valueSize: Int, efficiency: Double) -> BenchmarkGoal {
+        let goal = efficiencyGoal(valueSize: valueSize)
+        return BenchmarkGoal(goal: "\(sizeName(valueSize)): replication efficiency >= \(fixed(goal, 1))",
+                             measured: "efficiency \(fixed(efficiency, 2))", comparison: .atLeast, threshold: goal, unit: "ratio",
+                             value: efficiency)
     }
 
     /// Settings.

@@ -125,6 +125,21 @@ public struct JoinBenchmark: Sendable {
         public var copyGoalMet: Bool { joined && copyMegabytesPerSecond >= JoinBenchmark.copyGoal }
         /// Whether the foreground goal was met.
         public var foregroundGoalMet: Bool { foregroundRatio >= JoinBenchmark.foregroundGoal }
+
+        /// The copy-rate and foreground goals, judged (both measured whether or not the node joined).
+        public var goals: [BenchmarkGoal] {
+            let copy = fixed(copyMegabytesPerSecond, 1) + " MB/s"
+            return [
+                BenchmarkGoal(goal: "\(compression): copy >= \(fixed(JoinBenchmark.copyGoal, 0)) MB/s",
+                              measured: joined ? copy : "n4 had not joined after \(fixed(timeToJoin.seconds, 0)) s (\(copy) until then)",
+                              comparison: .atLeast, threshold: JoinBenchmark.copyGoal, unit: "MB/s", value: copyMegabytesPerSecond,
+                              met: copyGoalMet),
+                BenchmarkGoal(goal: "\(compression): foreground >= \(fixed(JoinBenchmark.foregroundGoal * 100, 0))% of the baseline",
+                              measured: "\(fixed(foregroundRatio * 100, 0))% (\(fixed(duringCopy.megabytesPerSecond, 1)) of \(fixed(baseline.megabytesPerSecond, 1)) MB/s)",
+                              comparison: .atLeast, threshold: JoinBenchmark.foregroundGoal, unit: "ratio", value: foregroundRatio,
+                              met: foregroundGoalMet),
+            ]
+        }
     }
 
     /// The copy-rate goal, MB/s.
@@ -136,6 +151,9 @@ public struct JoinBenchmark: Sendable {
     public struct Report: Sendable {
         /// In the order measured.
         public var results: [CompressionResult]
+
+        /// Each compression's goals, in the order measured.
+        public var goals: [BenchmarkGoal] { results.flatMap(\.goals) }
 
         /// The report as a plain table.
         public func table() -> String {
