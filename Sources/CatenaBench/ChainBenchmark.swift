@@ -205,7 +205,7 @@ public struct ChainBenchmark: Sendable {
 }
 
 /// What `catena bench-chain --json` writes: every measurement with its throughput, latencies
-/// and the CPU time of each process per operation.
+/// and the CPU time of each process per operation, and the goals.
 public struct ChainBenchmarkReport: Codable, Sendable {
     /// One measurement.
     public struct Run: Codable, Sendable {
@@ -246,13 +246,16 @@ public struct ChainBenchmarkReport: Codable, Sendable {
     public var clients: Int
     public var cores: Int
     public var sizes: [Size]
+    /// The efficiency goal of each size, judged (as each size's `goal` and `goalMet`).
+    public var goals: [BenchmarkGoal]
 
     /// The report of `results`.
     public init(_ results: [ChainBenchmark.SizeResult], clients: Int, cores: Int) {
         self.clients = clients
         self.cores = cores
-        sizes = results.map { r in
-            Size(valueSize: r.valueSize, efficiency: r.efficiency, goal: r.goal, goalMet: r.efficiency >= r.goal,
+        goals = results.map(\.goalCheck)
+        sizes = zip(results, goals).map { r, check in
+            Size(valueSize: r.valueSize, efficiency: r.efficiency, goal: r.goal, goalMet: check.met == true,
                  put1: Run(r.put1), put3: Run(r.put3), get3: Run(r.get3))
         }
     }

@@ -14,7 +14,7 @@ extension StorageBenchmark {
     }
 
     /// The median, smallest and largest of a set of per-round figures.
-    public struct Spread: Hashable, Sendable {
+    public struct Spread: Codable, Hashable, Sendable {
         /// The middle value; for an even count, the mean of the two middle values.
         public var median: Double
         /// The smallest value.

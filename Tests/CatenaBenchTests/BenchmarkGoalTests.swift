@@ -69,6 +69,23 @@ struct BenchmarkGoalTests {
         #expect(chainSize(1 << 20, put1: 1_000, put3: 300).goalCheck.threshold == 0.8)
     }
 
+    @Test func chainJSONCarriesEverySizeAndItsGoal() throws {
+        let report = ChainBenchmarkReport([chainSize(4 << 10, put1: 1_000, put3: 300), chainSize(1 << 20, put1: 1_000, put3: 250)],
+                                          clients: 32, cores: 2)
+        let data = try labBenchmarkJSON(report)
+        let json = try object(data)
+        #expect(Set(json.keys) == ["clients", "cores", "sizes", "goals"])
+        let size = try #require((json["sizes"] as? [[String: Any]])?.first)
+        #expect(Set(size.keys) == ["valueSize", "efficiency", "goal", "goalMet", "put1", "put3", "get3"])
+        let goals = try goals(data)
+        #expect(goals.map(\.met) == [true, false])
+        #expect(goals.map(\.threshold) == [0.6, 0.8])
+        let back = try JSONDecoder().decode(ChainBenchmarkReport.self, from: data)
+        #expect(back.sizes.map(\.goalMet) == [true, false])
+        #expect(abs(back.sizes[1].efficiency - 0.75) < 1e-12)
+        #expect(BenchmarkGoal.missed(back.goals).map(\.goal) == ["1 MiB: replication efficiency >= 0.8"])
+    }
+
     // MARK: bench-storage
 
     /// A storage report of 4 KiB rounds at `putsPerSecond` and 1 MiB rounds at `ratio` of the raw disk.
@@ -169,6 +186,26 @@ struct BenchmarkGoalTests {
         #expect(medianHead?.contains("MISSED") == true)
     }
 
+    @Test func failoverJSONCarriesEveryKillMediansAndGoals() throws {
+        let report = failoverReport([(1_100, 1_600), (nil, 1_700), (1_300, 1_400)])
+        var configuration = FailoverBenchmark.Configuration(executable: "/bin/false", directory: "/tmp")
+        configuration.clients = 8
+        let data = try labBenchmarkJSON(FailoverBenchmarkReport(report, configuration: configuration, cores: 2))
+        let json = try object(data)
+        #expect(Set(json.keys) == ["failureTimeoutMilliseconds", "heartbeatIntervalMilliseconds", "attemptTimeoutMilliseconds",
+                                   "settleMilliseconds", "clients", "valueSize", "cores", "goalMilliseconds", "runs", "roles", "goals"])
+        let back = try JSONDecoder().decode(FailoverBenchmarkReport.self, from: data)
+        #expect(back.clients == 8 && back.goalMilliseconds == 1_500 && back.attemptTimeoutMilliseconds == 500)
+        #expect(back.runs.count == 3 && back.runs.allSatisfy { $0.kills.map(\.role) == ["head", "middle", "tail"] })
+        let head = back.runs.map { $0.kills[0] }
+        #expect(head.map(\.goalMet) == [false, false, true])
+        #expect(head[1].nextWriteMilliseconds == nil && head[0].nextWriteTimeouts == 1.1)
+        #expect(back.roles.map(\.goalMet) == [false, true, true])
+        #expect(back.roles[0].runsWithoutNextWrite == 1 && back.roles[0].writeGapMilliseconds?.median == 1_600)
+        let goals = try goals(data)
+        #expect(goals.map(\.met) == [false, false, true, true, true, true])
+    }
+
     // MARK: bench-join
 
     func joinResult(copyMB: Int, joined: Bool = true, during: Int = 6_000) -> JoinBenchmark.CompressionResult {
@@ -189,6 +226,35 @@ struct BenchmarkGoalTests {
         #expect(late.goals.map(\.met) == [false, true])
         #expect(late.goals[0].measured.hasPrefix("n4 had not joined after 5 s"))
         #expect(JoinBenchmark.Report(results: [joinResult(copyMB: 400), late]).goals.count == 4)
+    }
+
+    @Test func joinJSONCarriesEveryCompressionAndGoals() throws {
+        var slow = joinResult(copyMB: 250, during: 4_000)
+        slow.compression = .none
+        slow.firstByte = nil
+        let report = JoinBenchmark.Report(results: [joinResult(copyMB: 400), slow])
+        let data = try labBenchmarkJSON(JoinBenchmarkReport(report, configuration: .init(executable: "/bin/false", directory: "/tmp"), cores: 2))
+        let json = try object(data)
+        #expect(Set(json.keys) == ["clients", "valueSize", "fillBytes", "baselineSeconds", "joinTimeoutSeconds", "catchUpRate", "cores",
+                                   "results", "goals"])
+        let first = try #require((json["results"] as? [[String: Any]])?.first)
+        #expect(Set(first.keys) == ["compression", "fill", "baseline", "duringCopy", "foregroundRatio", "joined", "timeToJoinSeconds",
+                                    "firstByteMilliseconds", "copiedBytes", "tailBytes", "copiedSeq", "tailSeq", "copyMegabytesPerSecond",
+                                    "copyGoalMet", "foregroundGoalMet"])
+        let back = try JSONDecoder().decode(JoinBenchmarkReport.self, from: data)
+        #expect(back.results.map(\.compression) == ["lz4", "none"])
+        #expect(back.results.map(\.copyGoalMet) == [true, false] && back.results.map(\.foregroundGoalMet) == [true, false])
+        #expect(back.results[1].copyMegabytesPerSecond == 250 && back.results[1].firstByteMilliseconds == nil)
+        #expect(try goals(data).map(\.met) == [true, true, false, false])
+    }
+
+    @Test func aForegroundRatioOverAnEmptyBaselineIsWrittenWithout() throws {
+        var empty = joinResult(copyMB: 400)
+        empty.baseline.puts = 0
+        let data = try labBenchmarkJSON(JoinBenchmarkReport(.init(results: [empty]), configuration: .init(executable: "/bin/false", directory: "/tmp"), cores: 2))
+        let back = try JSONDecoder().decode(JoinBenchmarkReport.self, from: data)
+        #expect(back.results[0].foregroundRatio == nil)
+        #expect(back.goals[1].value == nil)
     }
 
     // MARK: bench-catchup
@@ -216,5 +282,23 @@ struct BenchmarkGoalTests {
         let lz4Only = catchUpReport(lz4: [250], raw: [])
         #expect(lz4Only.goals.map(\.met) == [false])
         #expect(lz4Only.goal(.raw).met == nil)
+    }
+
+    @Test func catchUpJSONCarriesEveryCopyEachCodecAndGoals() throws {
+        var configuration = CatchUpBenchmark.Configuration(directory: "/tmp")
+        configuration.rounds = 3
+        let data = try labBenchmarkJSON(CatchUpBenchmarkReport(catchUpReport(lz4: [500, 250, 400], raw: [280, 290, 900]),
+                                                               configuration: configuration, cores: 2))
+        let json = try object(data)
+        #expect(Set(json.keys) == ["volume", "valueSize", "chunkBytes", "durability", "rounds", "cores", "records", "recordBytes", "fillSeconds",
+                                   "copies", "codecs", "goals"])
+        let back = try JSONDecoder().decode(CatchUpBenchmarkReport.self, from: data)
+        #expect(back.copies.count == 6 && back.copies.map(\.codec) == ["lz4", "raw", "lz4", "raw", "lz4", "raw"])
+        #expect(back.copies[0].compressionRatio == 2)
+        #expect(back.codecs.map(\.codec) == ["lz4", "raw"])
+        #expect(back.codecs.map(\.goalMet) == [true, false])
+        #expect(abs(back.codecs[1].medianMegabytesPerSecond - 290) < 1e-6 && abs(back.codecs[1].maxMegabytesPerSecond - 900) < 1e-6)
+        #expect(back.durability == "batch")
+        #expect(try goals(data).map(\.met) == [true, false])
     }
 }
