@@ -101,6 +101,31 @@ public struct CatchUpBenchmark: Sendable {
             let mine = copies.filter { $0.codec == codec }.sorted { $0.megabytesPerSecond < $1.megabytesPerSecond }
             return mine.isEmpty ? nil : mine[(mine.count - 1) / 2]
         }
+
+        /// The codecs measured, in the order of their first copy.
+        public var codecs: [Codec] {
+            var seen: [Codec] = []
+            for copy in copies where !seen.contains(copy.codec) { seen.append(copy.codec) }
+            return seen
+        }
+
+        /// The goal of `codec`: its median copy at ``CatchUpBenchmark/goalMegabytesPerSecond``
+        /// or more; not measured when no copy used it.
+        public func goal(_ codec: Codec) -> BenchmarkGoal {
+            let goal = CatchUpBenchmark.goalMegabytesPerSecond
+            let stated = "\(codec): median copy >= \(fixed(goal, 0)) MB/s"
+            guard let median = median(codec) else {
+                return BenchmarkGoal(goal: stated, measured: "\(codec) was not part of this run", comparison: .atLeast, threshold: goal,
+                                     unit: "MB/s", value: nil)
+            }
+            let all = copies.filter { $0.codec == codec }.map(\.megabytesPerSecond)
+            return BenchmarkGoal(goal: stated, measured: "median \(fixed(median.megabytesPerSecond, 0)) MB/s over \(all.count) "
+                                     + "cop\(all.count == 1 ? "y" : "ies"), range \(fixed(all.min()!, 0))-\(fixed(all.max()!, 0))",
+                                 comparison: .atLeast, threshold: goal, unit: "MB/s", value: median.megabytesPerSecond)
+        }
+
+        /// The goal of every codec measured.
+        public var goals: [BenchmarkGoal] { codecs.map(goal) }
     }
 
     /// The chunk sizes a source grants (``CatchUpRequest/chunkBytesRange``).
@@ -252,5 +277,99 @@ public struct CatchUpBenchmark: Sendable {
             try? ScratchSpace.removeTree(directory)
             throw error
         }
+    }
+}
+
+/// What `catena bench-catchup --json` writes: the settings, every copy and each codec's median as
+/// the table shows them, and the goals.
+public struct CatchUpBenchmarkReport: Codable, Sendable {
+    /// One copy of the whole log.
+    public struct Copy: Codable, Sendable {
+        /// The round, from 1.
+        public var round: Int
+        /// lz4 or raw.
+        public var codec: String
+        /// Records copied.
+        public var records: Int
+        /// Bytes of those records.
+        public var recordBytes: Int
+        /// Bytes of catch-up frames received.
+        public var wireBytes: Int
+        /// Chunks installed.
+        public var chunks: Int
+        /// From the receiver's start to its last record durable.
+        public var seconds: Double
+        /// Megabytes (10^6 bytes) of records installed per second.
+        public var megabytesPerSecond: Double
+        /// Bytes of records per byte on the wire.
+        public var compressionRatio: Double
+    }
+
+    /// One codec over the rounds.
+    public struct Codec: Codable, Sendable {
+        /// lz4 or raw.
+        public var codec: String
+        /// Copies with this codec.
+        public var copies: Int
+        /// The median copy's MB/s (the lower middle one of an even count).
+        public var medianMegabytesPerSecond: Double
+        /// The slowest copy's MB/s.
+        public var minMegabytesPerSecond: Double
+        /// The fastest copy's MB/s.
+        public var maxMegabytesPerSecond: Double
+        /// The median copy's compression ratio.
+        public var compressionRatio: Double
+        /// Whether the median met the goal.
+        public var goalMet: Bool
+    }
+
+    /// Bytes of values in the source's log, as asked.
+    public var volume: Int
+    /// Bytes per value.
+    public var valueSize: Int
+    /// Bytes of records per chunk the receiver asks for.
+    public var chunkBytes: Int
+    /// The receiver's durability.
+    public var durability: String
+    /// Rounds.
+    public var rounds: Int
+    /// The machine's cores.
+    public var cores: Int
+    /// Records in the source's log.
+    public var records: Int
+    /// Bytes of the source's log.
+    public var recordBytes: Int
+    /// How long filling the source took.
+    public var fillSeconds: Double
+    /// Every copy, in the order measured.
+    public var copies: [Copy]
+    /// Each codec measured, in the order of its first copy.
+    public var codecs: [Codec]
+    /// Each codec's goal, judged.
+    public var goals: [BenchmarkGoal]
+
+    /// The report of `report`, measured with `configuration` on a machine with `cores` cores.
+    public init(_ report: CatchUpBenchmark.Report, configuration: CatchUpBenchmark.Configuration, cores: Int) {
+        volume = configuration.volume
+        valueSize = configuration.valueSize
+        chunkBytes = configuration.maxChunkBytes
+        durability = configuration.durability.rawValue
+        rounds = configuration.rounds
+        self.cores = cores
+        records = report.records
+        recordBytes = report.recordBytes
+        fillSeconds = report.fillTime.seconds
+        copies = report.copies.map { c in
+            Copy(round: c.round, codec: c.codec.rawValue, records: c.records, recordBytes: c.recordBytes, wireBytes: c.wireBytes,
+                 chunks: c.chunks, seconds: c.seconds, megabytesPerSecond: c.megabytesPerSecond, compressionRatio: c.compressionRatio)
+        }
+        codecs = report.codecs.compactMap { codec in
+            guard let median = report.median(codec) else { return nil }
+            let all = report.copies.filter { $0.codec == codec }.map(\.megabytesPerSecond)
+            return Codec(codec: codec.rawValue, copies: all.count, medianMegabytesPerSecond: median.megabytesPerSecond,
+                         minMegabytesPerSecond: all.min()!, maxMegabytesPerSecond: all.max()!, compressionRatio: median.compressionRatio,
+                         goalMet: report.goal(codec).met == true)
+        }
+        goals = report.goals
     }
 }

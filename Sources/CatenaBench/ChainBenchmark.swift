@@ -86,7 +86,21 @@ public struct ChainBenchmark: Sendable {
         /// 3 × put3 / put1.
         public var efficiency: Double { 3 * put3.opsPerSecond / put1.opsPerSecond }
         /// The goal for this size: 0.8 for 1 MiB and above, 0.6 below.
-        public var goal: Double { valueSize >= 1 << 20 ? 0.8 : 0.6 }
+        public var goal: Double { ChainBenchmark.efficiencyGoal(valueSize: valueSize) }
+        /// The efficiency goal of this size, judged.
+        public var goalCheck: BenchmarkGoal { ChainBenchmark.goalCheck(valueSize: valueSize, efficiency: efficiency) }
+    }
+
+    /// The replication-efficiency goal for values of `valueSize` bytes: 0.8 for 1 MiB and
+    /// above, 0.6 below.
+    public static func efficiencyGoal(valueSize: Int) -> Double { valueSize >= 1 << 20 ? 0.8 : 0.6 }
+
+    /// The efficiency goal for `valueSize`, judged on `efficiency` (every size measured has one).
+    public static func goalCheck(valueSize: Int, efficiency: Double) -> BenchmarkGoal {
+        let goal = efficiencyGoal(valueSize: valueSize)
+        return BenchmarkGoal(goal: "\(sizeName(valueSize)): replication efficiency >= \(fixed(goal, 1))",
+                             measured: "efficiency \(fixed(efficiency, 2))", comparison: .atLeast, threshold: goal, unit: "ratio",
+                             value: efficiency)
     }
 
     /// Settings.
@@ -191,7 +205,7 @@ public struct ChainBenchmark: Sendable {
 }
 
 /// What `catena bench-chain --json` writes: every measurement with its throughput, latencies
-/// and the CPU time of each process per operation.
+/// and the CPU time of each process per operation, and the goals.
 public struct ChainBenchmarkReport: Codable, Sendable {
     /// One measurement.
     public struct Run: Codable, Sendable {
@@ -232,13 +246,16 @@ public struct ChainBenchmarkReport: Codable, Sendable {
     public var clients: Int
     public var cores: Int
     public var sizes: [Size]
+    /// The efficiency goal of each size, judged (as each size's `goal` and `goalMet`).
+    public var goals: [BenchmarkGoal]
 
     /// The report of `results`.
     public init(_ results: [ChainBenchmark.SizeResult], clients: Int, cores: Int) {
         self.clients = clients
         self.cores = cores
-        sizes = results.map { r in
-            Size(valueSize: r.valueSize, efficiency: r.efficiency, goal: r.goal, goalMet: r.efficiency >= r.goal,
+        goals = results.map(\.goalCheck)
+        sizes = zip(results, goals).map { r, check in
+            Size(valueSize: r.valueSize, efficiency: r.efficiency, goal: r.goal, goalMet: check.met == true,
                  put1: Run(r.put1), put3: Run(r.put3), get3: Run(r.get3))
         }
     }

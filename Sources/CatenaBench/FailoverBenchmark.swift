@@ -144,6 +144,43 @@ public struct FailoverBenchmark: Sendable {
             return next < goal && outage.longestGap < goal
         }
 
+        /// The goals of `role`, judged on the medians over the runs (a run's own figures when
+        /// there is one): the next write below ``goal``, and the write gap below it. A run in
+        /// which no write resumed misses the next-write goal; with no run that killed `role`,
+        /// neither is measured.
+        public func goals(_ role: Role) -> [BenchmarkGoal] {
+            let results = runs.compactMap { $0.roles.first { $0.role == role } }
+            let limit = milliseconds(goal)
+            let stated = "< 1.5 x failure timeout = \(fixed(limit, 0)) ms"
+            let nextGoal = "\(role): next write \(stated)"
+            let gapGoal = "\(role): write gap \(stated)"
+            guard !results.isEmpty else {
+                let none = "no run killed the \(role)"
+                return [BenchmarkGoal(goal: nextGoal, measured: none, comparison: .below, threshold: limit, unit: "ms", value: nil),
+                        BenchmarkGoal(goal: gapGoal, measured: none, comparison: .below, threshold: limit, unit: "ms", value: nil)]
+            }
+            func text(_ s: StorageBenchmark.Spread) -> String {
+                results.count == 1 ? "\(fixed(s.median, 1)) ms"
+                    : "median \(fixed(s.median, 1)) ms over \(results.count) runs, range \(fixed(s.min, 1))-\(fixed(s.max, 1))"
+            }
+            let next = StorageBenchmark.Spread(results.compactMap { $0.outage.nextWrite.map(milliseconds) })
+            let gap = StorageBenchmark.Spread(results.map { milliseconds($0.outage.longestGap) })!
+            let stalled = results.count(where: { $0.outage.nextWrite == nil })
+            var nextMeasured = next.map(text) ?? ""
+            if stalled > 0 {
+                nextMeasured = "no write invoked after the kill was acknowledged in \(stalled) of \(results.count) run\(results.count == 1 ? "" : "s")"
+                    + (next.map { "; the others: " + text($0) } ?? "")
+            }
+            return [
+                BenchmarkGoal(goal: nextGoal, measured: nextMeasured, comparison: .below, threshold: limit, unit: "ms", value: next?.median,
+                              met: stalled == 0 && next.map { $0.median < limit } == true),
+                BenchmarkGoal(goal: gapGoal, measured: text(gap), comparison: .below, threshold: limit, unit: "ms", value: gap.median),
+            ]
+        }
+
+        /// Every role's goals: head, middle, tail.
+        public var goals: [BenchmarkGoal] { Role.allCases.flatMap(goals) }
+
         /// The median, minimum and maximum over the runs of `value` for `role`, in milliseconds.
         public func spread(_ role: Role, _ value: (RoleResult) -> Duration?) -> StorageBenchmark.Spread? {
             StorageBenchmark.Spread(runs.compactMap { $0.roles.first { $0.role == role }.flatMap(value).map(milliseconds) })
@@ -175,8 +212,8 @@ public struct FailoverBenchmark: Sendable {
                 for role in Role.allCases {
                     let next = spread(role) { $0.outage.nextWrite }
                     let gap = spread(role) { $0.outage.longestGap }
-                    let missing = runs.contains { $0.roles.first { $0.role == role }?.outage.nextWrite == nil }
-                    let met = next.flatMap { n in gap.map { g in !missing && n.median < milliseconds(goal) && g.median < milliseconds(goal) } }
+                    let verdicts = goals(role).map(\.met)
+                    let met: Bool? = verdicts.contains(nil) ? nil : verdicts.allSatisfy { $0 == true }
                     rows.append(row("median", role, "", next: next?.median, gap: gap?.median, met: met, ready: spread(role) { $0.ready }?.median,
                                     rejoin: spread(role) { $0.rejoin }?.median, rejoinGap: spread(role) { $0.rejoinGap }?.median))
                 }
@@ -344,4 +381,123 @@ func idle(for duration: Duration) async throws(CatenaError) {
 extension Duration {
     /// Whether this is a whole number of milliseconds.
     var isWholeMilliseconds: Bool { components.attoseconds % 1_000_000_000_000_000 == 0 }
+}
+
+/// What `catena bench-failover --json` writes: the settings, every kill as the table shows it,
+/// the medians per role, and the goals. Durations in milliseconds; a figure that does not
+/// exist (no write resumed) is left out.
+public struct FailoverBenchmarkReport: Codable, Sendable {
+    /// One kill and restart.
+    public struct Kill: Codable, Sendable {
+        /// The role of the node killed: head, middle or tail.
+        public var role: String
+        /// The node killed.
+        public var node: String
+        /// From the kill to the acknowledgement of the first put invoked after it.
+        public var nextWriteMilliseconds: Double?
+        /// The longest time between acknowledgements around the kill.
+        public var writeGapMilliseconds: Double
+        /// ``nextWriteMilliseconds`` over the failure timeout.
+        public var nextWriteTimeouts: Double?
+        /// ``writeGapMilliseconds`` over the failure timeout.
+        public var writeGapTimeouts: Double
+        /// Whether this kill's next write and write gap were both below the goal.
+        public var goalMet: Bool
+        /// From the restart until the process was ready.
+        public var restartReadyMilliseconds: Double
+        /// From the restart until the master listed the node as a healthy member again.
+        public var rejoinedMilliseconds: Double
+        /// The longest time between acknowledgements while it rejoined.
+        public var rejoinGapMilliseconds: Double
+    }
+
+    /// One run, on a fresh cluster.
+    public struct Run: Codable, Sendable {
+        /// 1, 2, …
+        public var index: Int
+        /// Head, middle, tail.
+        public var kills: [Kill]
+        /// Puts acknowledged during the run.
+        public var acknowledged: Int
+        /// Puts that failed at their deadline.
+        public var failed: Int
+        /// The first error a put failed with.
+        public var firstFailure: String?
+    }
+
+    /// One role over the runs: median, smallest and largest.
+    public struct Role: Codable, Sendable {
+        /// Head, middle or tail.
+        public var role: String
+        /// Next write, over the runs in which a write resumed.
+        public var nextWriteMilliseconds: StorageBenchmark.Spread?
+        /// Write gap.
+        public var writeGapMilliseconds: StorageBenchmark.Spread?
+        /// Restart until ready.
+        public var restartReadyMilliseconds: StorageBenchmark.Spread?
+        /// Restart until a healthy member again.
+        public var rejoinedMilliseconds: StorageBenchmark.Spread?
+        /// Longest write gap while rejoining.
+        public var rejoinGapMilliseconds: StorageBenchmark.Spread?
+        /// Runs in which no write invoked after the kill was acknowledged before the restart.
+        public var runsWithoutNextWrite: Int
+        /// Whether both of the role's goals were met (left out when not measured).
+        public var goalMet: Bool?
+    }
+
+    /// The master's failure timeout (`heartbeat.timeout_ms`).
+    public var failureTimeoutMilliseconds: Double
+    /// The nodes' heartbeat interval.
+    public var heartbeatIntervalMilliseconds: Double
+    /// The clients' attempt timeout.
+    public var attemptTimeoutMilliseconds: Double
+    /// Steady load before the first kill, after writes resumed and after a rejoin.
+    public var settleMilliseconds: Double
+    /// Concurrent clients.
+    public var clients: Int
+    /// Bytes per value.
+    public var valueSize: Int
+    /// The machine's cores.
+    public var cores: Int
+    /// Next write and write gap must stay below this: 1.5 × the failure timeout.
+    public var goalMilliseconds: Double
+    /// Every run.
+    public var runs: [Run]
+    /// Per role, over the runs; the goals are judged on these medians.
+    public var roles: [Role]
+    /// Each role's next-write and write-gap goals, judged.
+    public var goals: [BenchmarkGoal]
+
+    /// The report of `report`, measured with `configuration` on a machine with `cores` cores.
+    public init(_ report: FailoverBenchmark.Report, configuration: FailoverBenchmark.Configuration, cores: Int) {
+        let timeout = milliseconds(report.failureTimeout)
+        failureTimeoutMilliseconds = timeout
+        heartbeatIntervalMilliseconds = milliseconds(configuration.heartbeatInterval)
+        attemptTimeoutMilliseconds = milliseconds(configuration.attemptTimeout)
+        settleMilliseconds = milliseconds(configuration.settle)
+        clients = configuration.clients
+        valueSize = configuration.valueSize
+        self.cores = cores
+        goalMilliseconds = milliseconds(report.goal)
+        runs = report.runs.map { run in
+            Run(index: run.index, kills: run.roles.map { r in
+                let next = r.outage.nextWrite.map(milliseconds)
+                let gap = milliseconds(r.outage.longestGap)
+                return Kill(role: r.role.rawValue, node: r.node, nextWriteMilliseconds: next, writeGapMilliseconds: gap,
+                            nextWriteTimeouts: next.map { $0 / timeout }, writeGapTimeouts: gap / timeout, goalMet: report.meetsGoal(r.outage),
+                            restartReadyMilliseconds: milliseconds(r.ready), rejoinedMilliseconds: milliseconds(r.rejoin),
+                            rejoinGapMilliseconds: milliseconds(r.rejoinGap))
+            }, acknowledged: run.acknowledged, failed: run.failed, firstFailure: run.firstFailure.map { "\($0)" })
+        }
+        roles = FailoverBenchmark.Role.allCases.map { role in
+            let verdicts = report.goals(role).map(\.met)
+            return Role(role: role.rawValue, nextWriteMilliseconds: report.spread(role) { $0.outage.nextWrite },
+                        writeGapMilliseconds: report.spread(role) { $0.outage.longestGap },
+                        restartReadyMilliseconds: report.spread(role) { $0.ready }, rejoinedMilliseconds: report.spread(role) { $0.rejoin },
+                        rejoinGapMilliseconds: report.spread(role) { $0.rejoinGap },
+                        runsWithoutNextWrite: report.runs.count(where: { $0.roles.contains { $0.role == role && $0.outage.nextWrite == nil } }),
+                        goalMet: verdicts.contains(nil) ? nil : verdicts.allSatisfy { $0 == true })
+        }
+        goals = report.goals
+    }
 }

@@ -125,6 +125,21 @@ public struct JoinBenchmark: Sendable {
         public var copyGoalMet: Bool { joined && copyMegabytesPerSecond >= JoinBenchmark.copyGoal }
         /// Whether the foreground goal was met.
         public var foregroundGoalMet: Bool { foregroundRatio >= JoinBenchmark.foregroundGoal }
+
+        /// The copy-rate and foreground goals, judged (both measured whether or not the node joined).
+        public var goals: [BenchmarkGoal] {
+            let copy = fixed(copyMegabytesPerSecond, 1) + " MB/s"
+            return [
+                BenchmarkGoal(goal: "\(compression): copy >= \(fixed(JoinBenchmark.copyGoal, 0)) MB/s",
+                              measured: joined ? copy : "n4 had not joined after \(fixed(timeToJoin.seconds, 0)) s (\(copy) until then)",
+                              comparison: .atLeast, threshold: JoinBenchmark.copyGoal, unit: "MB/s", value: copyMegabytesPerSecond,
+                              met: copyGoalMet),
+                BenchmarkGoal(goal: "\(compression): foreground >= \(fixed(JoinBenchmark.foregroundGoal * 100, 0))% of the baseline",
+                              measured: "\(fixed(foregroundRatio * 100, 0))% (\(fixed(duringCopy.megabytesPerSecond, 1)) of \(fixed(baseline.megabytesPerSecond, 1)) MB/s)",
+                              comparison: .atLeast, threshold: JoinBenchmark.foregroundGoal, unit: "ratio", value: foregroundRatio,
+                              met: foregroundGoalMet),
+            ]
+        }
     }
 
     /// The copy-rate goal, MB/s.
@@ -136,6 +151,9 @@ public struct JoinBenchmark: Sendable {
     public struct Report: Sendable {
         /// In the order measured.
         public var results: [CompressionResult]
+
+        /// Each compression's goals, in the order measured.
+        public var goals: [BenchmarkGoal] { results.flatMap(\.goals) }
 
         /// The report as a plain table.
         public func table() -> String {
@@ -330,5 +348,97 @@ public struct JoinBenchmark: Sendable {
         }
         for r in results { try r.get() }
         return Throughput(puts: count, valueSize: values.size, elapsed: ContinuousClock.now - start)
+    }
+}
+
+/// What `catena bench-join --json` writes: the settings, each compression's figures as the
+/// table shows them, and the goals. A figure that does not exist (no first byte) is left out.
+public struct JoinBenchmarkReport: Codable, Sendable {
+    /// Client throughput over an interval.
+    public struct Throughput: Codable, Sendable {
+        /// Puts acknowledged.
+        public var puts: Int
+        /// The interval.
+        public var seconds: Double
+        /// Value megabytes (10^6 bytes) per second.
+        public var megabytesPerSecond: Double
+
+        init(_ t: JoinBenchmark.Throughput) {
+            puts = t.puts
+            seconds = t.elapsed.seconds
+            megabytesPerSecond = t.megabytesPerSecond
+        }
+    }
+
+    /// One compression, on a fresh cluster.
+    public struct Result: Codable, Sendable {
+        /// The new node's catch-up compression: lz4 or none.
+        public var compression: String
+        /// Filling the chain.
+        public var fill: Throughput
+        /// Foreground puts before the add.
+        public var baseline: Throughput
+        /// Foreground puts from the add until the new node was a member (or given up).
+        public var duringCopy: Throughput
+        /// During the copy over the baseline (left out when the baseline had no puts).
+        public var foregroundRatio: Double?
+        /// Whether the new node became a member before the join timeout.
+        public var joined: Bool
+        /// From the add until it was a member (the tail), or until it was given up.
+        public var timeToJoinSeconds: Double
+        /// From the add until its data directory first grew.
+        public var firstByteMilliseconds: Double?
+        /// Bytes in the new node's data directory then.
+        public var copiedBytes: Int
+        /// Bytes in its source's data directory then.
+        public var tailBytes: Int
+        /// The new node's highest seq then.
+        public var copiedSeq: UInt64
+        /// Its source's highest seq then.
+        public var tailSeq: UInt64
+        /// Megabytes (10^6 bytes) of log copied per second.
+        public var copyMegabytesPerSecond: Double
+        /// Whether the copy goal was met.
+        public var copyGoalMet: Bool
+        /// Whether the foreground goal was met.
+        public var foregroundGoalMet: Bool
+    }
+
+    /// Concurrent clients.
+    public var clients: Int
+    /// Bytes per value.
+    public var valueSize: Int
+    /// Bytes of values written before the baseline.
+    public var fillBytes: Int
+    /// The baseline's configured length.
+    public var baselineSeconds: Double
+    /// How long the new node may take to join.
+    public var joinTimeoutSeconds: Double
+    /// The new node's catch-up bound in MB/s (0: none).
+    public var catchUpRate: Int
+    /// The machine's cores.
+    public var cores: Int
+    /// In the order measured.
+    public var results: [Result]
+    /// Each compression's copy and foreground goals, judged.
+    public var goals: [BenchmarkGoal]
+
+    /// The report of `report`, measured with `configuration` on a machine with `cores` cores.
+    public init(_ report: JoinBenchmark.Report, configuration: JoinBenchmark.Configuration, cores: Int) {
+        clients = configuration.clients
+        valueSize = configuration.valueSize
+        fillBytes = configuration.fillBytes
+        baselineSeconds = configuration.baseline.seconds
+        joinTimeoutSeconds = configuration.joinTimeout.seconds
+        catchUpRate = configuration.catchUpRate
+        self.cores = cores
+        results = report.results.map { r in
+            Result(compression: r.compression.rawValue, fill: Throughput(r.fill), baseline: Throughput(r.baseline),
+                   duringCopy: Throughput(r.duringCopy), foregroundRatio: finite(r.foregroundRatio), joined: r.joined,
+                   timeToJoinSeconds: r.timeToJoin.seconds, firstByteMilliseconds: r.firstByte.map(milliseconds), copiedBytes: r.copiedBytes,
+                   tailBytes: r.tailBytes, copiedSeq: r.copiedSeq, tailSeq: r.tailSeq, copyMegabytesPerSecond: r.copyMegabytesPerSecond,
+                   copyGoalMet: r.copyGoalMet, foregroundGoalMet: r.foregroundGoalMet)
+        }
+        goals = report.goals
     }
 }

@@ -84,6 +84,11 @@ public struct CPUAccount: Hashable, Sendable {
         }
     }
 
+    /// An account of these shares (for reports made up in tests).
+    init(shares: [Share]) {
+        self.shares = shares
+    }
+
     /// What each process used from `start` to `end` (a process missing from either is left out).
     public init(from start: Reading, to end: Reading) {
         shares = []

@@ -14,7 +14,7 @@ extension StorageBenchmark {
     }
 
     /// The median, smallest and largest of a set of per-round figures.
-    public struct Spread: Hashable, Sendable {
+    public struct Spread: Codable, Hashable, Sendable {
         /// The middle value; for an even count, the mean of the two middle values.
         public var median: Double
         /// The smallest value.
@@ -126,16 +126,6 @@ extension StorageBenchmark {
         public var recordsPerBatch: Spread? { Spread(rounds.compactMap(\.recordsPerBatch)) }
     }
 
-    /// A goal and whether this run met it (nil: the run did not measure it).
-    public struct GoalCheck: Sendable {
-        /// What the goal is.
-        public var goal: String
-        /// What was measured, in words.
-        public var measured: String
-        /// Whether it was met; nil if not measured.
-        public var met: Bool?
-    }
-
     /// The outcome of a run.
     public struct Report: Sendable {
         /// The store's durability setting.
@@ -157,30 +147,33 @@ extension StorageBenchmark {
         /// One entry per value size, in the order run.
         public var results: [SizeResult]
 
-        /// The goals, checked against the medians of ``results``.
-        public var goals: [GoalCheck] {
-            var checks: [GoalCheck] = []
+        /// The goals, checked against the medians of ``results``; a goal whose value size (or,
+        /// for the ratio, the raw disk) was not part of the run is not measured (`met` nil).
+        public var goals: [BenchmarkGoal] {
+            var checks: [BenchmarkGoal] = []
             let rounds = "\(repetitions) round\(repetitions == 1 ? "" : "s")"
             let large = results.first { $0.valueSize == Goals.largeValueSize }
             let ratioGoal = "1 MiB: store MB/s >= \(Int(Goals.largeValueRatio * 100))% of raw (fsync at end), median of per-round ratios"
             if let large, let ratio = large.ratio {
                 let percent = { (x: Double) in fixed(x * 100, 1) + "%" }
-                checks.append(GoalCheck(
+                checks.append(BenchmarkGoal(
                     goal: ratioGoal, measured: "median \(percent(ratio.median)) over \(rounds), range \(percent(ratio.min))-\(percent(ratio.max))",
-                    met: ratio.median >= Goals.largeValueRatio))
+                    comparison: .atLeast, threshold: Goals.largeValueRatio, unit: "ratio", value: ratio.median))
             } else {
-                checks.append(GoalCheck(goal: ratioGoal, measured: "1 MiB values with the raw disk were not part of this run", met: nil))
+                checks.append(BenchmarkGoal(goal: ratioGoal, measured: "1 MiB values with the raw disk were not part of this run",
+                                            comparison: .atLeast, threshold: Goals.largeValueRatio, unit: "ratio", value: nil))
             }
             let small = results.first { $0.valueSize == Goals.smallValueSize }
             let putsGoal = "4 KiB: >= \(grouped(Int(Goals.smallValuePutsPerSecond))) puts/s, median of rounds"
             if let small {
                 let puts = small.putsPerSecond
                 let n = { (x: Double) in grouped(Int(x.rounded())) }
-                checks.append(GoalCheck(
+                checks.append(BenchmarkGoal(
                     goal: putsGoal, measured: "median \(n(puts.median)) puts/s over \(rounds), range \(n(puts.min))-\(n(puts.max))",
-                    met: puts.median >= Goals.smallValuePutsPerSecond))
+                    comparison: .atLeast, threshold: Goals.smallValuePutsPerSecond, unit: "puts/s", value: puts.median))
             } else {
-                checks.append(GoalCheck(goal: putsGoal, measured: "4 KiB values were not part of this run", met: nil))
+                checks.append(BenchmarkGoal(goal: putsGoal, measured: "4 KiB values were not part of this run",
+                                            comparison: .atLeast, threshold: Goals.smallValuePutsPerSecond, unit: "puts/s", value: nil))
             }
             return checks
         }
@@ -258,7 +251,8 @@ extension StorageBenchmark {
         }
 
         /// The report as one JSON object (no Foundation needed; numbers and plain strings only):
-        /// the settings, per value size the summary over the rounds and every round, the goals.
+        /// the settings, per value size the summary over the rounds and every round, the goals
+        /// (each with the keys of ``BenchmarkGoal``: `met` null when not measured).
         public func json() -> String {
             func spread(_ s: Spread?) -> String { s?.json ?? "null" }
             func raw(_ r: RawDiskBenchmark.Result?) -> String {
@@ -288,7 +282,9 @@ extension StorageBenchmark {
                     + "\"ratio\":\(spread(r.ratio)),\"ratioToPeriodic\":\(spread(r.ratioToPeriodic))}"
             }
             let goalList = goals.map { g in
-                "{\"goal\":\(jsonString(g.goal)),\"measured\":\(jsonString(g.measured)),\"met\":\(g.met.map { "\($0)" } ?? "null")}"
+                "{\"goal\":\(jsonString(g.goal)),\"measured\":\(jsonString(g.measured)),\"met\":\(g.met.map { "\($0)" } ?? "null"),"
+                    + "\"comparison\":\(jsonString(g.comparison.rawValue)),\"threshold\":\(jsonNumber(g.threshold)),"
+                    + "\"unit\":\(jsonString(g.unit)),\"value\":\(jsonNumber(g.value))}"
             }
             return "{\"durability\":\"\(durability.rawValue)\",\"concurrency\":\(concurrency),\"encoding\":\"\(encoding.rawValue)\","
                 + "\"groupCommitMaxBytes\":\(groupCommitMaxBytes),\"groupCommitDelayNanoseconds\":\(groupCommitDelay.nanosecondsValue),"

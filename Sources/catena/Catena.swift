@@ -124,7 +124,9 @@ struct BenchChain: AsyncParsableCommand {
             For each value size: starts a 1-node cluster and runs --count puts (large values: \
             --large-volume-mib MiB) from --clients concurrent clients; then a 3-node cluster, the \
             same puts, and gets of every key from the tail. Replication efficiency = 3 x (3-node \
-            puts/s) / (1-node puts/s); goals 0.6 (4 KiB) and 0.8 (1 MiB).
+            puts/s) / (1-node puts/s); goals 0.6 (below 1 MiB) and 0.8 (1 MiB and above), one per \
+            size measured. Exit status 6 after the report when a size misses its goal, with a \
+            last line on stderr naming it.
             """
     )
 
@@ -136,11 +138,12 @@ struct BenchChain: AsyncParsableCommand {
     @Option(name: .long, help: "Where the clusters keep their data (default: a temporary directory).") var dir: String?
     @Option(name: .long, help: "The nodes' durability: batch (default), always or none.") var durability: String = "batch"
     @Option(name: .long, help: "The nodes' --group-commit-delay-us (default: the node's default).") var groupCommitDelayUs: Int?
-    @Option(name: .long, help: "Also write the results, CPU per operation of every process included, as JSON to this file.") var json: String?
+    @Option(name: .long, help: "Also write the results, CPU per operation of every process and the goals included, as JSON to this file.") var json: String?
 
     func validate() throws {
         guard clients >= 1, count >= 1, largeVolumeMib >= 1, (connections ?? 1) >= 1 else { throw ValidationError("counts must be positive") }
         try NodeCommand.validateGroupCommitDelay(groupCommitDelayUs)
+        try validateJSONPath(json)
         _ = try parsedSizes()
     }
 
@@ -167,13 +170,14 @@ struct BenchChain: AsyncParsableCommand {
         let sharing = connections.map { min($0, clients) }.map { ", sharing \($0) client instance\($0 == 1 ? "" : "s")" } ?? ""
         print("catena bench-chain: \(clients) clients\(sharing), loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         let results = try await ChainBenchmark(configuration).run()
+        let report = ChainBenchmarkReport(results, clients: clients, cores: ProcessInfo.processInfo.activeProcessorCount)
         print("size      1-node put/s   3-node put/s   3-node MB/s   tail get/s   efficiency   goal")
-        for r in results {
+        for (r, size) in zip(results, report.sizes) {
             let line = [sizeName(r.valueSize).padding(toLength: 8, withPad: " ", startingAt: 0),
                         String(format: "%12.0f", r.put1.opsPerSecond), String(format: "%14.0f", r.put3.opsPerSecond),
                         String(format: "%13.1f", r.put3.megabytesPerSecond), String(format: "%12.0f", r.get3.opsPerSecond),
                         String(format: "%12.2f", r.efficiency),
-                        String(format: "   >= %.1f %@", r.goal, r.efficiency >= r.goal ? "met" : "MISSED")]
+                        String(format: "   >= %.1f %@", r.goal, size.goalMet ? "met" : "MISSED")]
             print(line.joined(separator: " "))
         }
         print("")
@@ -185,12 +189,8 @@ struct BenchChain: AsyncParsableCommand {
             }
             print("\(m.label): total \(String(format: "%.0f", m.cpuMicrosecondsPerOperation)); " + shares.joined(separator: ", "))
         }
-        if let json {
-            let report = ChainBenchmarkReport(results, clients: clients, cores: ProcessInfo.processInfo.activeProcessorCount)
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
-        }
+        if let json { try writeBenchmarkJSON(report, to: json) }
+        try exitIfGoalsMissed("bench-chain", report.goals)
     }
 }
 
@@ -205,7 +205,10 @@ struct BenchStorage: AsyncParsableCommand {
             records are durable, and writes the same bytes to a plain file (1 MiB write()s; fsync \
             at the end, and every 16 MiB); odd rounds run the store first, even rounds the raw \
             disk. Reports the median and range of the rounds; the ratio to the raw disk is the \
-            median of the per-round ratios.
+            median of the per-round ratios. Goals, on the medians: 4 KiB >= 30,000 puts/s, 1 MiB \
+            >= 80% of the raw disk; a goal whose size is not in --sizes is not measured and not \
+            missed. Exit status 6 after the report when a goal is missed, with a last line on \
+            stderr naming it.
             """
     )
 
@@ -261,7 +264,7 @@ struct BenchStorage: AsyncParsableCommand {
     @Option(help: "Override the store's group-commit delay, in microseconds (default: the store's, 0).")
     var groupCommitDelayUs: Int?
 
-    @Flag(help: "Print the report as JSON instead of a table.")
+    @Flag(help: "Print the report, goals included, as JSON instead of a table.")
     var json = false
 
     func validate() throws {
@@ -344,6 +347,7 @@ struct BenchStorage: AsyncParsableCommand {
             print("")
             print(report.table())
         }
+        try exitIfGoalsMissed("bench-storage", report.goals)
     }
 }
 
@@ -357,6 +361,35 @@ func exitWhenParentExits() -> Task<Void, Never>? {
                 try? await Task.sleep(for: .milliseconds(200))
             }
         }
+    }
+}
+
+/// Ends a lab benchmark after its report: when a goal it measured was missed, one line on
+/// stderr naming each (after whatever is on stdout) and exit status 6 (``ExitStatus/goalMissed``).
+/// A goal the run did not measure is not missed.
+func exitIfGoalsMissed(_ command: String, _ goals: [BenchmarkGoal]) throws {
+    let missed = BenchmarkGoal.missed(goals)
+    guard !missed.isEmpty else { return }
+    fflush(nil)  // every stdio output stream: the report on stdout comes first
+    writeStandardError("catena \(command): missed \(missed.count) goal\(missed.count == 1 ? "" : "s"): "
+                       + missed.map { "\($0.goal) (\($0.measured))" }.joined(separator: "; "))
+    throw ExitCode(ExitStatus.goalMissed.rawValue)
+}
+
+/// Writes a lab benchmark's report as JSON (``labBenchmarkJSON(_:)``) to the file at `path`.
+func writeBenchmarkJSON(_ report: some Encodable, to path: String) throws {
+    try labBenchmarkJSON(report).write(to: URL(fileURLWithPath: path))
+}
+
+/// Checks a benchmark's `--json FILE` before the run, so a run of minutes is not lost to a
+/// directory that does not exist.
+func validateJSONPath(_ path: String?) throws {
+    guard let path else { return }
+    guard !path.isEmpty else { throw ValidationError("--json needs a file name") }
+    let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+        throw ValidationError("--json \(path): the directory \(directory) does not exist")
     }
 }
 

@@ -23,8 +23,10 @@ struct BenchFailover: AsyncParsableCommand {
             catches up from the tail and is appended as tail), with the longest write gap from the \
             restart until --settle-ms after the rejoin; waits --settle-ms before the next role. \
             Repeats on a fresh cluster --runs times and prints each run and the medians. Goal: next \
-            write and write gap below 1.5 x the failure timeout. Progress goes to stderr, with the \
-            children's logs (--log-level).
+            write and write gap below 1.5 x the failure timeout, for each role judged on the \
+            medians over the runs (a run in which no write resumed misses it). Exit status 6 after \
+            the report when a role misses the goal, with a last line on stderr naming it. Progress \
+            goes to stderr, with the children's logs (--log-level).
             """
     )
 
@@ -36,6 +38,7 @@ struct BenchFailover: AsyncParsableCommand {
     @Option(name: .long, help: "Steady load before the first kill, after writes resume and after a rejoin, in ms.") var settleMs: Int = 1000
     @Option(name: .long, help: "Where the clusters keep their data (default: a temporary directory, removed afterwards).") var dir: String?
     @Option(name: .long, help: "The children's log level (to stderr).") var logLevel: String = "warning"
+    @Option(name: .long, help: "Also write the report, goals included, as JSON to this file.") var json: String?
 
     func validate() throws {
         do {
@@ -44,6 +47,7 @@ struct BenchFailover: AsyncParsableCommand {
             throw ValidationError(error.message)
         }
         try validateBenchOptions(dir: dir, logLevel: logLevel)
+        try validateJSONPath(json)
     }
 
     func benchmarkConfiguration(directory: String) throws -> FailoverBenchmark.Configuration {
@@ -69,6 +73,9 @@ struct BenchFailover: AsyncParsableCommand {
               + "\(ProcessInfo.processInfo.activeProcessorCount) cores")
         let report = try await FailoverBenchmark(c).run()
         print(report.table(), terminator: "")
+        let full = FailoverBenchmarkReport(report, configuration: c, cores: ProcessInfo.processInfo.activeProcessorCount)
+        if let json { try writeBenchmarkJSON(full, to: json) }
+        try exitIfGoalsMissed("bench-failover", full.goals)
     }
 }
 
@@ -89,9 +96,11 @@ struct BenchJoin: AsyncParsableCommand {
             master's status and n4's data directory every 100 ms. Copy rate = bytes in n4's data \
             directory when it joined / time from the add to then (MB = 10^6 bytes, the log as \
             stored: headers and checksums included); foreground ratio = client MB/s over that \
-            interval / baseline. Goals: copy >= 300 MB/s, foreground >= 50% of the baseline. \
-            Gives up on a node that has not joined after --join-timeout-seconds (reported as \
-            such). Progress goes to stderr, with the children's logs (--log-level).
+            interval / baseline. Goals: copy >= 300 MB/s, foreground >= 50% of the baseline, for \
+            each compression measured. Gives up on a node that has not joined after \
+            --join-timeout-seconds (reported as such; its copy goal is missed). Exit status 6 after \
+            the report when a goal is missed, with a last line on stderr naming it. Progress goes \
+            to stderr, with the children's logs (--log-level).
             """
     )
 
@@ -105,6 +114,7 @@ struct BenchJoin: AsyncParsableCommand {
     @Option(name: .long, help: "The new node's catch-up bound in MB/s (catena node --catch-up-rate); 0: none.") var catchUpRate: Int = 300
     @Option(name: .long, help: "Where the clusters keep their data (default: a temporary directory, removed afterwards).") var dir: String?
     @Option(name: .long, help: "The children's log level (to stderr).") var logLevel: String = "warning"
+    @Option(name: .long, help: "Also write the report, goals included, as JSON to this file.") var json: String?
 
     func validate() throws {
         guard (1...(64 << 10)).contains(mib) else { throw ValidationError("--mib must be 1 ... 65536, not \(mib)") }
@@ -118,6 +128,7 @@ struct BenchJoin: AsyncParsableCommand {
             throw ValidationError(error.message)
         }
         try validateBenchOptions(dir: dir, logLevel: logLevel)
+        try validateJSONPath(json)
     }
 
     func benchmarkConfiguration(directory: String) throws -> JoinBenchmark.Configuration {
@@ -148,6 +159,9 @@ struct BenchJoin: AsyncParsableCommand {
               + "fill \(sizeName(c.fillBytes)), baseline \(fixed1(baselineSeconds)) s, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         let report = try await JoinBenchmark(c).run()
         print(report.table(), terminator: "")
+        let full = JoinBenchmarkReport(report, configuration: c, cores: ProcessInfo.processInfo.activeProcessorCount)
+        if let json { try writeBenchmarkJSON(full, to: json) }
+        try exitIfGoalsMissed("bench-join", full.goals)
     }
 }
 
