@@ -103,5 +103,67 @@ extension InProcessChainTests {
             masterTask.cancel()
             await masterTask.value
         }
+
+        @Test("/healthz and /readyz: a member with a lease is ready, a node the master does not know is live but not ready; node status tells each node's own view",
+              .timeLimit(.minutes(1)))
+        func healthProbesAndNodeStatus() async throws {
+            let dir = NSTemporaryDirectory() + "catena-health-" + UUID().uuidString
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let cluster = "health-test"
+            let n1 = try NodeID("n1"), n2 = try NodeID("n2")
+            var masterConfiguration = MasterConfiguration(
+                clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0), dataDirectory: dir + "/master",
+                initial: try ChainConfiguration(clusterID: cluster, chainID: 1, epoch: 1, members: [ChainMember(id: n1, address: "127.0.0.1:0")]))
+            masterConfiguration.metrics = Address(host: "127.0.0.1", port: 0)
+            let master = try await Master.start(masterConfiguration, logger: testLogger)
+            let masterTask = Task { await master.run() }
+            func start(_ id: NodeID) async throws -> (Node, Task<Void, Never>) {
+                var c = NodeConfiguration(id: id, clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0),
+                                          masters: [master.address], dataDirectory: dir + "/\(id)")
+                c.metrics = Address(host: "127.0.0.1", port: 0)
+                c.heartbeatInterval = .milliseconds(20)
+                let node = try await Node.start(c, logger: testLogger)
+                return (node, Task { await node.run() })
+            }
+            let (member, memberTask) = try await start(n1)
+            // n2 is not in the chain and was never added: the master answers it `unknown`.
+            let (stranger, strangerTask) = try await start(n2)
+            defer {
+                memberTask.cancel()
+                strangerTask.cancel()
+                masterTask.cancel()
+            }
+            var configuration = CatenaClient.Configuration()
+            configuration.requestTimeout = .seconds(10)
+            let client = try CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
+            try await client.put("h/1", [1])
+
+            let memberPort = Int(try #require(member.metricsAddress).port)
+            let ready = try await httpGet(port: memberPort, path: "/readyz")
+            #expect(ready.hasPrefix("HTTP/1.1 200") && ready.contains("ok: single at epoch "), "\(ready)")
+            #expect(try await httpGet(port: memberPort, path: "/healthz").hasPrefix("HTTP/1.1 200"))
+            let strangerPort = Int(try #require(stranger.metricsAddress).port)
+            let notReady = try await httpGet(port: strangerPort, path: "/readyz")
+            #expect(notReady.hasPrefix("HTTP/1.1 503") && notReady.contains("not ready: not a member of the chain"), "\(notReady)")
+            #expect(try await httpGet(port: strangerPort, path: "/healthz").hasPrefix("HTTP/1.1 200"))
+            let masterPort = Int(try #require(master.metricsAddress).port)
+            let masterReady = try await httpGet(port: masterPort, path: "/readyz")
+            #expect(masterReady.hasPrefix("HTTP/1.1 200") && masterReady.contains("the chain is available"), "\(masterReady)")
+
+            // Each node's own view; the cluster id comes from the master.
+            let admin = try ChainAdmin(masters: [master.address.description])
+            let own = try await admin.nodeStatus(at: member.address.description)
+            #expect(own.node == "n1" && own.role == "single" && own.standing == "member" && own.epoch >= 1)
+            #expect((own.leaseMilliseconds ?? 0) > 0)
+            #expect(own.durable >= LSN(epoch: 1, seq: 1) && own.diskBytes > 0 && own.segments >= 1 && own.failure == nil)
+            let other = try await admin.nodeStatus(at: stranger.address.description)
+            #expect(other.node == "n2" && other.role == nil && other.leaseMilliseconds == nil)
+            // Without the master, given the cluster id; a wrong one is refused by the node.
+            let direct = try ChainAdmin(masters: ["127.0.0.1:1"], clusterID: cluster)
+            #expect(try await direct.nodeStatus(at: member.address.description).node == "n1")
+            let wrong = try ChainAdmin(masters: ["127.0.0.1:1"], clusterID: "another")
+            await #expect(throws: CatenaError.self) { try await wrong.nodeStatus(at: member.address.description) }
+            await client.close()
+        }
     }
 }
