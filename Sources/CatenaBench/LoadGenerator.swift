@@ -40,6 +40,10 @@ public final class LoadGenerator: Sendable {
         public var prefill = true
         /// How often `progress` is called.
         public var progressInterval: Duration = .seconds(1)
+        /// A phase is given up once its operations have all failed for this long (the cluster
+        /// is down or unreachable): without it, a prefill or final verification of many keys
+        /// against a dead cluster would take keys × the request timeout.
+        public var giveUpAfter: Duration = .seconds(30)
 
         public init(workload: LoadWorkload) {
             self.workload = workload
@@ -99,22 +103,26 @@ public final class LoadGenerator: Sendable {
             }
         }
         var measured = LoadReport.Phase(name: "run", seconds: 0, operations: [:])
-        if !isStopped {
+        if let abandoned = prefill?.abandoned {
+            measured.abandoned = "not run: the prefill was given up (\(abandoned))"
+        } else if !isStopped {
             measured = await phase("run", tickets: configuration.limit, rate: configuration.rate, progress: progress) { worker, _, random in
                 await worker.perform(self.configuration.workload.mix.pick(random.next()), &random)
             }
         }
         let cutShort = interrupted.load(ordering: .relaxed)
         var sweep: LoadReport.Phase?
+        var written = 0
         if let verifier {
             // After a Ctrl-C too (another one stops it): what was acknowledged must be there.
             let keys = verifier.writtenKeys
+            written = keys.count
             stopped.store(false, ordering: .relaxed)
             sweep = await phase("verify", tickets: .operations(keys.count), rate: nil, progress: progress) { worker, ticket, _ in
                 await worker.get(key: keys[ticket])
             }
         }
-        return LoadReport(configuration: configuration, run: run, prefill: prefill, measured: measured, sweep: sweep, verifier: verifier, interrupted: cutShort)
+        return LoadReport(configuration: configuration, run: run, prefill: prefill, measured: measured, sweep: sweep, keysWritten: written, verifier: verifier, interrupted: cutShort)
     }
 
     /// Runs `body` for each ticket over the workers until `tickets` run out or ``stop()``.
@@ -134,6 +142,7 @@ public final class LoadGenerator: Sendable {
                 group.addTask {
                     var random = SplitMix64(seed: self.configuration.workload.seed &+ UInt64(w) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(name.utf8.count))
                     while !self.isStopped {
+                        if recorder.failingFor(longerThan: self.configuration.giveUpAfter) { break }
                         let ticket = recorder.tickets.add(1, ordering: .relaxed).oldValue
                         if let count, ticket >= count { break }
                         var due: ContinuousClock.Instant?
@@ -170,7 +179,11 @@ public final class LoadGenerator: Sendable {
             reporter.cancel()
             return ContinuousClock.now - start
         }
-        return recorder.phase(name, seconds: elapsed.secondsValue)
+        var phase = recorder.phase(name, seconds: elapsed.secondsValue)
+        if recorder.failingFor(longerThan: configuration.giveUpAfter) {
+            phase.abandoned = "every operation failed for \(Int(configuration.giveUpAfter.secondsValue)) s: the cluster did not answer"
+        }
+        return phase
     }
 
     /// Sleeps until `instant` in short steps; false if stopped meanwhile.
@@ -339,6 +352,18 @@ final class Recorder: Sendable {
     private let operations = Atomic<Int>(0)
     private let bytes = Atomic<Int>(0)
     private let errors = Atomic<Int>(0)
+    private let started = ContinuousClock.now
+    /// Nanoseconds from `started` to the last success (0: none yet), and to the first failure
+    /// after it (-1: none).
+    private let lastSuccess = Atomic<Int64>(0)
+    private let failingSince = Atomic<Int64>(-1)
+
+    /// Whether every operation since the last success (or the start) failed, the first of them
+    /// longer than `limit` ago.
+    func failingFor(longerThan limit: Duration) -> Bool {
+        let since = failingSince.load(ordering: .relaxed)
+        return since >= 0 && (ContinuousClock.now - started).nanosecondsClamped - since > limit.nanosecondsClamped
+    }
 
     var totals: Totals {
         Totals(operations: operations.load(ordering: .relaxed), bytes: bytes.load(ordering: .relaxed), errors: errors.load(ordering: .relaxed))
@@ -354,6 +379,8 @@ final class Recorder: Sendable {
         }
         operations.add(1, ordering: .relaxed)
         bytes.add(count, ordering: .relaxed)
+        lastSuccess.store((ContinuousClock.now - started).nanosecondsClamped, ordering: .relaxed)
+        failingSince.store(-1, ordering: .relaxed)
     }
 
     func fail(_ operation: LoadWorkload.Operation, _ error: CatenaError, since start: ContinuousClock.Instant) {
@@ -365,6 +392,9 @@ final class Recorder: Sendable {
         }
         operations.add(1, ordering: .relaxed)
         errors.add(1, ordering: .relaxed)
+        // The first failure after a success starts the clock (from the start of the failed call).
+        let began = (start - started).nanosecondsClamped
+        _ = failingSince.compareExchange(expected: -1, desired: max(began, lastSuccess.load(ordering: .relaxed)), ordering: .relaxed)
     }
 
     private static func micros(since start: ContinuousClock.Instant) -> UInt64 {

@@ -58,18 +58,21 @@ public struct LoadReport: Encodable, Sendable {
         public var operations: [LoadWorkload.Operation: OperationReport]
         /// Each operation's latencies (µs), for `--hgrm`.
         var histograms: [LoadWorkload.Operation: Histogram<UInt64>] = [:]
+        /// Why the phase was given up before its end, if it was.
+        public var abandoned: String?
 
         /// Operations in the phase.
         public var count: Int { operations.values.reduce(0) { $0 + $1.count } }
         /// Failed operations in the phase.
         public var errorCount: Int { operations.values.reduce(0) { $0 + $1.errorCount } }
 
-        enum CodingKeys: String, CodingKey { case name, seconds, operations }
+        enum CodingKeys: String, CodingKey { case name, seconds, operations, abandoned }
 
         public func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
             try c.encode(name, forKey: .name)
             try c.encode(seconds, forKey: .seconds)
+            try c.encodeIfPresent(abandoned, forKey: .abandoned)
             try c.encode(Dictionary(uniqueKeysWithValues: operations.map { ($0.key.rawValue, $0.value) }), forKey: .operations)
         }
     }
@@ -114,11 +117,15 @@ public struct LoadReport: Encodable, Sendable {
     /// Whether Ctrl-C cut the run short.
     public var interrupted: Bool
 
+    /// Whether a phase was given up because the cluster did not answer.
+    public var gaveUp: Bool { [prefill?.abandoned, measured.abandoned, verifyPhase?.abandoned].contains { $0 != nil } }
+
     enum CodingKeys: String, CodingKey {
         case settings, run, prefill, measured = "run_phase", verifyPhase = "verify_phase", verification, interrupted
     }
 
-    init(configuration: LoadGenerator.Configuration, run: UInt64, prefill: Phase?, measured: Phase, sweep: Phase?, verifier: LoadVerifier?, interrupted: Bool) {
+    init(configuration: LoadGenerator.Configuration, run: UInt64, prefill: Phase?, measured: Phase, sweep: Phase?, keysWritten: Int, verifier: LoadVerifier?,
+         interrupted: Bool) {
         let w = configuration.workload
         var duration: Double?, operations: Int?
         switch configuration.limit {
@@ -134,9 +141,9 @@ public struct LoadReport: Encodable, Sendable {
         verifyPhase = sweep
         self.interrupted = interrupted
         if let verifier, let sweep {
-            let failed = sweep.errorCount
+            let verified = sweep.count - sweep.errorCount
             verification = Verification(readsChecked: verifier.reads, problems: verifier.problemTotal, problemLines: verifier.problemLines,
-                                        keysVerified: sweep.count - failed, keysUnverified: failed)
+                                        keysVerified: verified, keysUnverified: keysWritten - verified)
         }
     }
 
@@ -145,6 +152,7 @@ public struct LoadReport: Encodable, Sendable {
         var lines: [String] = []
         func phaseTable(_ phase: Phase) {
             lines.append("\(phase.name): \(fixed(phase.seconds, 1)) s, \(phase.count) operations, \(phase.errorCount) errors")
+            if let abandoned = phase.abandoned { lines.append("  GIVEN UP: \(abandoned)") }
             let header = ["op", "count", "ops/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors"]
             let widths = [8, 10, 10, 8, 8, 8, 8, 9, 9, 7]
             func row(_ cells: [String]) -> String {
@@ -165,11 +173,18 @@ public struct LoadReport: Encodable, Sendable {
                 }
             }
         }
-        if let prefill { lines.append("prefill: \(prefill.count) puts in \(fixed(prefill.seconds, 1)) s, \(prefill.errorCount) errors") }
+        if let prefill {
+            lines.append("prefill: \(prefill.count) puts in \(fixed(prefill.seconds, 1)) s, \(prefill.errorCount) errors")
+            if let abandoned = prefill.abandoned { lines.append("  GIVEN UP: \(abandoned)") }
+            if let errors = prefill.operations[.put]?.errors, !errors.isEmpty {
+                lines.append("  put errors: " + errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            }
+        }
         phaseTable(measured)
         if let verification, let verifyPhase {
             lines.append("verify: \(verification.readsChecked) reads checked; the \(verifyPhase.count) keys written read again in \(fixed(verifyPhase.seconds, 1)) s; "
                          + "\(verification.problems) problems" + (verification.keysUnverified > 0 ? ", \(verification.keysUnverified) keys not verified (their reads failed)" : ""))
+            if let abandoned = verifyPhase.abandoned { lines.append("  GIVEN UP: \(abandoned)") }
             for line in verification.problemLines { lines.append("  MISMATCH \(line)") }
             if verification.problems > verification.problemLines.count {
                 lines.append("  ... and \(verification.problems - verification.problemLines.count) more")

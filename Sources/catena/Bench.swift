@@ -27,8 +27,10 @@ struct Bench: AsyncParsableCommand {
             --verify stamps every value (key, writer, sequence) and checks every read against \
             what this run wrote and had acknowledged, then reads every written key again: any \
             lost acknowledged write, stale or foreign or damaged value is printed and the exit \
-            status is 4. Ctrl-C stops the load and prints what was measured (twice: also skips \
-            the final verification). Don't point two --verify runs at one prefix at once.
+            status is 4. A phase in which every operation failed for --give-up-after seconds \
+            (the cluster is down) is given up, and the exit status is 3. Ctrl-C stops the load \
+            and prints what was measured (twice: also skips the final verification). Don't point \
+            two --verify runs at one prefix at once.
             """
     )
 
@@ -45,6 +47,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Seed of every random choice (default: random, printed).") var seed: UInt64?
     @Flag(help: "Check every read against what this run wrote and had acknowledged; exit 4 on any difference.") var verify = false
     @Flag(name: .customLong("no-prefill"), help: "Don't write every key once before measuring.") var noPrefill = false
+    @Option(help: "Give a phase up once every operation failed for this many seconds.") var giveUpAfter: Double = 30
     @Option(help: "Client library instances the workers share (each has its own connections).") var connections: Int = 1
     @Option(help: "Connections from each client instance to each node.") var connectionsPerNode: Int = 2
     @Option(help: ArgumentHelp("Also write the report as JSON to this file (- for stdout, in place of the table).", valueName: "file")) var json: String?
@@ -53,6 +56,7 @@ struct Bench: AsyncParsableCommand {
     func validate() throws {
         guard concurrency >= 1, concurrency <= 4096 else { throw ValidationError("--concurrency must be 1 ... 4096") }
         guard keys >= 1 else { throw ValidationError("--keys must be positive") }
+        guard giveUpAfter > 0 else { throw ValidationError("--give-up-after must be positive") }
         guard connections >= 1, connectionsPerNode >= 1, connectionsPerNode <= 64 else { throw ValidationError("--connections and --connections-per-node must be positive (at most 64 per node)") }
         if let ops, ops < 1 { throw ValidationError("--ops must be positive") }
         if ops != nil && duration != nil { throw ValidationError("give --duration or --ops, not both") }
@@ -92,6 +96,7 @@ struct Bench: AsyncParsableCommand {
         configuration.rate = rate
         configuration.verify = verify
         configuration.prefill = !noPrefill
+        configuration.giveUpAfter = .milliseconds(Int(giveUpAfter * 1000))
         var clients: [CatenaClient] = []
         for _ in 0..<connections {
             var c = CatenaClient.Configuration()
@@ -154,6 +159,7 @@ struct Bench: AsyncParsableCommand {
             if verification.problems > 0 { throw ExitCode(ExitStatus.dataError.rawValue) }
             if verification.keysUnverified > 0 { throw ExitCode(ExitStatus.unavailable.rawValue) }
         }
+        if report.gaveUp { throw ExitCode(ExitStatus.unavailable.rawValue) }
     }
 }
 

@@ -91,6 +91,25 @@ extension ProcessClusterSuites {
         }
 
         @Test(.timeLimit(.minutes(2)))
+        func aClusterThatDoesNotAnswerIsGivenUpOnWithStatus3() async throws {
+            var options = TestCluster.Options(.inProcess, nodes: 1)
+            options.client.requestTimeout = .seconds(5)
+            try await withTestCluster(options) { cluster in
+                try await cluster.client.put("bench/00000000", [1])
+                // The only node stops: the master answers, no write or read can succeed.
+                await cluster.stopNode(try NodeID("n1"))
+                let started = ContinuousClock.now
+                let result = try await run(["bench", "--master", cluster.masterAddress.description, "--duration", "30s", "--verify", "--keys", "50",
+                                            "--concurrency", "2", "--timeout", "1", "--give-up-after", "2"],
+                                           timeout: 60, environment: Self.parent)
+                #expect(result.status == 3, "\(result.stdout)\n\(result.stderr)")
+                #expect(result.stdout.contains("GIVEN UP: every operation failed for 2 s"), "\(result.stdout)")
+                // Prefill given up, run skipped, final verification given up: well before the 30 s.
+                #expect(ContinuousClock.now - started < .seconds(25))
+            }
+        }
+
+        @Test(.timeLimit(.minutes(2)))
         func verificationCatchesValuesItDidNotWriteAndCtrlCReports() async throws {
             try await withTestCluster(ProcessClusterSuites.ProcessClusterTests.options()) { cluster in
                 let master = ["--master", cluster.masterAddress.description]
