@@ -197,12 +197,12 @@ public struct ChainVerifier: Sendable {
         let timeout = settings.pageTimeout
         let results = await withTaskGroup(of: (Int, Result<ScrubPage, CatenaError>).self) { group in
             for (i, request) in requests {
+                // Not a `do throws(CatenaError)` that returns from both branches: built with
+                // optimization, Swift 6.3 returned the first member's index from every task of
+                // such a closure (seen as one member's page taken three times).
                 group.addTask {
-                    do throws(CatenaError) {
-                        return (i, .success(try await members.page(i, request, timeout: timeout)))
-                    } catch {
-                        return (i, .failure(error))
-                    }
+                    let page = await Result.catching { () async throws(CatenaError) in try await members.page(i, request, timeout: timeout) }
+                    return (i, page)
                 }
             }
             var out: [(Int, Result<ScrubPage, CatenaError>)] = []

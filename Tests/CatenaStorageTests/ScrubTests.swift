@@ -54,6 +54,34 @@ struct ScrubTests {
         return (store, model)
     }
 
+    @Test func pagesMoveOnOverManyKeysWithDeletesAndRewrites() async throws {
+        let fs = CrashSimulatingFileSystem()
+        let store = try await C.fixture(fs).open()
+        var seq: UInt64 = 0
+        var live = Set<String>()
+        func name(_ i: Int) -> String { "bench/" + String(repeating: "0", count: 8 - String(i).count) + String(i) }
+        for i in 0..<3000 {
+            seq += 1
+            try await store.append([put(name(i), C.value(seq, 64), seq: seq)])
+            live.insert(name(i))
+        }
+        var random = SplitMix64(seed: 5)
+        for _ in 0..<3000 {
+            let i = Int(random.next() % 3000)
+            seq += 1
+            if random.next() % 10 == 0 {
+                try await store.append([del(name(i), seq: seq)])
+                live.remove(name(i))
+            } else {
+                try await store.append([put(name(i), C.value(seq, 64), seq: seq)])
+                live.insert(name(i))
+            }
+        }
+        let entries = try await Self.scrubAll(store, limit: 256).flatMap(\.entries)
+        #expect(entries.map(\.key.string) == live.sorted())
+        await store.close()
+    }
+
     @Test func aCleanStoreScrubsEveryLiveKeyInKeyOrderWithItsVersion() async throws {
         let fs = CrashSimulatingFileSystem()
         let (store, model) = try await Self.mixedStore(fs)
