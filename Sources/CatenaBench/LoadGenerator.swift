@@ -70,8 +70,8 @@ public final class LoadGenerator: Sendable {
     let configuration: Configuration
     let verifier: LoadVerifier?
     let run: UInt64
-    private let stopped = Atomic<Bool>(false)
-    private let interrupted = Atomic<Bool>(false)
+    /// Calls of ``stop()``: the load stops at the first, the final verification at the second.
+    private let stops = Atomic<Int>(0)
     private let origin = ContinuousClock.now
 
     /// A generator over `clients` (workers take them in turn); `run` identifies this run's
@@ -86,13 +86,13 @@ public final class LoadGenerator: Sendable {
 
     /// Stops the run early (Ctrl-C): no new operation starts; those in flight finish; the
     /// report covers what was measured.
+    /// A second call also stops the final verification.
     public func stop() {
-        interrupted.store(true, ordering: .relaxed)
-        stopped.store(true, ordering: .relaxed)
+        stops.add(1, ordering: .relaxed)
     }
 
     /// Whether ``stop()`` was called.
-    public var isStopped: Bool { stopped.load(ordering: .relaxed) }
+    public var isStopped: Bool { stops.load(ordering: .relaxed) > 0 }
 
     /// Prefills (if asked), runs the load, verifies (if asked), and reports.
     public func run(progress: @escaping @Sendable (Progress) -> Void = { _ in }) async -> LoadReport {
@@ -110,15 +110,14 @@ public final class LoadGenerator: Sendable {
                 await worker.perform(self.configuration.workload.mix.pick(random.next()), &random)
             }
         }
-        let cutShort = interrupted.load(ordering: .relaxed)
+        let cutShort = isStopped
         var sweep: LoadReport.Phase?
         var written = 0
         if let verifier {
             // After a Ctrl-C too (another one stops it): what was acknowledged must be there.
             let keys = verifier.writtenKeys
             written = keys.count
-            stopped.store(false, ordering: .relaxed)
-            sweep = await phase("verify", tickets: .operations(keys.count), rate: nil, progress: progress) { worker, ticket, _ in
+            sweep = await phase("verify", tickets: .operations(keys.count), rate: nil, stopsAfter: 2, progress: progress) { worker, ticket, _ in
                 await worker.get(key: keys[ticket])
             }
         }
@@ -127,7 +126,7 @@ public final class LoadGenerator: Sendable {
 
     /// Runs `body` for each ticket over the workers until `tickets` run out or ``stop()``.
     private func phase(
-        _ name: String, tickets: Configuration.Limit, rate: Double?, progress: @escaping @Sendable (Progress) -> Void,
+        _ name: String, tickets: Configuration.Limit, rate: Double?, stopsAfter: Int = 1, progress: @escaping @Sendable (Progress) -> Void,
         _ body: @escaping @Sendable (Worker, Int, inout SplitMix64) async -> Void
     ) async -> LoadReport.Phase {
         let recorder = Recorder()
@@ -141,7 +140,7 @@ public final class LoadGenerator: Sendable {
                 let worker = Worker(generator: self, client: clients[w % clients.count], index: w, recorder: recorder, run: run)
                 group.addTask {
                     var random = SplitMix64(seed: self.configuration.workload.seed &+ UInt64(w) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(name.utf8.count))
-                    while !self.isStopped {
+                    while self.stops.load(ordering: .relaxed) < stopsAfter {
                         if recorder.failingFor(longerThan: self.configuration.giveUpAfter) { break }
                         let ticket = recorder.tickets.add(1, ordering: .relaxed).oldValue
                         if let count, ticket >= count { break }
@@ -149,7 +148,7 @@ public final class LoadGenerator: Sendable {
                         if let interval {
                             let at = start + interval * ticket
                             if let deadline, at >= deadline { break }
-                            guard await self.sleep(until: at) else { break }
+                            guard await self.sleep(until: at, stopsAfter: stopsAfter) else { break }
                             due = at
                         } else if let deadline, ContinuousClock.now >= deadline {
                             break
@@ -187,8 +186,8 @@ public final class LoadGenerator: Sendable {
     }
 
     /// Sleeps until `instant` in short steps; false if stopped meanwhile.
-    private func sleep(until instant: ContinuousClock.Instant) async -> Bool {
-        while !isStopped {
+    private func sleep(until instant: ContinuousClock.Instant, stopsAfter: Int) async -> Bool {
+        while stops.load(ordering: .relaxed) < stopsAfter {
             let left = instant - ContinuousClock.now
             if left <= .zero { return true }
             try? await Task.sleep(for: min(left, .milliseconds(100)))

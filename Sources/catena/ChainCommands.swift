@@ -96,15 +96,16 @@ struct AddNode: AsyncParsableCommand {
         abstract: "Add a node: it catches up from the tail and is appended as the new tail once caught up.",
         discussion: """
             Start the node (catena node --id ID ...) before or after; it waits until the master \
-            knows it. With --wait, waits until the node is a member, showing on a terminal what \
-            it copied, its rate and the time left (asked of the node itself); exit status 3 if \
-            it is not a member after --wait-timeout.
+            knows it. With --wait, waits until the node is a member holding a lease (it has \
+            everything committed before it joined and serves), showing on a terminal what it \
+            copied, its rate and the time left (asked of the node itself); exit status 3 if it \
+            is not one after --wait-timeout.
             """
     )
 
     @Argument(help: "The node's id.") var id: String
     @Option(name: .long, help: "HOST:PORT the node serves at.") var address: String
-    @Flag(help: "Wait until the node is a member of the chain.") var wait = false
+    @Flag(help: "Wait until the node is a member of the chain with a lease (serving).") var wait = false
     @Option(help: "With --wait, give up after this many seconds.") var waitTimeout: Double = 3600
     @Flag(help: "Print the chain's status as JSON.") var json = false
     @OptionGroup var options: AdminOptions

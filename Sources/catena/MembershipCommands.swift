@@ -66,7 +66,8 @@ func waitUntilGone(_ node: NodeID, admin: ChainAdmin, from first: ChainStatus, t
     }
 }
 
-/// Polls until `node` is a member of the chain; returns the status then. Progress — what the
+/// Polls until `node` is a member of the chain that serves (holds a lease: it has everything
+/// committed before it joined); returns the status then. Progress — what the
 /// node copied, its rate, the time left by its lag — comes from the node itself (`catena node
 /// status`), shown on stderr on a terminal.
 func waitUntilMember(_ node: NodeID, address: String, admin: ChainAdmin, timeout: Duration) async throws -> ChainStatus {
@@ -77,7 +78,8 @@ func waitUntilMember(_ node: NodeID, address: String, admin: ChainAdmin, timeout
     while true {
         let status = try await admin.status()
         let n = status.nodes.first { $0.id == node }
-        if let n, n.role != nil { return status }
+        // A member with a lease: appended and holding everything committed before it joined.
+        if let n, n.role != nil, n.leaseMilliseconds != nil { return status }
         let elapsed = ContinuousClock.now - started
         guard elapsed < timeout else {
             throw CatenaError(.timeout, "\(node) is not a member after \(String(format: "%.1f s", elapsed.secondsDouble))"
