@@ -598,6 +598,16 @@ public final class ClusterSimulation {
                     stats.removed += 1
                     log("operator removes \(nodes[i].id)")
                     master.propose()
+                    // Half the time the master's replies to it are lost from then on, for a while:
+                    // it keeps the lease it holds (no reply takes it away), and the master must not
+                    // take its word that it holds none before it does.
+                    if Bool.random(using: &rng) {
+                        let p = Partition(id: stats.partitions + 1, kind: "the master's replies to \(nodes[i].id) are lost", cut: [(.master, .node(i))])
+                        partitions.append(p)
+                        stats.partitions += 1
+                        log("partition \(p)")
+                        schedule(.endFault(.heal(p.id)), after: random(200_000_000...3_000_000_000))
+                    }
                 } catch {
                     log("operator could not remove \(nodes[i].id): \(error)")
                 }
