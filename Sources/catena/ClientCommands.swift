@@ -282,10 +282,12 @@ struct List: AsyncParsableCommand {
     @Argument(help: "Only keys starting with this.") var prefix: String = ""
     @Option(name: .shortAndLong, help: "Roll keys up into common prefixes at this delimiter (e.g. /).") var delimiter: String?
     @Flag(name: .shortAndLong, help: "Also print size, LSN and content type.") var long = false
+    @Flag(help: "One JSON object per line (JSON Lines), as `stat --json` prints it; a common prefix as {\"prefix\": ...}.") var json = false
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
         if delimiter == "" { throw ValidationError("--delimiter must not be empty") }
+        if json && long { throw ValidationError("give --json or --long, not both") }
     }
 
     func run() async throws {
@@ -295,10 +297,10 @@ struct List: AsyncParsableCommand {
         repeat {
             let page = try await store.list(prefix: prefix, delimiter: delimiter, after: cursor)
             // Objects and common prefixes together, in byte order.
-            var lines: [(Key, String)] = page.objects.map { info in
-                (info.key, long ? "\(info.key)\t\(info.size)\t\(info.lsn)\t\(info.contentType ?? "-")\n" : "\(info.key)\n")
+            var lines: [(Key, String)] = try page.objects.map { info in
+                (info.key, json ? try ObjectJSON(info).line() : long ? "\(info.key)\t\(info.size)\t\(info.lsn)\t\(info.contentType ?? "-")\n" : "\(info.key)\n")
             }
-            lines += page.commonPrefixes.map { ($0, long ? "\($0)\t-\t-\tprefix\n" : "\($0)\n") }
+            lines += try page.commonPrefixes.map { ($0, json ? try ObjectJSON.prefixLine($0) : long ? "\($0)\t-\t-\tprefix\n" : "\($0)\n") }
             lines.sort { $0.0 < $1.0 }
             var out = ""
             for (_, line) in lines { out += line }
@@ -362,6 +364,7 @@ struct Stat: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show an object's metadata.")
 
     @Argument(help: "The key.") var key: String
+    @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
@@ -369,6 +372,7 @@ struct Stat: AsyncParsableCommand {
         defer { Task { await store.close() } }
         let info: ObjectInfo
         do { info = try await store.head(key) } catch { throw notFound(key, error) }
+        if json { return FileHandle.standardOutput.write(Data(try ObjectJSON(info).line().utf8)) }
         var lines = [
             "key: \(info.key)",
             "size: \(info.size)",
@@ -381,6 +385,46 @@ struct Stat: AsyncParsableCommand {
         if !info.parts.isEmpty { lines.append("parts: \(info.parts.count)") }
         for (name, value) in info.userMetadata.sorted(by: { $0.key < $1.key }) { lines.append("meta-\(name): \(value)") }
         print(lines.joined(separator: "\n"))
+    }
+}
+
+/// An object's metadata as JSON (`stat --json`, a line of `ls --json`), for scripts.
+struct ObjectJSON: Encodable {
+    var key: String
+    var size: UInt64
+    var lsn: String
+    var contentChecksum: String
+    var contentType: String?
+    var written: String
+    var chunks: Int
+    var parts: Int
+    var metadata: [String: String]
+
+    init(_ info: ObjectInfo) {
+        key = info.key.description
+        size = info.size
+        lsn = "\(info.lsn)"
+        contentChecksum = "xxh3-64:\(info.contentChecksum.hex16)"
+        contentType = info.contentType
+        written = Date(timeIntervalSince1970: Double(info.timestamp) / 1e9).ISO8601Format()
+        chunks = info.chunkCount
+        parts = info.parts.count
+        metadata = info.userMetadata
+    }
+
+    /// One line of JSON.
+    func line() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+    }
+
+    /// A common prefix of `ls --delimiter --json`.
+    static func prefixLine(_ prefix: Key) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(["prefix": prefix.description]), as: UTF8.self) + "\n"
     }
 }
 

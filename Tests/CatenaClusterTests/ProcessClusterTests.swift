@@ -229,6 +229,21 @@ extension ProcessClusterSuites {
                 #expect(stat.status == 0)
                 #expect(stat.stdout.contains("size: 13"))
                 #expect(stat.stdout.contains("content-type: text/plain"))
+                // The same for scripts: one JSON object; ls --json, one per line.
+                struct Object: Decodable {
+                    var key: String
+                    var size: UInt64
+                    var lsn: String
+                    var contentChecksum: String
+                    var contentType: String?
+                }
+                let decoder = JSONDecoder()
+                decoder.keyDecodingStrategy = .convertFromSnakeCase
+                let object = try decoder.decode(Object.self, from: Data(try await run(["stat", "docs/hello", "--json"] + master).stdout.utf8))
+                #expect(object.key == "docs/hello" && object.size == 13 && object.contentType == "text/plain" && object.contentChecksum.hasPrefix("xxh3-64:"))
+                #expect(object.lsn == stat.stdout.split(separator: "\n").first { $0.hasPrefix("lsn: ") }?.dropFirst(5).description)
+                let listed = try await run(["ls", "docs/", "--json"] + master).stdout.split(separator: "\n")
+                #expect(try listed.map { try decoder.decode(Object.self, from: Data($0.utf8)).key } == ["docs/hello", "docs/stdin"])
                 // Several keys at once; an invalid one is named on stderr and fails the command.
                 #expect(try await run(["put", "docs/a", input] + master).status == 0)
                 #expect(try await run(["put", "docs/b", input] + master).status == 0)
