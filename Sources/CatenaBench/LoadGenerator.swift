@@ -121,7 +121,8 @@ public final class LoadGenerator: Sendable {
                 await worker.get(key: keys[ticket])
             }
         }
-        return LoadReport(configuration: configuration, run: run, prefill: prefill, measured: measured, sweep: sweep, keysWritten: written, verifier: verifier, interrupted: cutShort)
+        return LoadReport(configuration: configuration, run: run, prefill: prefill, measured: measured, sweep: sweep, keysWritten: written,
+                          sweepSkipped: stops.load(ordering: .relaxed) >= 2, verifier: verifier, interrupted: cutShort)
     }
 
     /// Runs `body` for each ticket over the workers until `tickets` run out or ``stop()``.
@@ -200,11 +201,25 @@ public final class LoadGenerator: Sendable {
 
     /// The key most recently taken by a write (`latest`), and the source of the next one.
     let writeCursor = Atomic<Int>(0)
+
+    /// Per writer (worker index), the last sequence number its stamps used: workers are made
+    /// anew for each phase, and a stamp must never repeat within a run (the prefill's writes
+    /// and the run's would otherwise share stamps, and the verifier would take one for the other).
+    let sequences = Mutex<[Int: UInt64]>([:])
+
+    /// The next sequence number of writer `index`.
+    func nextSequence(of index: Int) -> UInt64 {
+        sequences.withLock { s in
+            let next = (s[index] ?? 0) + 1
+            s[index] = next
+            return next
+        }
+    }
 }
 
 /// One worker: a client, a stamp writer id, and the operations.
 final class Worker: @unchecked Sendable {
-    // @unchecked: `due` and `sequence` are touched only by the one task that runs this worker.
+    // @unchecked: `due` is touched only by the one task that runs this worker.
     let generator: LoadGenerator
     let client: CatenaClient
     let index: Int
@@ -212,7 +227,6 @@ final class Worker: @unchecked Sendable {
     let run: UInt64
     let keys: KeyChooser
     var due: ContinuousClock.Instant?
-    var sequence: UInt64 = 0
 
     init(generator: LoadGenerator, client: CatenaClient, index: Int, recorder: Recorder, run: UInt64) {
         self.generator = generator
@@ -243,7 +257,7 @@ final class Worker: @unchecked Sendable {
     func put(key: Int, size: Int? = nil) async {
         let size = size ?? workload.sizes.pick(UInt64(truncatingIfNeeded: key) &* 0x9E37_79B9_7F4A_7C15)
         let name = workload.key(key)
-        sequence += 1
+        let sequence = generator.nextSequence(of: index)
         let stamp = LoadStamp(run: run, writer: UInt32(index), sequence: sequence, keyHash: XXH3.hash(Array(name.utf8)))
         let value = size >= LoadStamp.size ? stamp.value(size: size) : [UInt8](repeating: UInt8(truncatingIfNeeded: sequence), count: size)
         verifier?.invoke(key: key, stamp: stamp, isDelete: false, checksum: XXH3.hash(value), at: generator.now)
@@ -289,8 +303,7 @@ final class Worker: @unchecked Sendable {
 
     func delete(key: Int) async {
         let name = workload.key(key)
-        sequence += 1
-        let stamp = LoadStamp(run: run, writer: UInt32(index), sequence: sequence, keyHash: 0)
+        let stamp = LoadStamp(run: run, writer: UInt32(index), sequence: generator.nextSequence(of: index), keyHash: 0)
         verifier?.invoke(key: key, stamp: stamp, isDelete: true, checksum: 0, at: generator.now)
         let start = ContinuousClock.now
         do throws(CatenaError) {

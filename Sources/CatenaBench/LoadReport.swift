@@ -88,8 +88,10 @@ public struct LoadReport: Encodable, Sendable {
         public var problemLines: [String]
         /// Keys written by the run and read again at the end.
         public var keysVerified: Int
-        /// Keys whose final read failed (their writes are not proven).
+        /// Keys whose final read failed or was given up (their writes are not proven).
         public var keysUnverified: Int
+        /// Keys not read again because a second Ctrl-C skipped the rest of the final verification.
+        public var keysSkipped: Int
     }
 
     /// The workload as run.
@@ -124,8 +126,8 @@ public struct LoadReport: Encodable, Sendable {
         case settings, run, prefill, measured = "run_phase", verifyPhase = "verify_phase", verification, interrupted
     }
 
-    init(configuration: LoadGenerator.Configuration, run: UInt64, prefill: Phase?, measured: Phase, sweep: Phase?, keysWritten: Int, verifier: LoadVerifier?,
-         interrupted: Bool) {
+    init(configuration: LoadGenerator.Configuration, run: UInt64, prefill: Phase?, measured: Phase, sweep: Phase?, keysWritten: Int,
+         sweepSkipped: Bool, verifier: LoadVerifier?, interrupted: Bool) {
         let w = configuration.workload
         var duration: Double?, operations: Int?
         switch configuration.limit {
@@ -142,8 +144,10 @@ public struct LoadReport: Encodable, Sendable {
         self.interrupted = interrupted
         if let verifier, let sweep {
             let verified = sweep.count - sweep.errorCount
+            let unattempted = keysWritten - sweep.count
             verification = Verification(readsChecked: verifier.reads, problems: verifier.problemTotal, problemLines: verifier.problemLines,
-                                        keysVerified: verified, keysUnverified: keysWritten - verified)
+                                        keysVerified: verified, keysUnverified: sweep.errorCount + (sweepSkipped ? 0 : unattempted),
+                                        keysSkipped: sweepSkipped ? unattempted : 0)
         }
     }
 
@@ -182,8 +186,11 @@ public struct LoadReport: Encodable, Sendable {
         }
         phaseTable(measured)
         if let verification, let verifyPhase {
-            lines.append("verify: \(verification.readsChecked) reads checked; the \(verifyPhase.count) keys written read again in \(fixed(verifyPhase.seconds, 1)) s; "
-                         + "\(verification.problems) problems" + (verification.keysUnverified > 0 ? ", \(verification.keysUnverified) keys not verified (their reads failed)" : ""))
+            let written = verification.keysVerified + verification.keysUnverified + verification.keysSkipped
+            lines.append("verify: \(verification.readsChecked) reads checked; \(verification.keysVerified) of the \(written) keys written read back "
+                         + "in \(fixed(verifyPhase.seconds, 1)) s; \(verification.problems) problems"
+                         + (verification.keysUnverified > 0 ? ", \(verification.keysUnverified) keys not verified (their reads failed or were given up)" : "")
+                         + (verification.keysSkipped > 0 ? ", \(verification.keysSkipped) skipped (Ctrl-C)" : ""))
             if let abandoned = verifyPhase.abandoned { lines.append("  GIVEN UP: \(abandoned)") }
             for line in verification.problemLines { lines.append("  MISMATCH \(line)") }
             if verification.problems > verification.problemLines.count {

@@ -30,7 +30,16 @@ public final class LoadVerifier: Sendable {
     static let historyLimit = 64
 
     final class Stripe: Sendable {
-        let keys = Mutex<[Int: [Write]]>([:])
+        let keys = Mutex<[Int: History]>([:])
+    }
+
+    /// One key's writes, and what the forgotten ones can still excuse.
+    struct History: Sendable {
+        var writes: [Write] = []
+        /// The highest LSN of a forgotten acknowledged delete.
+        var forgottenDelete: LSN?
+        /// A forgotten delete never acknowledged (it may have applied, at any LSN).
+        var forgottenUnsettledDelete = false
     }
 
     /// One write of this run.
@@ -74,23 +83,28 @@ public final class LoadVerifier: Sendable {
     /// Notes a write about to be sent: `stamp` (its sequence new for its writer), at `time`.
     public func invoke(key: Int, stamp: LoadStamp, isDelete: Bool, checksum: UInt64, at time: Int64) {
         issued.withLock { $0[stamp.writer] = max($0[stamp.writer] ?? 0, stamp.sequence) }
-        stripe(key).keys.withLock { keys in
-            var writes = keys[key, default: []]
-            writes.append(Write(stamp: stamp, isDelete: isDelete, checksum: checksum, invoked: time, lsn: nil, acknowledged: nil, pending: true))
-            if writes.count > Self.historyLimit { Self.forgetOldest(&writes) }
-            keys[key] = writes
+        let reused: Bool = stripe(key).keys.withLock { keys in
+            var history = keys[key, default: History()]
+            let reused = history.writes.contains { $0.stamp == stamp }
+            history.writes.append(Write(stamp: stamp, isDelete: isDelete, checksum: checksum, invoked: time, lsn: nil, acknowledged: nil, pending: true))
+            if history.writes.count > Self.historyLimit { Self.forgetOldest(&history) }
+            keys[key] = history
+            return reused
         }
+        // The generator's bug, not the cluster's: it would make one write pass for another.
+        if reused { report("key \(key): the load generator used the stamp \(stamp) twice") }
     }
 
     /// Notes the write `stamp` acknowledged at `lsn`, at `time`; checks it came after every
     /// write of the key acknowledged before it was invoked.
     public func acknowledge(key: Int, name: String, stamp: LoadStamp, lsn: LSN, at time: Int64) {
         let problem: String? = stripe(key).keys.withLock { keys in
-            guard var writes = keys[key], let i = writes.firstIndex(where: { $0.stamp == stamp }) else { return nil }
-            writes[i].lsn = lsn
-            writes[i].acknowledged = time
-            writes[i].pending = false
-            keys[key] = writes
+            guard var history = keys[key], let i = history.writes.lastIndex(where: { $0.stamp == stamp }) else { return nil }
+            history.writes[i].lsn = lsn
+            history.writes[i].acknowledged = time
+            history.writes[i].pending = false
+            keys[key] = history
+            let writes = history.writes
             let invoked = writes[i].invoked
             if let earlier = writes.filter({ ($0.acknowledged ?? .max) < invoked }).compactMap(\.lsn).max(), earlier >= lsn {
                 return "\(name): a write invoked after the write at \(earlier) was acknowledged got \(lsn), not a later LSN"
@@ -103,8 +117,8 @@ public final class LoadVerifier: Sendable {
     /// Notes that the write `stamp` failed: it may or may not have applied.
     public func fail(key: Int, stamp: LoadStamp) {
         stripe(key).keys.withLock { keys in
-            guard let i = keys[key]?.firstIndex(where: { $0.stamp == stamp }) else { return }
-            keys[key]![i].pending = false
+            guard let i = keys[key]?.writes.lastIndex(where: { $0.stamp == stamp }) else { return }
+            keys[key]!.writes[i].pending = false
         }
     }
 
@@ -115,7 +129,7 @@ public final class LoadVerifier: Sendable {
         checkedReads.add(1, ordering: .relaxed)
         let issued = self.issued.withLock { $0 }
         let problem = stripe(key).keys.withLock { keys in
-            Self.problem(in: keys[key] ?? [], run: run, issued: issued, observed: observed, start: start, end: end)
+            Self.problem(in: keys[key] ?? History(), run: run, issued: issued, observed: observed, start: start, end: end)
         }
         guard let problem else { return true }
         report("\(name): \(problem)")
@@ -128,7 +142,8 @@ public final class LoadVerifier: Sendable {
     }
 
     /// What is wrong with `observed`, given the key's writes; nil if nothing.
-    static func problem(in writes: [Write], run: UInt64, issued: [UInt32: UInt64], observed: Observation, start: Int64, end: Int64) -> String? {
+    static func problem(in history: History, run: UInt64, issued: [UInt32: UInt64], observed: Observation, start: Int64, end: Int64) -> String? {
+        let writes = history.writes
         // The newest write acknowledged before the read began: the read must show it or a later one.
         let floor = writes.filter { ($0.acknowledged ?? .max) < start }.max { $0.lsn! < $1.lsn! }
         switch observed {
@@ -138,7 +153,7 @@ public final class LoadVerifier: Sendable {
             // invoked before the read ended.
             let excused = writes.contains { w in
                 w.isDelete && (w.lsn.map { $0 > floor.lsn! } ?? (w.invoked < end))
-            }
+            } || history.forgottenUnsettledDelete || history.forgottenDelete.map { $0 > floor.lsn! } ?? false
             return excused ? nil : "not found, but the put at \(floor.lsn!) (\(floor.stamp)) was acknowledged before the read began"
         case .value(let lsn, let checksum, _), .info(let lsn, let checksum):
             if let floor, lsn < floor.lsn! {
@@ -168,11 +183,16 @@ public final class LoadVerifier: Sendable {
         }
     }
 
-    /// Drops the oldest settled write that is not the newest acknowledged one.
-    private static func forgetOldest(_ writes: inout [Write]) {
+    /// Drops the oldest settled write that is not the newest acknowledged one. A dropped delete
+    /// is summed up (its LSN, or that it never settled): the floor of a read can only fall when
+    /// writes are forgotten, but a delete it forgets could have excused a missing key.
+    private static func forgetOldest(_ history: inout History) {
+        let writes = history.writes
         let newest = writes.indices.filter { writes[$0].lsn != nil }.max { writes[$0].lsn! < writes[$1].lsn! }
-        if let i = writes.indices.first(where: { !writes[$0].pending && $0 != newest }) {
-            writes.remove(at: i)
+        guard let i = writes.indices.first(where: { !writes[$0].pending && $0 != newest }) else { return }
+        let gone = history.writes.remove(at: i)
+        if gone.isDelete {
+            if let lsn = gone.lsn { history.forgottenDelete = max(history.forgottenDelete ?? lsn, lsn) } else { history.forgottenUnsettledDelete = true }
         }
     }
 

@@ -123,10 +123,15 @@ public struct ChainManager: Sendable {
         /// The node holds no lease as it sent this, and takes none from replies to earlier
         /// heartbeats (``NodeStateMachine/reportLeaseless(sentAt:)``).
         public var leaseless: Bool
+        /// When the node sent it, by the node's clock (which never goes back within one
+        /// ``incarnation``).
+        public var sentAt: UInt64
+        /// The node process's random id: `sentAt` compares only within one.
+        public var incarnation: UInt64
 
         /// Creates a heartbeat.
         public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, epoch: UInt64 = 0,
-                    failure: CatenaError? = nil, leaseless: Bool = false) {
+                    failure: CatenaError? = nil, leaseless: Bool = false, sentAt: UInt64 = 0, incarnation: UInt64 = 0) {
             self.node = node
             self.address = address
             self.highestLSN = highestLSN
@@ -134,6 +139,8 @@ public struct ChainManager: Sendable {
             self.epoch = epoch
             self.failure = failure
             self.leaseless = leaseless
+            self.sentAt = sentAt
+            self.incarnation = incarnation
         }
     }
 
@@ -267,6 +274,8 @@ public struct ChainManager: Sendable {
         /// A member: the latest instant the lease it last got can run out at (an upper bound:
         /// the node counts from when it sent the heartbeat, before the master received it).
         var leaseUntil: UInt64 = 0
+        /// The heartbeat the last lease was granted to: its node process and send time.
+        var granted: (incarnation: UInt64, sentAt: UInt64)?
         /// The latest connectable address it announced.
         var announced: String?
         /// The last address text it sent, connectable or not (parsed only when it changes).
@@ -424,8 +433,11 @@ public struct ChainManager: Sendable {
         }
         // A leaving member that says it holds no lease has stopped serving (it takes no lease
         // from replies to earlier heartbeats, and this one's reply grants none): it need not be
-        // waited for until its lease runs out.
-        if t.standing == .member && t.leaving && beat.leaseless && now < t.leaseUntil {
+        // waited for until its lease runs out. Only if the word is news: sent after the last
+        // heartbeat granted a lease, by the same process — a heartbeat held up in the network
+        // (on a connection the node gave up) may arrive after a later one that was granted one.
+        let news = t.granted.map { beat.incarnation == $0.incarnation && beat.sentAt > $0.sentAt } ?? true
+        if t.standing == .member && t.leaving && beat.leaseless && news && now < t.leaseUntil {
             t.leaseUntil = now
             leasesReleased += 1
         }
@@ -433,6 +445,11 @@ public struct ChainManager: Sendable {
         if t.standing == .member && !t.leaving && !t.beingRemoved && t.failure == nil && catchingUp[beat.node] == nil && now >= leasesFrom {
             t.leaseUntil = max(t.leaseUntil, Self.plus(now, lease))
             granted = settings.lease
+            if let g = t.granted, g.incarnation == beat.incarnation {
+                t.granted = (g.incarnation, max(g.sentAt, beat.sentAt))
+            } else {
+                t.granted = (beat.incarnation, beat.sentAt)
+            }
         }
         records[i] = t
         return Self.reply(state, t.standing, lease: granted)

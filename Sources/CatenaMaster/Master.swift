@@ -111,7 +111,10 @@ public final class Master: Sendable {
                 // Ready as soon as it serves: whether the chain is available is the chain's health, not
                 // the master's (a probe that restarted the master for it would only add a fault).
                 let health: @Sendable () async -> MetricsServer.Health = {
-                    let s = await core.status()
+                    let (s, stale) = await (core.status(), core.isStale)
+                    if stale {
+                        return .init(live: true, ready: false, detail: "the master's state is older than the chain's: it hands out no configuration (see its log)")
+                    }
                     return .init(live: true, ready: true,
                                  detail: "master of chain \(s.chainID) at epoch \(s.epoch); the chain is \(s.available ? "available" : "UNAVAILABLE")")
                 }
@@ -232,6 +235,9 @@ actor MasterCore {
     private let origin = ContinuousClock.now
     /// The manager's last pause already logged.
     private var loggedPause: ChainManager.Pause?
+    /// Whether the active state is older than the chain's (it then hands out nothing).
+    var isStale: Bool { manager.staleness != nil }
+
     /// The manager's staleness as last logged.
     private var loggedStaleness: ChainManager.Staleness?
 
@@ -266,7 +272,7 @@ actor MasterCore {
         do throws(CatenaError) {
             first = try manager.heartbeat(ChainManager.Beat(node: beat.node, address: beat.address, highestLSN: beat.highestLSN,
                                                             epochStart: beat.epochStart, epoch: epoch, failure: beat.failure,
-                                                            leaseless: beat.leaseless), now: now)
+                                                            leaseless: beat.leaseless, sentAt: beat.sentAt, incarnation: beat.incarnation), now: now)
         } catch {
             noteStaleness()
             throw error

@@ -47,13 +47,16 @@ extension String {
 }
 
 /// A small HTTP server answering `GET /metrics` with what `render` returns (Prometheus text),
-/// and `GET /healthz` and `GET /readyz` with what `health` says (200 or 503, and a line of
-/// detail), as Kubernetes probes and load balancers ask; anything else gets 404. One response
+/// `GET /healthz` with 200 whenever it answers at all (liveness: a probe that restarts a
+/// process must not restart a node whose log failed — its heartbeats report the failure — nor
+/// wait on anything that may be slow), and `GET /readyz` with what `health` says (200 or 503,
+/// and a line of detail), as Kubernetes probes and load balancers ask; anything else gets 404. One response
 /// per connection (`Connection: close`), which is how a scraper uses it.
 public final class MetricsServer: Sendable {
     /// What `/healthz` and `/readyz` answer.
     public struct Health: Hashable, Sendable {
-        /// The process works (`/healthz` 200); false: it should be restarted.
+        /// The process works. `/healthz` answers 200 whenever the server answers at all; this
+        /// says whether anything is wrong that a restart would not mend either (shown by `/readyz`).
         public var live: Bool
         /// It may serve clients now (`/readyz` 200).
         public var ready: Bool
@@ -145,10 +148,11 @@ public final class MetricsServer: Sendable {
                         switch (request.method, path) {
                         case (.GET, "/metrics"):
                             (status, body, type) = (.ok, await render(), "text/plain; version=0.0.4; charset=utf-8")
-                        case (.GET, "/healthz"), (.GET, "/readyz"):
+                        case (.GET, "/healthz"):
+                            (status, body, type) = (.ok, "ok\n", "text/plain; charset=utf-8")
+                        case (.GET, "/readyz"):
                             let h = await health()
-                            let good = path == "/healthz" ? h.live : h.ready
-                            (status, body, type) = (good ? .ok : .serviceUnavailable, (good ? "ok: " : "not \(path == "/healthz" ? "live" : "ready"): ") + h.detail + "\n",
+                            (status, body, type) = (h.ready ? .ok : .serviceUnavailable, (h.ready ? "ok: " : "not ready: ") + h.detail + "\n",
                                                     "text/plain; charset=utf-8")
                         default:
                             (status, body, type) = (.notFound, "not found; try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")

@@ -30,6 +30,8 @@ public final class Node: Sendable {
     private let compaction: CompactionScheduler
     /// When the node started (its status's uptime).
     private let started = ContinuousClock.now
+    /// This process's random id in its heartbeats: their send times compare only within one.
+    private let incarnation = UInt64.random(in: 1...UInt64.max)
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
                  metricsServer: MetricsServer?, compaction: CompactionScheduler,
@@ -303,7 +305,7 @@ public final class Node: Sendable {
                 let sent = clock.nanoseconds
                 let beat = Heartbeat(node: configuration.id, address: address.description, highestLSN: content.position,
                                      epochStart: content.epochStart, failure: content.failure,
-                                     leaseless: replica.reportLeaseless(sentAt: sent))
+                                     leaseless: replica.reportLeaseless(sentAt: sent), sentAt: sent, incarnation: incarnation)
                 let chainID = replica.view.snapshot.configuration?.chainID ?? 0
                 // The frame's epoch: the configuration this node runs, or the highest it has seen
                 // (the master waits for a joined tail's predecessor to run the configuration that

@@ -416,7 +416,7 @@ final class SimNode {
         guard life.isUp else { return }
         let beat = ChainManager.Beat(node: id, address: member.address, highestLSN: machine.positionToReport(durable: disk.durableEnd, logEnd: disk.end),
                                      epochStart: machine.epochStartToReport, epoch: machine.heartbeatEpoch, failure: machine.failure,
-                                     leaseless: machine.reportLeaseless(sentAt: sim.now))
+                                     leaseless: machine.reportLeaseless(sentAt: sim.now), sentAt: sim.now, incarnation: UInt64(inc))
         beatInFlight = sim.now
         sim.send(.heartbeat(beat, sentAt: sim.now), from: process, to: .master)
         sim.schedule(.nodeBeatTimeout(index, inc: inc, sentAt: sim.now), after: 2 * sim.settings.heartbeatInterval * 5)

@@ -596,7 +596,8 @@ public enum ConfigurationPayload {
 /// start: epoch (u64) and first seq (u64), both 0 when there is none; then the failure: a flag
 /// (u8: 0 none, 1 failed) and, when failed, the error's code and message (u16 length + UTF-8
 /// each; the code is not empty, the message at most ``maximumFailureMessageBytes``); then flags
-/// (u8: 1 — the node holds no lease). A payload that ends after the epoch start (a node older
+/// (u8: 1 — the node holds no lease), when the node sent it (u64, node clock, ns) and the node
+/// process's random incarnation (u64). A payload that ends after the epoch start (a node older
 /// than the failure field) reports no failure; one that ends before the flags, none set.
 public struct Heartbeat: Hashable, Sendable {
     /// The longest failure message sent, in UTF-8 bytes; a longer one is cut at a character boundary.
@@ -621,15 +622,22 @@ public struct Heartbeat: Hashable, Sendable {
     /// heartbeats (`NodeStateMachine.reportLeaseless(sentAt:)`): a member being removed that
     /// says so is taken out of the chain without waiting for its lease to run out.
     public var leaseless: Bool
+    /// When the node sent it, by its clock (monotonic within one ``incarnation``).
+    public var sentAt: UInt64
+    /// The node process's random id.
+    public var incarnation: UInt64
 
     /// Creates a heartbeat.
-    public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, failure: CatenaError? = nil, leaseless: Bool = false) {
+    public init(node: NodeID, address: String, highestLSN: LSN, epochStart: EpochStart? = nil, failure: CatenaError? = nil, leaseless: Bool = false,
+                sentAt: UInt64 = 0, incarnation: UInt64 = 0) {
         self.node = node
         self.address = address
         self.highestLSN = highestLSN
         self.epochStart = epochStart
         self.failure = failure
         self.leaseless = leaseless
+        self.sentAt = sentAt
+        self.incarnation = incarnation
     }
 
     /// The payload bytes.
@@ -648,6 +656,8 @@ public struct Heartbeat: Hashable, Sendable {
             b.writeInteger(UInt8(0))
         }
         b.writeInteger(UInt8(leaseless ? 1 : 0))
+        b.writeInteger(sentAt, endianness: .little)
+        b.writeInteger(incarnation, endianness: .little)
         return b
     }
 
@@ -675,9 +685,17 @@ public struct Heartbeat: Hashable, Sendable {
                 throw CatenaError(.malformed, "heartbeat failure flag is \(flag), not 0 or 1")
             }
         }
-        // Flags a newer node may add are ignored.
-        let flags = b.readInteger(as: UInt8.self) ?? 0
-        self.init(node: node, address: address, highestLSN: highest, epochStart: start, failure: failure, leaseless: flags & 1 != 0)
+        // Flags, then when and by which process it was sent: together, or not at all (an older
+        // node). Flags a newer node may add are ignored.
+        var (flags, sentAt, incarnation): (UInt8, UInt64, UInt64) = (0, 0, 0)
+        if let f = b.readInteger(as: UInt8.self) {
+            guard let s = b.readInteger(endianness: .little, as: UInt64.self), let i = b.readInteger(endianness: .little, as: UInt64.self) else {
+                throw CatenaError(.malformed, "heartbeat flags without their send time and incarnation")
+            }
+            (flags, sentAt, incarnation) = (f, s, i)
+        }
+        self.init(node: node, address: address, highestLSN: highest, epochStart: start, failure: failure, leaseless: flags & 1 != 0,
+                  sentAt: sentAt, incarnation: incarnation)
     }
 }
 

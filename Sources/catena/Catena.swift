@@ -85,8 +85,8 @@ enum ExitStatus: Int32 {
         case .notFound, .noSuchUpload: self = .notFound
         case .unavailable, .timeout, .busy, .closed, .redirect, .staleEpoch, .epochAhead, .cancelled: self = .unavailable
         case .checksumMismatch, .corruption, .malformed: self = .dataError
-        case .preconditionFailed, .permissionDenied, .invalidPart: self = .refused
-        case .invalidKey, .invalidArgument: self = .usage
+        case .preconditionFailed, .permissionDenied, .invalidPart, .invalidArgument: self = .refused
+        case .invalidKey: self = .usage
         default: self = .failure
         }
     }

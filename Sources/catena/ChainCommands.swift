@@ -64,6 +64,8 @@ struct ChainStatusCommand: AsyncParsableCommand {
         // unreachable master as a line that says so, and the watch goes on.
         let terminal = !json && isatty(STDOUT_FILENO) == 1
         var previous: ChainStatus?
+        // The last epoch changes, kept under the table (a terminal redraws it each time).
+        var changes: [String] = []
         while true {
             let stamp = ISO8601DateFormatter.string(from: Date(), timeZone: .current, formatOptions: [.withFullTime, .withColonSeparatorInTime])
             var text: String
@@ -74,14 +76,17 @@ struct ChainStatusCommand: AsyncParsableCommand {
                 } else {
                     text = "\(stamp)  " + StatusTable.render(status)
                     if let previous, previous.epoch != status.epoch {
-                        text += "epoch \(previous.epoch) -> \(status.epoch): " + StatusTable.change(from: previous, to: status) + "\n"
+                        changes.append("\(stamp)  epoch \(previous.epoch) -> \(status.epoch): " + StatusTable.change(from: previous, to: status))
+                        changes = changes.suffix(5)
+                        if !terminal { text += changes.last! + "\n" }
                     }
+                    if terminal && !changes.isEmpty { text += "\n" + changes.joined(separator: "\n") + "\n" }
                 }
                 previous = status
             } catch {
-                text = json ? "{\"error\":\"\(error.code)\",\"message\":\(String(reflecting: error.message))}\n" : "\(stamp)  no status: \(error.message) [\(error.code)]\n"
+                text = json ? WatchError(error: "\(error.code)", message: error.message).line() : "\(stamp)  no status: \(error.message) [\(error.code)]\n"
             }
-            // On a terminal: home the cursor, draw, clear what the last table left below.
+            // On a terminal: clear the screen and draw the table and the last epoch changes.
             print(terminal ? "\u{1B}[H\u{1B}[2J" + text : text + (json ? "" : "\n"), terminator: "")
             fflush(nil)
             try await Task.sleep(for: .milliseconds(Int(interval * 1000)))
@@ -147,6 +152,18 @@ struct RemoveNode: AsyncParsableCommand {
         print(wait ? "removed \(id): the chain runs without it at epoch \(status.epoch)\n"
                    : "removing \(id): the chain drops it once it stopped serving; then it stops\n")
         print(StatusTable.render(status), terminator: "")
+    }
+}
+
+/// `chain status --watch --json`'s line when the master does not answer.
+struct WatchError: Encodable {
+    var error: String
+    var message: String
+
+    func line() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return ((try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}") + "\n"
     }
 }
 

@@ -282,7 +282,7 @@ struct List: AsyncParsableCommand {
     @Argument(help: "Only keys starting with this.") var prefix: String = ""
     @Option(name: .shortAndLong, help: "Roll keys up into common prefixes at this delimiter (e.g. /).") var delimiter: String?
     @Flag(name: .shortAndLong, help: "Also print size, LSN and content type.") var long = false
-    @Flag(help: "One JSON object per line (JSON Lines), as `stat --json` prints it; a common prefix as {\"prefix\": ...}.") var json = false
+    @Flag(help: "One JSON object per line (JSON Lines), as `stat --json` prints it but without parts; a common prefix as {\"prefix\": ...}.") var json = false
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
@@ -298,7 +298,7 @@ struct List: AsyncParsableCommand {
             let page = try await store.list(prefix: prefix, delimiter: delimiter, after: cursor)
             // Objects and common prefixes together, in byte order.
             var lines: [(Key, String)] = try page.objects.map { info in
-                (info.key, json ? try ObjectJSON(info).line() : long ? "\(info.key)\t\(info.size)\t\(info.lsn)\t\(info.contentType ?? "-")\n" : "\(info.key)\n")
+                (info.key, json ? try ObjectJSON(info, listed: true).line() : long ? "\(info.key)\t\(info.size)\t\(info.lsn)\t\(info.contentType ?? "-")\n" : "\(info.key)\n")
             }
             lines += try page.commonPrefixes.map { ($0, json ? try ObjectJSON.prefixLine($0) : long ? "\($0)\t-\t-\tprefix\n" : "\($0)\n") }
             lines.sort { $0.0 < $1.0 }
@@ -397,10 +397,11 @@ struct ObjectJSON: Encodable {
     var contentType: String?
     var written: String
     var chunks: Int
-    var parts: Int
+    /// The number of parts of a multipart object; nil in listings (they do not carry them).
+    var parts: Int?
     var metadata: [String: String]
 
-    init(_ info: ObjectInfo) {
+    init(_ info: ObjectInfo, listed: Bool = false) {
         key = info.key.description
         size = info.size
         lsn = "\(info.lsn)"
@@ -408,7 +409,7 @@ struct ObjectJSON: Encodable {
         contentType = info.contentType
         written = Date(timeIntervalSince1970: Double(info.timestamp) / 1e9).ISO8601Format()
         chunks = info.chunkCount
-        parts = info.parts.count
+        parts = listed ? nil : info.parts.count
         metadata = info.userMetadata
     }
 

@@ -14,9 +14,9 @@ struct NodeDrainCommand: AsyncParsableCommand {
         abstract: "Take a member out of its chain without a failed client request, so it can be stopped or upgraded.",
         discussion: """
             Asks the master to remove the node gracefully and waits until the chain runs without \
-            it. The master stops renewing the node's lease; the node stops taking writes and \
-            reads at once (writes it already took still commit) and says so in its next \
-            heartbeat, and the master reconfigures the chain without it then — a pause of a \
+            it. The master stops renewing the node's lease; with the first heartbeat reply that \
+            grants none the node stops taking writes and reads (writes it already took still \
+            commit) and says so in its next heartbeat, and the master reconfigures the chain without it then — a pause of a \
             heartbeat or two for the writes and reads routed to it, which clients retry through, \
             not a lease. The node then exits. To bring it back: start it again (upgraded or not) \
             and run `catena chain add-node ID --address HOST:PORT --wait`: it catches up from \
@@ -78,15 +78,17 @@ func waitUntilMember(_ node: NodeID, address: String, admin: ChainAdmin, timeout
     while true {
         let status = try await admin.status()
         let n = status.nodes.first { $0.id == node }
-        // A member with a lease: appended and holding everything committed before it joined.
-        if let n, n.role != nil, n.leaseMilliseconds != nil { return status }
+        // A member by the master, and by its own view serving: a lease, nothing committed before
+        // it joined still missing (the master's lease figure is only an upper bound).
+        let own = try? await admin.nodeStatus(at: address)
+        if let n, n.role != nil, let own, own.role != nil, own.leaseMilliseconds != nil, !own.readsBlocked { return status }
         let elapsed = ContinuousClock.now - started
         guard elapsed < timeout else {
             throw CatenaError(.timeout, "\(node) is not a member after \(String(format: "%.1f s", elapsed.secondsDouble))"
                               + (n.map { ": \($0.health), \($0.lagRecords) records behind" } ?? ": the master does not list it; is it running?"))
         }
         var line = "adding \(node): "
-        if let own = try? await admin.nodeStatus(at: address), let c = own.catchUp {
+        if let own, let c = own.catchUp {
             samples.append((ContinuousClock.now, c.bytes, c.lagRecords))
             samples = samples.suffix(20)
             line += String(format: "copied %.1f MiB", Double(c.bytes) / 1_048_576)

@@ -179,6 +179,30 @@ struct LoadVerifierTests {
         #expect(w.problemTotal == 0)
     }
 
+    @Test func aForgottenDeleteStillExcusesAMissingKeyAndAReusedStampIsReported() {
+        let v = LoadVerifier(run: run)
+        let p = stamp(1, 1), d = stamp(2, 1)
+        // A delete and a put run concurrently; the head orders the put (1.10) before the delete (1.11).
+        v.invoke(key: 0, stamp: d, isDelete: true, checksum: 0, at: 10)
+        v.invoke(key: 0, stamp: p, isDelete: false, checksum: XXH3.hash(p.value(size: 64)), at: 11)
+        v.acknowledge(key: 0, name: "k", stamp: p, lsn: LSN(epoch: 1, seq: 10), at: 20)
+        v.acknowledge(key: 0, name: "k", stamp: d, lsn: LSN(epoch: 1, seq: 11), at: 21)
+        // A read begins at 100; meanwhile more writes push the delete (the oldest) out of the
+        // history, while the put stays: the read must still be allowed to see the delete.
+        for i in 0..<(LoadVerifier.historyLimit - 1) {
+            let w = stamp(3, UInt64(i + 1))
+            v.invoke(key: 0, stamp: w, isDelete: false, checksum: XXH3.hash(w.value(size: 64)), at: 110 + Int64(i))
+            v.acknowledge(key: 0, name: "k", stamp: w, lsn: LSN(epoch: 1, seq: 12 + UInt64(i)), at: 200 + Int64(i))
+        }
+        // The key was absent when the read ran (after the delete, before the next put): correct.
+        #expect(v.check(key: 0, name: "k", observed: .absent, start: 100, end: 150))
+        #expect(v.problemTotal == 0, "\(v.problemLines)")
+        // Stamps never repeat within a run: one used twice is the generator's bug, said so.
+        v.invoke(key: 1, stamp: p, isDelete: false, checksum: 1, at: 400)
+        v.invoke(key: 1, stamp: p, isDelete: false, checksum: 1, at: 401)
+        #expect(v.problemTotal == 1 && v.problemLines.last?.contains("twice") == true)
+    }
+
     @Test func historyStaysBoundedAndKeepsTheNewestAcknowledgedWrite() {
         let v = LoadVerifier(run: run)
         for i in 1...500 {

@@ -181,28 +181,48 @@ struct ChainManagerTests {
     }
 
     @Test func aDrainedMemberThatSaysItHoldsNoLeaseLeavesWithoutWaitingForIt() throws {
+        /// A heartbeat of n1's process 7, sent at `sent` (its clock).
+        func n1(leaseless: Bool, sent: UInt64, process: UInt64 = 7) -> ChainManager.Beat {
+            var b = beat("n1")
+            (b.leaseless, b.sentAt, b.incarnation) = (leaseless, sent, process)
+            return b
+        }
         var m = manager(state(["n1", "n2", "n3"]))
-        try m.beats(["n1", "n2", "n3"], now: 100 * ms)
+        try m.beats(["n2", "n3"], now: 100 * ms)
+        #expect(try m.heartbeat(n1(leaseless: false, sent: 90), now: 100 * ms).lease == .seconds(1))
         try m.removeNode(node("n1"), now: 150 * ms)
         // Its first heartbeat after the removal still holds the lease it was granted at 100 ms.
-        var held = beat("n1")
-        held.leaseless = false
-        #expect(try m.heartbeat(held, now: 200 * ms).lease == nil)
+        #expect(try m.heartbeat(n1(leaseless: false, sent: 190), now: 200 * ms).lease == nil)
         try m.beats(["n2", "n3"], now: 200 * ms)
         #expect(m.nextProposal(now: 250 * ms) == nil, "its lease runs until 1100 ms")
         // The next says it holds none: it is removed at once, not at 1100 ms.
-        var released = beat("n1")
-        released.leaseless = true
-        #expect(try m.heartbeat(released, now: 300 * ms).lease == nil)
+        #expect(try m.heartbeat(n1(leaseless: true, sent: 290), now: 300 * ms).lease == nil)
         #expect(ids(m.nextProposal(now: 300 * ms)?.configuration.members) == ["n2", "n3"])
+        #expect(m.leasesReleased == 1)
+
         // A member that is not leaving and says it holds no lease (it lost it in a pause) is
         // granted one and stays.
         var k = manager(state(["n1", "n2", "n3"]))
         try k.beats(["n1", "n2", "n3"], now: 100 * ms)
-        var lapsed = beat("n2")
-        lapsed.leaseless = true
-        #expect(try k.heartbeat(lapsed, now: 200 * ms).lease == .seconds(1))
+        #expect(try k.heartbeat(n1(leaseless: true, sent: 150), now: 200 * ms).lease == .seconds(1))
         #expect(k.nextProposal(now: 300 * ms) == nil)
+
+        // A heartbeat held up in the network: sent leaseless at 100, it arrives after one sent at
+        // 200 that was granted a lease. The word is old news: the master waits for the lease.
+        var late = manager(state(["n1", "n2", "n3"]))
+        try late.beats(["n2", "n3"], now: 100 * ms)
+        #expect(try late.heartbeat(n1(leaseless: true, sent: 200), now: 210 * ms).lease == .seconds(1))
+        try late.removeNode(node("n1"), now: 220 * ms)
+        _ = try late.heartbeat(n1(leaseless: true, sent: 100), now: 230 * ms)
+        try late.beats(["n2", "n3"], now: 300 * ms)
+        #expect(late.nextProposal(now: 300 * ms) == nil, "n1 may hold the lease granted at 210 ms")
+        // Nor does the word of another process of the node (a restarted one, never granted here).
+        _ = try late.heartbeat(n1(leaseless: true, sent: 500, process: 8), now: 310 * ms)
+        #expect(late.nextProposal(now: 320 * ms) == nil)
+        // Its own later word counts.
+        _ = try late.heartbeat(n1(leaseless: true, sent: 300), now: 330 * ms)
+        #expect(ids(late.nextProposal(now: 330 * ms)?.configuration.members) == ["n2", "n3"])
+        #expect(late.leasesReleased == 1)
     }
 
     @Test func aMemberTheProposalInFlightRemovesGetsNoLease() throws {

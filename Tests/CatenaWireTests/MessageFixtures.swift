@@ -273,7 +273,8 @@ enum MessageFixtures {
         // A code this build does not know (a newer node's) is carried as it is; messages may be any UTF-8.
         Heartbeat(node: node("n3"), address: "h:1", highestLSN: .zero, failure: CatenaError(.named("raidDegraded"), "café ✓")),
         // A member being removed that has stopped serving.
-        Heartbeat(node: node("n1"), address: "127.0.0.1:7001", highestLSN: LSN(epoch: 4, seq: 1200), leaseless: true),
+        Heartbeat(node: node("n1"), address: "127.0.0.1:7001", highestLSN: LSN(epoch: 4, seq: 1200), leaseless: true,
+                  sentAt: 1_234_567_890, incarnation: 0xC0FFEE),
     ]
 
     /// The length of `heartbeat`'s payload in layout 1, before the failure field: a node older
@@ -456,7 +457,7 @@ enum MessageFixtures {
         PayloadCodec("configuration", .configuration, configurations, codes: [.malformed, .invalidArgument],
                      encode: { ConfigurationPayload.encode($0) }, decode: { (b) throws(CatenaError) in try ConfigurationPayload.decode(b) }),
         PayloadCodec("heartbeat", .heartbeat, heartbeats, codes: [.malformed, .invalidArgument],
-                     olderLayouts: { [heartbeatLayout1Length($0), $0.encoded().readableBytes - 1] }, encode: { $0.encoded() },
+                     olderLayouts: { [heartbeatLayout1Length($0), $0.encoded().readableBytes - 17] }, encode: { $0.encoded() },
                      decode: { (b) throws(CatenaError) in try Heartbeat(decoding: b) }),
         PayloadCodec("heartbeatReply", .configuration, heartbeatReplies, codes: [.malformed, .invalidArgument],
                      encode: { $0.encoded() }, decode: { (b) throws(CatenaError) in try HeartbeatReply(decoding: b) }),

@@ -710,12 +710,12 @@ struct MessagesTests {
             failure = [1] + F.le(UInt16(f.code.description.utf8.count)) + Array(f.code.description.utf8)
                 + F.le(UInt16(f.message.utf8.count)) + Array(f.message.utf8)
         }
-        #expect(F.bytes(payload) == expected + failure + [heartbeat.leaseless ? 1 : 0])
+        #expect(F.bytes(payload) == expected + failure + [heartbeat.leaseless ? 1 : 0] + F.le(heartbeat.sentAt) + F.le(heartbeat.incarnation))
         #expect(try Heartbeat(decoding: payload) == heartbeat)
-        // A node older than the flags sends none: no flag set.
+        // A node older than the flags sends none of the last three fields: no flag set.
         var older = heartbeat
-        older.leaseless = false
-        #expect(try Heartbeat(decoding: ByteBuffer(bytes: F.bytes(payload).dropLast())) == older)
+        (older.leaseless, older.sentAt, older.incarnation) = (false, 0, 0)
+        #expect(try Heartbeat(decoding: ByteBuffer(bytes: F.bytes(payload).dropLast(17))) == older)
         #expect(try Heartbeat(decoding: payload).failure?.code == heartbeat.failure?.code)
     }
 
@@ -725,7 +725,7 @@ struct MessagesTests {
             let layout1 = ByteBuffer(bytes: F.bytes(heartbeat.encoded()).prefix(F.heartbeatLayout1Length(heartbeat)))
             var expected = heartbeat
             expected.failure = nil
-            expected.leaseless = false
+            (expected.leaseless, expected.sentAt, expected.incarnation) = (false, 0, 0)
             #expect(try Heartbeat(decoding: layout1) == expected)
         }
     }
