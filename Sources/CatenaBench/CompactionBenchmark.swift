@@ -358,14 +358,6 @@ private final class Load: Sendable {
     func stop() { stopFlag.store(true, ordering: .relaxed) }
 }
 
-extension Duration {
-    /// The duration in seconds, as a Double.
-    var secondsValue: Double {
-        let (s, a) = components
-        return Double(s) + Double(a) / 1e18
-    }
-}
-
 extension String {
     fileprivate func leftPadded(_ width: Int) -> String {
         count >= width ? self : String(repeating: " ", count: width - count) + self

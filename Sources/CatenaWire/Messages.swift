@@ -382,12 +382,7 @@ public struct ListRequest: Hashable, Sendable {
         var b = ByteBuffer()
         b.writeInteger(UInt16(clamping: prefix.count), endianness: .little)
         b.writeBytes(prefix.prefix(Int(UInt16.max)))
-        if let after {
-            b.writeInteger(UInt8(1))
-            b.writeKey(after)
-        } else {
-            b.writeInteger(UInt8(0))
-        }
+        b.writeOptionalKey(after)
         b.writeInteger(UInt32(clamping: limit), endianness: .little)
         b.writeInteger(UInt16(clamping: delimiter.count), endianness: .little)
         b.writeBytes(delimiter.prefix(Int(UInt16.max)))
@@ -426,12 +421,7 @@ public enum ListPagePayload {
         var b = ByteBuffer()
         b.writeInteger(UInt32(page.objects.count), endianness: .little)
         for info in page.objects { ObjectInfoPayload.write(info, into: &b) }
-        if let next = page.nextCursor {
-            b.writeInteger(UInt8(1))
-            b.writeKey(next)
-        } else {
-            b.writeInteger(UInt8(0))
-        }
+        b.writeOptionalKey(page.nextCursor)
         b.writeInteger(UInt8(grouped ? 1 : 0))
         b.writeInteger(UInt32(page.commonPrefixes.count), endianness: .little)
         for p in page.commonPrefixes { b.writeKey(p) }
@@ -714,6 +704,16 @@ extension ByteBuffer {
     package mutating func writeKey(_ key: Key) {
         writeInteger(UInt16(key.bytes.count), endianness: .little)
         writeBytes(key.bytes)
+    }
+
+    /// A key or none: a flag (u8: 0 none, 1 present), then the key if present.
+    package mutating func writeOptionalKey(_ key: Key?) {
+        if let key {
+            writeInteger(UInt8(1))
+            writeKey(key)
+        } else {
+            writeInteger(UInt8(0))
+        }
     }
 
     package mutating func readKey() throws(CatenaError) -> Key {

@@ -40,12 +40,7 @@ public struct ScrubRequest: Hashable, Sendable {
         var b = ByteBuffer()
         b.writeInteger(UInt16(clamping: prefix.count), endianness: .little)
         b.writeBytes(prefix.prefix(Int(UInt16.max)))
-        if let after {
-            b.writeInteger(UInt8(1))
-            b.writeKey(after)
-        } else {
-            b.writeInteger(UInt8(0))
-        }
+        b.writeOptionalKey(after)
         b.writeInteger(UInt32(clamping: limit), endianness: .little)
         b.writeInteger(maxBytes, endianness: .little)
         return b
@@ -84,12 +79,7 @@ public enum ScrubPagePayload {
         var b = ByteBuffer()
         b.writeInteger(UInt32(page.entries.count), endianness: .little)
         for e in page.entries { write(e, into: &b) }
-        if let next = page.nextCursor {
-            b.writeInteger(UInt8(1))
-            b.writeKey(next)
-        } else {
-            b.writeInteger(UInt8(0))
-        }
+        b.writeOptionalKey(page.nextCursor)
         b.writeInteger(page.bytesRead, endianness: .little)
         let damage = page.damage.prefix(Int(UInt16.max))
         b.writeInteger(UInt16(damage.count), endianness: .little)

@@ -116,7 +116,7 @@ struct Bench: AsyncParsableCommand {
         }
         let loop = rate.map { String(format: "open loop at %.0f ops/s", $0) } ?? "closed loop"
         let length = switch configuration.limit {
-        case .duration(let d): String(format: "%.1f s", Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+        case .duration(let d): String(format: "%.1f s", d.secondsValue)
         case .operations(let n): "\(n) operations"
         }
         say("catena bench: \(concurrency) workers, \(loop), \(length); mix \(configuration.workload.mix); values \(configuration.workload.sizes); "

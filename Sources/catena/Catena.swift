@@ -393,6 +393,18 @@ func validateJSONPath(_ path: String?) throws {
     }
 }
 
+/// `value` as JSON for the `--json` outputs, keys sorted, and a newline: indented unless
+/// `compact` (one line), keys in snake case with `snakeCase`, slashes as they are with
+/// `plainSlashes`.
+func jsonText(_ value: some Encodable, compact: Bool = false, snakeCase: Bool = false, plainSlashes: Bool = false) throws -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    if !compact { encoder.outputFormatting.insert(.prettyPrinted) }
+    if plainSlashes { encoder.outputFormatting.insert(.withoutEscapingSlashes) }
+    if snakeCase { encoder.keyEncodingStrategy = .convertToSnakeCase }
+    return String(decoding: try encoder.encode(value), as: UTF8.self) + "\n"
+}
+
 /// Writes `line` and a newline to file descriptor 2.
 func writeStandardError(_ line: String) {
     var text = line + "\n"

@@ -161,9 +161,7 @@ struct WatchError: Encodable {
     var message: String
 
     func line() -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return ((try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}") + "\n"
+        (try? jsonText(self, compact: true)) ?? "{}\n"
     }
 }
 
@@ -247,8 +245,6 @@ struct StatusJSON: Encodable {
     }
 
     func text(compact: Bool = false) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = compact ? [.sortedKeys] : [.prettyPrinted, .sortedKeys]
-        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+        try jsonText(self, compact: compact)
     }
 }

@@ -415,17 +415,12 @@ struct ObjectJSON: Encodable {
 
     /// One line of JSON.
     func line() throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+        try jsonText(self, compact: true, snakeCase: true, plainSlashes: true)
     }
 
     /// A common prefix of `ls --delimiter --json`.
     static func prefixLine(_ prefix: Key) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(["prefix": prefix.description]), as: UTF8.self) + "\n"
+        try jsonText(["prefix": prefix.description], compact: true, plainSlashes: true)
     }
 }
 
@@ -484,7 +479,7 @@ final class ProgressBar: @unchecked Sendable {
         if let lastDraw, now - lastDraw < .milliseconds(100), done < total { return }
         lastDraw = now
         drawn = true
-        let seconds = max(0.001, Double((now - started).components.attoseconds) / 1e18 + Double((now - started).components.seconds))
+        let seconds = max(0.001, (now - started).secondsValue)
         let mib = { (bytes: UInt64) in Double(bytes) / 1_048_576 }
         let line = verb + String(format: " %.1f / %.1f MiB  %3d%%  %.1f MiB/s", mib(done), mib(total),
                                  Int(done * 100 / max(total, 1)), mib(done) / seconds)

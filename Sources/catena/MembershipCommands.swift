@@ -56,11 +56,11 @@ func waitUntilGone(_ node: NodeID, admin: ChainAdmin, from first: ChainStatus, t
         guard let n = status.nodes.first(where: { $0.id == node }) else { return status }
         let elapsed = ContinuousClock.now - started
         guard elapsed < timeout else {
-            throw CatenaError(.timeout, "\(node) is still listed after " + String(format: "%.1f s", elapsed.secondsDouble) + " (\(n.role.map { "\($0)" } ?? "not a member"), \(n.health))")
+            throw CatenaError(.timeout, "\(node) is still listed after " + String(format: "%.1f s", elapsed.secondsValue) + " (\(n.role.map { "\($0)" } ?? "not a member"), \(n.health))")
         }
         progress.show("removing \(node): \(n.role.map { "\($0)" } ?? "not a member"), \(n.health)"
                       + (n.leaseMilliseconds.map { ", lease \($0) ms" } ?? ", no lease") + ", epoch \(status.epoch), "
-                      + String(format: "%.1f s", elapsed.secondsDouble))
+                      + String(format: "%.1f s", elapsed.secondsValue))
         try await Task.sleep(for: .milliseconds(100))
         status = try await admin.status()
     }
@@ -84,7 +84,7 @@ func waitUntilMember(_ node: NodeID, address: String, admin: ChainAdmin, timeout
         if let n, n.role != nil, let own, own.role != nil, own.leaseMilliseconds != nil, !own.readsBlocked { return status }
         let elapsed = ContinuousClock.now - started
         guard elapsed < timeout else {
-            throw CatenaError(.timeout, "\(node) is not a member after \(String(format: "%.1f s", elapsed.secondsDouble))"
+            throw CatenaError(.timeout, "\(node) is not a member after \(String(format: "%.1f s", elapsed.secondsValue))"
                               + (n.map { ": \($0.health), \($0.lagRecords) records behind" } ?? ": the master does not list it; is it running?"))
         }
         var line = "adding \(node): "
@@ -93,10 +93,10 @@ func waitUntilMember(_ node: NodeID, address: String, admin: ChainAdmin, timeout
             samples = samples.suffix(20)
             line += String(format: "copied %.1f MiB", Double(c.bytes) / 1_048_576)
             if let first = samples.first, let last = samples.last, last.at > first.at, last.bytes > first.bytes {
-                let rate = Double(last.bytes - first.bytes) / (last.at - first.at).secondsDouble
+                let rate = Double(last.bytes - first.bytes) / (last.at - first.at).secondsValue
                 line += String(format: " at %.1f MB/s", rate / 1e6)
                 if let lag = last.lag, let firstLag = first.lag, firstLag > lag {
-                    let perSecond = Double(firstLag - lag) / (last.at - first.at).secondsDouble
+                    let perSecond = Double(firstLag - lag) / (last.at - first.at).secondsValue
                     line += String(format: ", %llu records behind, about %.0f s left", lag, Double(lag) / max(perSecond, 1e-9))
                 } else if let lag = last.lag {
                     line += ", \(lag) records behind"
@@ -105,7 +105,7 @@ func waitUntilMember(_ node: NodeID, address: String, admin: ChainAdmin, timeout
         } else {
             line += n.map { "\($0.health), \($0.lagRecords) records behind" } ?? "waiting for it to heartbeat"
         }
-        progress.show(line + String(format: ", %.1f s", elapsed.secondsDouble))
+        progress.show(line + String(format: ", %.1f s", elapsed.secondsValue))
         try await Task.sleep(for: .milliseconds(200))
     }
 }
@@ -125,9 +125,4 @@ final class ProgressLine {
         if drawn { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         drawn = false
     }
-}
-
-extension Duration {
-    /// In seconds, fractions included.
-    var secondsDouble: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

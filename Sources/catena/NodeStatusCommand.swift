@@ -102,9 +102,6 @@ struct NodeStatusJSON: Encodable {
     }
 
     func text() throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+        try jsonText(self, snakeCase: true)
     }
 }

@@ -65,7 +65,7 @@ struct ChainVerifyCommand: AsyncParsableCommand {
             // Unbuffered: each difference shows as it is found.
             FileHandle.standardOutput.write(Data((Self.line(difference) + "\n").utf8))
         }, onProgress: { p in
-            let seconds = max(0.001, p.elapsed.seconds)
+            let seconds = max(0.001, p.elapsed.secondsValue)
             status.show(String(format: "verify: %d keys compared, %.0f keys/s, %.1f MB/s read, %d difference%@",
                                p.keysCompared, Double(p.keysCompared) / seconds, Double(p.bytesRead) / 1e6 / seconds,
                                p.differences, p.differences == 1 ? "" : "s"))
@@ -88,7 +88,7 @@ struct ChainVerifyCommand: AsyncParsableCommand {
         let members = r.members.map(\.rawValue).joined(separator: ", ")
         let read = r.members.map { "\($0) \(megabytes(r.bytesRead[$0] ?? 0))" }.joined(separator: ", ")
         var out = "chain \(r.chainID) epoch \(r.epoch), members \(members): \(r.keysCompared) key\(r.keysCompared == 1 ? "" : "s") compared"
-        out += String(format: " in %.1f s; read %@\n", r.elapsed.seconds, read)
+        out += String(format: " in %.1f s; read %@\n", r.elapsed.secondsValue, read)
         if r.differences.isEmpty {
             out += "no differences: the members agree\n"
         } else {
@@ -134,16 +134,14 @@ struct VerifyJSON: Encodable {
         members = r.members.map(\.rawValue)
         keysCompared = r.keysCompared
         bytesRead = Dictionary(uniqueKeysWithValues: r.bytesRead.map { ($0.key.rawValue, $0.value) })
-        elapsedSeconds = r.elapsed.seconds
+        elapsedSeconds = r.elapsed.secondsValue
         differences = r.differences.map { Difference(kind: $0.kind.rawValue, key: $0.key?.string, node: $0.node.rawValue, detail: $0.detail) }
         unsettled = r.unsettled.map(\.string)
         ok = r.differences.isEmpty
     }
 
     func text() throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+        try jsonText(self, plainSlashes: true)
     }
 }
 
@@ -227,9 +225,7 @@ struct NodeVerifyJSON: Encodable {
     }
 
     func text() throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+        try jsonText(self, plainSlashes: true)
     }
 }
 
@@ -261,11 +257,4 @@ final class StatusLine: Sendable {
 /// `12.3 MB`.
 func megabytes(_ bytes: UInt64) -> String {
     String(format: "%.1f MB", Double(bytes) / 1e6)
-}
-
-extension Duration {
-    /// The duration in seconds.
-    var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
-    }
 }
