@@ -146,7 +146,8 @@ let package = Package(
             ]
         ),
         // Test helpers shared by the test targets: a crash-simulating file system, temp dirs, a
-        // linearizability checker for per-key register histories and the recorder that feeds it.
+        // linearizability checker for per-key register histories and the recorder that feeds it, a
+        // strict parser of the Prometheus text format for checking /metrics.
         .target(
             name: "CatenaTestSupport",
             dependencies: ["CatenaCore", "CatenaStorage"]
