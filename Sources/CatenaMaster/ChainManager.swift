@@ -246,6 +246,20 @@ public struct ChainManager: Sendable {
     /// Leaving members taken at their word that they hold no lease (``Beat/leaseless``), each
     /// removable before its lease ran out: how often a drain was cut short.
     public private(set) var leasesReleased = 0
+    /// What this manager changed, counted from its start (the master's metrics).
+    public private(set) var changes = Changes()
+
+    /// Counts of configuration changes.
+    public struct Changes: Hashable, Sendable {
+        /// Configurations persisted with a new epoch.
+        public var reconfigurations = 0
+        /// Members removed as failed.
+        public var failovers = 0
+        /// Members removed because they were leaving (drained, or removed by an operator).
+        public var drains = 0
+        /// Nodes that joined as the new tail.
+        public var joins = 0
+    }
     /// Set once the chain shows it runs an epoch above the active state's (a node's heartbeat
     /// says so, or the machine was made over a state older than one the master had activated):
     /// from then on heartbeats and operator requests are refused with
@@ -558,6 +572,11 @@ public struct ChainManager: Sendable {
             assert(now >= t.leaseUntil, "\(t.id) removed while its lease still runs")
         }
         let before = state.configuration
+        if next.epoch != state.epoch { changes.reconfigurations += 1 }
+        for t in records where t.beingRemoved {
+            if t.leaving { changes.drains += 1 } else { changes.failovers += 1 }
+        }
+        changes.joins += next.configuration.members.filter { before.role(of: $0.id) == nil }.count
         for m in next.configuration.members {
             if before.role(of: m.id) == nil {
                 catchingUp[m.id] = Barrier(epoch: next.epoch)

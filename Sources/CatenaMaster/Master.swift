@@ -52,18 +52,26 @@ public final class Master: Sendable {
     private let core: MasterCore
     private let server: FrameServer
     private let metricsServer: MetricsServer?
+    /// The master's metrics (what `GET /metrics` returns).
+    private let registry: MetricsRegistry
     private let logger: Logger
     /// The data directory's lock, held from ``start(_:logger:)`` until ``run()`` ends.
     private let directoryLock: MasterDirectoryLock
 
-    private init(address: Address, core: MasterCore, server: FrameServer, metricsServer: MetricsServer?, logger: Logger,
+    private init(address: Address, core: MasterCore, server: FrameServer, metricsServer: MetricsServer?, registry: MetricsRegistry, logger: Logger,
                  directoryLock: MasterDirectoryLock) {
         self.address = address
         self.core = core
         self.server = server
         self.metricsServer = metricsServer
+        self.registry = registry
         self.logger = logger
         self.directoryLock = directoryLock
+    }
+
+    /// The master's metrics in Prometheus text format (what `GET /metrics` returns).
+    public func renderMetrics() async -> String {
+        await core.renderMetrics(registry, server: server.metrics)
     }
 
     /// Where metrics are served, if anywhere (the real port when configured with port 0).
@@ -106,6 +114,7 @@ public final class Master: Sendable {
                                              catchUpLagRecords: configuration.catchUpLagRecords)
         let core = MasterCore(state: state, loaded: loaded, settings: settings, file: file, logger: logger)
         var metricsServer: MetricsServer?
+        let registry = MetricsRegistry(process: .master)
         if let metrics = configuration.metrics {
             do {
                 // Ready as soon as it serves: whether the chain is available is the chain's health, not
@@ -118,13 +127,15 @@ public final class Master: Sendable {
                     return .init(live: true, ready: true,
                                  detail: "master of chain \(s.chainID) at epoch \(s.epoch); the chain is \(s.available ? "available" : "UNAVAILABLE")")
                 }
-                metricsServer = try await MetricsServer.bind(metrics, logger: logger, health: health) { await core.renderMetrics(server: server.metrics) }
+                metricsServer = try await MetricsServer.bind(metrics, logger: logger, health: health) {
+                    await core.renderMetrics(registry, server: server.metrics)
+                }
             } catch {
                 server.close()
                 throw error
             }
         }
-        return Master(address: address, core: core, server: server, metricsServer: metricsServer, logger: logger,
+        return Master(address: address, core: core, server: server, metricsServer: metricsServer, registry: registry, logger: logger,
                       directoryLock: directoryLock)
     }
 
@@ -459,30 +470,26 @@ actor MasterCore {
     }
 
     /// The master's metrics in Prometheus text format: the epoch, whether its state is stale, its
-    /// pauses, per node the time since its last heartbeat, its highest LSN, its lag behind the
-    /// most advanced member and health; and what its listener holds (`server`).
-    func renderMetrics(server: FrameServerMetrics) -> String {
+    /// pauses, the changes it made, per node the time since its last heartbeat, its highest LSN,
+    /// its lag behind the most advanced member and health; and what its listener holds (`server`).
+    func renderMetrics(_ r: MetricsRegistry, server: FrameServerMetrics) -> String {
         let s = status()
-        var t = MetricsText()
-        t.gauge("catena_master_epoch", "The current configuration epoch.", Double(s.epoch))
-        t.gauge("catena_master_members", "Members of the chain.", Double(s.nodes.filter { $0.role != nil }.count))
-        t.gauge("catena_master_chain_available", "1 if a member known to hold every committed write is not failed.", s.available ? 1 : 0)
-        t.add("catena_master_member_heartbeat_age_seconds", "gauge", "Seconds since the node's last heartbeat.",
-              s.nodes.compactMap { n in n.heartbeatAgeMilliseconds.map { ([("node", n.id.rawValue)], Double($0) / 1e3) } })
-        t.add("catena_master_member_highest_seq", "gauge", "The highest durable seq the node reported.",
-              s.nodes.map { ([("node", $0.id.rawValue)], Double($0.highestLSN.seq)) })
-        t.add("catena_master_member_lag_records", "gauge", "Records the node is behind the most advanced member.",
-              s.nodes.map { ([("node", $0.id.rawValue)], Double($0.lagRecords)) })
-        t.add("catena_master_member_healthy", "gauge", "1 if the node heartbeats on time and is a member.",
-              s.nodes.map { ([("node", $0.id.rawValue)], $0.health == .healthy ? 1 : 0) })
-        t.gauge("catena_master_state_stale", "1 if the master's state is older than the chain's (restored from an old backup?): it acts on nothing.",
-                manager.staleness == nil ? 0 : 1)
-        t.gauge("catena_master_last_pause_seconds", "How long the master's own last pause lasted (0: none noticed).",
-                Double(manager.lastPause?.length ?? 0) / 1e9)
-        t.gauge("catena_server_connections", "Connections open now (handshaking, clients and peers).", Double(server.openConnections))
-        t.counter("catena_server_connections_refused_total", "Connections refused busy at the connection cap.", server.refusedConnections)
-        t.counter("catena_server_idle_closed_total", "Client connections closed by the idle timeout.", server.idleClosedConnections)
-        return t.text
+        r.set(.masterEpoch, Double(s.epoch))
+        r.set(.masterMembers, Double(s.nodes.filter { $0.role != nil }.count))
+        r.set(.chainAvailable, s.available ? 1 : 0)
+        r.setTotal(.reconfigurations, manager.changes.reconfigurations)
+        r.setTotal(.failovers, manager.changes.failovers)
+        r.setTotal(.drains, manager.changes.drains)
+        r.setTotal(.joins, manager.changes.joins)
+        r.setTotal(.leasesReleased, manager.leasesReleased)
+        r.replaceSeries(.memberHeartbeatAge, s.nodes.compactMap { n in n.heartbeatAgeMilliseconds.map { ([("node", n.id.rawValue)], Double($0) / 1e3) } })
+        r.replaceSeries(.memberHighestSeq, s.nodes.map { ([("node", $0.id.rawValue)], Double($0.highestLSN.seq)) })
+        r.replaceSeries(.memberLagRecords, s.nodes.map { ([("node", $0.id.rawValue)], Double($0.lagRecords)) })
+        r.replaceSeries(.memberHealthy, s.nodes.map { ([("node", $0.id.rawValue)], $0.health == .healthy ? 1 : 0) })
+        r.set(.stateStale, manager.staleness == nil ? 0 : 1)
+        r.set(.lastPause, Double(manager.lastPause?.length ?? 0) / 1e9)
+        r.collectServer(server)
+        return r.exposition()
     }
 }
 

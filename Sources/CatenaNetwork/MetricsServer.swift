@@ -4,48 +4,6 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// Metrics in the Prometheus text exposition format (version 0.0.4), built line by line.
-public struct MetricsText: Sendable {
-    /// The text so far.
-    public private(set) var text = ""
-
-    /// An empty exposition.
-    public init() {}
-
-    /// Adds a metric family: its help, type (`counter` or `gauge`) and samples (labels → value).
-    public mutating func add(_ name: String, _ type: String, _ help: String, _ samples: [([(String, String)], Double)]) {
-        text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-        for (labels, value) in samples {
-            let rendered = labels.isEmpty ? "" : "{" + labels.map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",") + "}"
-            text += "\(name)\(rendered) \(format(value))\n"
-        }
-    }
-
-    /// Adds a counter with one unlabelled sample.
-    public mutating func counter(_ name: String, _ help: String, _ value: Int) {
-        add(name, "counter", help, [([], Double(value))])
-    }
-
-    /// Adds a gauge with one unlabelled sample.
-    public mutating func gauge(_ name: String, _ help: String, _ value: Double) {
-        add(name, "gauge", help, [([], value)])
-    }
-
-    private func escape(_ s: String) -> String {
-        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
-    }
-
-    private func format(_ v: Double) -> String {
-        v == v.rounded() && abs(v) < 1e15 ? String(Int64(v)) : "\(v)"
-    }
-}
-
-extension String {
-    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
-        split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
-    }
-}
-
 /// A small HTTP server answering `GET /metrics` with what `render` returns (Prometheus text),
 /// `GET /healthz` with 200 whenever it answers at all (liveness: a probe that restarts a
 /// process must not restart a node whose log failed — its heartbeats report the failure — nor

@@ -2,6 +2,7 @@ import CatenaCore
 import CatenaNetwork
 import CatenaStorage
 import CatenaWire
+import CoreMetrics
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -32,10 +33,16 @@ public final class Node: Sendable {
     private let started = ContinuousClock.now
     /// This process's random id in its heartbeats: their send times compare only within one.
     private let incarnation = UInt64.random(in: 1...UInt64.max)
+    /// The node's metrics (what `GET /metrics` returns).
+    let registry: MetricsRegistry
+    /// Client requests' latencies and errors, by operation.
+    let requests: RequestInstruments
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
                  metricsServer: MetricsServer?, compaction: CompactionScheduler,
-                 stopRequested: StopSignal, logger: Logger) {
+                 stopRequested: StopSignal, registry: MetricsRegistry, logger: Logger) {
+        self.registry = registry
+        self.requests = RequestInstruments(registry)
         self.stopRequested = stopRequested
         self.compaction = compaction
         self.configuration = configuration
@@ -56,7 +63,10 @@ public final class Node: Sendable {
     public static func start(_ configuration: NodeConfiguration, logger: Logger) async throws(CatenaError) -> Node {
         var logger = logger
         logger[metadataKey: LogKey.node] = "\(configuration.id)"
-        let store = try await Store.open(configuration.store, logger: logger)
+        let registry = MetricsRegistry(process: .node)
+        var storeConfiguration = configuration.store
+        storeConfiguration.metrics = registry.factory
+        let store = try await Store.open(storeConfiguration, logger: logger)
         let recent = await Replica.recentRequests(in: store, logger: logger)
         let server: FrameServer
         do {
@@ -86,7 +96,7 @@ public final class Node: Sendable {
             links: LinkSettings(clusterID: configuration.clusterID, maxBatchBytes: configuration.maxReplicationBatchBytes,
                                 limits: configuration.connectionLimits, catchUpCompression: configuration.catchUpCompression,
                                 catchUpBytesPerSecond: configuration.catchUpBytesPerSecond),
-            recentRequests: recent, seen: seen,
+            recentRequests: recent, seen: seen, hop: registry.timer(.replicationHop),
             onStop: { stopRequested.set() })
         let compaction = CompactionScheduler(store: store, settings: configuration.compaction, logger: logger) { [replica] in
             replica.commitWatermark
@@ -95,8 +105,8 @@ public final class Node: Sendable {
         if let metrics = configuration.metrics {
             do {
                 metricsServer = try await MetricsServer.bind(metrics, logger: logger, health: { Node.health(of: replica, clock: configuration.clock) }) {
-                    await Node.renderMetrics(id: configuration.id, replica: replica, store: store, server: server,
-                                             compaction: compaction, clock: configuration.clock)
+                    Node.renderMetrics(registry, id: configuration.id, replica: replica, store: store, server: server.metrics,
+                                       compaction: compaction, clock: configuration.clock)
                 }
             } catch {
                 server.close()
@@ -105,7 +115,7 @@ public final class Node: Sendable {
             }
         }
         return Node(configuration: configuration, address: address, store: store, replica: replica, server: server,
-                    metricsServer: metricsServer, compaction: compaction, stopRequested: stopRequested, logger: logger)
+                    metricsServer: metricsServer, compaction: compaction, stopRequested: stopRequested, registry: registry, logger: logger)
     }
 
     /// The node's view of itself: what `catena node status` prints.
@@ -146,70 +156,68 @@ public final class Node: Sendable {
     }
 
     /// The node's metrics in Prometheus text format (what `GET /metrics` returns).
-    static func renderMetrics(id: NodeID, replica: Replica, store: Store, server: FrameServer, compaction: CompactionScheduler,
-                              clock: any NodeClock) async -> String {
+    public func renderMetrics() -> String {
+        Node.renderMetrics(registry, id: configuration.id, replica: replica, store: store, server: server.metrics,
+                           compaction: compaction, clock: configuration.clock)
+    }
+
+    /// Copies the state the node's parts keep into `registry`, then renders it: what was
+    /// recorded as it happened (request latencies, fsyncs, group commits, replication hops)
+    /// is there already.
+    static func renderMetrics(_ registry: MetricsRegistry, id: NodeID, replica: Replica, store: Store, server: FrameServerMetrics,
+                              compaction: CompactionScheduler, clock: any NodeClock) -> String {
         let m = replica.currentMetrics
         let snapshot = replica.view.snapshot
         let view = snapshot.node
         let s = store.metrics
-        var t = MetricsText()
-        t.add("catena_node_info", "gauge", "This node's id and role (value 1).",
-              [([("node", id.rawValue), ("role", view.role.map { "\($0)" } ?? "none")], 1)])
-        t.gauge("catena_node_epoch", "The configuration epoch this node runs.", Double(view.epoch))
-        t.gauge("catena_node_failed", "1 if the local log failed and the node stopped taking writes.", view.failure == nil ? 0 : 1)
+        let r = registry
+        r.replaceSeries(.nodeInfo, [(labels: [("node", id.rawValue), ("role", view.role.map { "\($0)" } ?? "none")], value: 1)])
+        r.set(.nodeEpoch, Double(view.epoch))
+        r.set(.nodeFailed, view.failure == nil ? 0 : 1)
         let now = clock.nanoseconds
-        let lease = view.leaseExpiry.map { $0 > now ? Double($0 - now) / 1e9 : 0 } ?? 0
-        t.gauge("catena_node_lease_remaining_seconds", "Seconds of lease left from the master (0: none; the node serves no clients).", lease)
-        t.gauge("catena_node_joining", "1 while the node is not a member and catches up from the tail.", view.standing == .joining ? 1 : 0)
-        if let c = snapshot.catchUp {
-            t.counter("catena_node_catch_up_records_total", "Records copied from the tail while joining.", c.recordsInstalled)
-            t.counter("catena_node_catch_up_bytes_total", "Bytes of records copied from the tail while joining.", c.recordBytesInstalled)
-            t.counter("catena_node_catch_up_wire_bytes_total", "Bytes received for them (LZ4-compressed chunks).", c.wireBytes)
-            t.gauge("catena_node_catch_up_lag_records", "Records the tail had that this node lacked at the last chunk.", Double(c.lag ?? 0))
-        }
-        t.counter("catena_node_writes_committed_total", "Writes committed with this node as head.", m.writesCommitted)
-        t.counter("catena_node_writes_refused_total", "Writes refused (redirect, invalid, busy, failure).", m.writesRefused)
-        t.counter("catena_node_writes_throttled_total", "Writes that waited under the uncommitted-bytes bound.", m.writesThrottled)
-        t.counter("catena_node_records_replicated_total", "Records applied from the predecessor.", m.recordsReplicated)
-        t.counter("catena_node_records_truncated_total", "Records removed by truncations (writes the chain never committed, discarded logs).", m.recordsTruncated)
-        t.gauge("catena_node_uncommitted_bytes", "Bytes of writes taken at the head and not yet committed.", Double(m.uncommittedBytes))
-        t.gauge("catena_node_uncommitted_bytes_peak", "The most uncommitted bytes so far.", Double(m.peakUncommittedBytes))
-        t.gauge("catena_node_in_flight_bytes", "Bytes forwarded and not yet acknowledged by the successor.", Double(m.inFlightBytes))
-        t.gauge("catena_node_last_accepted_seq", "Seq of the last record accepted into the local log.", Double(m.lastAccepted.seq))
-        t.gauge("catena_node_acknowledged_seq", "Seq through which this node acknowledged upstream (the head: committed).", Double(m.acknowledged.seq))
-        t.gauge("catena_store_durable_seq", "Seq of the highest durable record.", Double(store.highestLSN.seq))
-        t.gauge("catena_store_pending_append_bytes", "Bytes enqueued in the store and not yet durable.", Double(store.pendingAppendBytes))
-        t.counter("catena_store_appended_records_total", "Records made durable.", s.appendedRecords)
-        t.counter("catena_store_appended_bytes_total", "Bytes of records made durable.", s.appendedBytes)
-        t.counter("catena_store_group_commits_total", "Group commits (write + sync rounds).", s.batches)
-        t.counter("catena_store_fsyncs_total", "fsyncs of segments and directories.", s.syncs)
-        t.counter("catena_store_segments_sealed_total", "Segments sealed.", s.segmentsSealed)
-        t.gauge("catena_store_damage_reports", "Damaged stretches found in the log (never served).", Double(store.damage.count))
-        t.counter("catena_node_stale_configurations_refused_total",
-                  "Master configurations refused as older than one this node has seen (a master state restored from an old backup?).",
-                  m.staleConfigurationsRefused)
-        t.counter("catena_node_request_ids_forgotten_early_total",
-                  "Request ids forgotten inside the request window because of the memory cap (their retries are not recognised).",
-                  m.requestsForgottenEarly)
-        let c = compaction.metrics
-        t.gauge("catena_store_commit_watermark_seq", "Seq of the persisted commit watermark (on every replica; compaction may drop below it).",
-                Double(store.commitWatermark.seq))
-        t.gauge("catena_store_sealed_bytes", "Bytes of sealed segments.", Double(c.lastGarbage.sealedBytes))
-        t.gauge("catena_store_garbage_bytes", "Bytes of superseded versions and tombstones in sealed segments.", Double(c.lastGarbage.garbageBytes))
-        t.gauge("catena_store_collectable_bytes", "Garbage bytes compaction may give back now.", Double(c.lastGarbage.collectableBytes))
-        t.counter("catena_store_compactions_total", "Compactions run by the scheduler.", c.compactions)
-        t.counter("catena_store_compaction_failures_total", "Compactions that failed.", c.compactionFailures)
-        t.counter("catena_store_compaction_reclaimed_bytes_total", "Bytes compactions gave back.", Int(clamping: c.bytesReclaimed))
-        t.counter("catena_store_watermark_raises_total", "Commit watermark raises persisted.", c.watermarkRaises)
-        let n = server.metrics
-        t.gauge("catena_server_connections", "Connections open now (handshaking, clients and peers).", Double(n.openConnections))
-        t.gauge("catena_server_client_connections", "Established client connections now.", Double(n.clientConnections))
-        t.counter("catena_server_connections_refused_total", "Connections refused busy at the connection cap.", n.refusedConnections)
-        t.counter("catena_server_idle_closed_total", "Client connections closed by the idle timeout.", n.idleClosedConnections)
-        t.gauge("catena_server_request_bytes_in_progress", "Bytes of requests admitted and not yet answered.", Double(n.admission.bytesInProgress))
-        t.gauge("catena_server_request_bytes_in_progress_peak", "The most request bytes in progress so far.", Double(n.admission.peakBytesInProgress))
-        t.gauge("catena_server_connections_waiting", "Connections not read until request bytes are released.", Double(n.admission.waitingConnections))
-        return t.text
+        r.set(.nodeLeaseRemaining, view.leaseExpiry.map { $0 > now ? Double($0 - now) / 1e9 : 0 } ?? 0)
+        r.set(.nodeJoining, view.standing == .joining ? 1 : 0)
+        // Counted per catch-up: a new one starts again from 0, which the counters take as a restart.
+        let c = snapshot.catchUp
+        r.setTotal(.catchUpRecords, c?.recordsInstalled ?? 0)
+        r.setTotal(.catchUpBytes, c?.recordBytesInstalled ?? 0)
+        r.setTotal(.catchUpWireBytes, c?.wireBytes ?? 0)
+        r.set(.catchUpLagRecords, Double(c?.lag ?? 0))
+        r.setTotal(.writesCommitted, m.writesCommitted)
+        r.setTotal(.writesRefused, m.writesRefused)
+        r.setTotal(.writesThrottled, m.writesThrottled)
+        r.setTotal(.recordsReplicated, m.recordsReplicated)
+        r.setTotal(.recordsTruncated, m.recordsTruncated)
+        r.set(.uncommittedBytes, Double(m.uncommittedBytes))
+        r.set(.uncommittedPeakBytes, Double(m.peakUncommittedBytes))
+        r.set(.replicationLagRecords, Double(m.lagRecords))
+        r.set(.replicationLagBytes, Double(m.inFlightBytes))
+        r.set(.replicationLagSeconds, m.lagDuration.secondsValue)
+        r.set(.sentRecords, Double(m.sentRecords))
+        r.set(.lastAcceptedSeq, Double(m.lastAccepted.seq))
+        r.set(.acknowledgedSeq, Double(m.acknowledged.seq))
+        r.setTotal(.staleConfigurationsRefused, m.staleConfigurationsRefused)
+        r.setTotal(.requestIDsForgottenEarly, m.requestsForgottenEarly)
+        r.set(.durableSeq, Double(store.highestLSN.seq))
+        r.set(.commitWatermarkSeq, Double(store.commitWatermark.seq))
+        r.set(.pendingAppendBytes, Double(store.pendingAppendBytes))
+        r.setTotal(.appendedRecords, s.appendedRecords)
+        r.setTotal(.appendedBytes, s.appendedBytes)
+        r.setTotal(.segmentsSealed, s.segmentsSealed)
+        let disk = store.diskUsage
+        r.set(.diskBytes, Double(disk.bytes))
+        r.set(.segments, Double(disk.segments))
+        r.set(.damagedRanges, Double(store.damage.count))
+        let k = compaction.metrics
+        r.set(.sealedBytes, Double(k.lastGarbage.sealedBytes))
+        r.set(.garbageBytes, Double(k.lastGarbage.garbageBytes))
+        r.set(.collectableBytes, Double(k.lastGarbage.collectableBytes))
+        r.setTotal(.compactions, k.compactions)
+        r.setTotal(.compactionFailures, k.compactionFailures)
+        r.setTotal(.compactionReclaimedBytes, Int(clamping: k.bytesReclaimed))
+        r.setTotal(.watermarkRaises, k.watermarkRaises)
+        r.collectServer(server)
+        return r.exposition()
     }
 
     /// Serves until the task is cancelled, its `ServiceGroup` shuts down gracefully, or the

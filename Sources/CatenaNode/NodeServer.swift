@@ -34,10 +34,11 @@ extension Node {
         let slots = RequestSlots(limit: configuration.maxRequestsPerConnection)
         let outcome: Result<Void, CatenaError> = await withDiscardingTaskGroup { group in
             while true {
-                let frame: Frame
+                let frame: Frame, received: ContinuousClock.Instant
                 do throws(CatenaError) {
                     guard let next = try await reader.nextHeld() else { break }
                     frame = next
+                    received = ContinuousClock.now
                 } catch {
                     group.cancelAll()
                     return .failure(error)
@@ -50,28 +51,32 @@ extension Node {
                 await slots.take()
                 if frame.type == .write {
                     let view = replica.view
+                    let requests = self.requests
+                    let write = Result { () throws(CatenaError) in try checkedWrite(frame) }
+                    let op = (try? write.get()).map { RequestInstruments.op($0.type) } ?? "write"
                     @Sendable func answer(_ result: Result<LSN, CatenaError>) {
                         let epoch = view.snapshot.epoch
                         switch result {
                         case .success(let lsn):
                             connection.outlet.send(Frame(type: .writeResult, flags: .reply, chainID: frame.chainID, requestID: frame.requestID,
                                                          epoch: epoch, payload: LSNPayload.encode(lsn)))
+                            requests.record(op, since: received, error: nil)
                         case .failure(let error):
                             connection.outlet.send(Frame.error(error, replyingTo: frame.requestID, chainID: frame.chainID, epoch: epoch))
+                            requests.record(op, since: received, error: error)
                         }
                         connection.release(frame)
                         slots.give()
                     }
-                    do throws(CatenaError) {
-                        replica.submit(try checkedWrite(frame), reply: answer)
-                    } catch {
-                        answer(.failure(error))
+                    switch write {
+                    case .success(let request): replica.submit(request, reply: answer)
+                    case .failure(let error): answer(.failure(error))
                     }
                     continue
                 }
                 // Off the connection's event loop: a read may wait for the disk.
                 group.addTask(executorPreference: globalConcurrentExecutor) {
-                    await self.answer(frame, on: connection.outbound)
+                    await self.answer(frame, on: connection.outbound, received: received)
                     connection.release(frame)
                     slots.give()
                 }
@@ -111,8 +116,10 @@ extension Node {
     /// takes at least one key, so a larger object is read alone).
     static let scrubPageBytes: UInt64 = 64 << 20
 
-    private func answer(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>) async {
+    private func answer(_ frame: Frame, on outbound: NIOAsyncChannelOutboundWriter<Frame>, received: ContinuousClock.Instant) async {
         let epoch = replica.view.snapshot.epoch
+        var failure: CatenaError?
+        defer { if let op = RequestInstruments.op(frame.type) { requests.record(op, since: received, error: failure) } }
         func reply(_ type: FrameType, _ payload: ByteBuffer, more: Bool = false) -> Frame {
             Frame(type: type, flags: more ? [.reply, .more] : .reply, chainID: frame.chainID, requestID: frame.requestID,
                   epoch: epoch, payload: payload)
@@ -211,12 +218,15 @@ extension Node {
                 try replica.view.snapshot.node.checkCatchUpSource()
                 let request = try CatchUpRequest(decoding: frame.payload)
                 try await CatchUpSource.serve(request, store: store) { (chunk, more) throws(CatenaError) in
-                    try await write(reply(.catchUpChunk, chunk.encoded(), more: more), outbound)
+                    let encoded = chunk.encoded()
+                    try await write(reply(.catchUpChunk, encoded, more: more), outbound)
+                    requests.catchUpSentBytes.increment(by: encoded.readableBytes)
                 }
             default:
                 throw CatenaError(.unknownFrameType, "unexpected \(frame.type)")
             }
         } catch {
+            failure = error
             try? await outbound.write(Frame.error(error, replyingTo: frame.requestID, chainID: frame.chainID, epoch: epoch))
         }
     }

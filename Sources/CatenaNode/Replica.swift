@@ -1,4 +1,5 @@
 import CatenaCore
+import CoreMetrics
 import CatenaNetwork
 import CatenaStorage
 import CatenaWire
@@ -52,6 +53,12 @@ public struct ReplicaMetrics: Hashable, Sendable {
     public var writesThrottled = 0
     /// Bytes forwarded and not yet acknowledged by the successor (the Sent list).
     public var inFlightBytes = 0
+    /// Records forwarded and not yet acknowledged by the successor (the Sent list's length).
+    public var sentRecords = 0
+    /// Records this node holds that its successor has not acknowledged (0 without a successor).
+    public var lagRecords: UInt64 = 0
+    /// How long the oldest record forwarded and not yet acknowledged has waited (zero if none).
+    public var lagDuration: Duration = .zero
     /// The highest LSN accepted into the local log.
     public var lastAccepted = LSN.zero
     /// The highest LSN acknowledged upstream (the head: committed).
@@ -88,6 +95,8 @@ final class Replica: Sendable {
     private let links: LinkSettings
     /// Called when the master forgot this node: the node stops.
     private let onStop: @Sendable () -> Void
+    /// Records each replication hop: from a forward to the successor's acknowledgement of it.
+    private let hop: CoreMetrics.Timer
     private let core: Mutex<Core>
 
     private struct Core: ~Copyable {
@@ -109,6 +118,8 @@ final class Replica: Sendable {
         /// An append completed while the lock was held (so its callback could not be kept):
         /// ``ticketsCompleted()`` runs once the lock is released.
         var completedUnheard = false
+        /// The forwards not yet acknowledged: the last seq of each, and when it was sent.
+        var forwarded = Deque<(seq: UInt64, at: ContinuousClock.Instant)>()
 
         init(machine: NodeStateMachine) {
             self.machine = machine
@@ -117,8 +128,10 @@ final class Replica: Sendable {
 
     init(me: NodeID, store: Store, settings: NodeStateMachine.Settings, clock: any NodeClock, logger: Logger, links: LinkSettings,
          recentRequests: [ReplicaStateMachine.RememberedRequest], seen: SeenChain?,
+         hop: CoreMetrics.Timer = CoreMetrics.Timer(label: CatenaMetric.replicationHop.name, factory: NOOPMetricsHandler.instance),
          onStop: @escaping @Sendable () -> Void) {
         self.me = me
+        self.hop = hop
         self.store = store
         self.clock = clock
         self.logger = logger
@@ -250,7 +263,18 @@ final class Replica: Sendable {
 
     /// The successor `sender` acknowledged everything through `lsn`.
     func acknowledged(through lsn: LSN, epoch: UInt64, from sender: NodeID) -> CatenaError? {
-        withCore { c in handle(c.machine.acknowledged(through: lsn, epoch: epoch, from: sender), &c) }
+        withCore { c in
+            let error = handle(c.machine.acknowledged(through: lsn, epoch: epoch, from: sender), &c)
+            let acknowledged = c.machine.replica?.downstreamAcknowledged.seq ?? 0
+            let now = ContinuousClock.now
+            while let first = c.forwarded.first, first.seq <= acknowledged {
+                hop.recordNanoseconds((now - first.at).nanosecondsClamped)
+                c.forwarded.removeFirst()
+            }
+            // Nothing in flight (a new successor, a truncation): what is left is not waited for.
+            if c.machine.replica?.sentCount ?? 0 == 0 { c.forwarded.removeAll() }
+            return error
+        }
     }
 
     /// A (re)connected successor reports its last LSN on `reporter`'s new connection.
@@ -321,6 +345,11 @@ final class Replica: Sendable {
             m.requestsForgottenEarly = counters.requestsForgottenEarlyBefore + (machine.replica?.requestsForgottenEarly ?? 0)
             m.uncommittedBytes = machine.replica?.uncommittedBytes ?? 0
             m.inFlightBytes = machine.replica?.inFlightBytes ?? 0
+            m.sentRecords = machine.replica?.sentCount ?? 0
+            if let r = machine.replica, r.role != nil, machine.configuration?.successor(of: me) != nil {
+                m.lagRecords = r.lastAccepted.seq - min(r.downstreamAcknowledged.seq, r.lastAccepted.seq)
+            }
+            if m.sentRecords > 0, let oldest = c.forwarded.first { m.lagDuration = ContinuousClock.now - oldest.at }
             m.lastAccepted = machine.replica?.lastAccepted ?? .zero
             m.acknowledged = machine.replica?.acknowledged ?? .zero
             return m
@@ -354,6 +383,7 @@ final class Replica: Sendable {
                     }
                 case .forward(let records, let to):
                     linkTo(to, &c).send(records)
+                    if c.forwarded.count < 1 << 16 { c.forwarded.append((records[records.count - 1].lsn.seq, ContinuousClock.now)) }
                 case .resend(let after, let through, let to):
                     linkTo(to, &c).resend(after: after, through: through)
                 case .acknowledge(let through, let to):

@@ -1,4 +1,5 @@
 import CatenaCore
+import CoreMetrics
 import DequeModule
 import Logging
 import NIOConcurrencyHelpers
@@ -22,6 +23,7 @@ import Glibc
 public final class Store: Sendable {
     /// The configuration the store was opened with.
     public let configuration: StoreConfiguration
+    let instruments: Instruments
     let fs: any FileSystem
     let dir: DataDirectory
     let logger: Logger
@@ -69,6 +71,23 @@ public final class Store: Sendable {
         var segment: UInt64
         var offset: UInt64
         var createdSegment: Bool
+        /// When the writer began writing it (for the group commit's duration).
+        var started: ContinuousClock.Instant
+    }
+
+    /// What the store records through swift-metrics (``StoreConfiguration/metrics``).
+    struct Instruments: Sendable {
+        let fsync: CoreMetrics.Timer
+        let groupCommit: CoreMetrics.Timer
+        let groupCommitBytes: Recorder
+        let groupCommitRecords: Recorder
+
+        init(_ factory: any MetricsFactory) {
+            fsync = CoreMetrics.Timer(label: CatenaMetric.fsyncDuration.name, factory: factory)
+            groupCommit = CoreMetrics.Timer(label: CatenaMetric.groupCommitDuration.name, factory: factory)
+            groupCommitBytes = Recorder(label: CatenaMetric.groupCommitBytes.name, factory: factory)
+            groupCommitRecords = Recorder(label: CatenaMetric.groupCommitRecords.name, factory: factory)
+        }
     }
 
     enum WriterOp {
@@ -235,6 +254,7 @@ public final class Store: Sendable {
         var logger = logger
         logger[metadataKey: LogKey.directory] = "\(configuration.directory)"
         self.configuration = configuration
+        self.instruments = Instruments(configuration.metrics)
         self.fs = configuration.fileSystem
         self.dir = DataDirectory(path: configuration.directory)
         self.logger = logger

@@ -1,4 +1,5 @@
 import CatenaCore
+import CoreMetrics
 
 /// When an append counts as durable.
 public enum Durability: String, Sendable, CaseIterable {
@@ -54,6 +55,9 @@ public struct StoreConfiguration: Sendable {
     /// one at ``Store/close()``, is cut back to its records; start-up drops an all-zero end of
     /// the last segment. Default 256 KiB; 0 turns it off.
     public var zeroFillAhead: Int = 256 << 10
+    /// Where the store records its fsyncs and group commits (swift-metrics; a node passes its
+    /// registry's factory). Default: nowhere.
+    public var metrics: any MetricsFactory = NOOPMetricsHandler.instance
     /// Threads that perform blocking reads. Default 4.
     public var readThreads: Int = 4
     /// How long uploads may stay unfinished. A multipart upload this old (from its creation, by

@@ -1,4 +1,5 @@
 import CatenaCore
+import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
 import NIOPosix
@@ -184,6 +185,7 @@ extension Store {
         for p in batch { for r in p.records { chunks.append(r.bytes) } }
         let firstLSN = batch[0].records[0].lsn
 
+        let started = ContinuousClock.now
         // Roll the active segment when the batch does not fit (a batch is never split).
         let active: (file: any StorageFile, id: UInt64, offset: UInt64, zeroedEnd: UInt64)
         do {
@@ -226,7 +228,8 @@ extension Store {
                 if let zeros { s.segments[i].zeroedEnd = end + UInt64(zeros.count) }
             }
             s.writtenLSN = batch[batch.count - 1].records.last!.lsn
-            s.written.append(WrittenBatch(appends: batch, bytes: bytes, file: active.file, segment: active.id, offset: active.offset, createdSegment: created))
+            s.written.append(WrittenBatch(appends: batch, bytes: bytes, file: active.file, segment: active.id, offset: active.offset, createdSegment: created,
+                                        started: started))
             if s.syncerScheduled { return .running }
             s.syncerScheduled = true
             return Store.writerWaitsForSync(queuedBytes: s.queuedBytes) ? .here : .onSyncer
@@ -271,12 +274,16 @@ extension Store {
                 do {
                     var synced: [ObjectIdentifier] = []
                     for b in taken where !synced.contains(ObjectIdentifier(b.file)) {
+                        let start = ContinuousClock.now
                         try b.file.sync()
+                        instruments.fsync.recordNanoseconds((ContinuousClock.now - start).nanosecondsClamped)
                         synced.append(ObjectIdentifier(b.file))
                         syncs += 1
                     }
                     if taken.contains(where: \.createdSegment) {
+                        let start = ContinuousClock.now
                         try fs.syncDirectory(dir.path)
+                        instruments.fsync.recordNanoseconds((ContinuousClock.now - start).nanosecondsClamped)
                         syncs += 1
                     }
                 } catch {
@@ -330,6 +337,12 @@ extension Store {
                 }
                 s.durable = taken[taken.count - 1].appends.last!.records.last!.lsn
                 s.metrics.syncs += syncs
+            }
+            let now = ContinuousClock.now
+            for b in taken {
+                instruments.groupCommit.recordNanoseconds((now - b.started).nanosecondsClamped)
+                instruments.groupCommitBytes.record(b.bytes)
+                instruments.groupCommitRecords.record(b.appends.reduce(0) { $0 + $1.records.count })
             }
             for b in taken { for p in b.appends { p.ticket.complete(.success(())) } }
             release(batches: taken.count)

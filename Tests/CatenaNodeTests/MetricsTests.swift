@@ -3,6 +3,7 @@ import CatenaClusterTestSupport
 import CatenaCore
 import CatenaMaster
 import CatenaNode
+import CatenaTestSupport
 import Foundation
 import Testing
 
@@ -45,7 +46,8 @@ private func blockingHTTPGet(port: Int, path: String) throws -> String {
 extension InProcessChainTests {
     @Suite("Metrics endpoints")
     struct Metrics {
-        @Test("node and master serve Prometheus text on their metrics addresses; other paths get 404", .timeLimit(.minutes(1)))
+        @Test("node and master serve valid Prometheus text with every metric of the table, its type and help; other paths get 404",
+              .timeLimit(.minutes(1)))
         func nodeAndMasterServeMetrics() async throws {
             let dir = NSTemporaryDirectory() + "catena-metrics-" + UUID().uuidString
             defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -72,36 +74,108 @@ extension InProcessChainTests {
             let client = try CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
             try await client.put("m/1", [1, 2, 3])
             try await client.put("m/2", [4, 5, 6])
+            #expect(try await client.get("m/1").bytes == [1, 2, 3])
+            await #expect(throws: CatenaError.self) { try await client.get("m/missing") }
 
             let nodePort = Int(try #require(node.metricsAddress).port)
-            let nodeText = try await httpGet(port: nodePort, path: "/metrics")
-            #expect(nodeText.hasPrefix("HTTP/1.1 200"))
-            #expect(nodeText.contains("# TYPE catena_node_writes_committed_total counter"))
-            #expect(nodeText.contains("\ncatena_node_writes_committed_total 2\n"))
-            #expect(nodeText.contains("catena_node_info{node=\"n1\",role=\"single\"} 1"))
-            #expect(nodeText.contains("\ncatena_store_durable_seq "))
+            let nodeResponse = try await httpGet(port: nodePort, path: "/metrics")
+            #expect(nodeResponse.hasPrefix("HTTP/1.1 200"))
+            #expect(nodeResponse.contains("Content-Type: text/plain; version=0.0.4"))
+            let nodeText = try Self.parse(nodeResponse)
+            Self.expectTable(nodeText, process: .node)
+            #expect(nodeText.value("catena_build_info", ["version": CatenaBuild.version, "process": "node"]) == 1)
+            #expect(nodeText.value("catena_node_writes_committed_total") == 2)
+            #expect(nodeText.value("catena_node_info", ["node": "n1", "role": "single"]) == 1)
+            #expect(nodeText.value("catena_store_durable_seq").map { $0 >= 2 } == true)
+            // A put the node refused before it had its first lease would count too.
+            #expect(nodeText.value("catena_node_request_duration_seconds_count", ["op": "put"]).map { $0 >= 2 } == true)
+            #expect(nodeText.value("catena_node_request_duration_seconds_count", ["op": "get"]) == 2)
+            #expect(nodeText.value("catena_node_request_errors_total", ["op": "get", "code": "notFound"]) == 1)
+            // Each put was its own group commit, with its own fsync (the store syncs by default).
+            #expect(nodeText.value("catena_store_group_commit_records_count").map { $0 >= 2 } == true)
+            #expect(nodeText.value("catena_store_group_commit_bytes_sum").map { $0 > 0 } == true)
+            #expect(nodeText.value("catena_store_fsync_seconds_count").map { $0 >= 2 } == true)
+            // A single has no successor: no hop, no lag.
+            #expect(nodeText.value("catena_replication_hop_seconds_count") == 0)
+            #expect(nodeText.value("catena_node_replication_lag_records") == 0)
             // What the listener holds (the metrics request itself is on another server).
-            #expect(nodeText.contains("\ncatena_server_client_connections 1\n"))
-            #expect(nodeText.contains("\ncatena_server_connections_refused_total 0\n"))
-            #expect(nodeText.contains("\ncatena_node_stale_configurations_refused_total 0\n"))
-            #expect(nodeText.contains("\ncatena_node_request_ids_forgotten_early_total 0\n"))
-            #expect(nodeText.contains("\ncatena_store_commit_watermark_seq "))
-            #expect(nodeText.contains("# TYPE catena_store_compactions_total counter"))
+            #expect(nodeText.value("catena_server_client_connections") == 1)
+            #expect(nodeText.value("catena_server_connections_refused_total") == 0)
             #expect(try await httpGet(port: nodePort, path: "/other").hasPrefix("HTTP/1.1 404"))
 
             let masterPort = Int(try #require(master.metricsAddress).port)
-            let masterText = try await httpGet(port: masterPort, path: "/metrics")
-            #expect(masterText.hasPrefix("HTTP/1.1 200"))
-            #expect(masterText.contains("\ncatena_master_members 1\n"))
-            #expect(masterText.contains("catena_master_member_lag_records{node=\"n1\"} 0"))
-            #expect(masterText.contains("catena_master_member_heartbeat_age_seconds{node=\"n1\"} "))
-            #expect(masterText.contains("\ncatena_master_state_stale 0\n"))
-            #expect(masterText.contains("\ncatena_server_connections_refused_total 0\n"))
+            let masterResponse = try await httpGet(port: masterPort, path: "/metrics")
+            #expect(masterResponse.hasPrefix("HTTP/1.1 200"))
+            let masterText = try Self.parse(masterResponse)
+            Self.expectTable(masterText, process: .master)
+            #expect(masterText.value("catena_build_info", ["version": CatenaBuild.version, "process": "master"]) == 1)
+            #expect(masterText.value("catena_master_members") == 1)
+            #expect(masterText.value("catena_master_member_lag_records", ["node": "n1"]) == 0)
+            #expect(masterText.value("catena_master_member_heartbeat_age_seconds", ["node": "n1"]) != nil)
+            #expect(masterText.value("catena_master_state_stale") == 0)
+            #expect(masterText.value("catena_master_failovers_total") == 0)
             await client.close()
             nodeTask.cancel()
             await nodeTask.value
             masterTask.cancel()
             await masterTask.value
+        }
+
+        /// The body of an HTTP response, parsed as Prometheus text.
+        static func parse(_ response: String) throws -> PrometheusExposition {
+            let body = try #require(response.range(of: "\r\n\r\n")).upperBound
+            return try PrometheusExposition(parsing: String(response[body...]))
+        }
+
+        /// Every metric of the table that `process` exposes is there, with the table's type and
+        /// help, and the exposition keeps Prometheus' naming conventions.
+        static func expectTable(_ text: PrometheusExposition, process: CatenaMetric.Process) {
+            for metric in CatenaMetric.allCases where metric.entry.process == process || metric.entry.process == .both {
+                if metric == .requestErrors { continue }  // a series per error seen: checked by value
+                let family = text.family(metric.name)
+                #expect(family != nil, "\(metric.name) is missing")
+                #expect(family?.type.rawValue == metric.kind.rawValue, "\(metric.name)")
+                #expect(family?.help == metric.help, "\(metric.name)")
+            }
+            let known = Set(CatenaMetric.allCases.map(\.name))
+            for name in text.families.keys {
+                #expect(known.contains(name), "\(name) is not in the table (CatenaMetric)")
+            }
+            #expect(text.conventionProblems(prefix: "catena_") == [])
+        }
+
+        @Test("a chain's metrics: replication hops and lag at the head and middle, none at the tail; the master counts a failover",
+              .timeLimit(.minutes(1)))
+        func chainMetrics() async throws {
+            let cluster = try await TestCluster.start(TestCluster.Options(.inProcess, nodes: 3))
+            defer { Task { await cluster.stop() } }
+            for i in 0..<20 { try await cluster.client.put("c/\(i)", [UInt8](repeating: UInt8(i), count: 1000)) }
+            let texts = try cluster.nodes.map { try PrometheusExposition(parsing: $0.renderMetrics()) }
+            for (i, text) in texts.enumerated() {
+                let hops = try #require(text.value("catena_replication_hop_seconds_count"))
+                if i < 2 { #expect(hops >= 1, "node \(i + 1)") } else { #expect(hops == 0) }
+                #expect(text.value("catena_node_replication_lag_records") != nil)
+                #expect(text.value("catena_node_replication_lag_seconds") != nil)
+                #expect(text.value("catena_node_sent_records") != nil)
+            }
+            #expect(texts[0].value("catena_node_request_duration_seconds_count", ["op": "put"]).map { $0 >= 20 } == true)
+            // The puts, and the record that starts the epoch.
+            #expect(texts[1].value("catena_node_records_replicated_total").map { $0 >= 20 } == true)
+            #expect(texts[2].value("catena_node_records_replicated_total").map { $0 >= 20 } == true)
+
+            let before = try PrometheusExposition(parsing: await cluster.master.renderMetrics())
+            #expect(before.value("catena_master_failovers_total") == 0)
+            let epoch = try #require(before.value("catena_master_epoch"))
+            let reconfigurations = try #require(before.value("catena_master_reconfigurations_total"))
+            let middle = cluster.nodeIDs[1]
+            await cluster.stopNode(middle)
+            _ = try await cluster.waitForStatus("the middle node removed") { $0.role(of: middle) == nil }
+            let after = try PrometheusExposition(parsing: await cluster.master.renderMetrics())
+            #expect(after.value("catena_master_failovers_total") == 1)
+            #expect(after.value("catena_master_reconfigurations_total") == reconfigurations + 1)
+            #expect(after.value("catena_master_epoch") == epoch + 1)
+            #expect(after.value("catena_master_members") == 2)
+            await cluster.stop()
         }
 
         @Test("/healthz and /readyz: a member with a lease is ready, a node the master does not know is live but not ready; node status tells each node's own view",
