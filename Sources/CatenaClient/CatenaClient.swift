@@ -771,7 +771,7 @@ public final class CatenaClient: Sendable {
                     throw error
                 }
                 lastError = error
-                logger.debug("retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                logger.debug("retrying", metadata: .catena([.error: "\(error)", .attempt: "\(attempt)"]))
                 if error.code != .busy {
                     core.chainStale.withLock { $0 = true }
                     core.routes.withLock { $0 = Routes() }

@@ -90,16 +90,16 @@ public final class Master: Sendable {
             state = saved
             loaded = true
             if saved.configuration.members.map(\.id) != configuration.initial.members.map(\.id) {
-                logger.notice("the saved configuration overrides the topology file", metadata: [
-                    "catena_saved_members": "\(saved.configuration.members.map(\.id.rawValue))",
-                    "catena_topology_members": "\(configuration.initial.members.map(\.id.rawValue))",
-                ])
+                logger.notice("the saved configuration overrides the topology file", metadata: .catena([
+                    .savedMembers: "\(saved.configuration.members.map(\.id.rawValue))",
+                    .topologyMembers: "\(configuration.initial.members.map(\.id.rawValue))",
+                ]))
             }
         } else {
             state = MasterState(initial: configuration.initial)
             loaded = false
             try file.compareAndSwap(expectedEpoch: nil, new: state)
-            logger.info("saved the initial configuration", metadata: [LogKey.epoch: "\(state.epoch)", LogKey.path: "\(file.location)"])
+            logger.info("saved the initial configuration", metadata: .catena([.epoch: "\(state.epoch)", .path: "\(file.location)"]))
         }
         let server = try await FrameServer.bind(
             host: configuration.listen.host, port: Int(configuration.listen.port), clusterID: configuration.clusterID,
@@ -151,7 +151,7 @@ public final class Master: Sendable {
 
     /// Serves until the task is cancelled or its `ServiceGroup` shuts down gracefully.
     public func run() async {
-        logger.info("master listening", metadata: [LogKey.address: "\(address)"])
+        logger.info("master listening", metadata: .catena([.address: "\(address)"]))
         let serving = Task {
             await self.server.run { (connection, reader) async throws(CatenaError) in
                 try await self.serve(connection, &reader)
@@ -328,12 +328,12 @@ actor MasterCore {
             } catch {
                 manager.proposalFailed()
                 if error.code == .staleEpoch {
-                    logger.warning("another master or an operator changed the stored configuration; reloading it", metadata: [
-                        "error": "\(error)", LogKey.epoch: "\(old.epoch)", LogKey.path: "\(file.location)",
-                    ])
+                    logger.warning("another master or an operator changed the stored configuration; reloading it", metadata: .catena([
+                        .error: "\(error)", .epoch: "\(old.epoch)", .path: "\(file.location)",
+                    ]))
                     return reload() || changed
                 }
-                logger.error("could not persist the next configuration; retrying", metadata: ["error": "\(error)", LogKey.epoch: "\(proposal.epoch)"])
+                logger.error("could not persist the next configuration; retrying", metadata: .catena([.error: "\(error)", .epoch: "\(proposal.epoch)"]))
                 return changed
             }
             manager.proposalPersisted(now: now)
@@ -353,21 +353,21 @@ actor MasterCore {
         do throws(CatenaError) {
             stored = try file.load(clusterID: manager.state.clusterID, chainID: manager.state.chainID)
         } catch {
-            logger.error("could not reload the master state", metadata: ["error": "\(error)", LogKey.path: "\(file.location)"])
+            logger.error("could not reload the master state", metadata: .catena([.error: "\(error)", .path: "\(file.location)"]))
             return false
         }
         guard let stored else {
-            logger.error("the master state is gone from its store; keeping the one in memory", metadata: [LogKey.path: "\(file.location)"])
+            logger.error("the master state is gone from its store; keeping the one in memory", metadata: .catena([.path: "\(file.location)"]))
             return false
         }
         let inUse = manager.staleness ?? ChainManager.Staleness(epoch: manager.state.epoch, node: nil)
         guard stored != manager.state, manager.staleness == nil || stored.epoch >= inUse.epoch else { return false }
         let old = manager.state
         manager = ChainManager(state: stored, settings: settings, now: now, inUse: inUse, loaded: true)
-        logger.notice("reloaded the stored configuration", metadata: [
-            LogKey.epoch: "\(stored.epoch)", "catena_previous_epoch": "\(old.epoch)",
-            "catena_members": "\(stored.configuration.members.map(\.id.rawValue))", LogKey.path: "\(file.location)",
-        ])
+        logger.notice("reloaded the stored configuration", metadata: .catena([
+            .epoch: "\(stored.epoch)", .previousEpoch: "\(old.epoch)",
+            .members: "\(stored.configuration.members.map(\.id.rawValue))", .path: "\(file.location)",
+        ]))
         return true
     }
 
@@ -376,12 +376,12 @@ actor MasterCore {
         let staleness = manager.staleness
         defer { loggedStaleness = staleness }
         if let staleness, loggedStaleness == nil {
-            logger.error("\(staleness.error(state: manager.state).message)", metadata: [
-                LogKey.epoch: "\(manager.state.epoch)", LogKey.nodeEpoch: "\(staleness.epoch)",
-                LogKey.node: "\(staleness.node.map(\.rawValue) ?? "-")", LogKey.path: "\(file.location)",
-            ])
+            logger.error("\(staleness.error(state: manager.state).message)", metadata: .catena([
+                .epoch: "\(manager.state.epoch)", .nodeEpoch: "\(staleness.epoch)",
+                .node: "\(staleness.node.map(\.rawValue) ?? "-")", .path: "\(file.location)",
+            ]))
         } else if staleness == nil, loggedStaleness != nil {
-            logger.notice("the master's state is as new as the chain's again", metadata: [LogKey.epoch: "\(manager.state.epoch)"])
+            logger.notice("the master's state is as new as the chain's again", metadata: .catena([.epoch: "\(manager.state.epoch)"]))
         }
     }
 
@@ -389,9 +389,9 @@ actor MasterCore {
     private func notePause() {
         guard let pause = manager.lastPause, pause != loggedPause else { return }
         loggedPause = pause
-        logger.warning("the master did not run for a while (stopped, suspended or starved of CPU); members' silence counts from now, and each keeps its lease for one more lease", metadata: [
-            LogKey.pauseMilliseconds: "\(pause.length / 1_000_000)",
-        ])
+        logger.warning("the master did not run for a while (stopped, suspended or starved of CPU); members' silence counts from now, and each keeps its lease for one more lease", metadata: .catena([
+            .pauseMilliseconds: "\(pause.length / 1_000_000)",
+        ]))
     }
 
     private func log(_ old: MasterState, _ new: MasterState) {
@@ -399,20 +399,20 @@ actor MasterCore {
         if old.epoch != new.epoch {
             let removed = old.configuration.members.filter { m in !new.configuration.members.contains { $0.id == m.id } }
             let added = new.configuration.members.filter { m in !old.configuration.members.contains { $0.id == m.id } }
-            logger.notice("activated a new configuration", metadata: [
-                LogKey.epoch: "\(new.epoch)", "catena_members": "\(ids(new))",
-                "catena_removed": "\(removed.map(\.id.rawValue))", "catena_added": "\(added.map(\.id.rawValue))",
-            ])
+            logger.notice("activated a new configuration", metadata: .catena([
+                .epoch: "\(new.epoch)", .members: "\(ids(new))",
+                .removed: "\(removed.map(\.id.rawValue))", .added: "\(added.map(\.id.rawValue))",
+            ]))
         } else if old.epochHistory != new.epochHistory {
-            logger.info("recorded where the epoch starts", metadata: [
-                LogKey.epoch: "\(new.epoch)", "catena_first_seq": "\(new.epochHistory.last?.firstSeq.map { "\($0)" } ?? "?")",
-            ])
+            logger.info("recorded where the epoch starts", metadata: .catena([
+                .epoch: "\(new.epoch)", .firstSeq: "\(new.epochHistory.last?.firstSeq.map { "\($0)" } ?? "?")",
+            ]))
         } else if old.standbys != new.standbys {
-            logger.info("standbys changed", metadata: ["catena_standbys": "\(new.standbys.map(\.id.rawValue))"])
+            logger.info("standbys changed", metadata: .catena([.standbys: "\(new.standbys.map(\.id.rawValue))"]))
         } else if old.catchingUp != new.catchingUp {
-            logger.info("recorded which members may still lack committed writes", metadata: [
-                "catena_catching_up": "\(new.catchingUp.map(\.rawValue).sorted())",
-            ])
+            logger.info("recorded which members may still lack committed writes", metadata: .catena([
+                .catchingUp: "\(new.catchingUp.map(\.rawValue).sorted())",
+            ]))
         }
     }
 
@@ -420,7 +420,7 @@ actor MasterCore {
     func addNode(_ id: NodeID, address: String) throws(CatenaError) -> ChainStatus {
         try manager.addNode(id, address: address)
         advance()
-        logger.notice("operator added a node", metadata: [LogKey.node: "\(id)", LogKey.address: "\(address)"])
+        logger.notice("operator added a node", metadata: .catena([.node: "\(id)", .address: "\(address)"]))
         return status()
     }
 
@@ -429,7 +429,7 @@ actor MasterCore {
         try manager.removeNode(id, now: now)
         notePause()
         advance()
-        logger.notice("operator removes a node", metadata: [LogKey.node: "\(id)"])
+        logger.notice("operator removes a node", metadata: .catena([.node: "\(id)"]))
         return status()
     }
 

@@ -277,7 +277,7 @@ public final class FrameServer: Sendable {
                     }
                 }
             } catch {
-                logger.debug("listener stopped", metadata: ["error": "\(error)"])
+                logger.debug("listener stopped", metadata: .catena([.error: "\(error)"]))
             }
             group.cancelAll()
         }
@@ -292,7 +292,7 @@ public final class FrameServer: Sendable {
                        handler: @Sendable (ServerConnection, inout FrameReader) async throws(CatenaError) -> Void) async {
         let remote = connection.channel.remoteAddress.map { "\($0)" } ?? "?"
         var log = logger
-        log[metadataKey: LogKey.peer] = "\(remote)"
+        log[metadataKey: LogKey.peer.rawValue] = "\(remote)"
         // Past every slot, clients' and peers' alike: refused before the hello.
         let opened = counts.withLock { c in
             guard c.open < limits.maxConnections + limits.reservedPeerConnections else {
@@ -332,13 +332,13 @@ public final class FrameServer: Sendable {
                     if error.code != .unavailable {
                         if case .reject(let reply, _) = handshake.decodingFailed(error) { try? await outbound.write(reply) }
                     }
-                    log.debug("handshake failed", metadata: ["error": "\(error)"])
+                    log.debug("handshake failed", metadata: .catena([.error: "\(error)"]))
                     return
                 }
                 guard let first else { return }
                 switch handshake.received(first) {
                 case .reject(let reply, let error):
-                    log.debug("connection refused", metadata: ["error": "\(error)"])
+                    log.debug("connection refused", metadata: .catena([.error: "\(error)"]))
                     try? await outbound.write(reply)
                     return
                 case .deliver:
@@ -372,13 +372,13 @@ public final class FrameServer: Sendable {
                             try channel.pipeline.syncOperations.addHandler(handler, position: .after(encoder))
                         }.get()
                     }
-                    log[metadataKey: LogKey.peer] = "\(peer.role) \(peer.senderID) \(remote)"
+                    log[metadataKey: LogKey.peer.rawValue] = "\(peer.role) \(peer.senderID) \(remote)"
                     let established = ServerConnection(peer: peer, version: version, remoteAddress: remote, outbound: outbound,
                                                        outlet: FrameOutlet(channel), admission: admission)
                     do throws(CatenaError) {
                         try await handler(established, &reader)
                     } catch {
-                        log.debug("connection closed with an error", metadata: ["error": "\(error)"])
+                        log.debug("connection closed with an error", metadata: .catena([.error: "\(error)"]))
                         if error.code != .unavailable {
                             try? await outbound.write(Frame.error(error))
                         }
@@ -386,7 +386,7 @@ public final class FrameServer: Sendable {
                 }
             }
         } catch {
-            log.debug("connection ended", metadata: ["error": "\(error)"])
+            log.debug("connection ended", metadata: .catena([.error: "\(error)"]))
         }
         // The handler read its last frame and answered every request: what is still counted
         // are frames it never got.

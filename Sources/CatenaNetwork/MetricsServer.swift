@@ -78,7 +78,7 @@ public final class MetricsServer: Sendable {
                     }
                 }
             } catch {
-                logger.debug("metrics listener stopped", metadata: ["error": "\(error)"])
+                logger.debug("metrics listener stopped", metadata: .catena([.error: "\(error)"]))
             }
             group.cancelAll()
         }
@@ -127,7 +127,7 @@ public final class MetricsServer: Sendable {
                 }
             }
         } catch {
-            logger.debug("metrics connection ended", metadata: ["error": "\(error)"])
+            logger.debug("metrics connection ended", metadata: .catena([.error: "\(error)"]))
         }
     }
 }

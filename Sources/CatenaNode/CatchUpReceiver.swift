@@ -130,7 +130,7 @@ public struct CatchUpReceiver: Sendable {
         self.configuration = configuration
         self.store = store
         var logger = logger
-        logger[metadataKey: LogKey.peer] = "\(configuration.source)"
+        logger[metadataKey: LogKey.peer.rawValue] = "\(configuration.source)"
         self.logger = logger
     }
 
@@ -159,7 +159,7 @@ public struct CatchUpReceiver: Sendable {
         var state = CatchUpProgress(lastLSN: store.highestLSN)
         var pacer = Pacer(rate: configuration.maxBytesPerSecond, for: configuration.pacedFor)
         var backoff = configuration.initialBackoff
-        logger.info("catch-up starting", metadata: [LogKey.lsn: "\(state.lastLSN)"])
+        logger.info("catch-up starting", metadata: .catena([.lsn: "\(state.lastLSN)"]))
         while !Task.isCancelled {
             do throws(Failure) {
                 let connection: RequestConnection
@@ -179,17 +179,17 @@ public struct CatchUpReceiver: Sendable {
             } catch {
                 switch error {
                 case .stopped:
-                    logger.info("catch-up stopped", metadata: [LogKey.lsn: "\(state.lastLSN)", "lag": "\(state.lag.map { "\($0)" } ?? "?")"])
+                    logger.info("catch-up stopped", metadata: .catena([.lsn: "\(state.lastLSN)", .lagRecords: "\(state.lag.map { "\($0)" } ?? "?")"]))
                     return state
                 case .fatal(let error):
-                    logger.warning("catch-up failed", metadata: ["error": "\(error)"])
+                    logger.warning("catch-up failed", metadata: .catena([.error: "\(error)"]))
                     throw error
                 case .retry(let error):
                     if Task.isCancelled { break }
                     state.lastError = error
                     state.retries += 1
                     report(state)
-                    logger.debug("catch-up retrying", metadata: ["error": "\(error)", "backoff": "\(backoff)"])
+                    logger.debug("catch-up retrying", metadata: .catena([.error: "\(error)", .backoffMilliseconds: "\(backoff.nanosecondsClamped / 1_000_000)"]))
                     do {
                         try await Task.sleep(for: backoff)
                     } catch {
@@ -199,7 +199,7 @@ public struct CatchUpReceiver: Sendable {
                 }
             }
         }
-        logger.info("catch-up cancelled", metadata: [LogKey.lsn: "\(state.lastLSN)"])
+        logger.info("catch-up cancelled", metadata: .catena([.lsn: "\(state.lastLSN)"]))
         return state
     }
 
@@ -278,7 +278,7 @@ public struct CatchUpReceiver: Sendable {
                 } catch {
                     state.chunksRefused += 1
                     replies.abandon()
-                    logger.warning("catch-up chunk refused", metadata: ["error": "\(error)", LogKey.lsn: "\(previous)"])
+                    logger.warning("catch-up chunk refused", metadata: .catena([.error: "\(error)", .lsn: "\(previous)"]))
                     throw classify(error)
                 }
                 // Cancelled while the chunk arrived or was verified: install nothing more.
@@ -315,7 +315,7 @@ public struct CatchUpReceiver: Sendable {
                 let pause = pacer.pause(after: chunk.uncompressedLength)
                 if pacer.expired && !wasExpired {
                     logger.notice("catch-up still behind after its paced time; copying at full speed so it can catch up with the chain's writes",
-                                  metadata: [LogKey.lsn: "\(chunk.lastLSN)"])
+                                  metadata: .catena([.lsn: "\(chunk.lastLSN)"]))
                 }
                 if let pause {
                     do {

@@ -194,16 +194,16 @@ public final class CompactionScheduler: Sendable {
                 do {
                     try await store.setCommitWatermark(lsn)
                     counters.withLock { $0.watermarkRaises += 1 }
-                    logger.debug("commit watermark raised", metadata: [LogKey.lsn: "\(lsn)"])
+                    logger.debug("commit watermark raised", metadata: .catena([.lsn: "\(lsn)"]))
                 } catch {
                     counters.withLock { $0.watermarkRaiseFailures += 1 }
-                    logger.warning("could not raise the commit watermark", metadata: [LogKey.lsn: "\(lsn)", "error": "\(error)"])
+                    logger.warning("could not raise the commit watermark", metadata: .catena([.lsn: "\(lsn)", .error: "\(error)"]))
                 }
             case .compact:
-                logger.info("compacting", metadata: [
-                    LogKey.collectableBytes: "\(observation.garbage.collectableBytes)",
-                    LogKey.sealedBytes: "\(observation.garbage.sealedBytes)",
-                ])
+                logger.info("compacting", metadata: .catena([
+                    .collectableBytes: "\(observation.garbage.collectableBytes)",
+                    .sealedBytes: "\(observation.garbage.sealedBytes)",
+                ]))
                 do {
                     let report = try await store.compact()
                     counters.withLock { m in
@@ -212,7 +212,7 @@ public final class CompactionScheduler: Sendable {
                     }
                 } catch {
                     counters.withLock { $0.compactionFailures += 1 }
-                    logger.warning("compaction failed", metadata: ["error": "\(error)"])
+                    logger.warning("compaction failed", metadata: .catena([.error: "\(error)"]))
                 }
                 let left = store.garbage.collectableBytes
                 policy.withLock { $0.compactionFinished(leaving: left) }

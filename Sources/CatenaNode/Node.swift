@@ -62,7 +62,7 @@ public final class Node: Sendable {
     /// Opens the store (recovering it) and binds the listening socket.
     public static func start(_ configuration: NodeConfiguration, logger: Logger) async throws(CatenaError) -> Node {
         var logger = logger
-        logger[metadataKey: LogKey.node] = "\(configuration.id)"
+        logger[metadataKey: LogKey.node.rawValue] = "\(configuration.id)"
         let registry = MetricsRegistry(process: .node)
         var storeConfiguration = configuration.store
         storeConfiguration.metrics = registry.factory
@@ -235,7 +235,7 @@ public final class Node: Sendable {
     /// links and the durability feedback keep running meanwhile); then the listener and every
     /// connection close, the heartbeat stops, and the store is closed.
     public func run(onReady: @escaping @Sendable (ChainConfiguration) -> Void) async {
-        logger.info("listening", metadata: [LogKey.address: "\(address)"])
+        logger.info("listening", metadata: .catena([.address: "\(address)"]))
         // Not child tasks: cancelling `run` must not cancel them before the drain below.
         // Each connection's frames are handled on its event loop: writes and replication are
         // handed to the replica without blocking (reads run in tasks of their own elsewhere).
@@ -348,11 +348,11 @@ public final class Node: Sendable {
                     // The master's state is older than the chain's: adopt nothing from it; the
                     // lease runs out and this node stops serving until a current master answers.
                     if !complained {
-                        logger.error("the master's state is older than this chain's; adopting nothing from it", metadata: ["error": "\(error)"])
+                        logger.error("the master's state is older than this chain's; adopting nothing from it", metadata: .catena([.error: "\(error)"]))
                     }
                     complained = true
                 } else if !complained || error.code != .unavailable {
-                    logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
+                    logger.warning("heartbeat failed", metadata: .catena([.error: "\(error)"]))
                     complained = true
                 }
             }

@@ -366,7 +366,7 @@ final class Replica: Sendable {
         var resubmit: [(WriteRequest, @Sendable (Result<LSN, CatenaError>) -> Void)] = []
         var pending = Deque(actions)
         while let action = pending.popFirst() {
-            logger.trace("action", metadata: ["action": "\(action)"])
+            logger.trace("action", metadata: .catena([.action: "\(action)"]))
             switch action {
             case .replica(let r):
                 switch r {
@@ -432,7 +432,7 @@ final class Replica: Sendable {
             case .awaitAdding:
                 logger.warning("the master does not know this node; add it with `catena chain add-node \(me) --address ADDRESS`")
             case .note(let note):
-                logger.log(level: Self.level(note.level), "\(note.message)", metadata: [LogKey.epoch: "\(c.machine.epoch)"])
+                logger.log(level: Self.level(note.level), "\(note.message)", metadata: .catena([.epoch: "\(c.machine.epoch)"]))
             case .persistSeen, .truncateToShared, .discardLog, .loadLog, .stopCatchUp:
                 c.slowQueue.append(action)
             }
@@ -575,7 +575,7 @@ final class Replica: Sendable {
             }
         } catch {
             logger.warning("could not read the request ids of the request window; retries of those writes are not recognised",
-                           metadata: ["error": "\(error)"])
+                           metadata: .catena([.error: "\(error)"]))
             return []
         }
     }

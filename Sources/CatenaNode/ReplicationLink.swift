@@ -51,7 +51,7 @@ final class ReplicationLink: Sendable {
         self.maxBatchBytes = maxBatchBytes
         self.limits = limits
         var log = logger
-        log[metadataKey: LogKey.peer] = "\(target.id) \(target.address)"
+        log[metadataKey: LogKey.peer.rawValue] = "\(target.id) \(target.address)"
         self.logger = log
     }
 
@@ -148,7 +148,7 @@ final class ReplicationLink: Sendable {
                     if let error = replica.successorReported(position, epoch: first.epoch, from: target.id, link: self) {
                         throw error
                     }
-                    logger.debug("replication connected", metadata: [LogKey.lsn: "\(position)"])
+                    logger.debug("replication connected", metadata: .catena([.lsn: "\(position)"]))
                     let snapshot = view.snapshot
                     let readTarget = Frame(type: .readTarget, chainID: snapshot.configuration?.chainID ?? 0, epoch: snapshot.epoch,
                                        payload: LSNPayload.encode(replica.lastAccepted))
@@ -177,7 +177,7 @@ final class ReplicationLink: Sendable {
                 }
             } catch {
                 if !isClosed {
-                    logger.info("replication connection ended; reconnecting", metadata: ["error": "\(error)"])
+                    logger.info("replication connection ended; reconnecting", metadata: .catena([.error: "\(error)"]))
                 }
             }
             try? await Task.sleep(for: backoff)
@@ -259,7 +259,7 @@ final class ReplicationLink: Sendable {
                 }
             }
         } catch {
-            logger.debug("replication send stopped", metadata: ["error": "\(error)"])
+            logger.debug("replication send stopped", metadata: .catena([.error: "\(error)"]))
         }
     }
 
@@ -272,7 +272,7 @@ final class ReplicationLink: Sendable {
     /// Streams the records after `after` through `through` (durable here) from the local log.
     private func resendFromLog(after: LSN, through: LSN, _ outbound: NIOAsyncChannelOutboundWriter<Frame>) async throws {
         var cursor = after
-        logger.debug("resending from the log", metadata: ["after": "\(after)", "through": "\(through)"])
+        logger.debug("resending from the log", metadata: .catena([.afterLSN: "\(after)", .throughLSN: "\(through)"]))
         while cursor.seq < through.seq {
             try Task.checkCancellation()
             var iterator = try store.records(after: cursor).makeAsyncIterator()

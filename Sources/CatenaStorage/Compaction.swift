@@ -161,7 +161,7 @@ extension Store {
                 return false
             }
             if stop.requested || closing {
-                logger.info("compaction stopped early", metadata: ["segments_rewritten": "\(report.segmentsRewritten)"])
+                logger.info("compaction stopped early", metadata: .catena([.segmentsRewritten: "\(report.segmentsRewritten)"]))
                 break
             }
             if let done = try rewrite(group) {
@@ -177,10 +177,10 @@ extension Store {
                 s.metrics.compactionRecordsDropped += report.recordsDropped
                 s.metrics.compactionBytesReclaimed += Int(report.bytesBefore - min(report.bytesBefore, report.bytesAfter))
             }
-            logger.info("compacted", metadata: [
-                "segments": "\(report.segmentsRewritten)", "records_dropped": "\(report.recordsDropped)",
-                "bytes_before": "\(report.bytesBefore)", "bytes_after": "\(report.bytesAfter)",
-            ])
+            logger.info("compacted", metadata: .catena([
+                .segmentsRewritten: "\(report.segmentsRewritten)", .recordsDropped: "\(report.recordsDropped)",
+                .bytesBefore: "\(report.bytesBefore)", .bytesAfter: "\(report.bytesAfter)",
+            ]))
         }
         return report
     }
@@ -254,7 +254,7 @@ extension Store {
                 out.close()
                 try? fs.remove(tmp)
                 if error.code == .corruption {
-                    logger.error("compaction skipped a damaged group", metadata: ["error": "\(error)"])
+                    logger.error("compaction skipped a damaged group", metadata: .catena([.error: "\(error)"]))
                     return nil
                 }
                 throw error

@@ -33,7 +33,7 @@ struct Recovery {
         var names = names
         for name in names where atStartUp && name.hasSuffix(".tmp") {
             try fs.remove(dir.path + "/" + name)
-            logger.info("removed unfinished temp file", metadata: ["file": "\(name)"])
+            logger.info("removed unfinished temp file", metadata: .catena([.path: "\(name)"]))
         }
         names.removeAll { $0.hasSuffix(".tmp") }
         if names.contains("STATE") {
@@ -86,9 +86,9 @@ struct Recovery {
             try fs.remove(dir.segment(torn.id))
             try fs.syncDirectory(dir.path)
             result.tornBytesDropped += Int(torn.size)
-            logger.warning("removed a segment whose creation was cut off (torn header; its records were never acknowledged)", metadata: [
-                "file": "\(dir.segment(torn.id))", "bytes": "\(torn.size)", "records_dropped": "\(records)",
-            ])
+            logger.warning("removed a segment whose creation was cut off (torn header; its records were never acknowledged)", metadata: .catena([
+                .path: "\(dir.segment(torn.id))", .segmentBytes: "\(torn.size)", .recordsRemoved: "\(records)",
+            ]))
         }
         // Finish interrupted compactions and truncations: outputs name what they replace.
         let replaced = Set(opened.flatMap(\.header.replaces))
@@ -99,7 +99,7 @@ struct Recovery {
                 try fs.remove(dir.segment(entry.header.id))
                 try fs.remove(dir.hint(entry.header.id))
                 removedAny = true
-                logger.info("removed segment replaced by an interrupted compaction", metadata: ["segment": "\(entry.header.id)"])
+                logger.info("removed segment replaced by an interrupted compaction", metadata: .catena([.segment: "\(entry.header.id)"]))
             }
             if removedAny { try fs.syncDirectory(dir.path) }
             opened.removeAll { replaced.contains($0.header.id) }
@@ -139,14 +139,14 @@ struct Recovery {
                     try entry.file.sync()
                     size = lastGood
                     if zeroFilled {
-                        logger.info("dropped the zero-filled end of the active segment", metadata: [
-                            "file": "\(entry.file.path)", "offset": "\(lastGood)", "bytes": "\(dropped)",
-                        ])
+                        logger.info("dropped the zero-filled end of the active segment", metadata: .catena([
+                            .path: "\(entry.file.path)", .offset: "\(lastGood)", .bytesDropped: "\(dropped)",
+                        ]))
                     } else {
                         result.tornBytesDropped += Int(dropped)
-                        logger.warning("truncated torn write at the end of the log", metadata: [
-                            "file": "\(entry.file.path)", "offset": "\(lastGood)", "bytes_dropped": "\(dropped)",
-                        ])
+                        logger.warning("truncated torn write at the end of the log", metadata: .catena([
+                            .path: "\(entry.file.path)", .offset: "\(lastGood)", .bytesDropped: "\(dropped)",
+                        ]))
                     }
                 }
                 let clean = !found.contains { if case .damage = $0 { return true } else { return false } }
@@ -168,7 +168,7 @@ struct Recovery {
                 case .record(let r, let loc): e = r.summary(at: loc)
                 case .summary(let summary): e = summary
                 case .damage(let d):
-                    logger.error("corruption: refusing to serve damaged records, keeping the valid ones", metadata: ["damage": "\(d)"])
+                    logger.error("corruption: refusing to serve damaged records, keeping the valid ones", metadata: .catena([.damage: "\(d)"]))
                     result.damage.append(d)
                     if let header = d.header, let key = d.key {
                         state.maxTimestamp = max(state.maxTimestamp, header.timestamp)
@@ -184,7 +184,7 @@ struct Recovery {
                 if e.lsn.seq <= previous.seq && previous != .zero {
                     let d = Damage(path: entry.file.path, segment: id, offset: e.location.offset, length: UInt64(e.location.length), header: e.header, key: e.key)
                     result.damage.append(d)
-                    logger.error("corruption: record out of LSN order", metadata: ["damage": "\(d)", "previous": "\(previous)"])
+                    logger.error("corruption: record out of LSN order", metadata: .catena([.damage: "\(d)", .previousLSN: "\(previous)"]))
                     continue
                 }
                 // The records a header-lost stretch held had LSNs between its neighbours.
@@ -229,7 +229,7 @@ struct Recovery {
 
     private func loadHint(id: UInt64, size: UInt64) -> [EntrySummary]? {
         guard let entries = HintFile.load(fs: fs, dir: dir, segment: id, segmentSize: size) else {
-            logger.warning("ignoring stale or damaged hint file; scanning the segment", metadata: ["file": "\(dir.hint(id))"])
+            logger.warning("ignoring stale or damaged hint file; scanning the segment", metadata: .catena([.path: "\(dir.hint(id))"]))
             return nil
         }
         return entries
@@ -251,7 +251,7 @@ struct HintWriter {
             try file.write(HintFile.encode(segment: segment, segmentSize: size, entries: entries), at: 0)
             try fs.rename(path + ".tmp", to: path)
         } catch {
-            logger.warning("could not write hint file; start-up will scan the segment", metadata: ["segment": "\(segment)", "error": "\(error)"])
+            logger.warning("could not write hint file; start-up will scan the segment", metadata: .catena([.segment: "\(segment)", .error: "\(error)"]))
         }
     }
 }

@@ -252,7 +252,7 @@ public final class Store: Sendable {
 
     private init(opening configuration: StoreConfiguration, logger: Logger) throws(CatenaError) {
         var logger = logger
-        logger[metadataKey: LogKey.directory] = "\(configuration.directory)"
+        logger[metadataKey: LogKey.directory.rawValue] = "\(configuration.directory)"
         self.configuration = configuration
         self.instruments = Instruments(configuration.metrics)
         self.fs = configuration.fileSystem
@@ -302,10 +302,10 @@ public final class Store: Sendable {
         syncerPool.start()
         maintenancePool.start()
         readerPool.start()
-        logger.info("store open", metadata: [
-            LogKey.lsn: "\(recovered.highest)", "segments": "\(recovered.segments.count)",
-            "keys": "\(recovered.index.objects.count)", "damage": "\(recovered.damage.count)",
-        ])
+        logger.info("store open", metadata: .catena([
+            .lsn: "\(recovered.highest)", .segments: "\(recovered.segments.count)",
+            .keys: "\(recovered.index.objects.count)", .damageCount: "\(recovered.damage.count)",
+        ]))
     }
 
     private static func checkIdentity(fs: any FileSystem, dir: DataDirectory, names: [String], configuration: StoreConfiguration) throws(CatenaError) {

@@ -108,7 +108,7 @@ extension Store {
                     done.complete(.success(()))
                 } catch {
                     state.withLock { s in s.lifecycle = .failed(error) }
-                    logger.critical("truncation failed part-way; refusing writes until reopened", metadata: ["error": "\(error)"])
+                    logger.critical("truncation failed part-way; refusing writes until reopened", metadata: .catena([.error: "\(error)"]))
                     done.complete(.failure(error))
                 }
                 state.withLock { s in
@@ -130,7 +130,7 @@ extension Store {
             try fs.remove(dir.segment(seg.id))
             try fs.remove(dir.hint(seg.id))
             try fs.syncDirectory(dir.path)
-            logger.info("truncate: removed segment", metadata: ["segment": "\(seg.id)"])
+            logger.info("truncate: removed segment", metadata: .catena([.segment: "\(seg.id)"]))
         }
         // Rewrite the segment that `lsn` cuts: copy the bytes before its first later record.
         if let cut = segments.last(where: { $0.header.firstLSN.seq <= lsn.seq }), cut.lastLSN.seq > lsn.seq {
@@ -179,7 +179,7 @@ extension Store {
         }
         let after = recovered.segments.reduce(0) { $0 + $1.recordCount }
         let removed = max(0, before - after)
-        logger.info("truncated log", metadata: [LogKey.lsn: "\(lsn)", "records_removed": "\(removed)"])
+        logger.info("truncated log", metadata: .catena([.lsn: "\(lsn)", .recordsRemoved: "\(removed)"]))
         return removed
     }
 }

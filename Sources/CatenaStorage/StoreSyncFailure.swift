@@ -23,7 +23,7 @@ extension Store {
             try Store.writeAtomically(fs: fs, dir: dir, path: syncFailurePath, bytes: w.bytes)
         } catch {
             logger.critical("could not record the fsync failure; after a restart this node may trust records the disk does not hold",
-                            metadata: ["error": "\(error)"])
+                            metadata: .catena([.error: "\(error)"]))
         }
     }
 
@@ -42,7 +42,7 @@ extension Store {
         if lastEnqueuedLSN.seq > durable.seq {
             let removed = try await truncate(after: durable)
             logger.warning("an fsync failed before the restart: truncated what the page cache showed after the last durable record",
-                           metadata: [LogKey.lsn: "\(durable)", "catena_records_removed": "\(removed)"])
+                           metadata: .catena([.lsn: "\(durable)", .recordsRemoved: "\(removed)"]))
         }
         try fs.remove(syncFailurePath)
         try fs.syncDirectory(dir.path)

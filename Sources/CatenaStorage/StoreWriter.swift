@@ -300,7 +300,7 @@ extension Store {
                     s.written = []
                     return (rest, writtenDropped, first ? s.durable : nil)
                 }
-                logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(failure)"])
+                logger.critical("store I/O failure; refusing writes until reopened", metadata: .catena([.error: "\(failure)"]))
                 if let durable { recordSyncFailure(durableThrough: durable) }
                 let own = taken.flatMap(\.appends)
                 for p in own { p.ticket.complete(.failure(failure)) }
@@ -376,7 +376,7 @@ extension Store {
             try active.file.sync()
         } catch {
             state.withLock { s in s.lifecycle = .failed(error) }
-            logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(error)"])
+            logger.critical("store I/O failure; refusing writes until reopened", metadata: .catena([.error: "\(error)"]))
             throw error
         }
         state.withLock { s in
@@ -389,7 +389,7 @@ extension Store {
         do {
             try cutZeroFilledEnd()
         } catch {
-            logger.warning("could not cut the zero-filled end of the active segment; the next start-up drops it", metadata: ["error": "\(error)"])
+            logger.warning("could not cut the zero-filled end of the active segment; the next start-up drops it", metadata: .catena([.error: "\(error)"]))
         }
     }
 
@@ -425,7 +425,7 @@ extension Store {
         let start = UInt64(header.size)
         let segment = SegmentState(id: id, file: file, header: header, size: start, lastLSN: .zero, recordCount: 0, sealed: false, writtenSize: start)
         state.withLock { s in s.segments.append(segment) }
-        logger.debug("segment created", metadata: ["segment": "\(id)", LogKey.lsn: "\(firstLSN)"])
+        logger.debug("segment created", metadata: .catena([.segment: "\(id)", .lsn: "\(firstLSN)"]))
         return (file, id, start, 0)
     }
 
@@ -441,7 +441,7 @@ extension Store {
             return (s.segments[i], s.activeEntries)
         }
         writeHint(segment: segment.id, size: segment.size, entries: entries)
-        logger.debug("segment sealed", metadata: ["segment": "\(segment.id)", "bytes": "\(segment.size)"])
+        logger.debug("segment sealed", metadata: .catena([.segment: "\(segment.id)", .segmentBytes: "\(segment.size)"]))
     }
 
     func writeHint(segment: UInt64, size: UInt64, entries: [EntrySummary]) {
@@ -470,9 +470,9 @@ extension Store {
             if poison { s.lifecycle = .failed(error) }
         }
         if poison {
-            logger.critical("store I/O failure; refusing writes until reopened", metadata: ["error": "\(error)"])
+            logger.critical("store I/O failure; refusing writes until reopened", metadata: .catena([.error: "\(error)"]))
         } else {
-            logger.error("append failed", metadata: ["error": "\(error)"])
+            logger.error("append failed", metadata: .catena([.error: "\(error)"]))
         }
         for (i, t) in failed.enumerated() {
             t.complete(.failure(i < batch.count ? error : CatenaError(error.code, "not written because an earlier append failed: \(error.message)")))
