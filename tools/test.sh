@@ -3,6 +3,15 @@
 # cluster tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Log metadata keys are LogKey cases (Sources/CatenaCore/LogKey.swift), never string literals:
+# `metadata: .catena([.error: "\(error)"])`, `logger[metadataKey: LogKey.node.rawValue]`.
+adhoc=$(find Sources -name '*.swift' -exec perl -0777 -ne \
+  'while (/metadata:\s*\[\s*"|metadataKey:\s*"|Metadata\s*=\s*\[\s*"/g) { printf "%s:%d\n", $ARGV, 1 + (substr($_, 0, $-[0]) =~ tr/\n//) }' {} +)
+if [ -n "$adhoc" ]; then
+  echo "tools/test.sh: string-literal log metadata keys; use a LogKey case (add one to Sources/CatenaCore/LogKey.swift and to docs/ARCHITECTURE.md, \"Logs\"):" >&2
+  echo "$adhoc" >&2
+  exit 1
+fi
 tools/install-deps.sh
 export PATH="$PATH:/opt/swift/usr/bin"
 swift build --build-tests
