@@ -459,7 +459,7 @@ public struct NodeStateMachine: Sendable {
     public mutating func tick(now: UInt64) -> [Action] {
         lastNow = max(lastNow, now)
         if case .joining(.waitingForEpochStart(let until)) = state, now >= until {
-            return [.note(Note(.info, "the current epoch's first seq is still unknown; truncating by the history as it is"))] + truncateForJoin()
+            return [.note(Note(.notice, "the current epoch's first seq is still unknown; truncating by the history as it is"))] + truncateForJoin()
         }
         return []
     }
@@ -594,7 +594,7 @@ public struct NodeStateMachine: Sendable {
         // made durable: a node with a predecessor answers no reads until its log reaches what
         // the predecessor held when their link started (``readTarget(_:from:)``).
         view.readsBlocked = configuration.predecessor(of: me) != nil
-        var actions: [Action] = [.note(Note(.info, "configured at epoch \(configuration.epoch) as \(roleName(configuration)) over a log ending at \(loaded.end)"))]
+        var actions: [Action] = [.note(Note(.notice, "configured at epoch \(configuration.epoch) as \(roleName(configuration)) over a log ending at \(loaded.end)"))]
         actions += links()
         return actions
     }
@@ -619,7 +619,7 @@ public struct NodeStateMachine: Sendable {
         }
         if old.predecessor(of: me) != new.predecessor(of: me) { actions.append(.disconnectPredecessor) }
         if old.successor(of: me) != new.successor(of: me) { successorPositionKnown = false }
-        actions.append(.note(Note(.info, "reconfigured at epoch \(new.epoch) as \(roleName(new))")))
+        actions.append(.note(Note(.notice, "reconfigured at epoch \(new.epoch) as \(roleName(new))")))
         return actions + links() + wake()
     }
 

@@ -99,7 +99,7 @@ public final class Master: Sendable {
             state = MasterState(initial: configuration.initial)
             loaded = false
             try file.compareAndSwap(expectedEpoch: nil, new: state)
-            logger.info("saved the initial configuration", metadata: .catena([.epoch: "\(state.epoch)", .path: "\(file.location)"]))
+            logger.notice("saved the initial configuration", metadata: .catena([.epoch: "\(state.epoch)", .path: "\(file.location)"]))
         }
         let server = try await FrameServer.bind(
             host: configuration.listen.host, port: Int(configuration.listen.port), clusterID: configuration.clusterID,
@@ -408,7 +408,7 @@ actor MasterCore {
                 .epoch: "\(new.epoch)", .firstSeq: "\(new.epochHistory.last?.firstSeq.map { "\($0)" } ?? "?")",
             ]))
         } else if old.standbys != new.standbys {
-            logger.info("standbys changed", metadata: .catena([.standbys: "\(new.standbys.map(\.id.rawValue))"]))
+            logger.notice("standbys changed", metadata: .catena([.standbys: "\(new.standbys.map(\.id.rawValue))"]))
         } else if old.catchingUp != new.catchingUp {
             logger.info("recorded which members may still lack committed writes", metadata: .catena([
                 .catchingUp: "\(new.catchingUp.map(\.rawValue).sorted())",

@@ -253,7 +253,7 @@ public final class Node: Sendable {
         } onGracefulShutdown: {
             gracefulShutdown.store(true, ordering: .relaxed)
         }
-        logger.info("shutting down: draining writes")
+        logger.notice("shutting down: draining writes")
         await replica.drain(timeout: .seconds(2))
         heartbeat.cancel()
         metricsServer?.close()

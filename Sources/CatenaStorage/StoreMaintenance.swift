@@ -179,7 +179,7 @@ extension Store {
         }
         let after = recovered.segments.reduce(0) { $0 + $1.recordCount }
         let removed = max(0, before - after)
-        logger.info("truncated log", metadata: .catena([.lsn: "\(lsn)", .recordsRemoved: "\(removed)"]))
+        logger.log(level: removed > 0 ? .notice : .info, "truncated log", metadata: .catena([.lsn: "\(lsn)", .recordsRemoved: "\(removed)"]))
         return removed
     }
 }

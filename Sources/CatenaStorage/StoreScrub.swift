@@ -1,4 +1,5 @@
 import CatenaCore
+import Logging
 import NIOPosix
 
 /// The scrub: live keys read back from disk and checked, a page at a time.
@@ -76,6 +77,9 @@ extension Store {
                     throw error
                 } catch {
                     entry.problem = "\(error.message) [\(error.code)]"
+                    logger.error("scrub: a stored version cannot be read back", metadata: .catena([
+                        .key: "\(entry.key)", .lsn: "\(entry.lsn)", .error: "\(error)",
+                    ]))
                 }
             }
             entries.append(entry)
