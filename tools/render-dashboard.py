@@ -191,6 +191,10 @@ def draw_timeseries(ax, panel, data, colors, step):
     log = custom.get("scaleDistribution", {}).get("type") == "log"
     stepped = custom.get("lineInterpolation") in ("stepAfter", "stepBefore")
     dashed = dashed_patterns(panel)
+    # A series that stays at zero (an op nobody ran) only crowds the legend, unless all do.
+    moving = [d for d in data if any(v != 0 and not math.isnan(v) for v in d[3])]
+    if moving:
+        data = moving
     peak = max((v for _, _, _, vs in data for v in vs if not math.isnan(v)), default=0.0)
     if unit == "bytes":
         factor, label = (2.0 ** -30, "GiB") if peak >= 2 ** 30 else (2.0 ** -20, "MiB")
