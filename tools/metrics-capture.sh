@@ -6,7 +6,7 @@
 # on 9100-9103, data in a temporary directory) and a Prometheus on 127.0.0.1:9190 scraping every
 # process each second; runs `catena bench --verify` for 60 s, kills a node with SIGKILL at 20 s,
 # starts it again at 35 s and adds it back (`catena chain add-node --wait`); then asks Prometheus
-# for every panel's query over the run and calls tools/render-dashboard.py. About 90 s in all.
+# for every panel's query over the run and calls tools/render-dashboard.py. About 80 s in all.
 # Everything it starts is stopped by pid on exit, and its temporary directory removed.
 #
 #   tools/metrics-capture.sh [--kill n2] [--out FILE.png] [--keep DIR]
@@ -74,7 +74,7 @@ cleanup() {
         pid=${PIDS[i]}
         kill -TERM "$pid" 2>/dev/null || true
     done
-    for i in $(seq 100); do  # up to 10 s for graceful exits (catena up stops its nodes first)
+    for i in $(seq 150); do  # up to 15 s for graceful exits (catena up gives its nodes 10 s)
         alive=0
         for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
         [ "$alive" = 0 ] && break
@@ -127,6 +127,8 @@ for i in $(seq 600); do
     sleep 0.1
 done
 grep -q '^ready' "$TMP/up.log" || { cat "$TMP/up.log" >&2; die "the cluster was not ready in 60 s"; }
+# The master and the nodes too, so that none outlives this script if catena up is killed first.
+for pid in $(pgrep -P "$UP_PID" || true); do PIDS+=("$pid"); done
 
 # --- Prometheus -------------------------------------------------------------------------------
 # honor_labels: a series' own `node` label wins (the master's per-member series, catena_node_info);
@@ -145,12 +147,17 @@ grep -q '^ready' "$TMP/up.log" || { cat "$TMP/up.log" >&2; die "the cluster was 
 } > "$TMP/prometheus.yml"
 prometheus --config.file "$TMP/prometheus.yml" --storage.tsdb.path "$TMP/prometheus" \
     --web.listen-address "$PROM_ADDRESS" --log.level warn > "$TMP/prometheus.log" 2>&1 &
-PIDS+=("$!")
+PROM_PID=$!
+PIDS+=("$PROM_PID")
+up=0
 for i in $(seq 100); do
-    [ "$(curl -s -G "http://$PROM_ADDRESS/api/v1/query" --data-urlencode 'query=count(up == 1)' 2>/dev/null \
-        | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' 2>/dev/null)" = 4 ] && break
+    kill -0 "$PROM_PID" 2>/dev/null || { cat "$TMP/prometheus.log" >&2; die "prometheus exited"; }
+    up=$(curl -s --max-time 2 -G "http://$PROM_ADDRESS/api/v1/query" --data-urlencode 'query=count(up == 1)' 2>/dev/null \
+        | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' 2>/dev/null || echo 0)
+    [ "$up" = 4 ] && break
     sleep 0.2
 done
+[ "$up" = 4 ] || die "prometheus scrapes $up of the 4 targets after 20 s (see $TMP/prometheus.log)"
 say "prometheus on http://$PROM_ADDRESS scrapes 4 targets each second"
 
 # --- the load and the failure -----------------------------------------------------------------
@@ -181,6 +188,9 @@ else
 fi
 
 BENCH_STATUS=0
+# The bench stops by itself at its duration (and gives up after 30 s of failures); bound it anyway.
+for i in $(seq $(( (DURATION + 90) * 10 ))); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$BENCH_PID" 2>/dev/null && { say "catena bench still running 90 s past its duration: stopping it"; kill -INT "$BENCH_PID"; }
 wait "$BENCH_PID" || BENCH_STATUS=$?
 sleep 3  # the last scrapes
 END=$(now)
@@ -190,7 +200,7 @@ sed 's/^/  /' "$TMP/bench.log" >&2
 # --- the queries, the picture -----------------------------------------------------------------
 VERSION=$("$CATENA" version 2>/dev/null | head -n 1 || true)
 python3 tools/render-dashboard.py queries | while IFS=$'\t' read -r key expr; do
-    curl -s -G "http://$PROM_ADDRESS/api/v1/query_range" --data-urlencode "query=$expr" \
+    curl -s --max-time 10 -G "http://$PROM_ADDRESS/api/v1/query_range" --data-urlencode "query=$expr" \
         --data-urlencode "start=$START" --data-urlencode "end=$END" --data-urlencode step=1 \
         -o "$TMP/results/$key.json" || say "query $key failed: $expr"
 done

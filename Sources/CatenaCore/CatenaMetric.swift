@@ -26,7 +26,7 @@ public enum CatenaMetric: String, CaseIterable, Sendable {
     case staleConfigurationsRefused = "catena_node_stale_configurations_refused_total"
     case requestIDsForgottenEarly = "catena_node_request_ids_forgotten_early_total"
     // Node: replication.
-    case replicationHop = "catena_replication_hop_seconds"
+    case replicationHop = "catena_node_replication_hop_seconds"
     case replicationLagRecords = "catena_node_replication_lag_records"
     case replicationLagBytes = "catena_node_replication_lag_bytes"
     case replicationLagSeconds = "catena_node_replication_lag_seconds"
@@ -142,7 +142,8 @@ public enum CatenaMetric: String, CaseIterable, Sendable {
         case .nodeJoining: d(.gauge, .node, "1 while the node is not a member and catches up from the tail.")
         case .requestDuration:
             d(.histogram, .node, "Client requests, from the frame read to the reply sent (writes: until committed).", labels: ["op"])
-        case .requestErrors: d(.counter, .node, "Client requests answered with an error, by error code.", labels: ["op", "code"])
+        case .requestErrors:
+            d(.counter, .node, "Client requests answered with an error, by error code (op invalid: a write that could not be read).", labels: ["op", "code"])
         case .writesCommitted: d(.counter, .node, "Writes committed with this node as head.")
         case .writesRefused: d(.counter, .node, "Writes refused (redirect, invalid, busy, failure).")
         case .writesThrottled: d(.counter, .node, "Writes that waited under the uncommitted-bytes bound.")
@@ -154,7 +155,7 @@ public enum CatenaMetric: String, CaseIterable, Sendable {
             d(.counter, .node, "Request ids forgotten inside the request window because of the memory cap (their retries are not recognised).")
         case .replicationHop:
             d(.histogram, .node, "From forwarding records to the successor until it acknowledges them (every node after this one holds them durably).")
-        case .replicationLagRecords: d(.gauge, .node, "Records this node holds that its successor has not acknowledged (0 at the tail).")
+        case .replicationLagRecords: d(.gauge, .node, "Records accepted here and not yet acknowledged by the successor: forwarded, or not yet durable here (0 at the tail).")
         case .replicationLagBytes: d(.gauge, .node, "Bytes forwarded to the successor and not yet acknowledged.")
         case .replicationLagSeconds: d(.gauge, .node, "Age of the oldest record forwarded to the successor and not yet acknowledged.")
         case .sentRecords: d(.gauge, .node, "Records in the Sent list: forwarded, not yet acknowledged.")

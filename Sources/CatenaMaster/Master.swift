@@ -472,24 +472,25 @@ actor MasterCore {
     /// The master's metrics in Prometheus text format: the epoch, whether its state is stale, its
     /// pauses, the changes it made, per node the time since its last heartbeat, its highest LSN,
     /// its lag behind the most advanced member and health; and what its listener holds (`server`).
-    func renderMetrics(_ r: MetricsRegistry, server: FrameServerMetrics) -> String {
-        let s = status()
-        r.set(.masterEpoch, Double(s.epoch))
-        r.set(.masterMembers, Double(s.nodes.filter { $0.role != nil }.count))
-        r.set(.chainAvailable, s.available ? 1 : 0)
-        r.setTotal(.reconfigurations, manager.changes.reconfigurations)
-        r.setTotal(.failovers, manager.changes.failovers)
-        r.setTotal(.drains, manager.changes.drains)
-        r.setTotal(.joins, manager.changes.joins)
-        r.setTotal(.leasesReleased, manager.leasesReleased)
-        r.replaceSeries(.memberHeartbeatAge, s.nodes.compactMap { n in n.heartbeatAgeMilliseconds.map { ([("node", n.id.rawValue)], Double($0) / 1e3) } })
-        r.replaceSeries(.memberHighestSeq, s.nodes.map { ([("node", $0.id.rawValue)], Double($0.highestLSN.seq)) })
-        r.replaceSeries(.memberLagRecords, s.nodes.map { ([("node", $0.id.rawValue)], Double($0.lagRecords)) })
-        r.replaceSeries(.memberHealthy, s.nodes.map { ([("node", $0.id.rawValue)], $0.health == .healthy ? 1 : 0) })
-        r.set(.stateStale, manager.staleness == nil ? 0 : 1)
-        r.set(.lastPause, Double(manager.lastPause?.length ?? 0) / 1e9)
-        r.collectServer(server)
-        return r.exposition()
+    func renderMetrics(_ registry: MetricsRegistry, server: FrameServerMetrics) -> String {
+        registry.scrape { r in
+            let s = status()
+            r.set(.masterEpoch, Double(s.epoch))
+            r.set(.masterMembers, Double(s.nodes.filter { $0.role != nil }.count))
+            r.set(.chainAvailable, s.available ? 1 : 0)
+            r.setTotal(.reconfigurations, manager.changes.reconfigurations)
+            r.setTotal(.failovers, manager.changes.failovers)
+            r.setTotal(.drains, manager.changes.drains)
+            r.setTotal(.joins, manager.changes.joins)
+            r.setTotal(.leasesReleased, manager.leasesReleased)
+            r.replaceSeries(.memberHeartbeatAge, s.nodes.compactMap { n in n.heartbeatAgeMilliseconds.map { ([("node", n.id.rawValue)], Double($0) / 1e3) } })
+            r.replaceSeries(.memberHighestSeq, s.nodes.map { ([("node", $0.id.rawValue)], Double($0.highestLSN.seq)) })
+            r.replaceSeries(.memberLagRecords, s.nodes.map { ([("node", $0.id.rawValue)], Double($0.lagRecords)) })
+            r.replaceSeries(.memberHealthy, s.nodes.map { ([("node", $0.id.rawValue)], $0.health == .healthy ? 1 : 0) })
+            r.set(.stateStale, manager.staleness == nil ? 0 : 1)
+            r.set(.lastPause, Double(manager.lastPause?.length ?? 0) / 1e9)
+            r.collectServer(server)
+        }
     }
 }
 

@@ -29,6 +29,9 @@ public final class MetricsRegistry: Sendable {
         var series: [CatenaMetric: [String: Prometheus.Gauge]] = [:]
     }
     private let scraped = Mutex(Scraped())
+    /// Held through a whole scrape: two at once (two Prometheus servers) would each read the
+    /// components' totals and copy them in, and the older could land second.
+    private let scraping = Mutex(())
 
     /// A registry for a process of kind `process`, with `catena_build_info` set.
     public init(process: CatenaMetric.Process) {
@@ -96,9 +99,14 @@ public final class MetricsRegistry: Sendable {
         }
     }
 
-    /// The exposition: Prometheus text format 0.0.4.
-    public func exposition() -> String {
-        prometheus.emitToString()
+    /// A scrape: `collect` copies the components' state in (``set(_:_:labels:)``,
+    /// ``setTotal(_:_:labels:)``, ``replaceSeries(_:_:)``), then the whole registry is rendered
+    /// as Prometheus text (format 0.0.4). One scrape at a time.
+    public func scrape(_ collect: (MetricsRegistry) -> Void) -> String {
+        scraping.withLock { _ in
+            collect(self)
+            return prometheus.emitToString()
+        }
     }
 
     private static func seriesKey(_ metric: CatenaMetric, _ labels: [(String, String)]) -> String {

@@ -166,58 +166,58 @@ public final class Node: Sendable {
     /// is there already.
     static func renderMetrics(_ registry: MetricsRegistry, id: NodeID, replica: Replica, store: Store, server: FrameServerMetrics,
                               compaction: CompactionScheduler, clock: any NodeClock) -> String {
-        let m = replica.currentMetrics
-        let snapshot = replica.view.snapshot
-        let view = snapshot.node
-        let s = store.metrics
-        let r = registry
-        r.replaceSeries(.nodeInfo, [(labels: [("node", id.rawValue), ("role", view.role.map { "\($0)" } ?? "none")], value: 1)])
-        r.set(.nodeEpoch, Double(view.epoch))
-        r.set(.nodeFailed, view.failure == nil ? 0 : 1)
-        let now = clock.nanoseconds
-        r.set(.nodeLeaseRemaining, view.leaseExpiry.map { $0 > now ? Double($0 - now) / 1e9 : 0 } ?? 0)
-        r.set(.nodeJoining, view.standing == .joining ? 1 : 0)
-        // Counted per catch-up: a new one starts again from 0, which the counters take as a restart.
-        let c = snapshot.catchUp
-        r.setTotal(.catchUpRecords, c?.recordsInstalled ?? 0)
-        r.setTotal(.catchUpBytes, c?.recordBytesInstalled ?? 0)
-        r.setTotal(.catchUpWireBytes, c?.wireBytes ?? 0)
-        r.set(.catchUpLagRecords, Double(c?.lag ?? 0))
-        r.setTotal(.writesCommitted, m.writesCommitted)
-        r.setTotal(.writesRefused, m.writesRefused)
-        r.setTotal(.writesThrottled, m.writesThrottled)
-        r.setTotal(.recordsReplicated, m.recordsReplicated)
-        r.setTotal(.recordsTruncated, m.recordsTruncated)
-        r.set(.uncommittedBytes, Double(m.uncommittedBytes))
-        r.set(.uncommittedPeakBytes, Double(m.peakUncommittedBytes))
-        r.set(.replicationLagRecords, Double(m.lagRecords))
-        r.set(.replicationLagBytes, Double(m.inFlightBytes))
-        r.set(.replicationLagSeconds, m.lagDuration.secondsValue)
-        r.set(.sentRecords, Double(m.sentRecords))
-        r.set(.lastAcceptedSeq, Double(m.lastAccepted.seq))
-        r.set(.acknowledgedSeq, Double(m.acknowledged.seq))
-        r.setTotal(.staleConfigurationsRefused, m.staleConfigurationsRefused)
-        r.setTotal(.requestIDsForgottenEarly, m.requestsForgottenEarly)
-        r.set(.durableSeq, Double(store.highestLSN.seq))
-        r.set(.commitWatermarkSeq, Double(store.commitWatermark.seq))
-        r.set(.pendingAppendBytes, Double(store.pendingAppendBytes))
-        r.setTotal(.appendedRecords, s.appendedRecords)
-        r.setTotal(.appendedBytes, s.appendedBytes)
-        r.setTotal(.segmentsSealed, s.segmentsSealed)
-        let disk = store.diskUsage
-        r.set(.diskBytes, Double(disk.bytes))
-        r.set(.segments, Double(disk.segments))
-        r.set(.damagedRanges, Double(store.damage.count))
-        let k = compaction.metrics
-        r.set(.sealedBytes, Double(k.lastGarbage.sealedBytes))
-        r.set(.garbageBytes, Double(k.lastGarbage.garbageBytes))
-        r.set(.collectableBytes, Double(k.lastGarbage.collectableBytes))
-        r.setTotal(.compactions, k.compactions)
-        r.setTotal(.compactionFailures, k.compactionFailures)
-        r.setTotal(.compactionReclaimedBytes, Int(clamping: k.bytesReclaimed))
-        r.setTotal(.watermarkRaises, k.watermarkRaises)
-        r.collectServer(server)
-        return r.exposition()
+        registry.scrape { r in
+            let m = replica.currentMetrics
+            let snapshot = replica.view.snapshot
+            let view = snapshot.node
+            let s = store.metrics
+            r.replaceSeries(.nodeInfo, [(labels: [("node", id.rawValue), ("role", view.role.map { "\($0)" } ?? "none")], value: 1)])
+            r.set(.nodeEpoch, Double(view.epoch))
+            r.set(.nodeFailed, view.failure == nil ? 0 : 1)
+            let now = clock.nanoseconds
+            r.set(.nodeLeaseRemaining, view.leaseExpiry.map { $0 > now ? Double($0 - now) / 1e9 : 0 } ?? 0)
+            r.set(.nodeJoining, view.standing == .joining ? 1 : 0)
+            var caughtUp = snapshot.catchUpsBefore
+            if let c = snapshot.catchUp { caughtUp.add(c) }
+            r.setTotal(.catchUpRecords, caughtUp.records)
+            r.setTotal(.catchUpBytes, caughtUp.bytes)
+            r.setTotal(.catchUpWireBytes, caughtUp.wireBytes)
+            r.set(.catchUpLagRecords, view.standing == .joining ? Double(snapshot.catchUp?.lag ?? 0) : 0)
+            r.setTotal(.writesCommitted, m.writesCommitted)
+            r.setTotal(.writesRefused, m.writesRefused)
+            r.setTotal(.writesThrottled, m.writesThrottled)
+            r.setTotal(.recordsReplicated, m.recordsReplicated)
+            r.setTotal(.recordsTruncated, m.recordsTruncated)
+            r.set(.uncommittedBytes, Double(m.uncommittedBytes))
+            r.set(.uncommittedPeakBytes, Double(m.peakUncommittedBytes))
+            r.set(.replicationLagRecords, Double(m.lagRecords))
+            r.set(.replicationLagBytes, Double(m.inFlightBytes))
+            r.set(.replicationLagSeconds, m.lagDuration.secondsValue)
+            r.set(.sentRecords, Double(m.sentRecords))
+            r.set(.lastAcceptedSeq, Double(m.lastAccepted.seq))
+            r.set(.acknowledgedSeq, Double(m.acknowledged.seq))
+            r.setTotal(.staleConfigurationsRefused, m.staleConfigurationsRefused)
+            r.setTotal(.requestIDsForgottenEarly, m.requestsForgottenEarly)
+            r.set(.durableSeq, Double(store.highestLSN.seq))
+            r.set(.commitWatermarkSeq, Double(store.commitWatermark.seq))
+            r.set(.pendingAppendBytes, Double(store.pendingAppendBytes))
+            r.setTotal(.appendedRecords, s.appendedRecords)
+            r.setTotal(.appendedBytes, s.appendedBytes)
+            r.setTotal(.segmentsSealed, s.segmentsSealed)
+            let disk = store.diskUsage
+            r.set(.diskBytes, Double(disk.bytes))
+            r.set(.segments, Double(disk.segments))
+            r.set(.damagedRanges, Double(store.damage.count))
+            let k = compaction.metrics
+            r.set(.sealedBytes, Double(k.lastGarbage.sealedBytes))
+            r.set(.garbageBytes, Double(k.lastGarbage.garbageBytes))
+            r.set(.collectableBytes, Double(k.lastGarbage.collectableBytes))
+            r.setTotal(.compactions, k.compactions)
+            r.setTotal(.compactionFailures, k.compactionFailures)
+            r.setTotal(.compactionReclaimedBytes, Int(clamping: k.bytesReclaimed))
+            r.setTotal(.watermarkRaises, k.watermarkRaises)
+            r.collectServer(server)
+        }
     }
 
     /// Serves until the task is cancelled, its `ServiceGroup` shuts down gracefully, or the

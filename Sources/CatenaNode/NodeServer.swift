@@ -53,7 +53,7 @@ extension Node {
                     let view = replica.view
                     let requests = self.requests
                     let write = Result { () throws(CatenaError) in try checkedWrite(frame) }
-                    let op = (try? write.get()).map { RequestInstruments.op($0.type) } ?? "write"
+                    let op = (try? write.get()).map { RequestInstruments.op($0.type) } ?? "invalid"
                     @Sendable func answer(_ result: Result<LSN, CatenaError>) {
                         let epoch = view.snapshot.epoch
                         switch result {

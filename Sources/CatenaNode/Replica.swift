@@ -10,10 +10,25 @@ import Synchronization
 /// What the connection handlers read without taking the replica's lock: the machine's published view, and
 /// how a catch-up is going. Updated by the ``Replica``.
 final class ReplicaView: Sendable {
+    /// Records, their bytes and the bytes received for them, summed over catch-ups.
+    struct CatchUpTotals: Sendable {
+        var records = 0
+        var bytes = 0
+        var wireBytes = 0
+
+        mutating func add(_ p: CatchUpProgress) {
+            records += p.recordsInstalled
+            bytes += p.recordBytesInstalled
+            wireBytes += p.wireBytes
+        }
+    }
+
     struct Snapshot: Sendable {
         var node = NodeStateMachine.View()
-        /// Not a member: how the catch-up from the tail is going.
+        /// Not a member: how the catch-up from the tail is going (the last one's, once it ended).
         var catchUp: CatchUpProgress?
+        /// What the catch-ups before ``catchUp`` installed, for the metrics' counters.
+        var catchUpsBefore = CatchUpTotals()
         var epoch: UInt64 { node.epoch }
         var configuration: ChainConfiguration? { node.configuration }
         var role: ChainRole? { node.role }
@@ -55,7 +70,8 @@ public struct ReplicaMetrics: Hashable, Sendable {
     public var inFlightBytes = 0
     /// Records forwarded and not yet acknowledged by the successor (the Sent list's length).
     public var sentRecords = 0
-    /// Records this node holds that its successor has not acknowledged (0 without a successor).
+    /// Records accepted here that the successor has not acknowledged: in the Sent list, or not
+    /// yet durable here (so not yet forwarded). 0 without a successor.
     public var lagRecords: UInt64 = 0
     /// How long the oldest record forwarded and not yet acknowledged has waited (zero if none).
     public var lagDuration: Duration = .zero
@@ -347,7 +363,8 @@ final class Replica: Sendable {
             m.inFlightBytes = machine.replica?.inFlightBytes ?? 0
             m.sentRecords = machine.replica?.sentCount ?? 0
             if let r = machine.replica, r.role != nil, machine.configuration?.successor(of: me) != nil {
-                m.lagRecords = r.lastAccepted.seq - min(r.downstreamAcknowledged.seq, r.lastAccepted.seq)
+                // In the Sent list, or accepted and not yet durable here (so not yet forwarded).
+                m.lagRecords = UInt64(r.sentCount) + (r.lastAccepted.seq - min(r.durable.seq, r.lastAccepted.seq))
             }
             if m.sentRecords > 0, let oldest = c.forwarded.first { m.lagDuration = ContinuousClock.now - oldest.at }
             m.lastAccepted = machine.replica?.lastAccepted ?? .zero
@@ -383,9 +400,15 @@ final class Replica: Sendable {
                     }
                 case .forward(let records, let to):
                     linkTo(to, &c).send(records)
+                    // Only these are in flight (a new successor, a truncation, a new role): what
+                    // was recorded before them is not waited for any more.
+                    if c.machine.replica?.sentCount == records.count { c.forwarded.removeAll() }
                     if c.forwarded.count < 1 << 16 { c.forwarded.append((records[records.count - 1].lsn.seq, ContinuousClock.now)) }
                 case .resend(let after, let through, let to):
                     linkTo(to, &c).resend(after: after, through: through)
+                    // A new link: hops are timed from this send.
+                    c.forwarded.removeAll()
+                    c.forwarded.append((through.seq, ContinuousClock.now))
                 case .acknowledge(let through, let to):
                     if let upstream = c.upstream, upstream.node == to.id {
                         upstream.acks.send(through, epoch: c.machine.epoch)
@@ -529,7 +552,10 @@ final class Replica: Sendable {
         settings.fullCopy = fullCopy
         settings.limits = links.limits
         let view = self.view
-        view.update { $0.catchUp = CatchUpProgress(lastLSN: store.highestLSN) }
+        view.update { s in
+            if let previous = s.catchUp { s.catchUpsBefore.add(previous) }
+            s.catchUp = CatchUpProgress(lastLSN: store.highestLSN)
+        }
         _ = try await CatchUpReceiver(configuration: settings, store: store, logger: logger).run(progress: { progress in
             view.update { $0.catchUp = progress }
         })

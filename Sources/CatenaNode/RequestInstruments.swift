@@ -7,9 +7,11 @@ import Synchronization
 /// Client requests' latencies (``CatenaMetric/requestDuration``) and errors
 /// (``CatenaMetric/requestErrors``), by operation: the label `op` is the kind of write (`put`,
 /// `delete`, `upload_part`, ...) or of read (`get`, `head`, `list`, ...).
-struct RequestInstruments: Sendable {
+final class RequestInstruments: Sendable {
     private let registry: MetricsRegistry
     private let timers: [String: CoreMetrics.Timer]
+    /// The error counters made so far, by op and code (a bounded set: ops × codes).
+    private let errors: Mutex<[String: CoreMetrics.Counter]>
     /// Bytes of catch-up chunks sent to joining nodes.
     let catchUpSentBytes: CoreMetrics.Counter
 
@@ -17,7 +19,16 @@ struct RequestInstruments: Sendable {
         self.registry = registry
         catchUpSentBytes = registry.counter(.catchUpSentBytes)
         let ops = RecordType.known.map(Self.op) + ["get", "head", "list", "list_uploads", "list_parts", "scrub", "copy"]
-        timers = Dictionary(uniqueKeysWithValues: ops.map { ($0, registry.timer(.requestDuration, labels: [("op", $0)])) })
+        timers = Dictionary(ops.map { ($0, registry.timer(.requestDuration, labels: [("op", $0)])) }, uniquingKeysWith: { first, _ in first })
+        // The errors of a failover exist from the start at 0: `rate` and `increase` take a
+        // series' first sample as its start, so the first burst would not show otherwise.
+        var errors: [String: CoreMetrics.Counter] = [:]
+        for op in ["put", "delete", "get", "head", "list"] {
+            for code in [CatenaError.Code.unavailable, .redirect, .busy] {
+                errors["\(op)/\(code)"] = registry.counter(.requestErrors, labels: [("op", op), ("code", "\(code)")])
+            }
+        }
+        self.errors = Mutex(errors)
     }
 
     /// The `op` of a write of kind `type`.
@@ -50,7 +61,14 @@ struct RequestInstruments: Sendable {
     func record(_ op: String, since start: ContinuousClock.Instant, error: CatenaError?) {
         timers[op]?.recordNanoseconds((ContinuousClock.now - start).nanosecondsClamped)
         if let error {
-            registry.counter(.requestErrors, labels: [("op", op), ("code", "\(error.code)")]).increment()
+            let key = "\(op)/\(error.code)"
+            let counter = errors.withLock { errors in
+                if let counter = errors[key] { return counter }
+                let counter = registry.counter(.requestErrors, labels: [("op", op), ("code", "\(error.code)")])
+                errors[key] = counter
+                return counter
+            }
+            counter.increment()
         }
     }
 }

@@ -339,12 +339,12 @@ extension Store {
                 s.metrics.syncs += syncs
             }
             let now = ContinuousClock.now
+            for b in taken { for p in b.appends { p.ticket.complete(.success(())) } }
             for b in taken {
                 instruments.groupCommit.recordNanoseconds((now - b.started).nanosecondsClamped)
                 instruments.groupCommitBytes.record(b.bytes)
                 instruments.groupCommitRecords.record(b.appends.reduce(0) { $0 + $1.records.count })
             }
-            for b in taken { for p in b.appends { p.ticket.complete(.success(())) } }
             release(batches: taken.count)
         }
     }

@@ -13,7 +13,11 @@ struct MetricTableTests {
     @Test("docs/ARCHITECTURE.md lists every metric of CatenaMetric, with its type, labels and help, and no other")
     func docsTableMatchesCatalogue() throws {
         var documented: [String: [String]] = [:]
-        for line in try Self.architecture().split(separator: "\n") where line.hasPrefix("| `catena_") {
+        let text = try Self.architecture()
+        let start = try #require(text.range(of: "\n## Metrics\n"))
+        let section = text[start.upperBound...]
+        let end = section.range(of: "\n## ")?.lowerBound ?? section.endIndex
+        for line in section[..<end].split(separator: "\n") where line.hasPrefix("| `catena_") {
             let cells = line.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
             documented[cells[1].trimmingCharacters(in: CharacterSet(charactersIn: "`"))] = Array(cells[2...5])
         }

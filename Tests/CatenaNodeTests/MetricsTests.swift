@@ -2,6 +2,7 @@ import CatenaClient
 import CatenaClusterTestSupport
 import CatenaCore
 import CatenaMaster
+import CatenaNetwork
 import CatenaNode
 import CatenaTestSupport
 import Foundation
@@ -96,7 +97,7 @@ extension InProcessChainTests {
             #expect(nodeText.value("catena_store_group_commit_bytes_sum").map { $0 > 0 } == true)
             #expect(nodeText.value("catena_store_fsync_seconds_count").map { $0 >= 2 } == true)
             // A single has no successor: no hop, no lag.
-            #expect(nodeText.value("catena_replication_hop_seconds_count") == 0)
+            #expect(nodeText.value("catena_node_replication_hop_seconds_count") == 0)
             #expect(nodeText.value("catena_node_replication_lag_records") == 0)
             // What the listener holds (the metrics request itself is on another server).
             #expect(nodeText.value("catena_server_client_connections") == 1)
@@ -152,11 +153,12 @@ extension InProcessChainTests {
             for i in 0..<20 { try await cluster.client.put("c/\(i)", [UInt8](repeating: UInt8(i), count: 1000)) }
             let texts = try cluster.nodes.map { try PrometheusExposition(parsing: $0.renderMetrics()) }
             for (i, text) in texts.enumerated() {
-                let hops = try #require(text.value("catena_replication_hop_seconds_count"))
+                let hops = try #require(text.value("catena_node_replication_hop_seconds_count"))
                 if i < 2 { #expect(hops >= 1, "node \(i + 1)") } else { #expect(hops == 0) }
-                #expect(text.value("catena_node_replication_lag_records") != nil)
-                #expect(text.value("catena_node_replication_lag_seconds") != nil)
-                #expect(text.value("catena_node_sent_records") != nil)
+                // Every put returned, so every member acknowledged it: nothing is in flight.
+                #expect(text.value("catena_node_replication_lag_records") == 0, "node \(i + 1)")
+                #expect(text.value("catena_node_replication_lag_seconds") == 0, "node \(i + 1)")
+                #expect(text.value("catena_node_sent_records") == 0, "node \(i + 1)")
             }
             #expect(texts[0].value("catena_node_request_duration_seconds_count", ["op": "put"]).map { $0 >= 20 } == true)
             // The puts, and the record that starts the epoch.
@@ -239,5 +241,57 @@ extension InProcessChainTests {
             await #expect(throws: CatenaError.self) { try await wrong.nodeStatus(at: member.address.description) }
             await client.close()
         }
+    }
+}
+
+@Suite("MetricsRegistry")
+struct MetricsRegistryTests {
+    @Test("setTotal copies a component's total: increments by the difference, a lower total is a restart, counters never go down")
+    func setTotalFollowsTheComponent() throws {
+        let registry = MetricsRegistry(process: .node)
+        func total() throws -> Double? {
+            try PrometheusExposition(parsing: registry.scrape { $0.setTotal(.writesCommitted, current) }).value("catena_node_writes_committed_total")
+        }
+        var current = 5
+        #expect(try total() == 5)
+        current = 12
+        #expect(try total() == 12)
+        #expect(try total() == 12)
+        current = 3  // the component started again
+        #expect(try total() == 15)
+        current = 4
+        #expect(try total() == 16)
+    }
+
+    @Test("replaceSeries keeps exactly the label sets of its last call")
+    func replaceSeriesDropsGoneSeries() throws {
+        let registry = MetricsRegistry(process: .master)
+        let first = try PrometheusExposition(parsing: registry.scrape {
+            $0.replaceSeries(.memberLagRecords, [([("node", "n1")], 0), ([("node", "n2")], 7)])
+        })
+        #expect(first.value("catena_master_member_lag_records", ["node": "n2"]) == 7)
+        let second = try PrometheusExposition(parsing: registry.scrape {
+            $0.replaceSeries(.memberLagRecords, [([("node", "n1")], 3)])
+        })
+        #expect(second.value("catena_master_member_lag_records", ["node": "n1"]) == 3)
+        #expect(second.value("catena_master_member_lag_records", ["node": "n2"]) == nil)
+        #expect(second.value("catena_build_info", ["version": CatenaBuild.version, "process": "master"]) == 1)
+    }
+
+    @Test("metrics made through the swift-metrics factory carry the table's help and buckets")
+    func factoryUsesTheTable() throws {
+        let registry = MetricsRegistry(process: .node)
+        registry.timer(.fsyncDuration).recordNanoseconds(300_000)
+        registry.histogram(.groupCommitBytes).record(5000)
+        let text = try PrometheusExposition(parsing: registry.scrape { _ in })
+        #expect(text.family("catena_store_fsync_seconds")?.help == CatenaMetric.fsyncDuration.help)
+        let fsync = try #require(text.histogram("catena_store_fsync_seconds"))
+        #expect(fsync.buckets.map(\.upperBound).dropLast() == CatenaMetric.fsyncDuration.buckets.map { $0 })
+        #expect(fsync.count == 1 && abs(fsync.sum - 0.0003) < 1e-9)
+        #expect(fsync.buckets.first { $0.upperBound == 0.0005 }?.cumulativeCount == 1)
+        #expect(fsync.buckets.first { $0.upperBound == 0.00025 }?.cumulativeCount == 0)
+        let bytes = try #require(text.histogram("catena_store_group_commit_bytes"))
+        #expect(bytes.buckets.first { $0.upperBound == 16384 }?.cumulativeCount == 1)
+        #expect(bytes.buckets.first { $0.upperBound == 4096 }?.cumulativeCount == 0)
     }
 }
