@@ -219,7 +219,9 @@ public final class RequestConnection: Sendable {
     /// Fails requests whose deadline passed.
     fileprivate func expire(now: ContinuousClock.Instant) {
         let expired: [Waiter] = state.withLock { s in
-            let ids = s.waiters.compactMap { id, w in w.deadline <= now ? id : nil }
+            let ids = s.waiters.compactMap { id, w in
+                w.deadline <= now && w.stream.timedOut(deadline: w.deadline, timeout: w.timeout, now: now) ? id : nil
+            }
             return ids.compactMap { s.waiters.removeValue(forKey: $0) }
         }
         let error = CatenaError(.timeout, "no answer from \(address) in time")
@@ -405,6 +407,8 @@ public final class ReplyStream: Sendable {
         var consumer: CheckedContinuation<Void, Never>?
         /// Resumes the connection's reads (set while the buffer is full).
         var producer: (@Sendable () -> Void)?
+        /// When the consumer last made room in a full buffer.
+        var resumedAt: ContinuousClock.Instant?
     }
 
     init(window: Int) {
@@ -430,7 +434,10 @@ public final class ReplyStream: Sendable {
                         s.head = 0
                     }
                     let producer = s.frames.count - s.head < window ? s.producer : nil
-                    if producer != nil { s.producer = nil }
+                    if producer != nil {
+                        s.producer = nil
+                        s.resumedAt = .now
+                    }
                     return .frame(f, producer)
                 }
                 if let failure = s.failure { return .failed(failure) }
@@ -496,6 +503,18 @@ public final class ReplyStream: Sendable {
             return s.producer
         }
         producer?()
+    }
+
+    /// Whether the request's idle timeout ran out at `now`, the last reply frame having come by
+    /// `deadline` less `timeout`. It does not run while the buffer is full and the consumer has
+    /// not read (the client holds the reply up, not the server: a slow consumer of a stream is
+    /// not a silent server), and starts again when the consumer makes room.
+    func timedOut(deadline: ContinuousClock.Instant, timeout: Duration, now: ContinuousClock.Instant) -> Bool {
+        state.withLock { s in
+            if s.producer != nil { return false }
+            if let resumed = s.resumedAt, resumed + timeout > now { return false }
+            return deadline <= now
+        }
     }
 
     /// Fails the stream (connection lost, deadline passed).

@@ -131,6 +131,30 @@ extension InProcessChainTests {
             }
         }
 
+        @Test("a stream held unread for longer than the request timeout reads on to the end: a slow consumer is not a silent server",
+              .timeLimit(.minutes(1)))
+        func slowConsumerIsNotTimedOut() async throws {
+            try await withTestCluster { cluster in
+                let client = try CatenaClient(masters: [cluster.masterAddress.description], configuration: Self.configuration(), logger: testLogger)
+                do {
+                    // More than the stream's window and the sockets hold, so the buffer fills.
+                    let big = pseudoRandomBytes(48 << 20, seed: 17)
+                    try await client.put("slow/big", big)
+                    let slow = client.with(requestTimeout: .seconds(1))
+                    let stream = try await slow.getStreaming("slow/big")
+                    var chunks = stream.makeAsyncIterator()
+                    var received = try #require(try await chunks.nextChunk())
+                    try await Task.sleep(for: .seconds(3))  // three request timeouts without reading
+                    while let piece = try await chunks.nextChunk() { received += piece }
+                    #expect(received == big)
+                } catch {
+                    await client.close()
+                    throw error
+                }
+                await client.close()
+            }
+        }
+
         @Test("a stream held unread does not hold up the client's other requests: 1,000 small gets complete meanwhile",
               .timeLimit(.minutes(1)))
         func unreadStreamBlocksNothing() async throws {
