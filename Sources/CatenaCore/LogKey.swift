@@ -22,6 +22,8 @@ public enum LogKey: String, CaseIterable, Sendable {
     case offset = "catena_offset"
     /// An object's key.
     case key = "catena_key"
+    /// The kind of a request a node answered (a frame type: get, head, list, copy, scrub, …).
+    case request = "catena_request"
 
     // The chain and its configuration.
 

@@ -24,7 +24,7 @@ public final class Node: Sendable {
     let replica: Replica
     private let server: FrameServer
     private let metricsServer: MetricsServer?
-    private let logger: Logger
+    let logger: Logger
     /// Set when the master removed this node: ``run(onReady:)`` returns as if cancelled.
     private let stopRequested: StopSignal
     /// Raises the store's commit watermark and compacts by garbage ratio.

@@ -227,6 +227,12 @@ extension Node {
             }
         } catch {
             failure = error
+            if error.code == .checksumMismatch || error.code == .corruption {
+                // Damage in this replica's store: the reader gets the error (and may read
+                // another replica), the operator gets to know.
+                logger.error("a read found damaged data in the local store and was refused",
+                             metadata: .catena([.request: "\(frame.type)", .error: "\(error)"]))
+            }
             try? await outbound.write(Frame.error(error, replyingTo: frame.requestID, chainID: frame.chainID, epoch: epoch))
         }
     }

@@ -1,8 +1,8 @@
 import CatenaCore
-import CoreMetrics
 import CatenaNetwork
 import CatenaStorage
 import CatenaWire
+import CoreMetrics
 import DequeModule
 import Logging
 import Synchronization

@@ -295,3 +295,62 @@ struct MetricsRegistryTests {
         #expect(bytes.buckets.first { $0.upperBound == 4096 }?.cumulativeCount == 0)
     }
 }
+
+@Suite("Logged faults")
+struct LoggedFaultTests {
+    @Test("a read of an object damaged on disk is refused with checksumMismatch, logged at error and counted by code", .timeLimit(.minutes(1)))
+    func damagedReadIsLoggedAndCounted() async throws {
+        let dir = NSTemporaryDirectory() + "catena-damage-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cluster = "damage-test"
+        let n1 = try NodeID("n1")
+        let master = try await Master.start(MasterConfiguration(
+            clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0), dataDirectory: dir + "/master",
+            initial: try ChainConfiguration(clusterID: cluster, chainID: 1, epoch: 1, members: [ChainMember(id: n1, address: "127.0.0.1:0")])),
+            logger: testLogger)
+        let masterTask = Task { await master.run() }
+        var nodeConfiguration = NodeConfiguration(id: n1, clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0),
+                                                  masters: [master.address], dataDirectory: dir + "/n1")
+        nodeConfiguration.heartbeatInterval = .milliseconds(20)
+        let logs = CapturedLogs()
+        let node = try await Node.start(nodeConfiguration, logger: capturingLogger(logs))
+        let nodeTask = Task { await node.run() }
+        defer {
+            nodeTask.cancel()
+            masterTask.cancel()
+        }
+        var configuration = CatenaClient.Configuration()
+        configuration.requestTimeout = .seconds(10)
+        let client = try CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
+        let value = pseudoRandomBytes(8192, seed: 29)
+        try await client.put("damaged/1", value)
+        #expect(try await client.get("damaged/1").bytes == value)
+
+        // Flip one byte of the value where it lies in the segment file (the page cache serves it).
+        let segments = try FileManager.default.contentsOfDirectory(atPath: dir + "/n1").filter { $0.hasSuffix(".seg") }
+        var damaged = false
+        for name in segments {
+            let path = dir + "/n1/" + name
+            var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+            guard let at = bytes.indices.dropLast(64).first(where: { bytes[$0..<($0 + 64)].elementsEqual(value[0..<64]) }) else { continue }
+            bytes[at + 4000] ^= 0x40
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            try handle.seek(toOffset: UInt64(at + 4000))
+            try handle.write(contentsOf: Data([bytes[at + 4000]]))
+            try handle.close()
+            damaged = true
+        }
+        #expect(damaged)
+        let error = await #expect(throws: CatenaError.self) { try await client.get("damaged/1") }
+        #expect(error?.code == .checksumMismatch, "\(String(describing: error))")
+        #expect(logs.count(.error, containing: "damaged data in the local store") >= 1)
+        let text = try PrometheusExposition(parsing: node.renderMetrics())
+        #expect(text.value("catena_node_request_errors_total", ["op": "get", "code": "checksumMismatch"]).map { $0 >= 1 } == true)
+
+        await client.close()
+        nodeTask.cancel()
+        await nodeTask.value
+        masterTask.cancel()
+        await masterTask.value
+    }
+}
