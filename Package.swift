@@ -158,7 +158,7 @@ let package = Package(
         // strict parser of the Prometheus text format for checking /metrics.
         .target(
             name: "CatenaTestSupport",
-            dependencies: ["CatenaCore", "CatenaStorage"]
+            dependencies: ["CatenaCore", "CatenaStorage", .product(name: "Logging", package: "swift-log")]
         ),
         // The cluster harness of the tests (`TestCluster`): a master and nodes in this process or
         // as `catena` processes, a recorded client workload and the checks on what it saw.
@@ -232,7 +232,7 @@ let package = Package(
         // Imports CatenaClient alone (and the harness): the library's API types must come with it.
         .testTarget(name: "CatenaClientAPITests", dependencies: ["CatenaClient", "CatenaClusterTestSupport"]),
         .testTarget(name: "CatenaBenchTests", dependencies: ["CatenaBench", "CatenaStorage", "CatenaTestSupport"]),
-        .testTarget(name: "CatenaMasterTests", dependencies: ["CatenaMaster", "CatenaCluster", "CatenaCore", "CatenaWire",
+        .testTarget(name: "CatenaMasterTests", dependencies: ["CatenaMaster", "CatenaCluster", "CatenaCore", "CatenaWire", "CatenaTestSupport",
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CatenaTestSupportTests", dependencies: ["CatenaTestSupport", "CatenaCore"]),
         .testTarget(name: "CatenaSimulationTests", dependencies: ["CatenaSimulation", "CatenaCore"]),

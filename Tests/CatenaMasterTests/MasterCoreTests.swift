@@ -1,6 +1,7 @@
 @testable import CatenaMaster
 import CatenaCluster
 import CatenaCore
+import CatenaTestSupport
 import CatenaWire
 import Foundation
 import Logging
@@ -52,26 +53,6 @@ private final class MemoryStateStore: MasterStateStore {
 }
 
 /// What a logger was given, level and message.
-private final class LogRecords: Sendable {
-    let entries = Mutex<[(level: Logger.Level, message: String)]>([])
-    func count(_ level: Logger.Level, containing text: String) -> Int {
-        entries.withLock { $0.filter { $0.level == level && $0.message.contains(text) }.count }
-    }
-}
-
-private struct CapturingLogHandler: LogHandler {
-    let records: LogRecords
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        records.entries.withLock { $0.append((event.level, event.message.description)) }
-    }
-}
-
 private func node(_ s: String) -> NodeID { try! NodeID(s) }
 private func member(_ s: String) -> ChainMember { ChainMember(id: node(s), address: "127.0.0.1:\(7000 + Int(s.dropFirst())!)") }
 
@@ -84,16 +65,16 @@ private func heartbeat(_ id: String, address: String? = nil) -> Heartbeat {
     Heartbeat(node: node(id), address: address ?? member(id).address, highestLSN: LSN(epoch: 1, seq: 500))
 }
 
-private func core(_ store: MemoryStateStore, _ records: LogRecords = LogRecords()) -> MasterCore {
+private func core(_ store: MemoryStateStore, _ records: CapturedLogs = CapturedLogs()) -> MasterCore {
     MasterCore(state: store.stored!, loaded: true, settings: ChainManager.Settings(failureTimeout: .seconds(30)), file: store,
-               logger: Logger(label: "catena.master-test", factory: { _ in CapturingLogHandler(records: records) }))
+               logger: capturingLogger(records))
 }
 
 @Suite("Master core: its state store changed behind its back")
 struct MasterCoreStoreTests {
     @Test func aMasterThatLosesACompareAndSwapReloadsTheStoredStateInsteadOfRetryingItsOwn() async throws {
         let store = MemoryStateStore(state(["n1", "n2", "n3"], epoch: 4))
-        let records = LogRecords()
+        let records = CapturedLogs()
         let master = core(store, records)
         _ = try await master.heartbeat(heartbeat("n1"), epoch: 4)
         // Another master (or an operator) moves the chain on: n3 is a standby at epoch 5.
@@ -117,7 +98,7 @@ struct MasterCoreStoreTests {
     @Test func aStateOlderThanTheChainsIsRefusedLoggedOnceAndReloadedOnceANewerOneIsInPlace() async throws {
         // master.json restored from a backup at epoch 3; the nodes run epoch 7.
         let store = MemoryStateStore(state(["n1", "n2", "n3"], epoch: 3))
-        let records = LogRecords()
+        let records = CapturedLogs()
         let master = core(store, records)
         for id in ["n1", "n2", "n1"] {
             let error = await #expect(throws: CatenaError.self) { try await master.heartbeat(heartbeat(id), epoch: 7) }

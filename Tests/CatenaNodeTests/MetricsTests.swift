@@ -6,6 +6,7 @@ import CatenaNetwork
 import CatenaNode
 import CatenaTestSupport
 import Foundation
+import Logging
 import Testing
 
 #if canImport(Glibc)
@@ -44,6 +45,27 @@ private func blockingHTTPGet(port: Int, path: String) throws -> String {
     return String(decoding: response, as: UTF8.self)
 }
 
+/// A master and one node `n1` (not yet running: the caller runs both) on 127.0.0.1 with their
+/// data under `dir`, and a client of them; with `metrics`, each serves metrics on a port of its own.
+func startSingleNodeChain(in dir: String, cluster: String, metrics: Bool = false,
+                          nodeLogger: Logger = testLogger) async throws -> (Master, Node, CatenaClient) {
+    let n1 = try NodeID("n1")
+    var masterConfiguration = MasterConfiguration(
+        clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0), dataDirectory: dir + "/master",
+        initial: try ChainConfiguration(clusterID: cluster, chainID: 1, epoch: 1, members: [ChainMember(id: n1, address: "127.0.0.1:0")]))
+    if metrics { masterConfiguration.metrics = Address(host: "127.0.0.1", port: 0) }
+    let master = try await Master.start(masterConfiguration, logger: testLogger)
+    var nodeConfiguration = NodeConfiguration(id: n1, clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0),
+                                              masters: [master.address], dataDirectory: dir + "/n1")
+    if metrics { nodeConfiguration.metrics = Address(host: "127.0.0.1", port: 0) }
+    nodeConfiguration.heartbeatInterval = .milliseconds(20)
+    let node = try await Node.start(nodeConfiguration, logger: nodeLogger)
+    var configuration = CatenaClient.Configuration()
+    configuration.requestTimeout = .seconds(10)
+    let client = try CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
+    return (master, node, client)
+}
+
 extension InProcessChainTests {
     @Suite("Metrics endpoints")
     struct Metrics {
@@ -52,27 +74,13 @@ extension InProcessChainTests {
         func nodeAndMasterServeMetrics() async throws {
             let dir = NSTemporaryDirectory() + "catena-metrics-" + UUID().uuidString
             defer { try? FileManager.default.removeItem(atPath: dir) }
-            let cluster = "metrics-test"
-            let n1 = try NodeID("n1")
-            var masterConfiguration = MasterConfiguration(
-                clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0), dataDirectory: dir + "/master",
-                initial: try ChainConfiguration(clusterID: cluster, chainID: 1, epoch: 1, members: [ChainMember(id: n1, address: "127.0.0.1:0")]))
-            masterConfiguration.metrics = Address(host: "127.0.0.1", port: 0)
-            let master = try await Master.start(masterConfiguration, logger: testLogger)
+            let (master, node, client) = try await startSingleNodeChain(in: dir, cluster: "metrics-test", metrics: true)
             let masterTask = Task { await master.run() }
-            var nodeConfiguration = NodeConfiguration(id: n1, clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0),
-                                                      masters: [master.address], dataDirectory: dir + "/n1")
-            nodeConfiguration.metrics = Address(host: "127.0.0.1", port: 0)
-            nodeConfiguration.heartbeatInterval = .milliseconds(20)
-            let node = try await Node.start(nodeConfiguration, logger: testLogger)
             let nodeTask = Task { await node.run() }
             defer {
                 nodeTask.cancel()
                 masterTask.cancel()
             }
-            var configuration = CatenaClient.Configuration()
-            configuration.requestTimeout = .seconds(10)
-            let client = try CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
             try await client.put("m/1", [1, 2, 3])
             try await client.put("m/2", [4, 5, 6])
             #expect(try await client.get("m/1").bytes == [1, 2, 3])
@@ -302,26 +310,14 @@ struct LoggedFaultTests {
     func damagedReadIsLoggedAndCounted() async throws {
         let dir = NSTemporaryDirectory() + "catena-damage-" + UUID().uuidString
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let cluster = "damage-test"
-        let n1 = try NodeID("n1")
-        let master = try await Master.start(MasterConfiguration(
-            clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0), dataDirectory: dir + "/master",
-            initial: try ChainConfiguration(clusterID: cluster, chainID: 1, epoch: 1, members: [ChainMember(id: n1, address: "127.0.0.1:0")])),
-            logger: testLogger)
-        let masterTask = Task { await master.run() }
-        var nodeConfiguration = NodeConfiguration(id: n1, clusterID: cluster, listen: Address(host: "127.0.0.1", port: 0),
-                                                  masters: [master.address], dataDirectory: dir + "/n1")
-        nodeConfiguration.heartbeatInterval = .milliseconds(20)
         let logs = CapturedLogs()
-        let node = try await Node.start(nodeConfiguration, logger: capturingLogger(logs))
+        let (master, node, client) = try await startSingleNodeChain(in: dir, cluster: "damage-test", nodeLogger: capturingLogger(logs))
+        let masterTask = Task { await master.run() }
         let nodeTask = Task { await node.run() }
         defer {
             nodeTask.cancel()
             masterTask.cancel()
         }
-        var configuration = CatenaClient.Configuration()
-        configuration.requestTimeout = .seconds(10)
-        let client = try CatenaClient(masters: [master.address.description], configuration: configuration, logger: testLogger)
         let value = pseudoRandomBytes(8192, seed: 29)
         try await client.put("damaged/1", value)
         #expect(try await client.get("damaged/1").bytes == value)
