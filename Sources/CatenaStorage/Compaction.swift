@@ -301,6 +301,10 @@ extension Store {
                 s.uploadTracker.groups[upload] = nil
             }
             for t in droppedTombstones { s.index.remove(t.key) }
+            // Older versions kept for CRAQ reads: forget those the watermark passed (and, to be
+            // sure, any that needs a dropped record); move the rest with their records.
+            s.refreshCommitHint(noted: notedCommit.load(ordering: .relaxed))
+            s.index.forgetOlderVersions(needing: droppedEntries)
             for (e, old) in zip(newEntries, oldLocations) {
                 s.index.relocate(e, from: old)
             }
@@ -349,18 +353,20 @@ final class CompactionStop: Sendable {
 }
 
 extension StoreIndex {
-    /// Points whatever referenced the record at `old` to its new location.
+    /// Points whatever referenced the record at `old` to its new location: the newest version
+    /// of its key, or a kept older one (a manifest's chunks included), or an upload.
     mutating func relocate(_ e: EntrySummary, from old: Location) {
         switch e.header.type {
         case .chunk:
             guard let address = e.chunkAddress else { return }
             if uploads[address.upload]?.chunks[address.index] == old {
                 uploads[address.upload]!.chunks[address.index] = e.location
-            } else if var v = objects[e.key], let start = v.groups[address.upload] {
-                let i = start + Int(address.index)
-                guard i < v.chunks.count, v.chunks[i] == old else { return }
-                v.chunks[i] = e.location
+            } else if var v = objects[e.key], StoreIndex.relocateChunk(address, of: &v, from: old, to: e.location) {
                 objects[e.key] = v
+            } else if let versions = older[e.key],
+                      let i = versions.firstIndex(where: { $0.groups[address.upload] != nil }) {
+                var v = versions[i]
+                if StoreIndex.relocateChunk(address, of: &v, from: old, to: e.location) { older[e.key]?[i] = v }
             }
         case .uploadCreate:
             if multipart[e.header.requestID]?.location == old { multipart[e.header.requestID]!.location = e.location }
@@ -373,8 +379,20 @@ extension StoreIndex {
             if var v = objects[e.key], v.location == old {
                 v.location = e.location
                 objects[e.key] = v
+            } else if let i = older[e.key]?.firstIndex(where: { $0.location == old }) {
+                older[e.key]?[i].location = e.location
             }
         }
+    }
+
+    /// Points the chunk at `address` of manifest version `v` from `old` to `new`; false if `v`
+    /// does not hold that chunk there.
+    private static func relocateChunk(_ address: ChunkAddress, of v: inout ObjectVersion, from old: Location, to new: Location) -> Bool {
+        guard let start = v.groups[address.upload] else { return false }
+        let i = start + Int(address.index)
+        guard i < v.chunks.count, v.chunks[i] == old else { return false }
+        v.chunks[i] = new
+        return true
     }
 }
 

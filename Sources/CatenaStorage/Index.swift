@@ -1,6 +1,8 @@
 import CatenaCore
+import DequeModule
 
-/// The newest version of one key, as the index knows it.
+/// One version of one key, as the index knows it: the newest, or an older one kept for CRAQ
+/// reads (``StoreIndex/older``).
 struct ObjectVersion: Sendable {
     var lsn: LSN
     var type: RecordType
@@ -19,6 +21,12 @@ struct ObjectVersion: Sendable {
     var parts: [PartSummary] = []
     /// The record on disk failed its checksum: refuse to serve it.
     var damaged: Bool
+}
+
+/// A version kept in ``StoreIndex/older``: its key, and the seq of the version that superseded it.
+struct Supersession: Sendable {
+    var seq: UInt64
+    var key: Key
 }
 
 /// Chunks of an upload whose manifest has not been appended yet.
@@ -49,8 +57,8 @@ struct OpenUploadPart: Sendable {
     var location: Location
 }
 
-/// The in-memory index: key -> newest version, pending uploads, and a lazily sorted key list
-/// for listing by prefix.
+/// The in-memory index: key -> newest version, the older versions a CRAQ read may still ask
+/// for, pending uploads, and a lazily sorted key list for listing by prefix.
 ///
 /// Keys are hashed and sorted byte-wise (``Key`` is a byte string). The sorted list is kept as
 /// an array plus a batch of keys added since; a listing walks both, merging the batch in only
@@ -58,6 +66,18 @@ struct OpenUploadPart: Sendable {
 /// dictionary.
 struct StoreIndex: Sendable {
     var objects: [Key: ObjectVersion] = [:]
+    /// Versions at or below this seq are known to be committed (the higher of the node's
+    /// ``Store/noteCommitted(through:)`` and the persisted commit watermark): a version that one
+    /// of them superseded is never asked for again. `.max` (the default): everything is, so no
+    /// older version is kept (the data-directory verifier's index).
+    var commitHint: UInt64 = .max
+    /// Per key, oldest first, the versions older than its newest that a CRAQ read may still be
+    /// sent to: the newest one at or below the commit hint, and every one after it. Only keys
+    /// overwritten above the hint have an entry. See ``trimOlderVersions()``.
+    var older: [Key: Deque<ObjectVersion>] = [:]
+    /// For each version kept in `older`, in log order: the seq of the version that superseded it,
+    /// and its key. Once the hint reaches that seq, the key's versions below it can go.
+    private var supersessions = Deque<Supersession>()
     /// Chunk groups no manifest has claimed yet (a streamed put's, or a multipart upload's part's).
     var uploads: [UploadID: PendingUpload] = [:]
     /// Open multipart uploads by id.
@@ -180,16 +200,79 @@ struct StoreIndex: Sendable {
 
     private mutating func put(_ key: Key, _ version: ObjectVersion) {
         if let old = objects.updateValue(version, forKey: key) {
-            // A tombstone was counted when it was applied.
+            // A tombstone was counted when it was applied. A version kept in `older` counts as
+            // garbage all the same: what compaction may drop is the watermark's business.
             if old.type != .delete {
                 addGarbage(old.location)
                 for chunk in old.chunks { addGarbage(chunk) }
             }
+            keep(old, supersededBy: version, of: key)
         } else {
             unsortedKeys.append(key)
             recentSorted = false
         }
         if version.type == .delete { addGarbage(version.location) }
+    }
+
+    /// Keeps `old`, which `new` just superseded, while a CRAQ read may be sent to it: unless
+    /// `new` is committed (at or below the hint), in which case no read goes to `old` or anything
+    /// older.
+    private mutating func keep(_ old: ObjectVersion, supersededBy new: ObjectVersion, of key: Key) {
+        guard new.lsn.seq > commitHint else {
+            older[key] = nil
+            return
+        }
+        older[key, default: []].append(old)
+        supersessions.append(Supersession(seq: new.lsn.seq, key: key))
+    }
+
+    /// Forgets the older versions the commit hint has passed: for each supersession at or below
+    /// it, its key's versions older than the superseding one (that one is committed, so no read
+    /// is sent to anything older). Each kept version is pushed and popped once, so this costs
+    /// amortized O(1) per overwrite; what stays is bounded by the overwrites above the hint.
+    mutating func trimOlderVersions() {
+        while let first = supersessions.first, first.seq <= commitHint {
+            supersessions.removeFirst()
+            guard let versions = older[first.key] else { continue }
+            let stale = versions.prefix { $0.lsn.seq < first.seq }.count
+            if stale == versions.count {
+                older[first.key] = nil
+            } else if stale > 0 {
+                older[first.key]?.removeFirst(stale)
+            }
+        }
+    }
+
+    /// The version of `key` whose LSN is exactly `lsn`, if the index holds it (the newest or a
+    /// kept older one).
+    func version(of key: Key, at lsn: LSN) -> ObjectVersion? {
+        if let newest = objects[key], newest.lsn == lsn { return newest }
+        guard let versions = older[key] else { return nil }
+        // Oldest first, so in LSN order: binary search.
+        var low = versions.startIndex, high = versions.endIndex
+        while low < high {
+            let mid = (low + high) / 2
+            if versions[mid].lsn < lsn { low = mid + 1 } else { high = mid }
+        }
+        guard low < versions.endIndex, versions[low].lsn == lsn else { return nil }
+        return versions[low]
+    }
+
+    /// How many older versions the index holds, over all keys.
+    var olderVersionCount: Int { older.values.reduce(0) { $0 + $1.count } }
+
+    /// Forgets the older versions that need a record compaction dropped: the record itself, or
+    /// (a manifest) one of its chunks. Compaction drops only versions superseded at or below the
+    /// watermark, which the trim to the hint (never below the watermark) has forgotten already;
+    /// this makes sure no kept version points into a removed segment whatever happens.
+    mutating func forgetOlderVersions(needing dropped: [EntrySummary]) {
+        for e in dropped {
+            guard let versions = older[e.key] else { continue }
+            let kept = versions.filter { v in
+                e.header.type == .chunk ? !v.chunks.contains(e.location) : v.location != e.location
+            }
+            if kept.count != versions.count { older[e.key] = kept.isEmpty ? nil : Deque(kept) }
+        }
     }
 
     private mutating func addGarbage(_ location: Location) {
@@ -225,9 +308,10 @@ struct StoreIndex: Sendable {
         }
     }
 
-    /// Removes a key entirely (a dropped tombstone).
+    /// Removes a key entirely (a dropped tombstone), its older versions too.
     mutating func remove(_ key: Key) {
         objects.removeValue(forKey: key)
+        older[key] = nil
     }
 
     private func makeVersion(_ e: EntrySummary) -> ObjectVersion {

@@ -28,7 +28,10 @@ struct Recovery {
 
     /// Loads the log. `atStartUp`: also remove temp files (writes that never completed); a
     /// rebuild while the store runs must not, since a concurrent STATE write may own one.
-    func open(names: [String], atStartUp: Bool = true) throws(CatenaError) -> Recovered {
+    /// `notedCommit`: the seq the node last noted as committed (``Store/noteCommitted(through:)``);
+    /// with the persisted watermark it is the index's commit hint, so the index keeps the older
+    /// versions above it (see ``StoreIndex/older``).
+    func open(names: [String], atStartUp: Bool = true, notedCommit: UInt64 = 0) throws(CatenaError) -> Recovered {
         var result = Recovered()
         var names = names
         for name in names where atStartUp && name.hasSuffix(".tmp") {
@@ -41,6 +44,8 @@ struct Recovery {
             defer { file.close() }
             result.persistent = try PersistentState.decode(try file.read(at: 0, count: 64), path: dir.state)
         }
+        // Before any record is applied: the overwrites above it keep their older versions.
+        result.index.commitHint = max(notedCommit, result.persistent.commitWatermark.seq)
 
         var opened: [(header: SegmentHeader, file: any StorageFile, size: UInt64)] = []
         let ids = names.compactMap(DataDirectory.segmentID(fromName:)).sorted()

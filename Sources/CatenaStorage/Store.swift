@@ -45,6 +45,10 @@ public final class Store: Sendable {
     let stateFileLock = Mutex<Void>(())
     /// Held for the whole of a compaction or a truncation, so they never overlap.
     let maintenanceLock = Mutex<Void>(())
+    /// The seq through which the node last said the chain has committed
+    /// (``noteCommitted(through:)``): set on the replication hot path without the lock, read
+    /// when records are indexed.
+    let notedCommit = Atomic<UInt64>(0)
 
     enum Lifecycle {
         case open
@@ -170,6 +174,14 @@ public final class Store: Sendable {
         }
 
         var queueIsEmpty: Bool { queue.isEmpty }
+
+        /// Points the index's commit hint at the higher of the node's `noted` commit seq and
+        /// the persisted watermark's (always committed), and forgets the older versions it
+        /// passed.
+        mutating func refreshCommitHint(noted: UInt64) {
+            index.commitHint = max(noted, persistent.commitWatermark.seq)
+            index.trimOlderVersions()
+        }
 
         /// The request-id window of `width` nanoseconds, anchored at the log's last durable
         /// record (see ``RequestWindow``).

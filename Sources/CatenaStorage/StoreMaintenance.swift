@@ -1,6 +1,7 @@
 import CatenaCore
 import Logging
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// The commit watermark and truncation.
 extension Store {
@@ -36,9 +37,28 @@ extension Store {
                     return p
                 }
                 try Store.writeAtomically(fs: fs, dir: dir, path: dir.state, bytes: next.encoded())
-                state.withLock { s in s.persistent.commitWatermark = max(s.persistent.commitWatermark, lsn) }
+                let noted = notedCommit.load(ordering: .relaxed)
+                state.withLock { s in
+                    s.persistent.commitWatermark = max(s.persistent.commitWatermark, lsn)
+                    s.refreshCommitHint(noted: noted)
+                }
             }
         }
+    }
+
+    /// Tells the store through which LSN the chain is known to have committed, as the node
+    /// learns it (after each acknowledgement). The store keeps, per key, the newest version at
+    /// or below it and every newer one, so that a CRAQ read sent to the committed version of a
+    /// dirty key finds it (``read(_:range:at:)``); older ones go. Versions at or below the
+    /// persisted ``commitWatermark`` count as committed whatever is noted.
+    ///
+    /// Cheap enough for the replication hot path: one atomic store, no lock. The versions the
+    /// new hint passes are forgotten when the store next indexes records (or raises the
+    /// watermark, or compacts). It may go down (a node that rebuilds its replica machine notes
+    /// `.zero`): versions already forgotten stay forgotten, later overwrites are kept from the
+    /// lower hint. Only `lsn.seq` counts: seqs are contiguous across epochs.
+    public func noteCommitted(through lsn: LSN) {
+        notedCommit.store(lsn.seq, ordering: .relaxed)
     }
 
     /// Records (persisted) that history through `lsn` is not in this log: a full copy of a
@@ -170,7 +190,8 @@ extension Store {
         }
         // Rebuild from what is on disk now.
         let names = try fs.contentsOfDirectory(dir.path)
-        let recovered = try Recovery(fs: fs, dir: dir, logger: logger).open(names: names, atStartUp: false)
+        let recovered = try Recovery(fs: fs, dir: dir, logger: logger)
+            .open(names: names, atStartUp: false, notedCommit: notedCommit.load(ordering: .relaxed))
         // Old handles are not closed: readers may still hold them; they close when released.
         state.withLock { s in
             // The tail stays: appends queued after this truncation continue from the cut.

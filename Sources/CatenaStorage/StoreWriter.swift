@@ -313,7 +313,9 @@ extension Store {
                 continue
             }
             // Durable: make visible, then acknowledge.
+            let noted = notedCommit.load(ordering: .relaxed)
             state.withLock { s in
+                s.refreshCommitHint(noted: noted)
                 for b in taken {
                     guard let si = s.segments.lastIndex(where: { $0.id == b.segment }) else { continue }
                     var offset = b.offset
