@@ -99,3 +99,36 @@ public struct GarbageReport: Hashable, Sendable {
         sealedBytes == 0 ? 0 : Double(collectableBytes) / Double(sealedBytes)
     }
 }
+
+/// One version of a key as ``Store/read(_:range:at:)`` found it: which version it is, even when
+/// that version is a delete, and the object if it is not.
+public struct VersionedRead: Sendable {
+    /// The version's LSN; nil if the store holds no version of the key at all (never written,
+    /// or deleted and the tombstone compacted away).
+    public var lsn: LSN?
+    /// The object at that version; nil if the key has no version here or the version is a
+    /// delete (then ``lsn`` is the tombstone's).
+    public var object: StoredObject?
+
+    /// Creates a read result.
+    public init(lsn: LSN?, object: StoredObject?) {
+        self.lsn = lsn
+        self.object = object
+    }
+}
+
+/// One version of a key's metadata as ``Store/readInfo(_:at:)`` found it: ``VersionedRead``
+/// without the body.
+public struct VersionedInfo: Hashable, Sendable {
+    /// The version's LSN; nil if the store holds no version of the key at all.
+    public var lsn: LSN?
+    /// The object's metadata at that version; nil if the key has no version here or the version
+    /// is a delete (then ``lsn`` is the tombstone's).
+    public var info: ObjectInfo?
+
+    /// Creates a metadata read result.
+    public init(lsn: LSN?, info: ObjectInfo?) {
+        self.lsn = lsn
+        self.info = info
+    }
+}

@@ -27,9 +27,17 @@ extension Store {
 
     /// The newest version's metadata, or nil if the key does not exist or was deleted.
     public func head(_ key: Key) throws(CatenaError) -> ObjectInfo? {
-        try state.withLock { (s) throws(CatenaError) -> ObjectInfo? in
-            guard let v = try Store.servableVersion(of: key, in: s) else { return nil }
-            return Store.info(key, v, withParts: true)
+        try readInfo(key).info
+    }
+
+    /// The metadata of one version of `key` and that version's LSN, even when it is a delete:
+    /// ``read(_:range:at:)`` without the body. `version` nil: the newest; else exactly that
+    /// version, which must be held here (`unavailable` otherwise). `corruption` if the version
+    /// is damaged on disk, or damage may hide a newer version of the key.
+    public func readInfo(_ key: Key, at version: LSN? = nil) throws(CatenaError) -> VersionedInfo {
+        try state.withLock { (s) throws(CatenaError) -> VersionedInfo in
+            guard let v = try Store.storedVersion(of: key, at: version, in: s) else { return VersionedInfo(lsn: nil, info: nil) }
+            return VersionedInfo(lsn: v.lsn, info: v.type == .delete ? nil : Store.info(key, v, withParts: true))
         }
     }
 
@@ -44,12 +52,40 @@ extension Store {
     /// The newest version of `key` if it exists and may be served: nil for a missing or deleted
     /// key, `corruption` if that version or damage that may have replaced it is on disk.
     static func servableVersion(of key: Key, in s: State) throws(CatenaError) -> ObjectVersion? {
-        try refuseIfPossiblyStale(key, s.index.objects[key], s)
-        guard let v = s.index.objects[key] else { return nil }
-        if v.damaged {
-            throw CatenaError(.corruption, "the newest version of '\(key)' (record \(v.lsn), segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
-        }
+        guard let v = try storedVersion(of: key, at: nil, in: s) else { return nil }
         return v.type == .delete ? nil : v
+    }
+
+    /// The version of `key` a read at `lsn` serves (nil: the newest), a tombstone included; nil
+    /// if the key has no version here. Throws `corruption` if that version is damaged on disk,
+    /// if damage may have replaced the key's newest version (``refuseIfPossiblyStale``), or if
+    /// the version asked for may lie in unreadable records; `unavailable` if the store does not
+    /// hold the version asked for (never had it, or forgot it: see ``noteCommitted(through:)``).
+    static func storedVersion(of key: Key, at lsn: LSN?, in s: State) throws(CatenaError) -> ObjectVersion? {
+        let newest = s.index.objects[key]
+        try refuseIfPossiblyStale(key, newest, s)
+        guard let lsn else {
+            guard let newest else { return nil }
+            if newest.damaged {
+                throw CatenaError(.corruption, "the newest version of '\(key)' (record \(newest.lsn), segment \(newest.location.segment) offset \(newest.location.offset)) is damaged on disk")
+            }
+            return newest
+        }
+        guard let v = s.index.version(of: key, at: lsn) else { throw missingVersion(key, lsn, newest, s) }
+        if v.damaged {
+            throw CatenaError(.corruption, "version \(lsn) of '\(key)' (segment \(v.location.segment) offset \(v.location.offset)) is damaged on disk")
+        }
+        return v
+    }
+
+    /// The error for a read at a version of `key` the index does not hold: `corruption` if
+    /// unreadable records may have held it, else `unavailable` (the reader asks again).
+    static func missingVersion(_ key: Key, _ lsn: LSN, _ newest: ObjectVersion?, _ s: State) -> CatenaError {
+        if let d = s.damage.first(where: { $0.lost?.contains(lsn.seq) ?? false }), let lost = d.lost {
+            return CatenaError(.corruption, "version \(lsn) of '\(key)' may be in records \(lost.lowerBound)...\(lost.upperBound), which are unreadable (\(d)); this replica needs a re-copy")
+        }
+        let held = newest.map { "its newest is \($0.lsn)" } ?? "it holds no version of the key"
+        return CatenaError(.unavailable, "version \(lsn) of '\(key)' is not held here (\(held); older versions are kept only from the newest one committed through seq \(s.index.commitHint)); retry")
     }
 
     /// Damage whose records' keys are unknown may have overwritten any key whose newest version
@@ -97,26 +133,52 @@ extension Store {
     /// the range reaches into is read and verified whole; the content checksum, which covers
     /// the whole object, is not checked.
     public func get(_ key: Key, range: Range<UInt64>?) throws(CatenaError) -> StoredObject? {
-        try state.withLock { (s) throws(CatenaError) -> StoredObject? in
-            guard let v = try Store.servableVersion(of: key, in: s) else { return nil }
-            let locations = v.type == .manifest ? v.chunks : [v.location]
-            var parts: [ObjectBody.Part] = []
-            for loc in locations {
-                guard let seg = s.segments.first(where: { $0.id == loc.segment }) else {
-                    throw CatenaError(.corruption, "segment \(loc.segment) of '\(key)' is missing")
-                }
-                parts.append(ObjectBody.Part(file: seg.file, location: loc))
-            }
-            var body = ObjectBody(parts: parts, contentChecksum: v.contentChecksum, objectParts: v.parts, size: v.size, pool: readerPool)
-            if let range {
-                guard range.lowerBound <= v.size else {
-                    throw CatenaError(.invalidArgument, "range \(range.lowerBound)..<\(range.upperBound) starts past the end of '\(key)' (\(v.size) bytes)")
-                }
-                body.range = range.lowerBound..<Swift.min(range.upperBound, v.size)
-            }
-            return StoredObject(info: Store.info(key, v, withParts: true), body: body)
+        try read(key, range: range).object
+    }
+
+    /// One version of `key` — its LSN, even when it is a delete, and its object with a
+    /// streaming body — as ``get(_:range:)`` reads the newest.
+    ///
+    /// `version` nil: the newest version. Otherwise exactly the version whose LSN (epoch and
+    /// seq) is `version`: a CRAQ member whose newest version of a key is not yet committed
+    /// serves the version the tail names. The store holds a key's newest version, the newest
+    /// one at or below the commit hint (``noteCommitted(through:)``, the persisted watermark)
+    /// and every one between; a version it does not hold (older, lost to a truncation or a
+    /// restart, never written here) is `unavailable`. A version that is a delete reads as its
+    /// LSN and no object. `corruption` if the version is damaged on disk, if damage may have
+    /// replaced the key's newest version, or if the version may lie in unreadable records;
+    /// `invalidArgument` if `range` starts past the object's end.
+    public func read(_ key: Key, range: Range<UInt64>? = nil, at version: LSN? = nil) throws(CatenaError) -> VersionedRead {
+        try state.withLock { (s) throws(CatenaError) -> VersionedRead in
+            guard let v = try Store.storedVersion(of: key, at: version, in: s) else { return VersionedRead(lsn: nil, object: nil) }
+            guard v.type != .delete else { return VersionedRead(lsn: v.lsn, object: nil) }
+            return VersionedRead(lsn: v.lsn, object: try object(key, v, range: range, in: s))
         }
     }
+
+    /// Version `v` of `key` with a body pinned to the segment files that hold it now (kept
+    /// open by the body, whatever compaction does meanwhile).
+    private func object(_ key: Key, _ v: ObjectVersion, range: Range<UInt64>?, in s: State) throws(CatenaError) -> StoredObject {
+        let locations = v.type == .manifest ? v.chunks : [v.location]
+        var parts: [ObjectBody.Part] = []
+        for loc in locations {
+            guard let seg = s.segments.first(where: { $0.id == loc.segment }) else {
+                throw CatenaError(.corruption, "segment \(loc.segment) of '\(key)' is missing")
+            }
+            parts.append(ObjectBody.Part(file: seg.file, location: loc))
+        }
+        var body = ObjectBody(parts: parts, contentChecksum: v.contentChecksum, objectParts: v.parts, size: v.size, pool: readerPool)
+        if let range {
+            guard range.lowerBound <= v.size else {
+                throw CatenaError(.invalidArgument, "range \(range.lowerBound)..<\(range.upperBound) starts past the end of '\(key)' (\(v.size) bytes)")
+            }
+            body.range = range.lowerBound..<Swift.min(range.upperBound, v.size)
+        }
+        return StoredObject(info: Store.info(key, v, withParts: true), body: body)
+    }
+
+    /// How many older versions the index holds for CRAQ reads (for tests).
+    var olderVersionCount: Int { state.withLock { $0.index.olderVersionCount } }
 
     /// Live keys starting with `prefix`, in byte order, strictly after `after`; at most `limit`.
     ///
