@@ -55,7 +55,9 @@ public enum ChainRole: Hashable, Sendable {
 
     /// Whether writes enter here.
     public var takesWrites: Bool { self == .single || self == .head }
-    /// Whether reads are answered here (the tail; CRAQ later relaxes this).
+    /// Whether this member's newest durable versions are all committed, so it answers every
+    /// read from what it holds (the tail, or the single member). Other members answer reads
+    /// too (``ReadMode/linearizable``), asking the tail about keys with writes in flight.
     public var answersReads: Bool { self == .single || self == .tail }
 }
 

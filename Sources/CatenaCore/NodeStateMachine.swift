@@ -129,22 +129,49 @@ public struct NodeStateMachine: Sendable {
         /// Whether the lease is valid at `now`.
         public func leaseValid(at now: UInt64) -> Bool { leaseExpiry.map { now < $0 } ?? false }
 
-        /// Throws unless this node may answer a read at `now`: it is the tail (or the single
-        /// member), its lease holds, and it is not a just-joined member still short of what was
-        /// committed before it joined. Check again with ``checkLease(at:)`` after reading the
-        /// store: a pause between the two, of any length, then fails the second check.
-        public func checkReads(at now: UInt64, me: NodeID) throws(CatenaError) {
+        /// Throws unless this node may answer a read in `mode` at `now`: it is a member — the
+        /// tail (or the single member) for ``ReadMode/tail`` — whose lease holds, which has not
+        /// failed, and which is not a just-joined member still short of what was committed
+        /// before it joined. Check again with ``checkLease(at:me:)`` after reading the store: a
+        /// pause between the two, of any length, then fails the second check. Then ask
+        /// ``committedVersionSource(mode:version:committed:)`` whether the version read may be
+        /// served.
+        ///
+        /// Why a lease makes a member's answers current: the master removes a member only once
+        /// the lease it last granted it ran out, so a member holding a lease is a member of the
+        /// master's active configuration or of the one before it, and no write commits in a
+        /// configuration without passing through every member above its tail — this node
+        /// among them.
+        public func checkReads(_ mode: ReadMode = .tail, at now: UInt64, me: NodeID) throws(CatenaError) {
             guard let role else {
                 throw CatenaError(.redirect, "\(me) is not in the chain at epoch \(epoch); ask the master")
             }
-            guard role.answersReads else {
+            guard role.answersReads || mode != .tail else {
                 let tail = configuration?.tail.map { "\($0.id) at \($0.address)" } ?? "unknown"
                 throw CatenaError(.redirect, "reads go to the tail: \(tail)")
+            }
+            guard failure == nil else {
+                throw CatenaError(.unavailable, "\(me) stopped (its log failed); it serves no reads")
             }
             try checkLease(at: now, me: me)
             guard !readsBlocked else {
                 throw CatenaError(.unavailable, "\(me) joined the chain and is still receiving writes committed before; retry shortly")
             }
+        }
+
+        /// After a read in `mode` found `version` as the key's newest durable version here (nil:
+        /// the key has no version here, not even a tombstone), given `committed` — what this
+        /// node knows is on every replica (``NodeStateMachine/commitWatermark``): nil if that
+        /// version may be served as it is, else the member to ask which version of the key is
+        /// committed (the tail), whose answer this node then serves from its own store.
+        ///
+        /// Served as read: any version at the tail or single member (its durable versions are
+        /// committed) or in mode ``ReadMode/any``; no version at all (nothing uncommitted is
+        /// here either); a version at or below `committed`. The version asked for is one this
+        /// node holds: the tail holds nothing its predecessors do not.
+        public func committedVersionSource(mode: ReadMode, version: LSN?, committed: LSN) -> ChainMember? {
+            guard mode != .any, let role, !role.answersReads, let version, version.seq > committed.seq else { return nil }
+            return configuration?.tail
         }
 
         /// Throws unless the lease holds at `now`.

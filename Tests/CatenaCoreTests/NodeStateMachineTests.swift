@@ -244,6 +244,46 @@ struct NodeStateMachineTests {
         #expect { try head.checkReads(at: 0, me: node("a")) } throws: { ($0 as? CatenaError)?.code == .redirect }
     }
 
+    @Test func everyLeasedMemberAnswersLinearizableReadsAndAsksTheTailAboutDirtyKeys() throws {
+        // b, the middle of a → b → c, holds records 1...6 of epoch 2.
+        var t = Transcript("b")
+        let adopted = t.reply(chain(["a", "b", "c"], epoch: 2), history: history((2, 1)))
+        #expect(try #require(published(adopted)).readsBlocked)
+        let records = try (1...6).map { try Record(type: .put, chainID: 1, key: Key("k\($0)"), lsn: lsn(2, $0), value: [1]).encoded() }
+        _ = t.m.replicate(records, epoch: 2, from: node("a"))
+        _ = t.m.readTarget(lsn(2, 6), from: node("a"))
+        let view = try #require(published(t.m.durable(through: lsn(2, 6))))
+        // A linearizable read may be answered here; one for the tail only is redirected there.
+        try view.checkReads(.linearizable, at: 0, me: node("b"))
+        try view.checkReads(.any, at: 0, me: node("b"))
+        #expect { try view.checkReads(.tail, at: 0, me: node("b")) } throws: { ($0 as? CatenaError)?.code == .redirect }
+        // Nothing acknowledged yet: every version here may be uncommitted, so the tail is asked.
+        #expect(t.m.commitWatermark == .zero)
+        #expect(view.committedVersionSource(mode: .linearizable, version: lsn(2, 3), committed: t.m.commitWatermark) == member("c"))
+        // c acknowledges through 4: versions through 4 are clean, later ones dirty.
+        _ = t.m.acknowledged(through: lsn(2, 4), epoch: 2, from: node("c"))
+        #expect(t.m.commitWatermark == lsn(2, 4))
+        #expect(view.committedVersionSource(mode: .linearizable, version: lsn(2, 4), committed: t.m.commitWatermark) == nil)
+        #expect(view.committedVersionSource(mode: .linearizable, version: lsn(2, 5), committed: t.m.commitWatermark) == member("c"))
+        // A key with no version here has nothing uncommitted either; mode any takes what is here.
+        #expect(view.committedVersionSource(mode: .linearizable, version: nil, committed: .zero) == nil)
+        #expect(view.committedVersionSource(mode: .any, version: lsn(2, 6), committed: .zero) == nil)
+        // The tail's durable versions are all committed: it never asks.
+        var tail = Transcript("c")
+        let tailView = try #require(published(tail.reply(chain(["a", "c"], epoch: 2), history: history((2, 1)))))
+        #expect(tailView.committedVersionSource(mode: .linearizable, version: lsn(2, 9), committed: .zero) == nil)
+        #expect(tailView.committedVersionSource(mode: .tail, version: lsn(2, 9), committed: .zero) == nil)
+        // No lease, no reads in any mode; a failed node serves none either.
+        #expect(throws: CatenaError.self) { try view.checkReads(.linearizable, at: 950_000_000, me: node("b")) }
+        #expect(throws: CatenaError.self) { try view.checkReads(.any, at: 950_000_000, me: node("b")) }
+        let failed = try #require(published(t.m.logFailed(CatenaError(.ioFailure, "disk"))))
+        #expect { try failed.checkReads(.linearizable, at: 0, me: node("b")) } throws: { ($0 as? CatenaError)?.code == .unavailable }
+        // A node outside the chain answers none.
+        var outside = Transcript("d")
+        let standby = try #require(published(outside.reply(chain(["a", "b"], epoch: 2), .joining, lease: nil, history: history((2, 1)))))
+        #expect { try standby.checkReads(.any, at: 0, me: node("d")) } throws: { ($0 as? CatenaError)?.code == .redirect }
+    }
+
     // MARK: Rejoining
 
     @Test func aStandbyWaitsForTheEpochStartTruncatesThenCopiesFromTheTail() {
