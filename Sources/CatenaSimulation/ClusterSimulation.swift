@@ -70,6 +70,11 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     /// Writes of unknown outcome settled (asked whether they applied, and answered).
     public var writesSettled = 0
     public var readsAnswered = 0
+    /// Read attempts sent to a member other than the tail (modes linearizable and any), and
+    /// reads in mode linearizable whose key was dirty where they arrived, so the member asked
+    /// the tail which version is committed.
+    public var readsAtOtherMembers = 0
+    public var versionQueries = 0
     public var events = 0
 
     public init() {}
@@ -80,11 +85,11 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
         removed += o.removed; leasesReleased += o.leasesReleased; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
         catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
         conditionalApplied += o.conditionalApplied; conditionalRefused += o.conditionalRefused; writesSettled += o.writesSettled
-        readsAnswered += o.readsAnswered; events += o.events
+        readsAnswered += o.readsAnswered; readsAtOtherMembers += o.readsAtOtherMembers; versionQueries += o.versionQueries; events += o.events
     }
 
     public var description: String {
-        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed) (\(leasesReleased) without waiting for the lease), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown) (\(writesSettled) settled), reads \(readsAnswered)"
+        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed) (\(leasesReleased) without waiting for the lease), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown) (\(writesSettled) settled), reads \(readsAnswered) (\(readsAtOtherMembers) by members other than the tail; \(versionQueries) version queries)"
     }
 }
 
@@ -136,6 +141,8 @@ public final class ClusterSimulation {
     var settledApplied: [(lsn: LSN, key: Key, request: RequestID)] = []
     var settledNotApplied: Set<RequestID> = []
     var history: [RegisterOperation] = []
+    /// Every value a client tried to put, by key: what a read in mode any may return.
+    var attemptedValues: [String: Set<[UInt8]>] = [:]
     var violations: [String] = []
     var trace = Deque<String>()
     var stats = SimulationStats()
@@ -322,11 +329,15 @@ public final class ClusterSimulation {
         case getConfiguration(attempt: Int)
         case configuration(ChainConfiguration, attempt: Int)
         case write(WriteRequest, attempt: Int)
-        case get(Key, attempt: Int)
+        case get(Key, ReadMode, attempt: Int)
         case writeResult(Result<LSN, CatenaError>, attempt: Int)
         case readResult(Result<[UInt8]?, CatenaError>, attempt: Int)
         case catchUpRequest(after: LSN, request: Int)
         case catchUpReply(Result<[EncodedRecord], CatenaError>, request: Int)
+        /// A member asks the tail which version of a key is committed (CRAQ's version query).
+        case versionQuery(Key, query: Int)
+        /// The tail's answer: the LSN of the key's newest version (nil: absent or deleted).
+        case versionReply(Result<LSN?, CatenaError>, query: Int)
     }
 
     /// Whether messages from `a` to `b` are dropped now.
@@ -1007,9 +1018,12 @@ enum ReplMessage {
 
 /// A read at the tail between its two lease checks.
 struct ReadJob {
-    var client: Int
-    var attempt: Int
-    var value: [UInt8]?
+    /// Who waits for the answer: a client's read, or a member's version query at the tail.
+    enum Reply {
+        case client(Int, attempt: Int, value: [UInt8]?)
+        case versionQuery(node: Int, query: Int, version: LSN?)
+    }
+    var reply: Reply
 }
 
 /// A set of directed links the network drops.

@@ -32,14 +32,16 @@ final class SimClient {
         enum Kind {
             case put(String, [UInt8], WriteCondition?)
             case delete(String, WriteCondition?)
-            case get(String)
+            /// A read in a mode, at a member: the tail, or another chosen at random (`member` is
+            /// a random number picking it from the configuration the attempt uses).
+            case get(String, ReadMode, member: UInt64)
             /// Ask whether the write with the operation's request id was applied (its history
             /// entry is `entry`).
             case settle(String, entry: Int, sentAt: UInt64)
 
             var key: String {
                 switch self {
-                case .put(let k, _, _), .delete(let k, _), .get(let k), .settle(let k, _, _): k
+                case .put(let k, _, _), .delete(let k, _), .get(let k, _, _), .settle(let k, _, _): k
                 }
             }
 
@@ -120,10 +122,11 @@ final class SimClient {
             case 6..<10: kind = .put(key, value, condition(for: key))
             case 10: kind = .delete(key, nil)
             case 11: kind = .delete(key, lastWritten[key].map { .version($0.lsn) } ?? .contentChecksum(XXH3.hash(value)))
-            default: kind = .get(key)
+            default: kind = randomRead(key)
             }
         }
         count += 1
+        if case .put(let key, let value, _) = kind { sim.attemptedValues[key, default: []].insert(value) }
         op = Operation(kind: kind, request: RequestID(high: UInt64(index + 1), low: count), invoke: sim.now,
                        deadline: sim.now + (inFinalRound ? 10_000_000_000 : 3_000_000_000))
         attempt()
@@ -134,7 +137,7 @@ final class SimClient {
     func startFinalRound() {
         inFinalRound = true
         finalRound = (0..<sim.settings.keys).flatMap { k -> [Operation.Kind] in
-            [.put("k\(k)", Array("final-c\(index)-k\(k)".utf8), nil), .get("k\(k)")]
+            [.put("k\(k)", Array("final-c\(index)-k\(k)".utf8), nil), .get("k\(k)", .linearizable, member: sim.random(0...UInt64.max))]
         }
         if op == nil {
             gen += 1
@@ -168,9 +171,11 @@ final class SimClient {
         case .delete(let k, let condition):
             target = configuration!.head
             send(.write(WriteRequest(requestID: o.request, type: .delete, key: try! Key(k), condition: condition), attempt: o.attempt), to: target)
-        case .get(let k):
-            target = configuration!.tail
-            send(.get(try! Key(k), attempt: o.attempt), to: target)
+        case .get(let k, let mode, let member):
+            let members = configuration!.members
+            target = mode == .tail || members.isEmpty ? configuration!.tail : members[Int(member % UInt64(members.count))]
+            if target != configuration!.tail { sim.stats.readsAtOtherMembers += 1 }
+            send(.get(try! Key(k), mode, attempt: o.attempt), to: target)
         case .settle(let k, _, let sentAt):
             target = configuration!.head
             send(.write(.fence(requestID: o.request, key: try! Key(k), sentAt: sentAt), attempt: o.attempt), to: target)
@@ -222,6 +227,17 @@ final class SimClient {
             }
         default:
             break
+        }
+    }
+
+    /// A read of `key`: mostly linearizable at any member (CRAQ), else at the tail only, else
+    /// in mode any (possibly stale or dirty: kept out of the linearizability check).
+    private func randomRead(_ key: String) -> Operation.Kind {
+        let member = sim.random(0...UInt64.max)
+        switch sim.random(0..<10) {
+        case 0..<6: return .get(key, .linearizable, member: member)
+        case 6..<8: return .get(key, .tail, member: member)
+        default: return .get(key, .any, member: member)
         }
     }
 
@@ -312,6 +328,12 @@ final class SimClient {
         }
         if outcome == .unknown, case .get = o.kind {
             // A get that never answered observed nothing.
+        } else if case .get(let key, .any, _) = o.kind {
+            // Mode any promises no order: it may be stale, or a write never committed. It must
+            // still be a value some client tried to write there.
+            if outcome == .ok, let value = observed, !(sim.attemptedValues[key]?.contains(value) ?? false) {
+                sim.violation("client \(index) read '\(String(decoding: value, as: UTF8.self))' from \(key) in mode any, which no client wrote there")
+            }
         } else {
             sim.history.append(RegisterOperation(key: o.kind.key, process: index, kind: kind, invoke: o.invoke,
                                                  complete: sim.now, outcome: outcome, observed: observed))

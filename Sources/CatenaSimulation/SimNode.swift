@@ -43,18 +43,26 @@ struct SimDisk {
         return nil
     }
 
-    /// The newest durable version of `key`: its value, or nil if absent (never written, or deleted).
-    func read(_ key: Key) -> [UInt8]? {
-        var i = durable - 1
-        while i >= 0 {
-            let r = records[i]
-            if r.key == key && r.type.isVersion {
-                if r.header.type == .delete { return nil }
-                return Array(r.bytes[r.header.valueOffset..<(r.header.valueOffset + r.header.valueLength)])
-            }
-            i -= 1
+    /// The newest durable version of `key`: its LSN (nil: the key has no version here, not even
+    /// a tombstone) and its value (nil: absent or deleted) — what the store's index serves.
+    func newest(_ key: Key) -> (lsn: LSN?, value: [UInt8]?) {
+        for r in records[..<durable].reversed() where r.key == key && r.type.isVersion {
+            return (r.lsn, r.header.type == .delete ? nil : Self.value(of: r))
         }
-        return nil
+        return (nil, nil)
+    }
+
+    /// The durable version of `key` at exactly `lsn`: `.some(value)` (nil for a tombstone), or
+    /// nil if this log holds no such version of the key.
+    func read(_ key: Key, at lsn: LSN) -> [UInt8]?? {
+        guard lsn.seq >= 1, lsn.seq <= UInt64(durable) else { return nil }
+        let r = records[Int(lsn.seq) - 1]
+        guard r.lsn == lsn, r.key == key, r.type.isVersion else { return nil }
+        return .some(r.header.type == .delete ? nil : Self.value(of: r))
+    }
+
+    private static func value(of r: EncodedRecord) -> [UInt8] {
+        Array(r.bytes[r.header.valueOffset..<(r.header.valueOffset + r.header.valueLength)])
     }
 }
 
@@ -97,6 +105,9 @@ final class SimNode {
     /// A stop of the catch-up waits for what it installed to be durable.
     var stopWaitsForSync = false
     var beatInFlight: UInt64?
+    /// Reads waiting for the tail's answer to a version query, by query number.
+    var versionQueries: [Int: (key: Key, client: Int, attempt: Int)] = [:]
+    var nextQuery = 0
     /// The highest epoch this node ever adopted (across restarts): configurations only move forward.
     var highestAdopted: UInt64 = 0
 
@@ -172,6 +183,7 @@ final class SimNode {
         waiters = []
         throttled = []
         beatInFlight = nil
+        versionQueries = [:]
     }
 
     /// Starts again on its disk (the store syncs what it recovered at open).
@@ -450,9 +462,14 @@ final class SimNode {
         case .write(let request, let attempt):
             guard case .client(let c) = from else { return }
             write(request, client: c, attempt: attempt)
-        case .get(let key, let attempt):
+        case .get(let key, let mode, let attempt):
             guard case .client(let c) = from else { return }
-            startRead(key, client: c, attempt: attempt)
+            startRead(key, mode: mode, client: c, attempt: attempt)
+        case .versionQuery(let key, let query):
+            guard case .node(let asker) = from else { return }
+            answerVersionQuery(key, query: query, from: asker)
+        case .versionReply(let result, let query):
+            versionReplied(result, query: query)
         case .catchUpRequest(let after, let request):
             serveCatchUp(after: after, request: request, to: from)
         case .catchUpReply(let result, let request):
@@ -481,25 +498,75 @@ final class SimNode {
         perform(actions)
     }
 
-    /// A read: the lease and role checked, the store read, and — after a moment in which the
-    /// node may be paused — the lease checked again.
-    private func startRead(_ key: Key, client: Int, attempt: Int) {
+    /// A read: role, lease and read block checked, the store read, and — for a key whose newest
+    /// version here may not be committed — the tail asked which version is (then that version
+    /// served from this log); after a moment in which the node may be paused, the lease checked
+    /// again.
+    private func startRead(_ key: Key, mode: ReadMode, client: Int, attempt: Int) {
         do throws(CatenaError) {
-            try view.checkReads(at: sim.now, me: id)
+            try view.checkReads(mode, at: sim.now, me: id)
         } catch {
             sim.send(.readResult(.failure(error), attempt: attempt), from: process, to: .client(client))
             return
         }
-        let job = ReadJob(client: client, attempt: attempt, value: disk.read(key))
+        let (version, value) = disk.newest(key)
+        if let tail = view.committedVersionSource(mode: mode, version: version, committed: machine.commitWatermark) {
+            guard let t = sim.index(of: tail) else {
+                sim.send(.readResult(.failure(CatenaError(.unavailable, "no tail to ask")), attempt: attempt), from: process, to: .client(client))
+                return
+            }
+            nextQuery += 1
+            versionQueries[nextQuery] = (key, client, attempt)
+            sim.stats.versionQueries += 1
+            sim.send(.versionQuery(key, query: nextQuery), from: process, to: .node(t))
+            return
+        }
+        let job = ReadJob(reply: .client(client, attempt: attempt, value: value))
         sim.schedule(.readDone(index, inc: inc, job), after: sim.random(10_000...500_000))
     }
 
-    func finishRead(_ job: ReadJob) {
+    /// The tail's side of a version query: answered as a read in mode `tail`.
+    private func answerVersionQuery(_ key: Key, query: Int, from asker: Int) {
         do throws(CatenaError) {
-            try view.checkLease(at: sim.now, me: id)
-            sim.send(.readResult(.success(job.value), attempt: job.attempt), from: process, to: .client(job.client))
+            try view.checkReads(.tail, at: sim.now, me: id)
         } catch {
-            sim.send(.readResult(.failure(error), attempt: job.attempt), from: process, to: .client(job.client))
+            sim.send(.versionReply(.failure(error), query: query), from: process, to: .node(asker))
+            return
+        }
+        let job = ReadJob(reply: .versionQuery(node: asker, query: query, version: disk.version(of: key)?.lsn))
+        sim.schedule(.readDone(index, inc: inc, job), after: sim.random(10_000...200_000))
+    }
+
+    /// The tail said which version of a dirty key is committed: serve that one from this log.
+    private func versionReplied(_ result: Result<LSN?, CatenaError>, query: Int) {
+        guard let read = versionQueries.removeValue(forKey: query) else { return }
+        let value: [UInt8]?
+        switch result {
+        case .failure(let error):
+            let unavailable = CatenaError(.unavailable, "the tail could not say which version is committed: \(error)")
+            sim.send(.readResult(.failure(unavailable), attempt: read.attempt), from: process, to: .client(read.client))
+            return
+        case .success(nil):
+            value = nil
+        case .success(let lsn?):
+            guard let held = disk.read(read.key, at: lsn) else {
+                let unavailable = CatenaError(.unavailable, "\(id) does not hold the committed version \(lsn) of '\(read.key)'")
+                sim.send(.readResult(.failure(unavailable), attempt: read.attempt), from: process, to: .client(read.client))
+                return
+            }
+            value = held
+        }
+        let job = ReadJob(reply: .client(read.client, attempt: read.attempt, value: value))
+        sim.schedule(.readDone(index, inc: inc, job), after: sim.random(10_000...200_000))
+    }
+
+    func finishRead(_ job: ReadJob) {
+        let lease = Result { () throws(CatenaError) in try view.checkLease(at: sim.now, me: id) }
+        switch job.reply {
+        case .client(let client, let attempt, let value):
+            sim.send(.readResult(lease.map { value }, attempt: attempt), from: process, to: .client(client))
+        case .versionQuery(let node, let query, let version):
+            sim.send(.versionReply(lease.map { version }, query: query), from: process, to: .node(node))
         }
     }
 
