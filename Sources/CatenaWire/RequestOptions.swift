@@ -1,0 +1,59 @@
+import CatenaCore
+
+/// Options of one request, carried in its frame's header extension (``Frame/headerExtension``)
+/// as tagged fields: tag (u8), length (u8), value. A reader skips tags it does not know, and a
+/// node from before an option ignores the whole extension — so every option is chosen such that
+/// being ignored is safe: a node that does not know ``readMode`` answers as the tail only
+/// (other members redirect there).
+///
+/// | tag | option | value |
+/// |---|---|---|
+/// | 1 | ``readMode`` | u8: 0 linearizable, 1 tail, 2 any |
+public struct RequestOptions: Hashable, Sendable {
+    /// How a read may be answered; nil: ``ReadMode/tail``, what a client from before read
+    /// modes expects.
+    public var readMode: ReadMode?
+
+    /// Options; nil leaves each out.
+    public init(readMode: ReadMode? = nil) {
+        self.readMode = readMode
+    }
+
+    static let readModeTag: UInt8 = 1
+
+    /// The header extension bytes (empty when no option is set).
+    public func encoded() -> [UInt8] {
+        var bytes: [UInt8] = []
+        if let readMode { bytes += [Self.readModeTag, 1, readMode.rawValue] }
+        return bytes
+    }
+
+    /// Parses a header extension. A field that runs past the end, or a read mode this build does
+    /// not know, is `malformed`: the request is refused, not served in another mode.
+    public init(decoding bytes: [UInt8]) throws(CatenaError) {
+        var i = 0
+        while i < bytes.count {
+            guard i + 2 <= bytes.count, i + 2 + Int(bytes[i + 1]) <= bytes.count else {
+                throw CatenaError(.malformed, "a request option at byte \(i) of the frame header extension runs past its end")
+            }
+            let tag = bytes[i], value = bytes[(i + 2)..<(i + 2 + Int(bytes[i + 1]))]
+            switch tag {
+            case Self.readModeTag:
+                guard value.count == 1, let mode = ReadMode(rawValue: value[value.startIndex]) else {
+                    throw CatenaError(.malformed, "unknown read mode \(Array(value)) in the request options")
+                }
+                readMode = mode
+            default:
+                break
+            }
+            i += 2 + value.count
+        }
+    }
+}
+
+extension Frame {
+    /// The request options this frame carries (``RequestOptions``).
+    public var options: RequestOptions {
+        get throws(CatenaError) { try RequestOptions(decoding: headerExtension) }
+    }
+}
