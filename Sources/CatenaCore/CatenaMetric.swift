@@ -41,6 +41,7 @@ public enum CatenaMetric: String, CaseIterable, Sendable {
     case catchUpWireBytes = "catena_node_catch_up_wire_bytes_total"
     case catchUpLagRecords = "catena_node_catch_up_lag_records"
     case catchUpSentBytes = "catena_node_catch_up_sent_bytes_total"
+    case versionQueries = "catena_node_version_queries_total"
     // Node: the store.
     case fsyncDuration = "catena_store_fsync_seconds"
     case groupCommitDuration = "catena_store_group_commit_seconds"
@@ -168,6 +169,7 @@ public enum CatenaMetric: String, CaseIterable, Sendable {
         case .catchUpWireBytes: d(.counter, .node, "Bytes received for them (LZ4-compressed chunks).")
         case .catchUpLagRecords: d(.gauge, .node, "Records the tail had that this node lacked at the last chunk.")
         case .catchUpSentBytes: d(.counter, .node, "Bytes of catch-up chunks this node sent to joining nodes (as the tail).")
+        case .versionQueries: d(.counter, .node, "Reads of a key with a write in flight here that asked the tail which version is committed (CRAQ).")
         case .fsyncDuration: d(.histogram, .node, "fsyncs of group commits (segment files, and the directory when a segment was created).")
         case .groupCommitDuration: d(.histogram, .node, "Group commits, from the batch's write to its records being durable.")
         case .groupCommitBytes: d(.histogram, .node, "Bytes of records per group commit.")

@@ -37,12 +37,15 @@ public final class Node: Sendable {
     let registry: MetricsRegistry
     /// Client requests' latencies and errors, by operation.
     let requests: RequestInstruments
+    /// Questions to the tail about keys with writes in flight here (CRAQ reads).
+    let tailVersions: TailVersions
 
     private init(configuration: NodeConfiguration, address: Address, store: Store, replica: Replica, server: FrameServer,
                  metricsServer: MetricsServer?, compaction: CompactionScheduler,
                  stopRequested: StopSignal, registry: MetricsRegistry, logger: Logger) {
         self.registry = registry
         self.requests = RequestInstruments(registry)
+        self.tailVersions = TailVersions(clusterID: configuration.clusterID, me: configuration.id, limits: configuration.connectionLimits)
         self.stopRequested = stopRequested
         self.compaction = compaction
         self.configuration = configuration
@@ -259,6 +262,7 @@ public final class Node: Sendable {
         metricsServer?.close()
         metrics.cancel()
         server.close()
+        tailVersions.close()
         serving.cancel()
         await serving.value
         await heartbeat.value

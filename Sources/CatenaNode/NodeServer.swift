@@ -132,11 +132,15 @@ extension Node {
             case .ping:
                 try await write(reply(.pong, ByteBuffer()), outbound)
             case .head:
-                try checkReads()
+                let mode = try frame.options.readMode ?? .tail
+                try checkReads(mode)
                 let key = try KeyPayload.decode(frame.payload)
-                let found = try store.head(key)
+                var found = try store.readInfo(key)
+                if let version = try await committedVersion(of: key, read: found.lsn, mode: mode, frame) {
+                    found = try version.map { lsn throws(CatenaError) in try store.readInfo(key, at: lsn) } ?? VersionedInfo(lsn: nil, info: nil)
+                }
                 try checkLease()
-                guard let info = found else { throw CatenaError(.notFound, "not found: \(key)") }
+                guard let info = found.info else { throw CatenaError(.notFound, "not found: \(key)") }
                 try await write(reply(.objectInfo, ObjectInfoPayload.encode(info)), outbound)
             case .list:
                 try checkReads()
@@ -160,7 +164,8 @@ extension Node {
                 try checkLease()
                 try await write(reply(.partPage, PartPagePayload.encode(page)), outbound)
             case .get, .getRange:
-                try checkReads()
+                let mode = try frame.options.readMode ?? .tail
+                try checkReads(mode)
                 let key: Key
                 let range: Range<UInt64>?
                 var maxSize: UInt64?
@@ -172,9 +177,12 @@ extension Node {
                     key = request.key
                     range = request.range
                 }
-                let found = try store.get(key, range: range)
+                var found = try store.read(key, range: range)
+                if let version = try await committedVersion(of: key, read: found.lsn, mode: mode, frame) {
+                    found = try version.map { lsn throws(CatenaError) in try store.read(key, range: range, at: lsn) } ?? VersionedRead(lsn: nil, object: nil)
+                }
                 try checkLease()
-                guard let object = found else { throw CatenaError(.notFound, "not found: \(key)") }
+                guard let object = found.object else { throw CatenaError(.notFound, "not found: \(key)") }
                 // A client that takes at most `maxSize` bytes is refused before any is sent.
                 if let maxSize, object.info.size > maxSize {
                     throw CatenaError(.valueTooLarge, "'\(key)' holds \(object.info.size) bytes, more than the get's limit of \(maxSize); read it with getStreaming")
@@ -237,10 +245,22 @@ extension Node {
         }
     }
 
-    /// Reads are answered by the tail only (until CRAQ); others redirect there. The rules are
-    /// the node state machine's (``NodeStateMachine/View/checkReads(at:me:)``).
-    private func checkReads() throws(CatenaError) {
-        try replica.view.snapshot.node.checkReads(at: configuration.clock.nanoseconds, me: configuration.id)
+    /// Whether this node may answer a read in `mode` (listings: the tail only). The rules are
+    /// the node state machine's (``NodeStateMachine/View/checkReads(_:at:me:)``).
+    private func checkReads(_ mode: ReadMode = .tail) throws(CatenaError) {
+        try replica.view.snapshot.node.checkReads(mode, at: configuration.clock.nanoseconds, me: configuration.id)
+    }
+
+    /// A read in `mode` found `read` as the key's newest version here (nil: none). If that
+    /// version may not be committed (``NodeStateMachine/View/committedVersionSource(mode:version:committed:)``),
+    /// the tail is asked which one is: its LSN (`.some(nil)`: absent or deleted) is returned,
+    /// for the read to serve that version from this store. Nil: serve what was read.
+    private func committedVersion(of key: Key, read: LSN?, mode: ReadMode, _ frame: Frame) async throws(CatenaError) -> LSN?? {
+        let view = replica.view.snapshot.node
+        guard let tail = view.committedVersionSource(mode: mode, version: read, committed: replica.committed),
+              let chain = view.configuration else { return nil }
+        requests.versionQueries.increment()
+        return .some(try await tailVersions.committedVersion(of: key, chain: chain, tail: tail, timeout: .seconds(1)))
     }
 
     /// A tail the master could not renew may already be replaced, so a read is answered only if

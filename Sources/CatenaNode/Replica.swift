@@ -114,6 +114,8 @@ final class Replica: Sendable {
     /// Records each replication hop: from a forward to the successor's acknowledgement of it.
     private let hop: CoreMetrics.Timer
     private let core: Mutex<Core>
+    /// ``committed``'s seq.
+    private let committedSeq = Atomic<UInt64>(0)
 
     private struct Core: ~Copyable {
         var machine: NodeStateMachine
@@ -309,6 +311,14 @@ final class Replica: Sendable {
     /// What this node may take as on every replica (``NodeStateMachine/commitWatermark``).
     var commitWatermark: LSN { core.withLock { $0.machine.commitWatermark } }
 
+    /// The seq of ``commitWatermark``, kept current after every event for the read path, which
+    /// reads it without the replica's lock: a read of a key whose newest version here is above
+    /// it asks the tail which version is committed (``NodeStateMachine/View/committedVersionSource(mode:version:committed:)``).
+    /// A read may see it a moment behind the machine's: lower, it asks the tail more often;
+    /// higher (just before a rebuild resets it), it is still a committed LSN — committed stays
+    /// committed.
+    var committed: LSN { LSN(epoch: 0, seq: committedSeq.load(ordering: .acquiring)) }
+
     /// The predecessor `node` connected: acknowledgements go to it from now on. Returns what to
     /// tell it first: the last LSN here and the last acknowledged.
     func attachUpstream(_ node: NodeID, acks: AckSender) -> (position: LSN, acknowledged: LSN, epoch: UInt64)? {
@@ -462,6 +472,11 @@ final class Replica: Sendable {
         }
         if !c.slowQueue.isEmpty && c.slowRunner == nil {
             c.slowRunner = Task { await self.runSlow() }
+        }
+        let watermark = c.machine.commitWatermark
+        if watermark.seq != committedSeq.load(ordering: .relaxed) {
+            committedSeq.store(watermark.seq, ordering: .releasing)
+            store.noteCommitted(through: watermark)
         }
         if !resubmit.isEmpty {
             let now = clock.nanoseconds, wallClock = wallClockNanoseconds()

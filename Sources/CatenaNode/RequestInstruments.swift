@@ -14,10 +14,13 @@ final class RequestInstruments: Sendable {
     private let errors: Mutex<[String: CoreMetrics.Counter]>
     /// Bytes of catch-up chunks sent to joining nodes.
     let catchUpSentBytes: CoreMetrics.Counter
+    /// Reads that asked the tail which version of a dirty key is committed.
+    let versionQueries: CoreMetrics.Counter
 
     init(_ registry: MetricsRegistry) {
         self.registry = registry
         catchUpSentBytes = registry.counter(.catchUpSentBytes)
+        versionQueries = registry.counter(.versionQueries)
         let ops = RecordType.known.map(Self.op) + ["get", "head", "list", "list_uploads", "list_parts", "scrub", "copy"]
         timers = Dictionary(ops.map { ($0, registry.timer(.requestDuration, labels: [("op", $0)])) }, uniquingKeysWith: { first, _ in first })
         // The errors of a failover exist from the start at 0: `rate` and `increase` take a
