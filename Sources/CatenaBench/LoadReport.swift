@@ -107,6 +107,8 @@ public struct LoadReport: Encodable, Sendable {
         public var duration: Double?
         public var operations: Int?
         public var verify: Bool
+        /// The clients' read mode (``ReadMode``): which members answered the reads.
+        public var readMode: String
     }
 
     public var settings: Settings
@@ -126,7 +128,7 @@ public struct LoadReport: Encodable, Sendable {
         case settings, run, prefill, measured = "run_phase", verifyPhase = "verify_phase", verification, interrupted
     }
 
-    init(configuration: LoadGenerator.Configuration, run: UInt64, prefill: Phase?, measured: Phase, sweep: Phase?, keysWritten: Int,
+    init(configuration: LoadGenerator.Configuration, readMode: ReadMode, run: UInt64, prefill: Phase?, measured: Phase, sweep: Phase?, keysWritten: Int,
          sweepSkipped: Bool, verifier: LoadVerifier?, interrupted: Bool) {
         let w = configuration.workload
         var duration: Double?, operations: Int?
@@ -136,7 +138,7 @@ public struct LoadReport: Encodable, Sendable {
         }
         settings = Settings(mix: w.mix.description, sizes: w.sizes.description, keys: w.keys, keyDistribution: w.keyDistribution.rawValue,
                             prefix: w.prefix, seed: w.seed, concurrency: configuration.concurrency, rate: configuration.rate,
-                            duration: duration, operations: operations, verify: configuration.verify)
+                            duration: duration, operations: operations, verify: configuration.verify, readMode: readMode.description)
         self.run = run.hex16
         self.prefill = prefill
         self.measured = measured

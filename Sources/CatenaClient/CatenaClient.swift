@@ -20,8 +20,11 @@ import Synchronization
 /// on ``connect()``), so an application may start before its storage. After ``close()`` every
 /// call throws `closed`.
 ///
-/// Writes go to the chain's head and return once every replica holds them; reads go to the
-/// tail, so a read sees every acknowledged write (linearizable). The client learns the chain
+/// Writes go to the chain's head and return once every replica holds them. Reads go to every
+/// member in turn (``Configuration/readMode``, default ``ReadMode/linearizable``): each
+/// answers with the key's newest committed version — asking the tail which one that is when a
+/// write of the key is in flight (CRAQ) — so a read sees every acknowledged write and nothing
+/// uncommitted (linearizable), and a chain of three reads with three nodes' capacity. The client learns the chain
 /// from the master and caches it; on a redirect, a stale epoch or a lost connection it asks the
 /// master again and retries with bounded, jittered backoff until the request's deadline. A
 /// retried write reuses its request id, so it applies at most once.
@@ -67,6 +70,13 @@ public final class CatenaClient: Sendable {
         public var connectionsPerNode: Int = 1
         /// When and how often a failed attempt is retried.
         public var retry = RetryPolicy()
+        /// What a read (``CatenaClient/get(_:upTo:)``, ``CatenaClient/head(_:)``, streams and
+        /// ranges) may return, and so which members answer it: ``ReadMode/linearizable``
+        /// (the default: any member, CRAQ), ``ReadMode/tail`` (the tail only) or
+        /// ``ReadMode/any`` (any member's newest version, possibly stale). Reads in modes
+        /// other than `tail` are spread over the members in turn. Listings go to the tail.
+        /// Per call: ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:logger:)``.
+        public var readMode: ReadMode = .linearizable
 
         /// The defaults above.
         public init() {}
@@ -105,7 +115,7 @@ public final class CatenaClient: Sendable {
         }
     }
 
-    /// What every view of this client (``with(requestTimeout:attemptTimeout:retry:logger:)``)
+    /// What every view of this client (``with(requestTimeout:attemptTimeout:retry:readMode:logger:)``)
     /// shares: its connections, the chain it routes by, its request ids, whether it is closed.
     private let core: Core
     let configuration: Configuration
@@ -152,16 +162,12 @@ public final class CatenaClient: Sendable {
 
     private struct Routes {
         var epoch: UInt64 = 0
-        /// By slot (``Configuration/connectionsPerNode``).
-        var head: [Int: RequestConnection] = [:]
-        var tail: [Int: RequestConnection] = [:]
+        /// By member (its place in the chain) and slot (``Configuration/connectionsPerNode``).
+        var connections: [Slot: RequestConnection] = [:]
 
-        func connection(_ route: Route, _ slot: Int) -> RequestConnection? {
-            route == .head ? head[slot] : tail[slot]
-        }
-
-        mutating func set(_ route: Route, _ slot: Int, _ connection: RequestConnection) {
-            if route == .head { head[slot] = connection } else { tail[slot] = connection }
+        struct Slot: Hashable {
+            var member: Int
+            var slot: Int
         }
     }
 
@@ -195,13 +201,17 @@ public final class CatenaClient: Sendable {
     /// routes by, being closed — so it is cheap to make per call:
     /// `try await store.with(requestTimeout: .seconds(1)).get("k")`.
     public func with(requestTimeout: Duration? = nil, attemptTimeout: Duration? = nil, retry: RetryPolicy? = nil,
-                     logger: Logger? = nil) -> CatenaClient {
+                     readMode: ReadMode? = nil, logger: Logger? = nil) -> CatenaClient {
         var c = configuration
+        if let readMode { c.readMode = readMode }
         if let requestTimeout { c.requestTimeout = requestTimeout }
         if let attemptTimeout { c.attemptTimeout = attemptTimeout }
         if let retry { c.retry = retry }
         return CatenaClient(core: core, configuration: c, logger: logger ?? self.logger)
     }
+
+    /// What this client's reads may return (``Configuration/readMode``).
+    public var readMode: ReadMode { configuration.readMode }
 
     /// Asks the masters for the chain's configuration now, retrying until
     /// ``Configuration/requestTimeout``: for an application that wants to know at start-up that
@@ -451,9 +461,10 @@ public final class CatenaClient: Sendable {
     private func openStream(_ key: String, range: Range<UInt64>? = nil, maxSize: UInt64? = nil,
                             dedicated: Bool) async throws(CatenaError) -> ObjectStream {
         let k = try Key(key)
-        let request = range.map { Frame(type: .getRange, payload: RangeRequest(key: k, offset: $0.lowerBound, length: $0.upperBound - $0.lowerBound).encoded()) }
-            ?? Frame(type: .get, payload: GetPayload.encode(k, maxSize: maxSize))
-        return try await withRetries(.tail) { (shared, chain, timeout) async throws(CatenaError) -> ObjectStream in
+        let options = RequestOptions(readMode: configuration.readMode).encoded()
+        let request = range.map { Frame(type: .getRange, headerExtension: options, payload: RangeRequest(key: k, offset: $0.lowerBound, length: $0.upperBound - $0.lowerBound).encoded()) }
+            ?? Frame(type: .get, headerExtension: options, payload: GetPayload.encode(k, maxSize: maxSize))
+        return try await withRetries(readRoute) { (shared, chain, timeout) async throws(CatenaError) -> ObjectStream in
             let lease = dedicated ? try await streams.lease(to: shared.address, clusterID: chain.clusterID) : nil
             let connection = lease?.connection ?? shared
             var replies: ReplyStream?
@@ -495,7 +506,13 @@ public final class CatenaClient: Sendable {
     /// metadata). Throws `notFound` if there is none.
     public func head(_ key: String) async throws(CatenaError) -> ObjectInfo {
         let k = try Key(key)
-        return try await askTail(.head, KeyPayload.encode(k)) { (reply, _) throws(CatenaError) in try ObjectInfoPayload.decode(reply.payload) }
+        return try await withRetries(readRoute) { (connection, chain, timeout) async throws(CatenaError) -> ObjectInfo in
+            let frame = Frame(type: .head, chainID: chain.chainID, epoch: chain.epoch,
+                              headerExtension: RequestOptions(readMode: configuration.readMode).encoded(), payload: KeyPayload.encode(k))
+            let info = try ObjectInfoPayload.decode(try await connection.request(frame, timeout: timeout).payload)
+            guard info.key == k else { throw CatenaError(.protocolViolation, "\(connection.address) answered head '\(k)' with '\(info.key)'") }
+            return info
+        }
     }
 
     /// One page of the keys starting with `prefix`, in byte order, after `after` (the previous
@@ -717,7 +734,12 @@ public final class CatenaClient: Sendable {
         return (index, total, hasher.digest())
     }
 
-    enum Route { case head, tail }
+    /// Where a request goes: the chain's head, its tail, or any member — taken in turn, so
+    /// reads that any member may answer are spread over all of them.
+    enum Route { case head, tail, anyMember }
+
+    /// Where this client's reads go: the tail in mode ``ReadMode/tail``, else any member.
+    var readRoute: Route { configuration.readMode == .tail ? .tail : .anyMember }
 
     /// One read request to the tail, retried as every request is; `decode` reads the reply
     /// (its errors are the attempt's) on the connection it came by.
@@ -739,21 +761,30 @@ public final class CatenaClient: Sendable {
             do throws(CatenaError) {
                 try checkOpen()
                 let chain = try await currentConfiguration(deadline: deadline)
-                // The node's connections are taken in turn; one not open yet is opened.
-                let slot = (core.turn.wrappingAdd(1, ordering: .relaxed).oldValue & Int.max) % configuration.connectionsPerNode
+                guard !chain.members.isEmpty else {
+                    throw CatenaError(.unavailable, "chain \(chain.chainID) has no members at epoch \(chain.epoch)")
+                }
+                // The node's connections are taken in turn, and so are the members for requests any
+                // of them answers; a connection not open yet is opened.
+                let turn = core.turn.wrappingAdd(1, ordering: .relaxed).oldValue & Int.max
+                let slot = turn % configuration.connectionsPerNode
+                let index = switch route {
+                case .head: 0
+                case .tail: chain.members.count - 1
+                case .anyMember: (turn / configuration.connectionsPerNode) % chain.members.count
+                }
+                let key = Routes.Slot(member: index, slot: slot)
                 let cached: RequestConnection? = core.routes.withLock { r in
-                    guard r.epoch == chain.epoch, let c = r.connection(route, slot), !c.isClosed else { return nil }
+                    guard r.epoch == chain.epoch, let c = r.connections[key], !c.isClosed else { return nil }
                     return c
                 }
                 let timeout = min(configuration.attemptTimeout, max(.milliseconds(1), deadline - .now))
                 if let cached { return try await body(cached, chain, timeout) }
-                guard let member = route == .head ? chain.head : chain.tail else {
-                    throw CatenaError(.unavailable, "chain \(chain.chainID) has no members at epoch \(chain.epoch)")
-                }
+                let member = chain.members[index]
                 let connection = try await pool.connection(to: try Address(parsing: member.address), index: slot, clusterID: chain.clusterID)
                 core.routes.withLock { r in
                     if r.epoch != chain.epoch { r = Routes(epoch: chain.epoch) }
-                    r.set(route, slot, connection)
+                    r.connections[key] = connection
                 }
                 return try await body(connection, chain, timeout)
             } catch {

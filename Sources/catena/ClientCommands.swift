@@ -29,8 +29,9 @@ struct ClientOptions: ParsableArguments {
         }
     }
 
-    func connect() async throws(CatenaError) -> CatenaClient {
+    func connect(readMode: ReadMode = .linearizable) async throws(CatenaError) -> CatenaClient {
         var configuration = CatenaClient.Configuration()
+        configuration.readMode = readMode
         configuration.requestTimeout = .milliseconds(Int(timeout * 1000))
         configuration.name = "catena-cli"
         var logger = Logger(label: "catena.cli")
@@ -39,6 +40,17 @@ struct ClientOptions: ParsableArguments {
         try await store.connect()
         return store
     }
+}
+
+extension ReadMode: ExpressibleByArgument {
+    public init?(argument: String) { self.init(name: argument) }
+    public static var allValueStrings: [String] { allCases.map(\.description) }
+}
+
+/// Which members may answer a read, and what it may return.
+struct ReadOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("linearizable (any member, CRAQ; the default), tail (the tail only) or any (any member's newest version: may be stale or not yet committed).", valueName: "mode"))
+    var readMode: ReadMode = .linearizable
 }
 
 /// A write's condition, as `put` and `rm` take it.
@@ -153,6 +165,7 @@ struct Get: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "Write to this file instead of stdout.") var output: String?
     @Option(name: .long, parsing: .unconditional, help: "Only these bytes: FIRST-LAST (both included, from 0, as HTTP's Range), FIRST- (to the end) or -N (the last N).")
     var range: String?
+    @OptionGroup var read: ReadOptions
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
@@ -181,7 +194,7 @@ struct Get: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let store = try await client.connect()
+        let store = try await client.connect(readMode: read.readMode)
         defer { Task { await store.close() } }
         let parsed = try range.map(Self.parse(range:))
         let bar = ProgressBar(verb: "get")
@@ -365,10 +378,11 @@ struct Stat: AsyncParsableCommand {
 
     @Argument(help: "The key.") var key: String
     @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var read: ReadOptions
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
-        let store = try await client.connect()
+        let store = try await client.connect(readMode: read.readMode)
         defer { Task { await store.close() } }
         let info: ObjectInfo
         do { info = try await store.head(key) } catch { throw notFound(key, error) }
