@@ -646,6 +646,16 @@ public struct NodeStateMachine: Sendable {
         }
         if old.predecessor(of: me) != new.predecessor(of: me) { actions.append(.disconnectPredecessor) }
         if old.successor(of: me) != new.successor(of: me) { successorPositionKnown = false }
+        if view.readsBlocked && new.predecessor(of: me) == nil {
+            // Its predecessor left before it said what it held, and no other will: the read
+            // block would last for good. A member without a predecessor holds every committed
+            // write — the master keeps one that holds them all at the head of a chain, and
+            // leases a joined member only once it reported what its predecessor held — so
+            // the block has nothing left to wait for (every member answers reads since CRAQ).
+            readTarget = nil
+            view.readsBlocked = false
+            actions.append(.note(Note(.info, "no predecessor at epoch \(new.epoch): serving reads")))
+        }
         actions.append(.note(Note(.notice, "reconfigured at epoch \(new.epoch) as \(roleName(new))")))
         return actions + links() + wake()
     }

@@ -173,7 +173,8 @@ final class SimClient {
             send(.write(WriteRequest(requestID: o.request, type: .delete, key: try! Key(k), condition: condition), attempt: o.attempt), to: target)
         case .get(let k, let mode, let member):
             let members = configuration!.members
-            target = mode == .tail || members.isEmpty ? configuration!.tail : members[Int(member % UInt64(members.count))]
+            // Each attempt at the next member, as CatenaClient takes them in turn.
+            target = mode == .tail || members.isEmpty ? configuration!.tail : members[Int((member &+ UInt64(o.sent)) % UInt64(members.count))]
             if target != configuration!.tail { sim.stats.readsAtOtherMembers += 1 }
             send(.get(try! Key(k), mode, attempt: o.attempt), to: target)
         case .settle(let k, _, let sentAt):
