@@ -54,14 +54,17 @@ public final class Workload: Sendable {
     }
 
     /// Connects `count` clients to `cluster` (attempts time out after 1 s, operations after 4 s)
-    /// and starts them. They run until ``stop()``, or until the cluster stops.
+    /// and starts them. They run until ``stop()``, or until the cluster stops. Every fourth
+    /// client reads in mode `tail` (the tail only), the others in the default `linearizable`
+    /// (every member, CRAQ): the history checks both.
     public static func start(_ cluster: TestCluster, count: Int = 8) async throws -> Workload {
         var configuration = CatenaClient.Configuration()
         configuration.clusterID = TestCluster.clusterID
         configuration.attemptTimeout = .seconds(1)
         configuration.requestTimeout = .seconds(4)
         var clients: [CatenaClient] = []
-        for _ in 0..<count {
+        for i in 0..<count {
+            configuration.readMode = i % 4 == 3 ? .tail : .linearizable
             clients.append(try CatenaClient(masters: [cluster.masterAddress.description], configuration: configuration, logger: testLogger))
         }
         let load = Workload(clients: clients)
