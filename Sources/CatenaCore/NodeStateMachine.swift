@@ -864,12 +864,14 @@ public struct NodeStateMachine: Sendable {
         return actions + wakeIfCommitted(actions)
     }
 
-    /// The successor `sender` acknowledged everything through `lsn` under `epoch`.
-    public mutating func acknowledged(through lsn: LSN, epoch: UInt64, from sender: NodeID) -> [Action] {
+    /// The successor `sender` acknowledged everything through `lsn` under `epoch`, and holds its
+    /// log durably through `held[0]`, the member after it through `held[1]`, …
+    /// (``ReplicaStateMachine/acknowledged(through:held:epoch:)``).
+    public mutating func acknowledged(through lsn: LSN, held: [LSN] = [], epoch: UInt64, from sender: NodeID) -> [Action] {
         guard replica != nil, failure == nil, replica!.configuration.successor(of: me)?.id == sender else {
             return [.replica(.refuse(nil, CatenaError(.protocolViolation, "\(sender) is not \(me)'s successor")))]
         }
-        let actions = replica!.acknowledged(through: lsn, epoch: epoch).map(Action.replica)
+        let actions = replica!.acknowledged(through: lsn, held: held, epoch: epoch).map(Action.replica)
         countCommits(actions)
         return actions + wakeIfCommitted(actions)
     }

@@ -17,10 +17,14 @@ public struct WriteRequest: Hashable, Sendable {
     /// What the key's newest version must be for the write to apply (nil: unconditional).
     /// The head checks it and does not store it.
     public var condition: WriteCondition?
+    /// When the head answers the write (``AckMode``); records do not carry it.
+    public var ack: AckMode
 
     /// Creates a request; the content checksum defaults to XXH3-64 of `value`.
     public init(requestID: RequestID, type: RecordType, key: Key, value: [UInt8] = [],
-                contentChecksum: UInt64? = nil, extensions: [RecordExtension] = [], condition: WriteCondition? = nil) {
+                contentChecksum: UInt64? = nil, extensions: [RecordExtension] = [], condition: WriteCondition? = nil,
+                ack: AckMode = .all) {
+        self.ack = ack
         self.requestID = requestID
         self.type = type
         self.key = key
@@ -63,6 +67,10 @@ public struct WriteRequest: Hashable, Sendable {
 ///   hand out an LSN its successor already holds);
 /// - a node acknowledges upstream only records that are durable locally and acknowledged
 ///   downstream (the tail: durable locally); the head reports a write committed only then;
+/// - with the acknowledgement, each node tells its predecessor how far it and every member
+///   after it hold their logs durably, so the head can answer a write in a weaker
+///   ``AckMode`` once the first k members (or the head alone) hold it — the write is
+///   replicated and committed exactly as any other;
 /// - records are applied strictly in LSN order: duplicates are skipped, a gap is refused;
 /// - messages from an older epoch are refused, so a deposed head never gets a write committed;
 /// - the Sent list holds LSNs and sizes, not values: a resend re-reads the log.
@@ -130,10 +138,17 @@ public struct ReplicaStateMachine: Sendable {
         /// Read the records after `after` through `through` (durable here) from the local log and
         /// send them to the successor, before anything forwarded later.
         case resend(after: LSN, through: LSN, to: ChainMember)
-        /// Tell the predecessor that every record through `through` is on this node and all after it.
-        case acknowledge(through: LSN, to: ChainMember)
+        /// Tell the predecessor that every record through `through` is on this node and all after
+        /// it, and how far this node and each member after it hold their logs durably
+        /// (`held[0]`: this node).
+        case acknowledge(through: LSN, held: [LSN], to: ChainMember)
         /// The head: these writes committed; answer their clients.
         case committed([Commit])
+        /// The head: these writes are held by as many members as their ``AckMode`` asks, and
+        /// not yet committed; answer their clients (they are still replicated and committed
+        /// as every write, and reported again in ``committed(_:)``, where an answered client
+        /// is no longer waiting).
+        case held([Commit])
         /// Refuse a client request (nil: a replication message) with this error.
         case refuse(RequestID?, CatenaError)
     }
@@ -145,6 +160,12 @@ public struct ReplicaStateMachine: Sendable {
         var bytes: Int
         /// A fence: once committed its request is answered `notApplied`.
         var fence = false
+    }
+
+    /// A write taken at the head in a weaker ``AckMode`` than `all`, not yet answered.
+    private struct Weak: Sendable {
+        var requestID: RequestID
+        var lsn: LSN
     }
 
     /// The node this machine runs on.
@@ -163,7 +184,14 @@ public struct ReplicaStateMachine: Sendable {
     /// The highest LSN this node acknowledged upstream (the head: committed). Every record
     /// through it is on every replica: the commit watermark.
     public private(set) var acknowledged: LSN
-
+    /// How far each member after this one holds its log durably, as the successor last said
+    /// (`[0]`: the successor), in this configuration.
+    public private(set) var downstreamHeld: [LSN] = []
+    /// The `held` list last sent upstream.
+    private var heldSent: [LSN] = []
+    /// Head: writes in a weaker ``AckMode`` not yet answered, by how many members must hold
+    /// them, each in LSN order.
+    private var weak: [Int: Deque<Weak>] = [:]
     /// The epochs of the local log: where each begins (first seq), oldest first. Known from
     /// the LSN the machine started at onwards; used to tell a duplicate from a divergent record.
     private var epochStarts: [(epoch: UInt64, firstSeq: UInt64)]
@@ -263,6 +291,12 @@ public struct ReplicaStateMachine: Sendable {
             }
             // A retry (or a settlement of a write that was taken): the original result, or
             // nothing new while it is still in flight.
+            if lsn.seq > acknowledged.seq && request.type == .fence {
+                // A settlement asks whether the write applied for good: it is answered once the
+                // write commits, not when a weaker mode holds it — and so is the write itself,
+                // since interpreters answer every waiter of a request id at once.
+                dropWeak(request.requestID)
+            }
             return lsn.seq <= acknowledged.seq ? [.committed([Commit(requestID: request.requestID, lsn: lsn)])] : []
         }
         var request = request
@@ -309,6 +343,9 @@ public struct ReplicaStateMachine: Sendable {
         accept(record)
         pending.append(Pending(requestID: request.requestID, lsn: lsn, bytes: record.count, fence: request.type == .fence))
         uncommittedBytes += record.count
+        if let k = request.ack.members, request.type != .fence, request.requestID != .none {
+            weak[k, default: []].append(Weak(requestID: request.requestID, lsn: lsn))
+        }
         return [.append([record])]
     }
 
@@ -346,7 +383,8 @@ public struct ReplicaStateMachine: Sendable {
         if accepted.isEmpty {
             // Only duplicates: say again what is acknowledged, so a resending predecessor moves on.
             if actions.isEmpty, acknowledged != .zero, let previous = configuration.predecessor(of: me) {
-                actions.insert(.acknowledge(through: acknowledged, to: previous), at: 0)
+                heldSent = held
+                actions.insert(.acknowledge(through: acknowledged, held: held, to: previous), at: 0)
             }
             return actions
         }
@@ -373,9 +411,18 @@ public struct ReplicaStateMachine: Sendable {
         return actions + progress()
     }
 
-    /// The successor acknowledged everything through `lsn`, under `epoch`.
-    public mutating func acknowledged(through lsn: LSN, epoch: UInt64) -> [Action] {
+    /// The successor acknowledged everything through `lsn`, under `epoch`, and holds its log
+    /// durably through `held[0]`, the member after it through `held[1]`, and so on (empty: not
+    /// said — a node from before acknowledgement modes).
+    public mutating func acknowledged(through lsn: LSN, held: [LSN] = [], epoch: UInt64) -> [Action] {
         if let refusal = fence(epoch) { return [refusal] }
+        if let beyond = held.first(where: { $0.seq > lastAccepted.seq }) {
+            return [.refuse(nil, CatenaError(.protocolViolation, "successor says it holds \(beyond), which this node never sent (its log ends at \(lastAccepted))"))]
+        }
+        if !held.isEmpty && held != downstreamHeld && configuration.successor(of: me) != nil {
+            downstreamHeld = held
+            if lsn.seq <= downstreamAcknowledged.seq { return progress() }
+        }
         guard lsn.seq > downstreamAcknowledged.seq else { return [] }
         guard lsn.seq <= lastAccepted.seq, epochOf(seq: lsn.seq).map({ $0 == lsn.epoch }) ?? true else {
             return [.refuse(nil, CatenaError(.protocolViolation, "acknowledgement of \(lsn), which this node never sent (its log ends at \(lastAccepted))"))]
@@ -407,6 +454,7 @@ public struct ReplicaStateMachine: Sendable {
             let abandoned = pending.map(\.requestID) + heldRefusals.map(\.requestID)
             pending = []
             heldRefusals = []
+            weak = [:]
             uncommittedBytes = 0
             for id in abandoned {
                 actions.append(.refuse(id, CatenaError(.redirect, "\(me) is no longer the head; retry with the same request id at the new head, which knows whether it committed")))
@@ -421,8 +469,13 @@ public struct ReplicaStateMachine: Sendable {
             sent = []
             inFlightBytes = 0
         }
+        // Which member is how far down may have changed: what the successor said of the
+        // members after it is forgotten until it says it again in this configuration.
+        downstreamHeld = []
+        heldSent = []
         if let previous = new.predecessor(of: me), previous.id != old.predecessor(of: me)?.id, acknowledged != .zero {
-            actions.append(.acknowledge(through: acknowledged, to: previous))
+            heldSent = held
+            actions.append(.acknowledge(through: acknowledged, held: held, to: previous))
         }
         return actions + progress()
     }
@@ -485,16 +538,31 @@ public struct ReplicaStateMachine: Sendable {
         return epochStarts[i].epoch
     }
 
-    /// Acknowledge (or commit) whatever became durable here and acknowledged downstream.
+    /// How far this node and each member after it hold their logs durably: what it tells its
+    /// predecessor with each acknowledgement.
+    public var held: [LSN] { [durable] + downstreamHeld }
+
+    /// Acknowledge (or commit) whatever became durable here and acknowledged downstream, and
+    /// answer the writes in weaker modes that enough members now hold.
     private mutating func progress() -> [Action] {
         guard let role else { return [] }
         let downstream = configuration.successor(of: me) == nil ? durable : downstreamAcknowledged
         let ackable = durable.seq <= downstream.seq ? durable : downstream
-        guard ackable.seq > acknowledged.seq else { return [] }
-        acknowledged = ackable
         var actions: [Action] = []
+        if role.takesWrites { actions += answerWeak(committed: ackable.seq > acknowledged.seq ? ackable : acknowledged) }
+        if ackable.seq <= acknowledged.seq {
+            // Nothing newly acknowledged; but how far members hold their logs may be news
+            // upstream, where a write may wait for the first k of them.
+            if let previous = configuration.predecessor(of: me), held != heldSent, acknowledged != .zero {
+                heldSent = held
+                actions.append(.acknowledge(through: acknowledged, held: heldSent, to: previous))
+            }
+            return actions
+        }
+        acknowledged = ackable
         if let previous = configuration.predecessor(of: me) {
-            actions.append(.acknowledge(through: ackable, to: previous))
+            heldSent = held
+            actions.append(.acknowledge(through: ackable, held: heldSent, to: previous))
         }
         if role.takesWrites {
             var done: [Commit] = []
@@ -517,6 +585,31 @@ public struct ReplicaStateMachine: Sendable {
         }
         forgetCommittedRequests()
         return actions
+    }
+
+    /// Answers the writes in weaker modes that as many members as they ask now hold (or that
+    /// are `committed`).
+    private mutating func answerWeak(committed: LSN) -> [Action] {
+        guard !weak.isEmpty else { return [] }
+        let held = self.held
+        var answered: [Commit] = []
+        for k in weak.keys.sorted() {
+            let mode = AckMode.first(k)
+            while let first = weak[k]?.first, mode.isHeld(first.lsn, heldThrough: held, committed: committed) {
+                answered.append(Commit(requestID: first.requestID, lsn: first.lsn))
+                weak[k]!.removeFirst()
+            }
+            if weak[k]?.isEmpty == true { weak[k] = nil }
+        }
+        return answered.isEmpty ? [] : [.held(answered.sorted { $0.lsn.seq < $1.lsn.seq })]
+    }
+
+    /// Stops waiting to answer `id` in a weaker mode: it is answered once committed.
+    private mutating func dropWeak(_ id: RequestID) {
+        for k in Array(weak.keys) {
+            weak[k]?.removeAll { $0.requestID == id }
+            if weak[k]?.isEmpty == true { weak[k] = nil }
+        }
     }
 
     /// The answer to a write, or a settlement, of a request a fence settled.

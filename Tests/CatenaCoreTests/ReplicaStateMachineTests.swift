@@ -19,7 +19,7 @@ private func commits(_ actions: [ReplicaStateMachine.Action]) -> [ReplicaStateMa
     actions.flatMap { if case .committed(let c) = $0 { return c } else { return [] } }
 }
 private func acks(_ actions: [ReplicaStateMachine.Action]) -> [LSN] {
-    actions.compactMap { if case .acknowledge(let l, _) = $0 { return l } else { return nil } }
+    actions.compactMap { if case .acknowledge(let l, _, _) = $0 { return l } else { return nil } }
 }
 private func refusals(_ actions: [ReplicaStateMachine.Action]) -> [CatenaError.Code] {
     actions.compactMap { if case .refuse(_, let e) = $0 { return e.code } else { return nil } }
@@ -99,7 +99,10 @@ struct ReplicaStateMachineTests {
         // The middle needs both: durable locally and acknowledged downstream.
         #expect(acks(middle.acknowledged(through: LSN(epoch: 1, seq: 1), epoch: 1)) == [LSN(epoch: 1, seq: 1)])
         let m2 = middle.durable(through: LSN(epoch: 1, seq: 2))
-        #expect(acks(m2).isEmpty && forwarded(m2) == [records[1]])
+        // Seq 2 durable here but not downstream: still only seq 1 acknowledged, with the news
+        // that this node holds seq 2 (for writes answered once the first k members hold them).
+        #expect(acks(m2) == [LSN(epoch: 1, seq: 1)] && forwarded(m2) == [records[1]])
+        #expect(m2.contains(.acknowledge(through: LSN(epoch: 1, seq: 1), held: [LSN(epoch: 1, seq: 2)], to: member("a"))))
         _ = tail.replicate(forwarded(m2), epoch: 1)
         #expect(acks(tail.durable(through: LSN(epoch: 1, seq: 2))) == [LSN(epoch: 1, seq: 2)])
         #expect(acks(middle.acknowledged(through: LSN(epoch: 1, seq: 2), epoch: 1)) == [LSN(epoch: 1, seq: 2)])
@@ -208,6 +211,67 @@ struct ReplicaStateMachineTests {
         #expect(a.inFlightBytes == 0 && a.sentCount == 0, "no successor any more: nothing is in flight")
     }
 
+    @Test func weakerAcknowledgementModesAnswerOnceEnoughMembersHoldTheWrite() {
+        // a -> b -> c -> d. Four writes: mode all, head, the first 2, the first 3.
+        let members = ["a", "b", "c", "d"]
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(members), lastLSN: .zero)
+        var b = ReplicaStateMachine(me: node("b"), configuration: chain(members), lastLSN: .zero)
+        var c = ReplicaStateMachine(me: node("c"), configuration: chain(members), lastLSN: .zero)
+        let modes: [AckMode] = [.all, .head, .first(2), .first(3)]
+        var records: [EncodedRecord] = []
+        for (i, mode) in modes.enumerated() {
+            var r = request(UInt64(i + 1))
+            r.ack = mode
+            records += appended(a.write(r, now: 1))
+        }
+        func held(_ actions: [ReplicaStateMachine.Action]) -> [UInt64] {
+            actions.flatMap { if case .held(let h) = $0 { return h.map(\.requestID.low) } else { return [] } }
+        }
+        func heldLists(_ actions: [ReplicaStateMachine.Action]) -> [[UInt64]] {
+            actions.compactMap { if case .acknowledge(_, let h, _) = $0 { return h.map(\.seq) } else { return nil } }
+        }
+        let last = records.last!.lsn
+        // Durable at the head: the write in mode head is answered, no other.
+        let atHead = a.durable(through: last)
+        #expect(held(atHead) == [2])
+        #expect(commits(atHead).isEmpty)
+        // b makes them durable and says so (acknowledging nothing yet): the first 2 hold them.
+        _ = b.replicate(forwarded(atHead), epoch: 1)
+        let bDurable = b.durable(through: last)
+        #expect(acks(bDurable) == [], "nothing is acknowledged downstream yet")
+        #expect(heldLists(bDurable) == [], "an acknowledgement of nothing is not sent")
+        #expect(b.held.map(\.seq) == [4])
+        #expect(held(a.acknowledged(through: .zero, held: b.held, epoch: 1)) == [3])
+        // c too, and b relays it: the first 3 hold them.
+        _ = c.replicate(forwarded(bDurable), epoch: 1)
+        _ = c.durable(through: last)
+        #expect(c.held.map(\.seq) == [4])
+        _ = b.acknowledged(through: .zero, held: c.held, epoch: 1)
+        #expect(b.held.map(\.seq) == [4, 4])
+        #expect(held(a.acknowledged(through: .zero, held: b.held, epoch: 1)) == [4])
+        // The tail's acknowledgement commits all four (the one in mode all answered only now).
+        let done = a.acknowledged(through: last, held: [last, last, last], epoch: 1)
+        #expect(commits(done).map(\.requestID.low) == [1, 2, 3, 4])
+        #expect(held(done).isEmpty)
+        // A new configuration forgets what the successor said of the members after it: which
+        // member is how far down may have changed.
+        _ = a.reconfigure(chain(["a", "b", "d"], epoch: 2))
+        #expect(a.downstreamHeld.isEmpty)
+    }
+
+    @Test func aSettlementOfAWeakWriteInFlightWaitsForItsCommit() {
+        var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b"]), lastLSN: .zero)
+        var r = request(1)
+        r.ack = .head
+        let lsn = appended(a.write(r, now: 1)).last!.lsn
+        // The client gave up and asks whether the write applied: that waits for the commit, and
+        // so does the write's own answer (both wait on the request id).
+        #expect(a.write(.fence(requestID: r.requestID, key: r.key, sentAt: 1), now: 2).isEmpty)
+        let durable = a.durable(through: lsn)
+        #expect(!durable.contains { if case .held = $0 { true } else { false } })
+        #expect(commits(a.acknowledged(through: lsn, epoch: 1)).map(\.lsn) == [lsn])
+    }
+
     @Test func aNewPredecessorHearsTheAcknowledgementAgain() {
         // a -> b -> c: c acknowledged seq 1 to b; b died before telling a. Chain becomes a -> c.
         var a = ReplicaStateMachine(me: node("a"), configuration: chain(["a", "b", "c"]), lastLSN: .zero)
@@ -216,7 +280,7 @@ struct ReplicaStateMachineTests {
         _ = c.replicate(r, epoch: 1)
         #expect(acks(c.durable(through: LSN(epoch: 1, seq: 1))) == [LSN(epoch: 1, seq: 1)])  // to b, lost
         let again = c.reconfigure(chain(["a", "c"], epoch: 2))
-        #expect(again == [.acknowledge(through: LSN(epoch: 1, seq: 1), to: member("a"))])
+        #expect(again == [.acknowledge(through: LSN(epoch: 1, seq: 1), held: [LSN(epoch: 1, seq: 1)], to: member("a"))])
         _ = a.reconfigure(chain(["a", "c"], epoch: 2))
         #expect(commits(a.acknowledged(through: LSN(epoch: 1, seq: 1), epoch: 2)).map(\.lsn.seq) == [1])
     }
@@ -307,9 +371,9 @@ struct ReplicaStateMachineTests {
                 switch action {
                 case .append(let r): logs[i] += r
                 case .forward(let r, _): downLinks[i].append(r)
-                case .acknowledge(let l, _): upLinks[i - 1].append(l)
+                case .acknowledge(let l, _, _): upLinks[i - 1].append(l)
                 case .committed(let c): committed += c.map(\.lsn)
-                case .refuse, .resend: break
+                case .refuse, .resend, .held: break
                 }
             }
         }
