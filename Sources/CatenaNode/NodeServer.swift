@@ -90,7 +90,9 @@ extension Node {
     /// The write `frame` carries, if it is for this chain, well formed, and fits the chain's frames.
     private func checkedWrite(_ frame: Frame) throws(CatenaError) -> WriteRequest {
         try checkChain(frame)
-        let request = try WritePayload.decode(frame.payload)
+        var request = try WritePayload.decode(frame.payload)
+        // When to answer (the mode travels in the request's options, not in the record).
+        request.ack = try frame.options.ack ?? .all
         // Before an LSN: a record the chain cannot forward would stall replication.
         try WriteLimits.checkFitsFrames(request, maxFrameSize: configuration.connectionLimits.maxFrameSize)
         return request

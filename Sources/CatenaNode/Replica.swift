@@ -279,10 +279,11 @@ final class Replica: Sendable {
         withCore { c in _ = handle(c.machine.readTarget(lsn, from: sender), &c) }
     }
 
-    /// The successor `sender` acknowledged everything through `lsn`.
-    func acknowledged(through lsn: LSN, epoch: UInt64, from sender: NodeID) -> CatenaError? {
+    /// The successor `sender` acknowledged everything through `lsn`, and holds its log (and each
+    /// member after it theirs) through `held`.
+    func acknowledged(through lsn: LSN, held: [LSN], epoch: UInt64, from sender: NodeID) -> CatenaError? {
         withCore { c in
-            let error = handle(c.machine.acknowledged(through: lsn, epoch: epoch, from: sender), &c)
+            let error = handle(c.machine.acknowledged(through: lsn, held: held, epoch: epoch, from: sender), &c)
             let acknowledged = c.machine.replica?.downstreamAcknowledged.seq ?? 0
             let now = ContinuousClock.now
             while let first = c.forwarded.first, first.seq <= acknowledged {
@@ -419,11 +420,11 @@ final class Replica: Sendable {
                     // A new link: hops are timed from this send.
                     c.forwarded.removeAll()
                     c.forwarded.append((through.seq, ContinuousClock.now))
-                case .acknowledge(let through, let to):
+                case .acknowledge(let through, let held, let to):
                     if let upstream = c.upstream, upstream.node == to.id {
-                        upstream.acks.send(through, epoch: c.machine.epoch)
+                        upstream.acks.send(through, held: held, epoch: c.machine.epoch)
                     }
-                case .committed(let commits):
+                case .committed(let commits), .held(let commits):
                     for commit in commits {
                         if let list = c.waiters.removeValue(forKey: commit.requestID) {
                             for w in list { w(.success(commit.lsn)) }

@@ -162,8 +162,8 @@ final class ReplicationLink: Sendable {
                         while let frame = try await reader.next() {
                             switch frame.type {
                             case .acknowledge:
-                                let lsn = try LSNPayload.decode(frame.payload)
-                                if let error = replica.acknowledged(through: lsn, epoch: frame.epoch, from: target.id) { throw error }
+                                let (lsn, held) = try AcknowledgePayload.decode(frame.payload)
+                                if let error = replica.acknowledged(through: lsn, held: held, epoch: frame.epoch, from: target.id) { throw error }
                             case .position:
                                 let lsn = try LSNPayload.decode(frame.payload)
                                 if let error = replica.successorReported(lsn, epoch: frame.epoch, from: target.id, link: self) { throw error }
@@ -309,6 +309,7 @@ final class AckSender: Sendable {
 
     private struct State: ~Copyable {
         var last: LSN?
+        var held: [LSN] = []
         var closed = false
     }
 
@@ -317,15 +318,17 @@ final class AckSender: Sendable {
         self.chainID = chainID
     }
 
-    /// Sends an acknowledgement of everything through `lsn` (none below one already sent).
-    func send(_ lsn: LSN, epoch: UInt64) {
+    /// Sends an acknowledgement of everything through `lsn` (none below one already sent), with
+    /// how far this node and the members after it hold their logs (`held`).
+    func send(_ lsn: LSN, held: [LSN] = [], epoch: UInt64) {
         let send: Bool = state.withLock { s in
             guard !s.closed else { return false }
-            if let last = s.last, last.seq > lsn.seq { return false }
+            if let last = s.last, last.seq > lsn.seq || (last.seq == lsn.seq && held == s.held) { return false }
             s.last = lsn
+            s.held = held
             return true
         }
-        if send { outlet.sendReplacing(Frame(type: .acknowledge, chainID: chainID, epoch: epoch, payload: LSNPayload.encode(lsn))) }
+        if send { outlet.sendReplacing(Frame(type: .acknowledge, chainID: chainID, epoch: epoch, payload: AcknowledgePayload.encode(lsn, held: held))) }
     }
 
     /// Stops the sender: later acknowledgements are dropped.

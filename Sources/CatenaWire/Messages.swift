@@ -167,6 +167,36 @@ public enum LSNPayload {
     }
 }
 
+/// The payload of an ``FrameType/acknowledge`` frame: the LSN acknowledged (everything through
+/// it is on the sender and every member after it), then how far the sender and each member
+/// after it hold their logs durably — what the head needs to answer a write in a weaker
+/// ``AckMode``.
+///
+/// Layout: LSN (epoch u64, seq u64); count (u8); count LSNs, the sender's first. A node from
+/// before acknowledgement modes sends the LSN alone and reads only the LSN (payloads are
+/// read up to what a reader knows: later fields are appended).
+public enum AcknowledgePayload {
+    /// The payload bytes.
+    public static func encode(_ lsn: LSN, held: [LSN]) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeLSN(lsn)
+        let count = min(held.count, Int(UInt8.max))
+        b.writeInteger(UInt8(count))
+        for l in held.prefix(count) { b.writeLSN(l) }
+        return b
+    }
+
+    /// Parses it; `held` is empty if the sender did not say.
+    public static func decode(_ payload: ByteBuffer) throws(CatenaError) -> (lsn: LSN, held: [LSN]) {
+        var b = payload
+        let lsn = try b.readLSN()
+        guard let count = b.readInteger(as: UInt8.self) else { return (lsn, []) }
+        var held: [LSN] = []
+        for _ in 0..<count { held.append(try b.readLSN()) }
+        return (lsn, held)
+    }
+}
+
 /// The payload of a ``FrameType/getRange`` frame: a key and the bytes wanted, `offset` up to
 /// `offset + length` (the tail clamps the end to the object's size).
 ///

@@ -4,27 +4,34 @@ import CatenaCore
 /// as tagged fields: tag (u8), length (u8), value. A reader skips tags it does not know, and a
 /// node from before an option ignores the whole extension — so every option is chosen such that
 /// being ignored is safe: a node that does not know ``readMode`` answers as the tail only
-/// (other members redirect there).
+/// (other members redirect there); a head that does not know ``ack`` answers once the write
+/// is committed (mode all, the strongest).
 ///
 /// | tag | option | value |
 /// |---|---|---|
 /// | 1 | ``readMode`` | u8: 0 linearizable, 1 tail, 2 any |
+/// | 2 | ``ack`` | u8: 0 all, k ≥ 1 the first k members (1: the head) |
 public struct RequestOptions: Hashable, Sendable {
     /// How a read may be answered; nil: ``ReadMode/tail``, what a client from before read
     /// modes expects.
     public var readMode: ReadMode?
+    /// When the head answers a write; nil: ``AckMode/all``.
+    public var ack: AckMode?
 
     /// Options; nil leaves each out.
-    public init(readMode: ReadMode? = nil) {
+    public init(readMode: ReadMode? = nil, ack: AckMode? = nil) {
         self.readMode = readMode
+        self.ack = ack
     }
 
     static let readModeTag: UInt8 = 1
+    static let ackTag: UInt8 = 2
 
     /// The header extension bytes (empty when no option is set).
     public func encoded() -> [UInt8] {
         var bytes: [UInt8] = []
         if let readMode { bytes += [Self.readModeTag, 1, readMode.rawValue] }
+        if let ack, ack != .all { bytes += [Self.ackTag, 1, UInt8(ack.members ?? 0)] }
         return bytes
     }
 
@@ -43,6 +50,12 @@ public struct RequestOptions: Hashable, Sendable {
                     throw CatenaError(.malformed, "unknown read mode \(Array(value)) in the request options")
                 }
                 readMode = mode
+            case Self.ackTag:
+                guard value.count == 1 else {
+                    throw CatenaError(.malformed, "an acknowledgement mode is one byte, not \(value.count)")
+                }
+                let k = value[value.startIndex]
+                ack = k == 0 ? .all : .first(Int(k))
             default:
                 break
             }

@@ -29,6 +29,20 @@ struct RequestOptionsTests {
         }
     }
 
+    @Test("Acknowledgement modes round-trip; all is the absence of the field")
+    func ackModesRoundTrip() throws {
+        #expect(RequestOptions(ack: .all).encoded().isEmpty)
+        for mode in [AckMode.head, .first(2), .first(7)] {
+            #expect(try RequestOptions(decoding: RequestOptions(ack: mode).encoded()).ack == mode)
+        }
+        #expect(RequestOptions(readMode: .any, ack: .first(3)).encoded() == [1, 1, 2, 2, 1, 3])
+        #expect(try RequestOptions(decoding: [2, 1, 0]).ack == .all)
+        #expect { try RequestOptions(decoding: [2, 2, 1, 1]) } throws: { ($0 as? CatenaError)?.code == .malformed }
+        for name in ["all", "head", "2", "255"] { #expect(AckMode(name: name)?.description == name) }
+        for bad in ["0", "256", "most", ""] { #expect(AckMode(name: bad) == nil) }
+        #expect(AckMode.first(1) == .head)
+    }
+
     @Test("Read modes have command-line names")
     func names() {
         for mode in ReadMode.allCases { #expect(ReadMode(name: mode.description) == mode) }
