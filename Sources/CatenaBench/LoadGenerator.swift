@@ -121,7 +121,7 @@ public final class LoadGenerator: Sendable {
                 await worker.get(key: keys[ticket])
             }
         }
-        return LoadReport(configuration: configuration, readMode: clients.first?.readMode ?? .linearizable, run: run, prefill: prefill, measured: measured, sweep: sweep, keysWritten: written,
+        return LoadReport(configuration: configuration, readMode: clients.first?.readMode ?? .linearizable, ack: clients.first?.ack ?? .all, run: run, prefill: prefill, measured: measured, sweep: sweep, keysWritten: written,
                           sweepSkipped: stops.load(ordering: .relaxed) >= 2, verifier: verifier, interrupted: cutShort)
     }
 

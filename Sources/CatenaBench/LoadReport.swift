@@ -109,6 +109,8 @@ public struct LoadReport: Encodable, Sendable {
         public var verify: Bool
         /// The clients' read mode (``ReadMode``): which members answered the reads.
         public var readMode: String
+        /// The clients' acknowledgement mode (``AckMode``): when their writes returned.
+        public var ack: String
     }
 
     public var settings: Settings
@@ -128,7 +130,7 @@ public struct LoadReport: Encodable, Sendable {
         case settings, run, prefill, measured = "run_phase", verifyPhase = "verify_phase", verification, interrupted
     }
 
-    init(configuration: LoadGenerator.Configuration, readMode: ReadMode, run: UInt64, prefill: Phase?, measured: Phase, sweep: Phase?, keysWritten: Int,
+    init(configuration: LoadGenerator.Configuration, readMode: ReadMode, ack: AckMode, run: UInt64, prefill: Phase?, measured: Phase, sweep: Phase?, keysWritten: Int,
          sweepSkipped: Bool, verifier: LoadVerifier?, interrupted: Bool) {
         let w = configuration.workload
         var duration: Double?, operations: Int?
@@ -138,7 +140,7 @@ public struct LoadReport: Encodable, Sendable {
         }
         settings = Settings(mix: w.mix.description, sizes: w.sizes.description, keys: w.keys, keyDistribution: w.keyDistribution.rawValue,
                             prefix: w.prefix, seed: w.seed, concurrency: configuration.concurrency, rate: configuration.rate,
-                            duration: duration, operations: operations, verify: configuration.verify, readMode: readMode.description)
+                            duration: duration, operations: operations, verify: configuration.verify, readMode: readMode.description, ack: ack.description)
         self.run = run.hex16
         self.prefill = prefill
         self.measured = measured

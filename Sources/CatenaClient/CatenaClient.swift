@@ -75,8 +75,16 @@ public final class CatenaClient: Sendable {
         /// (the default: any member, CRAQ), ``ReadMode/tail`` (the tail only) or
         /// ``ReadMode/any`` (any member's newest version, possibly stale). Reads in modes
         /// other than `tail` are spread over the members in turn. Listings go to the tail.
-        /// Per call: ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:logger:)``.
+        /// Per call: ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:ack:logger:)``.
         public var readMode: ReadMode = .linearizable
+        /// When a write (put, delete, and each chunk of a large object) returns: once every
+        /// member holds it (``AckMode/all``, the default: committed, never lost while a replica
+        /// survives), once the first k do (``AckMode/first(_:)``), or once the head does
+        /// (``AckMode/head``) — faster, and lost if those members fail before it reaches the
+        /// rest (``AckMode``). A linearizable read sees a write only once it is committed,
+        /// whatever its mode. Copies are answered once committed. Per call:
+        /// ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:ack:logger:)``.
+        public var ack: AckMode = .all
 
         /// The defaults above.
         public init() {}
@@ -115,7 +123,7 @@ public final class CatenaClient: Sendable {
         }
     }
 
-    /// What every view of this client (``with(requestTimeout:attemptTimeout:retry:readMode:logger:)``)
+    /// What every view of this client (``with(requestTimeout:attemptTimeout:retry:readMode:ack:logger:)``)
     /// shares: its connections, the chain it routes by, its request ids, whether it is closed.
     private let core: Core
     let configuration: Configuration
@@ -201,9 +209,10 @@ public final class CatenaClient: Sendable {
     /// routes by, being closed — so it is cheap to make per call:
     /// `try await store.with(requestTimeout: .seconds(1)).get("k")`.
     public func with(requestTimeout: Duration? = nil, attemptTimeout: Duration? = nil, retry: RetryPolicy? = nil,
-                     readMode: ReadMode? = nil, logger: Logger? = nil) -> CatenaClient {
+                     readMode: ReadMode? = nil, ack: AckMode? = nil, logger: Logger? = nil) -> CatenaClient {
         var c = configuration
         if let readMode { c.readMode = readMode }
+        if let ack { c.ack = ack }
         if let requestTimeout { c.requestTimeout = requestTimeout }
         if let attemptTimeout { c.attemptTimeout = attemptTimeout }
         if let retry { c.retry = retry }
@@ -212,6 +221,9 @@ public final class CatenaClient: Sendable {
 
     /// What this client's reads may return (``Configuration/readMode``).
     public var readMode: ReadMode { configuration.readMode }
+
+    /// When this client's writes return (``Configuration/ack``).
+    public var ack: AckMode { configuration.ack }
 
     /// Asks the masters for the chain's configuration now, retrying until
     /// ``Configuration/requestTimeout``: for an application that wants to know at start-up that
@@ -577,12 +589,14 @@ public final class CatenaClient: Sendable {
     private func sendWrite(_ id: RequestID, key: Key, type: FrameType, payload: ByteBuffer, settleable: Bool,
                            attemptTimeout: Duration? = nil) async throws(CatenaError) -> LSN {
         let attempts = Mutex(0)
+        // Writes in a weaker acknowledgement mode say so (a copy is answered once committed).
+        let options = type == .write ? RequestOptions(ack: configuration.ack).encoded() : []
         do throws(CatenaError) {
             do throws(CatenaError) {
                 return try await withRetries(.head) { (connection, chain, timeout) async throws(CatenaError) -> LSN in
                     attempts.withLock { $0 += 1 }
-                    let reply = try await connection.request(Frame(type: type, chainID: chain.chainID, epoch: chain.epoch, payload: payload),
-                                                             timeout: attemptTimeout ?? timeout)
+                    let frame = Frame(type: type, chainID: chain.chainID, epoch: chain.epoch, headerExtension: options, payload: payload)
+                    let reply = try await connection.request(frame, timeout: attemptTimeout ?? timeout)
                     return try LSNPayload.decode(reply.payload)
                 }
             } catch {

@@ -36,6 +36,7 @@ struct Bench: AsyncParsableCommand {
 
     @OptionGroup var client: ClientOptions
     @OptionGroup var read: ReadOptions
+    @OptionGroup var acknowledgement: AckOptions
     @Option(help: "How long the measured run lasts (e.g. 30s, 2m); default 10s unless --ops.") var duration: String?
     @Option(help: "Stop after this many operations instead of a duration.") var ops: Int?
     @Option(help: "Operations in flight at once (workers).") var concurrency: Int = 16
@@ -64,6 +65,9 @@ struct Bench: AsyncParsableCommand {
         if let rate { guard rate > 0, rate <= 10_000_000 else { throw ValidationError("--rate must be positive") } }
         _ = try limit()
         let workload = try self.workload(seed: 0)
+        if verify && acknowledgement.ack != .all {
+            throw ValidationError("--verify checks that every acknowledged write is read back, which --ack \(acknowledgement.ack) does not promise at once (a read sees a write once it is committed); use --ack all")
+        }
         if verify && read.readMode == .any {
             throw ValidationError("--verify checks that every read is current, which --read-mode any does not promise; use linearizable or tail")
         }
@@ -107,6 +111,7 @@ struct Bench: AsyncParsableCommand {
             c.requestTimeout = .milliseconds(Int(client.timeout * 1000))
             c.connectionsPerNode = connectionsPerNode
             c.readMode = read.readMode
+            c.ack = acknowledgement.ack
             c.name = "catena-bench"
             var logger = Logger(label: "catena.bench")
             logger.logLevel = .error
@@ -125,7 +130,7 @@ struct Bench: AsyncParsableCommand {
         case .operations(let n): "\(n) operations"
         }
         say("catena bench: \(concurrency) workers, \(loop), \(length); mix \(configuration.workload.mix); values \(configuration.workload.sizes); "
-            + "\(keys) keys (\(keyDist)) under '\(prefix)'; reads \(read.readMode); seed \(seed)\(verify ? "; verifying" : "")")
+            + "\(keys) keys (\(keyDist)) under '\(prefix)'; reads \(read.readMode); writes acknowledged by \(acknowledgement.ack); seed \(seed)\(verify ? "; verifying" : "")")
 
         // Ctrl-C: the first stops the load (and the report follows), the second the final
         // verification, the third exits at once.

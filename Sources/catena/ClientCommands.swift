@@ -29,9 +29,10 @@ struct ClientOptions: ParsableArguments {
         }
     }
 
-    func connect(readMode: ReadMode = .linearizable) async throws(CatenaError) -> CatenaClient {
+    func connect(readMode: ReadMode = .linearizable, ack: AckMode = .all) async throws(CatenaError) -> CatenaClient {
         var configuration = CatenaClient.Configuration()
         configuration.readMode = readMode
+        configuration.ack = ack
         configuration.requestTimeout = .milliseconds(Int(timeout * 1000))
         configuration.name = "catena-cli"
         var logger = Logger(label: "catena.cli")
@@ -45,6 +46,16 @@ struct ClientOptions: ParsableArguments {
 extension ReadMode: ExpressibleByArgument {
     public init?(argument: String) { self.init(name: argument) }
     public static var allValueStrings: [String] { allCases.map(\.description) }
+}
+
+extension AckMode: ExpressibleByArgument {
+    public init?(argument: String) { self.init(name: argument) }
+}
+
+/// When a write returns.
+struct AckOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("all (every member holds it: committed; the default), head (the head holds it: lost if the head fails before passing it on) or k, a number (the first k members hold it).", valueName: "mode"))
+    var ack: AckMode = .all
 }
 
 /// Which members may answer a read, and what it may return.
@@ -116,6 +127,7 @@ struct Put: AsyncParsableCommand {
     @Option(name: .long, help: "With --part-size: how many parts upload at once.") var parallel = 4
     @Flag(name: .shortAndLong, help: "Say on stderr what was stored (size, LSN).") var verbose = false
     @OptionGroup(title: "Conditions (the write applies only if the key's newest version meets it)") var conditions: ConditionOptions
+    @OptionGroup var acknowledgement: AckOptions
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
@@ -128,7 +140,7 @@ struct Put: AsyncParsableCommand {
 
     func run() async throws {
         let condition = try conditions.condition
-        let store = try await client.connect()
+        let store = try await client.connect(ack: acknowledgement.ack)
         defer { Task { await store.close() } }
         let receipt: WriteReceipt
         if let partSize, let size = parseSize(partSize) {
