@@ -69,6 +69,10 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
     public var conditionalRefused = 0
     /// Writes of unknown outcome settled (asked whether they applied, and answered).
     public var writesSettled = 0
+    /// Writes acknowledged in a weaker mode (head, or the first two members), and of those the
+    /// ones the settled log does not hold: lost, as those modes allow.
+    public var weakAcknowledged = 0
+    public var weakLost = 0
     public var readsAnswered = 0
     /// Read attempts sent to a member other than the tail (modes linearizable and any), and
     /// reads in mode linearizable whose key was dirty where they arrived, so the member asked
@@ -85,11 +89,12 @@ public struct SimulationStats: Hashable, Sendable, CustomStringConvertible {
         removed += o.removed; leasesReleased += o.leasesReleased; reconfigurations += o.reconfigurations; truncations += o.truncations; discards += o.discards
         catchUpRecords += o.catchUpRecords; writesAcknowledged += o.writesAcknowledged; writesUnknown += o.writesUnknown
         conditionalApplied += o.conditionalApplied; conditionalRefused += o.conditionalRefused; writesSettled += o.writesSettled
+        weakAcknowledged += o.weakAcknowledged; weakLost += o.weakLost
         readsAnswered += o.readsAnswered; readsAtOtherMembers += o.readsAtOtherMembers; versionQueries += o.versionQueries; events += o.events
     }
 
     public var description: String {
-        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed) (\(leasesReleased) without waiting for the lease), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown) (\(writesSettled) settled), reads \(readsAnswered) (\(readsAtOtherMembers) by members other than the tail; \(versionQueries) version queries)"
+        "runs \(runs), events \(events), kills \(kills) (\(newHeadKills) of new heads before their first group commit), pauses \(pauses), master kills \(masterKills), master pauses \(masterPauses), partitions \(partitions), fsync failures \(syncFailures), disks full \(diskFulls), old master states restored \(staleRestores), nodes restored from old backups \(nodeRestores), added \(added), removed \(removed) (\(leasesReleased) without waiting for the lease), reconfigurations \(reconfigurations), truncations \(truncations), discards \(discards), records copied \(catchUpRecords), writes acknowledged \(writesAcknowledged) (conditional \(conditionalApplied), \(conditionalRefused) more refused by their condition), writes unknown \(writesUnknown) (\(writesSettled) settled), writes acknowledged by the head or the first two members \(weakAcknowledged) (\(weakLost) lost), reads \(readsAnswered) (\(readsAtOtherMembers) by members other than the tail; \(versionQueries) version queries)"
     }
 }
 
@@ -135,6 +140,8 @@ public final class ClusterSimulation {
     var lsnRegistry: [LSN: UInt64] = [:]
     /// Acknowledged writes: where, which key, which request.
     var acknowledged: [(lsn: LSN, key: Key, request: RequestID)] = []
+    /// Writes acknowledged in a weaker mode than all: they may be lost (counted at the end).
+    var weakAcknowledged: [(lsn: LSN, key: Key, request: RequestID, ack: AckMode)] = []
     /// Every conditional write's key, condition and outcome, by request id.
     var conditional: [RequestID: (key: String, condition: WriteCondition, outcome: RegisterOperation.Outcome)] = [:]
     /// Writes of unknown outcome a client settled as applied (at an LSN), and as not applied.
@@ -924,6 +931,14 @@ public final class ClusterSimulation {
             }
             checkConditions(in: first.disk.records)
             checkSettlements(in: first.disk.records)
+            let settled = first.disk.records
+            for (lsn, key, request, ack) in weakAcknowledged {
+                let r = lsn.seq >= 1 && Int(lsn.seq) <= settled.count ? settled[Int(lsn.seq) - 1] : nil
+                if r?.lsn != lsn || r?.key != key || r?.header.requestID != request {
+                    stats.weakLost += 1
+                    log("a write acknowledged in mode \(ack) was lost: \(lsn) (\(key))")
+                }
+            }
         }
     }
 
@@ -1010,7 +1025,7 @@ struct ReplConn {
 /// What travels on a replication connection.
 enum ReplMessage {
     case position(LSN, epoch: UInt64)
-    case acknowledge(LSN, epoch: UInt64)
+    case acknowledge(LSN, held: [LSN], epoch: UInt64)
     case replicate([EncodedRecord], epoch: UInt64)
     case readTarget(LSN)
     case closed

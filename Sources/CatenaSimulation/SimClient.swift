@@ -54,6 +54,8 @@ final class SimClient {
         }
 
         var kind: Kind
+        /// When a put or delete is answered (the final round's and settlements: all).
+        var ack: AckMode = .all
         var request: RequestID
         var invoke: UInt64
         var deadline: UInt64
@@ -129,6 +131,15 @@ final class SimClient {
         if case .put(let key, let value, _) = kind { sim.attemptedValues[key, default: []].insert(value) }
         op = Operation(kind: kind, request: RequestID(high: UInt64(index + 1), low: count), invoke: sim.now,
                        deadline: sim.now + (inFinalRound ? 10_000_000_000 : 3_000_000_000))
+        if !inFinalRound {
+            // Most writes are answered once committed; some once the head holds them, some once
+            // the first two members do.
+            switch sim.random(0..<10) {
+            case 0, 1: op!.ack = .head
+            case 2, 3: op!.ack = .first(2)
+            default: break
+            }
+        }
         attempt()
     }
 
@@ -167,10 +178,10 @@ final class SimClient {
             send(.write(.fence(requestID: o.request, key: try! Key(k), sentAt: o.invoke), attempt: o.attempt), to: target)
         case .put(let k, let v, let condition):
             target = configuration!.head
-            send(.write(WriteRequest(requestID: o.request, type: .put, key: try! Key(k), value: v, condition: condition), attempt: o.attempt), to: target)
+            send(.write(WriteRequest(requestID: o.request, type: .put, key: try! Key(k), value: v, condition: condition, ack: o.ack), attempt: o.attempt), to: target)
         case .delete(let k, let condition):
             target = configuration!.head
-            send(.write(WriteRequest(requestID: o.request, type: .delete, key: try! Key(k), condition: condition), attempt: o.attempt), to: target)
+            send(.write(WriteRequest(requestID: o.request, type: .delete, key: try! Key(k), condition: condition, ack: o.ack), attempt: o.attempt), to: target)
         case .get(let k, let mode, let member):
             let members = configuration!.members
             // Each attempt at the next member, as CatenaClient takes them in turn.
@@ -204,14 +215,22 @@ final class SimClient {
                 switch o.kind {
                 case .put(let k, let v, _):
                     lastWritten[k] = KeyVersion(lsn: lsn, contentChecksum: XXH3.hash(v))
-                    sim.acknowledged.append((lsn, try! Key(k), o.request))
+                    if o.ack == .all { sim.acknowledged.append((lsn, try! Key(k), o.request)) }
                 case .delete(let k, _):
                     lastWritten[k] = nil
-                    sim.acknowledged.append((lsn, try! Key(k), o.request))
+                    if o.ack == .all { sim.acknowledged.append((lsn, try! Key(k), o.request)) }
                 case .settle(let k, _, _):
                     sim.settledApplied.append((lsn, try! Key(k), o.request))
                 case .get:
                     break
+                }
+                if o.ack != .all {
+                    // Held by the head (or the first two members), not necessarily committed:
+                    // it may still be lost, and readers see it only once committed. For the
+                    // history its outcome is unknown; the final check counts the lost ones.
+                    sim.weakAcknowledged.append((lsn, try! Key(o.kind.key), o.request, o.ack))
+                    finish(.unknown, observed: nil, weak: true)
+                    return
                 }
                 finish(.ok, observed: nil)
             case .failure(let error):
@@ -309,7 +328,9 @@ final class SimClient {
     private var pendingRetry: Int?
 
     /// Ends the operation and records it.
-    private func finish(_ outcome: RegisterOperation.Outcome, observed: [UInt8]?) {
+    /// `weak`: a write acknowledged in a weaker mode than all (recorded as of unknown outcome,
+    /// and not settled).
+    private func finish(_ outcome: RegisterOperation.Outcome, observed: [UInt8]?, weak: Bool = false) {
         guard let o = op else { return }
         op = nil
         let kind: RegisterOperation.Kind
@@ -338,7 +359,7 @@ final class SimClient {
         } else {
             sim.history.append(RegisterOperation(key: o.kind.key, process: index, kind: kind, invoke: o.invoke,
                                                  complete: sim.now, outcome: outcome, observed: observed))
-            if outcome == .unknown && !inFinalRound && sim.chance(0.5) {
+            if outcome == .unknown && !weak && !inFinalRound && sim.chance(0.5) {
                 toSettle = (o.kind.key, o.request, sim.history.count - 1, o.invoke)
             }
         }
@@ -349,7 +370,7 @@ final class SimClient {
         }
         switch (outcome, o.kind) {
         case (.ok, .put), (.ok, .delete): sim.stats.writesAcknowledged += 1
-        case (.unknown, .put), (.unknown, .delete): sim.stats.writesUnknown += 1
+        case (.unknown, .put), (.unknown, .delete): if weak { sim.stats.weakAcknowledged += 1 } else { sim.stats.writesUnknown += 1 }
         default: break
         }
         if inFinalRound && outcome != .ok {

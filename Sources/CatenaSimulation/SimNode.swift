@@ -224,11 +224,11 @@ final class SimNode {
                     enqueue(.records(records), to: to)
                 case .resend(let after, let through, let to):
                     enqueue(.fromLog(after: after, through: through), to: to)
-                case .acknowledge(let through, let to):
+                case .acknowledge(let through, let held, let to):
                     if let up = upstream, up.node == to.id {
-                        sim.sendRepl(up.conn, toPredecessor: true, .acknowledge(through, epoch: machine.epoch))
+                        sim.sendRepl(up.conn, toPredecessor: true, .acknowledge(through, held: held, epoch: machine.epoch))
                     }
-                case .committed(let commits):
+                case .committed(let commits), .held(let commits):
                     for c in commits { answer(c.requestID, .success(c.lsn)) }
                 case .refuse(let id?, let error):
                     answer(id, .failure(error))
@@ -583,7 +583,7 @@ final class SimNode {
         upstream = (predID, connection)
         sim.sendRepl(connection, toPredecessor: true, .position(start.position, epoch: start.epoch))
         if start.acknowledged != .zero {
-            sim.sendRepl(connection, toPredecessor: true, .acknowledge(start.acknowledged, epoch: start.epoch))
+            sim.sendRepl(connection, toPredecessor: true, .acknowledge(start.acknowledged, held: [], epoch: start.epoch))
         }
     }
 
@@ -602,8 +602,8 @@ final class SimNode {
                 self.link?.backoff = 20_000_000
                 sim.sendRepl(conn, toPredecessor: false, .readTarget(machine.lastAccepted ?? disk.end))
                 pumpLink()
-            case .acknowledge(let lsn, let epoch):
-                if let error = perform(machine.acknowledged(through: lsn, epoch: epoch, from: target)) {
+            case .acknowledge(let lsn, let held, let epoch):
+                if let error = perform(machine.acknowledged(through: lsn, held: held, epoch: epoch, from: target)) {
                     log("acknowledgement refused: \(error)")
                     sim.breakConnection(conn)
                 }
