@@ -117,6 +117,11 @@ public struct NodeStateMachine: Sendable {
         public var leaseExpiry: UInt64?
         /// Appended to the chain and not yet holding everything committed before: no reads.
         public var readsBlocked = false
+        /// A head (re)built over its log whose successor has not yet reported its position: no
+        /// reads. A log restored from an old backup lacks records the chain committed, and the
+        /// successor's report is what shows it (the node then stops) — until then a read could
+        /// find a key absent that the chain holds.
+        public var readsWaitForSuccessor = false
         /// Shutting down.
         public var draining = false
 
@@ -156,6 +161,9 @@ public struct NodeStateMachine: Sendable {
             try checkLease(at: now, me: me)
             guard !readsBlocked else {
                 throw CatenaError(.unavailable, "\(me) joined the chain and is still receiving writes committed before; retry shortly")
+            }
+            guard !readsWaitForSuccessor else {
+                throw CatenaError(.unavailable, "\(me) waits for its successor to report its position before it answers reads; retry shortly")
             }
         }
 
@@ -621,6 +629,7 @@ public struct NodeStateMachine: Sendable {
         // made durable: a node with a predecessor answers no reads until its log reaches what
         // the predecessor held when their link started (``readTarget(_:from:)``).
         view.readsBlocked = configuration.predecessor(of: me) != nil
+        view.readsWaitForSuccessor = configuration.predecessor(of: me) == nil && configuration.successor(of: me) != nil
         var actions: [Action] = [.note(Note(.notice, "configured at epoch \(configuration.epoch) as \(roleName(configuration)) over a log ending at \(loaded.end)"))]
         actions += links()
         return actions
@@ -640,6 +649,7 @@ public struct NodeStateMachine: Sendable {
             successorPositionKnown = false
             readTarget = nil
             view.readsBlocked = false
+            view.readsWaitForSuccessor = false
             actions += [.disconnectSuccessor, .disconnectPredecessor]
             actions.append(.note(Note(.notice, "no longer a member at epoch \(new.epoch)")))
             return actions + wake()
@@ -654,6 +664,8 @@ public struct NodeStateMachine: Sendable {
             // the block has nothing left to wait for (every member answers reads since CRAQ).
             readTarget = nil
             view.readsBlocked = false
+            // As a head built over its log: not before its successor said where its log ends.
+            view.readsWaitForSuccessor = new.successor(of: me) != nil && !successorPositionKnown
             actions.append(.note(Note(.info, "no predecessor at epoch \(new.epoch): serving reads")))
         }
         actions.append(.note(Note(.notice, "reconfigured at epoch \(new.epoch) as \(roleName(new))")))
@@ -668,6 +680,7 @@ public struct NodeStateMachine: Sendable {
         successorPositionKnown = false
         readTarget = nil
         view.readsBlocked = false
+        view.readsWaitForSuccessor = false
         return [.answerAll(error), .stopCatchUp, .disconnectSuccessor, .disconnectPredecessor] + wake()
     }
 
@@ -894,6 +907,10 @@ public struct NodeStateMachine: Sendable {
             return actions
         }
         successorPositionKnown = true
+        if view.readsWaitForSuccessor {
+            view.readsWaitForSuccessor = false
+            return [.clearSuccessorQueue] + actions + [.publish(publishedView())]
+        }
         return [.clearSuccessorQueue] + actions
     }
 

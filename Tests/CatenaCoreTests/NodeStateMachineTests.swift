@@ -284,6 +284,27 @@ struct NodeStateMachineTests {
         #expect { try standby.checkReads(.any, at: 0, me: node("d")) } throws: { ($0 as? CatenaError)?.code == .redirect }
     }
 
+    @Test func aHeadAnswersReadsOnlyOnceItsSuccessorReportedItsPosition() throws {
+        // A head over a log ending at 1.3 — restored from an old backup, say: until its successor
+        // reports, it cannot tell that the chain holds more, so it answers no reads.
+        var t = Transcript("a", logEnd: lsn(1, 3))
+        let view = try #require(published(t.reply(chain(["a", "b"], epoch: 2), history: history((1, 1), (2, nil)))))
+        #expect(view.readsWaitForSuccessor)
+        #expect { try view.checkReads(.linearizable, at: 0, me: node("a")) } throws: { ($0 as? CatenaError)?.code == .unavailable }
+        // Its successor holds no more than it: reads are answered.
+        let open = try #require(published(t.m.successorReported(lsn(1, 3), epoch: 2, from: node("b"))))
+        try open.checkReads(.linearizable, at: 0, me: node("a"))
+        // Its successor holds more: the log lost records; the node stops and answers nothing.
+        var restored = Transcript("a", logEnd: lsn(1, 1))
+        _ = restored.reply(chain(["a", "b"], epoch: 2), history: history((1, 1), (2, nil)))
+        let stopped = try #require(published(restored.m.successorReported(lsn(1, 3), epoch: 2, from: node("b"))))
+        #expect(stopped.failure?.code == .corruption)
+        #expect(throws: CatenaError.self) { try stopped.checkReads(.any, at: 0, me: node("a")) }
+        // A single member has no successor to wait for.
+        var single = Transcript("a", logEnd: lsn(1, 3))
+        try #require(published(single.reply(chain(["a"], epoch: 2), history: history((1, 1), (2, nil))))).checkReads(.linearizable, at: 0, me: node("a"))
+    }
+
     // MARK: Rejoining
 
     @Test func aStandbyWaitsForTheEpochStartTruncatesThenCopiesFromTheTail() {
