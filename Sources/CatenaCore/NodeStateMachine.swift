@@ -656,6 +656,10 @@ public struct NodeStateMachine: Sendable {
         }
         if old.predecessor(of: me) != new.predecessor(of: me) { actions.append(.disconnectPredecessor) }
         if old.successor(of: me) != new.successor(of: me) { successorPositionKnown = false }
+        if view.readsWaitForSuccessor && new.successor(of: me) == nil {
+            // Nobody left to wait for — as a head without a successor takes writes.
+            view.readsWaitForSuccessor = false
+        }
         if view.readsBlocked && new.predecessor(of: me) == nil {
             // Its predecessor left before it said what it held, and no other will: the read
             // block would last for good. A member without a predecessor holds every committed

@@ -300,6 +300,10 @@ struct NodeStateMachineTests {
         let stopped = try #require(published(restored.m.successorReported(lsn(1, 3), epoch: 2, from: node("b"))))
         #expect(stopped.failure?.code == .corruption)
         #expect(throws: CatenaError.self) { try stopped.checkReads(.any, at: 0, me: node("a")) }
+        // A head whose successor left before reporting has nobody left to wait for.
+        var alone = Transcript("a", logEnd: lsn(1, 3))
+        _ = alone.reply(chain(["a", "b"], epoch: 2), history: history((1, 1), (2, 4)))
+        try #require(published(alone.reply(chain(["a"], epoch: 3), history: history((1, 1), (2, 4), (3, nil))))).checkReads(.linearizable, at: 0, me: node("a"))
         // A single member has no successor to wait for.
         var single = Transcript("a", logEnd: lsn(1, 3))
         try #require(published(single.reply(chain(["a"], epoch: 2), history: history((1, 1), (2, nil))))).checkReads(.linearizable, at: 0, me: node("a"))
