@@ -50,9 +50,9 @@ struct ClusterSimulationTests {
     }
 
     /// The targeted fault the random ones almost never hit: a new head's group commit held back
-    /// and the head killed within it (seed 29 has one; mutant 8 fails there — every change to what the simulation does moves the runs, so this seed is picked again then).
+    /// and the head killed within it (seed 1 has one — every change to what the simulation does moves the runs, so this seed is picked again then).
     @Test func aNewHeadIsKilledBeforeItsFirstGroupCommit() {
-        let r = ClusterSimulation(seed: 29, tracing: true).run()
+        let r = ClusterSimulation(seed: 1, tracing: true).run()
         #expect(r.violations.isEmpty, "\(r.violations)")
         #expect(r.stats.newHeadKills == 1, "\(r.stats)")
         #expect(r.trace.contains { $0.contains("a new head's group commit is held back") })
