@@ -15,12 +15,8 @@ extension InProcessChainTests {
     struct AckModes {
         @Test("with the tail's disk stalled, writes in modes head and 2 are answered, all waits; readers see them once committed", .timeLimit(.minutes(1)))
         func weakModesAnswerBeforeTheTailHasTheWrite() async throws {
-            let tailDisk = GatedFileSystem(wrapping: PosixFileSystem())
-            try await withTestCluster(.init(node: { i, configuration in
-                if i == 2 { configuration.store.fileSystem = tailDisk }
-            })) { cluster in
+            try await CRAQ.withGatedTail { cluster, tailDisk in
                 let client = cluster.client
-                try await client.put("warm", [1])
                 let gate = tailDisk.holdNextSync(matching: ".seg")
                 let atHead = try await client.with(ack: .head).put("h", Array("head".utf8))
                 let atTwo = try await client.with(ack: .first(2)).put("two", Array("two".utf8))
@@ -52,12 +48,8 @@ extension InProcessChainTests {
 
         @Test("a mode asking for more members than the chain has is answered once committed", .timeLimit(.minutes(1)))
         func modesBeyondTheChainMeanAll() async throws {
-            let tailDisk = GatedFileSystem(wrapping: PosixFileSystem())
-            try await withTestCluster(.init(node: { i, configuration in
-                if i == 2 { configuration.store.fileSystem = tailDisk }
-            })) { cluster in
+            try await CRAQ.withGatedTail { cluster, tailDisk in
                 let client = cluster.client
-                try await client.put("warm", [1])
                 let gate = tailDisk.holdNextSync(matching: ".seg")
                 let nine = Task { try await client.with(ack: .first(9)).put("nine", [9]) }
                 try await Task.sleep(for: .milliseconds(300))

@@ -32,6 +32,18 @@ extension InProcessChainTests {
             }
         }
 
+        /// A 3-node chain whose tail's disk the test can stall (`holdNextSync`), with one write
+        /// committed before `body` runs.
+        static func withGatedTail(_ body: (TestCluster, GatedFileSystem) async throws -> Void) async throws {
+            let tailDisk = GatedFileSystem(wrapping: PosixFileSystem())
+            try await withTestCluster(.init(node: { i, configuration in
+                if i == 2 { configuration.store.fileSystem = tailDisk }
+            })) { cluster in
+                try await cluster.client.put("warm", [1])
+                try await body(cluster, tailDisk)
+            }
+        }
+
         static func versionQueries(_ node: Node) throws -> Double {
             try PrometheusExposition(parsing: node.renderMetrics()).value("catena_node_version_queries_total") ?? -1
         }
@@ -70,10 +82,7 @@ extension InProcessChainTests {
 
         @Test("a key with a write in flight is read at the version the tail has committed", .timeLimit(.minutes(1)))
         func dirtyKeyReadsTheCommittedVersion() async throws {
-            let tailDisk = GatedFileSystem(wrapping: PosixFileSystem())
-            try await withTestCluster(.init(node: { i, configuration in
-                if i == 2 { configuration.store.fileSystem = tailDisk }
-            })) { cluster in
+            try await Self.withGatedTail { cluster, tailDisk in
                 let client = cluster.client
                 try await client.put("k", Array("v1".utf8))
                 try await client.put("other", [1])
@@ -108,10 +117,7 @@ extension InProcessChainTests {
 
         @Test("a delete in flight is not read as done, and a create in flight reads as absent", .timeLimit(.minutes(1)))
         func dirtyDeleteAndCreate() async throws {
-            let tailDisk = GatedFileSystem(wrapping: PosixFileSystem())
-            try await withTestCluster(.init(node: { i, configuration in
-                if i == 2 { configuration.store.fileSystem = tailDisk }
-            })) { cluster in
+            try await Self.withGatedTail { cluster, tailDisk in
                 let client = cluster.client
                 try await client.put("gone", Array("still".utf8))
                 let gate = tailDisk.holdNextSync(matching: ".seg")
