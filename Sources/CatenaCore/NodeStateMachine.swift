@@ -167,6 +167,16 @@ public struct NodeStateMachine: Sendable {
             }
         }
 
+        /// Whether a read in mode ``ReadMode/any`` of a session that has seen everything through
+        /// `session` may be answered by this node, whose log is durable through `applied`: only
+        /// once it holds all of that (session guarantees — read-your-writes, monotonic and
+        /// consistent-prefix reads — rest on it; the interpreter waits briefly, then sends the
+        /// reader elsewhere). Other modes need no session.
+        public func holdsSession(_ session: LSN?, mode: ReadMode, applied: LSN) -> Bool {
+            guard mode == .any, let session else { return true }
+            return applied.seq >= session.seq
+        }
+
         /// After a read in `mode` found `version` as the key's newest durable version here (nil:
         /// the key has no version here, not even a tombstone), given `committed` — what this
         /// node knows is on every replica (``NodeStateMachine/commitWatermark``): nil if that

@@ -134,8 +134,10 @@ extension Node {
             case .ping:
                 try await write(reply(.pong, ByteBuffer()), outbound)
             case .head:
-                let mode = try frame.options.readMode ?? .tail
+                let options = try frame.options
+                let mode = options.readMode ?? .tail
                 try checkReads(mode)
+                try await waitForSession(options.session, mode: mode)
                 let key = try KeyPayload.decode(frame.payload)
                 var found = try store.readInfo(key)
                 if let version = try await committedVersion(of: key, read: found.lsn, mode: mode, frame) {
@@ -166,8 +168,10 @@ extension Node {
                 try checkLease()
                 try await write(reply(.partPage, PartPagePayload.encode(page)), outbound)
             case .get, .getRange:
-                let mode = try frame.options.readMode ?? .tail
+                let options = try frame.options
+                let mode = options.readMode ?? .tail
                 try checkReads(mode)
+                try await waitForSession(options.session, mode: mode)
                 let key: Key
                 let range: Range<UInt64>?
                 var maxSize: UInt64?
@@ -251,6 +255,22 @@ extension Node {
     /// the node state machine's (``NodeStateMachine/View/checkReads(_:at:me:)``).
     private func checkReads(_ mode: ReadMode = .tail) throws(CatenaError) {
         try replica.view.snapshot.node.checkReads(mode, at: configuration.clock.nanoseconds, me: configuration.id)
+    }
+
+    /// How long a read in mode any waits for this node to hold everything its session has seen
+    /// before it is sent elsewhere (`unavailable`: the client retries at the next member).
+    static let sessionWait = Duration.milliseconds(100)
+
+    /// Waits (at most ``sessionWait``) until this node holds everything through the reader's
+    /// session (``NodeStateMachine/View/holdsSession(_:mode:applied:)``).
+    private func waitForSession(_ session: LSN?, mode: ReadMode) async throws(CatenaError) {
+        let deadline = ContinuousClock.now + Self.sessionWait
+        while !replica.view.snapshot.node.holdsSession(session, mode: mode, applied: store.highestLSN) {
+            guard ContinuousClock.now < deadline else {
+                throw CatenaError(.unavailable, "\(configuration.id) holds the log through \(store.highestLSN), not yet through \(session ?? .zero) as the reader's session has seen; retry at another member")
+            }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
     }
 
     /// A read in `mode` found `read` as the key's newest version here (nil: none). If that

@@ -11,27 +11,38 @@ import CatenaCore
 /// |---|---|---|
 /// | 1 | ``readMode`` | u8: 0 linearizable, 1 tail, 2 any |
 /// | 2 | ``ack`` | u8: 0 all, k ≥ 1 the first k members (1: the head) |
+/// | 3 | ``session`` | LSN (epoch u64, seq u64): a read in mode any is answered only by a member holding everything through it |
 public struct RequestOptions: Hashable, Sendable {
     /// How a read may be answered; nil: ``ReadMode/tail``, what a client from before read
     /// modes expects.
     public var readMode: ReadMode?
     /// When the head answers a write; nil: ``AckMode/all``.
     public var ack: AckMode?
+    /// The highest LSN the reader's session has seen: a read in mode ``ReadMode/any`` is
+    /// answered only by a member that holds everything through it. A node from before sessions
+    /// does not serve mode any at all (it redirects to the tail), so ignoring it is safe.
+    public var session: LSN?
 
     /// Options; nil leaves each out.
-    public init(readMode: ReadMode? = nil, ack: AckMode? = nil) {
+    public init(readMode: ReadMode? = nil, ack: AckMode? = nil, session: LSN? = nil) {
         self.readMode = readMode
         self.ack = ack
+        self.session = session
     }
 
     static let readModeTag: UInt8 = 1
     static let ackTag: UInt8 = 2
+    static let sessionTag: UInt8 = 3
 
     /// The header extension bytes (empty when no option is set).
     public func encoded() -> [UInt8] {
         var bytes: [UInt8] = []
         if let readMode { bytes += [Self.readModeTag, 1, readMode.rawValue] }
         if let ack, ack != .all { bytes += [Self.ackTag, 1, UInt8(ack.members ?? 0)] }
+        if let session {
+            bytes += [Self.sessionTag, 16]
+            for v in [session.epoch, session.seq] { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+        }
         return bytes
     }
 
@@ -56,6 +67,14 @@ public struct RequestOptions: Hashable, Sendable {
                 }
                 let k = value[value.startIndex]
                 ack = k == 0 ? .all : .first(Int(k))
+            case Self.sessionTag:
+                guard value.count == 16 else {
+                    throw CatenaError(.malformed, "a session LSN is 16 bytes, not \(value.count)")
+                }
+                func u64(_ at: Int) -> UInt64 {
+                    (0..<8).reduce(UInt64(0)) { $0 | UInt64(value[value.startIndex + at + $1]) << (8 * UInt64($1)) }
+                }
+                session = LSN(epoch: u64(0), seq: u64(8))
             default:
                 break
             }

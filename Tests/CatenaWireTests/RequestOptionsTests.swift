@@ -43,6 +43,15 @@ struct RequestOptionsTests {
         #expect(AckMode.first(1) == .head)
     }
 
+    @Test("A session's LSN round-trips; a wrong length is malformed")
+    func sessionRoundTrips() throws {
+        let lsn = LSN(epoch: 0x0102_0304_0506_0708, seq: 0x1112_1314_1516_1718)
+        let options = RequestOptions(readMode: .any, session: lsn)
+        #expect(options.encoded().count == 3 + 2 + 16)
+        #expect(try RequestOptions(decoding: options.encoded()) == options)
+        #expect { try RequestOptions(decoding: [3, 8, 1, 2, 3, 4, 5, 6, 7, 8]) } throws: { ($0 as? CatenaError)?.code == .malformed }
+    }
+
     @Test("Read modes have command-line names")
     func names() {
         for mode in ReadMode.allCases { #expect(ReadMode(name: mode.description) == mode) }
