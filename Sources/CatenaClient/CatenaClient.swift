@@ -75,7 +75,7 @@ public final class CatenaClient: Sendable {
         /// (the default: any member, CRAQ), ``ReadMode/tail`` (the tail only) or
         /// ``ReadMode/any`` (any member's newest version, possibly stale). Reads in modes
         /// other than `tail` are spread over the members in turn. Listings go to the tail.
-        /// Per call: ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:ack:logger:)``.
+        /// Per call: ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:ack:session:logger:)``.
         public var readMode: ReadMode = .linearizable
         /// When a write (put, delete, and each chunk of a large object) returns: once every
         /// member holds it (``AckMode/all``, the default: committed, never lost while a replica
@@ -83,7 +83,7 @@ public final class CatenaClient: Sendable {
         /// (``AckMode/head``) — faster, and lost if those members fail before it reaches the
         /// rest (``AckMode``). A linearizable read sees a write only once it is committed,
         /// whatever its mode. Copies are answered once committed. Per call:
-        /// ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:ack:logger:)``.
+        /// ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:ack:session:logger:)``.
         public var ack: AckMode = .all
 
         /// The defaults above.
@@ -123,11 +123,15 @@ public final class CatenaClient: Sendable {
         }
     }
 
-    /// What every view of this client (``with(requestTimeout:attemptTimeout:retry:readMode:ack:logger:)``)
+    /// What every view of this client (``with(requestTimeout:attemptTimeout:retry:readMode:ack:session:logger:)``)
     /// shares: its connections, the chain it routes by, its request ids, whether it is closed.
     private let core: Core
     let configuration: Configuration
     private let logger: Logger
+    /// What this client has written and read (``Session``): what its reads in mode
+    /// ``ReadMode/any`` must find. Shared by the views made with ``with(requestTimeout:attemptTimeout:retry:readMode:ack:session:logger:)``
+    /// unless one names another; export it with ``Session/token``.
+    public let session: Session
 
     private final class Core: Sendable {
         let masters: [Address]
@@ -196,12 +200,14 @@ public final class CatenaClient: Sendable {
         self.core = Core(masters: parsed, configuration: configuration)
         self.configuration = configuration
         self.logger = logger
+        self.session = Session()
     }
 
-    private init(core: Core, configuration: Configuration, logger: Logger) {
+    private init(core: Core, configuration: Configuration, logger: Logger, session: Session) {
         self.core = core
         self.configuration = configuration
         self.logger = logger
+        self.session = session
     }
 
     /// A view of this client whose calls take other timeouts, another retry policy or another
@@ -209,14 +215,14 @@ public final class CatenaClient: Sendable {
     /// routes by, being closed — so it is cheap to make per call:
     /// `try await store.with(requestTimeout: .seconds(1)).get("k")`.
     public func with(requestTimeout: Duration? = nil, attemptTimeout: Duration? = nil, retry: RetryPolicy? = nil,
-                     readMode: ReadMode? = nil, ack: AckMode? = nil, logger: Logger? = nil) -> CatenaClient {
+                     readMode: ReadMode? = nil, ack: AckMode? = nil, session: Session? = nil, logger: Logger? = nil) -> CatenaClient {
         var c = configuration
         if let readMode { c.readMode = readMode }
         if let ack { c.ack = ack }
         if let requestTimeout { c.requestTimeout = requestTimeout }
         if let attemptTimeout { c.attemptTimeout = attemptTimeout }
         if let retry { c.retry = retry }
-        return CatenaClient(core: core, configuration: c, logger: logger ?? self.logger)
+        return CatenaClient(core: core, configuration: c, logger: logger ?? self.logger, session: session ?? self.session)
     }
 
     /// What this client's reads may return (``Configuration/readMode``).
@@ -473,7 +479,7 @@ public final class CatenaClient: Sendable {
     private func openStream(_ key: String, range: Range<UInt64>? = nil, maxSize: UInt64? = nil,
                             dedicated: Bool) async throws(CatenaError) -> ObjectStream {
         let k = try Key(key)
-        let options = RequestOptions(readMode: configuration.readMode).encoded()
+        let options = readOptions.encoded()
         let request = range.map { Frame(type: .getRange, headerExtension: options, payload: RangeRequest(key: k, offset: $0.lowerBound, length: $0.upperBound - $0.lowerBound).encoded()) }
             ?? Frame(type: .get, headerExtension: options, payload: GetPayload.encode(k, maxSize: maxSize))
         return try await withRetries(readRoute) { (shared, chain, timeout) async throws(CatenaError) -> ObjectStream in
@@ -499,6 +505,7 @@ public final class CatenaClient: Sendable {
                 if let range, range.lowerBound > info.size {
                     throw CatenaError(.protocolViolation, "\(connection.address) served a range past the end of '\(k)'")
                 }
+                session.observe(info.lsn)
                 return ObjectStream(info: info, range: range, replies: stream, lease: lease)
             } catch {
                 // A reply this client cannot use is abandoned, so its remaining frames do not
@@ -520,9 +527,10 @@ public final class CatenaClient: Sendable {
         let k = try Key(key)
         return try await withRetries(readRoute) { (connection, chain, timeout) async throws(CatenaError) -> ObjectInfo in
             let frame = Frame(type: .head, chainID: chain.chainID, epoch: chain.epoch,
-                              headerExtension: RequestOptions(readMode: configuration.readMode).encoded(), payload: KeyPayload.encode(k))
+                              headerExtension: readOptions.encoded(), payload: KeyPayload.encode(k))
             let info = try ObjectInfoPayload.decode(try await connection.request(frame, timeout: timeout).payload)
             guard info.key == k else { throw CatenaError(.protocolViolation, "\(connection.address) answered head '\(k)' with '\(info.key)'") }
+            session.observe(info.lsn)
             return info
         }
     }
@@ -597,7 +605,9 @@ public final class CatenaClient: Sendable {
                     attempts.withLock { $0 += 1 }
                     let frame = Frame(type: type, chainID: chain.chainID, epoch: chain.epoch, headerExtension: options, payload: payload)
                     let reply = try await connection.request(frame, timeout: attemptTimeout ?? timeout)
-                    return try LSNPayload.decode(reply.payload)
+                    let lsn = try LSNPayload.decode(reply.payload)
+                    session.observe(lsn)
+                    return lsn
                 }
             } catch {
                 guard settleable, error.code == .preconditionFailed, attempts.withLock({ $0 }) > 1 else { throw error }
@@ -754,6 +764,12 @@ public final class CatenaClient: Sendable {
 
     /// Where this client's reads go: the tail in mode ``ReadMode/tail``, else any member.
     var readRoute: Route { configuration.readMode == .tail ? .tail : .anyMember }
+
+    /// A read's options: its mode and, in mode any, what its session has seen.
+    var readOptions: RequestOptions {
+        let seen = session.lsn
+        return RequestOptions(readMode: configuration.readMode, session: configuration.readMode == .any && seen != .zero ? seen : nil)
+    }
 
     /// One read request to the tail, retried as every request is; `decode` reads the reply
     /// (its errors are the attempt's) on the connection it came by.
