@@ -142,6 +142,11 @@ public final class ClusterSimulation {
     var acknowledged: [(lsn: LSN, key: Key, request: RequestID)] = []
     /// Writes acknowledged in a weaker mode than all: they may be lost (counted at the end).
     var weakAcknowledged: [(lsn: LSN, key: Key, request: RequestID, ack: AckMode)] = []
+    /// Reads in mode any with a session: the newest version of the key the client had written
+    /// or read before (`expected`) and the version read (nil: none). A read older than expected
+    /// breaks the session's guarantees — unless the expected version was lost (a weak write, or
+    /// a version read before it was committed), which the final check asks of the settled log.
+    var sessionReads: [(client: Int, key: Key, expected: LSN, got: LSN?)] = []
     /// Every conditional write's key, condition and outcome, by request id.
     var conditional: [RequestID: (key: String, condition: WriteCondition, outcome: RegisterOperation.Outcome)] = [:]
     /// Writes of unknown outcome a client settled as applied (at an LSN), and as not applied.
@@ -336,9 +341,10 @@ public final class ClusterSimulation {
         case getConfiguration(attempt: Int)
         case configuration(ChainConfiguration, attempt: Int)
         case write(WriteRequest, attempt: Int)
-        case get(Key, ReadMode, attempt: Int)
+        /// A read in a mode; in mode any with what the client's session has seen.
+        case get(Key, ReadMode, session: LSN?, attempt: Int)
         case writeResult(Result<LSN, CatenaError>, attempt: Int)
-        case readResult(Result<[UInt8]?, CatenaError>, attempt: Int)
+        case readResult(Result<ReadValue, CatenaError>, attempt: Int)
         case catchUpRequest(after: LSN, request: Int)
         case catchUpReply(Result<[EncodedRecord], CatenaError>, request: Int)
         /// A member asks the tail which version of a key is committed (CRAQ's version query).
@@ -932,6 +938,13 @@ public final class ClusterSimulation {
             checkConditions(in: first.disk.records)
             checkSettlements(in: first.disk.records)
             let settled = first.disk.records
+            for read in sessionReads where (read.got?.seq ?? 0) < read.expected.seq {
+                let e = read.expected
+                let r = e.seq >= 1 && Int(e.seq) <= settled.count ? settled[Int(e.seq) - 1] : nil
+                if r?.lsn == e && r?.key == read.key {
+                    violation("client \(read.client) read \(read.key) in mode any and got \(read.got.map { "version \($0)" } ?? "no version"), older than \(e), which its session had seen and the chain kept")
+                }
+            }
             for (lsn, key, request, ack) in weakAcknowledged {
                 let r = lsn.seq >= 1 && Int(lsn.seq) <= settled.count ? settled[Int(lsn.seq) - 1] : nil
                 if r?.lsn != lsn || r?.key != key || r?.header.requestID != request {
@@ -1032,10 +1045,17 @@ enum ReplMessage {
 }
 
 /// A read at the tail between its two lease checks.
+/// What a read returns: the version's value (nil: absent or deleted) and LSN (nil: none known,
+/// e.g. a key the tail says is absent).
+struct ReadValue {
+    var value: [UInt8]?
+    var lsn: LSN?
+}
+
 struct ReadJob {
     /// Who waits for the answer: a client's read, or a member's version query at the tail.
     enum Reply {
-        case client(Int, attempt: Int, value: [UInt8]?)
+        case client(Int, attempt: Int, ReadValue)
         case versionQuery(node: Int, query: Int, version: LSN?)
     }
     var reply: Reply

@@ -25,6 +25,11 @@ final class SimClient {
     /// The version of each key this client last wrote and had acknowledged: what its
     /// conditional writes require (and, as often, no longer find).
     var lastWritten: [String: KeyVersion] = [:]
+    /// The highest LSN this client wrote or read (its session), and per key the newest version it
+    /// wrote or read: what its reads in mode any must not go back from.
+    var session = LSN.zero
+    var floor: [String: LSN] = [:]
+
     /// A write whose outcome was unknown, to settle next: its key, request id and history entry.
     var toSettle: (key: String, request: RequestID, entry: Int, sentAt: UInt64)?
 
@@ -187,7 +192,7 @@ final class SimClient {
             // Each attempt at the next member, as CatenaClient takes them in turn.
             target = mode == .tail || members.isEmpty ? configuration!.tail : members[Int((member &+ UInt64(o.sent)) % UInt64(members.count))]
             if target != configuration!.tail { sim.stats.readsAtOtherMembers += 1 }
-            send(.get(try! Key(k), mode, attempt: o.attempt), to: target)
+            send(.get(try! Key(k), mode, session: mode == .any && session != .zero ? session : nil, attempt: o.attempt), to: target)
         case .settle(let k, _, let sentAt):
             target = configuration!.head
             send(.write(.fence(requestID: o.request, key: try! Key(k), sentAt: sentAt), attempt: o.attempt), to: target)
@@ -212,6 +217,12 @@ final class SimClient {
             guard attempt == o.attempt, !o.askingMaster else { return }
             switch result {
             case .success(let lsn):
+                switch o.kind {
+                case .put(let k, _, _), .delete(let k, _):
+                    observe(lsn, of: k)
+                default:
+                    break
+                }
                 switch o.kind {
                 case .put(let k, let v, _):
                     lastWritten[k] = KeyVersion(lsn: lsn, contentChecksum: XXH3.hash(v))
@@ -239,15 +250,27 @@ final class SimClient {
         case .readResult(let result, let attempt):
             guard attempt == o.attempt, !o.askingMaster else { return }
             switch result {
-            case .success(let value):
+            case .success(let read):
                 sim.stats.readsAnswered += 1
-                finish(.ok, observed: value)
+                if case .get(let k, let mode, _) = o.kind {
+                    if mode == .any, let expected = floor[k] {
+                        sim.sessionReads.append((index, try! Key(k), expected, read.lsn))
+                    }
+                    if let lsn = read.lsn { observe(lsn, of: k) }
+                }
+                finish(.ok, observed: read.value)
             case .failure(let error):
                 failed(error)
             }
         default:
             break
         }
+    }
+
+    /// The session saw version `lsn` of `key` (written or read).
+    private func observe(_ lsn: LSN, of key: String) {
+        if lsn.seq > session.seq { session = lsn }
+        if lsn.seq > (floor[key]?.seq ?? 0) { floor[key] = lsn }
     }
 
     /// A read of `key`: mostly linearizable at any member (CRAQ), else at the tail only, else

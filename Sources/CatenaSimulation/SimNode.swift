@@ -462,9 +462,9 @@ final class SimNode {
         case .write(let request, let attempt):
             guard case .client(let c) = from else { return }
             write(request, client: c, attempt: attempt)
-        case .get(let key, let mode, let attempt):
+        case .get(let key, let mode, let session, let attempt):
             guard case .client(let c) = from else { return }
-            startRead(key, mode: mode, client: c, attempt: attempt)
+            startRead(key, mode: mode, session: session, client: c, attempt: attempt)
         case .versionQuery(let key, let query):
             guard case .node(let asker) = from else { return }
             answerVersionQuery(key, query: query, from: asker)
@@ -502,9 +502,13 @@ final class SimNode {
     /// version here may not be committed — the tail asked which version is (then that version
     /// served from this log); after a moment in which the node may be paused, the lease checked
     /// again.
-    private func startRead(_ key: Key, mode: ReadMode, client: Int, attempt: Int) {
+    private func startRead(_ key: Key, mode: ReadMode, session: LSN?, client: Int, attempt: Int) {
         do throws(CatenaError) {
             try view.checkReads(mode, at: sim.now, me: id)
+            // The real node waits briefly first; here the client simply tries the next member.
+            guard view.holdsSession(session, mode: mode, applied: disk.durableEnd) else {
+                throw CatenaError(.unavailable, "\(id) holds its log through \(disk.durableEnd), not yet through the session's \(session ?? .zero)")
+            }
         } catch {
             sim.send(.readResult(.failure(error), attempt: attempt), from: process, to: .client(client))
             return
@@ -521,7 +525,7 @@ final class SimNode {
             sim.send(.versionQuery(key, query: nextQuery), from: process, to: .node(t))
             return
         }
-        let job = ReadJob(reply: .client(client, attempt: attempt, value: value))
+        let job = ReadJob(reply: .client(client, attempt: attempt, ReadValue(value: value, lsn: version)))
         sim.schedule(.readDone(index, inc: inc, job), after: sim.random(10_000...500_000))
     }
 
@@ -541,6 +545,7 @@ final class SimNode {
     private func versionReplied(_ result: Result<LSN?, CatenaError>, query: Int) {
         guard let read = versionQueries.removeValue(forKey: query) else { return }
         let value: [UInt8]?
+        var version: LSN?
         switch result {
         case .failure(let error):
             let unavailable = CatenaError(.unavailable, "the tail could not say which version is committed: \(error)")
@@ -555,16 +560,17 @@ final class SimNode {
                 return
             }
             value = held
+            version = lsn
         }
-        let job = ReadJob(reply: .client(read.client, attempt: read.attempt, value: value))
+        let job = ReadJob(reply: .client(read.client, attempt: read.attempt, ReadValue(value: value, lsn: version)))
         sim.schedule(.readDone(index, inc: inc, job), after: sim.random(10_000...200_000))
     }
 
     func finishRead(_ job: ReadJob) {
         let lease = Result { () throws(CatenaError) in try view.checkLease(at: sim.now, me: id) }
         switch job.reply {
-        case .client(let client, let attempt, let value):
-            sim.send(.readResult(lease.map { value }, attempt: attempt), from: process, to: .client(client))
+        case .client(let client, let attempt, let read):
+            sim.send(.readResult(lease.map { read }, attempt: attempt), from: process, to: .client(client))
         case .versionQuery(let node, let query, let version):
             sim.send(.versionReply(lease.map { version }, query: query), from: process, to: .node(node))
         }
