@@ -40,6 +40,15 @@ struct ReadmeExampleTests {
 
             let head = try await store.head("photos/cat.jpg")
             #expect(head.size == 4)
+            let fromTail = try await store.with(readMode: .tail).get("photos/cat.jpg")
+            #expect(fromTail.bytes == [UInt8](jpegData))
+            let quick = try await store.with(readMode: .any).head("photos/cat.jpg")
+            #expect(quick.size == 4)
+            let logged = try await store.with(ack: .head).put("logs/1", Array("started".utf8))
+            let token = store.session.token
+            #expect(try Session(token: token).lsn.seq >= logged.lsn.seq)
+            let later = store.with(readMode: .any, session: try Session(token: token))
+            #expect(try await later.get("logs/1").bytes == Array("started".utf8))
             let page: ListPage = try await store.list(prefix: "photos/", limit: 100)
             #expect(page.objects.map(\.key) == [try Key("photos/cat.jpg")])
             var listed: [String] = []
