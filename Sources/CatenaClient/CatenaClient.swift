@@ -21,7 +21,7 @@ import Synchronization
 /// call throws `closed`.
 ///
 /// Writes go to the chain's head and return once every replica holds them. Reads go to every
-/// member in turn (``Configuration/readMode``, default ``ReadMode/linearizable``): each
+/// member in turn (``Configuration/readMode``, default `ReadMode.linearizable`): each
 /// answers with the key's newest committed version — asking the tail which one that is when a
 /// write of the key is in flight (CRAQ) — so a read sees every acknowledged write and nothing
 /// uncommitted (linearizable), and a chain of three reads with three nodes' capacity. The client learns the chain
@@ -71,17 +71,17 @@ public final class CatenaClient: Sendable {
         /// When and how often a failed attempt is retried.
         public var retry = RetryPolicy()
         /// What a read (``CatenaClient/get(_:upTo:)``, ``CatenaClient/head(_:)``, streams and
-        /// ranges) may return, and so which members answer it: ``ReadMode/linearizable``
-        /// (the default: any member, CRAQ), ``ReadMode/tail`` (the tail only) or
-        /// ``ReadMode/any`` (any member's newest version, possibly stale). Reads in modes
+        /// ranges) may return, and so which members answer it: `ReadMode.linearizable`
+        /// (the default: any member, CRAQ), `ReadMode.tail` (the tail only) or
+        /// `ReadMode.any` (any member's newest version, possibly stale). Reads in modes
         /// other than `tail` are spread over the members in turn. Listings go to the tail.
         /// Per call: ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:ack:session:logger:)``.
         public var readMode: ReadMode = .linearizable
         /// When a write (put, delete, and each chunk of a large object) returns: once every
-        /// member holds it (``AckMode/all``, the default: committed, never lost while a replica
-        /// survives), once the first k do (``AckMode/first(_:)``), or once the head does
-        /// (``AckMode/head``) — faster, and lost if those members fail before it reaches the
-        /// rest (``AckMode``). A linearizable read sees a write only once it is committed,
+        /// member holds it (`AckMode.all`, the default: committed, never lost while a replica
+        /// survives), once the first k do (`AckMode.first(_:)`), or once the head does
+        /// (`AckMode.head`) — faster, and lost if those members fail before it reaches the
+        /// rest (`AckMode`). A linearizable read sees a write only once it is committed,
         /// whatever its mode. Copies are answered once committed. Per call:
         /// ``CatenaClient/with(requestTimeout:attemptTimeout:retry:readMode:ack:session:logger:)``.
         public var ack: AckMode = .all
@@ -129,7 +129,7 @@ public final class CatenaClient: Sendable {
     let configuration: Configuration
     private let logger: Logger
     /// What this client has written and read (``Session``): what its reads in mode
-    /// ``ReadMode/any`` must find. Shared by the views made with ``with(requestTimeout:attemptTimeout:retry:readMode:ack:session:logger:)``
+    /// `ReadMode.any` must find. Shared by the views made with ``with(requestTimeout:attemptTimeout:retry:readMode:ack:session:logger:)``
     /// unless one names another; export it with ``Session/token``.
     public let session: Session
 
@@ -762,7 +762,7 @@ public final class CatenaClient: Sendable {
     /// reads that any member may answer are spread over all of them.
     enum Route { case head, tail, anyMember }
 
-    /// Where this client's reads go: the tail in mode ``ReadMode/tail``, else any member.
+    /// Where this client's reads go: the tail in mode `ReadMode.tail`, else any member.
     var readRoute: Route { configuration.readMode == .tail ? .tail : .anyMember }
 
     /// A read's options: its mode and, in mode any, what its session has seen.

@@ -2,12 +2,12 @@ import CatenaCore
 import Synchronization
 
 /// What one client — or several processes sharing it — has seen of the chain: the highest LSN it
-/// wrote or read. Reads in mode ``ReadMode/any`` carry it, and a member answers only once it
+/// wrote or read. Reads in mode `ReadMode.any` carry it, and a member answers only once it
 /// holds everything through it (waiting briefly, or sending the reader to another member). That
 /// gives, within a session:
 ///
 /// - **read-your-writes**: a read sees the session's own acknowledged writes (in any
-///   ``AckMode``: a member holds a write once it holds everything through its LSN);
+///   `AckMode`: a member holds a write once it holds everything through its LSN);
 /// - **monotonic reads**: a read never returns a version older than one the session read before;
 /// - **consistent-prefix reads**: what a read sees is a prefix of the chain's log.
 ///
