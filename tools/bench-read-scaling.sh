@@ -111,7 +111,10 @@ CATENA=$(cd "$(dirname "$CATENA")" 2>/dev/null && pwd)/$(basename "$CATENA")
 [ -x "$CATENA" ] || die "no catena binary at $CATENA (swift build -c release --product catena, or give --catena PATH / CATENA=PATH)"
 # Acknowledgement modes: only through catena bench's own option, once it exists.
 ACK_NOTE=""
-if "$CATENA" bench --help 2>&1 | grep -qE -- '--ack([ =<]|$)'; then
+# (The help is read whole first: grep -q stops at the first match, and with pipefail the
+# SIGPIPE it gives catena would read as "no such option".)
+BENCH_HELP=$("$CATENA" bench --help 2>&1 || true)
+if grep -qE -- '--ack([ =<]|$)' <<< "$BENCH_HELP"; then
     # AckMode's names (Sources/CatenaCore/AckMode.swift): all (committed), k (the first k
     # members durable), head; on a 3-node chain these are all of them.
     ACK_MODES=${ACK_MODES:-all,2,head}
