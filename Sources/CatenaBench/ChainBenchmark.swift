@@ -148,6 +148,10 @@ public struct ChainBenchmark: Sendable {
                                     nodeArguments: configuration.nodeArguments) { (cluster) async throws(CatenaError) -> R in
             var clientConfiguration = CatenaClient.Configuration()
             clientConfiguration.requestTimeout = .seconds(60)
+            // The table's "tail get/s" is the tail's read path, as it always was; reads from
+            // every member are tools/bench-read-scaling.sh's business (nodes sharing two cores
+            // here, spreading reads over them shows nothing a production chain would).
+            clientConfiguration.readMode = .tail
             let instances = try await BenchCluster.clients(min(configuration.connections ?? configuration.clients, configuration.clients),
                                                            of: cluster, configuration: clientConfiguration)
             let clients = (0..<configuration.clients).map { instances[$0 % instances.count] }
