@@ -183,9 +183,18 @@ extension Node {
                     key = request.key
                     range = request.range
                 }
-                var found = try store.read(key, range: range)
-                if let version = try await committedVersion(of: key, read: found.lsn, mode: mode, frame) {
-                    found = try version.map { lsn throws(CatenaError) in try store.read(key, range: range, at: lsn) } ?? VersionedRead(lsn: nil, object: nil)
+                var found: VersionedRead
+                if let range {
+                    // Which version first, then its bytes: a range checked against a newer version
+                    // in flight (shorter, say) would be refused for a version the read never serves.
+                    let newest = try store.readInfo(key).lsn
+                    let chosen = try await committedVersion(of: key, read: newest, mode: mode, frame) ?? newest
+                    found = try chosen.map { lsn throws(CatenaError) in try store.read(key, range: range, at: lsn) } ?? VersionedRead(lsn: nil, object: nil)
+                } else {
+                    found = try store.read(key)
+                    if let version = try await committedVersion(of: key, read: found.lsn, mode: mode, frame) {
+                        found = try version.map { lsn throws(CatenaError) in try store.read(key, at: lsn) } ?? VersionedRead(lsn: nil, object: nil)
+                    }
                 }
                 try checkLease()
                 guard let object = found.object else { throw CatenaError(.notFound, "not found: \(key)") }

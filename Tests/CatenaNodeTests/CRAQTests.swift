@@ -14,12 +14,14 @@ extension InProcessChainTests {
     @Suite("Reads from every member (CRAQ)")
     struct CRAQ {
         /// A `get` of `key` sent straight to `node` in `mode`: the bytes, or the error.
-        static func get(_ key: String, at node: Node, mode: ReadMode?) async throws -> Result<[UInt8], CatenaError> {
+        static func get(_ key: String, at node: Node, mode: ReadMode?, range: Range<UInt64>? = nil) async throws -> Result<[UInt8], CatenaError> {
             let connection = try await RequestConnection.connect(
                 to: node.address, hello: Hello(role: .client, clusterID: TestCluster.clusterID, senderID: "craq-test"))
             defer { connection.close() }
             let options = RequestOptions(readMode: mode).encoded()
-            let frame = Frame(type: .get, chainID: 1, headerExtension: options, payload: GetPayload.encode(try Key(key), maxSize: nil))
+            let frame = try range.map { Frame(type: .getRange, chainID: 1, headerExtension: options,
+                                              payload: RangeRequest(key: try Key(key), offset: $0.lowerBound, length: UInt64($0.count)).encoded()) }
+                ?? Frame(type: .get, chainID: 1, headerExtension: options, payload: GetPayload.encode(try Key(key), maxSize: nil))
             do throws(CatenaError) {
                 let replies = try await connection.stream(frame, timeout: .seconds(5), window: 4)
                 var bytes: [UInt8] = []
@@ -112,6 +114,30 @@ extension InProcessChainTests {
                     #expect(try await Self.get("k", at: node, mode: .linearizable).get() == Array("v2!!".utf8), "\(node.configuration.id)")
                 }
                 #expect(try Self.versionQueries(cluster.head) == settled)
+            }
+        }
+
+        @Test("a range of a dirty key is read from the committed version, even past the end of the version in flight", .timeLimit(.minutes(1)))
+        func dirtyKeyRange() async throws {
+            try await Self.withGatedTail { cluster, tailDisk in
+                let client = cluster.client
+                try await client.put("r", Array("0123456789".utf8))
+                let gate = tailDisk.holdNextSync(matching: ".seg")
+                let write = Task { try await client.put("r", Array("ab".utf8)) }
+                try await cluster.waitFor("the short version is durable at n1") {
+                    (try? cluster.head.localStore.head(try Key("r")))?.size == 2
+                }
+                // Bytes 5..<8 exist in the committed version only.
+                for node in cluster.nodes {
+                    #expect(try await Self.get("r", at: node, mode: .linearizable, range: 5..<8).get() == Array("567".utf8), "\(node.configuration.id)")
+                }
+                gate.open()
+                _ = try await write.value
+                guard case .failure(let error) = try await Self.get("r", at: cluster.head, mode: .linearizable, range: 5..<8) else {
+                    Issue.record("a range past the end of the committed version was served")
+                    return
+                }
+                #expect(error.code == .invalidArgument, "\(error)")
             }
         }
 
