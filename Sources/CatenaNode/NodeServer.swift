@@ -143,7 +143,7 @@ extension Node {
                 if let version = try await committedVersion(of: key, read: found.lsn, mode: mode, frame) {
                     found = try version.map { lsn throws(CatenaError) in try store.readInfo(key, at: lsn) } ?? VersionedInfo(lsn: nil, info: nil)
                 }
-                try checkLease()
+                try checkReads(mode)  // again, after the read: the lease, and still a member serving reads
                 guard let info = found.info else { throw CatenaError(.notFound, "not found: \(key)") }
                 try await write(reply(.objectInfo, ObjectInfoPayload.encode(info)), outbound)
             case .list:
@@ -196,7 +196,7 @@ extension Node {
                         found = try version.map { lsn throws(CatenaError) in try store.read(key, at: lsn) } ?? VersionedRead(lsn: nil, object: nil)
                     }
                 }
-                try checkLease()
+                try checkReads(mode)  // again, after the read: the lease, and still a member serving reads
                 guard let object = found.object else { throw CatenaError(.notFound, "not found: \(key)") }
                 // A client that takes at most `maxSize` bytes is refused before any is sent.
                 if let maxSize, object.info.size > maxSize {
@@ -288,6 +288,11 @@ extension Node {
     /// for the read to serve that version from this store. Nil: serve what was read.
     private func committedVersion(of key: Key, read: LSN?, mode: ReadMode, _ frame: Frame) async throws(CatenaError) -> LSN?? {
         let view = replica.view.snapshot.node
+        // Left its role since the read was admitted (e.g. its log holds writes the chain never
+        // committed): nothing read here may be served.
+        guard view.role != nil else {
+            throw CatenaError(.redirect, "\(configuration.id) is no longer a member; ask the master")
+        }
         guard let tail = view.committedVersionSource(mode: mode, version: read, committed: replica.committed),
               let chain = view.configuration else { return nil }
         requests.versionQueries.increment()
