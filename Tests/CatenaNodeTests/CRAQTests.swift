@@ -14,11 +14,13 @@ extension InProcessChainTests {
     @Suite("Reads from every member (CRAQ)")
     struct CRAQ {
         /// A `get` of `key` sent straight to `node` in `mode`: the bytes, or the error.
-        static func get(_ key: String, at node: Node, mode: ReadMode?, range: Range<UInt64>? = nil) async throws -> Result<[UInt8], CatenaError> {
+        /// `session`: the reader's session (for mode any).
+        static func get(_ key: String, at node: Node, mode: ReadMode?, range: Range<UInt64>? = nil,
+                        session: LSN? = nil) async throws -> Result<[UInt8], CatenaError> {
             let connection = try await RequestConnection.connect(
                 to: node.address, hello: Hello(role: .client, clusterID: TestCluster.clusterID, senderID: "craq-test"))
             defer { connection.close() }
-            let options = RequestOptions(readMode: mode).encoded()
+            let options = RequestOptions(readMode: mode, session: session).encoded()
             let frame = try range.map { Frame(type: .getRange, chainID: 1, headerExtension: options,
                                               payload: RangeRequest(key: try Key(key), offset: $0.lowerBound, length: UInt64($0.count)).encoded()) }
                 ?? Frame(type: .get, chainID: 1, headerExtension: options, payload: GetPayload.encode(try Key(key), maxSize: nil))

@@ -1,11 +1,8 @@
 import CatenaClient
 import CatenaClusterTestSupport
 import CatenaCore
-import CatenaNetwork
 import CatenaNode
-import CatenaStorage
 import CatenaTestSupport
-import CatenaWire
 import Testing
 
 extension InProcessChainTests {
@@ -14,21 +11,7 @@ extension InProcessChainTests {
     struct Sessions {
         /// A `get` sent straight to `node` in mode any, with `session` as the reader's session.
         static func get(_ key: String, at node: Node, session: LSN?) async throws -> Result<[UInt8], CatenaError> {
-            let connection = try await RequestConnection.connect(
-                to: node.address, hello: Hello(role: .client, clusterID: TestCluster.clusterID, senderID: "session-test"))
-            defer { connection.close() }
-            let frame = Frame(type: .get, chainID: 1, headerExtension: RequestOptions(readMode: .any, session: session).encoded(),
-                              payload: GetPayload.encode(try Key(key), maxSize: nil))
-            do throws(CatenaError) {
-                let replies = try await connection.stream(frame, timeout: .seconds(5), window: 4)
-                var bytes: [UInt8] = []
-                while let reply = try await replies.next() {
-                    if reply.type == .objectData { bytes += Array(reply.payload.readableBytesView) }
-                }
-                return .success(bytes)
-            } catch {
-                return .failure(error)
-            }
+            try await CRAQ.get(key, at: node, mode: .any, session: session)
         }
 
         @Test("read-your-writes and monotonic reads hold with the session's token, and break without it, while the tail lags", .timeLimit(.minutes(1)))
